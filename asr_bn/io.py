@@ -1,0 +1,118 @@
+"""Crash-safe file output: atomic writes (temp name, fsync, rename), Kaldi ark/scp pairs, output-dir locks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Iterable, Iterator
+
+import numpy as np
+
+from asr_bn.errors import AsrBnError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success fsync it and rename it onto `path`.
+
+    On any exception the temporary file is removed, so `path` is either complete or untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException as e:
+        tmp_path.unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+            raise AsrBnError(f"could not write {path}: {e.strerror or e} (free disk space or choose another output)") from e
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open a temporary file for writing that replaces `path` atomically when the block succeeds."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
+            yield f
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a whole text file atomically."""
+    with atomic_open(path) as f:
+        f.write(text)
+
+
+def write_ark_scp(
+    ark_path: str | Path,
+    scp_path: str | Path | None,
+    items: Iterable[tuple[str, np.ndarray]],
+    compression_method: int | None = None,
+) -> int:
+    """Write (key, array) pairs to a binary Kaldi archive and its scp index, both atomically.
+
+    The scp points at the final archive name with Kaldi byte offsets, so Kaldi tools and kaldiio read both.
+    Arrays: float32/float64 matrices or vectors, int32 vectors (alignments). Returns the number written.
+    """
+    import kaldiio
+
+    ark_path = Path(ark_path)
+    scp_lines: list[str] = []
+    with atomic_open(ark_path, "wb") as f:
+        for key, array in items:
+            if not key or any(c.isspace() for c in key):
+                raise AsrBnError(f"{ark_path}: key {key!r} is empty or contains whitespace (Kaldi keys cannot)")
+            offset = f.tell() + len(key.encode()) + 1
+            kaldiio.save_ark(f, {key: array}, compression_method=compression_method)
+            scp_lines.append(f"{key} {ark_path.resolve()}:{offset}\n")
+    if scp_path is not None:
+        write_text(scp_path, "".join(scp_lines))
+    return len(scp_lines)
+
+
+class OutputLock:
+    """An exclusive lock file in an output directory, so two runs never write the same directory.
+
+    >>> with OutputLock(out_dir):  # a second process entering here gets an AsrBnError naming the holder
+    ...     ...
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.path = Path(directory) / ".asr-bn.lock"
+
+    def __enter__(self) -> "OutputLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = self.path.read_text(errors="replace").strip() or "?"
+            if holder.isdigit() and not _pid_alive(int(holder)):
+                self.path.unlink(missing_ok=True)  # stale lock of a killed run
+                return self.__enter__()
+            raise AsrBnError(
+                f"{self.path.parent} is in use by another asr-bn run (pid {holder}); "
+                f"wait for it, or remove {self.path} if that run is gone"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,52 @@
+"""The `asr-bn` command: gathers one Typer app per command and turns library errors into one red line."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+from asr_bn import __version__
+from asr_bn.errors import AsrBnError
+
+
+class _Root(TyperGroup):
+    """Root group: an AsrBnError from any command prints `error: …` in red and exits 1 (data) or 2 (usage)."""
+
+    def invoke(self, ctx):  # noqa: ANN001, ANN201 - click's signature
+        try:
+            return super().invoke(ctx)
+        except AsrBnError as e:
+            Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True, markup=True)
+            raise typer.Exit(e.exit_code) from None
+
+
+app = typer.Typer(
+    name="asr-bn",
+    cls=_Root,
+    help="Batch-normalized BLSTM acoustic models for Kaldi hybrid speech recognition.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"asr-bn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """asr-bn: prep → train → forward → decode → score, Kaldi formats in and out."""
+
+
+# Commands: one module each under cli/, registered here.
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

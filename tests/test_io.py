@@ -1,0 +1,62 @@
+"""Atomic writes, ark/scp pairs readable by kaldiio, and the output-dir lock."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import kaldiio
+import numpy as np
+import pytest
+
+from asr_bn.errors import AsrBnError
+from asr_bn.io import OutputLock, atomic_open, write_ark_scp, write_text
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "a.txt"
+    write_text(target, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_open(target) as f:
+            f.write("new, partial")
+            raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_enospc_is_one_line_error_and_old_file_intact(tmp_path: Path) -> None:
+    target = tmp_path / "feats.ark"
+    write_text(target, "old")
+    with pytest.raises(AsrBnError, match="could not write .*feats.ark.*No space left"):
+        with atomic_open(target) as f:
+            f.write("x")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert target.read_text() == "old"
+
+
+def test_ark_scp_roundtrip(tmp_path: Path, rng: np.random.Generator) -> None:
+    mats = {"utt1": rng.standard_normal((7, 3)).astype(np.float32), "utt2": rng.standard_normal((2, 3)).astype(np.float32)}
+    ali = {"utt1": np.arange(7, dtype=np.int32)}
+    n = write_ark_scp(tmp_path / "f.ark", tmp_path / "f.scp", mats.items())
+    assert n == 2
+    back = dict(kaldiio.load_scp_sequential(str(tmp_path / "f.scp")))
+    for k in mats:
+        np.testing.assert_array_equal(back[k], mats[k])
+    write_ark_scp(tmp_path / "a.ark", tmp_path / "a.scp", ali.items())
+    np.testing.assert_array_equal(kaldiio.load_scp(str(tmp_path / "a.scp"))["utt1"], ali["utt1"])
+
+
+def test_lock_refuses_second_run(tmp_path: Path) -> None:
+    with OutputLock(tmp_path):
+        with pytest.raises(AsrBnError, match="in use by another asr-bn run"):
+            with OutputLock(tmp_path):
+                pass
+    with OutputLock(tmp_path):  # released
+        pass
+
+
+def test_stale_lock_is_taken_over(tmp_path: Path) -> None:
+    (tmp_path / ".asr-bn.lock").write_text("999999999")
+    with OutputLock(tmp_path):
+        pass
