@@ -1,0 +1,729 @@
+"""Kaldi-exact filterbank features in torch (batched, CPU or CUDA), Kaldi deltas and CMVN, and the one
+`FeaturePipeline` that training and decoding share.
+
+Matches Kaldi's `compute-fbank-feats`, `add-deltas`, `compute-cmvn-stats` and `apply-cmvn`; option names are
+Kaldi's in snake_case. Waveforms are float arrays in the int16 range, as Kaldi reads them.
+
+>>> cfg = FbankConfig(dither=0.0)
+>>> feats = compute_fbank([np.zeros(16000, np.float32)], cfg)  # [tensor of shape (98, 40)]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Literal, Sequence
+
+import numpy as np
+import torch
+
+from asr_bn.errors import AsrBnError, UsageError
+from asr_bn.io import write_text
+
+__all__ = [
+    "FbankConfig",
+    "num_frames",
+    "compute_fbank",
+    "add_deltas",
+    "compute_cmvn_stats",
+    "apply_cmvn",
+    "FeaturePipeline",
+]
+
+WINDOW_TYPES = ("povey", "hamming", "hanning", "rectangular", "blackman", "sine")
+_FLT_EPSILON = float(np.finfo(np.float32).eps)  # Kaldi's std::numeric_limits<float>::epsilon()
+_CHUNK_FRAMES = 4096  # frames per FFT/matmul block: bounds memory, keeps blocks cache-friendly
+
+
+@dataclass
+class FbankConfig:
+    """Kaldi's fbank options (`compute-fbank-feats`), Kaldi's defaults except num_mel_bins = 40 (the paper's)."""
+
+    sample_frequency: float = 16000.0
+    frame_length_ms: float = 25.0
+    frame_shift_ms: float = 10.0
+    dither: float = 1.0
+    preemphasis_coefficient: float = 0.97
+    remove_dc_offset: bool = True
+    window_type: str = "povey"
+    blackman_coeff: float = 0.42
+    round_to_power_of_two: bool = True
+    snip_edges: bool = True
+    num_mel_bins: int = 40
+    low_freq: float = 20.0
+    high_freq: float = 0.0
+    use_energy: bool = False
+    raw_energy: bool = True
+    energy_floor: float = 0.0
+    use_log_fbank: bool = True
+    use_power: bool = True
+    htk_compat: bool = False
+    vtln_low: float = 100.0
+    vtln_high: float = -500.0
+    vtln_warp: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise UsageError for options Kaldi would reject (bad window type, empty frame, mel range outside Nyquist)."""
+        if self.window_type not in WINDOW_TYPES:
+            raise UsageError(f"window_type {self.window_type!r} is not one of {', '.join(WINDOW_TYPES)}")
+        if self.window_size < 2 or self.window_shift < 1:
+            raise UsageError(
+                f"frame_length_ms={self.frame_length_ms} / frame_shift_ms={self.frame_shift_ms} give "
+                f"{self.window_size} / {self.window_shift} samples at {self.sample_frequency} Hz; use longer frames"
+            )
+        if self.num_mel_bins < 3:
+            raise UsageError(f"num_mel_bins={self.num_mel_bins} must be at least 3 (as in Kaldi)")
+        nyquist = 0.5 * self.sample_frequency
+        high = self.high_freq if self.high_freq > 0 else nyquist + self.high_freq
+        if not (0.0 <= self.low_freq < nyquist and 0.0 < high <= nyquist and high > self.low_freq):
+            raise UsageError(
+                f"bad mel range low_freq={self.low_freq} high_freq={self.high_freq} for sample_frequency="
+                f"{self.sample_frequency} (need 0 <= low < high <= Nyquist {nyquist:g}; high <= 0 is an offset from Nyquist)"
+            )
+
+    @property
+    def window_size(self) -> int:
+        """Frame length in samples (Kaldi's WindowSize)."""
+        return int(self.sample_frequency * 0.001 * self.frame_length_ms)
+
+    @property
+    def window_shift(self) -> int:
+        """Frame shift in samples (Kaldi's WindowShift)."""
+        return int(self.sample_frequency * 0.001 * self.frame_shift_ms)
+
+    @property
+    def padded_window_size(self) -> int:
+        """FFT length: the frame length, rounded up to a power of two when round_to_power_of_two."""
+        n = self.window_size
+        return 1 << (n - 1).bit_length() if self.round_to_power_of_two else n
+
+    @property
+    def dim(self) -> int:
+        """Feature dimension: num_mel_bins, plus one for the log-energy when use_energy."""
+        return self.num_mel_bins + int(self.use_energy)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (JSON-safe)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FbankConfig":
+        """Inverse of to_dict; an unknown key is a UsageError naming it."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise UsageError(f"unknown fbank option(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+        return cls(**d)
+
+    @classmethod
+    def from_kaldi_conf(cls, path: str | Path, **overrides: Any) -> "FbankConfig":
+        """Read a Kaldi conf file (`--num-mel-bins=40` per line, `#` comments), as `compute-fbank-feats --config`.
+
+        Options of compute-fbank-feats that do not change the features (e.g. --verbose) are ignored; ones asr-bn
+        does not implement (resampling, --subtract-mean, MFCC options) are a UsageError naming file and line.
+        `overrides` (snake_case field names) are applied on top, as later command-line options are in Kaldi.
+        """
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read fbank config {path}: {e}") from e
+        values: dict[str, Any] = {}
+        for lineno, raw in enumerate(text.splitlines(), 1):
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            where = f"{path}:{lineno}"
+            if not line.startswith("--"):
+                raise UsageError(f"{where}: {line!r} is not an option (Kaldi conf lines look like --num-mel-bins=40)")
+            name, has_value, value = line[2:].partition("=")
+            name, value = name.strip(), value.strip()
+            key = name.replace("_", "-")
+            if key in _KALDI_NAMES:
+                field = _KALDI_NAMES[key]
+                values[field] = _parse_kaldi_value(where, name, value if has_value else None, _FIELD_TYPES[field])
+            elif key in _KALDI_IGNORED:
+                continue
+            elif key in _KALDI_DEFAULT_ONLY:
+                default = _KALDI_DEFAULT_ONLY[key]
+                given = _parse_kaldi_value(where, name, value if has_value else None, type(default))
+                if given != default:
+                    raise UsageError(
+                        f"{where}: --{name}={value} is not supported by asr-bn (only {default!r}); "
+                        f"{_KALDI_DEFAULT_ONLY_WHY[key]}"
+                    )
+            elif key in _MFCC_PLP_OPTIONS:
+                raise UsageError(f"{where}: --{name} is an MFCC/PLP option; asr-bn computes fbank, remove the line")
+            else:
+                raise UsageError(
+                    f"{where}: unknown option --{name} (not a compute-fbank-feats option; check the spelling)"
+                )
+        values.update(overrides)
+        return cls.from_dict(values)
+
+    def to_kaldi_conf(self) -> str:
+        """The options as a Kaldi conf file's text (every option, one per line), readable by compute-fbank-feats."""
+        lines = []
+        for kaldi_name, field in _KALDI_NAMES.items():
+            v = getattr(self, field)
+            lines.append(f"--{kaldi_name}={str(v).lower() if isinstance(v, bool) else v}")
+        return "\n".join(lines) + "\n"
+
+
+# Kaldi option name → FbankConfig field (the only spellings Kaldi accepts besides '_' for '-').
+_KALDI_NAMES = {
+    "sample-frequency": "sample_frequency",
+    "frame-length": "frame_length_ms",
+    "frame-shift": "frame_shift_ms",
+    "dither": "dither",
+    "preemphasis-coefficient": "preemphasis_coefficient",
+    "remove-dc-offset": "remove_dc_offset",
+    "window-type": "window_type",
+    "blackman-coeff": "blackman_coeff",
+    "round-to-power-of-two": "round_to_power_of_two",
+    "snip-edges": "snip_edges",
+    "num-mel-bins": "num_mel_bins",
+    "low-freq": "low_freq",
+    "high-freq": "high_freq",
+    "use-energy": "use_energy",
+    "raw-energy": "raw_energy",
+    "energy-floor": "energy_floor",
+    "use-log-fbank": "use_log_fbank",
+    "use-power": "use_power",
+    "htk-compat": "htk_compat",
+    "vtln-low": "vtln_low",
+    "vtln-high": "vtln_high",
+    "vtln-warp": "vtln_warp",
+}
+_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(FbankConfig)}
+# compute-fbank-feats options that never change the features of a whole utterance.
+_KALDI_IGNORED = {"verbose", "print-args", "debug-mel", "output-format", "write-utt2dur", "utt2spk", "config"}
+# Options accepted only at their default value, and why.
+_KALDI_DEFAULT_ONLY: dict[str, Any] = {
+    "allow-downsample": False,
+    "allow-upsample": False,
+    "subtract-mean": False,
+    "htk-mode": False,
+    "max-feature-vectors": -1,
+    "channel": -1,
+    "min-duration": 0.0,
+    "vtln-map": "",
+}
+_KALDI_DEFAULT_ONLY_WHY = {
+    "allow-downsample": "asr-bn never resamples; resample the audio (e.g. sox in wav.scp) to --sample-frequency",
+    "allow-upsample": "asr-bn never resamples; resample the audio (e.g. sox in wav.scp) to --sample-frequency",
+    "subtract-mean": "use CMVN instead (the pipeline's cmvn mode)",
+    "htk-mode": "HTK-mode mel banks are not implemented",
+    "max-feature-vectors": "it only matters for online decoding",
+    "channel": "pass --channel to the asr-bn command instead",
+    "min-duration": "short utterances are skipped and named in the report already",
+    "vtln-map": "pass per-utterance warps to compute_fbank(vtln_warp=...) instead",
+}
+_MFCC_PLP_OPTIONS = {"num-ceps", "cepstral-lifter", "lpc-order", "compress-factor", "cepstral-scale"}
+
+
+def _parse_kaldi_value(where: str, name: str, value: str | None, typ: Any) -> Any:
+    """Parse one option value the way Kaldi's ParseOptions does (bools: true/false/t/f/1/0, bare flag = true)."""
+    typ = {"float": float, "int": int, "bool": bool, "str": str}.get(typ, typ) if isinstance(typ, str) else typ
+    if typ is bool:
+        v = "true" if value is None else value.lower()
+        if v in ("true", "t", "1"):
+            return True
+        if v in ("false", "f", "0"):
+            return False
+        raise UsageError(f"{where}: --{name}={value} is not a boolean (use true or false)")
+    if value is None or value == "":
+        if typ is str:
+            return ""
+        raise UsageError(f"{where}: --{name} needs a value, e.g. --{name}=...")
+    try:
+        return typ(value)
+    except ValueError as e:
+        raise UsageError(f"{where}: --{name}={value} is not a valid {typ.__name__}") from e
+
+
+def num_frames(num_samples: int, cfg: FbankConfig) -> int:
+    """Number of frames Kaldi makes from `num_samples` samples (feature-window.cc NumFrames, flush=true).
+
+    The one frame-count function: alignments, batching and prep all use it.
+    """
+    length, shift = cfg.window_size, cfg.window_shift
+    if cfg.snip_edges:
+        return 0 if num_samples < length else 1 + (num_samples - length) // shift
+    if num_samples <= 0:
+        return 0
+    return (num_samples + shift // 2) // shift
+
+
+def _first_sample(frame: int, cfg: FbankConfig) -> int:
+    """Index of the first sample of `frame` (Kaldi's FirstSampleOfFrame); negative when snip_edges=false."""
+    shift = cfg.window_shift
+    if cfg.snip_edges:
+        return frame * shift
+    return frame * shift + shift // 2 - cfg.window_size // 2
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Cached constant tensors (window, mel matrix) per config and device.
+
+
+def _window_np(cfg: FbankConfig) -> np.ndarray:
+    """Kaldi's FeatureWindowFunction, computed in double and stored as float32 like Kaldi's BaseFloat vector."""
+    n = cfg.window_size
+    i = np.arange(n, dtype=np.float64)
+    a = 2 * math.pi / (n - 1)
+    kind = cfg.window_type
+    if kind == "hanning":
+        w = 0.5 - 0.5 * np.cos(a * i)
+    elif kind == "sine":
+        w = np.sin(0.5 * a * i)
+    elif kind == "hamming":
+        w = 0.54 - 0.46 * np.cos(a * i)
+    elif kind == "povey":
+        w = np.power(0.5 - 0.5 * np.cos(a * i), 0.85)
+    elif kind == "rectangular":
+        w = np.ones(n)
+    else:  # blackman
+        c = cfg.blackman_coeff
+        w = c - 0.5 * np.cos(a * i) + (0.5 - c) * np.cos(2 * a * i)
+    return w.astype(np.float32)
+
+
+def _mel_scale(f: np.ndarray | float) -> np.ndarray | float:
+    return 1127.0 * np.log(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+
+def _inverse_mel_scale(m: np.ndarray | float) -> np.ndarray | float:
+    return 700.0 * (np.exp(np.asarray(m, dtype=np.float64) / 1127.0) - 1.0)
+
+
+def _vtln_warp_freq(
+    vtln_low: float, vtln_high: float, low: float, high: float, warp: float, freq: np.ndarray
+) -> np.ndarray:
+    """Kaldi's MelBanks::VtlnWarpFreq: piecewise-linear warp of `freq` by 1/warp between the two cut-offs."""
+    lo = vtln_low * max(1.0, warp)
+    hi = vtln_high * min(1.0, warp)
+    scale = 1.0 / warp
+    f_lo, f_hi = scale * lo, scale * hi
+    if not (lo > low and hi < high):
+        raise UsageError(
+            f"vtln_warp={warp} moves the VTLN cut-offs ({lo:g}, {hi:g} Hz) outside ({low:g}, {high:g}) Hz; "
+            "use a warp factor nearer 1 or change vtln_low/vtln_high"
+        )
+    scale_left = (f_lo - low) / (lo - low)
+    scale_right = (high - f_hi) / (high - hi)
+    out = np.where(
+        freq < lo,
+        low + scale_left * (freq - low),
+        np.where(freq < hi, scale * freq, high + scale_right * (freq - high)),
+    )
+    return np.where((freq < low) | (freq > high), freq, out)
+
+
+def _mel_banks_np(cfg: FbankConfig, vtln_warp: float) -> np.ndarray:
+    """Kaldi's MelBanks as a dense (padded/2 + 1, num_mel_bins) float32 matrix (the Nyquist row is zero)."""
+    num_bins = cfg.num_mel_bins
+    padded = cfg.padded_window_size
+    num_fft_bins = padded // 2
+    nyquist = 0.5 * cfg.sample_frequency
+    low = cfg.low_freq
+    high = cfg.high_freq if cfg.high_freq > 0 else nyquist + cfg.high_freq
+    mel_low, mel_high = _mel_scale(low), _mel_scale(high)
+    delta = (mel_high - mel_low) / (num_bins + 1)
+    edges = mel_low + np.arange(num_bins + 2, dtype=np.float64) * delta
+    if vtln_warp != 1.0:
+        vtln_low = cfg.vtln_low
+        vtln_high = cfg.vtln_high + nyquist if cfg.vtln_high < 0 else cfg.vtln_high
+        if not (low < vtln_low < high and 0 < vtln_high < high and vtln_high > vtln_low):
+            raise UsageError(
+                f"bad VTLN cut-offs vtln_low={cfg.vtln_low} vtln_high={cfg.vtln_high} for the mel range "
+                f"({low:g}, {high:g}) Hz (need low_freq < vtln_low < vtln_high < high_freq)"
+            )
+        edges = _mel_scale(_vtln_warp_freq(vtln_low, vtln_high, low, high, vtln_warp, _inverse_mel_scale(edges)))
+    left, center, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]  # (num_bins, 1)
+    mel = _mel_scale(np.arange(num_fft_bins, dtype=np.float64) * (cfg.sample_frequency / padded))[None, :]
+    up = (mel - left) / (center - left)
+    down = (right - mel) / (right - center)
+    weights = np.where((mel > left) & (mel < right), np.where(mel <= center, up, down), 0.0)
+    out = np.zeros((num_fft_bins + 1, num_bins), dtype=np.float32)
+    out[:num_fft_bins] = weights.T
+    return out
+
+
+@lru_cache(maxsize=64)
+def _constants(cfg_key: tuple, vtln_warp: float, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    cfg = FbankConfig(**dict(cfg_key))
+    window = torch.from_numpy(_window_np(cfg)).to(device)
+    mel = torch.from_numpy(_mel_banks_np(cfg, vtln_warp)).to(device)
+    return window, mel
+
+
+def _cfg_key(cfg: FbankConfig) -> tuple:
+    return tuple(sorted(cfg.to_dict().items()))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Fbank
+
+
+def _utterance_frames(wave: torch.Tensor, n_frames: int, cfg: FbankConfig) -> torch.Tensor:
+    """(n_frames, window_size) view/copy of one utterance's frames, reflecting at the edges as Kaldi's ExtractWindow."""
+    length, shift = cfg.window_size, cfg.window_shift
+    n = wave.shape[0]
+    start = _first_sample(0, cfg)
+    end = _first_sample(n_frames - 1, cfg) + length
+    if start < 0 or end > n:
+        idx = torch.arange(start, end) % (2 * n)  # reflection has period 2n: s<0 → -s-1, s>=n → 2n-1-s
+        idx = torch.where(idx >= n, 2 * n - 1 - idx, idx)
+        ext = wave[idx.to(wave.device)]
+    else:
+        ext = wave[start:end]
+    return ext.unfold(0, length, shift)
+
+
+def _dither_noise(wave: np.ndarray | torch.Tensor, n_frames: int, cfg: FbankConfig, seed: int) -> torch.Tensor:
+    """Gaussian dither for one utterance's frames, seeded by (seed, the utterance's samples): the same audio gets the
+    same noise whatever batch or position it is computed in."""
+    data = wave.numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave)
+    digest = zlib.crc32(np.ascontiguousarray(data, dtype=np.float32).tobytes())
+    gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + digest) % (2**63))
+    return torch.randn((n_frames, cfg.window_size), generator=gen)
+
+
+def _fbank_block(
+    frames: torch.Tensor, cfg: FbankConfig, window: torch.Tensor, mel: torch.Tensor
+) -> torch.Tensor:
+    """Kaldi's ProcessWindow + Fbank::Compute on a (N, window_size) block of frames (modified in place) → (N, dim)."""
+    if cfg.remove_dc_offset:
+        frames -= frames.mean(dim=1, keepdim=True)
+    log_energy = None
+    if cfg.use_energy and cfg.raw_energy:
+        log_energy = frames.square().sum(dim=1).clamp_(min=_FLT_EPSILON).log_()
+    c = cfg.preemphasis_coefficient
+    if c != 0.0:
+        first = frames[:, :1] * (1.0 - c)
+        frames[:, 1:] -= c * frames[:, :-1]  # right side is evaluated into a temporary first
+        frames[:, :1] = first
+    frames *= window
+    if cfg.use_energy and not cfg.raw_energy:
+        log_energy = frames.square().sum(dim=1).clamp_(min=_FLT_EPSILON).log_()
+    spec = torch.view_as_real(torch.fft.rfft(frames, n=cfg.padded_window_size, dim=1))
+    power = spec.square().sum(dim=2)  # (N, padded/2 + 1)
+    if not cfg.use_power:
+        power.sqrt_()
+    energies = power @ mel  # (N, num_mel_bins)
+    if cfg.use_log_fbank:
+        energies.clamp_(min=_FLT_EPSILON).log_()
+    if log_energy is None:
+        return energies
+    if cfg.energy_floor > 0.0:
+        log_energy.clamp_(min=math.log(cfg.energy_floor))
+    parts = (energies, log_energy[:, None]) if cfg.htk_compat else (log_energy[:, None], energies)
+    return torch.cat(parts, dim=1)
+
+
+def compute_fbank(
+    waves: Sequence[np.ndarray | torch.Tensor],
+    cfg: FbankConfig,
+    *,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    vtln_warp: float | Sequence[float] | None = None,
+) -> list[torch.Tensor]:
+    """Kaldi's compute-fbank-feats on many utterances at once: returns float32 CPU tensors (T_i, cfg.dim).
+
+    All frames of all utterances are framed into one matrix and go through the FFT and the mel matmul in blocks of
+    a few thousand frames. Audio shorter than one frame gives a (0, dim) tensor (the caller skips it, named).
+    `vtln_warp` (one factor, or one per utterance) overrides cfg.vtln_warp. Dither (cfg.dither) is reproducible from
+    `seed` and independent of batching.
+    """
+    device = torch.device(device)
+    warps = _per_utterance_warps(vtln_warp, cfg, len(waves))
+    lengths = [int(w.shape[0]) for w in waves]
+    for i, w in enumerate(waves):
+        if w.ndim != 1:
+            raise UsageError(f"compute_fbank: wave {i} has shape {tuple(w.shape)}; expected 1-D samples (one channel)")
+    counts = [num_frames(n, cfg) for n in lengths]
+    out: list[torch.Tensor | None] = [None] * len(waves)
+    for i, t in enumerate(counts):
+        if t == 0:
+            out[i] = torch.zeros((0, cfg.dim), dtype=torch.float32)
+    for warp in sorted(set(warps)):
+        todo = [i for i in range(len(waves)) if warps[i] == warp and counts[i] > 0]
+        window, mel = _constants(_cfg_key(cfg), warp, str(device))
+        start = 0
+        while start < len(todo):  # groups of utterances with about _CHUNK_FRAMES frames (at least one utterance)
+            stop, total = start, 0
+            while stop < len(todo) and (stop == start or total + counts[todo[stop]] <= _CHUNK_FRAMES):
+                total += counts[todo[stop]]
+                stop += 1
+            group = todo[start:stop]
+            frames = torch.cat([_utterance_frames(_as_tensor(waves[i], device), counts[i], cfg) for i in group])
+            if cfg.dither != 0.0:
+                noise = torch.cat([_dither_noise(waves[i], counts[i], cfg, seed) for i in group])
+                frames.add_(noise.to(device), alpha=cfg.dither)
+            feats = _fbank_block(frames, cfg, window, mel).to("cpu", torch.float32)
+            for i, f in zip(group, feats.split([counts[i] for i in group])):
+                out[i] = f
+            start = stop
+    return out  # type: ignore[return-value]
+
+
+def _as_tensor(wave: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    t = wave if isinstance(wave, torch.Tensor) else torch.from_numpy(np.asarray(wave))
+    return t.to(device=device, dtype=torch.float32)
+
+
+def _per_utterance_warps(vtln_warp: float | Sequence[float] | None, cfg: FbankConfig, n: int) -> list[float]:
+    if vtln_warp is None:
+        return [float(cfg.vtln_warp)] * n
+    if isinstance(vtln_warp, (int, float)):
+        return [float(vtln_warp)] * n
+    warps = [float(w) for w in vtln_warp]
+    if len(warps) != n:
+        raise UsageError(f"compute_fbank: {len(warps)} VTLN warp factors for {n} utterances; give one per utterance")
+    return warps
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Deltas
+
+
+def _delta_scales(order: int, window: int) -> list[np.ndarray]:
+    """Kaldi's DeltaFeatures scales: scales[i] is the (2*i*window + 1)-tap filter of the i-th order."""
+    scales = [np.array([1.0])]
+    for _ in range(order):
+        prev = scales[-1]
+        prev_off = (len(prev) - 1) // 2
+        cur = np.zeros(len(prev) + 2 * window)
+        cur_off = prev_off + window
+        normalizer = 0.0
+        for j in range(-window, window + 1):
+            normalizer += j * j
+            for k in range(-prev_off, prev_off + 1):
+                cur[j + k + cur_off] += j * prev[k + prev_off]
+        scales.append(cur / normalizer)
+    return scales
+
+
+def add_deltas(
+    feats: torch.Tensor, order: int = 2, window: int = 2, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Kaldi's add-deltas: append `order` delta orders (window `window`), replicating edge frames.
+
+    feats: (T, D), or padded (B, T, D) with `lengths` (B,) — each utterance replicates its own last real frame and
+    its padding frames come out zero. Returns (T, D*(order+1)) or (B, T, D*(order+1)).
+    """
+    if order < 0 or window < 1:
+        raise UsageError(f"add_deltas: order={order} must be >= 0 and window={window} >= 1")
+    single = feats.dim() == 2
+    x = feats.unsqueeze(0) if single else feats
+    b, t, d = x.shape
+    if order == 0 or t == 0:
+        return feats.clone()
+    if lengths is None:
+        lengths = torch.full((b,), t, dtype=torch.long)
+    lengths = lengths.to(device=x.device, dtype=torch.long)
+    m = order * window
+    pos = torch.arange(-m, t + m, device=x.device)[None, :]  # (1, T + 2m)
+    idx = torch.minimum(pos.clamp(min=0), (lengths[:, None] - 1).clamp(min=0))  # (B, T + 2m)
+    padded = torch.gather(x, 1, idx[:, :, None].expand(b, t + 2 * m, d))
+    outs = [x]
+    for scales in _delta_scales(order, window)[1:]:
+        off = (len(scales) - 1) // 2
+        acc = torch.zeros_like(x)
+        for j, s in enumerate(scales):
+            if s != 0.0:
+                acc += float(s) * padded[:, m - off + j : m - off + j + t]
+        outs.append(acc)
+    out = torch.cat(outs, dim=2)
+    valid = torch.arange(t, device=x.device)[None, :] < lengths[:, None]
+    out = out * valid[:, :, None]
+    return out[0] if single else out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# CMVN
+
+
+def compute_cmvn_stats(feats: Iterable[np.ndarray | torch.Tensor]) -> np.ndarray:
+    """Kaldi's compute-cmvn-stats over all given (T, D) matrices: a 2 × (D+1) float64 matrix.
+
+    Row 0 holds the per-dimension sums then the frame count; row 1 the sums of squares then 0.
+    """
+    stats: np.ndarray | None = None
+    for f in feats:
+        a = f.detach().cpu().numpy() if isinstance(f, torch.Tensor) else np.asarray(f)
+        a = a.astype(np.float64, copy=False)
+        if a.ndim != 2:
+            raise UsageError(f"compute_cmvn_stats: expected (T, D) matrices, got shape {a.shape}")
+        if stats is None:
+            stats = np.zeros((2, a.shape[1] + 1), dtype=np.float64)
+        elif stats.shape[1] != a.shape[1] + 1:
+            raise AsrBnError(
+                f"compute_cmvn_stats: feature dimension {a.shape[1]} differs from {stats.shape[1] - 1} seen before"
+            )
+        stats[0, :-1] += a.sum(axis=0)
+        stats[1, :-1] += np.square(a).sum(axis=0)
+        stats[0, -1] += a.shape[0]
+    if stats is None:
+        raise AsrBnError("compute_cmvn_stats: no feature matrices given (nothing to normalize with)")
+    return stats
+
+
+def _cmvn_offset_scale(stats: np.ndarray, norm_vars: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Kaldi's ApplyCmvn as (offset, scale): x → x * scale + offset (scale None = means only)."""
+    stats = np.asarray(stats, dtype=np.float64)
+    if stats.ndim != 2 or stats.shape[0] != 2:
+        raise AsrBnError(f"CMVN stats have shape {stats.shape}; expected Kaldi's 2 x (D+1) matrix")
+    count = stats[0, -1]
+    if count < 1.0:
+        raise AsrBnError(f"insufficient CMVN stats (count = {count:g}); the speaker/utterance has no frames")
+    mean = stats[0, :-1] / count
+    if not norm_vars:
+        return -mean, None
+    var = np.maximum(stats[1, :-1] / count - mean * mean, 1.0e-20)  # Kaldi floors the variance at 1e-20
+    scale = 1.0 / np.sqrt(var)
+    if not np.all(np.isfinite(scale)):
+        raise AsrBnError("NaN or infinity in CMVN statistics (corrupt cmvn.ark?)")
+    return -(mean * scale), scale
+
+
+def apply_cmvn(
+    feats: torch.Tensor | np.ndarray, stats: np.ndarray, norm_vars: bool = False
+) -> torch.Tensor | np.ndarray:
+    """Kaldi's apply-cmvn on one (T, D) matrix: subtract the mean; with norm_vars also divide by the std. dev.
+
+    Returns the same kind (tensor or array) and dtype as `feats`.
+    """
+    offset, scale = _cmvn_offset_scale(stats, norm_vars)
+    if feats.shape[-1] != offset.shape[0]:
+        raise AsrBnError(f"CMVN stats are for dimension {offset.shape[0]}, features have {feats.shape[-1]}")
+    if isinstance(feats, torch.Tensor):
+        off = torch.from_numpy(offset.astype(np.float32)).to(feats.device, feats.dtype)
+        if scale is None:
+            return feats + off
+        return feats * torch.from_numpy(scale.astype(np.float32)).to(feats.device, feats.dtype) + off
+    off32 = offset.astype(np.float32)
+    return (feats + off32 if scale is None else feats * scale.astype(np.float32) + off32).astype(feats.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The pipeline shared by training and decoding
+
+CmvnMode = Literal["speaker", "utterance", "global", "none"]
+_CMVN_MODES = ("speaker", "utterance", "global", "none")
+
+
+@dataclass
+class FeaturePipeline:
+    """Fbank config + CMVN mode + deltas: saved beside every artifact and used by training and decoding alike."""
+
+    fbank: FbankConfig = dataclasses.field(default_factory=FbankConfig)
+    cmvn: CmvnMode = "speaker"
+    norm_vars: bool = False
+    delta_order: int = 2
+    delta_window: int = 2
+
+    def __post_init__(self) -> None:
+        if self.cmvn not in _CMVN_MODES:
+            raise UsageError(f"cmvn mode {self.cmvn!r} is not one of {', '.join(_CMVN_MODES)}")
+        if self.delta_order < 0 or self.delta_window < 1:
+            raise UsageError(f"delta_order={self.delta_order} must be >= 0 and delta_window={self.delta_window} >= 1")
+
+    @property
+    def output_dim(self) -> int:
+        """Dimension of transformed features: fbank dim × (delta_order + 1)."""
+        return self.fbank.dim * (self.delta_order + 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (JSON-safe)."""
+        return {
+            "fbank": self.fbank.to_dict(),
+            "cmvn": self.cmvn,
+            "norm_vars": self.norm_vars,
+            "delta_order": self.delta_order,
+            "delta_window": self.delta_window,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FeaturePipeline":
+        """Inverse of to_dict; unknown keys are a UsageError."""
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UsageError(f"unknown feature-pipeline key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        d["fbank"] = FbankConfig.from_dict(d.get("fbank", {}))
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        """Write the pipeline as JSON, atomically."""
+        write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FeaturePipeline":
+        """Read a pipeline saved by `save`; a missing or corrupt file is an AsrBnError naming it."""
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as e:
+            raise AsrBnError(f"feature pipeline {path} is missing (it is written by `asr-bn prep`)") from e
+        except (OSError, ValueError) as e:
+            raise AsrBnError(f"feature pipeline {path} is unreadable or not JSON ({e}); re-run `asr-bn prep`") from e
+        if not isinstance(d, dict):
+            raise AsrBnError(f"feature pipeline {path} is not a JSON object; re-run `asr-bn prep`")
+        try:
+            return cls.from_dict(d)
+        except (UsageError, TypeError) as e:
+            raise AsrBnError(f"feature pipeline {path} is invalid: {e}") from e
+
+    def transform(self, raw: torch.Tensor, cmvn_stats: np.ndarray | None) -> torch.Tensor:
+        """CMVN then deltas on one utterance's raw fbank (T, fbank.dim) → (T, output_dim).
+
+        cmvn_stats: the speaker's / utterance's / global 2×(D+1) stats; None is allowed for cmvn "none", and for
+        "utterance" (the stats are then computed from `raw`).
+        """
+        x = self._cmvn(raw, self._stats_for(raw, cmvn_stats))
+        return add_deltas(x, self.delta_order, self.delta_window)
+
+    def transform_batch(
+        self, raw: torch.Tensor, lengths: torch.Tensor, cmvn_stats: Sequence[np.ndarray | None] | np.ndarray | None
+    ) -> torch.Tensor:
+        """Batched `transform`: padded raw (B, T, D), lengths (B,), one stats matrix per utterance (or (B, 2, D+1))
+        → (B, T, output_dim) with zero padding; the same numbers as `transform` on each utterance."""
+        b, t, d = raw.shape
+        if self.cmvn != "none":
+            if cmvn_stats is None:
+                cmvn_stats = [None] * b
+            offsets = np.zeros((b, d), dtype=np.float32)
+            scales = np.ones((b, d), dtype=np.float32)
+            for i in range(b):
+                stats = self._stats_for(raw[i, : int(lengths[i])], cmvn_stats[i])
+                offset, scale = _cmvn_offset_scale(stats, self.norm_vars)
+                offsets[i] = offset
+                if scale is not None:
+                    scales[i] = scale
+            off = torch.from_numpy(offsets).to(raw.device, raw.dtype)[:, None, :]
+            raw = raw * torch.from_numpy(scales).to(raw.device, raw.dtype)[:, None, :] + off if self.norm_vars else raw + off
+        return add_deltas(raw, self.delta_order, self.delta_window, lengths=lengths)
+
+    def _stats_for(self, raw: torch.Tensor, stats: np.ndarray | None) -> np.ndarray | None:
+        if self.cmvn == "none":
+            return None
+        if stats is None:
+            if self.cmvn == "utterance":
+                return compute_cmvn_stats([raw])
+            raise UsageError(f"cmvn mode {self.cmvn!r} needs CMVN stats (cmvn.scp from `asr-bn prep`), got none")
+        return stats
+
+    def _cmvn(self, raw: torch.Tensor, stats: np.ndarray | None) -> torch.Tensor:
+        return raw if stats is None else apply_cmvn(raw, stats, self.norm_vars)  # type: ignore[return-value]
