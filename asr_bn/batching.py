@@ -1,0 +1,426 @@
+"""Batches of utterances of similar length, and the data side of training: reading, padding, filtering.
+
+`BucketingSampler` knows only utterance lengths: each epoch it shuffles the utterances from a seed, sorts them by
+length inside large random pools, cuts each pool into batches (a fixed number of utterances, or a padded-frame
+budget B × T_max), and shuffles the batch order. Sorting inside pools keeps padding small (≈1 % on WSJ-like
+lengths at 24 utterances, see `bench/batching.py`) while every epoch still sees new batches.
+
+`UtteranceDataset` reads a prepared data dir (docs/ARCHITECTURE.md) through its saved `FeaturePipeline` (CMVN and
+deltas applied on the fly, in DataLoader workers), joins the pdf targets and returns whole padded `Batch`es.
+
+>>> sampler = BucketingSampler(lengths, batch_size=24, seed=0)
+>>> loader = make_loader(dataset, sampler, num_workers=2, pin_memory=True)
+>>> for batch in loader: ...   # batch.feats (B, T_max, D), batch.targets (B, T_max), batch.lengths (B,)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from asr_bn.errors import AsrBnError, UsageError
+from asr_bn.report import Report
+
+__all__ = [
+    "BucketingSampler",
+    "Batch",
+    "UtteranceDataset",
+    "filter_by_length",
+    "make_loader",
+    "padding_waste",
+    "PAD_TARGET",
+]
+
+PAD_TARGET = -100
+"""Target value of padded frames; the same as `torch.nn.functional.cross_entropy`'s default `ignore_index`."""
+
+
+class BucketingSampler:
+    """Length-bucketed batches of utterance indices, reproducible per (seed, epoch), resumable, distributed-aware.
+
+    :param lengths: number of frames of every utterance (index i of the dataset has lengths[i] frames).
+    :param batch_size: utterances per batch (the paper: 24); exclusive with `max_frames`.
+    :param max_frames: padded-frame budget per batch, B × T_max ≤ max_frames (a single longer utterance forms its
+        own batch); exclusive with `batch_size`.
+    :param seed: with the epoch, fixes the batches; the same on every rank.
+    :param shuffle: False gives sorted, epoch-independent batches (for evaluation).
+    :param drop_last: drop the epoch's last batch when it has fewer than `batch_size` utterances.
+    :param pool_batches: batches per sorted pool; larger pools pad less but mix lengths less across an epoch.
+    :param rank, world_size: under DistributedDataParallel every *global* batch is split between the ranks
+        (rank r gets utterances r, r+N, … of the length-sorted batch), so each rank gets a disjoint list of
+        batches, all ranks the same number, and `batch_size` / `max_frames` mean the same with 1 or N GPUs.
+
+    `position` is the number of batches of the current epoch already consumed; iteration starts there. The
+    trainer advances it after each update (a DataLoader prefetches, so the sampler cannot know) and saves
+    `state_dict()` in its checkpoint.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int] | np.ndarray,
+        batch_size: int | None = 24,
+        max_frames: int | None = None,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        pool_batches: int = 100,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        if (batch_size is None) == (max_frames is None):
+            raise UsageError("give exactly one of --batch-size and --max-frames")
+        if batch_size is not None and batch_size < world_size:
+            raise UsageError(f"--batch-size {batch_size} is smaller than the number of processes {world_size}")
+        if max_frames is not None and max_frames <= 0 or batch_size is not None and batch_size <= 0:
+            raise UsageError("--batch-size / --max-frames must be positive")
+        if len(self.lengths) < world_size:
+            raise AsrBnError(f"{len(self.lengths)} utterances cannot be shared by {world_size} processes")
+        if not 0 <= rank < world_size:
+            raise UsageError(f"rank {rank} is outside 0..{world_size - 1}")
+        self.batch_size = batch_size
+        self.max_frames = max_frames
+        self.seed = seed
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.pool_batches = pool_batches
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.position = 0
+        self._cache: tuple[int, list[np.ndarray]] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose batches the next iteration yields, from its first batch."""
+        if epoch != self.epoch:
+            self.position = 0
+        self.epoch = epoch
+
+    def global_batches(self) -> list[np.ndarray]:
+        """All batches of the current epoch (utterance indices, before the split between ranks)."""
+        if self._cache is None or self._cache[0] != self.epoch:
+            self._cache = (self.epoch, self._make_batches())
+        return self._cache[1]
+
+    def batch_num_frames(self, k: int) -> int:
+        """Unpadded frames of global batch k of this epoch (all ranks): the loss normaliser under DDP."""
+        return int(self.lengths[self.global_batches()[k]].sum())
+
+    def __len__(self) -> int:
+        return len(self.global_batches())
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.global_batches()[self.position :]:
+            yield batch[self.rank :: self.world_size].tolist()
+
+    def state_dict(self) -> dict:
+        """Where this sampler stands (epoch, consumed batches) plus what fixes its batches, for a checkpoint."""
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "num_utts": len(self.lengths),
+            "total_frames": int(self.lengths.sum()),
+            "batch_size": self.batch_size,
+            "max_frames": self.max_frames,
+            "world_size": self.world_size,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue where `state_dict()` left off; refuse a state made for other data or batch settings."""
+        mine = self.state_dict()
+        for key in ("seed", "num_utts", "total_frames", "batch_size", "max_frames", "world_size"):
+            if state.get(key) != mine[key]:
+                raise UsageError(
+                    f"cannot resume the sampler: {key} was {state.get(key)} and is now {mine[key]} "
+                    "(resume with the same data, filter, batch settings and number of processes)"
+                )
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+
+    # -- how an epoch's batches are made -------------------------------------------------------------------
+
+    def _make_batches(self) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        n = len(self.lengths)
+        if self.shuffle:
+            order = rng.permutation(n)
+            pool = self.pool_batches * (self.batch_size or max(1, self.max_frames // max(1, int(np.median(self.lengths)))))
+        else:
+            order, pool = np.arange(n), n
+        batches: list[np.ndarray] = []
+        for start in range(0, n, pool):
+            chunk = order[start : start + pool]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches.extend(self._cut(chunk))
+        if self.drop_last and self.batch_size is not None and len(batches[-1]) < self.batch_size and len(batches) > 1:
+            batches.pop()
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def _cut(self, sorted_idx: np.ndarray) -> list[np.ndarray]:
+        """Cut length-sorted indices into batches; a tail too small to give every rank an utterance joins the
+        batch before it."""
+        if self.batch_size is not None:
+            cuts = list(range(self.batch_size, len(sorted_idx), self.batch_size))
+        else:
+            cuts, count = [], 0
+            for i, length in enumerate(self.lengths[sorted_idx]):
+                if count >= self.world_size and (count + 1) * length > self.max_frames:
+                    cuts.append(i)
+                    count = 0
+                count += 1
+        batches = np.split(sorted_idx, cuts)
+        if len(batches) > 1 and len(batches[-1]) < self.world_size:
+            batches[-2:] = [np.concatenate(batches[-2:])]
+        return batches
+
+
+def padding_waste(lengths: np.ndarray, batches: Sequence[Sequence[int]]) -> float:
+    """Share of padded frames among all frames of the padded batches: 1 − Σ len / Σ B·T_max."""
+    lengths = np.asarray(lengths)
+    real = sum(int(lengths[b].sum()) for b in batches)
+    padded = sum(len(b) * int(lengths[b].max()) for b in batches)
+    return 1.0 - real / padded
+
+
+# -- the data side: a prepared data dir read through its FeaturePipeline ------------------------------------------
+
+
+@dataclass
+class Batch:
+    """Padded utterances: feats (B, T_max, D) float32, targets (B, T_max) int64 with PAD_TARGET on padding,
+    lengths (B,) int64. `error` carries a data error out of a DataLoader worker as one line (see `check`)."""
+
+    utts: list[str]
+    feats: torch.Tensor
+    targets: torch.Tensor
+    lengths: torch.Tensor
+    error: str | None = None
+
+    @property
+    def num_frames(self) -> int:
+        """Real (unpadded) frames."""
+        return int(self.lengths.sum())
+
+    @property
+    def padded_frames(self) -> int:
+        """B × T_max: what the batch costs in memory and time."""
+        return self.feats.shape[0] * self.feats.shape[1]
+
+    def check(self) -> "Batch":
+        """Raise the worker's data error in this process as the one-line AsrBnError it was."""
+        if self.error is not None:
+            raise AsrBnError(self.error)
+        return self
+
+    def pin_memory(self) -> "Batch":
+        """Page-locked copy, so `to(device, non_blocking=True)` overlaps the copy with compute (DataLoader hook)."""
+        return Batch(self.utts, self.feats.pin_memory(), self.targets.pin_memory(), self.lengths.pin_memory(), self.error)
+
+    def to(self, device: torch.device | str) -> "Batch":
+        """Features and targets on `device` (lengths stay on the CPU, where packing wants them)."""
+        return Batch(
+            self.utts,
+            self.feats.to(device, non_blocking=True),
+            self.targets.to(device, non_blocking=True),
+            self.lengths,
+            self.error,
+        )
+
+
+def _read_table(path: Path) -> dict[str, str]:
+    """A Kaldi two-column text table (key value) as a dict."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError as e:
+        raise AsrBnError(f"{path} is missing (a prepared data dir from `asr-bn prep` has it)") from e
+    table = {}
+    for number, line in enumerate(lines, 1):
+        fields = line.split(maxsplit=1)
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise AsrBnError(f"{path}:{number}: expected 'key value', got {line!r}")
+        table[fields[0]] = fields[1].strip()
+    return table
+
+
+class UtteranceDataset(torch.utils.data.Dataset):
+    """The utterances of a prepared data dir with their pdf targets, transformed by the dir's FeaturePipeline.
+
+    `utts` (default: every utterance of feats.scp that has targets) fixes the order: index i is utts[i].
+    `dataset[indices]` through `__getitems__` returns one padded `Batch`, so a DataLoader worker does the
+    reading, CMVN, deltas and padding. With `cache=True` the transformed features are loaded once into RAM
+    (for small corpora; use num_workers=0 then).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        num_pdfs: int,
+        utts: Sequence[str] | None = None,
+        cache: bool = False,
+    ) -> None:
+        import kaldiio
+
+        from asr_bn.features import FeaturePipeline
+
+        self.dir = Path(data_dir)
+        self.num_pdfs = num_pdfs
+        self.pipeline = FeaturePipeline.load(self.dir / "pipeline.json")
+        self.feats_scp = _read_table(self.dir / "feats.scp")
+        self.pdf_scp = _read_table(self.dir / "pdf.scp")
+        num_frames = _read_table(self.dir / "utt2num_frames")
+        self.utts = list(utts) if utts is not None else [u for u in self.feats_scp if u in self.pdf_scp]
+        try:
+            self.lengths = np.array([int(num_frames[u]) for u in self.utts], dtype=np.int64)
+        except (KeyError, ValueError) as e:
+            raise AsrBnError(f"{self.dir / 'utt2num_frames'}: no valid frame count for {e} (re-run `asr-bn prep`)") from e
+        self._cmvn_key = self._cmvn_keys()
+        cmvn_scp = self.dir / "cmvn.scp"
+        # utterance CMVN may come without cmvn.scp: the pipeline then computes the stats from the utterance itself
+        self._cmvn = kaldiio.load_scp(str(cmvn_scp)) if self.pipeline.cmvn != "none" and cmvn_scp.exists() else None
+        if self._cmvn is None and self.pipeline.cmvn in ("speaker", "global"):
+            raise AsrBnError(f"{cmvn_scp} is missing but pipeline.json asks for {self.pipeline.cmvn} CMVN (re-run `asr-bn prep`)")
+        self._cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        if cache:
+            from asr_bn.progress import track
+
+            self._cache = [self._load(i) for i in track(range(len(self.utts)), f"caching {self.dir.name}")]
+
+    def _cmvn_keys(self) -> dict[str, str]:
+        mode = self.pipeline.cmvn
+        if mode == "speaker":
+            utt2spk = _read_table(self.dir / "utt2spk")
+            missing = [u for u in self.utts if u not in utt2spk]
+            if missing:
+                raise AsrBnError(f"{self.dir / 'utt2spk'} has no speaker for {missing[0]} ({len(missing)} utterances)")
+            return {u: utt2spk[u] for u in self.utts}
+        if mode == "global":
+            return {u: "global" for u in self.utts}
+        return {u: u for u in self.utts}
+
+    def __len__(self) -> int:
+        return len(self.utts)
+
+    def _load(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Transformed features (T, D) and int64 targets (T,) of utterance i, checked."""
+        import kaldiio
+
+        utt = self.utts[i]
+        raw = kaldiio.load_mat(self.feats_scp[utt])
+        if not np.isfinite(raw).all():
+            raise AsrBnError(
+                f"{self.dir / 'feats.scp'}: utterance {utt} has NaN/Inf features "
+                "(re-extract it with `asr-bn prep`, or remove it from the data dir)"
+            )
+        stats = None
+        if self._cmvn is not None:
+            key = self._cmvn_key[utt]
+            try:
+                stats = self._cmvn[key]
+            except KeyError as e:
+                raise AsrBnError(f"{self.dir / 'cmvn.scp'} has no stats for {key} (utterance {utt}); re-run `asr-bn prep`") from e
+        feats = self.pipeline.transform(torch.from_numpy(np.array(raw, dtype=np.float32)), stats)  # a writable copy
+        if not torch.isfinite(feats).all():
+            raise AsrBnError(
+                f"{self.dir / 'cmvn.scp'}: CMVN stats of {self._cmvn_key[utt]} turn utterance {utt} into NaN/Inf "
+                "(re-run `asr-bn prep`)"
+            )
+        targets = kaldiio.load_mat(self.pdf_scp[utt])
+        if len(targets) != len(feats):
+            raise AsrBnError(
+                f"{self.dir / 'pdf.scp'}: utterance {utt} has {len(targets)} targets for {len(feats)} frames "
+                "(re-run the alignment step of `asr-bn prep`)"
+            )
+        if len(targets) and (targets.max() >= self.num_pdfs or targets.min() < 0):
+            bad = int(targets.max() if targets.max() >= self.num_pdfs else targets.min())
+            raise AsrBnError(
+                f"{self.dir / 'pdf.scp'}: utterance {utt} has pdf-id {bad}, outside the model's {self.num_pdfs} outputs "
+                "(the alignments come from another tree; re-align, or train a new model with --num-pdfs)"
+            )
+        return feats, torch.from_numpy(targets.astype(np.int64))
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._cache[i] if self._cache is not None else self._load(i)
+
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        try:
+            items = [self[i] for i in indices]
+        except AsrBnError as e:
+            empty = torch.zeros(0)
+            return Batch([], empty, empty, empty, error=str(e))
+        lengths = torch.tensor([len(t) for _, t in items], dtype=torch.int64)
+        feats = torch.nn.utils.rnn.pad_sequence([f for f, _ in items], batch_first=True)  # (B, T_max, D)
+        targets = torch.nn.utils.rnn.pad_sequence([t for _, t in items], batch_first=True, padding_value=PAD_TARGET)
+        return Batch([self.utts[i] for i in indices], feats, targets, lengths)
+
+
+def filter_by_length(
+    data_dir: str | Path, max_frames: int | None, report: Report
+) -> tuple[list[str], np.ndarray]:
+    """Utterances of a prepared dir that have targets and at most `max_frames` frames (None: no limit).
+
+    Every dropped utterance is named in `report` (no targets; longer than --max-train-frames); an empty result
+    is an AsrBnError that names the filter.
+    """
+    data_dir = Path(data_dir)
+    feats = _read_table(data_dir / "feats.scp")
+    pdfs = _read_table(data_dir / "pdf.scp")
+    num_frames = _read_table(data_dir / "utt2num_frames")
+    kept, lengths = [], []
+    for utt in feats:
+        if utt not in pdfs:
+            report.skip(utt, "no targets in pdf.scp")
+        elif utt not in num_frames:
+            report.skip(utt, "no frame count in utt2num_frames")
+        elif max_frames is not None and int(num_frames[utt]) > max_frames:
+            report.skip(utt, f"longer than --max-train-frames {max_frames}")
+        else:
+            kept.append(utt)
+            lengths.append(int(num_frames[utt]))
+    report.counts.update({"utterances": len(feats), "kept": len(kept), "frames": int(sum(lengths))})
+    if not kept:
+        reasons = ", ".join(f"{len(v)} {k}" for k, v in report.skipped.items()) or "feats.scp is empty"
+        raise AsrBnError(f"{data_dir}: no utterance is left to train on ({reasons}); raise --max-train-frames or fix the data dir")
+    return kept, np.array(lengths, dtype=np.int64)
+
+
+def _whole_batch(batch: Batch) -> Batch:
+    """DataLoader collate for a dataset whose `__getitems__` already returns the padded batch."""
+    return batch
+
+
+def _quiet_worker(_: int) -> None:
+    """Workers: one thread each, and signals go to the main process only (it saves a checkpoint on SIGTERM)."""
+    import signal
+
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def make_loader(
+    dataset: UtteranceDataset, sampler: BucketingSampler, num_workers: int = 2, pin_memory: bool = False
+) -> torch.utils.data.DataLoader:
+    """A DataLoader yielding padded `Batch`es in the sampler's order, loaded by `num_workers` processes.
+
+    It has its own generator, so creating it never touches the global torch RNG (resume stays bitwise exact).
+    """
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=_whole_batch,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        worker_init_fn=_quiet_worker if num_workers else None,
+        prefetch_factor=4 if num_workers else None,
+        generator=torch.Generator().manual_seed(0),
+    )
