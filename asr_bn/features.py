@@ -527,8 +527,10 @@ def add_deltas(
     single = feats.dim() == 2
     x = feats.unsqueeze(0) if single else feats
     b, t, d = x.shape
-    if order == 0 or t == 0:
+    if order == 0:
         return feats.clone()
+    if t == 0:
+        return feats.new_zeros(feats.shape[:-1] + (d * (order + 1),))
     if lengths is None:
         lengths = torch.full((b,), t, dtype=torch.long)
     lengths = lengths.to(device=x.device, dtype=torch.long)
