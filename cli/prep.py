@@ -1,0 +1,184 @@
+"""`asr-bn prep kaldi|wsj`: a Kaldi data dir (or a Kaldi WSJ s5 tree) → features, CMVN stats and a report."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="Compute features of Kaldi data dirs (fbank, CMVN stats) into prepared dirs for training and decoding.",
+    no_args_is_help=True,
+)
+
+_FBANK_PANEL = "Fbank options (Kaldi's compute-fbank-feats; given ones override --config)"
+_FBANK_HELP = {
+    "sample_frequency": "Sample rate of the audio in Hz (audio at another rate is an error, never resampled).",
+    "frame_length_ms": "Frame length in milliseconds.",
+    "frame_shift_ms": "Frame shift in milliseconds.",
+    "dither": "Dithering constant (0 = none); the noise is seeded per utterance, so runs are reproducible.",
+    "preemphasis_coefficient": "Pre-emphasis coefficient.",
+    "remove_dc_offset": "Subtract the mean of each frame before processing.",
+    "window_type": "Window: povey, hamming, hanning, rectangular, blackman, sine.",
+    "blackman_coeff": "Constant of the blackman window.",
+    "round_to_power_of_two": "Round the FFT size up to a power of two.",
+    "snip_edges": "Only frames that fit completely in the audio (else reflect at the edges, 1 frame per shift).",
+    "num_mel_bins": "Number of mel bins (the paper uses 40).",
+    "low_freq": "Low cut-off of the mel bins in Hz.",
+    "high_freq": "High cut-off in Hz (<= 0: offset from Nyquist).",
+    "use_energy": "Add the log-energy as an extra first feature.",
+    "raw_energy": "Compute the energy before pre-emphasis and windowing.",
+    "energy_floor": "Floor on the energy (absolute, not relative).",
+    "use_log_fbank": "Log of the mel energies (else linear).",
+    "use_power": "Power spectrum (else magnitude).",
+    "htk_compat": "HTK order: the energy goes last.",
+    "vtln_low": "Low inflection point of the VTLN warp in Hz.",
+    "vtln_high": "High inflection point of the VTLN warp in Hz (< 0: offset from Nyquist).",
+    "vtln_warp": "VTLN warp factor (1 = none).",
+}
+
+
+class Cmvn(str, Enum):
+    """CMVN statistics: per speaker (spk2utt), per utterance, one global set, or none."""
+
+    speaker = "speaker"
+    utterance = "utterance"
+    global_ = "global"
+    none = "none"
+
+
+class Device(str, Enum):
+    """Where fbank runs."""
+
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _with_fbank_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command one option per FbankConfig field (Kaldi's name, e.g. --num-mel-bins); the command receives
+    the options the user actually gave as `fbank_overrides` (a dict), so they can override --config."""
+    from asr_bn.features import _KALDI_NAMES, FbankConfig
+
+    kaldi_name = {field: name for name, field in _KALDI_NAMES.items()}
+    types = {"float": float, "int": int, "bool": bool, "str": str}
+    fields = [f for f in dataclasses.fields(FbankConfig)]
+    extra = []
+    for f in fields:
+        typ = types[f.type] if isinstance(f.type, str) else f.type
+        flag = f"--{kaldi_name[f.name]}" + (f"/--no-{kaldi_name[f.name]}" if typ is bool else "")
+        option = typer.Option(flag, help=_FBANK_HELP[f.name], rich_help_panel=_FBANK_PANEL)
+        extra.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=Annotated[typ, option]))
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "fbank_overrides"]
+    ctx = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+
+    @functools.wraps(command)
+    def wrapper(ctx: typer.Context, **kwargs: Any) -> Any:
+        overrides = {}
+        for f in fields:
+            value = kwargs.pop(f.name)
+            source = ctx.get_parameter_source(f.name)  # click's ParameterSource (typer vendors click)
+            if source is not None and source.name == "COMMANDLINE":
+                overrides[f.name] = value
+        return command(**kwargs, fbank_overrides=overrides)
+
+    params = [*own, ctx, *extra]
+    wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
+def _pipeline(config: Optional[Path], overrides: dict[str, Any], cmvn: Cmvn, norm_vars: bool, preset: dict[str, Any]):  # noqa: ANN202
+    """The FeaturePipeline: explicit fbank options over the --config file, or over the command's preset."""
+    from asr_bn.features import FbankConfig, FeaturePipeline
+
+    if config is not None:
+        fbank = FbankConfig.from_kaldi_conf(config, **overrides)
+    else:
+        fbank = FbankConfig.from_dict({**preset, **overrides})
+    return FeaturePipeline(fbank, cmvn=cmvn.value, norm_vars=norm_vars)  # type: ignore[arg-type]
+
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Kaldi fbank conf file (`--num-mel-bins=40` per line), as compute-fbank-feats --config.")]
+CmvnOpt = Annotated[Cmvn, typer.Option("--cmvn", help="CMVN statistics to compute: per speaker, per utterance, global, or none.")]
+NormVarsOpt = Annotated[bool, typer.Option("--norm-vars", help="Normalize variances too when applying CMVN (means always).")]
+CompressOpt = Annotated[bool, typer.Option("--compress", help="Store feats.ark with Kaldi's lossy compression (kSpeechFeature), about 4x smaller.")]
+NjOpt = Annotated[int, typer.Option("--nj", min=1, help="Threads loading audio (files and pipes).")]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="Device for fbank.")]
+SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Skip utterances with missing, corrupt or failing audio (named in the report) instead of stopping.")]
+ChannelOpt = Annotated[Optional[int], typer.Option("--channel", min=0, help="Channel of multi-channel audio to use (0 = left); multi-channel audio without it is an error.")]
+Sph2pipeOpt = Annotated[Optional[Path], typer.Option("--sph2pipe", help="Path of sph2pipe, replacing the one named in wav.scp's pipes.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Redo an output that is already complete.")]
+
+
+def _print(result: Any) -> None:  # result: asr_bn.prep.PrepResult
+    console = Console(highlight=False, soft_wrap=True)
+    if result.already_done:
+        console.print(f"{result.out_dir}: already done (same inputs and options; --force redoes it)")
+        return
+    for line in result.report.lines():
+        console.print(line, markup=False)
+    console.print(f"wrote {result.out_dir}", markup=False)
+
+
+@app.command("kaldi")
+@_with_fbank_options
+def kaldi(
+    data_dir: Annotated[Path, typer.Argument(help="Kaldi data dir: wav.scp, utt2spk or spk2utt; optional segments, text, utt2dur.")],
+    out_dir: Annotated[Path, typer.Argument(help="Output dir: feats.{ark,scp}, cmvn.{ark,scp}, utt2num_frames, data files, pipeline.json, report.json.")],
+    config: ConfigOpt = None,
+    cmvn: CmvnOpt = Cmvn.speaker,
+    norm_vars: NormVarsOpt = False,
+    compress: CompressOpt = False,
+    nj: NjOpt = 1,
+    device: DeviceOpt = Device.cpu,
+    skip_bad: SkipBadOpt = False,
+    channel: ChannelOpt = None,
+    sph2pipe: Sph2pipeOpt = None,
+    force: ForceOpt = False,
+    fbank_overrides: dict[str, Any] | None = None,
+) -> None:
+    """Compute raw fbank + CMVN stats of one Kaldi data dir (e.g. asr-bn prep kaldi data/train prep/train --nj 4)."""
+    from asr_bn.prep import prepare_kaldi
+
+    pipeline = _pipeline(config, fbank_overrides or {}, cmvn, norm_vars, {})
+    _print(prepare_kaldi(
+        data_dir, out_dir, pipeline, compress=compress, nj=nj, device=device.value, skip_bad=skip_bad,
+        channel=channel, sph2pipe=None if sph2pipe is None else str(sph2pipe), force=force,
+    ))
+
+
+@app.command("wsj")
+@_with_fbank_options
+def wsj(
+    s5_dir: Annotated[Path, typer.Argument(help="Kaldi egs/wsj/s5 directory after its data prep (holds data/train_si284, …).")],
+    out_dir: Annotated[Path, typer.Argument(help="Output dir: one prepared dir per set, OUT_DIR/<set>.")],
+    sets: Annotated[str, typer.Option("--sets", help="Comma-separated data sets under s5/data.")] = "train_si284,test_dev93,test_eval92",
+    config: ConfigOpt = None,
+    cmvn: CmvnOpt = Cmvn.speaker,
+    norm_vars: NormVarsOpt = False,
+    compress: CompressOpt = False,
+    nj: NjOpt = 1,
+    device: DeviceOpt = Device.cpu,
+    skip_bad: SkipBadOpt = False,
+    channel: ChannelOpt = None,
+    sph2pipe: Sph2pipeOpt = None,
+    force: ForceOpt = False,
+    fbank_overrides: dict[str, Any] | None = None,
+) -> None:
+    """The paper's WSJ features (40 fbank, 16 kHz, speaker CMVN) for each set of a Kaldi WSJ tree
+    (e.g. asr-bn prep wsj ~/kaldi/egs/wsj/s5 prep/wsj --nj 8)."""
+    from asr_bn.prep import prepare_wsj
+
+    pipeline = _pipeline(config, fbank_overrides or {}, cmvn, norm_vars, {"sample_frequency": 16000.0, "num_mel_bins": 40})
+    prepare_wsj(
+        s5_dir, out_dir, pipeline, sets=[s.strip() for s in sets.split(",") if s.strip()],
+        on_set=lambda name, result: _print(result),
+        compress=compress, nj=nj, device=device.value, skip_bad=skip_bad, channel=channel,
+        sph2pipe=None if sph2pipe is None else str(sph2pipe), force=force,
+    )
