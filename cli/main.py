@@ -45,6 +45,9 @@ def _root(
 
 
 # Commands: one module each under cli/, registered here.
+from asr_bn_cli import prep as _prep  # noqa: E402
+
+app.add_typer(_prep.app, name="prep")
 
 
 def main() -> None:
