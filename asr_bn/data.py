@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asr_bn.errors import AsrBnError
+from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.io import write_text
 from asr_bn.report import Report
 
@@ -176,12 +176,12 @@ def _parse_float(path: Path, number: int, value: str, what: str) -> float:
 def load_data_dir(path: str | Path, report: Report) -> DataDir:
     """Read and validate a Kaldi data dir; utterances missing from some of its files are skipped, named in `report`.
 
-    Errors (AsrBnError, one line naming file and line): missing wav.scp, no utt2spk nor spk2utt, duplicate keys,
+    Errors (AsrBnError, one line naming file and line; UsageError when `path` is not a directory): missing wav.scp, no utt2spk nor spk2utt, duplicate keys,
     malformed lines, non-UTF-8 bytes, utt2spk and spk2utt disagreeing.
     """
     path = Path(path)
     if not path.is_dir():
-        raise AsrBnError(f"data dir {path} does not exist (expected a Kaldi data dir holding wav.scp, utt2spk, text)")
+        raise UsageError(f"data dir {path} does not exist (expected a Kaldi data dir holding wav.scp, utt2spk, text)")
     wav_scp = path / "wav.scp"
     if not wav_scp.is_file():
         raise AsrBnError(f"no {wav_scp}: a Kaldi data dir needs wav.scp (`<recording> <path or cmd |>` per line)")
@@ -257,7 +257,7 @@ def load_data_dir(path: str | Path, report: Report) -> DataDir:
         utt: Utterance(utt, utt2spk[utt], spans[utt][0], spans[utt][1], spans[utt][2], None if text is None else text[utt])
         for utt in keep
     }
-    report.counts["utterances in"] = len(spans)
+    report.counts["utterances in"] = len(set(spans).union(utt2spk, text or (), durations or ()))
     data = DataDir(path, recordings, utterances, has_segments=segments.is_file(), has_text=text is not None)
     data.root = _find_root(data)
     if data.root != Path.cwd():

@@ -36,6 +36,7 @@ WSJ_SETS = ("train_si284", "test_dev93", "test_eval92")
 KALDI_SPH2PIPE = "KALDI_ROOT/tools/sph2pipe_v2.5/sph2pipe"
 _DATA_FILES = ("wav.scp", "segments", "utt2spk", "spk2utt", "text", "utt2dur")
 _OUTPUT_FILES = _DATA_FILES + ("feats.ark", "feats.scp", "cmvn.ark", "cmvn.scp", "utt2num_frames", "pipeline.json")
+_DERIVED_FILES = ("pdf.ark", "pdf.scp", "targets_report.json")  # targets joined to the features (asr_bn.alignments)
 _STAGING = ".prep.partial"
 _BATCH_SAMPLES = 16000 * 200  # audio per compute_fbank call (about 200 s at 16 kHz): few calls, bounded memory
 
@@ -71,23 +72,28 @@ def prepare_kaldi(
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if nj < 1:
         raise UsageError(f"--nj {nj}: need at least 1 job")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: torch sees no CUDA GPU (torch {torch.__version__}); use --device cpu")
     if data_dir.resolve() == out_dir.resolve():
         raise UsageError(f"OUT_DIR {out_dir} is the data dir itself; choose another output directory")
+    report = Report("prep")
+    data = load_data_dir(data_dir, report)  # validation first: a bad data dir leaves OUT_DIR untouched
+    if sph2pipe is not None:
+        _use_sph2pipe(data, sph2pipe)
+    _check_pipe_programs(data)
+    signature = {
+        "data_dir": str(data_dir.resolve()),
+        "inputs": _input_digests(data_dir),
+        "pipeline": pipeline.to_dict(),
+        "compress": compress,
+        "channel": channel,
+        "skip_bad": skip_bad,
+        "sph2pipe": sph2pipe,
+    }
     with OutputLock(out_dir):
-        report = Report("prep")
-        data = load_data_dir(data_dir, report)
-        if sph2pipe is not None:
-            _use_sph2pipe(data, sph2pipe)
-        _check_pipe_programs(data)
-        signature = {
-            "data_dir": str(data_dir.resolve()),
-            "inputs": _input_digests(data_dir),
-            "pipeline": pipeline.to_dict(),
-            "compress": compress,
-            "channel": channel,
-            "skip_bad": skip_bad,
-            "sph2pipe": sph2pipe,
-        }
         if not force and _is_done(out_dir, signature):
             return PrepResult(out_dir, _saved_report(out_dir), True)
         staging = out_dir / _STAGING
@@ -234,9 +240,11 @@ def _publish(staging: Path, out_dir: Path, files: list[str], report: Report, sig
         if name in files:
             _retarget_scp(staging / name, staging / name.replace(".scp", ".ark"), out_dir / name.replace(".scp", ".ark"))
     (out_dir / "report.json").unlink(missing_ok=True)
-    for name in _OUTPUT_FILES:
-        if name not in files:
-            (out_dir / name).unlink(missing_ok=True)  # from an earlier run with other options
+    for name in _OUTPUT_FILES + _DERIVED_FILES:
+        if name not in files and (out_dir / name).exists():
+            (out_dir / name).unlink()  # from an earlier run: other options, or targets joined to the old features
+            if name in _DERIVED_FILES:
+                report.note(f"removed {name} of the earlier run (it belonged to the old features; join the alignments again)")
     for name in files:
         os.replace(staging / name, out_dir / name)
     write_text(out_dir / "report.json", json.dumps({**report.to_dict(), "files": files, "signature": signature}, indent=2) + "\n")
@@ -279,7 +287,7 @@ def _write_outputs(
     def features() -> Iterator[tuple[str, np.ndarray]]:
         with progress_bar() as bar:
             task = bar.add_task(f"prep {data.path.name}", total=len(data.utterances), info="")
-            for batch in _batches(_waves(data, cfg, nj, skip_bad, channel, report, lambda: bar.advance(task))):
+            for batch in _batches(_waves(data, cfg, nj, skip_bad, channel, report, lambda: bar.advance(task)), _BATCH_SAMPLES):
                 feats = compute_fbank([w for _, w in batch], cfg, device=device)
                 for (utt, wave), f in zip(batch, feats):
                     bar.advance(task)
@@ -386,7 +394,7 @@ def _waves(
                 f.cancel()
 
 
-def _batches(waves: Iterator[tuple[str, np.ndarray]], max_samples: int = _BATCH_SAMPLES) -> Iterator[list[tuple[str, np.ndarray]]]:
+def _batches(waves: Iterator[tuple[str, np.ndarray]], max_samples: int) -> Iterator[list[tuple[str, np.ndarray]]]:
     """Group (utterance, samples) pairs into lists of about `max_samples` samples for one compute_fbank call."""
     batch: list[tuple[str, np.ndarray]] = []
     size = 0

@@ -165,7 +165,7 @@ def test_inconsistent_sets_are_counted_and_named(tmp_path: Path, four) -> None: 
     data = load_data_dir(write_dir(tmp_path / "d", files), report)
     assert list(data.utterances) == [u for u, _, _ in four[2:]]
     assert dict(report.skipped) == {"missing from utt2spk": [u0], "missing from text": [u1], "in text but not in wav.scp": ["zz-extra"]}
-    assert report.counts["utterances in"] == 4
+    assert report.counts["utterances in"] == 5  # every id seen in any file: written + skipped
 
 
 def test_non_utf8_text_names_file_and_line(tmp_path: Path, four) -> None:  # noqa: ANN001
