@@ -1,0 +1,47 @@
+"""`asr-bn score wer REF HYP…` (Kaldi's compute-wer / score.sh) and `asr-bn score frames MODEL DATA` (CE, FER)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(help="Score hypotheses (WER, SER) or a model's frames (cross-entropy, frame error rate).",
+                  no_args_is_help=True)
+
+
+@app.command("wer")
+def wer(
+    ref: Annotated[Path, typer.Argument(help="Reference: a Kaldi text file, or a data dir holding `text` (its "
+                                        "utt2spk then gives the per-speaker table).")],
+    hyps: Annotated[list[Path], typer.Argument(help="Hypothesis text files, or decode dirs (their hyp_LMWT files, "
+                                               "else their `text`). With several, each is scored and the best shown.")],
+    ignore: Annotated[str, typer.Option(help="Comma-separated non-scored words, removed from both sides, e.g. "
+                                        "'<NOISE>,<SIL>,<SPOKEN_NOISE>'.")] = "",
+    mode: Annotated[str, typer.Option(help="all: a missing hypothesis counts as empty; present: score only "
+                                      "utterances with one; strict: a missing one is an error.")] = "all",
+    utt2spk: Annotated[Optional[Path], typer.Option(help="utt2spk for the per-speaker table (default: REF's, when "
+                                                    "REF is a data dir).")] = None,
+    details: Annotated[Optional[Path], typer.Option(help="Write per_utt and per_spk (Kaldi's wer_details) of the "
+                                                    "best hypotheses into this dir.")] = None,
+) -> None:
+    """Word and sentence error rates in Kaldi's format, e.g.
+    asr-bn score wer data/test exp/blstm/decode --ignore '<SIL>'"""
+    from asr_bn.score import score_hyps, write_details
+
+    words = [w for w in ignore.split(",") if w]
+    results, best = score_hyps(ref, hyps, words, mode)
+    for result in results:
+        for line in result.lines():
+            typer.echo(line)
+    if len(results) > 1:
+        typer.echo(f"best: {best.lines()[0]}")
+    if details is not None:
+        if utt2spk is None and ref.is_dir() and (ref / "utt2spk").is_file():
+            utt2spk = ref / "utt2spk"
+        for path in write_details(best, details, utt2spk):
+            typer.echo(f"wrote {path}", err=True)
+
+
+__all__ = ["app", "wer"]

@@ -1,0 +1,178 @@
+"""WER/SER exactly as Kaldi's compute-wer (cross-checked against kaldialign, k2-fsa's port of Kaldi's
+edit distance), score.sh's best-of-LMWT, Kaldi's per_utt / per_spk details, and frame CE / FER."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from asr_bn.errors import AsrBnError, UsageError
+from asr_bn.score import (
+    ErrorCounts,
+    FrameScores,
+    align_words,
+    frame_scores,
+    hyp_files,
+    read_text,
+    score_hyps,
+    score_wer,
+    write_details,
+)
+from asr_bn_cli.main import app
+
+runner = CliRunner()
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def test_counts_match_kaldi_edit_distance(rng: np.random.Generator) -> None:
+    kaldialign = pytest.importorskip("kaldialign", reason="kaldialign (k2-fsa) is the reference implementation")
+    vocab = ["a", "b", "c", "d"]  # a small vocabulary makes ties between alignments frequent
+    for _ in range(2000):
+        ref = list(rng.choice(vocab, rng.integers(0, 9)))
+        hyp = list(rng.choice(vocab, rng.integers(0, 9)))
+        ali = align_words(ref, hyp)
+        expected = kaldialign.edit_distance(ref, hyp)
+        assert (ali.counts.ins, ali.counts.dels, ali.counts.subs) == (expected["ins"], expected["del"], expected["sub"])
+        assert [r for r, _ in ali.pairs if r is not None] == ref
+        assert [h for _, h in ali.pairs if h is not None] == hyp
+        assert ali.ops().count("S") == ali.counts.subs
+
+
+def test_alignment_by_hand() -> None:
+    ali = align_words("the cat sat on the mat".split(), "the bat sat the mat too".split())
+    assert ali.ops() == ["C", "S", "C", "D", "C", "C", "I"]
+    assert (ali.counts.subs, ali.counts.dels, ali.counts.ins, ali.counts.words) == (1, 1, 1, 6)
+    assert align_words([], []).counts.errors == 0
+    assert align_words([], ["x"]).ops() == ["I"]
+    assert align_words(["x"], []).ops() == ["D"]
+
+
+def test_kaldi_line_format() -> None:
+    counts = ErrorCounts(words=8234, ins=61, dels=75, subs=362, sentences=503, sentence_errors=200)
+    assert counts.wer_line() == "%WER 6.05 [ 498 / 8234, 61 ins, 75 del, 362 sub ]"
+    assert counts.ser_line() == "%SER 39.76 [ 200 / 503 ]"
+
+
+def test_modes_and_ignored_words(tmp_path: Path) -> None:
+    ref = {"u1": "A B <NOISE> C".split(), "u2": "D E".split(), "u3": "F".split()}
+    hyp = _write(tmp_path / "hyp", ["u1 A B C <SIL>", "u2 D X", "u4 Z"])
+    all_ = score_wer(ref, hyp)  # u3 missing: counts as empty; u4 has no reference: not scored
+    assert all_.missing == ["u3"] and all_.extra == ["u4"]
+    # u1: Kaldi's tie-breaking prefers deleting <NOISE> and inserting <SIL> to two substitutions
+    assert (all_.counts.words, all_.counts.subs, all_.counts.ins, all_.counts.dels) == (7, 1, 1, 2)
+    ignored = score_wer(ref, hyp, ignore=["<NOISE>", "<SIL>"])
+    assert (ignored.counts.words, ignored.counts.errors, ignored.counts.sentence_errors) == (6, 2, 2)
+    present = score_wer(ref, hyp, ignore=["<NOISE>", "<SIL>"], mode="present")
+    assert (present.counts.sentences, present.counts.words) == (2, 5)
+    assert present.lines()[2] == "Scored 2 sentences, 1 not present in hyp."
+    with pytest.raises(AsrBnError, match="no hypothesis for 1 reference utterance"):
+        score_wer(ref, hyp, mode="strict")
+    with pytest.raises(UsageError, match="--mode"):
+        score_wer(ref, hyp, mode="some")
+
+
+def test_text_errors(tmp_path: Path) -> None:
+    with pytest.raises(AsrBnError, match="no such file"):
+        read_text(tmp_path / "nope")
+    with pytest.raises(AsrBnError, match="appears twice"):
+        read_text(_write(tmp_path / "dup", ["u1 a", "u1 b"]))
+    empty_ref = {"u1": []}
+    with pytest.raises(AsrBnError, match="no reference words"):
+        score_wer(empty_ref, _write(tmp_path / "h", ["u1 a"]))
+
+
+def test_best_of_several_lm_weights(tmp_path: Path) -> None:
+    ref = _write(tmp_path / "text", ["u1 A B C", "u2 D E"])
+    dec = tmp_path / "decode"
+    dec.mkdir()
+    _write(dec / "hyp_9", ["u1 A B", "u2 D E"])
+    _write(dec / "hyp_10", ["u1 A B C", "u2 D E"])
+    _write(dec / "hyp_11", ["u1 A", "u2 D"])
+    _write(dec / "text", ["u1 X", "u2 Y"])
+    assert [p.name for p in hyp_files([dec])] == ["hyp_9", "hyp_10", "hyp_11"]  # numeric order; text ignored
+    results, best = score_hyps(tmp_path, [dec])  # a data dir holding `text` works as the reference
+    assert [r.counts.errors for r in results] == [1, 0, 3]
+    assert best.hyp_path.name == "hyp_10"
+    for name in ("hyp_9", "hyp_10", "hyp_11"):
+        (dec / name).unlink()
+    assert hyp_files([dec]) == [dec / "text"]  # a decode without an LM-weight sweep
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AsrBnError, match="no hyp_"):
+        hyp_files([tmp_path / "empty"])
+
+
+def test_details_files(tmp_path: Path) -> None:
+    ref = {"s1-u1": "THE CAT SAT".split(), "s2-u1": "A B".split()}
+    hyp = _write(tmp_path / "hyp", ["s1-u1 THE SAT DOWN", "s2-u1 A B"])
+    result = score_wer(ref, hyp)
+    utt2spk = _write(tmp_path / "utt2spk", ["s1-u1 s1", "s2-u1 s2"])
+    per_utt, per_spk = write_details(result, tmp_path / "details", utt2spk)
+    lines = per_utt.read_text().splitlines()
+    assert lines[:4] == [
+        "s1-u1 ref  THE CAT SAT ***",
+        "s1-u1 hyp  THE *** SAT DOWN",
+        "s1-u1 op   C   D   C   I",
+        "s1-u1 #csid 2 0 1 1",
+    ]
+    table = per_spk.read_text().splitlines()
+    assert table[0].split() == ["SPEAKER", "id", "#SENT", "#WORD", "Corr", "Sub", "Ins", "Del", "Err", "S.Err"]
+    assert table[1].split() == ["s1", "raw", "1", "3", "2", "0", "1", "1", "2", "1"]
+    assert table[2].split() == ["s1", "sys", "1", "3", "66.67", "0.00", "33.33", "33.33", "66.67", "100.00"]
+    assert table[-1].split()[:4] == ["SUM", "sys", "2", "5"]
+
+
+def test_frame_scores_against_torch(rng: np.random.Generator) -> None:
+    B, T, S = 3, 7, 5
+    logits = torch.from_numpy(rng.normal(size=(B, T, S)).astype(np.float32))
+    log_probs = logits.log_softmax(-1)
+    targets = torch.from_numpy(rng.integers(0, S, size=(B, T)))
+    lengths = torch.tensor([7, 4, 1])
+    targets[1, 4:] = -1  # padding value a collate might use; masked by length anyway
+    targets[2, 1:] = 99  # out-of-range padding beyond the length must not matter
+    scores = frame_scores(log_probs, targets, lengths)
+    mask = torch.arange(T)[None, :] < lengths[:, None]
+    ce = torch.nn.functional.nll_loss(log_probs[mask], targets[mask], reduction="sum")
+    assert scores.frames == 12
+    assert scores.ce_sum == pytest.approx(float(ce), rel=1e-6)
+    assert scores.errors == int((log_probs.argmax(-1)[mask] != targets[mask]).sum())
+    total = scores + FrameScores(1.0, 1, 1)
+    assert total.frames == 13 and total.ce == pytest.approx((scores.ce_sum + 1.0) / 13)
+    assert np.isnan(FrameScores().ce) and np.isnan(FrameScores().fer)
+
+
+def test_frame_scores_by_hand() -> None:
+    probs = torch.tensor([[[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]]])
+    scores = frame_scores(probs.log(), torch.tensor([[0, 1, 2]]), torch.tensor([2]))
+    assert scores.frames == 2 and scores.errors == 1  # frame 1 predicts pdf 2, target 1; frame 2 is padding
+    assert scores.ce == pytest.approx(-(np.log(0.7) + np.log(0.1)) / 2)
+    assert scores.fer == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="do not fit"):
+        frame_scores(probs.log(), torch.tensor([0, 1, 2]), torch.tensor([2]))
+    with pytest.raises(ValueError, match="target pdf-id 3"):
+        frame_scores(probs.log(), torch.tensor([[3, 1, 2]]), torch.tensor([3]))
+
+
+def test_cli_wer(tmp_path: Path) -> None:
+    ref = _write(tmp_path / "ref", ["u1 A B C", "u2 D E"])
+    hyp = _write(tmp_path / "hyp", ["u1 A B", "u2 D E F"])
+    result = runner.invoke(app, ["score", "wer", str(ref), str(hyp), "--details", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    assert f"%WER 40.00 [ 2 / 5, 1 ins, 1 del, 0 sub ] {hyp}" in result.output
+    assert "%SER 100.00 [ 2 / 2 ]" in result.output
+    assert (tmp_path / "d" / "per_utt").is_file() and (tmp_path / "d" / "per_spk").is_file()
+
+    two = runner.invoke(app, ["score", "wer", str(ref), str(hyp), str(ref)])
+    assert two.exit_code == 0 and f"best: %WER 0.00 [ 0 / 5, 0 ins, 0 del, 0 sub ] {ref}" in two.output
+
+    missing = runner.invoke(app, ["score", "wer", str(ref), str(tmp_path / "nope")])
+    assert missing.exit_code == 1 and "no such file or directory" in missing.output
+    bad_mode = runner.invoke(app, ["score", "wer", str(ref), str(hyp), "--mode", "x"])
+    assert bad_mode.exit_code == 2 and "--mode" in bad_mode.output
