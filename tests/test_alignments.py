@@ -1,0 +1,452 @@
+"""Kaldi transition models, alignment archives, targets joined to features, priors: against real Kaldi output
+(../shared/data/yesno), kaldi_hmm_gmm's TransitionModel, and fuzzed inputs (only AsrBnError may escape)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import re
+from pathlib import Path
+
+import kaldi_hmm_gmm as khg  # noqa: I001 - must come before anything importing kaldifst
+import kaldiio
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from asr_bn.alignments import (
+    HmmState,
+    Topology,
+    TransitionModel,
+    alignment_files,
+    count_pdfs,
+    join_targets,
+    log_priors,
+    read_alignments,
+    read_counts,
+    read_transition_model,
+    write_counts,
+)
+from asr_bn.errors import AsrBnError, UsageError
+from asr_bn.io import write_ark_scp
+from asr_bn_cli.main import app
+
+runner = CliRunner()
+TEXT_HEAD = b"<TransitionModel> <Topology> <TopologyEntry> "
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _mono(yesno: Path) -> Path:
+    return yesno / "exp" / "mono"
+
+
+def _digest(*paths: Path) -> list[str]:
+    return [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+
+
+def _binary_ark(items: list[tuple[str, np.ndarray]]) -> bytes:
+    """A Kaldi binary int32-vector archive, as Kaldi's Int32VectorWriter writes it (via kaldiio, checked below)."""
+    buf = io.BytesIO()
+    for key, values in items:
+        kaldiio.save_ark(buf, {key: np.asarray(values, dtype=np.int32)})
+    return buf.getvalue()
+
+
+def _khg_model(topo_text: str) -> khg.TransitionModel:
+    """kaldi_hmm_gmm's TransitionModel for a monophone system on this topology (the reference we compare with)."""
+    topo = khg.HmmTopology()
+    topo.read(topo_text)
+    ctx = khg.monophone_context_dependency(topo.phones, topo.get_phone_to_num_pdf_classes())
+    return khg.TransitionModel(ctx, topo)
+
+
+def _khg_tuples(ref: khg.TransitionModel) -> list[tuple[int, int, int, int]]:
+    """kaldi_hmm_gmm exposes its tuples only as text: TransitionModelTuple(phone=1,hmm_state=0,…)."""
+    return [tuple(int(v) for v in re.findall(r"=(-?\d+)", str(t))) for t in ref.tuples]  # type: ignore[misc]
+
+
+def _from_khg(ref: khg.TransitionModel, topology: Topology) -> TransitionModel:
+    return TransitionModel(topology, _khg_tuples(ref), np.array(ref.log_probs, dtype=np.float32))
+
+
+def _assert_same_as_khg(ours: TransitionModel, ref: khg.TransitionModel) -> None:
+    assert ours.num_pdfs == ref.num_pdfs
+    assert ours.num_transition_ids == ref.num_transition_ids
+    assert ours.num_transition_states == ref.num_transition_states
+    tids = np.arange(1, ref.num_transition_ids + 1)
+    assert ours.to_pdfs(tids).tolist() == [ref.transition_id_to_pdf(int(t)) for t in tids]
+    assert ours.to_phones(tids).tolist() == [ref.transition_id_to_phone(int(t)) for t in tids]
+    assert ours.is_self_loop(tids).tolist() == [ref.is_self_loop(int(t)) for t in tids]
+    assert ours.tid_is_final[1:].tolist() == [ref.is_final(int(t)) for t in tids]
+    assert ours.tid_tstate[1:].tolist() == [ref.id2state[int(t)] for t in tids]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the real Kaldi run
+
+
+@pytest.mark.parametrize("name", ["final.mdl", "0.mdl"])
+def test_yesno_models_have_11_pdfs_and_phones_sil_y_n(yesno_root: Path, name: str) -> None:
+    model = read_transition_model(_mono(yesno_root) / name)
+    assert model.num_pdfs == 11
+    assert model.phones == (1, 2, 3)
+    assert model.num_transition_ids == 30 and model.num_transition_states == 11
+    phones = dict(line.split()[::-1] for line in (yesno_root / "data/lang/phones.txt").read_text().splitlines())
+    assert [phones[str(p)] for p in model.phones] == ["SIL", "Y", "N"]
+    assert model.info_lines()[:4] == [
+        "number of phones 3", "number of pdfs 11", "number of transition-ids 30", "number of transition-states 11",
+    ]
+
+
+def test_yesno_model_matches_kaldi_hmm_gmm(yesno_root: Path) -> None:
+    model = read_transition_model(_mono(yesno_root) / "final.mdl")
+    ref = _khg_model((yesno_root / "data/lang/topo").read_text())
+    assert model.tuples == _khg_tuples(ref)
+    _assert_same_as_khg(model, ref)
+
+
+def test_yesno_binary_text_round_trip(yesno_root: Path, tmp_path: Path) -> None:
+    path = _mono(yesno_root) / "final.mdl"
+    model = read_transition_model(path)
+    binary = model.to_kaldi(binary=True)
+    assert path.read_bytes()[: len(binary)] == binary  # our binary writer reproduces Kaldi's bytes
+    (tmp_path / "text.mdl").write_bytes(model.to_kaldi())
+    assert (tmp_path / "text.mdl").read_bytes().startswith(b"<TransitionModel> \n<Topology> \n")
+    assert read_transition_model(tmp_path / "text.mdl") == model
+
+
+def test_yesno_alignments_give_transcripts_and_mfcc_lengths(yesno_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = read_transition_model(_mono(yesno_root) / "final.mdl")
+    names = {"1": "SIL", "2": "Y", "3": "N"}
+    lexicon = {"YES": "Y", "NO": "N"}
+    text = dict(line.split(maxsplit=1) for line in (yesno_root / "data/train_yesno/text").read_text().splitlines())
+    monkeypatch.chdir(yesno_root)  # the scp's ark paths are relative to the yesno folder
+    scp = "data/train_yesno/data/raw_mfcc_train_yesno.1.scp"
+    mfcc_frames = {utt: m.shape[0] for utt, m in kaldiio.load_scp_sequential(scp)}
+    entries = list(read_alignments(_mono(yesno_root) / "ali.1.gz"))
+    assert len(entries) == 31 and {e.utt for e in entries} <= set(text)
+    assert len(mfcc_frames) == 8 and set(mfcc_frames) <= {e.utt for e in entries}
+    for utt, tids, _ in entries:
+        segments = model.phone_segments(tids, utt)
+        assert segments[0][1] == 0 and segments[-1][2] == len(tids)
+        assert all(a[2] == b[1] for a, b in zip(segments, segments[1:]))
+        phones = [names[str(p)] for p, _, _ in segments if names[str(p)] != "SIL"]
+        assert phones == [lexicon[w] for w in text[utt].split()], utt
+        assert len(tids) == mfcc_frames.get(utt, len(tids))  # the MFCC split holds 8 of the 31 utterances
+        per_frame = model.to_phones(tids)
+        assert all((per_frame[s:e] == p).all() for p, s, e in segments)
+
+
+def test_consecutive_identical_phones_are_split(yesno_root: Path) -> None:
+    model = read_transition_model(_mono(yesno_root) / "final.mdl")
+    # N (phone 3): tstates 9, 10, 11 hold tids 25/26, 27/28, 29/30 (self-loop first, then forward; 30 is final)
+    reordered = [26, 25, 28, 27, 30, 29, 29] * 2  # forward first, self-loops after (Kaldi's default --reorder)
+    plain = [25, 26, 27, 28, 29, 29, 30] * 2
+    for tids in (reordered, plain):
+        assert model.phone_segments(np.array(tids)) == [(3, 0, 7), (3, 7, 14)]
+    assert model.is_self_loop(np.array([25, 26, 29, 30])).tolist() == [True, False, True, False]
+    assert model.to_hmm_states(np.array([25, 27, 29])).tolist() == [0, 1, 2]
+
+
+def test_alignment_archive_forms_read_alike(yesno_root: Path, tmp_path: Path) -> None:
+    text = list(read_alignments(_mono(yesno_root) / "ali.1.gz"))
+    items = [(e.utt, e.values) for e in text]
+    binary = _binary_ark(items)
+    assert binary.startswith(f"{items[0][0]} \0B\x04".encode())  # Kaldi's BasicVectorHolder layout
+    (tmp_path / "ali.1").write_bytes(binary)
+    (tmp_path / "ali.2.gz").write_bytes(gzip.compress(binary))
+    (tmp_path / "plain.txt").write_text("".join(f"{u} {' '.join(map(str, v))}\n" for u, v in items))
+    for source in (tmp_path / "ali.1", tmp_path / "ali.2.gz", tmp_path / "plain.txt"):
+        got = list(read_alignments(source))
+        assert [e.utt for e in got] == [u for u, _ in items]
+        assert all(np.array_equal(e.values, v) and e.values.dtype == np.int32 for e, (_, v) in zip(got, items))
+
+
+def test_numbered_files_are_ordered_by_number_and_duplicates_named(tmp_path: Path) -> None:
+    for n in (10, 2, 1):
+        (tmp_path / f"ali.{n}.gz").write_bytes(gzip.compress(f"utt{n:02d} 1 2\n".encode()))
+    (tmp_path / "final.mdl").write_bytes(b"")
+    assert [p.name for p in alignment_files(tmp_path)] == ["ali.1.gz", "ali.2.gz", "ali.10.gz"]
+    assert [e.utt for e in read_alignments(tmp_path)] == ["utt01", "utt02", "utt10"]
+    (tmp_path / "ali.3.gz").write_bytes(gzip.compress(b"utt02 1\n"))
+    with pytest.raises(AsrBnError, match=r"utt02 appears twice: in .*ali\.2\.gz and in .*ali\.3\.gz"):
+        list(read_alignments(tmp_path))
+    assert alignment_files(tmp_path / "ali.3.gz") == [tmp_path / "ali.3.gz"]
+    with pytest.raises(AsrBnError, match="has no ali.N.gz files"):
+        alignment_files(tmp_path.parent)
+
+
+def test_bad_labels_name_file_and_utterance(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("u1 1 2\nu2 3 x 4\n")
+    with pytest.raises(AsrBnError, match=r"a\.txt: byte \d+ \(utterance u2\): expected integer labels, found 'x'"):
+        list(read_alignments(tmp_path / "a.txt"))
+    (tmp_path / "feats.ark").write_bytes(_binary_ark([("u1", np.array([1, 2]))])[:-3])
+    with pytest.raises(AsrBnError, match=r"feats\.ark: byte \d+ \(utterance u1\).*truncated"):
+        list(read_alignments(tmp_path / "feats.ark"))
+    buf = io.BytesIO()
+    kaldiio.save_ark(buf, {"u1": np.zeros((2, 3), np.float32)})
+    (tmp_path / "floats.ark").write_bytes(buf.getvalue())
+    with pytest.raises(AsrBnError, match="expected a binary int32 vector"):
+        list(read_alignments(tmp_path / "floats.ark"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# generated topologies: our writer → our parser, and the numbering against kaldi_hmm_gmm
+
+
+@st.composite
+def topologies(draw: st.DrawFn) -> Topology:
+    """Kaldi-valid topologies: 1-4 entries over distinct phones, 1-5 emitting states, optional skips/self-loops,
+    self-loop pdf-classes either equal to the forward ones (Triples) or separate (Tuples)."""
+    phones = draw(st.lists(st.integers(1, 30), min_size=1, max_size=6, unique=True))
+    n_entries = draw(st.integers(1, min(4, len(phones))))
+    assignment = [i % n_entries for i in range(len(phones))]
+    separate = draw(st.booleans())
+    entries = []
+    for _ in range(n_entries):
+        n = draw(st.integers(1, 5))
+        states = []
+        for j in range(n):
+            dests = [j] if draw(st.booleans()) else []
+            dests.append(j + 1)
+            if j + 2 <= n and draw(st.booleans()):
+                dests.append(j + 2)
+            weights = [draw(st.integers(1, 9)) for _ in dests]
+            probs = [float(np.float32(w / sum(weights))) for w in weights]
+            loop_class = n + j if separate and draw(st.booleans()) else j
+            states.append(HmmState(j, loop_class, tuple(zip(dests, probs))))
+        # keep pdf-classes contiguous from 0, as Kaldi's topology check requires
+        used = sorted({s.forward_pdf_class for s in states} | {s.self_loop_pdf_class for s in states})
+        renumber = {c: i for i, c in enumerate(used)}
+        states = [
+            HmmState(renumber[s.forward_pdf_class], renumber[s.self_loop_pdf_class], s.transitions) for s in states
+        ]
+        entries.append(tuple(states) + (HmmState(-1, -1, ()),))
+    phone2entry = [-1] * (max(phones) + 1)
+    for phone, entry in zip(phones, assignment):
+        phone2entry[phone] = entry
+    return Topology(tuple(sorted(phones)), tuple(phone2entry), tuple(entries))
+
+
+def _topology_text(topology: Topology) -> str:
+    first = topology.phones[0]
+    model = TransitionModel(topology, [(first, 0, 0, 0)], np.zeros(len(topology.entry(first)[0].transitions) + 1))
+    text = model.to_kaldi().decode()
+    return text[text.index("<Topology>") : text.index("</Topology>") + len("</Topology>")]
+
+
+@settings(max_examples=40, deadline=None)
+@given(topologies())
+def test_generated_topologies_round_trip_and_match_kaldi_hmm_gmm(topology: Topology) -> None:
+    import tempfile
+
+    ref = _khg_model(_topology_text(topology))
+    model = _from_khg(ref, topology)
+    _assert_same_as_khg(model, ref)
+    text = model.to_kaldi()
+    assert (b"<Tuples>" in text) == (not topology.is_hmm) and (b"<ForwardPdfClass>" in text) == (not topology.is_hmm)
+    with tempfile.TemporaryDirectory() as tmp:
+        for binary in (False, True):
+            path = Path(tmp) / f"m{int(binary)}.mdl"
+            path.write_bytes(model.to_kaldi(binary=binary) + b"<DiagGmm> trailing acoustic model never read")
+            assert read_transition_model(path) == model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fuzz: truncated, corrupt and foreign inputs only ever raise AsrBnError
+
+
+def test_every_truncation_of_final_mdl_names_the_byte_offset(yesno_root: Path, tmp_path: Path) -> None:
+    head = read_transition_model(_mono(yesno_root) / "final.mdl").to_kaldi(binary=True)
+    text = read_transition_model(_mono(yesno_root) / "final.mdl").to_kaldi()
+    path = tmp_path / "cut.mdl"
+    for data in (head, text):
+        for cut in range(0, len(data) - 1, 1 if data is head else 7):
+            path.write_bytes(data[:cut])
+            with pytest.raises(AsrBnError, match=r"cut\.mdl: cannot read the Kaldi transition model at byte \d+"):
+                read_transition_model(path)
+
+
+@FUZZ
+@given(data=st.binary(max_size=300), prefix=st.sampled_from([b"", b"\0B<TransitionModel> <Topology> ", TEXT_HEAD]))
+def test_fuzz_model_reader(tmp_path: Path, data: bytes, prefix: bytes) -> None:
+    path = tmp_path / "fuzz.mdl"
+    path.write_bytes(prefix + data)
+    try:
+        read_transition_model(path)
+    except AsrBnError as e:
+        assert str(path) in str(e)
+
+
+@FUZZ
+@given(flips=st.lists(st.tuples(st.integers(0, 800), st.integers(0, 255)), min_size=1, max_size=4))
+def test_fuzz_corrupted_final_mdl(yesno_root: Path, tmp_path: Path, flips: list[tuple[int, int]]) -> None:
+    data = bytearray((_mono(yesno_root) / "final.mdl").read_bytes()[:801])
+    for pos, value in flips:
+        data[pos] = value
+    path = tmp_path / "flipped.mdl"
+    path.write_bytes(bytes(data))
+    try:
+        model = read_transition_model(path)
+    except AsrBnError:
+        return
+    model.to_pdfs(np.arange(1, model.num_transition_ids + 1))  # whatever parsed is usable
+
+
+@FUZZ
+@given(data=st.binary(max_size=300), gz=st.booleans(), prefix=st.sampled_from([b"", b"utt \0B\x04", b"utt 4 1 "]))
+def test_fuzz_alignment_and_counts_readers(tmp_path: Path, data: bytes, gz: bool, prefix: bytes) -> None:
+    raw = prefix + data
+    path = tmp_path / "ali.1.gz"
+    path.write_bytes(gzip.compress(raw)[: len(data) + 10] if gz else raw)
+    for read in (lambda: list(read_alignments(path)), lambda: read_counts(path)):
+        try:
+            read()
+        except AsrBnError as e:
+            assert str(path) in str(e)
+
+
+def test_truncated_gzip_and_archive(yesno_root: Path, tmp_path: Path) -> None:
+    data = (_mono(yesno_root) / "ali.1.gz").read_bytes()
+    binary = _binary_ark([(e.utt, e.values) for e in read_alignments(_mono(yesno_root) / "ali.1.gz")])
+    path = tmp_path / "ali.1.gz"
+    for blob, step in ((data, 97), (binary, 61)):
+        for cut in range(1, len(blob), step):
+            path.write_bytes(blob[:cut])
+            try:
+                list(read_alignments(path))
+            except AsrBnError as e:
+                assert str(path) in str(e)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# targets joined to a prepared data dir
+
+
+def _prepared(tmp_path: Path, frames: dict[str, int]) -> Path:
+    out = tmp_path / "prep"
+    out.mkdir()
+    (out / "utt2num_frames").write_text("".join(f"{u} {n}\n" for u, n in frames.items()))
+    return out
+
+
+def test_join_yesno_alignments(yesno_root: Path, tmp_path: Path) -> None:
+    mono = _mono(yesno_root)
+    model = read_transition_model(mono / "final.mdl")
+    entries = list(read_alignments(mono / "ali.1.gz"))
+    frames = {e.utt: len(e.values) for e in entries[:-1]} | {"extra_utt": 50}
+    data_dir = _prepared(tmp_path, frames)
+    ali_dir = tmp_path / "exp_mono_ali"
+    ali_dir.mkdir()
+    for name in ("final.mdl", "ali.1.gz"):
+        (ali_dir / name).write_bytes((mono / name).read_bytes())
+    before = _digest(ali_dir / "final.mdl", ali_dir / "ali.1.gz")
+    report = join_targets(data_dir, ali_dir)
+    assert _digest(ali_dir / "final.mdl", ali_dir / "ali.1.gz") == before
+    assert report.counts == {"features": 31, "alignments": 31, "written": 30, "trimmed_or_padded": 0, "num_pdfs": 11}
+    assert dict(report.skipped) == {
+        "alignment but no features": [entries[-1].utt], "features but no alignment": ["extra_utt"],
+    }
+    written = dict(kaldiio.load_scp_sequential(str(data_dir / "pdf.scp")))
+    assert list(written) == sorted(written)
+    for e in entries[:-1]:
+        assert written[e.utt].dtype == np.int32 and np.array_equal(written[e.utt], model.to_pdfs(e.values))
+    assert '"num_pdfs": 11' in (data_dir / "targets_report.json").read_text()
+
+
+def test_join_exact_by_default_tolerance_on_request(tmp_path: Path) -> None:
+    (tmp_path / "ali.txt").write_text("a 0 1 2 3 4\nb 0 1 2\nc 5 5 5 5 5 5 5 5\nd 7 7\n")
+    data_dir = _prepared(tmp_path, {"a": 4, "b": 5, "c": 5, "d": 2})
+    report = join_targets(data_dir, tmp_path / "ali.txt", pdf_ids=True)
+    assert report.counts["written"] == 1
+    assert sorted(report.skipped["alignment length differs from the feature frames by more than 0"]) == ["a", "b", "c"]
+    assert any("a: 5 alignment frames vs 4 feature frames" in n for n in report.notes)
+    report = join_targets(data_dir, tmp_path / "ali.txt", pdf_ids=True, length_tolerance=2)
+    written = {k: v.tolist() for k, v in kaldiio.load_scp_sequential(str(data_dir / "pdf.scp"))}
+    assert written == {"a": [0, 1, 2, 3], "b": [0, 1, 2, 2, 2], "d": [7, 7]}
+    assert report.counts["trimmed_or_padded"] == 2
+    assert report.skipped["alignment length differs from the feature frames by more than 2"] == ["c"]
+
+
+def test_join_errors(yesno_root: Path, tmp_path: Path) -> None:
+    mono = _mono(yesno_root)
+    data_dir = _prepared(tmp_path, {"u1": 3})
+    (tmp_path / "pdf.txt").write_text("u1 0 11 3\n")
+    with pytest.raises(AsrBnError, match=r"pdf\.txt, utterance u1: pdf-id 11 is outside 0\.\.10 of model"):
+        join_targets(data_dir, tmp_path / "pdf.txt", model=mono / "final.mdl", pdf_ids=True)
+    (tmp_path / "ali.txt").write_text("u1 4 1 31\n")
+    with pytest.raises(AsrBnError, match=r"ali\.txt, utterance u1: transition-id 31 at frame 2 is outside 1\.\.30"):
+        join_targets(data_dir, tmp_path / "ali.txt", model=mono / "final.mdl")
+    with pytest.raises(UsageError, match="need the final.mdl"):
+        join_targets(data_dir, tmp_path / "ali.txt")
+    (tmp_path / "other.txt").write_text("v1 0 0 0\n")
+    with pytest.raises(AsrBnError, match="no utterance of .* got targets"):
+        join_targets(data_dir, tmp_path / "other.txt", pdf_ids=True)
+    assert not (data_dir / "pdf.ark").exists() and not (data_dir / "pdf.scp").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# priors
+
+
+def test_count_pdfs_like_analyze_counts(tmp_path: Path) -> None:
+    counts = count_pdfs([np.array([0, 2, 2]), np.array([], np.int32), np.array([5])], num_pdfs=4)
+    assert counts.tolist() == [1, 0, 2, 0, 0, 1]  # grows past --counts-dim like analyze-counts
+    write_counts(tmp_path / "priors.vec", counts)
+    assert (tmp_path / "priors.vec").read_text() == "[ 1 0 2 0 0 1 ]\n"
+    assert read_counts(tmp_path / "priors.vec").tolist() == counts.tolist()
+    (tmp_path / "kaldi.vec").write_bytes(b"\0BDV \x04\x03\x00\x00\x00" + np.array([3.0, 0.0, 1.0]).tobytes())
+    assert read_counts(tmp_path / "kaldi.vec").tolist() == [3, 0, 1]
+    (tmp_path / "kaldi.txt").write_text(" [ 1.5 2 3e2 ]\n")
+    assert read_counts(tmp_path / "kaldi.txt").tolist() == [1.5, 2, 300]
+    with pytest.raises(AsrBnError, match="negative pdf-id"):
+        count_pdfs([np.array([1, -1])])
+
+
+def test_log_priors_floor_unseen_pdfs() -> None:
+    logp, floored = log_priors(np.array([30.0, 0.0, 10.0, 0.0]))
+    assert floored.tolist() == [1, 3]
+    assert np.allclose(logp[[0, 2]], np.log([0.75, 0.25]), atol=1e-6)
+    assert (logp[floored] > 1e30).all()  # as Kaldi nnet1: log-likelihood of an unseen pdf is effectively -inf
+    with pytest.raises(AsrBnError, match="all zero"):
+        log_priors(np.zeros(3))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_cli_ali_info_and_show(yesno_root: Path) -> None:
+    mono = _mono(yesno_root)
+    result = runner.invoke(app, ["ali", "info", str(mono / "final.mdl")])
+    assert result.exit_code == 0, result.output
+    assert "number of pdfs 11" in result.output and "number of transition-ids 30" in result.output
+    result = runner.invoke(app, ["ali", "show", str(mono / "final.mdl"), str(mono / "ali.1.gz"), "0_0_0_0_1_1_1_1",
+                                 "--phones", str(yesno_root / "data/lang/phones.txt")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "0_0_0_0_1_1_1_1 0.000 0.840 SIL"
+    assert [line.split()[3] for line in lines if line.split()[3] != "SIL"] == ["N"] * 4 + ["Y"] * 4
+    result = runner.invoke(app, ["ali", "show", str(mono / "final.mdl"), str(mono / "ali.1.gz"), "nope"])
+    assert result.exit_code == 1 and "utterance nope is not in" in result.output
+
+
+def test_cli_truncated_model_error_names_byte_offset(yesno_root: Path, tmp_path: Path) -> None:
+    path = tmp_path / "final.mdl"
+    path.write_bytes((_mono(yesno_root) / "final.mdl").read_bytes()[:500])
+    before = _digest(path)
+    result = runner.invoke(app, ["ali", "info", str(path)])
+    assert result.exit_code == 1
+    message = r"error: .*final\.mdl: cannot read the Kaldi transition model at byte \d+: .*truncated"
+    assert re.search(message, result.output)
+    assert "Traceback" not in result.output and _digest(path) == before
+    path.write_text("<Nnet3> something else\n")
+    result = runner.invoke(app, ["ali", "info", str(path)])
+    assert result.exit_code == 1 and "at byte 0: expected <TransitionModel>, found '<Nnet3>'" in result.output
