@@ -48,6 +48,9 @@ def _root(
 from asr_bn_cli import prep as _prep  # noqa: E402
 
 app.add_typer(_prep.app, name="prep")
+from asr_bn_cli import ali as _ali  # noqa: E402
+
+app.add_typer(_ali.app, name="ali")
 from asr_bn_cli import score as _score  # noqa: E402
 
 app.add_typer(_score.app, name="score")
