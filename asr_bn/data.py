@@ -29,7 +29,7 @@ from asr_bn.report import Report
 
 __all__ = ["AudioError", "DataDir", "Utterance", "load_data_dir", "load_audio", "load_recording", "write_data_dir"]
 
-_ARK_OFFSET = re.compile(r"^(?P<path>.+):(?P<offset>\d+)$")
+_ARK_OFFSET = re.compile(r"^.+:\d+$")  # file.ark:byte-offset
 _AUDIO_SUFFIXES = {".wav", ".flac", ".sph", ".wv1", ".wv2", ".nist", ".ark"}
 MAX_SEGMENT_OVERSHOOT_S = 0.5  # Kaldi extract-segments --max-overshoot: a segment may end this far past the audio
 
@@ -110,7 +110,11 @@ def _rows(path: Path, min_fields: int = 2, max_fields: int | None = 2) -> list[t
         key, rest = parts[0], (parts[1] if len(parts) > 1 else "")
         nfields = 1 + len(rest.split())
         if nfields < min_fields or (max_fields is not None and nfields > max_fields):
-            want = str(min_fields) if max_fields == min_fields else f"at least {min_fields}" if max_fields is None else f"{min_fields}-{max_fields}"
+            want = (
+                str(min_fields)
+                if max_fields == min_fields
+                else f"at least {min_fields}" if max_fields is None else f"{min_fields}-{max_fields}"
+            )
             raise AsrBnError(f"{path} line {number}: expected {want} fields, found {nfields}: {line[:80]!r}")
         rows.append((number, key, rest))
     return rows
@@ -132,7 +136,9 @@ def _index(path: Path, rows: list[tuple[int, str, str]], report: Report) -> dict
     return table
 
 
-def _read_table(path: Path, report: Report, *, min_fields: int = 2, max_fields: int | None = 2) -> dict[str, tuple[int, str]]:
+def _read_table(
+    path: Path, report: Report, *, min_fields: int = 2, max_fields: int | None = 2
+) -> dict[str, tuple[int, str]]:
     """Key → (line number, rest of line) of a Kaldi table file (see `_rows`, `_index`)."""
     return _index(path, _rows(path, min_fields, max_fields), report)
 
@@ -142,8 +148,14 @@ def _read_utt2spk(path: Path, utt_ids: set[str], report: Report) -> dict[str, st
     recognized when that reading is unambiguous (every second field an utterance, no first field one), and noted."""
     rows = _rows(path)
     firsts = [key for _, key, _ in rows]
-    if len(set(firsts)) < len(firsts) and all(v in utt_ids for _, _, v in rows) and not any(f in utt_ids for f in firsts):
-        report.note(f"{path.name} is written `<speaker> <utterance>` (reversed); read it that way (fix the file for Kaldi)")
+    if (
+        len(set(firsts)) < len(firsts)
+        and all(v in utt_ids for _, _, v in rows)
+        and not any(f in utt_ids for f in firsts)
+    ):
+        report.note(
+            f"{path.name} is written `<speaker> <utterance>` (reversed); read it that way (fix the file for Kaldi)"
+        )
         rows = [(n, utt, spk) for n, spk, utt in rows]
     return {utt: spk for utt, (_, spk) in _index(path, rows, report).items()}
 
@@ -176,8 +188,8 @@ def _parse_float(path: Path, number: int, value: str, what: str) -> float:
 def load_data_dir(path: str | Path, report: Report) -> DataDir:
     """Read and validate a Kaldi data dir; utterances missing from some of its files are skipped, named in `report`.
 
-    Errors (AsrBnError, one line naming file and line; UsageError when `path` is not a directory): missing wav.scp, no utt2spk nor spk2utt, duplicate keys,
-    malformed lines, non-UTF-8 bytes, utt2spk and spk2utt disagreeing.
+    Errors (AsrBnError, one line naming file and line): missing wav.scp, no utt2spk nor spk2utt, duplicate keys,
+    malformed lines, non-UTF-8 bytes, utt2spk and spk2utt disagreeing; UsageError when `path` is no directory.
     """
     path = Path(path)
     if not path.is_dir():
@@ -195,7 +207,10 @@ def load_data_dir(path: str | Path, report: Report) -> DataDir:
             rec, start, end = rest.split()
             s, e = _parse_float(segments, number, start, "start"), _parse_float(segments, number, end, "end")
             if s < 0 or (e != -1 and e <= s):
-                raise AsrBnError(f"{segments} line {number}: segment {utt} has start {start} and end {end}; need 0 <= start < end (or end -1)")
+                raise AsrBnError(
+                    f"{segments} line {number}: segment {utt} has start {start} and end {end}; "
+                    f"need 0 <= start < end (or end -1)"
+                )
             spans[utt] = (rec, s, None if e == -1 else e)
         used = {rec for rec, _, _ in spans.values()}
         unused = [rec for rec in recordings if rec not in used]
@@ -225,7 +240,9 @@ def load_data_dir(path: str | Path, report: Report) -> DataDir:
 
     text: dict[str, str] | None = None
     if (path / "text").is_file():
-        text = {utt: rest for utt, (_, rest) in _read_table(path / "text", report, min_fields=1, max_fields=None).items()}
+        text = {
+            utt: rest for utt, (_, rest) in _read_table(path / "text", report, min_fields=1, max_fields=None).items()
+        }
     durations: dict[str, float] | None = None
     if (path / "utt2dur").is_file():
         durations = {
@@ -239,7 +256,7 @@ def load_data_dir(path: str | Path, report: Report) -> DataDir:
     for utt in sorted(spans):
         rec = spans[utt][0]
         if rec not in recordings:
-            report.skip(utt, f"recording {rec} not in wav.scp")
+            report.skip(utt, "recording not in wav.scp")
         elif utt not in utt2spk:
             report.skip(utt, "missing from utt2spk")
         elif text is not None and utt not in text:
@@ -248,13 +265,16 @@ def load_data_dir(path: str | Path, report: Report) -> DataDir:
             report.skip(utt, "missing from utt2dur")
         else:
             keep.append(utt)
+    extra: set[str] = set()
     for name, table in (("utt2spk", utt2spk), ("text", text or {}), ("utt2dur", durations or {})):
-        extra = sorted(u for u in table if u not in spans)
-        for utt in extra:
+        for utt in sorted(u for u in table if u not in spans and u not in extra):
             report.skip(utt, f"in {name} but not in {source}")
+            extra.add(utt)
 
     utterances = {
-        utt: Utterance(utt, utt2spk[utt], spans[utt][0], spans[utt][1], spans[utt][2], None if text is None else text[utt])
+        utt: Utterance(
+            utt, utt2spk[utt], spans[utt][0], spans[utt][1], spans[utt][2], None if text is None else text[utt]
+        )
         for utt in keep
     }
     report.counts["utterances in"] = len(set(spans).union(utt2spk, text or (), durations or ()))
@@ -275,8 +295,11 @@ def _relative_files(entry: str) -> list[str]:
             return []
         program, args = tokens[:1], tokens[1:]
         return [t for t in program if "/" in t and not os.path.isabs(t)] + [
-            t for t in args
-            if not t.startswith("-") and not os.path.isabs(t) and ("/" in t or Path(t).suffix.lower() in _AUDIO_SUFFIXES)
+            t
+            for t in args
+            if not t.startswith("-")
+            and not os.path.isabs(t)
+            and ("/" in t or Path(t).suffix.lower() in _AUDIO_SUFFIXES)
         ]
     path = value if kind == "file" else value.rsplit(":", 1)[0]
     return [] if os.path.isabs(path) else [path]
@@ -308,7 +331,9 @@ def _classify(entry: str) -> tuple[str, str]:
 # Audio
 
 
-def load_recording(data: DataDir, rec_id: str, *, sample_rate: int, channel: int | None = None, utt: str | None = None) -> np.ndarray:
+def load_recording(
+    data: DataDir, rec_id: str, *, sample_rate: int, channel: int | None = None, utt: str | None = None
+) -> np.ndarray:
     """The samples of one recording as float32 in the int16 range (as Kaldi's wave reader gives them).
 
     `utt` only names the utterance in error messages. Raises AudioError for missing/corrupt/truncated audio or a
@@ -328,7 +353,9 @@ def load_recording(data: DataDir, rec_id: str, *, sample_rate: int, channel: int
         if not file.is_file():
             raise AudioError(
                 f"{who}: audio file {file} does not exist (from {data.path / 'wav.scp'}); "
-                f"fix the path or pass --skip-bad to skip it", "audio file missing")
+                f"fix the path or pass --skip-bad to skip it",
+                "audio file missing",
+            )
         try:
             raw = file.read_bytes()
         except OSError as e:
@@ -344,7 +371,9 @@ def load_recording(data: DataDir, rec_id: str, *, sample_rate: int, channel: int
     if samples.ndim == 2:
         n = samples.shape[1]
         if channel is None:
-            raise AsrBnError(f"{who}: {source} has {n} channels; choose one with --channel 0..{n - 1} (as Kaldi's --channel)")
+            raise AsrBnError(
+                f"{who}: {source} has {n} channels; choose one with --channel 0..{n - 1} (as Kaldi's --channel)"
+            )
         if not 0 <= channel < n:
             raise AsrBnError(f"{who}: {source} has {n} channels, so --channel {channel} does not exist; use 0..{n - 1}")
         samples = samples[:, channel]
@@ -371,7 +400,9 @@ def cut_segment(wave: np.ndarray, utt: Utterance, sample_rate: int, where: Path 
         if last - len(wave) > MAX_SEGMENT_OVERSHOOT_S * sample_rate:
             raise AudioError(
                 f"utterance {utt.id}: segment ends at {utt.end} s but recording {utt.recording} lasts "
-                f"{len(wave) / sample_rate:.3f} s (from {where}); fix segments or pass --skip-bad", "segment past end of audio")
+                f"{len(wave) / sample_rate:.3f} s (from {where}); fix segments or pass --skip-bad",
+                "segment past end of audio",
+            )
         last = len(wave)
     return wave[first:last]
 
@@ -385,7 +416,9 @@ def _run_pipe(command: str, cwd: Path, who: str) -> bytes:
         tail = " | ".join(proc.stderr.decode("utf-8", "replace").strip().splitlines()[-3:])[-300:]
         raise AudioError(
             f"{who}: pipe `{command} |` exited with status {proc.returncode}: {tail or '(no stderr)'}; "
-            f"fix the command in wav.scp or pass --skip-bad", "pipe failed")
+            f"fix the command in wav.scp or pass --skip-bad",
+            "pipe failed",
+        )
     return proc.stdout
 
 
@@ -396,13 +429,20 @@ def _read_ark(value: str, root: Path, who: str) -> tuple[np.ndarray, int, str]:
     path = root / file
     source = f"{path}:{offset}"
     if not path.is_file():
-        raise AudioError(f"{who}: archive {path} does not exist (wav.scp entry {value}); fix the path or pass --skip-bad", "audio file missing")
+        raise AudioError(
+            f"{who}: archive {path} does not exist (wav.scp entry {value}); fix the path or pass --skip-bad",
+            "audio file missing",
+        )
     try:
         obj = kaldiio.load_mat(f"{path}:{offset}")
     except Exception as e:  # kaldiio raises assorted types on bad bytes
-        raise AudioError(f"{who}: cannot read audio at {source}: {e}; the archive is corrupt or the offset wrong", "audio unreadable") from e
+        raise AudioError(
+            f"{who}: cannot read audio at {source}: {e}; the archive is corrupt or the offset wrong", "audio unreadable"
+        ) from e
     if not isinstance(obj, tuple):
-        raise AudioError(f"{who}: {source} holds a matrix, not audio (wav.scp must point at wav data)", "audio unreadable")
+        raise AudioError(
+            f"{who}: {source} holds a matrix, not audio (wav.scp must point at wav data)", "audio unreadable"
+        )
     rate, samples = obj
     return _to_int16_range(np.asarray(samples)), int(rate), source
 
@@ -417,12 +457,18 @@ def _decode(raw: bytes, source: str, who: str) -> tuple[np.ndarray, int]:
     if missing:
         raise AudioError(
             f"{who}: {source} is truncated ({missing} bytes of audio missing that its header declares); "
-            f"re-create it or pass --skip-bad", "audio truncated")
+            f"re-create it or pass --skip-bad",
+            "audio truncated",
+        )
     try:
         info = sf.info(io.BytesIO(raw))
-        samples, rate = sf.read(io.BytesIO(raw), dtype="int16" if info.subtype == "PCM_16" else "float64", always_2d=False)
+        samples, rate = sf.read(
+            io.BytesIO(raw), dtype="int16" if info.subtype == "PCM_16" else "float64", always_2d=False
+        )
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise AudioError(f"{who}: {source} is not readable audio ({e}); re-create it or pass --skip-bad", "audio unreadable") from e
+        raise AudioError(
+            f"{who}: {source} is not readable audio ({e}); re-create it or pass --skip-bad", "audio unreadable"
+        ) from e
     return _to_int16_range(samples), int(rate)
 
 
@@ -440,7 +486,7 @@ def _truncated_bytes(raw: bytes) -> int:
     if raw[:4] == b"RIFF" and raw[8:12] == b"WAVE":
         pos = 12
         while pos + 8 <= len(raw):
-            chunk, size = raw[pos:pos + 4], struct.unpack("<I", raw[pos + 4:pos + 8])[0]
+            chunk, size = raw[pos : pos + 4], struct.unpack("<I", raw[pos + 4 : pos + 8])[0]
             if chunk == b"data":
                 if size in (0, 0xFFFFFFFF):  # streamed wav: size unknown, read to the end (as Kaldi does)
                     return 0
@@ -467,7 +513,9 @@ def _truncated_bytes(raw: bytes) -> int:
 # Writing
 
 
-def write_data_dir(data: DataDir, out_dir: str | Path, utts: list[str], durations: dict[str, float] | None = None) -> None:
+def write_data_dir(
+    data: DataDir, out_dir: str | Path, utts: list[str], durations: dict[str, float] | None = None
+) -> None:
     """Write the Kaldi files of `data` restricted to `utts` (sorted), each atomically.
 
     Plain and ark paths in wav.scp are written absolute so the copy works from any directory; pipes are kept as
@@ -479,8 +527,10 @@ def write_data_dir(data: DataDir, out_dir: str | Path, utts: list[str], duration
     recs = sorted({u.recording for u in chosen})
     write_text(out_dir / "wav.scp", "".join(f"{r} {_absolute_entry(data.recordings[r], data.root)}\n" for r in recs))
     if data.has_segments:
-        write_text(out_dir / "segments", "".join(
-            f"{u.id} {u.recording} {u.start:g} {-1 if u.end is None else u.end:g}\n" for u in chosen))
+        write_text(
+            out_dir / "segments",
+            "".join(f"{u.id} {u.recording} {u.start:g} {-1 if u.end is None else u.end:g}\n" for u in chosen),
+        )
     write_text(out_dir / "utt2spk", "".join(f"{u.id} {u.speaker}\n" for u in chosen))
     spk2utt: dict[str, list[str]] = {}
     for u in chosen:

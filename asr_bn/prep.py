@@ -99,8 +99,17 @@ def prepare_kaldi(
         staging = out_dir / _STAGING
         shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
         try:
-            files = _write_outputs(data, staging, pipeline, report, compress=compress, nj=nj, device=device,
-                                   skip_bad=skip_bad, channel=channel)
+            files = _write_outputs(
+                data,
+                staging,
+                pipeline,
+                report,
+                compress=compress,
+                nj=nj,
+                device=device,
+                skip_bad=skip_bad,
+                channel=channel,
+            )
             _publish(staging, out_dir, files, report, signature)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -109,7 +118,8 @@ def prepare_kaldi(
 
 def wsj_pipeline(fbank: FbankConfig | None = None, cmvn: str = "speaker", norm_vars: bool = False) -> FeaturePipeline:
     """The paper's features for WSJ: 40 log-mel fbank at 16 kHz (Kaldi's other defaults), Δ+ΔΔ, speaker CMVN."""
-    return FeaturePipeline(fbank or FbankConfig(sample_frequency=16000.0, num_mel_bins=40), cmvn=cmvn, norm_vars=norm_vars)  # type: ignore[arg-type]
+    fbank = fbank or FbankConfig(sample_frequency=16000.0, num_mel_bins=40)
+    return FeaturePipeline(fbank, cmvn=cmvn, norm_vars=norm_vars)  # type: ignore[arg-type]
 
 
 def prepare_wsj(
@@ -131,16 +141,22 @@ def prepare_wsj(
     if not sets:
         raise UsageError("--sets is empty; name at least one data set, e.g. --sets train_si284,test_dev93")
     if not (s5_dir / "data").is_dir():
-        raise UsageError(f"{s5_dir} has no data/ folder; give the Kaldi egs/wsj/s5 directory after its data prep (run.sh stage 0)")
+        raise UsageError(
+            f"{s5_dir} has no data/ folder; give the Kaldi egs/wsj/s5 directory after its data prep "
+            f"(local/wsj_data_prep.sh, local/wsj_format_data.sh)"
+        )
     missing = [s for s in sets if not (s5_dir / "data" / s).is_dir()]
     if missing:
         raise AsrBnError(
-            f"{s5_dir / 'data'} has no {', '.join(missing)}; run Kaldi's WSJ data prep, or choose other sets with --sets"
+            f"{s5_dir / 'data'} has no {', '.join(missing)}; "
+            f"run Kaldi's WSJ data prep, or choose other sets with --sets"
         )
     results = []
     with OutputLock(out_dir):
         for name in sets:
-            result = prepare_kaldi(s5_dir / "data" / name, out_dir / name, pipeline, **options)  # type: ignore[arg-type]
+            result = prepare_kaldi(
+                s5_dir / "data" / name, out_dir / name, pipeline, **options  # type: ignore[arg-type]
+            )
             if on_set is not None:
                 on_set(name, result)
             results.append(result)
@@ -173,12 +189,14 @@ def _use_sph2pipe(data: DataDir, sph2pipe: str) -> None:
     for rec, entry in data.recordings.items():
         tokens = _pipe_tokens(entry)
         if tokens and _is_sph2pipe(tokens[0]):
-            rest = entry.split(None, 1)[1] if len(entry.split(None, 1)) > 1 else "|"
-            data.recordings[rec] = f"{shlex.quote(str(path.resolve()))} {rest}"
+            rest = entry[len(entry.split(None, 1)[0]) :]  # the arguments and the final |, as written
+            data.recordings[rec] = f"{shlex.quote(str(path.resolve()))}{rest}"
 
 
 def _check_pipe_programs(data: DataDir) -> None:
-    """Fail early, once, when a program the wav.scp pipes run does not exist (rather than once per utterance)."""
+    """Fail early, once, when a program the wav.scp pipes run by path (as Kaldi writes sph2pipe), or sph2pipe
+    itself, does not exist, rather than once per utterance. Other bare names may be shell builtins: a failing one
+    shows up as a failing pipe."""
     seen: set[str] = set()
     for rec, entry in data.recordings.items():
         tokens = _pipe_tokens(entry)
@@ -187,10 +205,9 @@ def _check_pipe_programs(data: DataDir) -> None:
         program = tokens[0]
         seen.add(program)
         if "/" in program:
-            found = (data.root / program).is_file() and os.access(data.root / program, os.X_OK)
-        else:
-            found = shutil.which(program) is not None
-        if found:
+            if (data.root / program).is_file() and os.access(data.root / program, os.X_OK):
+                continue
+        elif not _is_sph2pipe(program) or shutil.which(program) is not None:
             continue
         if _is_sph2pipe(program):
             raise AsrBnError(
@@ -210,7 +227,8 @@ def _check_pipe_programs(data: DataDir) -> None:
 def _input_digests(data_dir: Path) -> dict[str, str]:
     return {
         name: hashlib.sha256((data_dir / name).read_bytes()).hexdigest()
-        for name in _DATA_FILES if (data_dir / name).is_file()
+        for name in _DATA_FILES
+        if (data_dir / name).is_file()
     }
 
 
@@ -238,16 +256,23 @@ def _publish(staging: Path, out_dir: Path, files: list[str], report: Report, sig
     """Move the staged files onto their final names; report.json (the completion marker) goes last."""
     for name in ("feats.scp", "cmvn.scp"):
         if name in files:
-            _retarget_scp(staging / name, staging / name.replace(".scp", ".ark"), out_dir / name.replace(".scp", ".ark"))
+            _retarget_scp(
+                staging / name, staging / name.replace(".scp", ".ark"), out_dir / name.replace(".scp", ".ark")
+            )
     (out_dir / "report.json").unlink(missing_ok=True)
     for name in _OUTPUT_FILES + _DERIVED_FILES:
         if name not in files and (out_dir / name).exists():
             (out_dir / name).unlink()  # from an earlier run: other options, or targets joined to the old features
             if name in _DERIVED_FILES:
-                report.note(f"removed {name} of the earlier run (it belonged to the old features; join the alignments again)")
+                report.note(
+                    f"removed {name} of the earlier run (it belonged to the old features; join the alignments again)"
+                )
     for name in files:
         os.replace(staging / name, out_dir / name)
-    write_text(out_dir / "report.json", json.dumps({**report.to_dict(), "files": files, "signature": signature}, indent=2) + "\n")
+    write_text(
+        out_dir / "report.json",
+        json.dumps({**report.to_dict(), "files": files, "signature": signature}, indent=2) + "\n",
+    )
 
 
 def _retarget_scp(scp: Path, staged_ark: Path, final_ark: Path) -> None:
@@ -287,7 +312,9 @@ def _write_outputs(
     def features() -> Iterator[tuple[str, np.ndarray]]:
         with progress_bar() as bar:
             task = bar.add_task(f"prep {data.path.name}", total=len(data.utterances), info="")
-            for batch in _batches(_waves(data, cfg, nj, skip_bad, channel, report, lambda: bar.advance(task)), _BATCH_SAMPLES):
+            for batch in _batches(
+                _waves(data, cfg, nj, skip_bad, channel, report, lambda: bar.advance(task)), _BATCH_SAMPLES
+            ):
                 feats = compute_fbank([w for _, w in batch], cfg, device=device)
                 for (utt, wave), f in zip(batch, feats):
                     bar.advance(task)
@@ -296,7 +323,10 @@ def _write_outputs(
                         report.skip(utt, "shorter than one frame")
                         continue
                     if not np.isfinite(mat).all():
-                        raise AsrBnError(f"utterance {utt}: NaN or infinity in its fbank features; check its audio ({data.recordings[data.utterances[utt].recording]})")
+                        raise AsrBnError(
+                            f"utterance {utt}: NaN or infinity in its fbank features; "
+                            f"check its audio ({data.recordings[data.utterances[utt].recording]})"
+                        )
                     stats[utt] = compute_cmvn_stats([_as_stored(mat, method)])
                     num_frames[utt] = mat.shape[0]
                     durations[utt] = len(wave) / cfg.sample_frequency
@@ -307,10 +337,14 @@ def _write_outputs(
     written = sorted(num_frames)
     if not written:
         reasons = "; ".join(f"{reason}: {len(utts)}" for reason, utts in report.skipped.items())
-        raise AsrBnError(f"no utterance of {data.path} could be prepared ({reasons or 'the data dir is empty'}); fix the data dir")
+        raise AsrBnError(
+            f"no utterance of {data.path} could be prepared ({reasons or 'the data dir is empty'}); fix the data dir"
+        )
     files = ["feats.ark", "feats.scp"]
     if pipeline.cmvn != "none":
-        write_ark_scp(staging / "cmvn.ark", staging / "cmvn.scp", _cmvn_stats(pipeline.cmvn, data, written, stats).items())
+        write_ark_scp(
+            staging / "cmvn.ark", staging / "cmvn.scp", _cmvn_stats(pipeline.cmvn, data, written, stats).items()
+        )
         files += ["cmvn.ark", "cmvn.scp"]
     write_text(staging / "utt2num_frames", "".join(f"{u} {num_frames[u]}\n" for u in written))
     write_data_dir(data, staging, written, durations)
@@ -347,7 +381,13 @@ def _cmvn_stats(mode: str, data: DataDir, written: list[str], stats: dict[str, n
 
 
 def _waves(
-    data: DataDir, cfg: FbankConfig, nj: int, skip_bad: bool, channel: int | None, report: Report, on_skip: Callable[[], None]
+    data: DataDir,
+    cfg: FbankConfig,
+    nj: int,
+    skip_bad: bool,
+    channel: int | None,
+    report: Report,
+    on_skip: Callable[[], None],
 ) -> Iterator[tuple[str, np.ndarray]]:
     """(utterance, samples) in sorted order, loaded by `nj` threads a few recordings ahead; bad audio is raised, or
     skipped by name with `skip_bad` (`on_skip` is called per skipped utterance, for the progress bar)."""

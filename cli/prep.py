@@ -73,7 +73,11 @@ def _with_fbank_options(command: Callable[..., Any]) -> Callable[..., Any]:
         typ = types[f.type] if isinstance(f.type, str) else f.type
         flag = f"--{kaldi_name[f.name]}" + (f"/--no-{kaldi_name[f.name]}" if typ is bool else "")
         option = typer.Option(flag, help=_FBANK_HELP[f.name], rich_help_panel=_FBANK_PANEL)
-        extra.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=Annotated[typ, option]))
+        extra.append(
+            inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=Annotated[typ, option]
+            )
+        )
     own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "fbank_overrides"]
     ctx = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
 
@@ -93,7 +97,9 @@ def _with_fbank_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _pipeline(config: Optional[Path], overrides: dict[str, Any], cmvn: Cmvn, norm_vars: bool, preset: dict[str, Any]):  # noqa: ANN202
+def _pipeline(
+    config: Optional[Path], overrides: dict[str, Any], cmvn: Cmvn, norm_vars: bool, preset: dict[str, Any]
+):  # noqa: ANN202
     """The FeaturePipeline: explicit fbank options over the --config file, or over the command's preset."""
     from asr_bn.features import FbankConfig, FeaturePipeline
 
@@ -104,15 +110,44 @@ def _pipeline(config: Optional[Path], overrides: dict[str, Any], cmvn: Cmvn, nor
     return FeaturePipeline(fbank, cmvn=cmvn.value, norm_vars=norm_vars)  # type: ignore[arg-type]
 
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Kaldi fbank conf file (`--num-mel-bins=40` per line), as compute-fbank-feats --config.")]
-CmvnOpt = Annotated[Cmvn, typer.Option("--cmvn", help="CMVN statistics to compute: per speaker, per utterance, global, or none.")]
-NormVarsOpt = Annotated[bool, typer.Option("--norm-vars", help="Normalize variances too when applying CMVN (means always).")]
-CompressOpt = Annotated[bool, typer.Option("--compress", help="Store feats.ark with Kaldi's lossy compression (kSpeechFeature), about 4x smaller.")]
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--config", help="Kaldi fbank conf file (`--num-mel-bins=40` per line), as compute-fbank-feats --config."
+    ),
+]
+CmvnOpt = Annotated[
+    Cmvn, typer.Option("--cmvn", help="CMVN statistics to compute: per speaker, per utterance, global, or none.")
+]
+NormVarsOpt = Annotated[
+    bool, typer.Option("--norm-vars", help="Normalize variances too when applying CMVN (means always).")
+]
+CompressOpt = Annotated[
+    bool,
+    typer.Option(
+        "--compress", help="Store feats.ark with Kaldi's lossy compression (kSpeechFeature), about 4x smaller."
+    ),
+]
 NjOpt = Annotated[int, typer.Option("--nj", min=1, help="Threads loading audio (files and pipes).")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="Device for fbank.")]
-SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Skip utterances with missing, corrupt or failing audio (named in the report) instead of stopping.")]
-ChannelOpt = Annotated[Optional[int], typer.Option("--channel", min=0, help="Channel of multi-channel audio to use (0 = left); multi-channel audio without it is an error.")]
-Sph2pipeOpt = Annotated[Optional[Path], typer.Option("--sph2pipe", help="Path of sph2pipe, replacing the one named in wav.scp's pipes.")]
+SkipBadOpt = Annotated[
+    bool,
+    typer.Option(
+        "--skip-bad",
+        help="Skip utterances with missing, corrupt or failing audio (named in the report) instead of stopping.",
+    ),
+]
+ChannelOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--channel",
+        min=0,
+        help="Channel of multi-channel audio to use (0 = left); multi-channel audio without it is an error.",
+    ),
+]
+Sph2pipeOpt = Annotated[
+    Optional[Path], typer.Option("--sph2pipe", help="Path of sph2pipe, replacing the one named in wav.scp's pipes.")
+]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Redo an output that is already complete.")]
 
 
@@ -129,8 +164,15 @@ def _print(result: Any) -> None:  # result: asr_bn.prep.PrepResult
 @app.command("kaldi")
 @_with_fbank_options
 def kaldi(
-    data_dir: Annotated[Path, typer.Argument(help="Kaldi data dir: wav.scp, utt2spk or spk2utt; optional segments, text, utt2dur.")],
-    out_dir: Annotated[Path, typer.Argument(help="Output dir: feats.{ark,scp}, cmvn.{ark,scp}, utt2num_frames, data files, pipeline.json, report.json.")],
+    data_dir: Annotated[
+        Path, typer.Argument(help="Kaldi data dir: wav.scp, utt2spk or spk2utt; optional segments, text, utt2dur.")
+    ],
+    out_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="Output dir: feats.{ark,scp}, cmvn.{ark,scp}, utt2num_frames, data files, pipeline.json, report.json."
+        ),
+    ],
     config: ConfigOpt = None,
     cmvn: CmvnOpt = Cmvn.speaker,
     norm_vars: NormVarsOpt = False,
@@ -147,18 +189,32 @@ def kaldi(
     from asr_bn.prep import prepare_kaldi
 
     pipeline = _pipeline(config, fbank_overrides or {}, cmvn, norm_vars, {})
-    _print(prepare_kaldi(
-        data_dir, out_dir, pipeline, compress=compress, nj=nj, device=device.value, skip_bad=skip_bad,
-        channel=channel, sph2pipe=None if sph2pipe is None else str(sph2pipe), force=force,
-    ))
+    _print(
+        prepare_kaldi(
+            data_dir,
+            out_dir,
+            pipeline,
+            compress=compress,
+            nj=nj,
+            device=device.value,
+            skip_bad=skip_bad,
+            channel=channel,
+            sph2pipe=None if sph2pipe is None else str(sph2pipe),
+            force=force,
+        )
+    )
 
 
 @app.command("wsj")
 @_with_fbank_options
 def wsj(
-    s5_dir: Annotated[Path, typer.Argument(help="Kaldi egs/wsj/s5 directory after its data prep (holds data/train_si284, …).")],
+    s5_dir: Annotated[
+        Path, typer.Argument(help="Kaldi egs/wsj/s5 directory after its data prep (holds data/train_si284, …).")
+    ],
     out_dir: Annotated[Path, typer.Argument(help="Output dir: one prepared dir per set, OUT_DIR/<set>.")],
-    sets: Annotated[str, typer.Option("--sets", help="Comma-separated data sets under s5/data.")] = "train_si284,test_dev93,test_eval92",
+    sets: Annotated[
+        str, typer.Option("--sets", help="Comma-separated data sets under s5/data.")
+    ] = "train_si284,test_dev93,test_eval92",
     config: ConfigOpt = None,
     cmvn: CmvnOpt = Cmvn.speaker,
     norm_vars: NormVarsOpt = False,
@@ -175,10 +231,20 @@ def wsj(
     (e.g. asr-bn prep wsj ~/kaldi/egs/wsj/s5 prep/wsj --nj 8)."""
     from asr_bn.prep import prepare_wsj
 
-    pipeline = _pipeline(config, fbank_overrides or {}, cmvn, norm_vars, {"sample_frequency": 16000.0, "num_mel_bins": 40})
+    pipeline = _pipeline(
+        config, fbank_overrides or {}, cmvn, norm_vars, {"sample_frequency": 16000.0, "num_mel_bins": 40}
+    )
     prepare_wsj(
-        s5_dir, out_dir, pipeline, sets=[s.strip() for s in sets.split(",") if s.strip()],
+        s5_dir,
+        out_dir,
+        pipeline,
+        sets=[s.strip() for s in sets.split(",") if s.strip()],
         on_set=lambda name, result: _print(result),
-        compress=compress, nj=nj, device=device.value, skip_bad=skip_bad, channel=channel,
-        sph2pipe=None if sph2pipe is None else str(sph2pipe), force=force,
+        compress=compress,
+        nj=nj,
+        device=device.value,
+        skip_bad=skip_bad,
+        channel=channel,
+        sph2pipe=None if sph2pipe is None else str(sph2pipe),
+        force=force,
     )

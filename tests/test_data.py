@@ -59,7 +59,10 @@ def test_plain_paths_sorted_and_scaled_like_kaldi(tmp_path: Path, four) -> None:
     report = Report("t")
     data = load_data_dir(d, report)
     assert list(data.utterances) == [u for u, _, _ in four]
-    assert data.spk2utt == {"fash": [u for u, s, _ in four if s == "fash"], "fbbh": [u for u, s, _ in four if s == "fbbh"]}
+    assert data.spk2utt == {
+        "fash": [u for u, s, _ in four if s == "fash"],
+        "fbbh": [u for u, s, _ in four if s == "fbbh"],
+    }
     utt, _, wav = four[0]
     x = load_audio(data, utt, sample_rate=16000)
     assert x.dtype == np.float32
@@ -76,14 +79,17 @@ def test_cat_pipe_and_ark_offset_entries(tmp_path: Path, four) -> None:  # noqa:
         key, loc = line.split()
         ark_entries[key] = loc
     wav_scp = "".join(f"{u} cat {shlex.quote(str(p))} |\n" for u, _, p in four[:2]) + "".join(
-        f"{u} {ark_entries[u]}\n" for u, _, _ in four[2:])
+        f"{u} {ark_entries[u]}\n" for u, _, _ in four[2:]
+    )
     d = write_dir(tmp_path / "d", {**kaldi_files(four), "wav.scp": wav_scp})
     data = load_data_dir(d, Report("t"))
     for utt, _, wav in four:
         np.testing.assert_array_equal(load_audio(data, utt, sample_rate=16000), int16_samples(wav))
 
 
-def test_relative_paths_resolve_against_recipe_root(yesno_root: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_relative_paths_resolve_against_recipe_root(
+    yesno_root: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.chdir(tmp_path)  # not the yesno folder: the paths resolve against an ancestor of the data dir
     report = Report("t")
     data = load_data_dir(yesno_root / "data" / "test_yesno", report)
@@ -96,7 +102,9 @@ def test_relative_paths_resolve_against_recipe_root(yesno_root: Path, monkeypatc
     np.testing.assert_array_equal(x, int16_samples(yesno_root / "waves_yesno" / "1_0_0_0_0_0_0_0.wav"))
 
 
-def test_relative_paths_use_working_dir_first(tmp_path: Path, four, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_relative_paths_use_working_dir_first(
+    tmp_path: Path, four, monkeypatch: pytest.MonkeyPatch
+) -> None:  # noqa: ANN001
     (tmp_path / "audio").mkdir()
     utt, _, wav = four[0]
     (tmp_path / "audio" / "a.wav").write_bytes(wav.read_bytes())
@@ -113,8 +121,10 @@ def test_segments_cut_like_extract_segments(tmp_path: Path, four) -> None:  # no
     n = len(int16_samples(wav))
     dur = n / 16000
     segments = f"a {rec} 0.10 0.35\nb {rec} 0.5 -1\nc {rec} 0.2 {dur + 0.3:.3f}\nd {rec} 0.2 {dur + 0.7:.3f}\n"
-    d = write_dir(tmp_path / "d", {"wav.scp": f"{rec} {wav}\n", "segments": segments,
-                                   "utt2spk": "".join(f"{u} {spk}\n" for u in "abcd")})
+    d = write_dir(
+        tmp_path / "d",
+        {"wav.scp": f"{rec} {wav}\n", "segments": segments, "utt2spk": "".join(f"{u} {spk}\n" for u in "abcd")},
+    )
     data = load_data_dir(d, Report("t"))
     full = int16_samples(wav)
     np.testing.assert_array_equal(load_audio(data, "a", sample_rate=16000), full[1600:5600])
@@ -160,11 +170,17 @@ def test_inconsistent_sets_are_counted_and_named(tmp_path: Path, four) -> None: 
     files = kaldi_files(four)
     u0, u1 = four[0][0], four[1][0]
     files["utt2spk"] = "".join(line for line in files["utt2spk"].splitlines(True) if not line.startswith(u0 + " "))
-    files["text"] = "".join(line for line in files["text"].splitlines(True) if not line.startswith(u1 + " ")) + "zz-extra HI\n"
+    files["text"] = (
+        "".join(line for line in files["text"].splitlines(True) if not line.startswith(u1 + " ")) + "zz-extra HI\n"
+    )
     report = Report("t")
     data = load_data_dir(write_dir(tmp_path / "d", files), report)
     assert list(data.utterances) == [u for u, _, _ in four[2:]]
-    assert dict(report.skipped) == {"missing from utt2spk": [u0], "missing from text": [u1], "in text but not in wav.scp": ["zz-extra"]}
+    assert dict(report.skipped) == {
+        "missing from utt2spk": [u0],
+        "missing from text": [u1],
+        "in text but not in wav.scp": ["zz-extra"],
+    }
     assert report.counts["utterances in"] == 5  # every id seen in any file: written + skipped
 
 
@@ -197,7 +213,11 @@ def _one_utt_dir(tmp_path: Path, entry: str) -> tuple:
 def test_audio_faults(tmp_path: Path, four, rng: np.random.Generator) -> None:  # noqa: ANN001
     wav = four[0][2]
     cases = {
-        "missing": (str(tmp_path / "nope.wav"), "audio file missing", r"utterance u1: audio file .*nope.wav does not exist"),
+        "missing": (
+            str(tmp_path / "nope.wav"),
+            "audio file missing",
+            r"utterance u1: audio file .*nope.wav does not exist",
+        ),
         "empty": (b"", "audio unreadable", r"is empty \(0 bytes\)"),
         "truncated": (wav.read_bytes()[:5000], "audio truncated", r"is truncated \(\d+ bytes of audio missing"),
         "corrupt": (rng.integers(0, 256, 3000, dtype=np.uint8).tobytes(), "audio unreadable", "is not readable audio"),
@@ -224,7 +244,9 @@ def test_rate_mismatch_and_channels(tmp_path: Path, four) -> None:  # noqa: ANN0
     stereo = tmp_path / "stereo.wav"
     sf.write(stereo, np.stack([x, x // 2], axis=1), 16000, subtype="PCM_16")
     data, utt = _one_utt_dir(tmp_path / "a", str(stereo))
-    with pytest.raises(AsrBnError, match=r"sampled at 16000 Hz but the feature config says 8000 Hz; pass --sample-frequency 16000"):
+    with pytest.raises(
+        AsrBnError, match=r"sampled at 16000 Hz but the feature config says 8000 Hz; pass --sample-frequency 16000"
+    ):
         load_audio(data, utt, sample_rate=8000)
     with pytest.raises(AsrBnError, match=r"has 2 channels; choose one with --channel 0..1"):
         load_audio(data, utt, sample_rate=16000)

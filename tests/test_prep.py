@@ -53,8 +53,19 @@ def test_yesno_8khz_layout(yesno_root: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "prep: utterances in 29, written 29, skipped 0" in result.output
     assert {p.name for p in out.iterdir()} == {
-        "wav.scp", "utt2spk", "spk2utt", "text", "utt2dur", "feats.ark", "feats.scp", "cmvn.ark", "cmvn.scp",
-        "utt2num_frames", "pipeline.json", "report.json"}
+        "wav.scp",
+        "utt2spk",
+        "spk2utt",
+        "text",
+        "utt2dur",
+        "feats.ark",
+        "feats.scp",
+        "cmvn.ark",
+        "cmvn.scp",
+        "utt2num_frames",
+        "pipeline.json",
+        "report.json",
+    }
     feats = dict(kaldiio.load_scp_sequential(str(out / "feats.scp")))
     frames = dict(line.split() for line in (out / "utt2num_frames").read_text().splitlines())
     assert list(feats) == sorted(feats) and len(feats) == 29
@@ -156,7 +167,9 @@ def test_crash_mid_run_leaves_no_partial_file(an4_dir: Path, tmp_path: Path, mon
     assert prep("kaldi", an4_dir, out, *FAST).exit_code == 0  # the rerun completes
 
 
-def test_enospc_while_writing_features_keeps_previous_files(an4_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_enospc_while_writing_features_keeps_previous_files(
+    an4_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "out"
     assert prep("kaldi", an4_dir, out, *FAST).exit_code == 0
     before = snapshot(out)
@@ -172,7 +185,9 @@ def test_enospc_while_writing_features_keeps_previous_files(an4_dir: Path, tmp_p
     monkeypatch.setattr(kaldiio, "save_ark", disk_full)
     result = prep("kaldi", an4_dir, out, *FAST, "--force")
     assert result.exit_code == 1
-    assert "could not write" in one_line_error(result) and "feats.ark: No space left on device" in one_line_error(result)
+    assert "could not write" in one_line_error(result) and "feats.ark: No space left on device" in one_line_error(
+        result
+    )
     assert snapshot(out) == before and sorted(p.name for p in out.iterdir()) == sorted(before)
 
 
@@ -204,7 +219,11 @@ def _with_bad_entry(an4_dir: Path, entry: str) -> tuple[Path, str]:
         ("missing", r"utterance {utt}: audio file .*gone.wav does not exist .*--skip-bad", "audio file missing"),
         ("truncated", r"utterance {utt}: .*bad.wav is truncated \(\d+ bytes of audio missing", "audio truncated"),
         ("corrupt", r"utterance {utt}: .*bad.wav is not readable audio", "audio unreadable"),
-        ("pipe", r"utterance {utt}: pipe `cat .*gone.wav \|` exited with status 1: cat: .*gone.wav: No such file", "pipe failed"),
+        (
+            "pipe",
+            r"utterance {utt}: pipe `cat .*gone.wav \|` exited with status 1: cat: .*gone.wav: No such file",
+            "pipe failed",
+        ),
     ],
 )
 def test_bad_audio_is_error_or_named_skip(an4_dir: Path, tmp_path: Path, fault: str, message: str, reason: str) -> None:
@@ -258,15 +277,23 @@ def test_multichannel_needs_channel(an4_dir: Path, tmp_path: Path) -> None:
     data_dir, utt = _with_bad_entry(an4_dir, str(tmp_path / "stereo.wav"))
     result = prep("kaldi", data_dir, tmp_path / "out", *FAST)
     assert result.exit_code == 1
-    assert f"utterance {utt}: {tmp_path / 'stereo.wav'} has 2 channels; choose one with --channel 0..1" in one_line_error(result)
+    assert (
+        f"utterance {utt}: {tmp_path / 'stereo.wav'} has 2 channels; choose one with --channel 0..1"
+        in one_line_error(result)
+    )
     result = prep("kaldi", data_dir, tmp_path / "out", *FAST, "--channel", "0", "--skip-bad")
-    assert result.exit_code == 0 and "written 4" in result.output  # channel 0 of the stereo file, mono files as they are
+    assert (
+        result.exit_code == 0 and "written 4" in result.output
+    )  # channel 0 of the stereo file, mono files as they are
 
 
 def test_sample_rate_mismatch(an4_dir: Path, tmp_path: Path) -> None:
     result = prep("kaldi", an4_dir, tmp_path / "out", *FAST, "--sample-frequency", "8000", "--skip-bad")
     assert result.exit_code == 1  # a config error, not skippable
-    assert "is sampled at 16000 Hz but the feature config says 8000 Hz; pass --sample-frequency 16000" in one_line_error(result)
+    assert (
+        "is sampled at 16000 Hz but the feature config says 8000 Hz; pass --sample-frequency 16000"
+        in one_line_error(result)
+    )
 
 
 @pytest.mark.parametrize(
@@ -334,7 +361,11 @@ def _wsj_tree(root: Path, an4_root: Path, program: str = "cat") -> Path:
     wavs = an4_wavs(an4_root, 8, speakers=("fash", "fbbh", "fclc", "fejs"))
     sets = {"train_si284": wavs[:4], "test_dev93": wavs[4:6], "test_eval92": wavs[6:]}
     for name, utts in sets.items():
-        entry = (lambda p: f"{program} {shlex.quote(str(p))} |") if program == "cat" else (lambda p: f"{program} -f wav {p} |")
+        entry = (
+            (lambda p: f"{program} {shlex.quote(str(p))} |")
+            if program == "cat"
+            else (lambda p: f"{program} -f wav {p} |")
+        )
         write_dir(root / "s5" / "data" / name, kaldi_files(utts, wav_entry=entry))
     return root / "s5"
 
@@ -353,7 +384,11 @@ def test_wsj_preset_on_a_miniature_tree(an4_root: Path, tmp_path: Path) -> None:
     again = prep("wsj", s5, out, *FAST, "--sets", "train_si284,test_dev93")
     assert again.exit_code == 0 and again.output.count("already done") == 2
     missing = prep("wsj", s5, out, "--sets", "train_si84")
-    assert missing.exit_code == 1 and "has no train_si84" in one_line_error(missing) and "--sets" in one_line_error(missing)
+    assert (
+        missing.exit_code == 1
+        and "has no train_si84" in one_line_error(missing)
+        and "--sets" in one_line_error(missing)
+    )
 
 
 def test_wsj_missing_sph2pipe_says_where_and_sph2pipe_option(an4_root: Path, tmp_path: Path) -> None:
