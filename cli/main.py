@@ -51,6 +51,10 @@ app.add_typer(_prep.app, name="prep")
 from asr_bn_cli import ali as _ali  # noqa: E402
 
 app.add_typer(_ali.app, name="ali")
+from asr_bn_cli import decode as _decode  # noqa: E402
+
+app.command("decode")(_decode.decode)
+app.command("mkgraph")(_decode.mkgraph)
 from asr_bn_cli import score as _score  # noqa: E402
 
 app.add_typer(_score.app, name="score")

@@ -1,0 +1,657 @@
+"""Decoding with a Kaldi HCLG graph and kaldi-decoder (no Kaldi binaries), and a small Kaldi-style graph builder.
+
+`decode` reads a graph dir (HCLG.fst, words.txt, as Kaldi's utils/mkgraph.sh writes it), the alignment model
+(final.mdl, for transition-id → pdf-id) and log-likelihood matrices (utterance → (T, num_pdfs), `asr-bn forward`'s
+output) and writes hypotheses in Kaldi `text` format, like `latgen-faster-mapped` + `lattice-best-path`. With
+lattices it also writes Kaldi-readable state-level lattices and, for a range of LM weights, one hypothesis file
+per weight (`hyp_LMWT`, what Kaldi's score.sh scores).
+
+`build_graph` is mkgraph.sh for a word loop or an ARPA language model over a lexicon: L (with disambiguation
+symbols) ∘ G, determinized and minimized, composed with the context (trivial for monophones) and kaldi-hmm-gmm's
+H transducer, disambiguation symbols removed, self-loops added with the transition model.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Iterator
+
+import numpy as np
+
+from asr_bn.errors import AsrBnError, UsageError
+from asr_bn.io import OutputLock, atomic_open, atomic_path, write_text
+from asr_bn.progress import progress_bar
+from asr_bn.report import Report
+
+if TYPE_CHECKING:
+    import kaldi_hmm_gmm
+    import kaldifst
+
+    from asr_bn.lang import Lang
+
+__all__ = ["DecodeConfig", "Graph", "Hypothesis", "load_graph", "decode_matrix", "decode", "read_tree", "build_graph"]
+
+
+@dataclass
+class DecodeConfig:
+    """Decoder options, with the defaults of Kaldi's steps/nnet/decode.sh."""
+
+    acoustic_scale: float = 0.1  # scale on the log-likelihoods (Kaldi --acoustic-scale / acwt)
+    beam: float = 13.0  # decoding beam (cost units)
+    max_active: int = 7000  # most active states per frame (one-best decoder only)
+    lattice_beam: float = 8.0  # lattice pruning beam (lattice decoding only)
+    lattices: bool = False  # decode with lattices (Kaldi-readable lat.ark, and hyp_LMWT files with `lmwt`)
+    lmwt: tuple[int, ...] = ()  # LM weights to rescore the lattices with (needs lattices), e.g. 7..17
+
+    def check(self) -> None:
+        """Reject impossible values with a one-line fix."""
+        if not self.acoustic_scale > 0:
+            raise UsageError(f"--acoustic-scale must be > 0, got {self.acoustic_scale}")
+        if not self.beam > 0 or not self.lattice_beam > 0:
+            raise UsageError(f"--beam and --lattice-beam must be > 0, got {self.beam} and {self.lattice_beam}")
+        if self.max_active < 1:
+            raise UsageError(f"--max-active must be >= 1, got {self.max_active}")
+        if self.lmwt and not self.lattices:
+            raise UsageError("--lmwt rescoring needs lattices: add --lattices")
+        if any(w <= 0 for w in self.lmwt):
+            raise UsageError(f"--lmwt weights must be positive, got {list(self.lmwt)}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Graph + model
+
+
+@dataclass
+class Graph:
+    """A loaded decoding graph with what the decoder needs from the model: transition-id → pdf-id."""
+
+    path: Path
+    fst: "kaldifst.StdVectorFst"
+    words: dict[int, str]  # word id → word (words.txt)
+    tid2pdf: np.ndarray  # (num_transition_ids + 1,) int; entry 0 unused (transition-ids are 1-based)
+    num_pdfs: int
+    model_path: Path
+    _decoders: dict = field(default_factory=dict, repr=False)
+
+    def decoder(self, config: DecodeConfig):  # noqa: ANN201 - a kaldi_decoder decoder object
+        """The (reused) kaldi-decoder object for these options: LatticeSimpleDecoder or FasterDecoder."""
+        import kaldi_decoder
+
+        key = (config.lattices, config.beam, config.max_active, config.lattice_beam)
+        if key not in self._decoders:
+            if config.lattices:
+                opts = kaldi_decoder.LatticeSimpleDecoderConfig(beam=config.beam, lattice_beam=config.lattice_beam)
+                self._decoders[key] = kaldi_decoder.LatticeSimpleDecoder(self.fst, opts)
+            else:
+                opts = kaldi_decoder.FasterDecoderOptions(beam=config.beam, max_active=config.max_active)
+                self._decoders[key] = kaldi_decoder.FasterDecoder(self.fst, opts)
+        return self._decoders[key]
+
+
+def _model_file(model: str | Path) -> Path:
+    """final.mdl itself, or a directory holding it (a Kaldi exp dir)."""
+    model = Path(model)
+    path = model / "final.mdl" if model.is_dir() else model
+    if not path.is_file():
+        raise AsrBnError(
+            f"{path}: no such alignment model (give the Kaldi final.mdl whose alignments trained the network, "
+            "or its exp dir)"
+        )
+    return path
+
+
+def _read_words(path: Path) -> dict[int, str]:
+    from asr_bn.lang import read_symbol_table
+
+    return {i: w for w, i in read_symbol_table(path).items()}
+
+
+def load_graph(graph_dir: str | Path, model: str | Path) -> Graph:
+    """Load HCLG.fst and words.txt from a graph dir and transition-id → pdf-id from the alignment model.
+
+    The graph must have been built for this model: a graph dir's `num_pdfs` file (written by Kaldi's
+    mkgraph.sh and by `build_graph`) must match; without it, the graph's transition-ids are checked instead.
+    """
+    import kaldi_hmm_gmm  # noqa: F401  (before kaldifst, or kaldifst can hang)
+    import kaldifst
+
+    from asr_bn.alignments import read_transition_model
+
+    graph_dir = Path(graph_dir)
+    fst_path, words_path = graph_dir / "HCLG.fst", graph_dir / "words.txt"
+    for path, what in ((fst_path, "the decoding graph"), (words_path, "the graph's word table")):
+        if not path.is_file():
+            raise AsrBnError(
+                f"{path}: no such file ({what}; give a graph dir made by Kaldi's utils/mkgraph.sh or `asr-bn mkgraph`)"
+            )
+    model_path = _model_file(model)
+    tm = read_transition_model(model_path)
+    tid2pdf = tm.tid_pdf.astype(np.int64)
+    num_pdfs = int(tm.num_pdfs)
+    fst = kaldifst.StdVectorFst.read(str(fst_path))
+    if fst is None or fst.num_states == 0:
+        raise AsrBnError(
+            f"{fst_path}: not a readable, non-empty OpenFst vector FST (a const FST? convert it with Kaldi's "
+            "`fstconvert --fst_type=vector`; else rebuild the graph)"
+        )
+    num_pdfs_file = graph_dir / "num_pdfs"
+    if num_pdfs_file.is_file():
+        graph_pdfs = int(num_pdfs_file.read_text().split()[0])
+        if graph_pdfs != num_pdfs:
+            raise AsrBnError(
+                f"{graph_dir} was built for a model with {graph_pdfs} pdfs but {model_path} has {num_pdfs} "
+                "(decode with the graph built from this model, or rebuild the graph with it)"
+            )
+    else:
+        top = max(
+            (arc.ilabel for s in kaldifst.StateIterator(fst) for arc in kaldifst.ArcIterator(fst, s)), default=0
+        )
+        if top >= len(tid2pdf):
+            raise AsrBnError(
+                f"{fst_path} uses transition-id {top} but {model_path} has only {len(tid2pdf) - 1} "
+                "(the graph was built from another model; rebuild it with this one)"
+            )
+    return Graph(graph_dir, fst, _read_words(words_path), tid2pdf, num_pdfs, model_path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Decoding one utterance
+
+
+@dataclass
+class Hypothesis:
+    """One decoded utterance: words at the decoding acoustic scale, and what else the decoder gave."""
+
+    utt: str
+    words: list[str]
+    frames: int
+    log_like: float  # -(graph cost + acoustic cost), acoustic costs unscaled (Kaldi's "log-like")
+    reached_final: bool
+    lattice: bytes | None = None  # OpenFst binary of the state-level Lattice (Kaldi's binary lattice holder)
+    by_lmwt: dict[int, list[str]] = field(default_factory=dict)
+
+
+def _best_path(graph: Graph, path) -> tuple[list[str], float, float]:  # noqa: ANN001 - linear kaldifst.Lattice
+    """Words, graph cost and acoustic cost of a linear lattice (a best path)."""
+    import kaldifst
+
+    ok, _tids, word_ids, weight = kaldifst.get_linear_symbol_sequence(path)
+    if not ok:
+        raise RuntimeError("kaldifst returned a best path that is not linear")  # a library contract, not user input
+    return [graph.words.get(w, f"<unk:{w}>") for w in word_ids], weight.value1, weight.value2
+
+
+def decode_matrix(graph: Graph, utt: str, loglikes: np.ndarray, config: DecodeConfig) -> Hypothesis:
+    """Decode one (T, num_pdfs) log-likelihood matrix; raise AsrBnError (naming `utt`) when it cannot be."""
+    import kaldi_decoder
+    import kaldifst
+
+    if loglikes.ndim != 2 or loglikes.shape[1] != graph.num_pdfs:
+        raise AsrBnError(
+            f"utterance {utt}: log-likelihoods have shape {tuple(loglikes.shape)} but {graph.model_path} has "
+            f"{graph.num_pdfs} pdfs (run `asr-bn forward` with a network trained on this model's alignments)"
+        )
+    if loglikes.shape[0] == 0:
+        raise AsrBnError(f"utterance {utt}: no frames to decode")
+    if not np.isfinite(loglikes).all():
+        raise AsrBnError(f"utterance {utt}: log-likelihoods contain NaN or infinity (check the network's output)")
+    # DecodableCtc scores transition-id k at frame t as M[t, k-1]: expand pdf columns to transition-ids.
+    scores = np.ascontiguousarray(loglikes[:, graph.tid2pdf[1:]] * config.acoustic_scale, dtype=np.float32)
+    decoder = graph.decoder(config)
+    decoder.decode(kaldi_decoder.DecodableCtc(scores))
+    frames = loglikes.shape[0]
+    if not config.lattices:
+        ok, best = decoder.get_best_path()
+        if not ok or best.num_states == 0:
+            raise AsrBnError(f"utterance {utt}: no path survived the beam (raise --beam or --max-active)")
+        words, graph_cost, am_cost = _best_path(graph, best)
+        log_like = -(graph_cost + am_cost / config.acoustic_scale)
+        return Hypothesis(utt, words, frames, log_like, decoder.reached_final())
+    ok, lat = decoder.get_raw_lattice()
+    if not ok or lat.num_states == 0:
+        raise AsrBnError(f"utterance {utt}: no path survived the beam (raise --beam)")
+    # Kaldi keeps unscaled acoustic costs in lattices; rescoring applies 1/LMWT to them.
+    kaldifst.scale_lattice(kaldifst.lattice_scale(1.0, 1.0 / config.acoustic_scale), lat)
+    best = kaldifst.lattice_to_nbest(lat, acoustic_scale=config.acoustic_scale, lm_scale=1.0, n=1)[0]
+    words, graph_cost, am_cost = _best_path(graph, best)
+    hyp = Hypothesis(
+        utt, words, frames, -(graph_cost + am_cost), math.isfinite(decoder.final_relative_cost()), _fst_bytes(lat)
+    )
+    for lmwt in config.lmwt:
+        path = kaldifst.lattice_to_nbest(lat, acoustic_scale=1.0 / lmwt, lm_scale=1.0, n=1)[0]
+        hyp.by_lmwt[lmwt] = _best_path(graph, path)[0]
+    return hyp
+
+
+def _fst_bytes(lat) -> bytes:  # noqa: ANN001 - kaldifst.Lattice
+    """The OpenFst binary form (with header) of a lattice: what Kaldi's LatticeHolder writes in binary mode."""
+    fd, tmp = tempfile.mkstemp(suffix=".fst")
+    os.close(fd)
+    try:
+        if not lat.write(tmp):
+            raise AsrBnError(f"could not write a lattice to {tmp} (free space in {tempfile.gettempdir()})")
+        return Path(tmp).read_bytes()
+    finally:
+        os.unlink(tmp)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Decoding many utterances
+
+
+class _UttFailed(Exception):
+    """One utterance could not be decoded (carried back from a worker as a skip reason)."""
+
+
+def _decode_or_reason(graph: Graph, utt: str, loglikes: np.ndarray, config: DecodeConfig) -> Hypothesis | str:
+    try:
+        return decode_matrix(graph, utt, loglikes, config)
+    except AsrBnError as e:
+        return str(e).removeprefix(f"utterance {utt}: ")
+
+
+_WORKER_GRAPH: Graph | None = None  # one graph per worker process, loaded by its initializer
+
+
+def _init_worker(graph_dir: str, model: str) -> None:
+    global _WORKER_GRAPH
+    _WORKER_GRAPH = load_graph(graph_dir, model)
+
+
+def _worker_decode(utt: str, loglikes: np.ndarray, config: DecodeConfig) -> Hypothesis | str:
+    if _WORKER_GRAPH is None:
+        raise RuntimeError("decode worker used before _init_worker loaded the graph")
+    return _decode_or_reason(_WORKER_GRAPH, utt, loglikes, config)
+
+
+def _rspecifier(loglikes: str | Path) -> str:
+    """Accept Kaldi rspecifiers (`ark:-`, `scp:x.scp`, `ark:x.ark`) and plain .ark / .scp paths."""
+    spec = str(loglikes)
+    if spec.split(":", 1)[0].split(",")[0] in ("ark", "scp"):
+        return spec
+    return ("scp:" if spec.endswith(".scp") else "ark:") + spec
+
+
+def _read_matrices(rspecifier: str) -> Iterator[tuple[str, np.ndarray]]:
+    import kaldiio
+
+    try:
+        with kaldiio.ReadHelper(rspecifier) as reader:
+            for utt, mat in reader:
+                yield utt, np.asarray(mat)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise AsrBnError(
+            f"cannot read log-likelihoods from {rspecifier}: {e} "
+            "(give `asr-bn forward` output as ark:FILE, scp:FILE or ark:- on stdin)"
+        ) from e
+
+
+def _count_scp(rspecifier: str) -> int | None:
+    if not rspecifier.startswith("scp"):
+        return None
+    path = Path(rspecifier.split(":", 1)[1])
+    return sum(1 for line in path.open(encoding="utf-8") if line.strip()) if path.is_file() else None
+
+
+def _hypotheses(
+    graph: Graph, items: Iterable[tuple[str, np.ndarray]], config: DecodeConfig, nj: int
+) -> Iterator[tuple[str, Hypothesis | str]]:
+    """Decode in input order, in this process (nj=1) or in `nj` worker processes with bounded read-ahead."""
+    if nj == 1:
+        for utt, mat in items:
+            yield utt, _decode_or_reason(graph, utt, mat, config)
+        return
+    import multiprocessing
+    from collections import deque
+
+    # spawn: workers start clean (no forked torch/OpenMP or progress-bar threads) and load the graph themselves.
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(nj, ctx, initializer=_init_worker, initargs=(str(graph.path), str(graph.model_path))) as pool:
+        pending: deque[tuple[str, Future]] = deque()
+        for utt, mat in items:
+            pending.append((utt, pool.submit(_worker_decode, utt, mat, config)))
+            if len(pending) >= 2 * nj:
+                u, fut = pending.popleft()
+                yield u, fut.result()
+        while pending:
+            u, fut = pending.popleft()
+            yield u, fut.result()
+
+
+def _check_shape(graph: Graph, utt: str, mat: np.ndarray, source: str) -> np.ndarray:
+    if mat.ndim != 2 or mat.shape[1] != graph.num_pdfs:
+        raise AsrBnError(
+            f"{source}: utterance {utt} has log-likelihoods of shape {tuple(mat.shape)} but {graph.model_path} has "
+            f"{graph.num_pdfs} pdfs (forward with a network trained on this model's alignments, or pass its model)"
+        )
+    return mat
+
+
+def decode(
+    graph_dir: str | Path,
+    model: str | Path,
+    loglikes: str | Path,
+    out_dir: str | Path,
+    config: DecodeConfig | None = None,
+    nj: int = 1,
+) -> Report:
+    """Decode every utterance of `loglikes` (rspecifier or ark/scp path) into `out_dir`.
+
+    Writes `text` (one-best words per utterance, input order), `report.json`, and with `config.lattices`
+    `lat.ark`/`lat.scp` (state-level lattices, transition-ids in, word ids out, unscaled acoustic costs: Kaldi's
+    lattice tools read them) plus `hyp_LMWT` for each of `config.lmwt`. Utterances that cannot be decoded are
+    skipped and named in the report; those that reach no final state keep their partial output, as Kaldi does.
+    """
+    config = config or DecodeConfig()
+    config.check()
+    if nj < 1:
+        raise UsageError(f"--nj must be >= 1, got {nj}")
+    out_dir = Path(out_dir)
+    rspecifier = _rspecifier(loglikes)
+    report = Report("decode")
+    with OutputLock(out_dir):
+        graph = load_graph(graph_dir, model)
+        for stale in [*out_dir.glob("hyp_*"), out_dir / "lat.ark", out_dir / "lat.scp"]:
+            stale.unlink(missing_ok=True)  # outputs of an earlier run with other options must not be scored
+        items = ((utt, _check_shape(graph, utt, mat, rspecifier)) for utt, mat in _read_matrices(rspecifier))
+        counts = {"utterances": 0, "decoded": 0, "partial": 0, "frames": 0}
+        partial: list[str] = []
+        total_log_like = 0.0
+        from contextlib import ExitStack
+
+        with ExitStack() as files, progress_bar() as bar:
+            text = files.enter_context(atomic_open(out_dir / "text"))
+            by_lmwt = {w: files.enter_context(atomic_open(out_dir / f"hyp_{w}")) for w in config.lmwt}
+            lat_ark = files.enter_context(atomic_open(out_dir / "lat.ark", "wb")) if config.lattices else None
+            scp_lines: list[str] = []
+            task = bar.add_task("decode", total=_count_scp(rspecifier), info="")
+            for utt, hyp in _hypotheses(graph, items, config, nj):
+                counts["utterances"] += 1
+                bar.advance(task)
+                if isinstance(hyp, str):
+                    report.skip(utt, hyp)
+                    continue
+                counts["decoded"] += 1
+                counts["frames"] += hyp.frames
+                total_log_like += hyp.log_like
+                if not hyp.reached_final:
+                    partial.append(utt)
+                text.write(" ".join([utt, *hyp.words]) + "\n")
+                for w, f in by_lmwt.items():
+                    f.write(" ".join([utt, *hyp.by_lmwt[w]]) + "\n")
+                if lat_ark is not None and hyp.lattice is not None:
+                    lat_ark.write(utt.encode() + b" ")
+                    scp_lines.append(f"{utt} {(out_dir / 'lat.ark').resolve()}:{lat_ark.tell()}\n")
+                    lat_ark.write(b"\0B" + hyp.lattice)
+                bar.update(task, info=f"partial {len(partial)}, skipped {report.num_skipped}")
+        if config.lattices:
+            write_text(out_dir / "lat.scp", "".join(scp_lines))
+        counts["partial"] = len(partial)
+        report.counts = counts
+        if partial:
+            report.note(
+                f"{len(partial)} utterance(s) reached no final state; their partial output is kept "
+                f"(raise --beam): {' '.join(partial[:5])}{' …' if len(partial) > 5 else ''}"
+            )
+        if counts["frames"]:
+            report.note(f"average log-likelihood per frame {total_log_like / counts['frames']:.4f}")
+        report.save(out_dir / "report.json")
+    return report
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Graph building (Kaldi's utils/mkgraph.sh for a word loop or an ARPA LM)
+
+
+def read_tree(path: str | Path) -> "kaldi_hmm_gmm.ContextDependency":
+    """Read a Kaldi binary decision tree (`exp/*/tree`, as `build-tree` or kaldi-hmm-gmm write it)."""
+    import kaldi_hmm_gmm as khg
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise AsrBnError(f"cannot read tree {path}: {e.strerror or e} (give the tree of the model's exp dir)") from e
+    if not raw.startswith(b"\0BContextDependency "):
+        raise AsrBnError(f"{path}: not a binary Kaldi tree (convert it with Kaldi's `copy-tree --binary=true`)")
+    tree = khg.ContextDependency.__new__(khg.ContextDependency)
+    try:
+        tree.__setstate__((np.frombuffer(raw[2:], dtype=np.int8).tolist(),))
+    except RuntimeError as e:
+        raise AsrBnError(f"{path}: cannot parse the Kaldi tree: {e} (is the file truncated?)") from e
+    return tree
+
+
+def _hmm_objects(model_path: Path, tree_path: Path | None):  # noqa: ANN202 - (khg tree, khg TransitionModel, tm)
+    """kaldi-hmm-gmm's tree and TransitionModel for a Kaldi model: structure from the tree and the model's
+    topology, transition probabilities from the model (read by asr_bn.alignments)."""
+    import kaldi_hmm_gmm as khg
+
+    from asr_bn.alignments import read_transition_model
+
+    tm = read_transition_model(model_path)
+    text = tm.to_kaldi(binary=False).decode()
+    topo = khg.HmmTopology()
+    topo.read(text[text.index("<Topology>") : text.index("</Topology>") + len("</Topology>")])
+    if tree_path is not None:
+        tree = read_tree(tree_path)
+    else:
+        tree = khg.monophone_context_dependency(topo.phones, topo.get_phone_to_num_pdf_classes())
+    ktm = khg.TransitionModel(tree, topo)
+    tids = range(1, tm.num_transition_ids + 1)
+    same = ktm.num_transition_ids == tm.num_transition_ids and all(
+        ktm.transition_id_to_pdf(t) == tm.tid_pdf[t] and ktm.transition_id_to_phone(t) == tm.tid_phone[t] for t in tids
+    )
+    if not same:
+        fix = "pass the tree of its exp dir" if tree_path is None else f"use the tree made with {model_path}"
+        raise AsrBnError(f"{model_path}: its transition-ids do not match the tree's pdfs ({fix})")
+    # Kaldi's TransitionModel::ComputeDerivedOfProbs: the non-self-loop log-prob of each transition-state.
+    non_loop = np.zeros(tm.num_transition_states + 1)
+    loops = np.flatnonzero(tm.tid_is_self_loop)
+    non_loop[tm.tid_tstate[loops]] = np.log1p(-np.exp(tm.log_probs[loops].astype(np.float64)))
+    state = list(ktm.__getstate__())
+    state[6], state[7] = tm.log_probs.astype(np.float64).tolist(), non_loop.tolist()
+    ktm.__setstate__(tuple(state))
+    return tree, ktm, tm
+
+
+def _add_lex_disambig(lexicon: list[tuple[str, list[str]]]) -> tuple[list[tuple[str, list[str]]], int]:
+    """Kaldi's add_lex_disambig.pl: append #1, #2, … to pronunciations that are homophones or prefixes of another
+    pronunciation, so L can be determinized. Returns the new lexicon and the highest #n used (0: none)."""
+    counts: dict[tuple[str, ...], int] = {}
+    prefixes: set[tuple[str, ...]] = set()
+    for _, pron in lexicon:
+        counts[tuple(pron)] = counts.get(tuple(pron), 0) + 1
+        prefixes.update(tuple(pron[:i]) for i in range(1, len(pron)))
+    last: dict[tuple[str, ...], int] = {}
+    out, top = [], 0
+    for word, pron in lexicon:
+        key = tuple(pron)
+        if key in prefixes or counts[key] > 1:
+            last[key] = last.get(key, 0) + 1
+            top = max(top, last[key])
+            pron = [*pron, f"#{last[key]}"]
+        out.append((word, pron))
+    return out, top
+
+
+def _rebuild(fst, arcs_of) -> "kaldifst.StdVectorFst":  # noqa: ANN001 - kaldifst FSTs and a callable
+    """A copy of `fst` whose arcs from state s are `arcs_of(s, arc)` for each arc (a list of StdArc)."""
+    import kaldifst
+
+    out = kaldifst.StdVectorFst()
+    for _ in range(fst.num_states):
+        out.add_state()
+    out.start = fst.start
+    for s in range(fst.num_states):
+        out.set_final(s, fst.final(s))
+        for arc in kaldifst.ArcIterator(fst, s):
+            for new in arcs_of(s, arc):
+                out.add_arc(s, new)
+    return out
+
+
+def _lexicon_disambig_fst(lang: "Lang", sil_prob: float) -> tuple["kaldifst.StdVectorFst", dict[str, int], dict[str, int]]:
+    """L_disambig as Kaldi's prepare_lang.sh makes it: lexicon #n symbols, a silence disambiguation symbol after
+    the optional silence, and #0:#0 self-loops where words leave (for G's back-off arcs).
+    Returns L (olabel-sorted) and the phone and word tables including the disambiguation symbols."""
+    import kaldi_hmm_gmm  # noqa: F401
+    import kaldifst
+
+    from asr_bn.lang import Lang, lexicon_fst
+
+    lexicon, top = _add_lex_disambig(lang.lexicon)
+    phones = dict(lang.phones)
+    for n in range(top + 2):  # #0 (G back-off), #1..#top (lexicon), #top+1 (silence)
+        phones.setdefault(f"#{n}", max(phones.values()) + 1)
+    words = dict(lang.words)
+    for w in ("#0", "<s>", "</s>"):
+        words.setdefault(w, max(words.values()) + 1)
+    L = lexicon_fst(Lang(lexicon, phones, words, lang.silence_phone), sil_prob)
+    sil, sil_disambig = phones[lang.silence_phone], phones[f"#{top + 1}"]
+    # lexicon_fst: start → silence state, whose single arc reads the optional silence and returns to the loop.
+    after_start = {arc.nextstate for arc in kaldifst.ArcIterator(L, L.start)}
+    sil_states = [
+        s for s in after_start
+        if [(a.ilabel, a.olabel) for a in kaldifst.ArcIterator(L, s)] == [(sil, 0)]
+    ]
+    if len(sil_states) != 1:
+        raise RuntimeError("lexicon_fst no longer has a single optional-silence state")  # a contract, not input
+    extra = L.num_states  # the state between the silence phone and its disambiguation symbol
+
+    def arcs_of(s: int, arc):  # noqa: ANN001, ANN202
+        if s == sil_states[0]:
+            return [kaldifst.StdArc(arc.ilabel, 0, arc.weight, extra)]
+        return [arc]
+
+    L2 = _rebuild(L, arcs_of)
+    loop = next(a.nextstate for a in kaldifst.ArcIterator(L, sil_states[0]))
+    L2.add_state()
+    L2.add_arc(extra, kaldifst.StdArc(sil_disambig, 0, 0.0, loop))
+    # fstaddselfloops: #0:#0 on every final state and every state with a word-output arc.
+    for s in range(L2.num_states):
+        final = L2.final(s).value != float("inf")
+        if final or any(a.olabel != 0 for a in kaldifst.ArcIterator(L2, s)):
+            L2.add_arc(s, kaldifst.StdArc(phones["#0"], words["#0"], 0.0, s))
+    kaldifst.arcsort(L2, sort_type="olabel")
+    return L2, phones, words
+
+
+def _scored_words(lang: "Lang") -> list[str]:
+    """Lexicon words that a word loop offers: all but those pronounced as silence only (<SIL>, !SIL …)."""
+    prons = lang.pronunciations()
+    return sorted(w for w, ps in prons.items() if any(p != [lang.silence_phone] for p in ps))
+
+
+def _grammar_fst(grammar: str | Path, lang: "Lang", words: dict[str, int], words_txt: Path) -> "kaldifst.StdVectorFst":
+    """G: a uniform word loop over the scored lexicon words (`loop`), or an ARPA LM through kaldilm's arpa2fst."""
+    import kaldi_hmm_gmm  # noqa: F401
+    import kaldifst
+
+    if str(grammar) == "loop":
+        loop_words = _scored_words(lang)
+        if not loop_words:
+            raise AsrBnError("the lexicon has no words besides silence; a word loop needs at least one")
+        cost = math.log(len(loop_words) + 1)  # each word and the end share the probability mass equally
+        G = kaldifst.StdVectorFst()
+        state = G.add_state()
+        G.start = state
+        G.set_final(state, cost)
+        for w in loop_words:
+            G.add_arc(state, kaldifst.StdArc(words[w], words[w], cost, state))
+    else:
+        import kaldilm
+
+        arpa = Path(grammar)
+        if not arpa.is_file():
+            raise AsrBnError(f"{arpa}: no such ARPA language model (give an ARPA file, or `loop` for a word loop)")
+        try:
+            text = kaldilm.arpa2fst(input_arpa=str(arpa), disambig_symbol="#0", read_symbol_table=str(words_txt))
+        except RuntimeError as e:
+            raise AsrBnError(f"{arpa}: arpa2fst failed: {e} (is it an ARPA file over the lexicon's words?)") from e
+        G = kaldifst.compile(s=text, acceptor=False)
+    kaldifst.arcsort(G, sort_type="ilabel")
+    return G
+
+
+def build_graph(
+    lang: "str | Path | Lang",
+    model: str | Path,
+    out_dir: str | Path,
+    grammar: str | Path = "loop",
+    tree: str | Path | None = None,
+    sil_prob: float = 0.5,
+    transition_scale: float = 1.0,
+    self_loop_scale: float = 0.1,
+) -> Path:
+    """Build HCLG.fst for a lexicon and grammar, as Kaldi's utils/mkgraph.sh, into a graph dir `decode` reads.
+
+    :param lang: a lang folder (`asr_bn.lang.read_lang`: lexicon.txt, phones.txt, words.txt) or a loaded `Lang`.
+    :param model: the alignment model final.mdl (or its exp dir); its phones must be the lang's phone ids.
+    :param grammar: `loop` (uniform loop over the lexicon's non-silence words) or an ARPA file.
+    :param tree: the model's tree; default: `tree` beside final.mdl, else the monophone tree of its topology.
+    :return: `out_dir`, holding HCLG.fst, words.txt, phones.txt (with #n symbols), num_pdfs, disambig_tid.int.
+    """
+    import kaldi_hmm_gmm as khg
+    import kaldifst
+
+    from asr_bn.lang import Lang, read_lang
+
+    out_dir = Path(out_dir)
+    lang = lang if isinstance(lang, Lang) else read_lang(lang)
+    model_path = _model_file(model)
+    tree_path = Path(tree) if tree is not None else model_path.parent / "tree"
+    if tree is not None and not tree_path.is_file():
+        raise AsrBnError(f"{tree_path}: no such tree (give the tree of the model's exp dir, or leave --tree out)")
+    ctx, ktm, tm = _hmm_objects(model_path, tree_path if tree_path.is_file() else None)
+    modelled = set(tm.phones)
+    for word, pron in lang.lexicon:
+        missing = [p for p in pron if lang.phones[p] not in modelled]
+        if missing:
+            raise AsrBnError(
+                f"word {word!r}: phones {missing} have no HMM in {model_path} (the lang folder's phones.txt does not "
+                "match the model's; build the graph with the lang the model was trained with)"
+            )
+    with OutputLock(out_dir):
+        L, phones, words = _lexicon_disambig_fst(lang, sil_prob)
+        write_text(out_dir / "words.txt", "".join(f"{w} {i}\n" for w, i in sorted(words.items(), key=lambda x: x[1])))
+        write_text(out_dir / "phones.txt", "".join(f"{p} {i}\n" for p, i in sorted(phones.items(), key=lambda x: x[1])))
+        G = _grammar_fst(grammar, lang, words, out_dir / "words.txt")
+        LG = kaldifst.compose(L, G)
+        kaldifst.determinize_star(LG, use_log=True)
+        kaldifst.minimize_encoded(LG)
+        disambig_phones = sorted(i for p, i in phones.items() if p.startswith("#"))
+        CLG, ilabels = kaldifst.compose_context(
+            disambig_syms=disambig_phones,
+            context_width=ctx.context_width,
+            central_position=ctx.central_position,
+            ifst=LG,
+        )
+        kaldifst.arcsort(CLG, sort_type="ilabel")
+        Ha, disambig_tids = khg.get_h_transducer(
+            ilabel_info=ilabels, ctx_dep=ctx, trans_model=ktm, config=khg.HTransducerConfig(transition_scale)
+        )
+        HCLGa = kaldifst.compose(Ha, CLG)
+        kaldifst.determinize_star(HCLGa, use_log=True)
+        drop = set(disambig_tids)  # fstrmsymbols: disambiguation transition-ids become epsilons
+        HCLGa = _rebuild(
+            HCLGa,
+            lambda s, a: [kaldifst.StdArc(0 if a.ilabel in drop else a.ilabel, a.olabel, a.weight, a.nextstate)],
+        )
+        kaldifst.minimize_encoded(HCLGa)
+        HCLG = khg.add_self_loops(
+            self_loop_scale=self_loop_scale, disambig_syms=[], reorder=True, trans_model=ktm, ifst=HCLGa
+        )
+        if HCLG.num_states == 0:
+            raise AsrBnError(f"the graph for {grammar} is empty (do the grammar's words appear in the lexicon?)")
+        with atomic_path(out_dir / "HCLG.fst") as tmp:
+            if not HCLG.write(str(tmp)):
+                raise AsrBnError(f"could not write {out_dir / 'HCLG.fst'} (free disk space)")
+        write_text(out_dir / "num_pdfs", f"{tm.num_pdfs}\n")
+        write_text(out_dir / "disambig_tid.int", "".join(f"{t}\n" for t in sorted(drop)))
+    return out_dir

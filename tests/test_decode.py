@@ -1,0 +1,180 @@
+"""Decoding against real Kaldi files: the yesno HCLG.fst + final.mdl written by Kaldi, oracle log-likelihoods from
+Kaldi's own alignments (exp/mono/ali.1.gz) must give WER 0 on all 31 training utterances; graphs built by
+`build_graph` (word loop, ARPA) must do the same; lattices must be the OpenFst/Kaldi binary format."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import kaldi_hmm_gmm  # noqa: F401  (before kaldifst, or kaldifst can hang)
+import kaldifst
+
+from asr_bn.alignments import read_alignments, read_transition_model
+from asr_bn.decode import DecodeConfig, _add_lex_disambig, build_graph, decode, load_graph, read_tree
+from asr_bn.errors import AsrBnError, UsageError
+from asr_bn.io import write_ark_scp
+from asr_bn.score import read_text, score_hyps
+from asr_bn_cli.main import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def oracle(yesno_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Log-likelihoods that put 0 on the pdf of Kaldi's alignment and -20 elsewhere, as an ark/scp pair."""
+    tm = read_transition_model(yesno_root / "exp/mono/final.mdl")
+    mats = {}
+    for utt, tids, _ in read_alignments(yesno_root / "exp/mono"):
+        mat = np.full((len(tids), tm.num_pdfs), -20.0, dtype=np.float32)
+        mat[np.arange(len(tids)), tm.to_pdfs(tids)] = 0.0
+        mats[utt] = mat
+    out = tmp_path_factory.mktemp("oracle")
+    write_ark_scp(out / "ll.ark", out / "ll.scp", sorted(mats.items()))
+    return out
+
+
+def _wer(yesno_root: Path, decode_dir: Path) -> tuple[int, int, int]:
+    results, best = score_hyps(yesno_root / "data/train_yesno", [decode_dir], mode="strict")
+    return best.counts.errors, best.counts.words, best.counts.sentences
+
+
+def test_kaldi_graph_decodes_oracle_scores(yesno_root: Path, oracle: Path, tmp_path: Path) -> None:
+    report = decode(yesno_root / "exp/mono/graph", yesno_root / "exp/mono/final.mdl", oracle / "ll.scp", tmp_path)
+    assert report.counts["decoded"] == 31 and report.num_skipped == 0 and report.counts["partial"] == 0
+    assert _wer(yesno_root, tmp_path) == (0, 248, 31)
+    keys = [line.split()[0] for line in (oracle / "ll.scp").read_text().splitlines()]
+    assert [line.split()[0] for line in (tmp_path / "text").read_text().splitlines()] == keys  # input order
+    assert (tmp_path / "report.json").is_file()
+
+
+def test_built_word_loop_graph(yesno_root: Path, oracle: Path, tmp_path: Path) -> None:
+    graph = build_graph(yesno_root / "data/lang", yesno_root / "exp/mono", tmp_path / "graph")
+    for name in ("HCLG.fst", "words.txt", "phones.txt", "num_pdfs", "disambig_tid.int"):
+        assert (graph / name).is_file(), name
+    assert (graph / "num_pdfs").read_text().strip() == "11"
+    fst = kaldifst.StdVectorFst.read(str(graph / "HCLG.fst"))
+    labels = {arc.olabel for s in kaldifst.StateIterator(fst) for arc in kaldifst.ArcIterator(fst, s)}
+    words = dict(line.split()[::-1] for line in (graph / "words.txt").read_text().splitlines())
+    assert {words[str(w)] for w in labels - {0}} == {"YES", "NO"}  # the silence word is not in the loop
+    decode(graph, yesno_root / "exp/mono", f"scp:{oracle / 'll.scp'}", tmp_path / "dec")
+    assert _wer(yesno_root, tmp_path / "dec") == (0, 248, 31)
+
+
+def test_built_arpa_graph(yesno_root: Path, oracle: Path, tmp_path: Path) -> None:
+    arpa = tmp_path / "lm.arpa"  # a bigram LM over YES / NO
+    arpa.write_text(
+        "\\data\\\nngram 1=4\nngram 2=4\n\n\\1-grams:\n-0.5 </s>\n-99 <s> -0.3\n-0.3 YES -0.2\n-0.3 NO -0.2\n\n"
+        "\\2-grams:\n-0.3 <s> YES\n-0.3 <s> NO\n-0.3 YES NO\n-0.3 NO YES\n\n\\end\\\n"
+    )
+    graph = build_graph(yesno_root / "data/lang", yesno_root / "exp/mono/final.mdl", tmp_path / "g", grammar=arpa)
+    decode(graph, yesno_root / "exp/mono/final.mdl", oracle / "ll.ark", tmp_path / "dec")
+    assert _wer(yesno_root, tmp_path / "dec") == (0, 248, 31)
+    with pytest.raises(AsrBnError, match="no such ARPA"):
+        build_graph(yesno_root / "data/lang", yesno_root / "exp/mono", tmp_path / "g2", grammar=tmp_path / "x.arpa")
+
+
+def test_lattices_are_kaldi_binary_and_rescored(yesno_root: Path, oracle: Path, tmp_path: Path) -> None:
+    config = DecodeConfig(lattices=True, lmwt=(8, 9, 10, 11, 12))
+    decode(yesno_root / "exp/mono/graph", yesno_root / "exp/mono", oracle / "ll.ark", tmp_path, config)
+    assert sorted(p.name for p in tmp_path.glob("hyp_*")) == [f"hyp_{w}" for w in (10, 11, 12, 8, 9)]
+    assert _wer(yesno_root, tmp_path) == (0, 248, 31)
+    text = read_text(tmp_path / "text")
+    ark = (tmp_path / "lat.ark").read_bytes()
+    scp = [line.split() for line in (tmp_path / "lat.scp").read_text().splitlines()]
+    assert len(scp) == 31
+    offsets = [int(loc.rsplit(":", 1)[1]) for _, loc in scp]
+    ends = [nxt - len(key) - 1 for (key, _), nxt in zip(scp[1:], offsets[1:])] + [len(ark)]
+    words = {int(i): w for w, i in (line.split() for line in (yesno_root / "exp/mono/graph/words.txt").open())}
+    for (utt, loc), start, end in zip(scp, offsets, ends):
+        assert loc.rsplit(":", 1)[0] == str((tmp_path / "lat.ark").resolve())
+        assert ark[start - len(utt) - 1 : start] == utt.encode() + b" "
+        assert ark[start : start + 2] == b"\0B"  # Kaldi's binary marker, then an OpenFst header (vector, lattice4)
+        assert ark[start + 2 : start + 6] == bytes.fromhex("d6fdb27e")
+        assert b"lattice4" in ark[start : start + 40]
+        one = tmp_path / "one.fst"
+        one.write_bytes(ark[start + 2 : end])
+        lat = kaldifst.Lattice.read(str(one))
+        best = kaldifst.lattice_to_nbest(lat, acoustic_scale=0.1, n=1)[0]
+        assert [words[w] for w in kaldifst.get_linear_symbol_sequence(best)[2]] == text[utt]
+
+
+def test_parallel_matches_serial(yesno_root: Path, oracle: Path, tmp_path: Path) -> None:
+    graph, model = yesno_root / "exp/mono/graph", yesno_root / "exp/mono"
+    decode(graph, model, oracle / "ll.scp", tmp_path / "a", nj=1)
+    decode(graph, model, oracle / "ll.scp", tmp_path / "b", nj=2)
+    assert (tmp_path / "a" / "text").read_text() == (tmp_path / "b" / "text").read_text()
+
+
+def test_bad_utterances_are_skipped_and_named(yesno_root: Path, tmp_path: Path) -> None:
+    good = np.full((40, 11), -20.0, dtype=np.float32)
+    good[:, 0] = 0.0  # all silence
+    nan = good.copy()
+    nan[3, 2] = np.nan
+    write_ark_scp(tmp_path / "ll.ark", None, [("a", good), ("b", nan), ("c", good[:0])])
+    report = decode(yesno_root / "exp/mono/graph", yesno_root / "exp/mono", tmp_path / "ll.ark", tmp_path / "d")
+    assert report.counts["decoded"] == 1
+    reasons = dict(report.skipped)
+    assert reasons == {
+        "log-likelihoods contain NaN or infinity (check the network's output)": ["b"],
+        "no frames to decode": ["c"],
+    }
+    assert (tmp_path / "d" / "text").read_text() == "a\n"  # silence only: an empty hypothesis
+
+
+def test_mismatches_are_one_line_errors(yesno_root: Path, oracle: Path, tmp_path: Path) -> None:
+    graph, model = yesno_root / "exp/mono/graph", yesno_root / "exp/mono"
+    write_ark_scp(tmp_path / "wide.ark", None, [("u", np.zeros((5, 12), np.float32))])
+    with pytest.raises(AsrBnError, match=r"utterance u has log-likelihoods of shape \(5, 12\) but .* has 11 pdfs"):
+        decode(graph, model, tmp_path / "wide.ark", tmp_path / "d")
+    with pytest.raises(AsrBnError, match="no such alignment model"):
+        decode(graph, tmp_path, oracle / "ll.ark", tmp_path / "d")
+    with pytest.raises(AsrBnError, match="HCLG.fst: no such file"):
+        decode(tmp_path, model, oracle / "ll.ark", tmp_path / "d")
+    other = tmp_path / "graph"
+    shutil.copytree(graph, other)
+    (other / "num_pdfs").write_text("12\n")
+    with pytest.raises(AsrBnError, match="built for a model with 12 pdfs"):
+        load_graph(other, model)
+    (other / "num_pdfs").unlink()  # without num_pdfs the graph's transition-ids are checked instead
+    assert load_graph(other, model).num_pdfs == 11
+    with pytest.raises(AsrBnError, match="cannot read log-likelihoods"):
+        decode(graph, model, tmp_path / "missing.ark", tmp_path / "d")
+    with pytest.raises(UsageError, match="needs lattices"):
+        decode(graph, model, oracle / "ll.ark", tmp_path / "d", DecodeConfig(lmwt=(10,)))
+
+
+def test_tree_and_lexicon_disambiguation(yesno_root: Path, tmp_path: Path) -> None:
+    tree = read_tree(yesno_root / "exp/mono/tree")
+    assert (tree.context_width, tree.central_position, tree.num_pdfs) == (1, 0, 11)
+    (tmp_path / "tree").write_bytes(b"ContextDependency 1 0 ")
+    with pytest.raises(AsrBnError, match="not a binary Kaldi tree"):
+        read_tree(tmp_path / "tree")
+    # add_lex_disambig.pl: prefixes and homophones get #1, #2, … in order of appearance
+    lexicon = [("A", ["a"]), ("AB", ["a", "b"]), ("B", ["b"]), ("BEE", ["b"]), ("C", ["c"])]
+    assert _add_lex_disambig(lexicon) == (
+        [("A", ["a", "#1"]), ("AB", ["a", "b"]), ("B", ["b", "#1"]), ("BEE", ["b", "#2"]), ("C", ["c"])],
+        2,
+    )
+
+
+def test_cli_mkgraph_decode_score(yesno_root: Path, oracle: Path, tmp_path: Path) -> None:
+    made = runner.invoke(app, ["mkgraph", str(yesno_root / "data/lang"), str(yesno_root / "exp/mono"), str(tmp_path / "g")])
+    assert made.exit_code == 0, made.output
+    stdin = (oracle / "ll.ark").read_bytes()
+    dec = runner.invoke(
+        app, ["decode", str(tmp_path / "g"), str(yesno_root / "exp/mono"), "ark:-", str(tmp_path / "d")], input=stdin
+    )
+    assert dec.exit_code == 0, dec.output
+    assert "decoded 31" in dec.output
+    scored = runner.invoke(app, ["score", "wer", str(yesno_root / "data/train_yesno"), str(tmp_path / "d")])
+    assert scored.exit_code == 0 and "%WER 0.00 [ 0 / 248, 0 ins, 0 del, 0 sub ]" in scored.output
+    bad = runner.invoke(app, ["decode", str(tmp_path / "g"), str(yesno_root / "exp/mono"), "ark:-", str(tmp_path / "e"),
+                              "--lattices", "--lmwt", "x"])
+    assert bad.exit_code == 2 and "--lmwt" in bad.output
+    missing = runner.invoke(app, ["mkgraph", str(tmp_path / "nolang"), str(yesno_root / "exp/mono"), str(tmp_path / "h")])
+    assert missing.exit_code == 1 and "lexicon" in missing.output
