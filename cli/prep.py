@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 from enum import Enum
@@ -18,29 +17,31 @@ app = typer.Typer(
 )
 
 _FBANK_PANEL = "Fbank options (Kaldi's compute-fbank-feats; given ones override --config)"
-_FBANK_HELP = {
-    "sample_frequency": "Sample rate of the audio in Hz (audio at another rate is an error, never resampled).",
-    "frame_length_ms": "Frame length in milliseconds.",
-    "frame_shift_ms": "Frame shift in milliseconds.",
-    "dither": "Dithering constant (0 = none); the noise is seeded per utterance, so runs are reproducible.",
-    "preemphasis_coefficient": "Pre-emphasis coefficient.",
-    "remove_dc_offset": "Subtract the mean of each frame before processing.",
-    "window_type": "Window: povey, hamming, hanning, rectangular, blackman, sine.",
-    "blackman_coeff": "Constant of the blackman window.",
-    "round_to_power_of_two": "Round the FFT size up to a power of two.",
-    "snip_edges": "Only frames that fit completely in the audio (else reflect at the edges, 1 frame per shift).",
-    "num_mel_bins": "Number of mel bins (the paper uses 40).",
-    "low_freq": "Low cut-off of the mel bins in Hz.",
-    "high_freq": "High cut-off in Hz (<= 0: offset from Nyquist).",
-    "use_energy": "Add the log-energy as an extra first feature.",
-    "raw_energy": "Compute the energy before pre-emphasis and windowing.",
-    "energy_floor": "Floor on the energy (absolute, not relative).",
-    "use_log_fbank": "Log of the mel energies (else linear).",
-    "use_power": "Power spectrum (else magnitude).",
-    "htk_compat": "HTK order: the energy goes last.",
-    "vtln_low": "Low inflection point of the VTLN warp in Hz.",
-    "vtln_high": "High inflection point of the VTLN warp in Hz (< 0: offset from Nyquist).",
-    "vtln_warp": "VTLN warp factor (1 = none).",
+# FbankConfig's fields as (Kaldi option name, default, help), written out so that `--help` needs no torch import;
+# tests/test_prep.py checks that they match asr_bn.features.FbankConfig.
+_FBANK_OPTIONS: dict[str, tuple[str, Any, str]] = {
+    "sample_frequency": ("sample-frequency", 16000.0, "Sample rate of the audio in Hz (never resampled)."),
+    "frame_length_ms": ("frame-length", 25.0, "Frame length in milliseconds."),
+    "frame_shift_ms": ("frame-shift", 10.0, "Frame shift in milliseconds."),
+    "dither": ("dither", 1.0, "Dithering constant (0 = none); seeded per utterance, so runs are reproducible."),
+    "preemphasis_coefficient": ("preemphasis-coefficient", 0.97, "Pre-emphasis coefficient."),
+    "remove_dc_offset": ("remove-dc-offset", True, "Subtract the mean of each frame before processing."),
+    "window_type": ("window-type", "povey", "Window: povey, hamming, hanning, rectangular, blackman, sine."),
+    "blackman_coeff": ("blackman-coeff", 0.42, "Constant of the blackman window."),
+    "round_to_power_of_two": ("round-to-power-of-two", True, "Round the FFT size up to a power of two."),
+    "snip_edges": ("snip-edges", True, "Only frames that fit in the audio (else reflect at the edges)."),
+    "num_mel_bins": ("num-mel-bins", 40, "Number of mel bins (the paper uses 40)."),
+    "low_freq": ("low-freq", 20.0, "Low cut-off of the mel bins in Hz."),
+    "high_freq": ("high-freq", 0.0, "High cut-off in Hz (<= 0: offset from Nyquist)."),
+    "use_energy": ("use-energy", False, "Add the log-energy as an extra first feature."),
+    "raw_energy": ("raw-energy", True, "Compute the energy before pre-emphasis and windowing."),
+    "energy_floor": ("energy-floor", 0.0, "Floor on the energy (absolute, not relative)."),
+    "use_log_fbank": ("use-log-fbank", True, "Log of the mel energies (else linear)."),
+    "use_power": ("use-power", True, "Power spectrum (else magnitude)."),
+    "htk_compat": ("htk-compat", False, "HTK order: the energy goes last."),
+    "vtln_low": ("vtln-low", 100.0, "Low inflection point of the VTLN warp in Hz."),
+    "vtln_high": ("vtln-high", -500.0, "High inflection point of the VTLN warp in Hz (< 0: offset from Nyquist)."),
+    "vtln_warp": ("vtln-warp", 1.0, "VTLN warp factor (1 = none)."),
 }
 
 
@@ -63,32 +64,23 @@ class Device(str, Enum):
 def _with_fbank_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Give a command one option per FbankConfig field (Kaldi's name, e.g. --num-mel-bins); the command receives
     the options the user actually gave as `fbank_overrides` (a dict), so they can override --config."""
-    from asr_bn.features import _KALDI_NAMES, FbankConfig
-
-    kaldi_name = {field: name for name, field in _KALDI_NAMES.items()}
-    types = {"float": float, "int": int, "bool": bool, "str": str}
-    fields = [f for f in dataclasses.fields(FbankConfig)]
     extra = []
-    for f in fields:
-        typ = types[f.type] if isinstance(f.type, str) else f.type
-        flag = f"--{kaldi_name[f.name]}" + (f"/--no-{kaldi_name[f.name]}" if typ is bool else "")
-        option = typer.Option(flag, help=_FBANK_HELP[f.name], rich_help_panel=_FBANK_PANEL)
-        extra.append(
-            inspect.Parameter(
-                f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=Annotated[typ, option]
-            )
-        )
+    for field, (name, default, help_text) in _FBANK_OPTIONS.items():
+        flag = f"--{name}/--no-{name}" if isinstance(default, bool) else f"--{name}"
+        option = typer.Option(flag, help=help_text, rich_help_panel=_FBANK_PANEL)
+        annotation = Annotated[type(default), option]  # type: ignore[misc]
+        extra.append(inspect.Parameter(field, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
     own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "fbank_overrides"]
     ctx = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
 
     @functools.wraps(command)
     def wrapper(ctx: typer.Context, **kwargs: Any) -> Any:
         overrides = {}
-        for f in fields:
-            value = kwargs.pop(f.name)
-            source = ctx.get_parameter_source(f.name)  # click's ParameterSource (typer vendors click)
+        for field in _FBANK_OPTIONS:
+            value = kwargs.pop(field)
+            source = ctx.get_parameter_source(field)  # click's ParameterSource (typer vendors click)
             if source is not None and source.name == "COMMANDLINE":
-                overrides[f.name] = value
+                overrides[field] = value
         return command(**kwargs, fbank_overrides=overrides)
 
     params = [*own, ctx, *extra]

@@ -409,3 +409,25 @@ def test_wsj_missing_sph2pipe_says_where_and_sph2pipe_option(an4_root: Path, tmp
     assert (tmp_path / "wsj" / "test_dev93" / "wav.scp").read_text().split()[1] == str(tool.resolve())
     result = prep("wsj", s5, tmp_path / "wsj", "--sph2pipe", tmp_path / "nope")
     assert result.exit_code == 2 and "is not an executable file" in one_line_error(result)
+
+
+def test_cli_fbank_options_match_fbank_config() -> None:
+    import dataclasses
+
+    from asr_bn.features import _KALDI_NAMES, FbankConfig
+    from asr_bn_cli.prep import _FBANK_OPTIONS
+
+    fields = {f.name: f.default for f in dataclasses.fields(FbankConfig)}
+    assert list(_FBANK_OPTIONS) == list(fields)
+    for field, (name, default, _) in _FBANK_OPTIONS.items():
+        assert _KALDI_NAMES[name] == field and default == fields[field] and type(default) is type(fields[field])
+
+
+def test_command_line_options_override_the_config(an4_dir: Path, tmp_path: Path) -> None:
+    conf = tmp_path / "fbank.conf"
+    conf.write_text("--num-mel-bins=30\n--dither=0\n--use-energy=true\n")
+    out = tmp_path / "out"
+    assert prep("kaldi", an4_dir, out, "--config", conf, "--num-mel-bins", "24", "--nj", "1").exit_code == 0
+    fbank = FeaturePipeline.load(out / "pipeline.json").fbank
+    assert (fbank.num_mel_bins, fbank.dither, fbank.use_energy) == (24, 0.0, True)
+    assert next(iter(kaldiio.load_scp(str(out / "feats.scp")).values())).shape[1] == 25
