@@ -1,0 +1,200 @@
+"""Pronunciation lexicons and Kaldi `data/lang` folders: lexicon.txt, phones.txt, words.txt, and the lexicon FST L.
+
+One place for what Kaldi's utils/prepare_lang.sh does (position-independent phones): recipes write a lang folder
+with `write_lang`, the HMM-GMM aligner and graph builders read it with `read_lang` and build L with
+`lexicon_fst` (optional silence between words, as Kaldi's make_lexicon_fst.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from asr_bn.errors import AsrBnError
+from asr_bn.io import write_text
+
+if TYPE_CHECKING:
+    import kaldifst
+
+__all__ = ["Lang", "read_lexicon", "add_lex_disambig", "write_lang", "read_lang", "lexicon_fst", "read_symbol_table"]
+
+EPS = "<eps>"
+
+
+@dataclass
+class Lang:
+    """A lexicon with its symbol tables: phone and word ids as in Kaldi's phones.txt / words.txt.
+
+    `lexicon` holds (word, phones) pairs in file order; a word with alternative pronunciations appears once per
+    pronunciation. `silence_phone` is the optional silence inserted between words.
+    """
+
+    lexicon: list[tuple[str, list[str]]]
+    phones: dict[str, int]
+    words: dict[str, int]
+    silence_phone: str = "SIL"
+
+    @property
+    def disambig_phone_ids(self) -> list[int]:
+        """Ids of the disambiguation symbols #0, #1, … in phones.txt."""
+        return [i for p, i in self.phones.items() if p.startswith("#")]
+
+    @property
+    def real_phone_ids(self) -> list[int]:
+        """Ids of the phones that get an HMM (all but <eps> and the #n symbols), sorted."""
+        return sorted(i for p, i in self.phones.items() if p != EPS and not p.startswith("#"))
+
+    def pronunciations(self) -> dict[str, list[list[str]]]:
+        """Word → its pronunciations, in lexicon order."""
+        out: dict[str, list[list[str]]] = {}
+        for word, pron in self.lexicon:
+            out.setdefault(word, []).append(pron)
+        return out
+
+
+def read_lexicon(path: str | Path) -> list[tuple[str, list[str]]]:
+    """Read a Kaldi lexicon.txt (`WORD PH1 PH2 …` per line) into (word, phones) pairs, in file order."""
+    path = Path(path)
+    lexicon: list[tuple[str, list[str]]] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise AsrBnError(f"cannot read lexicon {path}: {e.strerror or e} (check the path)") from e
+    for n, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < 2:
+            raise AsrBnError(f"{path}:{n}: word {fields[0]!r} has no phones (a lexicon line is `WORD PH1 PH2 …`)")
+        lexicon.append((fields[0], fields[1:]))
+    if not lexicon:
+        raise AsrBnError(f"{path} is empty (a lexicon needs at least one `WORD PH1 …` line)")
+    return lexicon
+
+
+def add_lex_disambig(lexicon: list[tuple[str, list[str]]]) -> tuple[list[tuple[str, list[str]]], int]:
+    """Kaldi's add_lex_disambig.pl: append #1, #2, … to pronunciations that are homophones or prefixes of another
+    pronunciation, so L can be determinized. Returns the new lexicon and the highest #n used (0: none)."""
+    counts: dict[tuple[str, ...], int] = {}
+    prefixes: set[tuple[str, ...]] = set()
+    for _, pron in lexicon:
+        counts[tuple(pron)] = counts.get(tuple(pron), 0) + 1
+        prefixes.update(tuple(pron[:i]) for i in range(1, len(pron)))
+    last: dict[tuple[str, ...], int] = {}
+    out, top = [], 0
+    for word, pron in lexicon:
+        key = tuple(pron)
+        if key in prefixes or counts[key] > 1:
+            last[key] = last.get(key, 0) + 1
+            top = max(top, last[key])
+            pron = [*pron, f"#{last[key]}"]
+        out.append((word, pron))
+    return out, top
+
+
+def write_lang(lexicon: list[tuple[str, list[str]]], out_dir: str | Path, silence_phone: str = "SIL") -> Lang:
+    """Write a Kaldi-style lang folder (lexicon.txt, phones.txt, words.txt) for a position-independent lexicon.
+
+    phones.txt: <eps>, the silence phone, the other phones sorted, then #0…#K+1 as prepare_lang.sh (#1…#K for the
+    lexicon's homophones and prefixes, #K+1 after the optional silence). words.txt: <eps>, words sorted, #0, <s>, </s>.
+    """
+    out_dir = Path(out_dir)
+    phone_set = {p for _, pron in lexicon for p in pron}
+    bad = sorted(p for p in phone_set if p == EPS or p.startswith("#"))
+    if bad:
+        raise AsrBnError(f"lexicon phones {bad} are reserved names (<eps> and #n); rename them in the lexicon")
+    words_sorted = sorted({w for w, _ in lexicon})
+    bad_words = [w for w in words_sorted if w in (EPS, "#0", "<s>", "</s>")]
+    if bad_words:
+        raise AsrBnError(f"lexicon words {bad_words} are reserved in words.txt; drop them from the lexicon")
+    phone_list = [EPS, silence_phone] + sorted(phone_set - {silence_phone})
+    phone_list += [f"#{i}" for i in range(add_lex_disambig(lexicon)[1] + 2)]
+    word_list = [EPS, *words_sorted, "#0", "<s>", "</s>"]
+    phones = {p: i for i, p in enumerate(phone_list)}
+    words = {w: i for i, w in enumerate(word_list)}
+    write_text(out_dir / "lexicon.txt", "".join(f"{w} {' '.join(pron)}\n" for w, pron in lexicon))
+    write_text(out_dir / "phones.txt", "".join(f"{p} {i}\n" for p, i in phones.items()))
+    write_text(out_dir / "words.txt", "".join(f"{w} {i}\n" for w, i in words.items()))
+    write_text(out_dir / "silence_phone.txt", silence_phone + "\n")
+    return Lang(lexicon=lexicon, phones=phones, words=words, silence_phone=silence_phone)
+
+
+def read_symbol_table(path: str | Path) -> dict[str, int]:
+    """Read a Kaldi symbol table (`SYMBOL ID` per line) such as phones.txt or words.txt."""
+    path = Path(path)
+    table: dict[str, int] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise AsrBnError(f"cannot read symbol table {path}: {e.strerror or e} (check the lang folder)") from e
+    for n, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
+            raise AsrBnError(f"{path}:{n}: expected `SYMBOL ID`, got {line!r}")
+        table[fields[0]] = int(fields[1])
+    return table
+
+
+def read_lang(lang_dir: str | Path) -> Lang:
+    """Read a lang folder written by `write_lang` (or Kaldi's, position-independent) and check it is consistent."""
+    lang_dir = Path(lang_dir)
+    lexicon_path = lang_dir / "lexicon.txt"
+    if not lexicon_path.exists() and (lang_dir / "../local/dict/lexicon.txt").exists():
+        lexicon_path = lang_dir / "../local/dict/lexicon.txt"  # a Kaldi data/lang beside data/local/dict
+    lexicon = read_lexicon(lexicon_path)
+    phones = read_symbol_table(lang_dir / "phones.txt")
+    words = read_symbol_table(lang_dir / "words.txt")
+    sil_file = lang_dir / "silence_phone.txt"
+    if sil_file.exists():
+        silence_phone = sil_file.read_text(encoding="utf-8").strip()
+    else:
+        optional = lang_dir / "phones" / "optional_silence.txt"  # Kaldi's layout
+        silence_phone = optional.read_text(encoding="utf-8").strip() if optional.exists() else "SIL"
+    for word, pron in lexicon:
+        if word not in words:
+            raise AsrBnError(f"{lang_dir}/words.txt lacks lexicon word {word!r}; rewrite the lang folder")
+        missing = [p for p in pron if p not in phones]
+        if missing:
+            raise AsrBnError(f"{lang_dir}/phones.txt lacks phones {missing} of word {word!r}; rewrite the lang folder")
+    if silence_phone not in phones:
+        raise AsrBnError(f"{lang_dir}/phones.txt lacks the silence phone {silence_phone!r}")
+    return Lang(lexicon=lexicon, phones=phones, words=words, silence_phone=silence_phone)
+
+
+def lexicon_fst(lang: Lang, sil_prob: float = 0.5) -> "kaldifst.StdVectorFst":
+    """The lexicon transducer L (phone ids in, word ids out) with optional silence between words.
+
+    Same topology and costs as Kaldi's make_lexicon_fst.py --sil-prob: start → loop (no silence) or → silence
+    state; each pronunciation leaves the loop state and returns to it either directly (cost -log(1-p)) or
+    through one silence phone (cost -log p). Arcs are sorted by output label, ready for composition.
+    """
+    import kaldi_hmm_gmm  # noqa: F401  (must be imported before kaldifst, or kaldifst can hang)
+    import kaldifst
+
+    if not 0.0 < sil_prob < 1.0:
+        raise AsrBnError(f"sil_prob must lie strictly between 0 and 1, got {sil_prob}")
+    sil_cost, no_sil_cost = -math.log(sil_prob), -math.log(1.0 - sil_prob)
+    sil = lang.phones[lang.silence_phone]
+    fst = kaldifst.StdVectorFst()
+    start, loop, sil_state = fst.add_state(), fst.add_state(), fst.add_state()
+    fst.start = start
+    fst.add_arc(start, kaldifst.StdArc(0, 0, no_sil_cost, loop))
+    fst.add_arc(start, kaldifst.StdArc(0, 0, sil_cost, sil_state))
+    fst.add_arc(sil_state, kaldifst.StdArc(sil, 0, 0.0, loop))
+    for word, pron in lang.lexicon:
+        ids = [lang.phones[p] for p in pron]
+        cur = loop
+        for i, phone in enumerate(ids[:-1]):
+            nxt = fst.add_state()
+            fst.add_arc(cur, kaldifst.StdArc(phone, lang.words[word] if i == 0 else 0, 0.0, nxt))
+            cur = nxt
+        out = lang.words[word] if len(ids) == 1 else 0
+        fst.add_arc(cur, kaldifst.StdArc(ids[-1], out, no_sil_cost, loop))
+        fst.add_arc(cur, kaldifst.StdArc(ids[-1], out, sil_cost, sil_state))
+    fst.set_final(loop, 0.0)
+    kaldifst.arcsort(fst, sort_type="olabel")
+    return fst
