@@ -90,6 +90,8 @@ class FbankConfig:
                 f"bad mel range low_freq={self.low_freq} high_freq={self.high_freq} for sample_frequency="
                 f"{self.sample_frequency} (need 0 <= low < high <= Nyquist {nyquist:g}; high <= 0 is an offset from Nyquist)"
             )
+        if self.vtln_warp != 1.0:
+            _mel_banks_np(self, self.vtln_warp)  # raises UsageError for cut-offs the warp moves out of range
 
     @property
     def window_size(self) -> int:
@@ -394,7 +396,7 @@ def _utterance_frames(wave: torch.Tensor, n_frames: int, cfg: FbankConfig) -> to
 def _dither_noise(wave: np.ndarray | torch.Tensor, n_frames: int, cfg: FbankConfig, seed: int) -> torch.Tensor:
     """Gaussian dither for one utterance's frames, seeded by (seed, the utterance's samples): the same audio gets the
     same noise whatever batch or position it is computed in."""
-    data = wave.numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave)
+    data = wave.detach().cpu().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave)
     digest = zlib.crc32(np.ascontiguousarray(data, dtype=np.float32).view(np.uint8))
     gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + digest) % (2**63))
     return torch.randn((n_frames, cfg.window_size), generator=gen)

@@ -346,6 +346,8 @@ def test_kaldi_conf_round_trip_and_errors(tmp_path: Path) -> None:
         FbankConfig.from_kaldi_conf(tmp_path / "missing.conf")
     with pytest.raises(UsageError, match="mel range"):
         FbankConfig(sample_frequency=8000.0, high_freq=5000.0)
+    with pytest.raises(UsageError, match="VTLN cut-offs"):
+        FbankConfig(vtln_warp=1.1, vtln_low=10.0)
 
 
 def test_pipeline_save_load_transform(tmp_path: Path, rng: np.random.Generator) -> None:
