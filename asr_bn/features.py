@@ -209,7 +209,7 @@ _KALDI_NAMES = {
 }
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(FbankConfig)}
 # compute-fbank-feats options that never change the features of a whole utterance.
-_KALDI_IGNORED = {"verbose", "print-args", "debug-mel", "output-format", "write-utt2dur", "utt2spk", "config"}
+_KALDI_IGNORED = {"verbose", "print-args", "debug-mel", "output-format", "write-utt2dur", "utt2spk"}
 # Options accepted only at their default value, and why.
 _KALDI_DEFAULT_ONLY: dict[str, Any] = {
     "allow-downsample": False,
