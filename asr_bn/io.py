@@ -12,6 +12,9 @@ import numpy as np
 
 from asr_bn.errors import AsrBnError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -24,6 +27,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual umask-based mode
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
@@ -55,15 +59,18 @@ def write_ark_scp(
     scp_path: str | Path | None,
     items: Iterable[tuple[str, np.ndarray]],
     compression_method: int | None = None,
+    scp_ark_path: str | Path | None = None,
 ) -> int:
     """Write (key, array) pairs to a binary Kaldi archive and its scp index, both atomically.
 
-    The scp points at the final archive name with Kaldi byte offsets, so Kaldi tools and kaldiio read both.
+    The scp names `scp_ark_path` (default `ark_path`; give the final name when writing into a staging folder)
+    with Kaldi byte offsets, so Kaldi tools and kaldiio read both.
     Arrays: float32/float64 matrices or vectors, int32 vectors (alignments). Returns the number written.
     """
     import kaldiio
 
     ark_path = Path(ark_path)
+    named = Path(scp_ark_path or ark_path).resolve()
     scp_lines: list[str] = []
     with atomic_open(ark_path, "wb") as f:
         for key, array in items:
@@ -71,7 +78,7 @@ def write_ark_scp(
                 raise AsrBnError(f"{ark_path}: key {key!r} is empty or contains whitespace (Kaldi keys cannot)")
             offset = f.tell() + len(key.encode()) + 1
             kaldiio.save_ark(f, {key: array}, compression_method=compression_method)
-            scp_lines.append(f"{key} {ark_path.resolve()}:{offset}\n")
+            scp_lines.append(f"{key} {named}:{offset}\n")
     if scp_path is not None:
         write_text(scp_path, "".join(scp_lines))
     return len(scp_lines)

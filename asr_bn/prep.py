@@ -19,10 +19,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from asr_bn.alignments import alignment_files, join_targets
 from asr_bn.data import AudioError, DataDir, cut_segment, load_data_dir, load_recording, write_data_dir
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.features import FbankConfig, FeaturePipeline, compute_cmvn_stats, compute_fbank
@@ -30,9 +31,11 @@ from asr_bn.io import OutputLock, write_ark_scp, write_text
 from asr_bn.progress import progress_bar
 from asr_bn.report import Report
 
-__all__ = ["PrepResult", "prepare_kaldi", "prepare_wsj", "WSJ_SETS", "wsj_pipeline"]
+__all__ = ["PrepResult", "prepare_kaldi", "prepare_wsj", "WSJ_SETS", "WSJ_ALI_DIRS", "wsj_pipeline"]
 
 WSJ_SETS = ("train_si284", "test_dev93", "test_eval92")
+# Kaldi's tri4b alignments of each set (run.sh makes the train one; the README says how to make the dev one)
+WSJ_ALI_DIRS = {"train_si284": "exp/tri4b_ali_si284", "test_dev93": "exp/tri4b_ali_dev93"}
 KALDI_SPH2PIPE = "KALDI_ROOT/tools/sph2pipe_v2.5/sph2pipe"
 _DATA_FILES = ("wav.scp", "segments", "utt2spk", "spk2utt", "text", "utt2dur")
 _OUTPUT_FILES = _DATA_FILES + ("feats.ark", "feats.scp", "cmvn.ark", "cmvn.scp", "utt2num_frames", "pipeline.json")
@@ -48,6 +51,7 @@ class PrepResult:
     out_dir: Path
     report: Report
     already_done: bool = False
+    targets: Report | None = None  # alignments joined to the features (--ali-dir), see asr_bn.alignments
 
 
 def prepare_kaldi(
@@ -62,12 +66,15 @@ def prepare_kaldi(
     channel: int | None = None,
     sph2pipe: str | None = None,
     force: bool = False,
+    ali_dir: str | Path | None = None,
+    length_tolerance: int = 0,
 ) -> PrepResult:
     """Compute raw fbank and CMVN stats of a Kaldi data dir into `out_dir` (layout in docs/ARCHITECTURE.md).
 
     Audio is loaded by `nj` threads and fbank runs in batches on `device`. Unreadable audio is an AsrBnError
     unless `skip_bad` (then a named skip); audio shorter than one frame is always a named skip. `sph2pipe`
-    replaces the program of wav.scp's sph2pipe pipes. With `force` a complete output is redone.
+    replaces the program of wav.scp's sph2pipe pipes. With `force` a complete output is redone. With `ali_dir`
+    (Kaldi ali.N.gz + final.mdl) the pdf-id targets are joined to the features (`join_targets`, every run).
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if nj < 1:
@@ -84,6 +91,8 @@ def prepare_kaldi(
     if sph2pipe is not None:
         _use_sph2pipe(data, sph2pipe)
     _check_pipe_programs(data)
+    if ali_dir is not None:
+        alignment_files(ali_dir)  # a wrong --ali-dir fails before the features are computed
     signature = {
         "data_dir": str(data_dir.resolve()),
         "inputs": _input_digests(data_dir),
@@ -95,7 +104,7 @@ def prepare_kaldi(
     }
     with OutputLock(out_dir):
         if not force and _is_done(out_dir, signature):
-            return PrepResult(out_dir, _saved_report(out_dir), True)
+            return PrepResult(out_dir, _saved_report(out_dir), True, _join(out_dir, ali_dir, length_tolerance))
         staging = out_dir / _STAGING
         shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
         try:
@@ -113,7 +122,13 @@ def prepare_kaldi(
             _publish(staging, out_dir, files, report, signature)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return PrepResult(out_dir, report)
+        targets = _join(out_dir, ali_dir, length_tolerance)
+    return PrepResult(out_dir, report, targets=targets)
+
+
+def _join(out_dir: Path, ali_dir: str | Path | None, length_tolerance: int) -> Report | None:
+    """The pdf-id targets of `ali_dir` joined to the prepared features (pdf.ark/.scp), or None without one."""
+    return None if ali_dir is None else join_targets(out_dir, ali_dir, length_tolerance=length_tolerance)
 
 
 def wsj_pipeline(fbank: FbankConfig | None = None, cmvn: str = "speaker", norm_vars: bool = False) -> FeaturePipeline:
@@ -129,12 +144,14 @@ def prepare_wsj(
     *,
     sets: Sequence[str] = WSJ_SETS,
     on_set: Callable[[str, PrepResult], None] | None = None,
+    ali_dirs: Mapping[str, str | Path] | None = None,
     **options: object,
 ) -> list[PrepResult]:
     """`prepare_kaldi` on each WSJ set of a Kaldi egs/wsj/s5 tree (s5/data/<set> → out_dir/<set>).
 
     `pipeline` defaults to `wsj_pipeline()`; `options` are prepare_kaldi's; `on_set` is called after each set
-    (e.g. to print its report or to join alignments to the prepared set).
+    (e.g. to print its report). `ali_dirs` maps sets to the alignment dirs joined to them; by default the
+    `WSJ_ALI_DIRS` of s5 that exist.
     """
     s5_dir, out_dir = Path(s5_dir), Path(out_dir)
     pipeline = pipeline or wsj_pipeline()
@@ -151,11 +168,17 @@ def prepare_wsj(
             f"{s5_dir / 'data'} has no {', '.join(missing)}; "
             f"run Kaldi's WSJ data prep, or choose other sets with --sets"
         )
+    if ali_dirs is None:
+        ali_dirs = {name: s5_dir / d for name, d in WSJ_ALI_DIRS.items() if name in sets and (s5_dir / d).is_dir()}
+    if set(ali_dirs) - set(sets):
+        unknown = ", ".join(sorted(set(ali_dirs) - set(sets)))
+        raise UsageError(f"--ali-dir for {unknown}, which is not among --sets {','.join(sets)}")
     results = []
     with OutputLock(out_dir):
         for name in sets:
+            ali_dir = ali_dirs.get(name)
             result = prepare_kaldi(
-                s5_dir / "data" / name, out_dir / name, pipeline, **options  # type: ignore[arg-type]
+                s5_dir / "data" / name, out_dir / name, pipeline, ali_dir=ali_dir, **options  # type: ignore[arg-type]
             )
             if on_set is not None:
                 on_set(name, result)
@@ -254,11 +277,6 @@ def _saved_report(out_dir: Path) -> Report:
 
 def _publish(staging: Path, out_dir: Path, files: list[str], report: Report, signature: dict) -> None:
     """Move the staged files onto their final names; report.json (the completion marker) goes last."""
-    for name in ("feats.scp", "cmvn.scp"):
-        if name in files:
-            _retarget_scp(
-                staging / name, staging / name.replace(".scp", ".ark"), out_dir / name.replace(".scp", ".ark")
-            )
     (out_dir / "report.json").unlink(missing_ok=True)
     for name in _OUTPUT_FILES + _DERIVED_FILES:
         if name not in files and (out_dir / name).exists():
@@ -273,17 +291,6 @@ def _publish(staging: Path, out_dir: Path, files: list[str], report: Report, sig
         out_dir / "report.json",
         json.dumps({**report.to_dict(), "files": files, "signature": signature}, indent=2) + "\n",
     )
-
-
-def _retarget_scp(scp: Path, staged_ark: Path, final_ark: Path) -> None:
-    """Point an scp written beside a staged archive at the archive's final name."""
-    old, new = str(staged_ark.resolve()), str(final_ark.resolve())
-    lines = []
-    for line in scp.read_text(encoding="utf-8").splitlines():
-        key, location = line.split(" ", 1)
-        path, offset = location.rsplit(":", 1)
-        lines.append(f"{key} {new if path == old else path}:{offset}\n")
-    write_text(scp, "".join(lines))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -333,7 +340,13 @@ def _write_outputs(
                     yield utt, mat
                 bar.update(task, info=f"skipped {report.num_skipped}" if report.num_skipped else "")
 
-    write_ark_scp(staging / "feats.ark", staging / "feats.scp", features(), compression_method=method)
+    write_ark_scp(
+        staging / "feats.ark",
+        staging / "feats.scp",
+        features(),
+        compression_method=method,
+        scp_ark_path=staging.parent / "feats.ark",
+    )
     written = sorted(num_frames)
     if not written:
         reasons = "; ".join(f"{reason}: {len(utts)}" for reason, utts in report.skipped.items())
@@ -343,7 +356,10 @@ def _write_outputs(
     files = ["feats.ark", "feats.scp"]
     if pipeline.cmvn != "none":
         write_ark_scp(
-            staging / "cmvn.ark", staging / "cmvn.scp", _cmvn_stats(pipeline.cmvn, data, written, stats).items()
+            staging / "cmvn.ark",
+            staging / "cmvn.scp",
+            _cmvn_stats(pipeline.cmvn, data, written, stats).items(),
+            scp_ark_path=staging.parent / "cmvn.ark",
         )
         files += ["cmvn.ark", "cmvn.scp"]
     write_text(staging / "utt2num_frames", "".join(f"{u} {num_frames[u]}\n" for u in written))
