@@ -88,7 +88,8 @@ class FbankConfig:
         if not (0.0 <= self.low_freq < nyquist and 0.0 < high <= nyquist and high > self.low_freq):
             raise UsageError(
                 f"bad mel range low_freq={self.low_freq} high_freq={self.high_freq} for sample_frequency="
-                f"{self.sample_frequency} (need 0 <= low < high <= Nyquist {nyquist:g}; high <= 0 is an offset from Nyquist)"
+                f"{self.sample_frequency} (need 0 <= low < high <= Nyquist {nyquist:g}; "
+                "high <= 0 is an offset from Nyquist)"
             )
         if self.vtln_warp != 1.0:
             _mel_banks_np(self, self.vtln_warp)  # raises UsageError for cut-offs the warp moves out of range
@@ -696,7 +697,9 @@ class FeaturePipeline:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise UsageError(f"unknown feature-pipeline key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+            raise UsageError(
+                f"unknown feature-pipeline key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
         d["fbank"] = FbankConfig.from_dict(d.get("fbank", {}))
         return cls(**d)
 
@@ -748,7 +751,9 @@ class FeaturePipeline:
                 if scale is not None:
                     scales[i] = scale
             off = torch.from_numpy(offsets).to(raw.device, raw.dtype)[:, None, :]
-            raw = raw * torch.from_numpy(scales).to(raw.device, raw.dtype)[:, None, :] + off if self.norm_vars else raw + off
+            if self.norm_vars:
+                raw = raw * torch.from_numpy(scales).to(raw.device, raw.dtype)[:, None, :]
+            raw = raw + off
         return add_deltas(raw, self.delta_order, self.delta_window, lengths=lengths)
 
     def _stats_for(self, raw: torch.Tensor, stats: np.ndarray | None) -> np.ndarray | None:

@@ -4,7 +4,8 @@
     python bench/features.py --quick    # 40 utterances, one timing each: a smoke run
 
 Prints seconds of audio per second of compute (x real time) single-thread and with all threads, the ratio
-ours / kaldi-native-fbank, and a GPU row when CUDA is available; dither 0 except the row that says otherwise. Each figure is the best of --repeats runs.
+ours / kaldi-native-fbank, and a GPU row when CUDA is available; dither 0 except the row that says otherwise.
+Each figure is the best of --repeats runs.
 kaldi-native-fbank holds the GIL, so its all-threads row uses one process per core (as Kaldi's `nj` does).
 """
 
