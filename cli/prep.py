@@ -141,16 +141,23 @@ Sph2pipeOpt = Annotated[
     Optional[Path], typer.Option("--sph2pipe", help="Path of sph2pipe, replacing the one named in wav.scp's pipes.")
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Redo an output that is already complete.")]
+LengthToleranceOpt = Annotated[int, typer.Option(
+    "--length-tolerance", min=0,
+    help="Alignments off by at most N frames from the features are trimmed or padded (repeating the last label); "
+    "further off, the utterance is dropped and named.",
+)]
 
 
 def _print(result: Any) -> None:  # result: asr_bn.prep.PrepResult
     console = Console(highlight=False, soft_wrap=True)
     if result.already_done:
         console.print(f"{result.out_dir}: already done (same inputs and options; --force redoes it)")
-        return
-    for line in result.report.lines():
+    else:
+        for line in result.report.lines():
+            console.print(line, markup=False)
+        console.print(f"wrote {result.out_dir}", markup=False)
+    for line in result.targets.lines() if result.targets is not None else []:
         console.print(line, markup=False)
-    console.print(f"wrote {result.out_dir}", markup=False)
 
 
 @app.command("kaldi")
@@ -175,6 +182,10 @@ def kaldi(
     channel: ChannelOpt = None,
     sph2pipe: Sph2pipeOpt = None,
     force: ForceOpt = False,
+    ali_dir: Annotated[Optional[Path], typer.Option(
+        "--ali-dir", help="Kaldi alignment dir (ali.N.gz + final.mdl, e.g. exp/tri4b_ali_si284): writes pdf.ark/.scp."
+    )] = None,
+    length_tolerance: LengthToleranceOpt = 0,
     fbank_overrides: dict[str, Any] | None = None,
 ) -> None:
     """Compute raw fbank + CMVN stats of one Kaldi data dir (e.g. asr-bn prep kaldi data/train prep/train --nj 4)."""
@@ -193,6 +204,8 @@ def kaldi(
             channel=channel,
             sph2pipe=None if sph2pipe is None else str(sph2pipe),
             force=force,
+            ali_dir=ali_dir,
+            length_tolerance=length_tolerance,
         )
     )
 
@@ -217,21 +230,32 @@ def wsj(
     channel: ChannelOpt = None,
     sph2pipe: Sph2pipeOpt = None,
     force: ForceOpt = False,
+    ali_dir: Annotated[Optional[list[str]], typer.Option(
+        "--ali-dir", help="SET=DIR: Kaldi alignment dir joined to a set (repeatable). Default: s5/exp/tri4b_ali_si284 "
+        "for train_si284 and s5/exp/tri4b_ali_dev93 for test_dev93, when present.",
+    )] = None,
+    length_tolerance: LengthToleranceOpt = 0,
     fbank_overrides: dict[str, Any] | None = None,
 ) -> None:
     """The paper's WSJ features (40 fbank, 16 kHz, speaker CMVN) for each set of a Kaldi WSJ tree
     (e.g. asr-bn prep wsj ~/kaldi/egs/wsj/s5 prep/wsj --nj 8)."""
+    from asr_bn.errors import UsageError
     from asr_bn.prep import prepare_wsj
 
     pipeline = _pipeline(
         config, fbank_overrides or {}, cmvn, norm_vars, {"sample_frequency": 16000.0, "num_mel_bins": 40}
     )
+    for item in ali_dir or []:
+        if "=" not in item:
+            raise UsageError(f"--ali-dir takes SET=DIR (e.g. train_si284=exp/tri4b_ali_si284), not {item!r}")
     prepare_wsj(
         s5_dir,
         out_dir,
         pipeline,
         sets=[s.strip() for s in sets.split(",") if s.strip()],
         on_set=lambda name, result: _print(result),
+        ali_dirs=None if not ali_dir else dict(item.split("=", 1) for item in ali_dir),
+        length_tolerance=length_tolerance,
         compress=compress,
         nj=nj,
         device=device.value,

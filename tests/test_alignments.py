@@ -450,3 +450,101 @@ def test_cli_truncated_model_error_names_byte_offset(yesno_root: Path, tmp_path:
     path.write_text("<Nnet3> something else\n")
     result = runner.invoke(app, ["ali", "info", str(path)])
     assert result.exit_code == 1 and "at byte 0: expected <TransitionModel>, found '<Nnet3>'" in result.output
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `asr-bn prep kaldi --ali-dir` (issue 8 rows 10-12 through the CLI)
+
+
+def _ali_dir(yesno_root: Path, tmp_path: Path, edit: dict[str, list[int]] | None = None) -> Path:
+    """A copy of exp/mono (final.mdl, ali.1.gz) with some utterances' alignments replaced by `edit`."""
+    mono, ali = _mono(yesno_root), tmp_path / "mono_ali"
+    ali.mkdir()
+    (ali / "final.mdl").write_bytes((mono / "final.mdl").read_bytes())
+    labels = {e.utt: e.values.tolist() for e in read_alignments(mono)} | (edit or {})
+    lines = [f"{utt} {' '.join(map(str, values))}\n" for utt, values in labels.items()]
+    (ali / "ali.1.gz").write_bytes(gzip.compress("".join(lines).encode()))
+    return ali
+
+
+def _prep_yesno(yesno_root: Path, tmp_path: Path, *options: str) -> tuple[object, Path]:
+    conf = tmp_path / "fbank.conf"
+    conf.write_text("--sample-frequency=8000\n--num-mel-bins=23\n")
+    out = tmp_path / "prep"
+    args = ["prep", "kaldi", str(yesno_root / "data/train_yesno"), str(out), "--config", str(conf), "--dither", "0"]
+    return runner.invoke(app, [*args, *options]), out
+
+
+def test_cli_prep_ali_dir_writes_targets(yesno_root: Path, tmp_path: Path) -> None:
+    ali = _ali_dir(yesno_root, tmp_path)
+    before = _digest(ali / "final.mdl", ali / "ali.1.gz")
+    result, out = _prep_yesno(yesno_root, tmp_path, "--ali-dir", str(ali))
+    assert result.exit_code == 0, result.output
+    assert "targets: features 31, alignments 31, written 31, trimmed_or_padded 0, num_pdfs 11" in result.output
+    model = read_transition_model(ali / "final.mdl")
+    targets = dict(kaldiio.load_scp_sequential(str(out / "pdf.scp")))
+    frames = dict(line.split() for line in (out / "utt2num_frames").read_text().splitlines())
+    for e in read_alignments(ali):
+        assert np.array_equal(targets[e.utt], model.to_pdfs(e.values)) and len(e.values) == int(frames[e.utt])
+    assert _digest(ali / "final.mdl", ali / "ali.1.gz") == before
+
+
+def test_cli_prep_alignment_length_mismatch_dropped_or_trimmed(yesno_root: Path, tmp_path: Path) -> None:
+    entries = {e.utt: e.values.tolist() for e in read_alignments(_mono(yesno_root))}
+    longer, shorter = sorted(entries)[:2]
+    ali = _ali_dir(yesno_root, tmp_path, {longer: entries[longer] + [17, 17], shorter: entries[shorter][:-1]})
+    result, out = _prep_yesno(yesno_root, tmp_path, "--ali-dir", str(ali))
+    assert result.exit_code == 0, result.output
+    assert "written 29" in result.output
+    reason = "alignment length differs from the feature frames by more than 0"
+    assert f"skipped 2 ({reason}): {longer} {shorter}" in result.output
+    assert set(kaldiio.load_scp(str(out / "pdf.scp"))) == set(entries) - {longer, shorter}
+    result, out = _prep_yesno(yesno_root, tmp_path, "--ali-dir", str(ali), "--length-tolerance", "2")
+    assert result.exit_code == 0, result.output
+    assert "already done" in result.output and "written 31, trimmed_or_padded 2" in result.output
+    targets = kaldiio.load_scp(str(out / "pdf.scp"))
+    frames = dict(line.split() for line in (out / "utt2num_frames").read_text().splitlines())
+    assert all(len(targets[u]) == int(frames[u]) for u in entries)
+    assert targets[shorter][-1] == targets[shorter][-2]  # padded by repeating the last label
+
+
+def test_cli_prep_foreign_alignments_and_model_are_errors(yesno_root: Path, tmp_path: Path) -> None:
+    utt = sorted(e.utt for e in read_alignments(_mono(yesno_root)))[3]
+    ali = _ali_dir(yesno_root, tmp_path, {utt: [4, 1, 31]})
+    before = _digest(ali / "final.mdl", ali / "ali.1.gz")
+    result, out = _prep_yesno(yesno_root, tmp_path, "--ali-dir", str(ali))
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"ali.1.gz, utterance {utt}: transition-id 31 at frame 2 is outside 1..30" in errors[0]
+    assert not (out / "pdf.ark").exists() and not (out / "pdf.scp").exists()
+    assert (out / "report.json").is_file() and _digest(ali / "final.mdl", ali / "ali.1.gz") == before
+    (ali / "final.mdl").write_bytes((ali / "final.mdl").read_bytes()[:300])
+    result, out = _prep_yesno(yesno_root, tmp_path, "--ali-dir", str(ali))
+    assert result.exit_code == 1
+    assert re.search(r"final\.mdl: cannot read the Kaldi transition model at byte \d+", result.output)
+    assert not (out / "pdf.ark").exists()
+    result, _ = _prep_yesno(yesno_root, tmp_path, "--ali-dir", str(tmp_path / "missing"))
+    assert result.exit_code == 1 and "alignments" in result.output and "not found" in result.output
+
+
+def test_cli_prep_wsj_joins_default_alignment_dirs(yesno_root: Path, tmp_path: Path) -> None:
+    s5 = tmp_path / "s5"
+    train = s5 / "data" / "train_si284"
+    train.mkdir(parents=True)
+    for f in (yesno_root / "data/train_yesno").iterdir():
+        if f.is_file():
+            (train / f.name).write_text(f.read_text())
+    wavs = [line.split() for line in (yesno_root / "data/train_yesno/wav.scp").read_text().splitlines()]
+    (train / "wav.scp").write_text("".join(f"{utt} {yesno_root / path}\n" for utt, path in wavs))
+    (s5 / "exp").mkdir()
+    _ali_dir(yesno_root, tmp_path).rename(s5 / "exp" / "tri4b_ali_si284")
+    out = tmp_path / "prep"
+    args = ["prep", "wsj", str(s5), str(out), "--sets", "train_si284", "--sample-frequency", "8000", "--dither", "0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "targets: features 31, alignments 31, written 31" in result.output
+    assert len(kaldiio.load_scp(str(out / "train_si284" / "pdf.scp"))) == 31
+    result = runner.invoke(app, [*args, "--ali-dir", "exp/tri4b_ali_si284"])
+    assert result.exit_code == 2 and "--ali-dir takes SET=DIR" in result.output
+    result = runner.invoke(app, [*args, "--ali-dir", f"test_dev93={s5 / 'exp' / 'tri4b_ali_si284'}"])
+    assert result.exit_code == 2 and "not among --sets train_si284" in result.output
