@@ -31,7 +31,6 @@ from asr_bn.alignments import (
     write_counts,
 )
 from asr_bn.errors import AsrBnError, UsageError
-from asr_bn.io import write_ark_scp
 from asr_bn_cli.main import app
 
 runner = CliRunner()
