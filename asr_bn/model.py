@@ -1,0 +1,566 @@
+"""BN-BLSTM acoustic model (Laurent et al., ICASSP 2016): bidirectional LSTM layers with batch normalization on the
+input-to-hidden product W·x only, then a linear layer and log-softmax over pdfs.
+
+Batch-norm modes (``ModelConfig.bn``), all padding-aware (padded frames never touch statistics or outputs):
+
+- ``"none"``: plain BLSTM, one bias per gate unit.
+- ``"sequence"``: statistics of W·x over every unpadded frame of the batch (n = Σ T_i). Sequence-wise BN of W·x is an
+  affine map of x whose statistics follow exactly from the mean μ and covariance Σ of x (mean_j = w_j·μ,
+  var_j = w_jᵀ Σ w_j), so BN(Wx) = W'x + b' with W' = diag(γ/σ) W and b' = β − diag(γ/σ) W μ. W', b' are fed to
+  torch's fused LSTM kernel; autograd through this construction gives exact gradients.
+- ``"frame"``: statistics per time step over the batch entries still running at that step. This cannot be folded
+  into fixed weights: W·x is computed for all frames with one matmul, normalized per step, and a fused-in-Python
+  recurrence with a hand-written backward (``_BiLstmRecurrence``) consumes the normalized pre-activations.
+
+With BN, each gate unit has a learnable γ (init 1) and β (init 0, the forget-gate part init ``forget_bias``); the
+input projection has no bias (β replaces it). ``bn_hidden`` adds a BN of W_h·h per step (the paper's negative
+ablation; γ_h only, since β already shifts the gate); it runs on a slow per-step autograd path in training.
+
+Inference (``eval()``) normalizes with running statistics: one mean/variance per gate unit, the momentum average of
+the batch's pooled statistics over all unpadded frames, in both modes. For frame-wise BN this deliberately replaces
+the paper's per-time-step population statistics (re-using the last step's for longer utterances): pooled statistics
+estimate the same marginal distribution of W·x without depending on the time index, so long utterances and
+utterances of any length get the same normalization, and eval BN is affine in x and folds into the weights
+(``BnBlstm.fold_bn``). ``reestimate_population_stats`` replaces the momentum averages by exact population
+statistics over training batches (the paper's alternative).
+
+Shapes: B batch, T frames, D input dim, H units per direction, P pdfs, N = Σ T_i real frames (packed layout).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+__all__ = ["ModelConfig", "BnBlstm", "BnBlstmLayer", "reestimate_population_stats"]
+
+BnMode = Literal["none", "frame", "sequence"]
+_BN_MODES = ("none", "frame", "sequence")
+
+
+@dataclass
+class ModelConfig:
+    """Shape and batch-norm options of a BN-BLSTM; saved beside each model as ``config.json``."""
+
+    input_dim: int
+    num_pdfs: int
+    layers: int = 5
+    units: int = 250  # per direction
+    bn: BnMode = "sequence"
+    bn_hidden: bool = False
+    dropout: float = 0.0
+    forget_bias: float = 0.0
+    bn_momentum: float = 0.1
+    bn_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("input_dim", "num_pdfs", "layers", "units"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if self.bn not in _BN_MODES:
+            raise ValueError(f"ModelConfig.bn must be one of {_BN_MODES}, got {self.bn!r}")
+        if self.bn_hidden and self.bn == "none":
+            raise ValueError("ModelConfig.bn_hidden needs bn='frame' or bn='sequence' (it adds BN on W_h·h to them)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if not 0.0 < self.bn_momentum <= 1.0:
+            raise ValueError(f"ModelConfig.bn_momentum must be in (0, 1], got {self.bn_momentum!r}")
+        if not self.bn_eps > 0.0:
+            raise ValueError(f"ModelConfig.bn_eps must be > 0, got {self.bn_eps!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Inverse of ``to_dict``; unknown keys are an error naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig keys {unknown}; known keys are {sorted(known)}")
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Packed-layout bookkeeping
+
+
+@dataclass
+class _Packing:
+    """Indices of a packed batch: per-step sizes/offsets, each row's step, and the per-sequence time reversal."""
+
+    batch_sizes: list[int]  # T entries, non-increasing
+    offsets: list[int]  # row where step s starts
+    step_of_row: Tensor  # (N,) int64, on the data device
+    reverse_rows: Tensor  # (N,) int64: row of (entry b, step T_b-1-s) for the row of (entry b, step s); an involution
+    prev_rows: Tensor  # (N - batch_sizes[0],) int64: for rows of steps ≥ 1, the row of the same entry one step before
+    step_sizes: Tensor  # (T,) on the data device, float
+
+    @classmethod
+    def from_batch_sizes(cls, batch_sizes: Tensor, device: torch.device) -> _Packing:
+        """Derive every index from the packed ``batch_sizes`` (CPU int64, as torch's PackedSequence holds it)."""
+        bs = batch_sizes.to(torch.int64)
+        offsets = torch.zeros_like(bs)
+        offsets[1:] = torch.cumsum(bs, 0)[:-1]
+        steps = torch.repeat_interleave(torch.arange(len(bs)), bs)  # (N,)
+        entry = torch.arange(len(steps)) - offsets[steps]  # sorted-batch entry of each row
+        seq_len = (bs.unsqueeze(0) > torch.arange(int(bs[0])).unsqueeze(1)).sum(1)  # (B,) lengths, sorted
+        reverse = offsets[seq_len[entry] - 1 - steps] + entry
+        later = steps >= 1
+        prev = offsets[steps[later] - 1] + entry[later]
+        return cls(
+            batch_sizes=bs.tolist(),
+            offsets=offsets.tolist(),
+            step_of_row=steps.to(device),
+            reverse_rows=reverse.to(device),
+            prev_rows=prev.to(device),
+            step_sizes=bs.to(device=device, dtype=torch.float64),
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fused recurrence over precomputed gate pre-activations (both directions at once)
+
+
+class _BiLstmRecurrence(torch.autograd.Function):
+    """LSTM recurrence of both directions over precomputed gate inputs, with a hand-written BPTT backward.
+
+    gx: (2, N, 4H) gate pre-activations (input part incl. bias) in gate order i, f, o, g; direction 1 is given in
+    per-sequence reversed time (``_Packing.reverse_rows``), so both directions share the packed step structure.
+    w_hh: (2, 4H, H) in the same gate order. Returns h: (2, N, H) (direction 1 in reversed time).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, gx: Tensor, w_hh: Tensor, packing: _Packing) -> Tensor:  # type: ignore[override]
+        _, n, four_h = gx.shape
+        hid = four_h // 4
+        act = torch.empty_like(gx)  # activated gates
+        c = gx.new_empty(2, n, hid)
+        tc = gx.new_empty(2, n, hid)  # tanh(c)
+        h = gx.new_empty(2, n, hid)
+        w_t = w_hh.transpose(1, 2)  # (2, H, 4H)
+        prev = 0
+        for s, (o, b) in enumerate(zip(packing.offsets, packing.batch_sizes)):
+            e = o + b
+            a = act[:, o:e]
+            if s == 0:
+                a.copy_(gx[:, o:e])
+            else:
+                torch.baddbmm(gx[:, o:e], h[:, prev : prev + b], w_t, out=a)
+            a[..., : 3 * hid].sigmoid_()
+            a[..., 3 * hid :].tanh_()
+            cs = c[:, o:e]
+            if s == 0:
+                torch.mul(a[..., :hid], a[..., 3 * hid :], out=cs)
+            else:
+                torch.mul(a[..., hid : 2 * hid], c[:, prev : prev + b], out=cs)
+                cs.addcmul_(a[..., :hid], a[..., 3 * hid :])
+            torch.tanh(cs, out=tc[:, o:e])
+            torch.mul(a[..., 2 * hid : 3 * hid], tc[:, o:e], out=h[:, o:e])
+            prev = o
+        ctx.save_for_backward(w_hh, act, c, tc, h)
+        ctx.packing = packing
+        return h
+
+    @staticmethod
+    def backward(ctx: Any, dh_out: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
+        w_hh, act, c, tc, h = ctx.saved_tensors
+        packing: _Packing = ctx.packing
+        _, n, four_h = act.shape
+        hid = four_h // 4
+        b0 = packing.batch_sizes[0]
+        dgx = torch.empty_like(act)
+        carry_h = act.new_zeros(2, b0, hid)  # dL/dh_{s} flowing from step s+1
+        carry_c = act.new_zeros(2, b0, hid)  # dL/dc_{s} flowing from step s+1
+        one = act.new_ones(())
+        steps = list(zip(packing.offsets, packing.batch_sizes))
+        for s in range(len(steps) - 1, -1, -1):
+            o, b = steps[s]
+            e = o + b
+            a = act[:, o:e]
+            d = dgx[:, o:e]
+            ts = tc[:, o:e]
+            dh = dh_out[:, o:e] + carry_h[:, :b]
+            torch.mul(dh, ts, out=d[..., 2 * hid : 3 * hid])  # d o
+            dc = dh.mul_(a[..., 2 * hid : 3 * hid])
+            dc.mul_(torch.addcmul(one, ts, ts, value=-1)).add_(carry_c[:, :b])
+            torch.mul(dc, a[..., 3 * hid :], out=d[..., :hid])  # d i
+            torch.mul(dc, a[..., :hid], out=d[..., 3 * hid :])  # d g
+            if s > 0:
+                po = steps[s - 1][0]
+                torch.mul(dc, c[:, po : po + b], out=d[..., hid : 2 * hid])  # d f
+                torch.mul(dc, a[..., hid : 2 * hid], out=carry_c[:, :b])
+            else:
+                d[..., hid : 2 * hid].zero_()
+            sg = a[..., : 3 * hid]
+            d[..., : 3 * hid].mul_(torch.addcmul(sg, sg, sg, value=-1))  # σ' = σ − σ²
+            g = a[..., 3 * hid :]
+            d[..., 3 * hid :].mul_(torch.addcmul(one, g, g, value=-1))  # tanh' = 1 − tanh²
+            if s > 0:
+                torch.bmm(d, w_hh, out=carry_h[:, :b])
+        dw = None
+        if ctx.needs_input_grad[1]:
+            h_prev = h[:, packing.prev_rows]  # (2, N - b0, H)
+            dw = torch.bmm(dgx[:, b0:].transpose(1, 2), h_prev)
+        return dgx, dw, None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Statistics helpers
+
+
+class _PopulationStats:
+    """Exact pooled mean/variance per unit over many batches (Chan et al.'s merge), accumulated in float64."""
+
+    def __init__(self) -> None:
+        self.n = 0.0
+        self.mean: Tensor | None = None
+        self.m2: Tensor | None = None
+
+    def add(self, mean: Tensor, var: Tensor, n: int) -> None:
+        """Merge a batch's biased statistics over ``n`` frames."""
+        mean, m2 = mean.detach().double(), var.detach().double() * n
+        if self.mean is None or self.m2 is None:
+            self.n, self.mean, self.m2 = float(n), mean, m2
+            return
+        total = self.n + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta.square() * (self.n * n / total)
+        self.n = total
+
+    def result(self) -> tuple[Tensor, Tensor]:
+        """Population mean and unbiased variance."""
+        if self.mean is None or self.m2 is None:
+            raise ValueError("no statistics were accumulated: the batches were empty")
+        return self.mean, self.m2 / max(self.n - 1.0, 1.0)
+
+
+def _pool_steps(mean_t: Tensor, var_t: Tensor, sizes: Tensor) -> tuple[Tensor, Tensor]:
+    """Pooled mean and biased variance over all rows from per-step means/variances (T, ...) of ``sizes`` rows."""
+    w = (sizes / sizes.sum()).to(mean_t.dtype).view(-1, *([1] * (mean_t.dim() - 1)))
+    mean = (w * mean_t).sum(0)
+    var = (w * (var_t + (mean_t - mean).square())).sum(0)
+    return mean, var
+
+
+class _Gram(torch.autograd.Function):
+    """xᵀx with a one-matmul backward (2·x·sym(dG)), instead of autograd's two."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return x.t() @ x
+
+    @staticmethod
+    def backward(ctx: Any, dg: Tensor) -> Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return x @ (dg + dg.t())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One bidirectional layer
+
+
+def _ifog(hid: int, device: torch.device) -> Tensor:
+    """Permutation of torch's gate order i, f, g, o into i, f, o, g (sigmoids contiguous) used by the recurrence."""
+    return torch.cat([torch.arange(0, 2 * hid), torch.arange(3 * hid, 4 * hid), torch.arange(2 * hid, 3 * hid)]).to(
+        device
+    )
+
+
+class BnBlstmLayer(nn.Module):
+    """One bidirectional LSTM layer on packed data (N, D) → (N, 2H), with optional BN of W·x (and of W_h·h).
+
+    Parameters per direction d ∈ {0: forward, 1: backward}, gate order i, f, g, o (torch's):
+    ``weight_ih[d]`` (4H, D), ``weight_hh[d]`` (4H, H), ``bias[d]`` (4H) (β when BN is on), ``bn_weight[d]`` (γ).
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        units: int,
+        bn: BnMode,
+        bn_hidden: bool = False,
+        forget_bias: float = 0.0,
+        momentum: float = 0.1,
+        eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.input_dim, self.units, self.bn, self.bn_hidden = input_dim, units, bn, bn_hidden
+        self.momentum, self.eps = momentum, eps
+        four_h = 4 * units
+        self.weight_ih = nn.Parameter(torch.empty(2, four_h, input_dim))
+        self.weight_hh = nn.Parameter(torch.empty(2, four_h, units))
+        self.bias = nn.Parameter(torch.zeros(2, four_h))
+        if bn != "none":
+            self.bn_weight = nn.Parameter(torch.ones(2, four_h))
+            self.register_buffer("running_mean", torch.zeros(2, four_h))
+            self.register_buffer("running_var", torch.ones(2, four_h))
+        if bn_hidden:
+            self.hidden_bn_weight = nn.Parameter(torch.ones(2, four_h))
+            self.register_buffer("hidden_running_mean", torch.zeros(2, four_h))
+            self.register_buffer("hidden_running_var", torch.ones(2, four_h))
+        self.forget_bias = forget_bias
+        self.population: dict[str, _PopulationStats] | None = None  # set by reestimate_population_stats
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Glorot-uniform weights per direction and matrix, zero biases (forget-gate part = forget_bias), γ = 1."""
+        with torch.no_grad():
+            for d in range(2):
+                nn.init.xavier_uniform_(self.weight_ih[d])
+                nn.init.xavier_uniform_(self.weight_hh[d])
+            self.bias.zero_()
+            self.bias[:, self.units : 2 * self.units] = self.forget_bias
+            for name in ("bn_weight", "hidden_bn_weight"):
+                if hasattr(self, name):
+                    getattr(self, name).fill_(1.0)
+
+    def extra_repr(self) -> str:
+        return f"{self.input_dim}, {self.units}, bn={self.bn!r}, bn_hidden={self.bn_hidden}"
+
+    # -- statistics bookkeeping --------------------------------------------------------------------------------
+    def _record(self, prefix: str, mean: Tensor, var: Tensor, n: int) -> None:
+        """Fold a batch's biased statistics (2, 4H) over ``n`` frames into the running or population statistics."""
+        if self.population is not None:
+            self.population.setdefault(prefix, _PopulationStats()).add(mean, var, n)
+            return
+        rm, rv = getattr(self, prefix + "running_mean"), getattr(self, prefix + "running_var")
+        with torch.no_grad():
+            unbiased = var.detach() * (n / max(n - 1, 1))
+            rm.lerp_(mean.detach().to(rm.dtype), self.momentum)
+            rv.lerp_(unbiased.to(rv.dtype), self.momentum)
+
+    def _eval_affine(self, prefix: str, gamma: Tensor) -> tuple[Tensor, Tensor]:
+        """Scale and shift (2, 4H) of BN with running statistics: BN(z) = scale·z + shift (β excluded)."""
+        rm, rv = getattr(self, prefix + "running_mean"), getattr(self, prefix + "running_var")
+        scale = gamma * torch.rsqrt(rv + self.eps)
+        return scale, -scale * rm
+
+    def folded(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(W_ih, W_hh, b) of the equivalent plain LSTM layer in inference mode (BN with running statistics folded)."""
+        w_ih, w_hh, b = self.weight_ih, self.weight_hh, self.bias
+        if self.bn != "none":
+            scale, shift = self._eval_affine("", self.bn_weight)
+            w_ih, b = w_ih * scale.unsqueeze(-1), b + shift
+        if self.bn_hidden:
+            scale, shift = self._eval_affine("hidden_", self.hidden_bn_weight)
+            w_hh, b = w_hh * scale.unsqueeze(-1), b + shift
+        return w_ih, w_hh, b
+
+    # -- forward paths -----------------------------------------------------------------------------------------
+    def forward(self, x: Tensor, packing_sizes: Tensor, packing: _Packing | None) -> Tensor:
+        """Packed input (N, D) → packed output (N, 2H); ``packing`` is needed by the frame / hidden-BN paths."""
+        if not self.training or (self.bn in ("none", "sequence") and not self.bn_hidden):
+            if self.training and self.bn == "sequence":
+                w_ih, b = self._sequence_bn_weights(x)
+                w_hh = self.weight_hh
+            else:
+                w_ih, w_hh, b = self.folded()
+            return _fused_lstm(x, packing_sizes, w_ih, w_hh, b)
+        if packing is None:
+            raise ValueError("BnBlstmLayer: frame-wise / hidden BN in training needs the packing indices")
+        gx = self._gate_inputs(x, packing)
+        perm = _ifog(self.units, x.device)
+        if self.bn_hidden:
+            h = self._hidden_bn_recurrence(gx, packing, perm)
+        else:
+            h = _BiLstmRecurrence.apply(gx, self.weight_hh[:, perm].to(gx.dtype), packing)
+        return torch.cat([h[0], h[1, packing.reverse_rows]], dim=1)
+
+    def _sequence_bn_weights(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """W' (2, 4H, D), b' (2, 4H) such that x·W'ᵀ + b' = BN(W·x) with statistics over all N frames of x."""
+        n = x.shape[0]
+        with torch.autocast(x.device.type, enabled=False):
+            xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+            w = self.weight_ih.to(xf.dtype)
+            mu = xf.mean(0)  # (D,)
+            xc = xf - mu
+            cov = _Gram.apply(xc) / n  # (D, D), biased
+            mean = w @ mu  # (2, 4H)
+            var = ((w @ cov) * w).sum(-1).clamp_min(0.0)  # (2, 4H) = w_jᵀ Σ w_j
+            scale = self.bn_weight * torch.rsqrt(var + self.eps)
+            self._record("", mean, var, n)
+            return w * scale.unsqueeze(-1), self.bias - scale * mean
+
+    def _gate_inputs(self, x: Tensor, packing: _Packing) -> Tensor:
+        """Input part of the gates (2, N, 4H), gate order i, f, o, g, direction 1 in reversed time."""
+        perm = _ifog(self.units, x.device)
+        with torch.autocast(x.device.type, enabled=False):
+            xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+            w = self.weight_ih[:, perm].to(xf.dtype)
+            four_h = w.shape[1]
+            z = (xf @ w.reshape(2 * four_h, -1).t()).view(-1, 2, four_h)  # (N, 2, 4H)
+            if self.bn == "none":
+                z = z + self.bias[:, perm]
+            elif self.bn == "sequence":
+                var, mean = torch.var_mean(z, dim=0, correction=0)
+                self._record("", mean[:, perm.argsort()], var[:, perm.argsort()], z.shape[0])
+                z = (z - mean) * (self.bn_weight[:, perm] * torch.rsqrt(var + self.eps)) + self.bias[:, perm]
+            else:
+                z = self._frame_bn(z, packing, perm)
+            return torch.stack([z[:, 0], z[packing.reverse_rows, 1]])
+
+    def _frame_bn(self, z: Tensor, packing: _Packing, perm: Tensor) -> Tensor:
+        """BN of z (N, 2, 4H) with statistics per time step over the rows of that step."""
+        steps, sizes = packing.step_of_row, packing.step_sizes.to(z.dtype).view(-1, 1, 1)
+        n_steps = len(packing.batch_sizes)
+        mean_t = z.new_zeros(n_steps, *z.shape[1:]).index_add(0, steps, z) / sizes
+        zc = z - mean_t[steps]
+        var_t = z.new_zeros(n_steps, *z.shape[1:]).index_add(0, steps, zc.square()) / sizes
+        inv = self.bn_weight[:, perm] * torch.rsqrt(var_t + self.eps)  # (T, 2, 4H)
+        mean, var = _pool_steps(mean_t, var_t, packing.step_sizes)
+        inverse = perm.argsort()
+        self._record("", mean[:, inverse], var[:, inverse], z.shape[0])
+        return zc * inv[steps] + self.bias[:, perm]
+
+    def _hidden_bn_recurrence(self, gx: Tensor, packing: _Packing, perm: Tensor) -> Tensor:
+        """Per-step autograd recurrence with BN of W_h·h over the entries running at each step (slow path)."""
+        hid = self.units
+        w_t = self.weight_hh[:, perm].to(gx.dtype).transpose(1, 2)  # (2, H, 4H)
+        gamma = self.hidden_bn_weight[:, perm].to(gx.dtype).unsqueeze(1)
+        hs: list[Tensor] = []
+        means: list[Tensor] = []
+        vars_: list[Tensor] = []
+        h = c = None
+        for s, (o, b) in enumerate(zip(packing.offsets, packing.batch_sizes)):
+            gates = gx[:, o : o + b]
+            if h is None or c is None:
+                zh = gates.new_zeros(gates.shape)
+            else:
+                zh = torch.bmm(h[:, :b], w_t)
+            var, mean = torch.var_mean(zh, dim=1, keepdim=True, correction=0)
+            gates = gates + (zh - mean) * torch.rsqrt(var + self.eps) * gamma
+            means.append(mean.squeeze(1))
+            vars_.append(var.squeeze(1))
+            sig = torch.sigmoid(gates[..., : 3 * hid])
+            g = torch.tanh(gates[..., 3 * hid :])
+            c = sig[..., :hid] * g if c is None else sig[..., hid : 2 * hid] * c[:, :b] + sig[..., :hid] * g
+            h = sig[..., 2 * hid : 3 * hid] * torch.tanh(c)
+            hs.append(h)
+        mean, var = _pool_steps(torch.stack(means), torch.stack(vars_), packing.step_sizes)
+        inverse = perm.argsort()
+        self._record("hidden_", mean[:, inverse], var[:, inverse], gx.shape[1])
+        return torch.cat(hs, dim=1)
+
+
+def _fused_lstm(x: Tensor, batch_sizes: Tensor, w_ih: Tensor, w_hh: Tensor, b: Tensor) -> Tensor:
+    """torch's fused bidirectional LSTM kernel (cuDNN / native) on packed data with one bias per gate unit."""
+    dtype = x.dtype
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+    hid = w_hh.shape[-1]
+    w_ih, w_hh, b = w_ih.to(dtype), w_hh.to(dtype), b.to(dtype)
+    zero_b = b.new_zeros(b.shape[-1])
+    weights = [w_ih[0], w_hh[0], b[0], zero_b, w_ih[1], w_hh[1], b[1], zero_b]
+    h0 = x.new_zeros(2, int(batch_sizes[0]), hid, dtype=dtype)
+    with torch.autocast(x.device.type, enabled=False):
+        out, _, _ = torch._VF.lstm(x.to(dtype), batch_sizes, (h0, h0), weights, True, 1, 0.0, False, True)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The model
+
+
+class BnBlstm(nn.Module):
+    """Stack of BN-BLSTM layers, then a linear layer and log-softmax over pdfs.
+
+    >>> m = BnBlstm(ModelConfig(input_dim=40, num_pdfs=10, layers=2, units=8))
+    >>> m(torch.randn(3, 7, 40), torch.tensor([7, 5, 1])).shape
+    torch.Size([3, 7, 10])
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        dims = [cfg.input_dim] + [2 * cfg.units] * (cfg.layers - 1)
+        self.layers = nn.ModuleList(
+            BnBlstmLayer(d, cfg.units, cfg.bn, cfg.bn_hidden, cfg.forget_bias, cfg.bn_momentum, cfg.bn_eps)
+            for d in dims
+        )
+        self.output = nn.Linear(2 * cfg.units, cfg.num_pdfs)
+        nn.init.xavier_uniform_(self.output.weight)
+        nn.init.zeros_(self.output.bias)
+        self.dropout_active = True  # reestimate_population_stats turns dropout off while BN uses batch statistics
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """Log-posteriors (B, T, P) for padded features x (B, T, D) with ``lengths`` (B,); padded rows are 0."""
+        if x.dim() != 3 or x.shape[-1] != self.cfg.input_dim:
+            raise ValueError(f"BnBlstm expects x of shape (B, T, {self.cfg.input_dim}), got {tuple(x.shape)}")
+        lengths_cpu = lengths.detach().to("cpu", torch.int64)
+        if lengths_cpu.shape != x.shape[:1] or int(lengths_cpu.min()) < 1 or int(lengths_cpu.max()) > x.shape[1]:
+            raise ValueError(
+                f"BnBlstm: lengths must be (B,) = ({x.shape[0]},) with 1 <= length <= T = {x.shape[1]}, "
+                f"got {lengths_cpu.tolist()}"
+            )
+        packed = pack_padded_sequence(x, lengths_cpu, batch_first=True, enforce_sorted=False)
+        need_packing = self.training and (self.cfg.bn == "frame" or self.cfg.bn_hidden)
+        packing = _Packing.from_batch_sizes(packed.batch_sizes, x.device) if need_packing else None
+        h = packed.data
+        for i, layer in enumerate(self.layers):
+            if i > 0 and self.cfg.dropout > 0.0:
+                h = F.dropout(h, self.cfg.dropout, self.training and self.dropout_active)
+            h = layer(h, packed.batch_sizes, packing)
+        logp = F.log_softmax(self.output(h), dim=-1)
+        out = PackedSequence(logp, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+        return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+
+    def fold_bn(self) -> BnBlstm:
+        """A plain (bn='none') copy whose weights absorb BN with running statistics: same output as ``eval()``."""
+        cfg = ModelConfig(**{**self.cfg.to_dict(), "bn": "none", "bn_hidden": False})
+        plain = BnBlstm(cfg).to(device=self.output.weight.device, dtype=self.output.weight.dtype)
+        with torch.no_grad():
+            for src, dst in zip(self.layers, plain.layers):
+                w_ih, w_hh, b = src.folded()
+                dst.weight_ih.copy_(w_ih)
+                dst.weight_hh.copy_(w_hh)
+                dst.bias.copy_(b)
+            plain.output.load_state_dict(copy.deepcopy(self.output.state_dict()))
+        return plain.train(self.training)
+
+
+@torch.no_grad()
+def reestimate_population_stats(model: BnBlstm, batches: Iterable[tuple[Tensor, Tensor]]) -> int:
+    """Replace every BN layer's running statistics by exact population statistics over ``batches`` of (x, lengths).
+
+    The paper's alternative to momentum averages: each batch is forwarded with batch statistics (training-mode
+    BN, dropout off), and the per-unit statistics of W·x (and W_h·h) are pooled over all their frames.
+    Returns the number of batches used; the model's train/eval mode is restored.
+    """
+    if model.cfg.bn == "none":
+        return 0
+    was_training = model.training
+    model.train()
+    model.dropout_active = False
+    for layer in model.layers:
+        layer.population = {}
+    count = 0
+    try:
+        for x, lengths in batches:
+            model(x, lengths)
+            count += 1
+        if count == 0:
+            raise ValueError("reestimate_population_stats got no batches")
+        for layer in model.layers:
+            for prefix, stats in (layer.population or {}).items():
+                mean, var = stats.result()
+                getattr(layer, prefix + "running_mean").copy_(mean)
+                getattr(layer, prefix + "running_var").copy_(var)
+    finally:
+        for layer in model.layers:
+            layer.population = None
+        model.dropout_active = True
+        model.train(was_training)
+    return count
+
