@@ -10,11 +10,12 @@ Writes under OUT_DIR (`synthesize_corpus`):
   wav/<utt>.wav                                            16 kHz 16-bit mono
   data/{train,dev,test}/{wav.scp,text,utt2spk,spk2utt,utt2dur}   speakers disjoint across the splits
   lang/{lexicon.txt,phones.txt,words.txt,silence_phone.txt}       espeak-ng phone names without stress marks
-  exp/ali/{final.mdl,tree,topo,phones.txt,ali.1.gz,num_jobs}     Kaldi alignments of train and dev
+  exp/ali_{train,dev}/{final.mdl,tree,topo,phones.txt,ali.1.gz,num_jobs}   Kaldi alignment dirs (as WSJ's
+                                                           tri4b_ali_si284 / tri4b_ali_dev93: one per split)
   corpus.json, report.json                                 settings, voices, per-utterance parameters, statistics
 
 >>> paths = synthesize_corpus("demo", seed=0, size="small")   # doctest: +SKIP
->>> paths.data["train"], paths.ali_dir / "ali.1.gz"
+>>> paths.data["train"], paths.ali["train"] / "ali.1.gz"
 """
 
 from __future__ import annotations
@@ -405,7 +406,7 @@ class CorpusPaths:
     root: Path
     data: dict[str, Path]  # train / dev / test Kaldi data dirs
     lang: Path
-    ali_dir: Path  # final.mdl, tree, ali.1.gz (train and dev)
+    ali: dict[str, Path]  # train / dev Kaldi alignment dirs (final.mdl, tree, ali.1.gz, …)
     stats: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0  # wall-clock time of the whole run
 
@@ -569,7 +570,7 @@ def synthesize_corpus(
     snr_db: tuple[float, float] = (10.0, 30.0),
     fbank: FbankConfig | None = None,
 ) -> CorpusPaths:
-    """Synthesize the corpus into `out_dir`: Kaldi data dirs, a lang folder, and Kaldi alignments (train, dev).
+    """Synthesize the corpus into `out_dir`: Kaldi data dirs, a lang folder, Kaldi alignment dirs (train, dev).
 
     Deterministic for a seed (same bytes). `size` picks speakers and utterances ("full" for the demo, "small" for
     tests); `num_speakers` overrides the speaker count (split train/dev/test about 4:1:1); `snr_db` is the range
@@ -606,11 +607,12 @@ def synthesize_corpus(
                 root=out, has_text=True)
             write_data_dir(data, data.path, [u.spec.id for u in chosen],
                            durations={u.spec.id: len(u.audio) / SAMPLE_RATE for u in chosen})
-        ali = out / "exp" / "ali"
         system = _gmm_system(lang, [u for u in utts if u.spec.split == "train"], cfg)
-        system.save(ali, lang.phones)
         targets = _Targets(system.transition_model(), lang.phones)
-        write_alignments(ali, {u.spec.id: targets.transition_ids(u.segments) for u in utts if u.spec.split != "test"})
+        for split in ("train", "dev"):
+            system.save(out / "exp" / f"ali_{split}", lang.phones)
+            write_alignments(out / "exp" / f"ali_{split}",
+                             {u.spec.id: targets.transition_ids(u.segments) for u in utts if u.spec.split == split})
         stats = _stats(utts, lang, system.am.num_pdfs)
         report.counts = {"utterances": len(utts), "speakers": len({u.spec.speaker for u in utts}),
                          "phones": len(lang.real_phone_ids), "pdfs": system.am.num_pdfs}
@@ -620,7 +622,8 @@ def synthesize_corpus(
         report.save(out / "report.json")
         write_text(out / "corpus.json", json.dumps(_description(seed, size, snr_db, cfg, utts, stats), indent=1,
                                                     sort_keys=True) + "\n")
-    return CorpusPaths(root=out, data={s: out / "data" / s for s in SPLITS}, lang=out / "lang", ali_dir=ali,
+    return CorpusPaths(root=out, data={s: out / "data" / s for s in SPLITS}, lang=out / "lang",
+                       ali={s: out / "exp" / f"ali_{s}" for s in ("train", "dev")},
                        stats=stats, seconds=time.perf_counter() - started)
 
 
