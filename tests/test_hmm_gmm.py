@@ -1,0 +1,156 @@
+"""HMM-GMM training and alignment, checked against Kaldi's own yesno run (model, tree, topology, alignments) and by
+training a monophone system on yesno whose alignments must spell out the transcripts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from asr_bn.alignments import read_alignments, read_transition_model
+from asr_bn.data import load_audio, load_data_dir
+from asr_bn.errors import AsrBnError, UsageError
+from asr_bn.features import FbankConfig, add_deltas, apply_cmvn, compute_cmvn_stats, compute_fbank
+from asr_bn.hmm_gmm import AlignConfig, GmmSystem, MonoConfig, align, gmm_features, make_topology, train_mono
+from asr_bn.lang import Lang, read_lang
+from asr_bn.report import Report
+
+FAST = MonoConfig(num_iters=6, max_iter_inc=4, total_gauss=60, realign_iters=(1, 2, 3, 4))
+
+
+@pytest.fixture(scope="module")
+def yesno(yesno_root: Path) -> tuple[dict[str, np.ndarray], dict[str, str], Lang]:
+    """Our GMM features (fbank → DCT → CMVN → deltas) of the yesno training set, its transcripts and lang."""
+    data = load_data_dir(yesno_root / "data" / "train_yesno", Report("test"))
+    utts = list(data.utterances)
+    fbank = compute_fbank([load_audio(data, u, sample_rate=8000) for u in utts],
+                          FbankConfig(sample_frequency=8000, num_mel_bins=23))
+    feats = gmm_features(dict(zip(utts, fbank)), {u: data.utterances[u].speaker for u in utts})
+    text = {u: data.utterances[u].text or "" for u in utts}
+    return feats, text, read_lang(yesno_root / "data" / "lang")
+
+
+def _phones(lang: Lang, words: str) -> list[int]:
+    prons = lang.pronunciations()
+    return [lang.phones[p] for w in words.split() for p in prons[w][0]]
+
+
+def test_gmm_features_are_normalized_cepstra_with_deltas(yesno: tuple) -> None:
+    feats, _, _ = yesno
+    assert all(f.dtype == np.float32 and f.shape[1] == 39 for f in feats.values())
+    static = np.concatenate([f[:, :13] for f in feats.values()])  # one speaker: its mean is removed
+    np.testing.assert_allclose(static.mean(axis=0), 0.0, atol=1e-3)
+
+
+def test_topology_tree_and_model_are_kaldis(yesno_root: Path, tmp_path: Path) -> None:
+    kaldi_mdl = yesno_root / "exp" / "mono" / "final.mdl"
+    kaldi_tm = read_transition_model(kaldi_mdl)
+    assert make_topology([2, 3], [1]) == kaldi_tm.topology  # utils/gen_topo.pl's layout
+    system = GmmSystem.load(kaldi_mdl)
+    system.save(tmp_path, read_lang(yesno_root / "data" / "lang").phones)
+    assert (tmp_path / "tree").read_bytes() == (yesno_root / "exp" / "mono" / "tree").read_bytes()
+    assert (tmp_path / "topo").read_text().split() == (yesno_root / "data" / "lang" / "topo").read_text().split()
+    ours, theirs = (tmp_path / "final.mdl").read_bytes(), kaldi_mdl.read_bytes()
+    assert len(ours) == len(theirs)
+    our_tm = read_transition_model(tmp_path / "final.mdl")
+    assert our_tm.topology == kaldi_tm.topology and our_tm.tuples == kaldi_tm.tuples
+    np.testing.assert_allclose(our_tm.log_probs, kaldi_tm.log_probs, atol=1e-4)  # restored through an MLE update
+    # The GMMs are written byte for byte as Kaldi did, but for the last bit of a few means·invvars entries.
+    head = len(kaldi_tm.to_kaldi(binary=True))
+    differing = np.count_nonzero(np.frombuffer(ours[head:], np.uint8) != np.frombuffer(theirs[head:], np.uint8))
+    assert differing <= 16
+    frames = np.random.default_rng(0).normal(size=(4, 39)).astype(np.float32)
+    loglikes = system.log_likelihoods(frames)
+    assert loglikes.shape == (4, 11)
+    np.testing.assert_allclose(loglikes[2, 7], system.am.log_likelihood(7, frames[2]), rtol=1e-5)
+
+
+def test_alignment_agrees_with_kaldis(yesno_root: Path, tmp_path: Path) -> None:
+    """Kaldi's model on Kaldi's MFCCs (apply-cmvn + add-deltas as train_mono.sh) realigned here ≈ Kaldi's ali.1.gz."""
+    import kaldiio
+
+    raw = dict(kaldiio.load_ark(str(yesno_root / "data" / "train_yesno" / "data" / "raw_mfcc_train_yesno.1.ark")))
+    stats = compute_cmvn_stats(raw.values())
+    feats = {u: add_deltas(torch.from_numpy(np.asarray(apply_cmvn(m, stats), np.float32))).numpy() for u, m in raw.items()}
+    lang = read_lang(yesno_root / "data" / "lang")
+    text = {}
+    for line in (yesno_root / "data" / "train_yesno" / "text").read_text().splitlines():
+        utt, words = line.split(maxsplit=1)
+        if utt in feats:
+            text[utt] = words
+    model = yesno_root / "exp" / "mono" / "final.mdl"
+    report = align(GmmSystem.load(model), feats, text, lang, tmp_path / "ali")
+    assert report.num_skipped == 0 and report.counts["aligned"] == len(feats) == 8
+    tm = read_transition_model(model)
+    kaldi = {lab.utt: lab.values for lab in read_alignments(yesno_root / "exp" / "mono" / "ali.1.gz")}
+    ours = {lab.utt: lab.values for lab in read_alignments(tmp_path / "ali")}
+    assert sorted(ours) == sorted(feats)
+    same = sum(int(np.sum(ours[u] == kaldi[u])) for u in ours)
+    total = sum(len(kaldi[u]) for u in ours)
+    # Kaldi aligned with its 38th model and CMVN over all 31 files; we use final.mdl (40) and 8 files.
+    assert same / total > 0.99
+    for u in ours:
+        assert [p for p, _, _ in tm.phone_segments(ours[u])] == [p for p, _, _ in tm.phone_segments(kaldi[u])]
+
+
+def test_train_mono_and_align_yesno(yesno: tuple, tmp_path: Path) -> None:
+    feats, text, lang = yesno
+    system, report = train_mono(feats, text, lang, tmp_path / "mono", FAST)
+    assert report.num_skipped == 0 and report.counts["aligned"] == 31
+    for name in ("final.mdl", "tree", "phones.txt", "topo", "iterations.jsonl", "config.json", "report.json"):
+        assert (tmp_path / "mono" / name).is_file(), name
+    import json
+
+    history = [json.loads(line) for line in (tmp_path / "mono" / "iterations.jsonl").read_text().splitlines()]
+    assert len(history) == FAST.num_iters
+    assert history[-1]["avg_like"] > history[0]["avg_like"] + 5  # the model learned far more than a global Gaussian
+    assert 11 < history[-1]["num_gauss"] <= FAST.total_gauss
+
+    align_report = align(system, feats, text, lang, tmp_path / "ali", AlignConfig(num_jobs=2))
+    assert align_report.num_skipped == 0
+    assert (tmp_path / "ali" / "num_jobs").read_text() == "2\n"
+    tm = read_transition_model(tmp_path / "ali" / "final.mdl")
+    labels = list(read_alignments(tmp_path / "ali"))
+    assert {lab.path.name for lab in labels} == {"ali.1.gz", "ali.2.gz"}
+    assert sorted(lab.utt for lab in labels) == sorted(feats)
+    sil = lang.phones["SIL"]
+    for lab in labels:
+        assert len(lab.values) == feats[lab.utt].shape[0]
+        phones = [p for p, _, _ in tm.phone_segments(lab.values) if p != sil]
+        assert phones == _phones(lang, text[lab.utt]), lab.utt
+    reloaded = GmmSystem.load(tmp_path / "ali" / "final.mdl")
+    some = next(iter(feats.values()))[:50]
+    np.testing.assert_allclose(reloaded.log_likelihoods(some), system.log_likelihoods(some), rtol=1e-5, atol=1e-3)
+
+
+def test_unusable_utterances_are_named(yesno: tuple, tmp_path: Path) -> None:
+    feats, text, lang = yesno
+    utts = sorted(feats)[:6]
+    feats = {u: feats[u] for u in utts}
+    text = {u: text[u] for u in utts}
+    oov, short, no_feats = utts[0], utts[1], "extra_utt"
+    text[oov] = text[oov] + " MAYBE"
+    feats[short] = feats[short][:5]  # 8 words cannot fit into 5 frames
+    text[no_feats] = "YES"
+    _, report = train_mono(feats, text, lang, tmp_path / "mono", FAST)
+    assert report.skipped["words not in the lexicon"] == [oov]
+    assert report.skipped["too few frames for its transcript"] == [short]
+    assert report.skipped["no features"] == [no_feats]
+    assert report.counts["aligned"] == 4
+    saved = (tmp_path / "mono" / "report.json").read_text()
+    assert oov in saved and short in saved and "MAYBE" in saved
+
+
+def test_errors_are_one_line(tmp_path: Path, yesno_root: Path) -> None:
+    with pytest.raises(UsageError, match="realign_iters"):
+        MonoConfig(num_iters=5, realign_iters=(1, 7)).validate()
+    bad = tmp_path / "final.mdl"
+    bad.write_bytes(b"\0B<Nnet3> ")
+    with pytest.raises(AsrBnError, match=str(bad)):
+        GmmSystem.load(bad)
+    truncated = tmp_path / "truncated.mdl"
+    truncated.write_bytes((yesno_root / "exp" / "mono" / "final.mdl").read_bytes()[:5000])
+    with pytest.raises(AsrBnError, match="truncated"):
+        GmmSystem.load(truncated)
