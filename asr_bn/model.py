@@ -96,18 +96,23 @@ class ModelConfig:
 
 @dataclass
 class _Packing:
-    """Indices of a packed batch: per-step sizes/offsets, each row's step, and the per-sequence time reversal."""
+    """Indices of a packed batch (rows grouped by time step, entries sorted by decreasing length).
 
+    The "recurrence layout" (2, N, ·) holds direction 0 in packed order and direction 1 in per-sequence reversed
+    time (row r of (entry b, step s) holds time T_b-1-s), so both directions share one step structure.
+    """
+
+    batch_sizes_cpu: Tensor  # (T,) int64 on the CPU, as PackedSequence holds it (for torch's kernel)
     batch_sizes: list[int]  # T entries, non-increasing
     offsets: list[int]  # row where step s starts
-    step_of_row: Tensor  # (N,) int64, on the data device
-    reverse_rows: Tensor  # (N,) int64: row of (entry b, step T_b-1-s) for the row of (entry b, step s); an involution
-    prev_rows: Tensor  # (N - batch_sizes[0],) int64: for rows of steps ≥ 1, the row of the same entry one step before
-    step_sizes: Tensor  # (T,) on the data device, float
+    reverse_rows: Tensor  # (N,): row of (entry b, step T_b-1-s) for the row of (entry b, step s); an involution
+    prev_rows: Tensor  # (N - batch_sizes[0],): for rows of steps ≥ 1, the row of the same entry one step before
+    step_of_row: Tensor  # (N,): time step of each packed row
+    step_sizes: Tensor  # (T,) float64: rows per time step
 
     @classmethod
     def from_batch_sizes(cls, batch_sizes: Tensor, device: torch.device) -> _Packing:
-        """Derive every index from the packed ``batch_sizes`` (CPU int64, as torch's PackedSequence holds it)."""
+        """Derive every index from the packed ``batch_sizes`` (CPU int64)."""
         bs = batch_sizes.to(torch.int64)
         offsets = torch.zeros_like(bs)
         offsets[1:] = torch.cumsum(bs, 0)[:-1]
@@ -118,25 +123,44 @@ class _Packing:
         later = steps >= 1
         prev = offsets[steps[later] - 1] + entry[later]
         return cls(
+            batch_sizes_cpu=bs,
             batch_sizes=bs.tolist(),
             offsets=offsets.tolist(),
-            step_of_row=steps.to(device),
             reverse_rows=reverse.to(device),
             prev_rows=prev.to(device),
+            step_of_row=steps.to(device),
             step_sizes=bs.to(device=device, dtype=torch.float64),
         )
 
 
+class _Reverse(torch.autograd.Function):
+    """Rows gathered by an involution (``_Packing.reverse_rows``): the backward is the same gather."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, rows: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(rows)
+        return x.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (rows,) = ctx.saved_tensors
+        return grad.index_select(0, rows), None
+
+
+def _reverse(x: Tensor, packing: _Packing) -> Tensor:
+    return _Reverse.apply(x, packing.reverse_rows)
+
+
 # ----------------------------------------------------------------------------------------------------------------
-# Fused recurrence over precomputed gate pre-activations (both directions at once)
+# Recurrence over precomputed gate pre-activations (both directions at once), hand-written BPTT
 
 
 class _BiLstmRecurrence(torch.autograd.Function):
-    """LSTM recurrence of both directions over precomputed gate inputs, with a hand-written BPTT backward.
+    """LSTM recurrence of both directions over precomputed gate inputs in the recurrence layout.
 
-    gx: (2, N, 4H) gate pre-activations (input part incl. bias) in gate order i, f, o, g; direction 1 is given in
-    per-sequence reversed time (``_Packing.reverse_rows``), so both directions share the packed step structure.
-    w_hh: (2, 4H, H) in the same gate order. Returns h: (2, N, H) (direction 1 in reversed time).
+    gx: (2, N, 4H) gate pre-activations (input part incl. bias), gate order i, f, o, g. w_hh: (2, 4H, H).
+    Returns h: (2, N, H) in the recurrence layout. Per step: one batched matmul for both directions and a handful
+    of in-place element-wise ops on cache-sized slices; the backward is written out instead of recorded op by op.
     """
 
     @staticmethod
@@ -172,15 +196,14 @@ class _BiLstmRecurrence(torch.autograd.Function):
         return h
 
     @staticmethod
-    def backward(ctx: Any, dh_out: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, dh_out: Tensor) -> tuple[Tensor, Tensor | None, None]:  # type: ignore[override]
         w_hh, act, c, tc, h = ctx.saved_tensors
         packing: _Packing = ctx.packing
-        _, n, four_h = act.shape
-        hid = four_h // 4
+        hid = act.shape[-1] // 4
         b0 = packing.batch_sizes[0]
         dgx = torch.empty_like(act)
-        carry_h = act.new_zeros(2, b0, hid)  # dL/dh_{s} flowing from step s+1
-        carry_c = act.new_zeros(2, b0, hid)  # dL/dc_{s} flowing from step s+1
+        carry_h = act.new_zeros(2, b0, hid)  # dL/dh_s arriving from step s+1
+        carry_c = act.new_zeros(2, b0, hid)  # dL/dc_s arriving from step s+1
         one = act.new_ones(())
         steps = list(zip(packing.offsets, packing.batch_sizes))
         for s in range(len(steps) - 1, -1, -1):
@@ -209,9 +232,56 @@ class _BiLstmRecurrence(torch.autograd.Function):
                 torch.bmm(d, w_hh, out=carry_h[:, :b])
         dw = None
         if ctx.needs_input_grad[1]:
-            h_prev = h[:, packing.prev_rows]  # (2, N - b0, H)
-            dw = torch.bmm(dgx[:, b0:].transpose(1, 2), h_prev)
+            dw = torch.bmm(dgx[:, b0:].transpose(1, 2), h[:, packing.prev_rows])  # Σ_s dgates_sᵀ h_{s-1}
         return dgx, dw, None
+
+
+def _loop_lstm(gx: Tensor, w_hh: Tensor, packing: _Packing) -> Tensor:
+    """``_BiLstmRecurrence`` on gx (2, N, 4H) in the recurrence layout → packed output (N, 2H)."""
+    h = _BiLstmRecurrence.apply(gx, w_hh.to(gx.dtype), packing)
+    return torch.cat([h[0], _reverse(h[1], packing)], dim=1)
+
+
+def _torch_gate_order(hid: int, device: torch.device) -> Tensor:
+    """Row permutation between our gate order i, f, o, g and torch's i, f, g, o (an involution)."""
+    return torch.cat([torch.arange(0, 2 * hid), torch.arange(3 * hid, 4 * hid), torch.arange(2 * hid, 3 * hid)]).to(
+        device
+    )
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The autocast dtype when autocast is on for x's device, else x's dtype."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def _kernel_lstm(x: Tensor, packing: _Packing, w_ih: Tensor, w_hh: Tensor, b: Tensor) -> Tensor:
+    """torch's fused bidirectional LSTM (cuDNN / native) on packed x (N, D) with one bias per gate unit → (N, 2H)."""
+    dtype = _compute_dtype(x)
+    hid = w_hh.shape[-1]
+    perm = _torch_gate_order(hid, x.device)
+    w_ih, w_hh, b = w_ih[:, perm].to(dtype), w_hh[:, perm].to(dtype), b[:, perm].to(dtype)
+    zero_b = b.new_zeros(4 * hid)
+    weights = [w_ih[0], w_hh[0], b[0], zero_b, w_ih[1], w_hh[1], b[1], zero_b]
+    h0 = x.new_zeros(2, packing.batch_sizes[0], hid, dtype=dtype)
+    with torch.autocast(x.device.type, enabled=False):
+        out, _, _ = torch._VF.lstm(x.to(dtype), packing.batch_sizes_cpu, (h0, h0), weights, True, 1, 0.0, False, True)
+    return out
+
+
+def _kernel_lstm_on_gates(z: Tensor, w_hh: Tensor, packing: _Packing) -> Tensor:
+    """torch's fused kernel on precomputed gate inputs z (N, 2, 4H) (packed order, both directions): the input
+    weights are exact 0/1 selection matrices, so the kernel's input product reproduces z (one extra GEMM)."""
+    n, _, four_h = z.shape
+    sel = torch.eye(2 * four_h, dtype=z.dtype, device=z.device).view(2, four_h, 2 * four_h)  # (2, 4H, 8H)
+    bias = z.new_zeros(2, four_h)
+    return _kernel_lstm(z.reshape(n, 2 * four_h), packing, sel, w_hh, bias)
+
+
+def _project(x2: Tensor, w_ih: Tensor, b: Tensor) -> Tensor:
+    """Per-direction input products (2, N, 4H) = x2[d] · w_ih[d]ᵀ + b[d] for x2 (2, N, D)."""
+    return torch.baddbmm(b.unsqueeze(1), x2, w_ih.transpose(1, 2))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -245,16 +315,18 @@ class _PopulationStats:
         return self.mean, self.m2 / max(self.n - 1.0, 1.0)
 
 
-def _pool_steps(mean_t: Tensor, var_t: Tensor, sizes: Tensor) -> tuple[Tensor, Tensor]:
-    """Pooled mean and biased variance over all rows from per-step means/variances (T, ...) of ``sizes`` rows."""
-    w = (sizes / sizes.sum()).to(mean_t.dtype).view(-1, *([1] * (mean_t.dim() - 1)))
-    mean = (w * mean_t).sum(0)
-    var = (w * (var_t + (mean_t - mean).square())).sum(0)
+def _pool_steps(mean_t: Tensor, var_t: Tensor, sizes: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """Pooled mean and biased variance over all rows from per-step means/variances along ``dim`` of ``sizes`` rows."""
+    shape = [1] * mean_t.dim()
+    shape[dim] = -1
+    w = (sizes / sizes.sum()).to(mean_t.dtype).view(shape)
+    mean = (w * mean_t).sum(dim)
+    var = (w * (var_t + (mean_t - mean.unsqueeze(dim)).square())).sum(dim)
     return mean, var
 
 
 class _Gram(torch.autograd.Function):
-    """xᵀx with a one-matmul backward (2·x·sym(dG)), instead of autograd's two."""
+    """xᵀx with a one-matmul backward (x·(dG + dGᵀ)), instead of autograd's two."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
@@ -267,21 +339,40 @@ class _Gram(torch.autograd.Function):
         return x @ (dg + dg.t())
 
 
+def _frame_bn(z: Tensor, steps: Tensor, packing: _Packing, gamma: Tensor, beta: Tensor, eps: float) -> tuple[Tensor, ...]:
+    """Frame-wise BN of z (2, N, 4H): row (d, r) is normalized with the statistics of the rows of direction d at
+    time step ``steps[d, r]``. Returns the output and the per-step mean and biased variance (2, T, 4H)."""
+    n_steps = len(packing.batch_sizes)
+    group = (steps + torch.arange(2, device=z.device).unsqueeze(1) * n_steps).reshape(-1)  # (2N,)
+    rows = z.reshape(-1, z.shape[-1])
+    sizes = packing.step_sizes.to(z.dtype).repeat(2).unsqueeze(1)  # (2T, 1)
+    mean = rows.new_zeros(2 * n_steps, rows.shape[1]).index_add(0, group, rows) / sizes
+    zc = rows - mean[group]
+    var = rows.new_zeros(2 * n_steps, rows.shape[1]).index_add(0, group, zc.square()) / sizes
+    inv = (torch.rsqrt(var + eps).view(2, n_steps, -1) * gamma.unsqueeze(1)).reshape(2 * n_steps, -1)
+    out = (zc * inv[group]).view(z.shape) + beta.unsqueeze(1)
+    return out, mean.view(2, n_steps, -1), var.view(2, n_steps, -1)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # One bidirectional layer
 
 
-def _ifog(hid: int, device: torch.device) -> Tensor:
-    """Permutation of torch's gate order i, f, g, o into i, f, o, g (sigmoids contiguous) used by the recurrence."""
-    return torch.cat([torch.arange(0, 2 * hid), torch.arange(3 * hid, 4 * hid), torch.arange(2 * hid, 3 * hid)]).to(
-        device
-    )
+Backend = Literal["auto", "kernel", "loop"]
+
+
+def _resolve_backend(backend: Backend, device: torch.device) -> Literal["kernel", "loop"]:
+    """'auto' → torch's fused kernel (cuDNN) on CUDA, the hand-written recurrence on CPU (measured faster there,
+    docs/PERFORMANCE.md)."""
+    if backend == "auto":
+        return "kernel" if device.type == "cuda" else "loop"
+    return backend
 
 
 class BnBlstmLayer(nn.Module):
     """One bidirectional LSTM layer on packed data (N, D) → (N, 2H), with optional BN of W·x (and of W_h·h).
 
-    Parameters per direction d ∈ {0: forward, 1: backward}, gate order i, f, g, o (torch's):
+    Parameters per direction d ∈ {0: forward, 1: backward}, gate order i, f, o, g (sigmoid gates first):
     ``weight_ih[d]`` (4H, D), ``weight_hh[d]`` (4H, H), ``bias[d]`` (4H) (β when BN is on), ``bn_weight[d]`` (γ).
     """
 
@@ -297,7 +388,7 @@ class BnBlstmLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.input_dim, self.units, self.bn, self.bn_hidden = input_dim, units, bn, bn_hidden
-        self.momentum, self.eps = momentum, eps
+        self.momentum, self.eps, self.forget_bias = momentum, eps, forget_bias
         four_h = 4 * units
         self.weight_ih = nn.Parameter(torch.empty(2, four_h, input_dim))
         self.weight_hh = nn.Parameter(torch.empty(2, four_h, units))
@@ -310,7 +401,6 @@ class BnBlstmLayer(nn.Module):
             self.hidden_bn_weight = nn.Parameter(torch.ones(2, four_h))
             self.register_buffer("hidden_running_mean", torch.zeros(2, four_h))
             self.register_buffer("hidden_running_var", torch.ones(2, four_h))
-        self.forget_bias = forget_bias
         self.population: dict[str, _PopulationStats] | None = None  # set by reestimate_population_stats
         self.reset_parameters()
 
@@ -359,86 +449,80 @@ class BnBlstmLayer(nn.Module):
         return w_ih, w_hh, b
 
     # -- forward paths -----------------------------------------------------------------------------------------
-    def forward(self, x: Tensor, packing_sizes: Tensor, packing: _Packing | None) -> Tensor:
-        """Packed input (N, D) → packed output (N, 2H); ``packing`` is needed by the frame / hidden-BN paths."""
-        if not self.training or (self.bn in ("none", "sequence") and not self.bn_hidden):
-            if self.training and self.bn == "sequence":
-                w_ih, b = self._sequence_bn_weights(x)
-                w_hh = self.weight_hh
-            else:
-                w_ih, w_hh, b = self.folded()
-            return _fused_lstm(x, packing_sizes, w_ih, w_hh, b)
-        if packing is None:
-            raise ValueError("BnBlstmLayer: frame-wise / hidden BN in training needs the packing indices")
-        gx = self._gate_inputs(x, packing)
-        perm = _ifog(self.units, x.device)
-        if self.bn_hidden:
-            h = self._hidden_bn_recurrence(gx, packing, perm)
+    def forward(self, x: Tensor, packing: _Packing, backend: Backend = "auto") -> Tensor:
+        """Packed input (N, D) → packed output (N, 2H) of both directions."""
+        use = _resolve_backend(backend, x.device)
+        if self.training and self.bn_hidden:
+            return self._hidden_bn_recurrence(self._recurrence_inputs(x, packing), packing)
+        if self.training and self.bn == "frame":
+            if use == "kernel":
+                z = self._frame_gates(self._stats_input(x).unsqueeze(0).expand(2, -1, -1), packing, natural=True)
+                return _kernel_lstm_on_gates(z.transpose(0, 1), self.weight_hh, packing)
+            return _loop_lstm(self._recurrence_inputs(x, packing), self.weight_hh, packing)
+        if self.training and self.bn == "sequence":
+            w_ih, b = self._sequence_bn_weights(x)
+            w_hh = self.weight_hh
         else:
-            h = _BiLstmRecurrence.apply(gx, self.weight_hh[:, perm].to(gx.dtype), packing)
-        return torch.cat([h[0], h[1, packing.reverse_rows]], dim=1)
+            w_ih, w_hh, b = self.folded()
+        if use == "kernel":
+            return _kernel_lstm(x, packing, w_ih, w_hh, b)
+        xf = self._stats_input(x)
+        gx = _project(torch.stack([xf, _reverse(xf, packing)]), w_ih.to(xf.dtype), b.to(xf.dtype))
+        return _loop_lstm(gx, w_hh, packing)
+
+    @staticmethod
+    def _stats_input(x: Tensor) -> Tensor:
+        """x in float32 when it is half precision: statistics and the hand-written recurrence run in float32."""
+        return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+    def _recurrence_inputs(self, x: Tensor, packing: _Packing) -> Tensor:
+        """Input part of the gates (2, N, 4H) with training-mode BN, in the recurrence layout."""
+        with torch.autocast(x.device.type, enabled=False):
+            xf = self._stats_input(x)
+            x2 = torch.stack([xf, _reverse(xf, packing)])  # (2, N, D)
+            if self.bn == "frame":
+                return self._frame_gates(x2, packing, natural=False)
+            w_ih, b = self._sequence_bn_weights(x)
+            return _project(x2, w_ih.to(xf.dtype), b.to(xf.dtype))
+
+    def _frame_gates(self, x2: Tensor, packing: _Packing, natural: bool) -> Tensor:
+        """Frame-wise BN of W·x for x2 (2, N, D), each direction's rows packed (natural) or in recurrence layout."""
+        with torch.autocast(x2.device.type, enabled=False):
+            z = torch.bmm(x2, self.weight_ih.to(x2.dtype).transpose(1, 2))  # (2, N, 4H)
+            steps = packing.step_of_row
+            steps2 = torch.stack([steps, steps if natural else steps[packing.reverse_rows]])
+            out, mean_t, var_t = _frame_bn(z, steps2, packing, self.bn_weight, self.bias, self.eps)
+            mean, var = _pool_steps(mean_t, var_t, packing.step_sizes, dim=1)
+            self._record("", mean, var, z.shape[1])
+            return out
 
     def _sequence_bn_weights(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """W' (2, 4H, D), b' (2, 4H) such that x·W'ᵀ + b' = BN(W·x) with statistics over all N frames of x."""
         n = x.shape[0]
         with torch.autocast(x.device.type, enabled=False):
-            xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+            xf = self._stats_input(x)
             w = self.weight_ih.to(xf.dtype)
             mu = xf.mean(0)  # (D,)
-            xc = xf - mu
-            cov = _Gram.apply(xc) / n  # (D, D), biased
+            cov = _Gram.apply(xf - mu) / n  # (D, D), biased
             mean = w @ mu  # (2, 4H)
             var = ((w @ cov) * w).sum(-1).clamp_min(0.0)  # (2, 4H) = w_jᵀ Σ w_j
             scale = self.bn_weight * torch.rsqrt(var + self.eps)
             self._record("", mean, var, n)
             return w * scale.unsqueeze(-1), self.bias - scale * mean
 
-    def _gate_inputs(self, x: Tensor, packing: _Packing) -> Tensor:
-        """Input part of the gates (2, N, 4H), gate order i, f, o, g, direction 1 in reversed time."""
-        perm = _ifog(self.units, x.device)
-        with torch.autocast(x.device.type, enabled=False):
-            xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-            w = self.weight_ih[:, perm].to(xf.dtype)
-            four_h = w.shape[1]
-            z = (xf @ w.reshape(2 * four_h, -1).t()).view(-1, 2, four_h)  # (N, 2, 4H)
-            if self.bn == "none":
-                z = z + self.bias[:, perm]
-            elif self.bn == "sequence":
-                var, mean = torch.var_mean(z, dim=0, correction=0)
-                self._record("", mean[:, perm.argsort()], var[:, perm.argsort()], z.shape[0])
-                z = (z - mean) * (self.bn_weight[:, perm] * torch.rsqrt(var + self.eps)) + self.bias[:, perm]
-            else:
-                z = self._frame_bn(z, packing, perm)
-            return torch.stack([z[:, 0], z[packing.reverse_rows, 1]])
-
-    def _frame_bn(self, z: Tensor, packing: _Packing, perm: Tensor) -> Tensor:
-        """BN of z (N, 2, 4H) with statistics per time step over the rows of that step."""
-        steps, sizes = packing.step_of_row, packing.step_sizes.to(z.dtype).view(-1, 1, 1)
-        n_steps = len(packing.batch_sizes)
-        mean_t = z.new_zeros(n_steps, *z.shape[1:]).index_add(0, steps, z) / sizes
-        zc = z - mean_t[steps]
-        var_t = z.new_zeros(n_steps, *z.shape[1:]).index_add(0, steps, zc.square()) / sizes
-        inv = self.bn_weight[:, perm] * torch.rsqrt(var_t + self.eps)  # (T, 2, 4H)
-        mean, var = _pool_steps(mean_t, var_t, packing.step_sizes)
-        inverse = perm.argsort()
-        self._record("", mean[:, inverse], var[:, inverse], z.shape[0])
-        return zc * inv[steps] + self.bias[:, perm]
-
-    def _hidden_bn_recurrence(self, gx: Tensor, packing: _Packing, perm: Tensor) -> Tensor:
-        """Per-step autograd recurrence with BN of W_h·h over the entries running at each step (slow path)."""
+    def _hidden_bn_recurrence(self, gx: Tensor, packing: _Packing) -> Tensor:
+        """Per-step autograd recurrence with BN of W_h·h over the entries running at each recurrence step (slow
+        path for the ablation): gx (2, N, 4H) in the recurrence layout → packed output (N, 2H)."""
         hid = self.units
-        w_t = self.weight_hh[:, perm].to(gx.dtype).transpose(1, 2)  # (2, H, 4H)
-        gamma = self.hidden_bn_weight[:, perm].to(gx.dtype).unsqueeze(1)
+        w_t = self.weight_hh.to(gx.dtype).transpose(1, 2)  # (2, H, 4H)
+        gamma = self.hidden_bn_weight.to(gx.dtype).unsqueeze(1)
         hs: list[Tensor] = []
         means: list[Tensor] = []
         vars_: list[Tensor] = []
         h = c = None
-        for s, (o, b) in enumerate(zip(packing.offsets, packing.batch_sizes)):
+        for o, b in zip(packing.offsets, packing.batch_sizes):
             gates = gx[:, o : o + b]
-            if h is None or c is None:
-                zh = gates.new_zeros(gates.shape)
-            else:
-                zh = torch.bmm(h[:, :b], w_t)
+            zh = gates.new_zeros(gates.shape) if h is None else torch.bmm(h[:, :b], w_t)
             var, mean = torch.var_mean(zh, dim=1, keepdim=True, correction=0)
             gates = gates + (zh - mean) * torch.rsqrt(var + self.eps) * gamma
             means.append(mean.squeeze(1))
@@ -448,25 +532,10 @@ class BnBlstmLayer(nn.Module):
             c = sig[..., :hid] * g if c is None else sig[..., hid : 2 * hid] * c[:, :b] + sig[..., :hid] * g
             h = sig[..., 2 * hid : 3 * hid] * torch.tanh(c)
             hs.append(h)
-        mean, var = _pool_steps(torch.stack(means), torch.stack(vars_), packing.step_sizes)
-        inverse = perm.argsort()
-        self._record("hidden_", mean[:, inverse], var[:, inverse], gx.shape[1])
-        return torch.cat(hs, dim=1)
-
-
-def _fused_lstm(x: Tensor, batch_sizes: Tensor, w_ih: Tensor, w_hh: Tensor, b: Tensor) -> Tensor:
-    """torch's fused bidirectional LSTM kernel (cuDNN / native) on packed data with one bias per gate unit."""
-    dtype = x.dtype
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-    hid = w_hh.shape[-1]
-    w_ih, w_hh, b = w_ih.to(dtype), w_hh.to(dtype), b.to(dtype)
-    zero_b = b.new_zeros(b.shape[-1])
-    weights = [w_ih[0], w_hh[0], b[0], zero_b, w_ih[1], w_hh[1], b[1], zero_b]
-    h0 = x.new_zeros(2, int(batch_sizes[0]), hid, dtype=dtype)
-    with torch.autocast(x.device.type, enabled=False):
-        out, _, _ = torch._VF.lstm(x.to(dtype), batch_sizes, (h0, h0), weights, True, 1, 0.0, False, True)
-    return out
+        mean, var = _pool_steps(torch.stack(means, 1), torch.stack(vars_, 1), packing.step_sizes, dim=1)
+        self._record("hidden_", mean, var, gx.shape[1])
+        h_all = torch.cat(hs, dim=1)
+        return torch.cat([h_all[0], _reverse(h_all[1], packing)], dim=1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -493,6 +562,7 @@ class BnBlstm(nn.Module):
         nn.init.xavier_uniform_(self.output.weight)
         nn.init.zeros_(self.output.bias)
         self.dropout_active = True  # reestimate_population_stats turns dropout off while BN uses batch statistics
+        self.backend: Backend = "auto"  # recurrence implementation: "kernel" (torch's fused LSTM) or "loop"
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
         """Log-posteriors (B, T, P) for padded features x (B, T, D) with ``lengths`` (B,); padded rows are 0."""
@@ -505,21 +575,25 @@ class BnBlstm(nn.Module):
                 f"got {lengths_cpu.tolist()}"
             )
         packed = pack_padded_sequence(x, lengths_cpu, batch_first=True, enforce_sorted=False)
-        need_packing = self.training and (self.cfg.bn == "frame" or self.cfg.bn_hidden)
-        packing = _Packing.from_batch_sizes(packed.batch_sizes, x.device) if need_packing else None
+        logp = F.log_softmax(self.output(self.encode(packed)), dim=-1)
+        out = PackedSequence(logp, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+        return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+
+    def encode(self, packed: PackedSequence) -> Tensor:
+        """Top-layer hidden states (N, 2H), in packed row order, of the BLSTM stack for a packed batch."""
+        packing = _Packing.from_batch_sizes(packed.batch_sizes, packed.data.device)
         h = packed.data
         for i, layer in enumerate(self.layers):
             if i > 0 and self.cfg.dropout > 0.0:
                 h = F.dropout(h, self.cfg.dropout, self.training and self.dropout_active)
-            h = layer(h, packed.batch_sizes, packing)
-        logp = F.log_softmax(self.output(h), dim=-1)
-        out = PackedSequence(logp, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
-        return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+            h = layer(h, packing, self.backend)
+        return h
 
     def fold_bn(self) -> BnBlstm:
         """A plain (bn='none') copy whose weights absorb BN with running statistics: same output as ``eval()``."""
         cfg = ModelConfig(**{**self.cfg.to_dict(), "bn": "none", "bn_hidden": False})
         plain = BnBlstm(cfg).to(device=self.output.weight.device, dtype=self.output.weight.dtype)
+        plain.backend = self.backend
         with torch.no_grad():
             for src, dst in zip(self.layers, plain.layers):
                 w_ih, w_hh, b = src.folded()
