@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import heapq
 import json
 import struct
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +73,7 @@ class MonoConfig:
     retry_beam_factor: float = 4.0  # retry beam = beam * this (train_mono.sh) when the first beam fails
     sil_prob: float = 0.5  # optional-silence probability between words in the training graphs
     min_gaussian_occupancy_first: float = 3.0  # gmm-est option for the first update only (later: Kaldi's 10)
-    seed: int = 0  # for equal alignment
+    seed: int = 0  # for equal alignment and the perturbation of split Gaussians
 
     def validate(self) -> None:
         """Raise UsageError for inconsistent options."""
@@ -506,14 +508,61 @@ class _Stats:
                 self.tot_like += accumulate(am, frame, pdf, 1.0)
         self.pdf_occs = np.array([self.gmm.get_acc(p).occupancy.sum() for p in range(am.num_pdfs)], dtype=np.float32)
 
-    def update(self, system: GmmSystem, min_gaussian_occupancy: float, mixup: int, power: float) -> None:
+    def update(self, system: GmmSystem, min_gaussian_occupancy: float, mixup: int, power: float,
+               rng: np.random.Generator) -> None:
         """Kaldi's gmm-est: MLE transition update, MLE GMM update ("mvw"), then split Gaussians toward `mixup`."""
         system.trans_model.mle_update(self.trans, khg.MleTransitionUpdateConfig())
         opts = khg.MleDiagGmmOptions()
         opts.min_gaussian_occupancy = min_gaussian_occupancy
         khg.mle_am_diag_gmm_update(opts, self.gmm, int(khg.str_to_gmm_flags("mvw")), system.am)
         if mixup > system.am.num_gauss:
-            system.am.split_by_count(self.pdf_occs, mixup, 0.01, power, 20.0)
+            _split_by_count(system.am, self.pdf_occs, mixup, 0.01, power, 20.0, rng)
+
+
+def _split_targets(occs: np.ndarray, target: int, power: float, min_count: float) -> list[int]:
+    """Kaldi's GetSplitTargets: Gaussians per pdf, given one at a time to the pdf with the most occ^power per
+    Gaussian, never giving a pdf more Gaussians than occupancy / min_count."""
+    heap = [(-float(occ) ** power, pdf, 1) for pdf, occ in enumerate(occs)]  # (-occ^power / n, pdf, n)
+    heapq.heapify(heap)
+    targets = [1] * len(occs)
+    total = len(occs)
+    while total < target and heap:
+        _, pdf, n = heapq.heappop(heap)
+        if (n + 1) * min_count >= occs[pdf]:
+            continue  # min-count reached: this pdf splits no more
+        n += 1
+        total += 1
+        targets[pdf] = n
+        heapq.heappush(heap, (-float(occs[pdf]) ** power / n, pdf, n))
+    return targets
+
+
+def _split_by_count(am: "khg.AmDiagGmm", occs: np.ndarray, target: int, perturb_factor: float, power: float,
+                    min_count: float, rng: np.random.Generator) -> None:
+    """Kaldi's AmDiagGmm::SplitByCount with DiagGmm::Split (split the heaviest component, means moved apart by
+    ± perturb_factor standard deviations along a random direction), drawing from `rng` so training is
+    reproducible (kaldi-hmm-gmm's own split draws from an unseeded generator)."""
+    for pdf, n in enumerate(_split_targets(occs, target, power, min_count)):
+        gmm = am.get_pdf(pdf)
+        if n <= gmm.num_gauss:
+            continue
+        weights = np.asarray(gmm.weights, np.float64).tolist()
+        inv_vars = [row for row in np.asarray(gmm.inv_vars, np.float64)]
+        means_invvars = [row for row in np.asarray(gmm.means_invvars, np.float64)]
+        while len(weights) < n:
+            k = int(np.argmax(weights))
+            weights[k] /= 2
+            weights.append(weights[k])
+            step = perturb_factor * rng.standard_normal(len(inv_vars[k])) * np.sqrt(inv_vars[k])
+            inv_vars.append(inv_vars[k].copy())
+            means_invvars.append(means_invvars[k] + step)
+            means_invvars[k] = means_invvars[k] - step
+        inv = np.asarray(inv_vars, np.float32)
+        new = khg.DiagGmm(n, inv.shape[1])
+        new.set_weights(np.asarray(weights, np.float32))
+        new.set_invvars_and_means(inv, (np.asarray(means_invvars) / np.asarray(inv_vars)).astype(np.float32))
+        new.compute_gconsts()
+        gmm.copy_from_diag_gmm(new)
 
 
 def _equal_alignments(graphs: Mapping[str, "kaldifst.StdVectorFst"], feats: Mapping[str, np.ndarray], seed: int,
@@ -576,6 +625,7 @@ def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: 
     num_gauss = system.am.num_gauss
     inc_gauss = (cfg.total_gauss - num_gauss) // max(cfg.max_iter_inc, 1)
     history: list[dict[str, Any]] = []
+    rng = np.random.default_rng(cfg.seed)
     with progress_bar() as bar:
         task = bar.add_task("compile graphs", total=len(utts), info="")
         graphs = _compile_graphs(system, lang, text, utts, cfg.sil_prob, report)
@@ -587,6 +637,7 @@ def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: 
         bar.update(task, description="train mono", total=cfg.num_iters, completed=0)
         failed: list[str] = []
         for it in range(cfg.num_iters):
+            start = time.monotonic()
             realigned = it in cfg.realign_iters
             if realigned:
                 beam = cfg.first_beam if it == 1 else cfg.beam
@@ -594,10 +645,10 @@ def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: 
                 alis, failed, _, _ = _align_all(system, _boosted(system, [sil], cfg.boost_silence), graphs, feats,
                                                 beam, beam * cfg.retry_beam_factor, AlignConfig())
             stats = _Stats(system, feats, alis)
-            stats.update(system, cfg.min_gaussian_occupancy_first if it == 0 else 10.0, num_gauss, cfg.power)
+            stats.update(system, cfg.min_gaussian_occupancy_first if it == 0 else 10.0, num_gauss, cfg.power, rng)
             history.append({"iter": it, "avg_like": stats.tot_like / max(stats.frames, 1), "frames": stats.frames,
                             "utterances": len(alis), "failed": len(failed), "realigned": realigned,
-                            "num_gauss": system.am.num_gauss})
+                            "num_gauss": system.am.num_gauss, "seconds": round(time.monotonic() - start, 2)})
             if 1 <= it <= cfg.max_iter_inc:  # as train_mono.sh: numgauss grows after each of these updates
                 num_gauss += inc_gauss
             bar.update(task, advance=1, info=f"like/frame {history[-1]['avg_like']:.3f}, {system.am.num_gauss} Gaussians")

@@ -154,3 +154,31 @@ def test_errors_are_one_line(tmp_path: Path, yesno_root: Path) -> None:
     truncated.write_bytes((yesno_root / "exp" / "mono" / "final.mdl").read_bytes()[:5000])
     with pytest.raises(AsrBnError, match="truncated"):
         GmmSystem.load(truncated)
+
+
+def test_reproducible_split_allocates_like_kaldi() -> None:
+    """Our seeded Gaussian split gives each pdf as many components as kaldi-hmm-gmm's SplitByCount does."""
+    import kaldi_hmm_gmm as khg
+
+    from asr_bn.hmm_gmm import _split_by_count
+
+    rng = np.random.default_rng(0)
+    kaldi, ours = khg.AmDiagGmm(), khg.AmDiagGmm()
+    for _ in range(30):
+        gmm = khg.DiagGmm(1, 5)
+        gmm.set_weights(np.ones(1, np.float32))
+        gmm.set_invvars_and_means(rng.uniform(0.5, 2, (1, 5)).astype(np.float32), rng.normal(size=(1, 5)).astype(np.float32))
+        gmm.compute_gconsts()
+        kaldi.add_pdf(gmm)
+        ours.add_pdf(gmm)
+    occs = rng.uniform(0, 3000, 30).astype(np.float32)
+    occs[3] = 0.0  # a pdf never seen keeps its single Gaussian
+    parents = [np.asarray(ours.get_pdf(p).means)[0] for p in range(30)]
+    kaldi.split_by_count(occs, 400, 0.01, 0.25, 20.0)
+    _split_by_count(ours, occs, 400, 0.01, 0.25, 20.0, np.random.default_rng(1))
+    assert [ours.num_gauss_in_pdf(p) for p in range(30)] == [kaldi.num_gauss_in_pdf(p) for p in range(30)]
+    assert ours.num_gauss == kaldi.num_gauss and ours.num_gauss_in_pdf(3) == 1
+    for p in range(30):  # a split halves a weight and moves the two means apart symmetrically
+        weights, means = np.asarray(ours.get_pdf(p).weights), np.asarray(ours.get_pdf(p).means)
+        np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-6)
+        np.testing.assert_allclose(weights @ means, parents[p], atol=1e-5)
