@@ -42,32 +42,41 @@ _GROUP_FRAMES = 8192  # frames framed at once (bounds memory: 16384 x 400 floats
 _BLOCK_FRAMES = {"cpu": 1024, "cuda": 16384}  # rows per FFT/matmul pass: on CPU small enough to stay in cache
 
 
+def _option(default: Any, kaldi_name: str, help_text: str) -> Any:
+    """A FbankConfig field that knows its Kaldi option name and help text (read by conf parsing and the CLI)."""
+    return dataclasses.field(default=default, metadata={"kaldi": kaldi_name, "help": help_text})
+
+
 @dataclass
 class FbankConfig:
     """Kaldi's fbank options (`compute-fbank-feats`), Kaldi's defaults except num_mel_bins = 40 (the paper's)."""
 
-    sample_frequency: float = 16000.0
-    frame_length_ms: float = 25.0
-    frame_shift_ms: float = 10.0
-    dither: float = 1.0
-    preemphasis_coefficient: float = 0.97
-    remove_dc_offset: bool = True
-    window_type: str = "povey"
-    blackman_coeff: float = 0.42
-    round_to_power_of_two: bool = True
-    snip_edges: bool = True
-    num_mel_bins: int = 40
-    low_freq: float = 20.0
-    high_freq: float = 0.0
-    use_energy: bool = False
-    raw_energy: bool = True
-    energy_floor: float = 0.0
-    use_log_fbank: bool = True
-    use_power: bool = True
-    htk_compat: bool = False
-    vtln_low: float = 100.0
-    vtln_high: float = -500.0
-    vtln_warp: float = 1.0
+    sample_frequency: float = _option(16000.0, "sample-frequency", "Sample rate of the audio in Hz (never resampled).")
+    frame_length_ms: float = _option(25.0, "frame-length", "Frame length in milliseconds.")
+    frame_shift_ms: float = _option(10.0, "frame-shift", "Frame shift in milliseconds.")
+    dither: float = _option(
+        1.0, "dither", "Dithering constant (0 = none); seeded per utterance, so runs are reproducible."
+    )
+    preemphasis_coefficient: float = _option(0.97, "preemphasis-coefficient", "Pre-emphasis coefficient.")
+    remove_dc_offset: bool = _option(True, "remove-dc-offset", "Subtract the mean of each frame before processing.")
+    window_type: str = _option("povey", "window-type", "Window: povey, hamming, hanning, rectangular, blackman, sine.")
+    blackman_coeff: float = _option(0.42, "blackman-coeff", "Constant of the blackman window.")
+    round_to_power_of_two: bool = _option(True, "round-to-power-of-two", "Round the FFT size up to a power of two.")
+    snip_edges: bool = _option(True, "snip-edges", "Only frames that fit in the audio (else reflect at the edges).")
+    num_mel_bins: int = _option(40, "num-mel-bins", "Number of mel bins (the paper uses 40).")
+    low_freq: float = _option(20.0, "low-freq", "Low cut-off of the mel bins in Hz.")
+    high_freq: float = _option(0.0, "high-freq", "High cut-off in Hz (<= 0: offset from Nyquist).")
+    use_energy: bool = _option(False, "use-energy", "Add the log-energy as an extra first feature.")
+    raw_energy: bool = _option(True, "raw-energy", "Compute the energy before pre-emphasis and windowing.")
+    energy_floor: float = _option(0.0, "energy-floor", "Floor on the energy (absolute, not relative).")
+    use_log_fbank: bool = _option(True, "use-log-fbank", "Log of the mel energies (else linear).")
+    use_power: bool = _option(True, "use-power", "Power spectrum (else magnitude).")
+    htk_compat: bool = _option(False, "htk-compat", "HTK order: the energy goes last.")
+    vtln_low: float = _option(100.0, "vtln-low", "Low inflection point of the VTLN warp in Hz.")
+    vtln_high: float = _option(
+        -500.0, "vtln-high", "High inflection point of the VTLN warp in Hz (< 0: offset from Nyquist)."
+    )
+    vtln_warp: float = _option(1.0, "vtln-warp", "VTLN warp factor (1 = none).")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -184,30 +193,7 @@ class FbankConfig:
 
 
 # Kaldi option name → FbankConfig field (the only spellings Kaldi accepts besides '_' for '-').
-_KALDI_NAMES = {
-    "sample-frequency": "sample_frequency",
-    "frame-length": "frame_length_ms",
-    "frame-shift": "frame_shift_ms",
-    "dither": "dither",
-    "preemphasis-coefficient": "preemphasis_coefficient",
-    "remove-dc-offset": "remove_dc_offset",
-    "window-type": "window_type",
-    "blackman-coeff": "blackman_coeff",
-    "round-to-power-of-two": "round_to_power_of_two",
-    "snip-edges": "snip_edges",
-    "num-mel-bins": "num_mel_bins",
-    "low-freq": "low_freq",
-    "high-freq": "high_freq",
-    "use-energy": "use_energy",
-    "raw-energy": "raw_energy",
-    "energy-floor": "energy_floor",
-    "use-log-fbank": "use_log_fbank",
-    "use-power": "use_power",
-    "htk-compat": "htk_compat",
-    "vtln-low": "vtln_low",
-    "vtln-high": "vtln_high",
-    "vtln-warp": "vtln_warp",
-}
+_KALDI_NAMES = {f.metadata["kaldi"]: f.name for f in dataclasses.fields(FbankConfig)}
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(FbankConfig)}
 # compute-fbank-feats options that never change the features of a whole utterance.
 _KALDI_IGNORED = {"verbose", "print-args", "debug-mel", "output-format", "write-utt2dur", "utt2spk"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from enum import Enum
@@ -11,38 +12,15 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 from rich.console import Console
 
+from asr_bn.features import FbankConfig
+
 app = typer.Typer(
     help="Compute features of Kaldi data dirs (fbank, CMVN stats) into prepared dirs for training and decoding.",
     no_args_is_help=True,
 )
 
 _FBANK_PANEL = "Fbank options (Kaldi's compute-fbank-feats; given ones override --config)"
-# FbankConfig's fields as (Kaldi option name, default, help), written out so that `--help` needs no torch import;
-# tests/test_prep.py checks that they match asr_bn.features.FbankConfig.
-_FBANK_OPTIONS: dict[str, tuple[str, Any, str]] = {
-    "sample_frequency": ("sample-frequency", 16000.0, "Sample rate of the audio in Hz (never resampled)."),
-    "frame_length_ms": ("frame-length", 25.0, "Frame length in milliseconds."),
-    "frame_shift_ms": ("frame-shift", 10.0, "Frame shift in milliseconds."),
-    "dither": ("dither", 1.0, "Dithering constant (0 = none); seeded per utterance, so runs are reproducible."),
-    "preemphasis_coefficient": ("preemphasis-coefficient", 0.97, "Pre-emphasis coefficient."),
-    "remove_dc_offset": ("remove-dc-offset", True, "Subtract the mean of each frame before processing."),
-    "window_type": ("window-type", "povey", "Window: povey, hamming, hanning, rectangular, blackman, sine."),
-    "blackman_coeff": ("blackman-coeff", 0.42, "Constant of the blackman window."),
-    "round_to_power_of_two": ("round-to-power-of-two", True, "Round the FFT size up to a power of two."),
-    "snip_edges": ("snip-edges", True, "Only frames that fit in the audio (else reflect at the edges)."),
-    "num_mel_bins": ("num-mel-bins", 40, "Number of mel bins (the paper uses 40)."),
-    "low_freq": ("low-freq", 20.0, "Low cut-off of the mel bins in Hz."),
-    "high_freq": ("high-freq", 0.0, "High cut-off in Hz (<= 0: offset from Nyquist)."),
-    "use_energy": ("use-energy", False, "Add the log-energy as an extra first feature."),
-    "raw_energy": ("raw-energy", True, "Compute the energy before pre-emphasis and windowing."),
-    "energy_floor": ("energy-floor", 0.0, "Floor on the energy (absolute, not relative)."),
-    "use_log_fbank": ("use-log-fbank", True, "Log of the mel energies (else linear)."),
-    "use_power": ("use-power", True, "Power spectrum (else magnitude)."),
-    "htk_compat": ("htk-compat", False, "HTK order: the energy goes last."),
-    "vtln_low": ("vtln-low", 100.0, "Low inflection point of the VTLN warp in Hz."),
-    "vtln_high": ("vtln-high", -500.0, "High inflection point of the VTLN warp in Hz (< 0: offset from Nyquist)."),
-    "vtln_warp": ("vtln-warp", 1.0, "VTLN warp factor (1 = none)."),
-}
+_FBANK_FIELDS = dataclasses.fields(FbankConfig)  # each knows its Kaldi option name and help text
 
 
 class Cmvn(str, Enum):
@@ -65,22 +43,25 @@ def _with_fbank_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Give a command one option per FbankConfig field (Kaldi's name, e.g. --num-mel-bins); the command receives
     the options the user actually gave as `fbank_overrides` (a dict), so they can override --config."""
     extra = []
-    for field, (name, default, help_text) in _FBANK_OPTIONS.items():
+    for field in _FBANK_FIELDS:
+        name, default = field.metadata["kaldi"], field.default
         flag = f"--{name}/--no-{name}" if isinstance(default, bool) else f"--{name}"
-        option = typer.Option(flag, help=help_text, rich_help_panel=_FBANK_PANEL)
+        option = typer.Option(flag, help=field.metadata["help"], rich_help_panel=_FBANK_PANEL)
         annotation = Annotated[type(default), option]  # type: ignore[misc]
-        extra.append(inspect.Parameter(field, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
+        extra.append(
+            inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+        )
     own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "fbank_overrides"]
     ctx = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
 
     @functools.wraps(command)
     def wrapper(ctx: typer.Context, **kwargs: Any) -> Any:
         overrides = {}
-        for field in _FBANK_OPTIONS:
-            value = kwargs.pop(field)
-            source = ctx.get_parameter_source(field)  # click's ParameterSource (typer vendors click)
+        for field in _FBANK_FIELDS:
+            value = kwargs.pop(field.name)
+            source = ctx.get_parameter_source(field.name)  # click's ParameterSource (typer vendors click)
             if source is not None and source.name == "COMMANDLINE":
-                overrides[field] = value
+                overrides[field.name] = value
         return command(**kwargs, fbank_overrides=overrides)
 
     params = [*own, ctx, *extra]
@@ -93,7 +74,7 @@ def _pipeline(
     config: Optional[Path], overrides: dict[str, Any], cmvn: Cmvn, norm_vars: bool, preset: dict[str, Any]
 ):  # noqa: ANN202
     """The FeaturePipeline: explicit fbank options over the --config file, or over the command's preset."""
-    from asr_bn.features import FbankConfig, FeaturePipeline
+    from asr_bn.features import FeaturePipeline
 
     if config is not None:
         fbank = FbankConfig.from_kaldi_conf(config, **overrides)
