@@ -182,3 +182,20 @@ def test_reproducible_split_allocates_like_kaldi() -> None:
         weights, means = np.asarray(ours.get_pdf(p).weights), np.asarray(ours.get_pdf(p).means)
         np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-6)
         np.testing.assert_allclose(weights @ means, parents[p], atol=1e-5)
+
+
+def test_output_dir_is_locked_and_report_written_last(yesno: tuple, tmp_path: Path) -> None:
+    from asr_bn.io import OutputLock
+
+    feats, text, lang = yesno
+    one = dict(list(feats.items())[:2])
+    system, _ = train_mono(one, text, lang, tmp_path / "mono", MonoConfig(num_iters=2, max_iter_inc=1,
+                                                                             realign_iters=(1,)))
+    (tmp_path / "ali").mkdir()
+    (tmp_path / "ali" / "report.json").write_text("{}")  # a stale marker of an older run
+    with OutputLock(tmp_path / "ali"):
+        with pytest.raises(AsrBnError, match="in use by another asr-bn run"):
+            align(system, one, text, lang, tmp_path / "ali")
+    assert not (tmp_path / "ali" / "ali.1.gz").exists()
+    align(system, one, text, lang, tmp_path / "ali")
+    assert (tmp_path / "ali" / "report.json").read_text() != "{}"
