@@ -62,6 +62,38 @@ def test_prepare_data_names_bad_input(tmp_path: Path) -> None:
         _prepare_module().prepare(tmp_path, tmp_path / "out")
 
 
+def test_prepare_data_sphere_files_and_named_skips(tmp_path: Path) -> None:
+    """CMU's an4_sphere.tar.gz layout (NIST .sph audio); bad utterances are skipped and named, never dropped."""
+    import numpy as np
+    import soundfile
+
+    from asr_bn.data import load_audio, load_data_dir
+    from asr_bn.report import Report
+
+    root = tmp_path / "an4"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "an4.phone").write_text("AH\nEY\nN\nOW\nSIL\n")
+    (root / "etc" / "an4.dic").write_text("A AH\nA(2) EY\nNO N OW\n")
+    ids = {"train": ["an1-fabc-b", "an2-fabc-b", "an3-mxyz-b", "an4-mxyz-b"], "test": ["an9-mtst-b"]}
+    words = {"an1-fabc-b": "<s> A NO </s>", "an2-fabc-b": "<s> MAYBE </s>", "an3-mxyz-b": "<s> NO ++NOISE++ </s>",
+             "an4-mxyz-b": "<s> A </s>", "an9-mtst-b": "A A"}
+    for split, files in ids.items():
+        folder = "an4_clstk" if split == "train" else "an4test_clstk"
+        (root / "etc" / f"an4_{split}.fileids").write_text("".join(f"{folder}/{f.split('-')[1]}/{f}\n" for f in files))
+        (root / "etc" / f"an4_{split}.transcription").write_text("".join(f"{words[f]} ({f})\n" for f in files))
+        for f in files:
+            if f != "an4-mxyz-b":  # its audio is missing
+                path = root / "wav" / folder / f.split("-")[1] / f"{f}.sph"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                soundfile.write(path, np.zeros(4000, np.int16), 16000, format="NIST", subtype="PCM_16")
+    report = _prepare_module().prepare(root, tmp_path / "data", num_dev=1)
+    assert report.skipped == {"words not in an4.dic": ["fabc-an2-b"], "wav file missing": ["mxyz-an4-b"]}
+    assert _table(tmp_path / "data" / "train" / "text") == {"mxyz-an3-b": "NO"}  # ++NOISE++ stripped
+    assert _table(tmp_path / "data" / "dev" / "text") == {"fabc-an1-b": "A NO"}
+    data = load_data_dir(tmp_path / "data" / "test", Report("test"))
+    assert load_audio(data, "mtst-an9-b", sample_rate=16000).shape == (4000,)
+
+
 def test_run_sh_fast_stages_1_to_3(an4_root: Path, tmp_path: Path) -> None:
     work = tmp_path / "an4"
     cmd = ["bash", str(RECIPE / "run.sh"), "--fast", "--speakers", "2", "--dir", str(work), str(an4_root)]

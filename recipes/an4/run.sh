@@ -3,8 +3,8 @@
 #
 # Usage: recipes/an4/run.sh [options] [AN4_ROOT]
 #   AN4_ROOT        the AN4 distribution (etc/ and wav/); default ../shared/data/an4 beside the repository.
-#                   Get it from CMU Sphinx: http://www.speech.cs.cmu.edu/databases/an4/ (an4_sphere.tar.gz, or the
-#                   RIFF-wav version distributed with SphinxTrain's tutorial).
+#                   Get it from CMU Sphinx: http://www.speech.cs.cmu.edu/databases/an4/ (an4_sphere.tar.gz: NIST
+#                   .sph files, read directly) or SphinxTrain's tutorial copy (RIFF .wav).
 #   --stage N / --stop-stage N   run stages N..M only (default: all); each stage skips work that is already done.
 #   --dir DIR       working directory for data/ prep/ exp/ (default: the recipe folder).
 #   --fast          CI mode: few GMM iterations and Gaussians (and, later, few network epochs).

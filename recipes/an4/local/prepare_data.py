@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """AN4 (CMU) → Kaldi data dirs and a lang folder.
 
-Reads  AN4_ROOT/etc/{an4_train,an4_test}.{transcription,fileids}, etc/an4.dic, etc/an4.phone, wav/**.wav
+Reads  AN4_ROOT/etc/{an4_train,an4_test}.{transcription,fileids}, etc/an4.dic, etc/an4.phone, wav/**.wav (or
+       the NIST .sph files of CMU's an4_sphere.tar.gz)
 Writes OUT/train, OUT/dev (held-out training speakers), OUT/test (130 utterances): wav.scp (absolute paths),
        text (uppercase words, Sphinx markers <s> </s> <sil> ++NOISE++ stripped), utt2spk, spk2utt;
        OUT/lang: lexicon.txt (an4.dic, alternates' "(2)" markers stripped), phones.txt (+ SIL), words.txt;
@@ -53,7 +54,7 @@ def read_split(an4_root: Path, split: str, words: set[str], report: Report) -> t
     """One AN4 split ('train' or 'test'): utterances (one recording each, named like the utterance) and
     recording → absolute wav path."""
     etc = an4_root / "etc"
-    paths = {Path(p).name: an4_root / "wav" / f"{p}.wav" for p in _read(etc / f"an4_{split}.fileids").split()}
+    paths = {Path(p).name: _audio(an4_root / "wav" / p) for p in _read(etc / f"an4_{split}.fileids").split()}
     utts: dict[str, Utterance] = {}
     wavs: dict[str, str] = {}
     trans = etc / f"an4_{split}.transcription"
@@ -123,6 +124,13 @@ def prepare(an4_root: Path, out: Path, num_dev: int = 6, speakers: int | None = 
     report.counts["lexicon entries"] = len(lexicon)
     report.save(out / "prepare_data.json")
     return report
+
+
+def _audio(stem: Path) -> Path:
+    """The audio file of a file id: RIFF .wav (SphinxTrain's copy), else NIST .sph (CMU's an4_sphere.tar.gz)."""
+    wav = stem.with_name(stem.name + ".wav")
+    sph = stem.with_name(stem.name + ".sph")
+    return sph if not wav.exists() and sph.exists() else wav
 
 
 def _read(path: Path) -> str:
