@@ -181,8 +181,8 @@ def _am_bytes(am: "khg.AmDiagGmm") -> bytes:
 def _read_am(data: bytes, pos: int, path: Path) -> "khg.AmDiagGmm":
     """Parse a binary AmDiagGmm starting at byte `pos` of `data` (the inverse of `_am_bytes`)."""
     def fail(what: str) -> AsrBnError:
-        return AsrBnError(f"{path}: expected {what} at byte {pos} of the GMM part; the file is truncated or not a "
-                          f"Kaldi diagonal-GMM model (convert it with gmm-copy --binary=true)")
+        return AsrBnError(f"{path}: expected {what} at byte {pos}; the file is truncated or corrupt, or not a binary "
+                          f"Kaldi diagonal-GMM model (convert one with gmm-copy --binary=true)")
 
     def token() -> str:
         nonlocal pos
@@ -205,7 +205,7 @@ def _read_am(data: bytes, pos: int, path: Path) -> "khg.AmDiagGmm":
 
     def floats(n: int) -> np.ndarray:
         nonlocal pos
-        if pos + 4 * n > len(data):
+        if n < 0 or pos + 4 * n > len(data):
             raise fail(f"{n} floats")
         pos += 4 * n
         return np.frombuffer(data[pos - 4 * n:pos], "<f4").astype(np.float32)
@@ -217,10 +217,12 @@ def _read_am(data: bytes, pos: int, path: Path) -> "khg.AmDiagGmm":
     def matrix() -> np.ndarray:
         expect("FM")
         rows, cols = int32(), int32()
+        if rows < 0 or cols < 0:
+            raise fail("a matrix size")
         return floats(rows * cols).reshape(rows, cols)
 
     expect("<DIMENSION>")
-    int32()
+    dim = int32()
     expect("<NUMPDFS>")
     am = khg.AmDiagGmm()
     for _ in range(int32()):
@@ -235,9 +237,14 @@ def _read_am(data: bytes, pos: int, path: Path) -> "khg.AmDiagGmm":
                 raise fail("<GCONSTS>, <WEIGHTS>, <MEANS_INVVARS>, <INV_VARS> or </DiagGMM>")
         if len(g) != 4:
             raise fail("all four parts of a <DiagGMM>")
-        inv_vars = g["<INV_VARS>"]
-        gmm = khg.DiagGmm(len(g["<WEIGHTS>"]), inv_vars.shape[1])
-        gmm.set_weights(g["<WEIGHTS>"])
+        inv_vars, weights = g["<INV_VARS>"], g["<WEIGHTS>"]
+        if not (len(weights) >= 1 and inv_vars.shape == g["<MEANS_INVVARS>"].shape == (len(weights), dim)):
+            raise fail(f"{len(weights)} components of dimension {dim} (sizes of the <DiagGMM> disagree)")
+        if not (np.isfinite(inv_vars).all() and np.isfinite(g["<MEANS_INVVARS>"]).all() and (inv_vars > 0).all()
+                and np.isfinite(weights).all() and (weights >= 0).all()):
+            raise fail("finite GMM parameters with positive inverse variances")
+        gmm = khg.DiagGmm(len(weights), dim)
+        gmm.set_weights(weights)
         gmm.set_invvars_and_means(inv_vars, g["<MEANS_INVVARS>"] / inv_vars)
         gmm.compute_gconsts()
         am.add_pdf(gmm)
@@ -331,6 +338,8 @@ class GmmSystem:
         if _monophone_tuples(tm.topology, system.tree) != tm.tuples:
             raise AsrBnError(f"{path} is not a monophone model (its transition states do not follow a monophone tree); "
                              f"only models from steps/train_mono.sh or asr-bn's train_mono can be loaded")
+        if not (np.isfinite(tm.log_probs).all() and (tm.log_probs <= 1e-4).all()):
+            raise AsrBnError(f"{path}: transition log-probabilities are not finite log-probabilities; the file is corrupt")
         cfg = khg.MleTransitionUpdateConfig()
         cfg.floor, cfg.mincount = 1e-30, 0.0
         system.trans_model.mle_update(np.exp(tm.log_probs.astype(np.float64)) * 1e6, cfg)

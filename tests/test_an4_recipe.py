@@ -94,6 +94,7 @@ def test_prepare_data_sphere_files_and_named_skips(tmp_path: Path) -> None:
     assert load_audio(data, "mtst-an9-b", sample_rate=16000).shape == (4000,)
 
 
+@pytest.mark.slow
 def test_run_sh_fast_stages_1_to_3(an4_root: Path, tmp_path: Path) -> None:
     work = tmp_path / "an4"
     cmd = ["bash", str(RECIPE / "run.sh"), "--fast", "--speakers", "2", "--dir", str(work), str(an4_root)]

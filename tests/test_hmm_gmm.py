@@ -199,3 +199,24 @@ def test_output_dir_is_locked_and_report_written_last(yesno: tuple, tmp_path: Pa
     assert not (tmp_path / "ali" / "ali.1.gz").exists()
     align(system, one, text, lang, tmp_path / "ali")
     assert (tmp_path / "ali" / "report.json").read_text() != "{}"
+
+
+def test_corrupt_models_only_raise_asr_bn_errors(yesno_root: Path, tmp_path: Path) -> None:
+    """Truncations and byte flips anywhere in a real final.mdl: an AsrBnError naming the file, or a valid model."""
+    good = (yesno_root / "exp" / "mono" / "final.mdl").read_bytes()
+    rng = np.random.default_rng(0)
+    path = tmp_path / "final.mdl"
+    cases = [good[:n] for n in rng.integers(0, len(good), 40)]
+    for _ in range(80):
+        bad = bytearray(good)
+        for i in rng.integers(0, len(good), 3):
+            bad[i] = int(rng.integers(0, 256))
+        cases.append(bytes(bad))
+    for data in cases:
+        path.write_bytes(data)
+        try:
+            system = GmmSystem.load(path)
+        except AsrBnError as e:
+            assert str(path) in str(e)
+        else:
+            assert np.isfinite(system.log_likelihoods(np.zeros((1, 39), np.float32))).all()
