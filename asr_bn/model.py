@@ -159,15 +159,17 @@ class _BiLstmRecurrence(torch.autograd.Function):
     """LSTM recurrence of both directions over precomputed gate inputs in the recurrence layout.
 
     gx: (2, N, 4H) gate pre-activations (input part incl. bias), gate order i, f, o, g. w_hh: (2, 4H, H).
-    Returns h: (2, N, H) in the recurrence layout. Per step: one batched matmul for both directions and a handful
-    of in-place element-wise ops on cache-sized slices; the backward is written out instead of recorded op by op.
+    Returns h: (2, N, H) in the recurrence layout, and gx overwritten in place by the activated gates (saves a copy
+    per step; callers pass a fresh tensor no other autograd node saved, and ignore it). Per step: one batched matmul
+    for both directions and a handful of in-place element-wise ops on cache-sized slices; the backward is written
+    out instead of recorded op by op.
     """
 
     @staticmethod
-    def forward(ctx: Any, gx: Tensor, w_hh: Tensor, packing: _Packing) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, gx: Tensor, w_hh: Tensor, packing: _Packing) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         _, n, four_h = gx.shape
         hid = four_h // 4
-        act = torch.empty_like(gx)  # activated gates
+        act = gx  # activated gates, in place
         c = gx.new_empty(2, n, hid)
         tc = gx.new_empty(2, n, hid)  # tanh(c)
         h = gx.new_empty(2, n, hid)
@@ -176,10 +178,8 @@ class _BiLstmRecurrence(torch.autograd.Function):
         for s, (o, b) in enumerate(zip(packing.offsets, packing.batch_sizes)):
             e = o + b
             a = act[:, o:e]
-            if s == 0:
-                a.copy_(gx[:, o:e])
-            else:
-                torch.baddbmm(gx[:, o:e], h[:, prev : prev + b], w_t, out=a)
+            if s > 0:
+                a.baddbmm_(h[:, prev : prev + b], w_t)
             a[..., : 3 * hid].sigmoid_()
             a[..., 3 * hid :].tanh_()
             cs = c[:, o:e]
@@ -191,12 +191,15 @@ class _BiLstmRecurrence(torch.autograd.Function):
             torch.tanh(cs, out=tc[:, o:e])
             torch.mul(a[..., 2 * hid : 3 * hid], tc[:, o:e], out=h[:, o:e])
             prev = o
+        ctx.mark_dirty(gx)
         ctx.save_for_backward(w_hh, act, c, tc, h)
         ctx.packing = packing
-        return h
+        return h, act
 
     @staticmethod
-    def backward(ctx: Any, dh_out: Tensor) -> tuple[Tensor, Tensor | None, None]:  # type: ignore[override]
+    def backward(  # type: ignore[override]
+        ctx: Any, dh_out: Tensor, _dact: Tensor | None
+    ) -> tuple[Tensor, Tensor | None, None]:
         w_hh, act, c, tc, h = ctx.saved_tensors
         packing: _Packing = ctx.packing
         hid = act.shape[-1] // 4
@@ -238,7 +241,7 @@ class _BiLstmRecurrence(torch.autograd.Function):
 
 def _loop_lstm(gx: Tensor, w_hh: Tensor, packing: _Packing) -> Tensor:
     """``_BiLstmRecurrence`` on gx (2, N, 4H) in the recurrence layout → packed output (N, 2H)."""
-    h = _BiLstmRecurrence.apply(gx, w_hh.to(gx.dtype), packing)
+    h, _ = _BiLstmRecurrence.apply(gx, w_hh.to(gx.dtype), packing)
     return torch.cat([h[0], _reverse(h[1], packing)], dim=1)
 
 
@@ -339,19 +342,72 @@ class _Gram(torch.autograd.Function):
         return x @ (dg + dg.t())
 
 
-def _frame_bn(z: Tensor, steps: Tensor, packing: _Packing, gamma: Tensor, beta: Tensor, eps: float) -> tuple[Tensor, ...]:
-    """Frame-wise BN of z (2, N, 4H): row (d, r) is normalized with the statistics of the rows of direction d at
-    time step ``steps[d, r]``. Returns the output and the per-step mean and biased variance (2, T, 4H)."""
-    n_steps = len(packing.batch_sizes)
-    group = (steps + torch.arange(2, device=z.device).unsqueeze(1) * n_steps).reshape(-1)  # (2N,)
-    rows = z.reshape(-1, z.shape[-1])
-    sizes = packing.step_sizes.to(z.dtype).repeat(2).unsqueeze(1)  # (2T, 1)
-    mean = rows.new_zeros(2 * n_steps, rows.shape[1]).index_add(0, group, rows) / sizes
-    zc = rows - mean[group]
-    var = rows.new_zeros(2 * n_steps, rows.shape[1]).index_add(0, group, zc.square()) / sizes
-    inv = (torch.rsqrt(var + eps).view(2, n_steps, -1) * gamma.unsqueeze(1)).reshape(2 * n_steps, -1)
-    out = (zc * inv[group]).view(z.shape) + beta.unsqueeze(1)
-    return out, mean.view(2, n_steps, -1), var.view(2, n_steps, -1)
+def _frame_bn(z: Tensor, packing: _Packing, gamma: Tensor, beta: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Frame-wise BN of z (N, C) in packed order with whole-tensor ops: each row is normalized with the statistics
+    of the rows of its time step. Returns the output and the per-step mean and biased variance (T, C)."""
+    steps = packing.step_of_row
+    sizes = packing.step_sizes.to(z.dtype).unsqueeze(1)  # (T, 1)
+    mean = z.new_zeros(len(packing.batch_sizes), z.shape[1]).index_add(0, steps, z) / sizes
+    zc = z - mean[steps]
+    var = z.new_zeros(mean.shape).index_add(0, steps, zc.square()) / sizes
+    return zc * (torch.rsqrt(var + eps) * gamma)[steps] + beta, mean, var
+
+
+class _FrameBnSteps(torch.autograd.Function):
+    """Frame-wise BN of z (N, 8H) (packed order, both directions side by side), one time step — a contiguous row
+    block — at a time, written straight into the recurrence layout (2, N, 4H). Working on cache-sized blocks beats
+    whole-tensor passes several times on a CPU (``_frame_bn`` is the whole-tensor version, for GPUs).
+    Also returns the per-step mean and biased variance (T, 8H), for the running statistics."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, z: Tensor, gamma: Tensor, beta: Tensor, packing: _Packing, eps: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        n, width = z.shape
+        half = width // 2
+        out = z.new_empty(2, n, half)
+        rev = packing.reverse_rows
+        means, variances, scales = [], [], []
+        for o, b in zip(packing.offsets, packing.batch_sizes):
+            seg = z[o : o + b]
+            var, mean = torch.var_mean(seg, dim=0, correction=0)
+            scale = torch.rsqrt(var + eps).mul_(gamma)  # γ/σ
+            shift = torch.addcmul(beta, scale, mean, value=-1)  # β − γμ/σ
+            torch.addcmul(shift[:half], seg[:, :half], scale[:half], out=out[0, o : o + b])
+            out[1].index_copy_(0, rev[o : o + b], torch.addcmul(shift[half:], seg[:, half:], scale[half:]))
+            means.append(mean)
+            variances.append(var)
+            scales.append(scale)
+        ctx.save_for_backward(z, gamma)
+        ctx.stats = (means, variances, scales)
+        ctx.packing, ctx.eps = packing, eps
+        mean_t, var_t = torch.stack(means), torch.stack(variances)
+        ctx.mark_non_differentiable(mean_t, var_t)
+        return out, mean_t, var_t
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, dout: Tensor, _dmean: Tensor | None, _dvar: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, None, None]:
+        z, gamma = ctx.saved_tensors
+        means, variances, scales = ctx.stats
+        packing: _Packing = ctx.packing
+        rev = packing.reverse_rows
+        dz = torch.empty_like(z)
+        m1s, m2s = [], []
+        for s, (o, b) in enumerate(zip(packing.offsets, packing.batch_sizes)):
+            dy = torch.cat([dout[0, o : o + b], dout[1].index_select(0, rev[o : o + b])], dim=1)  # dL/d out (b, 8H)
+            xhat = (z[o : o + b] - means[s]).mul_(scales[s] / gamma)  # (z − μ)/σ
+            m1 = dy.mean(0)
+            m2 = (dy * xhat).mean(0)
+            dy.sub_(m1).addcmul_(xhat, m2, value=-1)
+            torch.mul(dy, scales[s], out=dz[o : o + b])  # γ/σ · (dy − mean(dy) − x̂·mean(dy·x̂))
+            m1s.append(m1)
+            m2s.append(m2)
+        sizes = packing.step_sizes.to(z.dtype).unsqueeze(1)
+        dgamma = (torch.stack(m2s) * sizes).sum(0)
+        dbeta = (torch.stack(m1s) * sizes).sum(0)
+        return dz, dgamma, dbeta, None, None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -362,10 +418,11 @@ Backend = Literal["auto", "kernel", "loop"]
 
 
 def _resolve_backend(backend: Backend, device: torch.device) -> Literal["kernel", "loop"]:
-    """'auto' → torch's fused kernel (cuDNN) on CUDA, the hand-written recurrence on CPU (measured faster there,
-    docs/PERFORMANCE.md)."""
+    """'auto' → the hand-written recurrence on a CPU when gradients are recorded (several times faster than torch's
+    CPU kernel, whose backward is recorded step by step), torch's fused kernel otherwise: cuDNN on CUDA and the
+    native kernel for CPU inference (figures in docs/PERFORMANCE.md)."""
     if backend == "auto":
-        return "kernel" if device.type == "cuda" else "loop"
+        return "loop" if device.type == "cpu" and torch.is_grad_enabled() else "kernel"
     return backend
 
 
@@ -456,8 +513,7 @@ class BnBlstmLayer(nn.Module):
             return self._hidden_bn_recurrence(self._recurrence_inputs(x, packing), packing)
         if self.training and self.bn == "frame":
             if use == "kernel":
-                z = self._frame_gates(self._stats_input(x).unsqueeze(0).expand(2, -1, -1), packing, natural=True)
-                return _kernel_lstm_on_gates(z.transpose(0, 1), self.weight_hh, packing)
+                return _kernel_lstm_on_gates(self._frame_gates(x, packing), self.weight_hh, packing)
             return _loop_lstm(self._recurrence_inputs(x, packing), self.weight_hh, packing)
         if self.training and self.bn == "sequence":
             w_ih, b = self._sequence_bn_weights(x)
@@ -479,22 +535,33 @@ class BnBlstmLayer(nn.Module):
         """Input part of the gates (2, N, 4H) with training-mode BN, in the recurrence layout."""
         with torch.autocast(x.device.type, enabled=False):
             xf = self._stats_input(x)
-            x2 = torch.stack([xf, _reverse(xf, packing)])  # (2, N, D)
             if self.bn == "frame":
-                return self._frame_gates(x2, packing, natural=False)
+                return self._frame_gates_by_step(xf, packing)
             w_ih, b = self._sequence_bn_weights(x)
-            return _project(x2, w_ih.to(xf.dtype), b.to(xf.dtype))
+            return _project(torch.stack([xf, _reverse(xf, packing)]), w_ih.to(xf.dtype), b.to(xf.dtype))
 
-    def _frame_gates(self, x2: Tensor, packing: _Packing, natural: bool) -> Tensor:
-        """Frame-wise BN of W·x for x2 (2, N, D), each direction's rows packed (natural) or in recurrence layout."""
-        with torch.autocast(x2.device.type, enabled=False):
-            z = torch.bmm(x2, self.weight_ih.to(x2.dtype).transpose(1, 2))  # (2, N, 4H)
-            steps = packing.step_of_row
-            steps2 = torch.stack([steps, steps if natural else steps[packing.reverse_rows]])
-            out, mean_t, var_t = _frame_bn(z, steps2, packing, self.bn_weight, self.bias, self.eps)
-            mean, var = _pool_steps(mean_t, var_t, packing.step_sizes, dim=1)
-            self._record("", mean, var, z.shape[1])
-            return out
+    def _frame_gates_by_step(self, x: Tensor, packing: _Packing) -> Tensor:
+        """Frame-wise BN of W·x for packed x (N, D), step by step (``_FrameBnSteps``), in the recurrence layout."""
+        w = self.weight_ih.to(x.dtype)
+        z = x @ w.reshape(-1, w.shape[-1]).t()  # (N, 8H)
+        out, mean_t, var_t = _FrameBnSteps.apply(z, self.bn_weight.reshape(-1), self.bias.reshape(-1), packing, self.eps)
+        self._record_steps(mean_t, var_t, packing)
+        return out
+
+    def _record_steps(self, mean_t: Tensor, var_t: Tensor, packing: _Packing) -> None:
+        """Record per-step statistics (T, 8H) of W·x pooled over all frames: the running statistics are pooled."""
+        mean, var = _pool_steps(mean_t, var_t, packing.step_sizes, dim=0)
+        self._record("", mean.view(2, -1), var.view(2, -1), int(packing.step_sizes.sum()))
+
+    def _frame_gates(self, x: Tensor, packing: _Packing) -> Tensor:
+        """Frame-wise BN of W·x for packed x (N, D) with whole-tensor ops (``_frame_bn``) → (N, 2, 4H), packed order."""
+        with torch.autocast(x.device.type, enabled=False):
+            xf = self._stats_input(x)
+            w = self.weight_ih.to(xf.dtype)
+            z = xf @ w.reshape(-1, w.shape[-1]).t()  # (N, 8H)
+            out, mean_t, var_t = _frame_bn(z, packing, self.bn_weight.reshape(-1), self.bias.reshape(-1), self.eps)
+            self._record_steps(mean_t, var_t, packing)
+            return out.view(xf.shape[0], 2, -1)
 
     def _sequence_bn_weights(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """W' (2, 4H, D), b' (2, 4H) such that x·W'ᵀ + b' = BN(W·x) with statistics over all N frames of x."""
