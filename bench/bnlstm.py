@@ -10,6 +10,7 @@ sequences for scale.
     python bench/bnlstm.py                 # full paper shapes (CPU: several minutes)
     python bench/bnlstm.py --quick         # T = 300, 3 rounds
     python bench/bnlstm.py --threads 1     # on a loaded machine: 2 threads spin-wait badly when oversubscribed
+    python bench/bnlstm.py --backends loop # CPU: skip the kernel-backend training rows (as slow as nn.LSTM)
 Runs on CUDA (cuDNN) when available; --device cpu forces the CPU.
 """
 
@@ -139,6 +140,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, nargs="+", default=[1, 5])
     ap.add_argument("--naive-t", type=int, default=100, help="longest utterance for the per-step-loop row")
     ap.add_argument("--all", action="store_true", help="also frame-wise BN on torch's kernel on a CPU (slow)")
+    ap.add_argument("--backends", nargs="+", default=["kernel", "loop"], choices=["kernel", "loop"],
+                    help="recurrence backends of the BnBlstm rows")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -154,14 +157,14 @@ def main() -> None:
         base = _lstm(layers, device)
         train = {"nn.LSTM (packed)": _train_step(base, x, lengths)}
         for bn in ("none", "sequence", "frame"):
-            for backend in ("kernel", "loop"):
+            for backend in args.backends:
                 if bn == "frame" and backend == "kernel" and device.type == "cpu" and not args.all:
                     continue  # the 0/1-selection GEMM is far too slow on a CPU; --all includes it
                 model = _model(layers, bn, backend, device)
                 train[f"BnBlstm bn={bn} backend={backend}"] = _train_step(model.encode, x, lengths)
         _report(f"{layers} layer(s), training forward+backward", _interleaved(train, rounds, device), "nn.LSTM (packed)")
         infer = {"nn.LSTM (packed)": _infer_step(base, x, lengths)}
-        for backend in ("kernel", "loop"):
+        for backend in args.backends:
             seq = _model(layers, "sequence", backend, device).eval()
             infer[f"BnBlstm fold_bn() backend={backend}"] = _infer_step(seq.fold_bn().eval().encode, x, lengths)
             infer[f"BnBlstm eval backend={backend}"] = _infer_step(seq.encode, x, lengths)
