@@ -256,6 +256,8 @@ class UtteranceDataset(torch.utils.data.Dataset):
     """The utterances of a prepared data dir with their pdf targets, transformed by the dir's FeaturePipeline.
 
     `utts` (default: every utterance of feats.scp that has targets) fixes the order: index i is utts[i].
+    With `targets=False` (decoding a set without alignments) pdf.scp is not read, the default is every utterance
+    of feats.scp, and the targets are all PAD_TARGET.
     `dataset[indices]` through `__getitems__` returns one padded `Batch`, so a DataLoader worker does the
     reading, CMVN, deltas and padding. With `cache=True` the transformed features are loaded once into RAM
     (for small corpora; use num_workers=0 then).
@@ -267,6 +269,7 @@ class UtteranceDataset(torch.utils.data.Dataset):
         num_pdfs: int,
         utts: Sequence[str] | None = None,
         cache: bool = False,
+        targets: bool = True,
     ) -> None:
         import kaldiio
 
@@ -276,9 +279,12 @@ class UtteranceDataset(torch.utils.data.Dataset):
         self.num_pdfs = num_pdfs
         self.pipeline = FeaturePipeline.load(self.dir / "pipeline.json")
         self.feats_scp = _read_table(self.dir / "feats.scp")
-        self.pdf_scp = _read_table(self.dir / "pdf.scp")
+        self.pdf_scp = _read_table(self.dir / "pdf.scp") if targets else None
         num_frames = _read_table(self.dir / "utt2num_frames")
-        self.utts = list(utts) if utts is not None else [u for u in self.feats_scp if u in self.pdf_scp]
+        if utts is not None:
+            self.utts = list(utts)
+        else:
+            self.utts = [u for u in self.feats_scp if self.pdf_scp is None or u in self.pdf_scp]
         try:
             self.lengths = np.array([int(num_frames[u]) for u in self.utts], dtype=np.int64)
         except (KeyError, ValueError) as e:
@@ -334,6 +340,8 @@ class UtteranceDataset(torch.utils.data.Dataset):
                 f"{self.dir / 'cmvn.scp'}: CMVN stats of {self._cmvn_key[utt]} turn utterance {utt} into NaN/Inf "
                 "(re-run `asr-bn prep`)"
             )
+        if self.pdf_scp is None:
+            return feats, torch.full((len(feats),), PAD_TARGET, dtype=torch.int64)
         targets = kaldiio.load_mat(self.pdf_scp[utt])
         if len(targets) != len(feats):
             raise AsrBnError(
@@ -364,31 +372,33 @@ class UtteranceDataset(torch.utils.data.Dataset):
 
 
 def filter_by_length(
-    data_dir: str | Path, max_frames: int | None, report: Report
+    data_dir: str | Path, max_frames: int | None, report: Report, role: str = "train"
 ) -> tuple[list[str], np.ndarray]:
     """Utterances of a prepared dir that have targets and at most `max_frames` frames (None: no limit).
 
-    Every dropped utterance is named in `report` (no targets; longer than --max-train-frames); an empty result
-    is an AsrBnError that names the filter.
+    Every dropped utterance is named in `report` under a reason starting with `role` (no targets; longer than
+    --max-train-frames); an empty result is an AsrBnError that names the filter.
     """
     data_dir = Path(data_dir)
     feats = _read_table(data_dir / "feats.scp")
     pdfs = _read_table(data_dir / "pdf.scp")
     num_frames = _read_table(data_dir / "utt2num_frames")
     kept, lengths = [], []
+    skipped_before = {k: len(v) for k, v in report.skipped.items()}
     for utt in feats:
         if utt not in pdfs:
-            report.skip(utt, "no targets in pdf.scp")
+            report.skip(utt, f"{role}: no targets in pdf.scp")
         elif utt not in num_frames:
-            report.skip(utt, "no frame count in utt2num_frames")
+            report.skip(utt, f"{role}: no frame count in utt2num_frames")
         elif max_frames is not None and int(num_frames[utt]) > max_frames:
-            report.skip(utt, f"longer than --max-train-frames {max_frames}")
+            report.skip(utt, f"{role}: longer than --max-train-frames {max_frames}")
         else:
             kept.append(utt)
             lengths.append(int(num_frames[utt]))
-    report.counts.update({"utterances": len(feats), "kept": len(kept), "frames": int(sum(lengths))})
+    report.counts.update({f"{role} utterances": len(feats), f"{role} kept": len(kept), f"{role} frames": int(sum(lengths))})
     if not kept:
-        reasons = ", ".join(f"{len(v)} {k}" for k, v in report.skipped.items()) or "feats.scp is empty"
+        new = {k: len(v) - skipped_before.get(k, 0) for k, v in report.skipped.items()}
+        reasons = ", ".join(f"{n} {k.split(': ', 1)[1]}" for k, n in new.items() if n) or "feats.scp is empty"
         raise AsrBnError(f"{data_dir}: no utterance is left to train on ({reasons}); raise --max-train-frames or fix the data dir")
     return kept, np.array(lengths, dtype=np.int64)
 

@@ -1,0 +1,278 @@
+"""`asr-bn train` / `asr-bn plot`: the loop learns, writes the model dir, resumes bitwise after SIGKILL, stops
+cleanly on SIGTERM, runs under torchrun (2 gloo processes = 1 process), and refuses bad input with one line."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_batching import make_prepared_dir
+from typer.testing import CliRunner
+
+from asr_bn.batching import PAD_TARGET, Batch
+from asr_bn.train import TrainConfig, TrainState, after_eval, compute_loss, learning_rate, load_checkpoint
+from asr_bn_cli.main import app
+
+TINY = ["--layers", "1", "--units", "8", "--batch-size", "4", "--num-workers", "0", "--device", "cpu",
+        "--lr", "0.02", "--log-every", "1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A learnable tiny corpus: 16 training and 6 dev utterances of 10–40 frames, 4 pdfs."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    train = make_prepared_dir(root / "train", rng.integers(10, 40, 16).tolist(), seed=1)
+    dev = make_prepared_dir(root / "dev", rng.integers(10, 40, 6).tolist(), seed=2)
+    return train, dev
+
+
+def cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def error_line(out: str) -> str:
+    """The one `error: …` line the CLI prints, which must be the last thing it printed."""
+    lines = out.strip().splitlines()
+    assert lines and lines[-1].startswith("error: ") and sum(x.startswith("error") for x in lines) == 1, out
+    return lines[-1]
+
+
+def rows(exp: Path, kind: str) -> list[dict]:
+    return [r for r in map(json.loads, (exp / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+# -- schedule and loss ------------------------------------------------------------------------------------------
+
+
+def test_newbob_halves_on_no_improvement_and_patience_stops() -> None:
+    cfg = TrainConfig("d", "v", "e", schedule="newbob", lr=1.0, lr_decay=0.5, patience=2)
+    s = TrainState()
+    s, best = after_eval(cfg, s, 2.0)
+    assert best and learning_rate(cfg, s, 10) == 1.0
+    s, best = after_eval(cfg, s, 2.1)
+    assert not best and learning_rate(cfg, s, 10) == 0.5 and not s.finished
+    s, best = after_eval(cfg, s, 1.9)
+    assert best and s.bad_evals == 0 and learning_rate(cfg, s, 10) == 0.5
+    s, _ = after_eval(cfg, s, 1.95)
+    s, _ = after_eval(cfg, s, 1.95)
+    assert s.finished and s.best_dev_ce == 1.9
+
+
+def test_exponential_and_constant_schedules() -> None:
+    exp = TrainConfig("d", "v", "e", schedule="exponential", lr=1.0, lr_decay=0.1)
+    assert learning_rate(exp, TrainState(update=20), 10) == pytest.approx(0.01)
+    assert learning_rate(exp, TrainState(update=5), 10) == pytest.approx(0.1**0.5)
+    const = TrainConfig.from_options("paper", data="d", dev="v", exp_dir="e", bn="sequence")
+    assert (const.optimizer, const.lr, const.momentum, const.batch_size, const.max_train_frames, const.bn) == (
+        "sgd", 1e-4, 0.9, 24, 1300, "sequence")  # fmt: skip
+    assert learning_rate(const, TrainState(update=10**6, halvings=3), 10) == 1e-4
+
+
+def test_masked_loss_ignores_padding() -> None:
+    from asr_bn.model import BnBlstm, ModelConfig
+
+    torch.manual_seed(0)
+    model = BnBlstm(ModelConfig(input_dim=3, num_pdfs=5, layers=1, units=4)).eval()
+    a, b = torch.randn(7, 3), torch.randn(4, 3)
+    ta, tb = torch.randint(0, 5, (7,)), torch.randint(0, 5, (4,))
+    feats = torch.zeros(2, 7, 3)
+    feats[0], feats[1, :4], feats[1, 4:] = a, b, 1e3  # garbage in the padding
+    targets = torch.full((2, 7), PAD_TARGET)
+    targets[0], targets[1, :4] = ta, tb
+    ce, errors = compute_loss(model, Batch(["a", "b"], feats, targets, torch.tensor([7, 4])))
+    ce_a, err_a = compute_loss(model, Batch(["a"], a[None], ta[None], torch.tensor([7])))
+    ce_b, err_b = compute_loss(model, Batch(["b"], b[None], tb[None], torch.tensor([4])))
+    torch.testing.assert_close(ce, ce_a + ce_b)
+    assert int(errors) == int(err_a + err_b)
+
+
+# -- a whole run through the CLI --------------------------------------------------------------------------------
+
+
+def test_train_learns_and_writes_the_model_dir(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    train, dev = dirs
+    exp = tmp_path / "exp"
+    code, out = cli("train", train, dev, exp, *TINY, "--epochs", "4", "--eval-every", "3", "--optimizer", "adam")
+    assert code == 0, out
+    for name in ("final.pt", "checkpoint.pt", "config.json", "pipeline.json", "priors.vec", "metrics.jsonl",
+                 "learning_curve.png", "report.json"):  # fmt: skip
+        assert (exp / name).exists(), name
+    assert not (exp / ".asr-bn.lock").exists()
+    dev_rows = rows(exp, "dev")
+    assert dev_rows[-1]["ce"] < 0.75 * dev_rows[0]["ce"]  # it learns
+    assert [r["update"] for r in dev_rows] == [3, 4, 6, 8, 9, 12, 15, 16]  # every 3 updates and every epoch (4)
+    final = load_checkpoint(exp / "final.pt", "asr-bn model")
+    assert final["dev_ce"] == min(r["ce"] for r in dev_rows)
+    from asr_bn.alignments import read_counts
+
+    import kaldiio
+
+    counts = np.bincount(np.concatenate([v for _, v in kaldiio.load_scp_sequential(str(train / "pdf.scp"))]), minlength=4)
+    np.testing.assert_array_equal(read_counts(exp / "priors.vec"), counts)
+    assert json.loads((exp / "config.json").read_text())["units"] == 8
+    # the same exp dir again without --resume is refused
+    code, out = cli("train", train, dev, exp, *TINY)
+    assert code == 2 and "already holds a training run; continue it with --resume" in out
+    # plot two runs on one PNG
+    code, out = cli("plot", exp, exp, "-o", tmp_path / "curves.png", "--labels", "a,b")
+    assert code == 0 and (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_length_filter_drops_are_named(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    train, dev = dirs
+    code, out = cli("train", train, dev, tmp_path / "exp", *TINY, "--epochs", "1", "--max-train-frames", "20")
+    assert code == 0, out
+    report = json.loads((tmp_path / "exp" / "report.json").read_text())
+    dropped = report["skipped"]["train: longer than --max-train-frames 20"]
+    assert dropped and "skipped" in out and dropped[0] in out
+
+
+# -- faults -----------------------------------------------------------------------------------------------------
+
+
+def test_corrupt_or_foreign_checkpoint_is_one_line(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    train, dev = dirs
+    exp = tmp_path / "exp"
+    assert cli("train", train, dev, exp, *TINY, "--epochs", "1")[0] == 0
+    ckpt = torch.load(exp / "checkpoint.pt", weights_only=True)
+    # another model shape: a checkpoint whose weights are for 16 units but whose config says 8
+    other = tmp_path / "other"
+    assert cli("train", train, dev, other, *TINY, "--epochs", "1", "--units", "16")[0] == 0
+    foreign = torch.load(other / "checkpoint.pt", weights_only=True)
+    torch.save({**ckpt, "model": foreign["model"]}, exp / "checkpoint.pt")
+    code, out = cli("train", train, dev, exp, *TINY, "--resume")
+    assert code == 1 and "checkpoint.pt does not fit this model" in out and "another model shape" in out
+    error_line(out)
+    # truncated file
+    data = (other / "checkpoint.pt").read_bytes()
+    (exp / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    code, out = cli("train", train, dev, exp, *TINY, "--resume")
+    assert code == 1 and "checkpoint.pt is corrupt or not an asr-bn file" in out
+    error_line(out)
+
+
+def test_second_run_on_the_same_dir_is_refused(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    train, dev = dirs
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / ".asr-bn.lock").write_text(str(os.getpid()))  # a live process holds it
+    code, out = cli("train", train, dev, exp, *TINY)
+    assert code == 1 and "in use by another asr-bn run" in out
+    assert not (exp / "metrics.jsonl").exists()
+
+
+def test_out_of_memory_names_the_batch_and_the_flag(
+    dirs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asr_bn import model
+
+    def oom(self: torch.nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(model.BnBlstm, "forward", oom)
+    code, out = cli("train", dirs[0], dirs[1], tmp_path / "exp", *TINY)
+    assert code == 1
+    assert "out of memory" in out and "padded frames" in out and "lower --batch-size" in out
+    error_line(out)
+
+
+def test_bad_data_errors(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    train, dev = dirs
+    code, out = cli("train", train, dev, tmp_path / "a", *TINY, "--num-pdfs", "3")
+    assert code == 1 and "outside the model's 3 outputs" in out
+    code, out = cli("train", train, dev, tmp_path / "b", *TINY, "--max-train-frames", "5")
+    assert code == 1 and "no utterance is left to train on (16 longer than --max-train-frames 5)" in out
+    import kaldiio
+
+    bad = make_prepared_dir(tmp_path / "bad", [12, 14, 16, 18], seed=3)
+    feats = {k: v.copy() for k, v in kaldiio.load_scp_sequential(str(bad / "feats.scp"))}
+    feats["spk0-utt002"][3, 0] = np.inf
+    from asr_bn.io import write_ark_scp
+
+    write_ark_scp(bad / "feats.ark", bad / "feats.scp", feats.items())
+    code, out = cli("train", bad, dev, tmp_path / "c", *TINY, "--num-workers", "1")
+    assert code == 1 and "utterance spk0-utt002 has NaN/Inf features" in out
+    error_line(out)
+
+
+# -- processes: SIGKILL + resume, SIGTERM, torchrun -------------------------------------------------------------
+
+
+def _start(*args: object) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "asr_bn_cli", "train", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def _wait_for_update(proc: subprocess.Popen, exp: Path, update: int, timeout: float = 60.0) -> None:
+    """Poll metrics.jsonl until the run has logged `update` (it logs every update)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None:
+        with_rows = (exp / "metrics.jsonl").exists() and (exp / "metrics.jsonl").read_text().splitlines()
+        if with_rows and json.loads(with_rows[-1])["update"] >= update:
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"the run ended or stalled before update {update}: {proc.communicate()[0][-2000:]}")
+
+
+def _weights(exp: Path) -> dict[str, torch.Tensor]:
+    return torch.load(exp / "checkpoint.pt", weights_only=True)["model"]
+
+
+def test_sigkill_then_resume_is_bitwise_and_sigterm_saves(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    train, dev = dirs
+    args = [*TINY, "--layers", "2", "--units", "24", "--dropout", "0.3", "--optimizer", "sgd", "--lr", "0.2", "--epochs", "6", "--patience", "0",
+            "--checkpoint-every", "3", "--eval-every", "5", "--num-workers", "1", "--schedule", "newbob"]  # fmt: skip
+    kill_at = int(np.random.default_rng().integers(4, 18))  # a random update among the 24
+    ref, killed, termed = (tmp_path / n for n in ("ref", "killed", "termed"))
+    procs = [_start(train, dev, d, *args) for d in (ref, killed, termed)]
+    _wait_for_update(procs[1], killed, kill_at)
+    os.kill(procs[1].pid, signal.SIGKILL)
+    _wait_for_update(procs[2], termed, 7)
+    os.kill(procs[2].pid, signal.SIGTERM)
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert procs[0].returncode == 0, outs[0][-3000:]
+    assert procs[1].returncode == -signal.SIGKILL
+    assert procs[2].returncode == 143 and "stopped by a signal at update" in outs[2], outs[2]
+    assert not (termed / ".asr-bn.lock").exists()
+    stopped_at = load_checkpoint(termed / "checkpoint.pt")["state"]["update"]
+    assert stopped_at >= 7
+    resumed = [_start(train, dev, d, *args, "--resume") for d in (killed, termed)]
+    for p in resumed:
+        out = p.communicate(timeout=120)[0]
+        assert p.returncode == 0, out[-3000:]
+    reference = _weights(ref)
+    for d in (killed, termed):
+        for name, value in _weights(d).items():
+            assert torch.equal(value, reference[name]), (d.name, name, kill_at)
+        for kind in ("train", "dev"):  # the metrics log is whole again: the rows of the lost updates are redone
+            assert [(r["update"], r["ce"], r["fer"]) for r in rows(d, kind)] == [
+                (r["update"], r["ce"], r["fer"]) for r in rows(ref, kind)
+            ]
+
+
+def test_two_gloo_processes_follow_one_process(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    train, dev = dirs
+    args = [*TINY, "--batch-size", "6", "--epochs", "2", "--optimizer", "sgd", "--lr", "0.05", "--clip-norm", "0"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    proc = _start(train, dev, two, *args, "--nproc", "2")  # torchrun, gloo on the CPU
+    assert cli("train", train, dev, one, *args)[0] == 0
+    out = proc.communicate(timeout=180)[0]
+    assert proc.returncode == 0, out[-3000:]
+    a, b = rows(one, "train"), rows(two, "train")
+    assert [r["update"] for r in a] == [r["update"] for r in b] and len(a) >= 6
+    np.testing.assert_allclose([r["ce"] for r in b], [r["ce"] for r in a], rtol=1e-4)
+    np.testing.assert_allclose([r["ce"] for r in rows(two, "dev")], [r["ce"] for r in rows(one, "dev")], rtol=1e-4)
+    assert sorted(p.name for p in two.iterdir() if p.suffix == ".pt") == ["checkpoint.pt", "final.pt"]
+    assert not math.isnan(load_checkpoint(two / "final.pt", "asr-bn model")["dev_ce"])
