@@ -51,6 +51,12 @@ app.add_typer(_prep.app, name="prep")
 from asr_bn_cli import ali as _ali  # noqa: E402
 
 app.add_typer(_ali.app, name="ali")
+from asr_bn_cli import train as _train  # noqa: E402
+
+app.command("train")(_train.train)
+from asr_bn_cli import plot as _plot  # noqa: E402
+
+app.command("plot")(_plot.plot)
 from asr_bn_cli import decode as _decode  # noqa: E402
 
 app.command("decode")(_decode.decode)
