@@ -133,7 +133,7 @@ def test_state_dict_resumes_mid_epoch_and_refuses_other_data() -> None:
 def test_dataset_pads_and_applies_the_pipeline(tmp_path: Path) -> None:
     d = make_prepared_dir(tmp_path / "data", [7, 12, 9, 4])
     utts, lengths = filter_by_length(d, 10, report := Report("train"))
-    assert len(utts) == 3 and report.skipped == {"longer than --max-train-frames 10": ["spk1-utt001"]}
+    assert len(utts) == 3 and report.skipped == {"train: longer than --max-train-frames 10": ["spk1-utt001"]}
     ds = UtteranceDataset(d, num_pdfs=4, utts=utts)
     loader = make_loader(ds, BucketingSampler(lengths, batch_size=3, shuffle=False), num_workers=0)
     (batch,) = list(loader)
