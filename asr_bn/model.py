@@ -6,22 +6,29 @@ Batch-norm modes (``ModelConfig.bn``), all padding-aware (padded frames never to
 - ``"none"``: plain BLSTM, one bias per gate unit.
 - ``"sequence"``: statistics of W·x over every unpadded frame of the batch (n = Σ T_i). Sequence-wise BN of W·x is an
   affine map of x whose statistics follow exactly from the mean μ and covariance Σ of x (mean_j = w_j·μ,
-  var_j = w_jᵀ Σ w_j), so BN(Wx) = W'x + b' with W' = diag(γ/σ) W and b' = β − diag(γ/σ) W μ. W', b' are fed to
-  torch's fused LSTM kernel; autograd through this construction gives exact gradients.
-- ``"frame"``: statistics per time step over the batch entries still running at that step. This cannot be folded
-  into fixed weights: W·x is computed for all frames with one matmul, normalized per step, and a fused-in-Python
-  recurrence with a hand-written backward (``_BiLstmRecurrence``) consumes the normalized pre-activations.
+  var_j = w_jᵀ Σ w_j), so BN(Wx) = W'x + b' with W' = diag(γ/σ) W and b' = β − diag(γ/σ) W μ: the layer is a plain
+  LSTM with weights W', b', and autograd through this construction gives exact gradients.
+- ``"frame"``: statistics per time step t over the batch entries still running at t (both directions use the time
+  index t of the frame). This cannot fold into fixed weights: W·x is computed for all frames with one matmul,
+  normalized per step, and the recurrence consumes the normalized pre-activations.
 
 With BN, each gate unit has a learnable γ (init 1) and β (init 0, the forget-gate part init ``forget_bias``); the
-input projection has no bias (β replaces it). ``bn_hidden`` adds a BN of W_h·h per step (the paper's negative
-ablation; γ_h only, since β already shifts the gate); it runs on a slow per-step autograd path in training.
+input projection has no bias (β replaces it). Gate order is i, f, o, g. ``bn_hidden`` adds a BN of W_h·h at each
+recurrence step over the entries still running at that step (the paper's negative ablation; γ_h only, since β
+already shifts the gate); in training it runs on a slow per-step autograd path.
+
+Two recurrence backends compute the same function (``BnBlstm.backend``): ``"kernel"`` is torch's fused LSTM
+(cuDNN on CUDA; on a CPU its backward is recorded op by op and is slow), fed W', b' (sequence BN) or, for frame BN,
+the normalized pre-activations through exact 0/1 input weights; ``"loop"`` is ``_BiLstmRecurrence``, both
+directions in one batched step with a hand-written backward. ``"auto"`` picks the loop for CPU training and the
+kernel otherwise (docs/PERFORMANCE.md has the measurements).
 
 Inference (``eval()``) normalizes with running statistics: one mean/variance per gate unit, the momentum average of
 the batch's pooled statistics over all unpadded frames, in both modes. For frame-wise BN this deliberately replaces
 the paper's per-time-step population statistics (re-using the last step's for longer utterances): pooled statistics
-estimate the same marginal distribution of W·x without depending on the time index, so long utterances and
-utterances of any length get the same normalization, and eval BN is affine in x and folds into the weights
-(``BnBlstm.fold_bn``). ``reestimate_population_stats`` replaces the momentum averages by exact population
+estimate the same marginal distribution of W·x without depending on the time index, so utterances of any length get
+the same normalization, eval output does not depend on the batch, and eval BN is affine in x and folds into the
+weights (``BnBlstm.fold_bn``). ``reestimate_population_stats`` replaces the momentum averages by exact population
 statistics over training batches (the paper's alternative).
 
 Shapes: B batch, T frames, D input dim, H units per direction, P pdfs, N = Σ T_i real frames (packed layout).
@@ -509,36 +516,34 @@ class BnBlstmLayer(nn.Module):
     def forward(self, x: Tensor, packing: _Packing, backend: Backend = "auto") -> Tensor:
         """Packed input (N, D) → packed output (N, 2H) of both directions."""
         use = _resolve_backend(backend, x.device)
-        if self.training and self.bn_hidden:
-            return self._hidden_bn_recurrence(self._recurrence_inputs(x, packing), packing)
-        if self.training and self.bn == "frame":
-            if use == "kernel":
+        frame_train = self.training and self.bn == "frame"
+        if use == "kernel" and not (self.training and self.bn_hidden):
+            if frame_train:
                 return _kernel_lstm_on_gates(self._frame_gates(x, packing), self.weight_hh, packing)
-            return _loop_lstm(self._recurrence_inputs(x, packing), self.weight_hh, packing)
+            return _kernel_lstm(x, packing, *self._affine(x))
+        with torch.autocast(x.device.type, enabled=False):
+            xf = self._stats_input(x)
+            if frame_train:
+                gx, w_hh = self._frame_gates_by_step(xf, packing), self.weight_hh
+            else:
+                w_ih, w_hh, b = self._affine(xf)
+                gx = _project(torch.stack([xf, _reverse(xf, packing)]), w_ih.to(xf.dtype), b.to(xf.dtype))
+            if self.training and self.bn_hidden:
+                return self._hidden_bn_recurrence(gx, packing)
+            return _loop_lstm(gx, w_hh, packing)
+
+    def _affine(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(W_ih, W_hh, b) making the layer a plain LSTM on x: sequence-wise BN with x's statistics in training,
+        running statistics in eval (``folded``), the raw weights without BN."""
         if self.training and self.bn == "sequence":
             w_ih, b = self._sequence_bn_weights(x)
-            w_hh = self.weight_hh
-        else:
-            w_ih, w_hh, b = self.folded()
-        if use == "kernel":
-            return _kernel_lstm(x, packing, w_ih, w_hh, b)
-        xf = self._stats_input(x)
-        gx = _project(torch.stack([xf, _reverse(xf, packing)]), w_ih.to(xf.dtype), b.to(xf.dtype))
-        return _loop_lstm(gx, w_hh, packing)
+            return w_ih, self.weight_hh, b
+        return self.folded()
 
     @staticmethod
     def _stats_input(x: Tensor) -> Tensor:
         """x in float32 when it is half precision: statistics and the hand-written recurrence run in float32."""
         return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-    def _recurrence_inputs(self, x: Tensor, packing: _Packing) -> Tensor:
-        """Input part of the gates (2, N, 4H) with training-mode BN, in the recurrence layout."""
-        with torch.autocast(x.device.type, enabled=False):
-            xf = self._stats_input(x)
-            if self.bn == "frame":
-                return self._frame_gates_by_step(xf, packing)
-            w_ih, b = self._sequence_bn_weights(x)
-            return _project(torch.stack([xf, _reverse(xf, packing)]), w_ih.to(xf.dtype), b.to(xf.dtype))
 
     def _frame_gates_by_step(self, x: Tensor, packing: _Packing) -> Tensor:
         """Frame-wise BN of W·x for packed x (N, D), step by step (``_FrameBnSteps``), in the recurrence layout."""

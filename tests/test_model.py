@@ -264,3 +264,21 @@ def test_autocast_bf16_cpu_smoke(bn: str, backend: str) -> None:
     with torch.no_grad():
         full = model(x, lens)
     assert float((out.detach().float().exp() - full.exp()).abs().max()) < 0.05
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (cuDNN kernel path)")
+@pytest.mark.parametrize("bn", MODES)
+def test_cuda_matches_cpu(bn: str) -> None:
+    model = _model(bn).float()
+    x, lens = _inputs([6, 3, 6, 1])
+    x = x.float().requires_grad_(True)
+    weights = torch.randn(4, 6, 4)
+    out = model(x, lens)
+    cpu = _grads(model, x, out, weights)
+    gpu_model = _model(bn).float().cuda()
+    xg = x.detach().cuda().requires_grad_(True)
+    out_g = gpu_model(xg, lens.cuda())
+    torch.testing.assert_close(out_g.cpu(), out, rtol=1e-4, atol=1e-4)
+    gpu = _grads(gpu_model, xg, out_g, weights.cuda())
+    for name in cpu:
+        torch.testing.assert_close(gpu[name].cpu(), cpu[name], rtol=1e-3, atol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
