@@ -20,8 +20,8 @@ already shifts the gate); in training it runs on a slow per-step autograd path.
 Two recurrence backends compute the same function (``BnBlstm.backend``): ``"kernel"`` is torch's fused LSTM
 (cuDNN on CUDA; on a CPU its backward is recorded op by op and is slow), fed W', b' (sequence BN) or, for frame BN,
 the normalized pre-activations through exact 0/1 input weights; ``"loop"`` is ``_BiLstmRecurrence``, both
-directions in one batched step with a hand-written backward. ``"auto"`` picks the loop for CPU training and the
-kernel otherwise (docs/PERFORMANCE.md has the measurements).
+directions in one batched step with a hand-written backward. ``"auto"`` picks the loop on a CPU when gradients
+are recorded or frame BN runs in training mode, the kernel otherwise (docs/PERFORMANCE.md has the measurements).
 
 Inference (``eval()``) normalizes with running statistics: one mean/variance per gate unit, the momentum average of
 the batch's pooled statistics over all unpadded frames, in both modes. For frame-wise BN this deliberately replaces
@@ -37,6 +37,7 @@ Shapes: B batch, T frames, D input dim, H units per direction, P pdfs, N = Σ T_
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
@@ -275,7 +276,9 @@ def _kernel_lstm(x: Tensor, packing: _Packing, w_ih: Tensor, w_hh: Tensor, b: Te
     zero_b = b.new_zeros(4 * hid)
     weights = [w_ih[0], w_hh[0], b[0], zero_b, w_ih[1], w_hh[1], b[1], zero_b]
     h0 = x.new_zeros(2, packing.batch_sizes[0], hid, dtype=dtype)
-    with torch.autocast(x.device.type, enabled=False):
+    with torch.autocast(x.device.type, enabled=False), warnings.catch_warnings():
+        # cuDNN copies weights that are not views of one flat buffer (ours are computed per call; a few MB)
+        warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk")
         out, _, _ = torch._VF.lstm(x.to(dtype), packing.batch_sizes_cpu, (h0, h0), weights, True, 1, 0.0, False, True)
     return out
 
@@ -424,13 +427,15 @@ class _FrameBnSteps(torch.autograd.Function):
 Backend = Literal["auto", "kernel", "loop"]
 
 
-def _resolve_backend(backend: Backend, device: torch.device) -> Literal["kernel", "loop"]:
-    """'auto' → the hand-written recurrence on a CPU when gradients are recorded (several times faster than torch's
-    CPU kernel, whose backward is recorded step by step), torch's fused kernel otherwise: cuDNN on CUDA and the
-    native kernel for CPU inference (figures in docs/PERFORMANCE.md)."""
-    if backend == "auto":
-        return "loop" if device.type == "cpu" and torch.is_grad_enabled() else "kernel"
-    return backend
+def _resolve_backend(backend: Backend, device: torch.device, frame_bn: bool) -> Literal["kernel", "loop"]:
+    """'auto' → torch's fused kernel on CUDA (cuDNN); on a CPU the hand-written recurrence when gradients are
+    recorded (torch's CPU kernel records its backward step by step and is several times slower) or when frame-wise
+    BN needs the 0/1 input product, and torch's native kernel for plain inference (docs/PERFORMANCE.md)."""
+    if backend != "auto":
+        return backend
+    if device.type == "cuda" or not (torch.is_grad_enabled() or frame_bn):
+        return "kernel"
+    return "loop"
 
 
 class BnBlstmLayer(nn.Module):
@@ -515,8 +520,8 @@ class BnBlstmLayer(nn.Module):
     # -- forward paths -----------------------------------------------------------------------------------------
     def forward(self, x: Tensor, packing: _Packing, backend: Backend = "auto") -> Tensor:
         """Packed input (N, D) → packed output (N, 2H) of both directions."""
-        use = _resolve_backend(backend, x.device)
         frame_train = self.training and self.bn == "frame"
+        use = _resolve_backend(backend, x.device, frame_train)
         if use == "kernel" and not (self.training and self.bn_hidden):
             if frame_train:
                 return _kernel_lstm_on_gates(self._frame_gates(x, packing), self.weight_hh, packing)
@@ -618,6 +623,9 @@ class BnBlstmLayer(nn.Module):
 class BnBlstm(nn.Module):
     """Stack of BN-BLSTM layers, then a linear layer and log-softmax over pdfs.
 
+    The attribute ``backend`` ("auto", "kernel", "loop"; not part of the config) picks the recurrence
+    implementation; all compute the same function and the same gradients.
+
     >>> m = BnBlstm(ModelConfig(input_dim=40, num_pdfs=10, layers=2, units=8))
     >>> m(torch.randn(3, 7, 40), torch.tensor([7, 5, 1])).shape
     torch.Size([3, 7, 10])
@@ -635,7 +643,7 @@ class BnBlstm(nn.Module):
         nn.init.xavier_uniform_(self.output.weight)
         nn.init.zeros_(self.output.bias)
         self.dropout_active = True  # reestimate_population_stats turns dropout off while BN uses batch statistics
-        self.backend: Backend = "auto"  # recurrence implementation: "kernel" (torch's fused LSTM) or "loop"
+        self.backend: Backend = "auto"  # recurrence: "kernel" (torch's fused LSTM), "loop" (hand-written), "auto"
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
         """Log-posteriors (B, T, P) for padded features x (B, T, D) with ``lengths`` (B,); padded rows are 0."""
