@@ -141,22 +141,41 @@ class _Packing:
         )
 
 
-class _Reverse(torch.autograd.Function):
-    """Rows gathered by an involution (``_Packing.reverse_rows``): the backward is the same gather."""
+class _ToRecurrence(torch.autograd.Function):
+    """Packed rows x (N, D) → (2, N, D) in the recurrence layout: x itself and x in per-sequence reversed time."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, rows: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(rows)
-        return x.index_select(0, rows)
+    def forward(ctx: Any, x: Tensor, packing: _Packing) -> Tensor:  # type: ignore[override]
+        out = x.new_empty(2, *x.shape)
+        out[0].copy_(x)
+        torch.index_select(x, 0, packing.reverse_rows, out=out[1])
+        ctx.packing = packing
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        (rows,) = ctx.saved_tensors
-        return grad.index_select(0, rows), None
+        return grad[0] + grad[1].index_select(0, ctx.packing.reverse_rows), None
 
 
-def _reverse(x: Tensor, packing: _Packing) -> Tensor:
-    return _Reverse.apply(x, packing.reverse_rows)
+class _FromRecurrence(torch.autograd.Function):
+    """Both directions' outputs h (2, N, H) in the recurrence layout → packed rows (N, 2H) [forward | backward]."""
+
+    @staticmethod
+    def forward(ctx: Any, h: Tensor, packing: _Packing) -> Tensor:  # type: ignore[override]
+        hid = h.shape[-1]
+        out = h.new_empty(h.shape[1], 2 * hid)
+        out[:, :hid].copy_(h[0])
+        out[:, hid:] = h[1].index_select(0, packing.reverse_rows)
+        ctx.packing = packing
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        hid = grad.shape[1] // 2
+        dh = grad.new_empty(2, grad.shape[0], hid)
+        dh[0].copy_(grad[:, :hid])
+        torch.index_select(grad[:, hid:], 0, ctx.packing.reverse_rows, out=dh[1])
+        return dh, None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -200,6 +219,7 @@ class _BiLstmRecurrence(torch.autograd.Function):
             torch.mul(a[..., 2 * hid : 3 * hid], tc[:, o:e], out=h[:, o:e])
             prev = o
         ctx.mark_dirty(gx)
+        ctx.set_materialize_grads(False)  # no zero-filled gradient for the (ignored) activations
         ctx.save_for_backward(w_hh, act, c, tc, h)
         ctx.packing = packing
         return h, act
@@ -210,6 +230,8 @@ class _BiLstmRecurrence(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor | None, None]:
         w_hh, act, c, tc, h = ctx.saved_tensors
         packing: _Packing = ctx.packing
+        if dh_out is None:
+            dh_out = torch.zeros_like(h)
         hid = act.shape[-1] // 4
         b0 = packing.batch_sizes[0]
         dgx = torch.empty_like(act)
@@ -250,7 +272,7 @@ class _BiLstmRecurrence(torch.autograd.Function):
 def _loop_lstm(gx: Tensor, w_hh: Tensor, packing: _Packing) -> Tensor:
     """``_BiLstmRecurrence`` on gx (2, N, 4H) in the recurrence layout → packed output (N, 2H)."""
     h, _ = _BiLstmRecurrence.apply(gx, w_hh.to(gx.dtype), packing)
-    return torch.cat([h[0], _reverse(h[1], packing)], dim=1)
+    return _FromRecurrence.apply(h, packing)
 
 
 def _torch_gate_order(hid: int, device: torch.device) -> Tensor:
@@ -532,7 +554,7 @@ class BnBlstmLayer(nn.Module):
                 gx, w_hh = self._frame_gates_by_step(xf, packing), self.weight_hh
             else:
                 w_ih, w_hh, b = self._affine(xf)
-                gx = _project(torch.stack([xf, _reverse(xf, packing)]), w_ih.to(xf.dtype), b.to(xf.dtype))
+                gx = _project(_ToRecurrence.apply(xf, packing), w_ih.to(xf.dtype), b.to(xf.dtype))
             if self.training and self.bn_hidden:
                 return self._hidden_bn_recurrence(gx, packing)
             return _loop_lstm(gx, w_hh, packing)
@@ -613,7 +635,7 @@ class BnBlstmLayer(nn.Module):
         mean, var = _pool_steps(torch.stack(means, 1), torch.stack(vars_, 1), packing.step_sizes, dim=1)
         self._record("hidden_", mean, var, gx.shape[1])
         h_all = torch.cat(hs, dim=1)
-        return torch.cat([h_all[0], _reverse(h_all[1], packing)], dim=1)
+        return _FromRecurrence.apply(h_all, packing)
 
 
 # ----------------------------------------------------------------------------------------------------------------
