@@ -75,6 +75,7 @@ usage() {
 }
 
 cmdline="$0 $*"
+options=$(sed -n '/^# ---- defaults/,/^# -----------/p' "$0" | grep -oE '^[a-z_]+=' | tr -d '=' | xargs)
 # Options: --name VALUE for each variable of the defaults block (Kaldi's utils/parse_options.sh convention).
 while [ $# -gt 0 ]; do
   case $1 in
@@ -85,10 +86,8 @@ while [ $# -gt 0 ]; do
   esac
   name=${name#--}
   name=${name//-/_}
-  case $name in
-    stage|stop_stage|nj|train_set|dev_set|test_sets|train_ali|dev_ali|gmm|graph|prep_opts|preset|bn_modes|seed|\
-    layers|units|epochs|train_opts|decoder|acwt|beam|lattice_beam|max_active|lmwt|forward_opts|frames_opts|score_ignore)
-      printf -v "$name" '%s' "$value" ;;
+  case " $options " in
+    *" $name "*) printf -v "$name" '%s' "$value" ;;
     *) die "unknown option --${name//_/-} (see --help)" ;;
   esac
 done
@@ -103,6 +102,7 @@ out=${2:-wsj}
 runs() {  # runs N: whether stage N is in --stage..--stop-stage
   [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]
 }
+case $stage$stop_stage in ''|*[!0-9]*) die "--stage and --stop-stage take stage numbers (1-5)" ;; esac
 case $decoder in auto|kaldi|asr-bn|both) ;; *) die "--decoder $decoder: use auto, kaldi, asr-bn or both" ;; esac
 command -v asr-bn >/dev/null || die "asr-bn is not on PATH; activate the environment where asr-bn is installed"
 [ -d "$s5/data" ] || die "$s5 has no data/ folder; give Kaldi's egs/wsj/s5 after its data prep (see --help)"
@@ -134,7 +134,7 @@ kaldi_path() {  # prints a PATH on which latgen-faster-mapped is found, or nothi
   # $KALDI_ROOT/src, then the PATH that KALDI_S5_DIR/path.sh sets (as Kaldi's own scripts find their binaries)
   local candidates=("$PATH")
   [ -n "${KALDI_ROOT:-}" ] && candidates+=("$KALDI_ROOT/src/latbin:$KALDI_ROOT/src/bin:$PATH")
-  [ -f "$s5/path.sh" ] && candidates+=("$(cd "$s5" && set +eu && . ./path.sh >/dev/null 2>&1 && echo "$PATH")")
+  [ -f "$s5/path.sh" ] && candidates+=("$(cd "$s5" && set +eu && . ./path.sh >/dev/null 2>&1; echo "$PATH")")
   local p
   for p in "${candidates[@]}"; do
     if [ -n "$p" ] && (PATH=$p; command -v latgen-faster-mapped >/dev/null); then
@@ -221,7 +221,6 @@ if runs 3; then
 fi
 
 # ---- stage 4: decoding ------------------------------------------------------------------------------------------
-
 decode_asr_bn() {  # decode_asr_bn MODEL SET: asr-bn forward | asr-bn decode, then asr-bn score wer
   local dir=$exp/$1/decode_${graph#graph_}_${2#test_}
   local opts="acwt=$acwt beam=$beam lattice_beam=$lattice_beam max_active=$max_active lmwt=$lmwt \
@@ -249,11 +248,14 @@ decode_kaldi() {  # decode_kaldi MODEL SET PATH: asr-bn forward | latgen-faster-
   fi
   mkdir -p "$dir/log"
   # shellcheck disable=SC2086
-  asr-bn forward "$exp/$1" "$prep/$2" ark:- $forward_opts \
+  if ! asr-bn forward "$exp/$1" "$prep/$2" ark:- $forward_opts \
     | PATH=$kpath latgen-faster-mapped --min-active=200 --max-active="$max_active" --max-mem=50000000 \
         --beam="$beam" --lattice-beam="$lattice_beam" --acoustic-scale="$acwt" --allow-partial=true \
         --word-symbol-table="$graph_dir/words.txt" "$s5/$gmm/final.mdl" "$graph_dir/HCLG.fst" ark:- \
-        "ark:|gzip -c > $dir/lat.1.gz" 2> "$dir/log/decode.1.log"
+        "ark:|gzip -c > $dir/lat.1.gz" 2> "$dir/log/decode.1.log"; then
+    tail -n 20 "$dir/log/decode.1.log" >&2
+    die "asr-bn forward | latgen-faster-mapped failed for $1 on $2 (log: $dir/log/decode.1.log)"
+  fi
   echo 1 > "$dir/num_jobs"
   if [ -x "$s5/steps/score_kaldi.sh" ] && (PATH=$kpath; command -v lattice-best-path && command -v compute-wer) >/dev/null
   then
