@@ -61,6 +61,9 @@ from asr_bn_cli import decode as _decode  # noqa: E402
 
 app.command("decode")(_decode.decode)
 app.command("mkgraph")(_decode.mkgraph)
+from asr_bn_cli import forward as _forward  # noqa: E402
+
+app.command("forward")(_forward.forward)
 from asr_bn_cli import score as _score  # noqa: E402
 
 app.add_typer(_score.app, name="score")

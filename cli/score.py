@@ -44,4 +44,19 @@ def wer(
             typer.echo(f"wrote {path}", err=True)
 
 
-__all__ = ["app", "wer"]
+@app.command("frames")
+def frames(
+    model: Annotated[str, typer.Argument(help="Model dir of `asr-bn train` (final.pt) or a .pt file.")],
+    data_dir: Annotated[str, typer.Argument(help="Prepared dir with alignments (pdf.scp from asr-bn prep --ali-dir).")],
+    max_frames: Annotated[int, typer.Option(help="Padded frames per batch.")] = 20000,
+    device: Annotated[str, typer.Option(help="auto (cuda when available), cpu, cuda, cuda:N.")] = "auto",
+) -> None:
+    """Frame cross-entropy and frame error rate against the alignments (masked, over all frames), e.g.
+    asr-bn score frames exp/blstm_bn prep/test_dev93"""
+    from asr_bn.forward import ForwardConfig, score_frames
+
+    scores = score_frames(model, data_dir, ForwardConfig(max_frames=max_frames, device=device))
+    typer.echo(f"frame CE {scores.ce:.4f} nats, FER {100 * scores.fer:.2f} % over {scores.frames} frames")
+
+
+__all__ = ["app", "frames", "wer"]
