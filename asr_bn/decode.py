@@ -460,26 +460,6 @@ def _hmm_objects(model_path: Path, tree_path: Path | None):  # noqa: ANN202 - (k
     return tree, ktm, tm
 
 
-def _add_lex_disambig(lexicon: list[tuple[str, list[str]]]) -> tuple[list[tuple[str, list[str]]], int]:
-    """Kaldi's add_lex_disambig.pl: append #1, #2, … to pronunciations that are homophones or prefixes of another
-    pronunciation, so L can be determinized. Returns the new lexicon and the highest #n used (0: none)."""
-    counts: dict[tuple[str, ...], int] = {}
-    prefixes: set[tuple[str, ...]] = set()
-    for _, pron in lexicon:
-        counts[tuple(pron)] = counts.get(tuple(pron), 0) + 1
-        prefixes.update(tuple(pron[:i]) for i in range(1, len(pron)))
-    last: dict[tuple[str, ...], int] = {}
-    out, top = [], 0
-    for word, pron in lexicon:
-        key = tuple(pron)
-        if key in prefixes or counts[key] > 1:
-            last[key] = last.get(key, 0) + 1
-            top = max(top, last[key])
-            pron = [*pron, f"#{last[key]}"]
-        out.append((word, pron))
-    return out, top
-
-
 def _rebuild(fst, arcs_of) -> "kaldifst.StdVectorFst":  # noqa: ANN001 - kaldifst FSTs and a callable
     """A copy of `fst` whose arcs from state s are `arcs_of(s, arc)` for each arc (a list of StdArc)."""
     import kaldifst
@@ -503,9 +483,9 @@ def _lexicon_disambig_fst(lang: "Lang", sil_prob: float) -> tuple["kaldifst.StdV
     import kaldi_hmm_gmm  # noqa: F401
     import kaldifst
 
-    from asr_bn.lang import Lang, lexicon_fst
+    from asr_bn.lang import Lang, add_lex_disambig, lexicon_fst
 
-    lexicon, top = _add_lex_disambig(lang.lexicon)
+    lexicon, top = add_lex_disambig(lang.lexicon)
     phones = dict(lang.phones)
     for n in range(top + 2):  # #0 (G back-off), #1..#top (lexicon), #top+1 (silence)
         phones.setdefault(f"#{n}", max(phones.values()) + 1)

@@ -15,7 +15,7 @@ import kaldi_hmm_gmm  # noqa: F401  (before kaldifst, or kaldifst can hang)
 import kaldifst
 
 from asr_bn.alignments import read_alignments, read_transition_model
-from asr_bn.decode import DecodeConfig, _add_lex_disambig, build_graph, decode, load_graph, read_tree
+from asr_bn.decode import DecodeConfig, build_graph, decode, load_graph, read_tree
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.io import write_ark_scp
 from asr_bn.score import read_text, score_hyps
@@ -148,18 +148,12 @@ def test_mismatches_are_one_line_errors(yesno_root: Path, oracle: Path, tmp_path
         decode(graph, model, oracle / "ll.ark", tmp_path / "d", DecodeConfig(lmwt=(10,)))
 
 
-def test_tree_and_lexicon_disambiguation(yesno_root: Path, tmp_path: Path) -> None:
+def test_read_tree(yesno_root: Path, tmp_path: Path) -> None:
     tree = read_tree(yesno_root / "exp/mono/tree")
     assert (tree.context_width, tree.central_position, tree.num_pdfs) == (1, 0, 11)
     (tmp_path / "tree").write_bytes(b"ContextDependency 1 0 ")
     with pytest.raises(AsrBnError, match="not a binary Kaldi tree"):
         read_tree(tmp_path / "tree")
-    # add_lex_disambig.pl: prefixes and homophones get #1, #2, … in order of appearance
-    lexicon = [("A", ["a"]), ("AB", ["a", "b"]), ("B", ["b"]), ("BEE", ["b"]), ("C", ["c"])]
-    assert _add_lex_disambig(lexicon) == (
-        [("A", ["a", "#1"]), ("AB", ["a", "b"]), ("B", ["b", "#1"]), ("BEE", ["b", "#2"]), ("C", ["c"])],
-        2,
-    )
 
 
 def test_cli_mkgraph_decode_score(yesno_root: Path, oracle: Path, tmp_path: Path) -> None:
