@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from asr_bn.alignments import log_priors, read_counts
 from asr_bn.batching import UtteranceDataset
 from asr_bn.errors import AsrBnError, UsageError
-from asr_bn.forward import ForwardConfig, _batches, forward, score_frames
+from asr_bn.forward import ForwardConfig, _batches, _stream, forward, score_frames
 from asr_bn.score import FrameScores, frame_scores
 from asr_bn.train import TrainConfig, load_model, train
 from asr_bn_cli.main import app
@@ -154,6 +154,15 @@ def test_bad_inputs(trained: tuple[Path, Path], tmp_path: Path) -> None:
     with pytest.raises(AsrBnError, match="pipeline.json differs from the model's .* in delta_order"):
         forward(exp, data, f"ark:{tmp_path}/x.ark")
     assert not (tmp_path / "x.ark").exists()  # nothing half-written under the final name
+
+
+def test_reader_closing_the_pipe_is_one_line() -> None:
+    class Closed(io.BytesIO):
+        def write(self, data: bytes) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(AsrBnError, match="reading the archive on stdout exited early"):
+        _stream(iter([("u", np.zeros((2, 3), np.float32))]), Closed())
 
 
 @pytest.mark.slow
