@@ -101,6 +101,9 @@ def test_lattices_are_kaldi_binary_and_rescored(yesno_root: Path, oracle: Path, 
         lat = kaldifst.Lattice.read(str(one))
         best = kaldifst.lattice_to_nbest(lat, acoustic_scale=0.1, n=1)[0]
         assert [words[w] for w in kaldifst.get_linear_symbol_sequence(best)[2]] == text[utt]
+    # a rerun without lattices into the same dir leaves no stale hyp_* or lattices to be scored
+    decode(yesno_root / "exp/mono/graph", yesno_root / "exp/mono", oracle / "ll.ark", tmp_path)
+    assert not list(tmp_path.glob("hyp_*")) and not (tmp_path / "lat.ark").exists()
 
 
 def test_parallel_matches_serial(yesno_root: Path, oracle: Path, tmp_path: Path) -> None:
@@ -145,6 +148,9 @@ def test_mismatches_are_one_line_errors(yesno_root: Path, oracle: Path, tmp_path
     assert result.exit_code == 1 and "built for a model with 12 pdfs" in result.output
     (other / "num_pdfs").unlink()  # without num_pdfs the graph's transition-ids are checked instead
     assert load_graph(other, model).num_pdfs == 11
+    (other / "HCLG.fst").write_bytes(b"not an fst")
+    with pytest.raises(AsrBnError, match="not a readable, non-empty OpenFst vector FST"):
+        load_graph(other, model)
     with pytest.raises(AsrBnError, match="cannot read log-likelihoods"):
         decode(graph, model, tmp_path / "missing.ark", tmp_path / "d")
     with pytest.raises(UsageError, match="needs lattices"):
