@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from contextlib import ExitStack
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -295,7 +296,7 @@ def _count_scp(rspecifier: str) -> int | None:
     if not rspecifier.startswith("scp"):
         return None
     path = Path(rspecifier.split(":", 1)[1])
-    return sum(1 for line in path.open(encoding="utf-8") if line.strip()) if path.is_file() else None
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()) if path.is_file() else None
 
 
 def _hypotheses(
@@ -362,8 +363,6 @@ def decode(
         counts = {"utterances": 0, "decoded": 0, "partial": 0, "frames": 0}
         partial: list[str] = []
         total_log_like = 0.0
-        from contextlib import ExitStack
-
         with ExitStack() as files, progress_bar() as bar:
             text = files.enter_context(atomic_open(out_dir / "text"))
             by_lmwt = {w: files.enter_context(atomic_open(out_dir / f"hyp_{w}")) for w in config.lmwt}
@@ -559,6 +558,37 @@ def _grammar_fst(grammar: str | Path, lang: "Lang", words: dict[str, int], words
     return G
 
 
+def _make_hclg(L, G, phones: dict[str, int], ctx, ktm, transition_scale: float, self_loop_scale: float):  # noqa: ANN001, ANN202
+    """mkgraph.sh's FST steps: (HCLG, sorted disambiguation transition-ids removed from it)."""
+    import kaldi_hmm_gmm as khg
+    import kaldifst
+
+    LG = kaldifst.compose(L, G)
+    kaldifst.determinize_star(LG, use_log=True)
+    kaldifst.minimize_encoded(LG)
+    disambig_phones = sorted(i for p, i in phones.items() if p.startswith("#"))
+    CLG, ilabels = kaldifst.compose_context(
+        disambig_syms=disambig_phones,
+        context_width=ctx.context_width,
+        central_position=ctx.central_position,
+        ifst=LG,
+    )
+    kaldifst.arcsort(CLG, sort_type="ilabel")
+    Ha, disambig_tids = khg.get_h_transducer(
+        ilabel_info=ilabels, ctx_dep=ctx, trans_model=ktm, config=khg.HTransducerConfig(transition_scale)
+    )
+    HCLGa = kaldifst.compose(Ha, CLG)
+    kaldifst.determinize_star(HCLGa, use_log=True)
+    drop = set(disambig_tids)  # fstrmsymbols: disambiguation transition-ids become epsilons
+    HCLGa = _rebuild(
+        HCLGa,
+        lambda s, a: [kaldifst.StdArc(0 if a.ilabel in drop else a.ilabel, a.olabel, a.weight, a.nextstate)],
+    )
+    kaldifst.minimize_encoded(HCLGa)
+    HCLG = khg.add_self_loops(self_loop_scale=self_loop_scale, disambig_syms=[], reorder=True, trans_model=ktm, ifst=HCLGa)
+    return HCLG, sorted(drop)
+
+
 def build_graph(
     lang: "str | Path | Lang",
     model: str | Path,
@@ -577,9 +607,6 @@ def build_graph(
     :param tree: the model's tree; default: `tree` beside final.mdl, else the monophone tree of its topology.
     :return: `out_dir`, holding HCLG.fst, words.txt, phones.txt (with #n symbols), num_pdfs, disambig_tid.int.
     """
-    import kaldi_hmm_gmm as khg
-    import kaldifst
-
     from asr_bn.lang import Lang, read_lang
 
     out_dir = Path(out_dir)
@@ -597,41 +624,23 @@ def build_graph(
                 f"word {word!r}: phones {missing} have no HMM in {model_path} (the lang folder's phones.txt does not "
                 "match the model's; build the graph with the lang the model was trained with)"
             )
+    L, phones, words = _lexicon_disambig_fst(lang, sil_prob)
+    words_text = "".join(f"{w} {i}\n" for w, i in sorted(words.items(), key=lambda x: x[1]))
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "words.txt").write_text(words_text, encoding="utf-8")  # arpa2fst reads the symbols from a file
+        G = _grammar_fst(grammar, lang, words, Path(tmp) / "words.txt")
+    HCLG, disambig_tids = _make_hclg(L, G, phones, ctx, ktm, transition_scale, self_loop_scale)
+    if HCLG.num_states == 0:
+        raise AsrBnError(f"the graph for {grammar} is empty (do the grammar's words appear in the lexicon?)")
     with OutputLock(out_dir):
-        L, phones, words = _lexicon_disambig_fst(lang, sil_prob)
-        write_text(out_dir / "words.txt", "".join(f"{w} {i}\n" for w, i in sorted(words.items(), key=lambda x: x[1])))
+        # disambig_tid.int is written last: while it is missing the dir is incomplete (and never mixes two builds)
+        for name in ("disambig_tid.int", "HCLG.fst", "num_pdfs"):
+            (out_dir / name).unlink(missing_ok=True)
+        write_text(out_dir / "words.txt", words_text)
         write_text(out_dir / "phones.txt", "".join(f"{p} {i}\n" for p, i in sorted(phones.items(), key=lambda x: x[1])))
-        G = _grammar_fst(grammar, lang, words, out_dir / "words.txt")
-        LG = kaldifst.compose(L, G)
-        kaldifst.determinize_star(LG, use_log=True)
-        kaldifst.minimize_encoded(LG)
-        disambig_phones = sorted(i for p, i in phones.items() if p.startswith("#"))
-        CLG, ilabels = kaldifst.compose_context(
-            disambig_syms=disambig_phones,
-            context_width=ctx.context_width,
-            central_position=ctx.central_position,
-            ifst=LG,
-        )
-        kaldifst.arcsort(CLG, sort_type="ilabel")
-        Ha, disambig_tids = khg.get_h_transducer(
-            ilabel_info=ilabels, ctx_dep=ctx, trans_model=ktm, config=khg.HTransducerConfig(transition_scale)
-        )
-        HCLGa = kaldifst.compose(Ha, CLG)
-        kaldifst.determinize_star(HCLGa, use_log=True)
-        drop = set(disambig_tids)  # fstrmsymbols: disambiguation transition-ids become epsilons
-        HCLGa = _rebuild(
-            HCLGa,
-            lambda s, a: [kaldifst.StdArc(0 if a.ilabel in drop else a.ilabel, a.olabel, a.weight, a.nextstate)],
-        )
-        kaldifst.minimize_encoded(HCLGa)
-        HCLG = khg.add_self_loops(
-            self_loop_scale=self_loop_scale, disambig_syms=[], reorder=True, trans_model=ktm, ifst=HCLGa
-        )
-        if HCLG.num_states == 0:
-            raise AsrBnError(f"the graph for {grammar} is empty (do the grammar's words appear in the lexicon?)")
-        with atomic_path(out_dir / "HCLG.fst") as tmp:
-            if not HCLG.write(str(tmp)):
+        with atomic_path(out_dir / "HCLG.fst") as tmp_fst:
+            if not HCLG.write(str(tmp_fst)):
                 raise AsrBnError(f"could not write {out_dir / 'HCLG.fst'} (free disk space)")
         write_text(out_dir / "num_pdfs", f"{tm.num_pdfs}\n")
-        write_text(out_dir / "disambig_tid.int", "".join(f"{t}\n" for t in sorted(drop)))
+        write_text(out_dir / "disambig_tid.int", "".join(f"{t}\n" for t in disambig_tids))
     return out_dir
