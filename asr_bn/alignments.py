@@ -416,6 +416,13 @@ class TransitionModel:
             )
         return lines
 
+    def topology_text(self) -> str:
+        """Kaldi's text form of the topology alone (a lang dir's `topo`, what kaldi-hmm-gmm's HmmTopology.read
+        parses)."""
+        w = _KaldiWriter(False)
+        _write_topology(w, self.topology)
+        return b"".join(w.parts).decode().strip() + "\n"
+
     def to_kaldi(self, binary: bool = False) -> bytes:
         """The model in Kaldi's format (text as `gmm-copy --binary=false` writes, or binary), up to
         </TransitionModel>."""

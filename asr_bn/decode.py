@@ -434,9 +434,8 @@ def _hmm_objects(model_path: Path, tree_path: Path | None):  # noqa: ANN202 - (k
     from asr_bn.alignments import read_transition_model
 
     tm = read_transition_model(model_path)
-    text = tm.to_kaldi(binary=False).decode()
     topo = khg.HmmTopology()
-    topo.read(text[text.index("<Topology>") : text.index("</Topology>") + len("</Topology>")])
+    topo.read(tm.topology_text())
     if tree_path is not None:
         tree = read_tree(tree_path)
     else:

@@ -129,12 +129,6 @@ def make_topology(nonsil_phones: Sequence[int], sil_phones: Sequence[int], num_n
     return Topology(tuple(phones), tuple(phone2entry), tuple(e for _, e in groups))
 
 
-def _topology_text(tm: TransitionModel) -> str:
-    """Kaldi's text form of the topology (a lang dir's `topo`; what kaldi-hmm-gmm's HmmTopology.read parses)."""
-    text = tm.to_kaldi(binary=False).decode()
-    return text[text.index("<Topology>"):text.index("</Topology>") + len("</Topology>")] + "\n"
-
-
 def _monophone_tuples(topology: Topology, tree: "khg.ContextDependency") -> list[tuple[int, int, int, int]]:
     """Transition-state tuples (phone, hmm_state, pdf, pdf) as Kaldi's TransitionModel computes them, sorted."""
     phones = list(topology.phones)
@@ -275,7 +269,7 @@ class GmmSystem:
         initial = TransitionModel(topology, tuples, np.zeros(1 + sum(
             len(topology.entry(phone)[state].transitions) for phone, state, _, _ in tuples)))
         hmm_topo = khg.HmmTopology()
-        hmm_topo.read(_topology_text(initial))
+        hmm_topo.read(initial.topology_text())
         system = cls(topology, tree, khg.TransitionModel(tree, hmm_topo), khg.AmDiagGmm())
         tm = system.trans_model
         if tm.num_transition_states != len(tuples) or any(
@@ -356,7 +350,7 @@ class GmmSystem:
         with atomic_path(out_dir / "tree") as tmp:
             self.tree.write(True, str(tmp))
         write_text(out_dir / "phones.txt", "".join(f"{p} {i}\n" for p, i in phones_txt.items()))
-        write_text(out_dir / "topo", _topology_text(self.transition_model()))
+        write_text(out_dir / "topo", self.transition_model().topology_text())
 
 
 # ---------------------------------------------------------------------------------------------------------------------
