@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""The recipe's results table (the paper's comparison): train CE, dev CE, dev FER and test WER per model.
+
+    python local/report.py exp/blstm exp/blstm_bn_seq [--labels none,sequence]
+
+Reads  EXP/frames_train, EXP/frames_dev (`asr-bn score frames` lines), EXP/metrics.jsonl (the best update, the
+       updates run), EXP/decode_test_<graph>/wer and EXP/decode_dev_<graph>/wer (`asr-bn score wer` lines), and
+       the LM weight chosen on dev (the hyp_<LMWT> file scored on test)
+Writes a Markdown table on stdout; a missing input is an error naming the file and the stage that writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from asr_bn.errors import AsrBnError
+
+_FRAMES = re.compile(r"frame CE (?P<ce>[\d.]+) nats, FER (?P<fer>[\d.]+) %")
+_WER = re.compile(r"%WER (?P<wer>[\d.]+) \[.*\] (?P<hyp>\S+)$")
+
+
+def frame_scores(path: Path) -> tuple[float, float]:
+    """(CE in nats, FER in %) of an `asr-bn score frames` output file."""
+    m = _FRAMES.search(_read(path, "stage 8"))
+    if m is None:
+        raise AsrBnError(f"{path}: no `frame CE … FER …` line (rerun stage 8 after removing it)")
+    return float(m["ce"]), float(m["fer"])
+
+
+def wer(path: Path) -> tuple[float, str]:
+    """(WER in %, the hypothesis file scored) of the first `%WER` line of an `asr-bn score wer` output file."""
+    for line in _read(path, "stage 7").splitlines():
+        m = _WER.search(line.removeprefix("best: "))
+        if m:
+            return float(m["wer"]), m["hyp"]
+    raise AsrBnError(f"{path}: no %WER line (rerun stage 7 after removing {path.parent}/.done)")
+
+
+def training_summary(exp: Path) -> str:
+    """`best update / updates run` from metrics.jsonl: where final.pt comes from."""
+    rows = [json.loads(line) for line in _read(exp / "metrics.jsonl", "stage 5/6").splitlines() if line.strip()]
+    dev = [r for r in rows if r.get("kind") == "dev"]
+    if not dev:
+        raise AsrBnError(f"{exp}/metrics.jsonl has no dev evaluation (is the training complete?)")
+    best = min(dev, key=lambda r: r["ce"])
+    return f"{best['update']} / {max(r['update'] for r in rows)}"
+
+
+def table(exps: list[Path], labels: list[str]) -> str:
+    """The Markdown table: one row per model, one test-WER column per graph (the dev-chosen LM weight beside)."""
+    graphs = sorted({d.name.removeprefix("decode_test_") for e in exps for d in e.glob("decode_test_*")})
+    head = ["model", "train CE", "dev CE", "dev FER %", "best update / updates",
+            *(f"{g}: dev WER %" for g in graphs), *(f"{g}: test WER % (LMWT)" for g in graphs)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
+    for exp, label in zip(exps, labels):
+        train_ce, _ = frame_scores(exp / "frames_train")
+        dev_ce, dev_fer = frame_scores(exp / "frames_dev")
+        cells = [label, f"{train_ce:.3f}", f"{dev_ce:.3f}", f"{dev_fer:.1f}", training_summary(exp)]
+        for g in graphs:
+            cells.append(f"{wer(exp / f'decode_dev_{g}' / 'wer')[0]:.2f}")
+        for g in graphs:
+            value, hyp = wer(exp / f"decode_test_{g}" / "wer")
+            cells.append(f"{value:.2f} ({hyp.rsplit('_', 1)[-1]})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _read(path: Path, stage: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise AsrBnError(f"cannot read {path}: {e.strerror or e} (run {stage} first)") from e
+
+
+def main() -> None:
+    """Command-line entry (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("exps", type=Path, nargs="+", help="model dirs of asr-bn train, decoded by stage 7")
+    parser.add_argument("--labels", help="comma-separated row names (default: the dir names)")
+    args = parser.parse_args()
+    labels = args.labels.split(",") if args.labels else [e.name for e in args.exps]
+    try:
+        if len(labels) != len(args.exps):
+            raise AsrBnError(f"--labels gives {len(labels)} names for {len(args.exps)} model dirs")
+        print(table(args.exps, labels))
+    except AsrBnError as e:
+        print(f"{sys.argv[0]}: error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
