@@ -6,8 +6,8 @@ Batch-norm modes (``ModelConfig.bn``), all padding-aware (padded frames never to
 - ``"none"``: plain BLSTM, one bias per gate unit.
 - ``"sequence"``: statistics of W·x over every unpadded frame of the batch (n = Σ T_i). Sequence-wise BN of W·x is an
   affine map of x whose statistics follow exactly from the mean μ and covariance Σ of x (mean_j = w_j·μ,
-  var_j = w_jᵀ Σ w_j), so BN(Wx) = W'x + b' with W' = diag(γ/σ) W and b' = β − diag(γ/σ) W μ: the layer is a plain
-  LSTM with weights W', b', and autograd through this construction gives exact gradients.
+  var_j = w_jᵀ Σ w_j), so BN(Wx) = W'x + b' with W' = diag(γ/σ) W and b' = β − diag(γ/σ) W μ: the layer is a
+  plain LSTM with weights W', b', and autograd through this construction gives exact gradients.
 - ``"frame"``: statistics per time step t over the batch entries still running at t (both directions use the time
   index t of the frame). This cannot fold into fixed weights: W·x is computed for all frames with one matmul,
   normalized per step, and the recurrence consumes the normalized pre-activations.
@@ -193,7 +193,9 @@ class _BiLstmRecurrence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, gx: Tensor, w_hh: Tensor, packing: _Packing) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx: Any, gx: Tensor, w_hh: Tensor, packing: _Packing
+    ) -> tuple[Tensor, Tensor]:
         _, n, four_h = gx.shape
         hid = four_h // 4
         act = gx  # activated gates, in place
@@ -576,7 +578,8 @@ class BnBlstmLayer(nn.Module):
         """Frame-wise BN of W·x for packed x (N, D), step by step (``_FrameBnSteps``), in the recurrence layout."""
         w = self.weight_ih.to(x.dtype)
         z = x @ w.reshape(-1, w.shape[-1]).t()  # (N, 8H)
-        out, mean_t, var_t = _FrameBnSteps.apply(z, self.bn_weight.reshape(-1), self.bias.reshape(-1), packing, self.eps)
+        gamma, beta = self.bn_weight.reshape(-1), self.bias.reshape(-1)
+        out, mean_t, var_t = _FrameBnSteps.apply(z, gamma, beta, packing, self.eps)
         self._record_steps(mean_t, var_t, packing)
         return out
 
@@ -586,7 +589,7 @@ class BnBlstmLayer(nn.Module):
         self._record("", mean.view(2, -1), var.view(2, -1), int(packing.step_sizes.sum()))
 
     def _frame_gates(self, x: Tensor, packing: _Packing) -> Tensor:
-        """Frame-wise BN of W·x for packed x (N, D) with whole-tensor ops (``_frame_bn``) → (N, 2, 4H), packed order."""
+        """Frame-wise BN of W·x for packed x (N, D), whole-tensor ops (``_frame_bn``) → (N, 2, 4H), packed order."""
         with torch.autocast(x.device.type, enabled=False):
             xf = self._stats_input(x)
             w = self.weight_ih.to(xf.dtype)

@@ -28,6 +28,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 from asr_bn.model import BnBlstm, ModelConfig
 
 INPUT, UNITS, BATCH = 120, 250, 24
+BASE = "nn.LSTM (packed)"
 
 
 def _sync(device: torch.device) -> None:
@@ -109,10 +110,13 @@ def _model(layers: int, bn: str, backend: str, device: torch.device) -> BnBlstm:
     return model
 
 
-def _interleaved(fns: dict[str, Callable[[], None]], rounds: int, device: torch.device) -> dict[str, list[float]]:
+def _interleaved(
+    fns: dict[str, Callable[[], None]], rounds: int, device: torch.device, warmup: bool = True
+) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():  # warm-up
-        fn()
+    if warmup:
+        for fn in fns.values():
+            fn()
     for _ in range(rounds):
         for name, fn in fns.items():
             _sync(device)
@@ -124,10 +128,17 @@ def _interleaved(fns: dict[str, Callable[[], None]], rounds: int, device: torch.
 
 
 def _report(title: str, times: dict[str, list[float]], base: str) -> None:
+    """Median time and median per-round ratio to ``base``; BN rows also against bn=none on the same backend."""
     print(f"\n{title}")
     for name, ts in times.items():
         ratios = [t / b for t, b in zip(ts, times[base])]
-        print(f"  {name:<34s} median {statistics.median(ts) * 1e3:9.1f} ms   ratio {statistics.median(ratios):6.3f}×")
+        line = f"  {name:<38s} median {statistics.median(ts) * 1e3:10.1f} ms   ratio {statistics.median(ratios):6.3f}×"
+        if " backend=" in name and "bn=none" not in name and "bn=" in name:
+            plain = "BnBlstm bn=none backend=" + name.split(" backend=")[1]
+            if plain in times:
+                own = statistics.median(t / b for t, b in zip(ts, times[plain]))
+                line += f"   vs bn=none {own:6.3f}×"
+        print(line)
 
 
 def main() -> None:
@@ -139,6 +150,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--layers", type=int, nargs="+", default=[1, 5])
     ap.add_argument("--naive-t", type=int, default=100, help="longest utterance for the per-step-loop row")
+    ap.add_argument("--no-warmup", action="store_true", help="skip the warm-up call (nn.LSTM's CPU backward at "
+                    "T = 1300 takes minutes)")
     ap.add_argument("--all", action="store_true", help="also frame-wise BN on torch's kernel on a CPU (slow)")
     ap.add_argument("--backends", nargs="+", default=["kernel", "loop"], choices=["kernel", "loop"],
                     help="recurrence backends of the BnBlstm rows")
@@ -148,6 +161,7 @@ def main() -> None:
     device = torch.device(args.device)
     t_max = args.t_max or (300 if args.quick else 1300)
     rounds = args.rounds or (3 if args.quick else 5)
+    warm = not args.no_warmup
     print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {BATCH}, T {t_max}, rounds {rounds}")
     x, lengths = _batch(t_max, device)
@@ -155,30 +169,29 @@ def main() -> None:
     for layers in args.layers:
         torch.manual_seed(0)
         base = _lstm(layers, device)
-        train = {"nn.LSTM (packed)": _train_step(base, x, lengths)}
+        train = {BASE: _train_step(base, x, lengths)}
         for bn in ("none", "sequence", "frame"):
             for backend in args.backends:
                 if bn == "frame" and backend == "kernel" and device.type == "cpu" and not args.all:
                     continue  # the 0/1-selection GEMM is far too slow on a CPU; --all includes it
                 model = _model(layers, bn, backend, device)
                 train[f"BnBlstm bn={bn} backend={backend}"] = _train_step(model.encode, x, lengths)
-        _report(f"{layers} layer(s), training forward+backward", _interleaved(train, rounds, device), "nn.LSTM (packed)")
-        infer = {"nn.LSTM (packed)": _infer_step(base, x, lengths)}
+        _report(f"{layers} layer(s), training forward+backward", _interleaved(train, rounds, device, warm), BASE)
+        infer = {BASE: _infer_step(base, x, lengths)}
         for backend in args.backends:
             seq = _model(layers, "sequence", backend, device).eval()
             infer[f"BnBlstm fold_bn() backend={backend}"] = _infer_step(seq.fold_bn().eval().encode, x, lengths)
             infer[f"BnBlstm eval backend={backend}"] = _infer_step(seq.encode, x, lengths)
-        _report(f"{layers} layer(s), inference forward", _interleaved(infer, rounds, device), "nn.LSTM (packed)")
+        _report(f"{layers} layer(s), inference forward", _interleaved(infer, rounds, device, warm), BASE)
     if args.naive_t:
         xs, ls = _batch(args.naive_t, device, seed=1)
         naive = NaiveBnLstm(1).to(device)
         fns = {
-            "nn.LSTM (packed)": _train_step(_lstm(1, device), xs, ls),
+            BASE: _train_step(_lstm(1, device), xs, ls),
             "BnBlstm bn=sequence": _train_step(_model(1, "sequence", "auto", device).encode, xs, ls),
             "per-step Python loop (naive)": lambda: naive(xs.requires_grad_(True), ls).sum().backward(),
         }
-        _report(f"1 layer, T {args.naive_t}, training forward+backward", _interleaved(fns, rounds, device),
-                "nn.LSTM (packed)")
+        _report(f"1 layer, T {args.naive_t}, training forward+backward", _interleaved(fns, rounds, device, warm), BASE)
 
 
 if __name__ == "__main__":
