@@ -422,7 +422,8 @@ def make_loader(
 ) -> torch.utils.data.DataLoader:
     """A DataLoader yielding padded `Batch`es in the sampler's order, loaded by `num_workers` processes.
 
-    It has its own generator, so creating it never touches the global torch RNG (resume stays bitwise exact).
+    Workers persist across epochs (the sampler runs in this process, so `set_epoch` still takes effect). The loader
+    has its own generator, so iterating it never touches the global torch RNG (resume stays bitwise exact).
     """
     return torch.utils.data.DataLoader(
         dataset,
@@ -432,5 +433,6 @@ def make_loader(
         pin_memory=pin_memory,
         worker_init_fn=_quiet_worker if num_workers else None,
         prefetch_factor=4 if num_workers else None,
+        persistent_workers=num_workers > 0,
         generator=torch.Generator().manual_seed(0),
     )

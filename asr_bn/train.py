@@ -40,8 +40,11 @@ import torch.nn.functional as F
 from asr_bn import __version__
 from asr_bn.batching import PAD_TARGET, Batch, BucketingSampler, UtteranceDataset, filter_by_length, make_loader
 from asr_bn.errors import AsrBnError, UsageError
-from asr_bn.io import OutputLock, atomic_open, atomic_path, write_text
+from asr_bn.features import FeaturePipeline
+from asr_bn.io import OutputLock, atomic_path, write_text
+from asr_bn.model import BnBlstm, ModelConfig
 from asr_bn.report import Report
+from asr_bn.score import FrameScores, frame_scores
 
 __all__ = [
     "TrainConfig",
@@ -77,7 +80,7 @@ class TrainConfig:
     # model (with the data's feature dim and pdf count this fixes the shapes; on --resume it comes from the checkpoint)
     layers: int = 5
     units: int = 250
-    bn: str = "none"
+    bn: str = "sequence"
     bn_hidden: bool = False
     dropout: float = 0.0
     forget_bias: float = 0.0
@@ -120,6 +123,17 @@ class TrainConfig:
             raise UsageError("give exactly one of --batch-size and --max-frames")
         if self.lr <= 0 or self.epochs < 1 or self.log_every < 1 or self.checkpoint_every < 1:
             raise UsageError("--lr, --epochs, --log-every and --checkpoint-every must be positive")
+        self.model_config(input_dim=1, num_pdfs=1)  # the model options are checked before anything is read
+
+    def model_config(self, input_dim: int, num_pdfs: int) -> ModelConfig:
+        """The model these options describe, for features of `input_dim` and `num_pdfs` outputs."""
+        try:
+            return ModelConfig(
+                input_dim=input_dim, num_pdfs=num_pdfs, layers=self.layers, units=self.units, bn=self.bn,
+                bn_hidden=self.bn_hidden, dropout=self.dropout, forget_bias=self.forget_bias,
+            )  # fmt: skip
+        except ValueError as e:
+            raise UsageError(f"bad model option: {e}") from e
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (JSON-safe)."""
@@ -196,7 +210,7 @@ def after_eval(cfg: TrainConfig, state: TrainState, dev_ce: float) -> tuple[Trai
     No improvement (relative gain below min_improvement) counts towards early stopping and, under newbob,
     halves the learning rate.
     """
-    improved = dev_ce < state.best_dev_ce * (1.0 - cfg.min_improvement) or state.best_update < 0
+    improved = dev_ce < state.best_dev_ce * (1.0 - cfg.min_improvement)  # the first finite CE improves on inf
     best = dev_ce < state.best_dev_ce
     new = dataclasses.replace(
         state,
@@ -223,10 +237,8 @@ def compute_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, to
     return ce_sum, errors
 
 
-def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader, run: "_Run") -> "FrameScores":
+def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader, run: "_Run") -> FrameScores:
     """Frame CE and FER of `model` on a whole dev loader (all ranks' shares summed)."""
-    from asr_bn.score import FrameScores, frame_scores
-
     was_training = model.training
     model.eval()
     scores = FrameScores()
@@ -248,9 +260,8 @@ def train_one_epoch(run: "_Run") -> None:
     checkpoint on the way."""
     cfg, sampler = run.cfg, run.sampler  # run.state is replaced by each evaluation: no local alias
     sampler.set_epoch(run.state.epoch)
-    loader = make_loader(run.train_set, sampler, cfg.num_workers, pin_memory=run.device.type == "cuda")
     meter = _Meter(run)
-    batches = iter(loader)
+    batches = iter(run.train_loader)
     run.progress_start(len(sampler), sampler.position)
     while not run.stop_requested():
         t0 = time.perf_counter()
@@ -324,7 +335,10 @@ def launch(nproc: int, argv: list[str]) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "asr_bn_cli", *argv]  # fmt: skip
     proc = subprocess.Popen(cmd)
-    forward = lambda signum, _frame: proc.send_signal(signum)  # noqa: E731
+
+    def forward(signum: int, _frame: object) -> None:
+        proc.send_signal(signum)
+
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         return proc.wait()
@@ -337,6 +351,11 @@ def launch(nproc: int, argv: list[str]) -> int:
 
 CHECKPOINT_FORMAT = "asr-bn checkpoint"
 MODEL_FORMAT = "asr-bn model"
+_MODEL_KEYS = ("version", "model", "model_config", "pipeline", "priors", "train_config")
+_KEYS = {
+    MODEL_FORMAT: (*_MODEL_KEYS, "update", "epoch", "dev_ce", "dev_fer"),
+    CHECKPOINT_FORMAT: (*_MODEL_KEYS, "optimizer", "scaler", "state", "sampler", "rng"),
+}
 
 
 def load_checkpoint(path: str | Path, expect: str = CHECKPOINT_FORMAT) -> dict[str, Any]:
@@ -352,22 +371,30 @@ def load_checkpoint(path: str | Path, expect: str = CHECKPOINT_FORMAT) -> dict[s
         raise AsrBnError(f"{path} is corrupt or not an asr-bn file ({first[:120]}); delete it or train again") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != expect:
         raise AsrBnError(f"{path} is not an {expect} file; delete it or train again")
+    missing = [k for k in _KEYS[expect] if k not in ckpt]
+    if missing:
+        raise AsrBnError(f"{path} lacks {', '.join(missing)} (written by asr-bn {ckpt.get('version', '?')}); train again")
     return ckpt
 
 
 def load_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model of a final.pt (or checkpoint.pt), in eval mode, and the file's contents (model_config,
     pipeline, priors, dev scores)."""
-    from asr_bn.model import BnBlstm, ModelConfig
-
     path = Path(path)
     try:
         ckpt = load_checkpoint(path, MODEL_FORMAT)
     except AsrBnError:
         ckpt = load_checkpoint(path, CHECKPOINT_FORMAT)
-    model = BnBlstm(ModelConfig.from_dict(ckpt["model_config"]))
+    model = BnBlstm(_saved_model_config(ckpt, path))
     _load_state(model, ckpt["model"], path)
     return model.eval(), ckpt
+
+
+def _saved_model_config(ckpt: dict[str, Any], path: Path) -> ModelConfig:
+    try:
+        return ModelConfig.from_dict(ckpt["model_config"])
+    except (ValueError, TypeError, KeyError) as e:
+        raise AsrBnError(f"{path} holds an invalid model config ({e}); delete it or train again") from e
 
 
 def _load_state(module: torch.nn.Module | torch.optim.Optimizer, state: dict, path: Path) -> None:
@@ -436,7 +463,10 @@ class _Dist:
             return
         import torch.distributed as td
 
-        td.init_process_group("nccl" if _pick_device(device, self).type == "cuda" else "gloo")
+        on_gpu = _pick_device(device, self).type == "cuda"
+        if on_gpu:
+            torch.cuda.set_device(_pick_device(device, self))  # NCCL's communicator lives on this rank's GPU
+        td.init_process_group("nccl" if on_gpu else "gloo")
         try:
             yield
         finally:
@@ -509,14 +539,15 @@ class _Run:
     stop: _StopSignals
     train_set: UtteranceDataset
     sampler: BucketingSampler
+    train_loader: torch.utils.data.DataLoader
     dev_loader: torch.utils.data.DataLoader
     model: torch.nn.Module  # the DDP wrapper under torchrun, else the model itself
     raw_model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     state: TrainState
-    model_config: Any
-    pipeline: Any
+    model_config: ModelConfig
+    pipeline: FeaturePipeline
     priors: list[int]
     exp: Path
     tb: Any = None
@@ -528,9 +559,6 @@ class _Run:
 
     @classmethod
     def setup(cls, cfg: TrainConfig, resume: bool, dist: _Dist, stop: _StopSignals) -> "_Run":
-        from asr_bn.features import FeaturePipeline
-        from asr_bn.model import BnBlstm, ModelConfig
-
         exp = Path(cfg.exp_dir)
         ckpt = None
         if resume:
@@ -558,17 +586,15 @@ class _Run:
         dev_sampler = BucketingSampler(
             dev_lengths, cfg.batch_size, cfg.max_frames, shuffle=False, rank=dist.rank, world_size=dist.world
         )
+        train_loader = make_loader(train_set, sampler, cfg.num_workers, pin_memory=device.type == "cuda")
         dev_loader = make_loader(dev_set, dev_sampler, cfg.num_workers, pin_memory=device.type == "cuda")
 
         if ckpt:
             if ckpt["pipeline"] != pipeline.to_dict():
                 raise AsrBnError(f"{cfg.data}/pipeline.json differs from the features {exp / 'checkpoint.pt'} was trained on")
-            model_config = ModelConfig.from_dict(ckpt["model_config"])
+            model_config = _saved_model_config(ckpt, exp / "checkpoint.pt")
         else:
-            model_config = ModelConfig(
-                input_dim=pipeline.output_dim, num_pdfs=len(priors), layers=cfg.layers, units=cfg.units, bn=cfg.bn,
-                bn_hidden=cfg.bn_hidden, dropout=cfg.dropout, forget_bias=cfg.forget_bias,
-            )  # fmt: skip
+            model_config = cfg.model_config(pipeline.output_dim, len(priors))
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         raw_model = BnBlstm(model_config).to(device)
         optimizer = _make_optimizer(cfg, raw_model)
@@ -578,7 +604,8 @@ class _Run:
             path = exp / "checkpoint.pt"
             _load_state(raw_model, ckpt["model"], path)
             _load_state(optimizer, ckpt["optimizer"], path)
-            scaler.load_state_dict(ckpt["scaler"])
+            if ckpt["scaler"]:  # empty when saved without --amp fp16
+                scaler.load_state_dict(ckpt["scaler"])
             state = TrainState(**ckpt["state"])
             sampler.load_state_dict(ckpt["sampler"])
             rng = ckpt["rng"]
@@ -587,10 +614,11 @@ class _Run:
             torch.manual_seed(cfg.seed + 1 + dist.rank)  # dropout masks differ between ranks
         model = raw_model
         if dist.world > 1:
-            model = torch.nn.parallel.DistributedDataParallel(raw_model, device_ids=[device.index] if device.type == "cuda" else None)
+            device_ids = [device.index] if device.type == "cuda" else None
+            model = torch.nn.parallel.DistributedDataParallel(raw_model, device_ids=device_ids)
 
         run = cls(
-            cfg, dist, device, stop, train_set, sampler, dev_loader, model, raw_model, optimizer, scaler, state,
+            cfg, dist, device, stop, train_set, sampler, train_loader, dev_loader, model, raw_model, optimizer, scaler, state,
             model_config, pipeline, priors, exp,
         )  # fmt: skip
         if dist.main:
@@ -609,7 +637,7 @@ class _Run:
             self.say(line)
         metrics = self.exp / "metrics.jsonl"
         if resumed:  # rows logged after the checkpoint are redone: drop them
-            rows = [r for r in read_metrics(self.exp) if r["update"] <= self.state.update]
+            rows = [r for r in read_metrics(self.exp) if r["update"] <= self.state.update] if metrics.exists() else []
             write_text(metrics, "".join(json.dumps(r) + "\n" for r in rows))
             self.say(f"resuming at epoch {self.state.epoch}, update {self.state.update}")
         else:
@@ -661,6 +689,7 @@ class _Run:
 
     def evaluate_and_schedule(self) -> None:
         """Dev CE/FER now; update the schedule state; keep the best model as final.pt."""
+        self.sync_buffers()
         scores = evaluate(self.raw_model, self.dev_loader, self)
         self.state, best = after_eval(self.cfg, self.state, scores.ce)
         self.log(kind="dev", ce=scores.ce, fer=scores.fer, frames=scores.frames)
@@ -755,6 +784,14 @@ class _Run:
         td.all_reduce(t, op=td.ReduceOp.MAX if op == "max" else td.ReduceOp.SUM)
         return t.tolist()
 
+    def sync_buffers(self) -> None:
+        """Give every rank rank 0's BN running statistics (DDP copies them only at the next training forward)."""
+        if self.dist.world > 1:
+            import torch.distributed as td
+
+            for buffer in self.raw_model.buffers():
+                td.broadcast(buffer, 0)
+
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's `obj`, in rank order (on every rank)."""
         if self.dist.world == 1:
@@ -792,6 +829,11 @@ class _Meter:
 
     def log(self, lr: float) -> None:
         ce, errors, frames = self.run.all_reduce([self.ce.item(), self.errors.item(), self.frames])  # GPU sync
+        if not math.isfinite(ce):
+            raise AsrBnError(
+                f"training diverged: the frame CE is {ce} at update {self.run.state.update}; "
+                f"lower --lr (now {lr:g}) or clip gradients with --clip-norm, and start again or --resume"
+            )
         seconds = time.perf_counter() - self.start
         row = dict(
             kind="train", ce=ce / frames, fer=errors / frames, lr=lr, frames_per_s=frames / seconds,

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -34,6 +35,15 @@ def dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     train = make_prepared_dir(root / "train", rng.integers(10, 40, 16).tolist(), seed=1)
     dev = make_prepared_dir(root / "dev", rng.integers(10, 40, 6).tolist(), seed=2)
     return train, dev
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread, like the subprocesses (OMP_NUM_THREADS=1): bitwise-comparable, and fast on a busy CPU."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 def cli(*args: str) -> tuple[int, str]:
@@ -231,27 +241,28 @@ def _weights(exp: Path) -> dict[str, torch.Tensor]:
 
 
 def test_sigkill_then_resume_is_bitwise_and_sigterm_saves(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    """Two runs in subprocesses (one thread, as here): one SIGKILLed at a random update, one sent SIGTERM; both
+    resumed here reach bitwise the weights and metrics of an uninterrupted run made here."""
     train, dev = dirs
-    args = [*TINY, "--layers", "2", "--units", "24", "--dropout", "0.3", "--optimizer", "sgd", "--lr", "0.2", "--epochs", "6", "--patience", "0",
-            "--checkpoint-every", "3", "--eval-every", "5", "--num-workers", "1", "--schedule", "newbob"]  # fmt: skip
+    args = [*TINY, "--layers", "2", "--units", "16", "--dropout", "0.3", "--optimizer", "sgd", "--lr", "0.2",
+            "--epochs", "6", "--patience", "0", "--checkpoint-every", "3", "--eval-every", "5", "--num-workers", "1",
+            "--schedule", "newbob"]  # fmt: skip
     kill_at = int(np.random.default_rng().integers(4, 18))  # a random update among the 24
     ref, killed, termed = (tmp_path / n for n in ("ref", "killed", "termed"))
-    procs = [_start(train, dev, d, *args) for d in (ref, killed, termed)]
-    _wait_for_update(procs[1], killed, kill_at)
-    os.kill(procs[1].pid, signal.SIGKILL)
-    _wait_for_update(procs[2], termed, 7)
-    os.kill(procs[2].pid, signal.SIGTERM)
+    procs = [_start(train, dev, d, *args) for d in (killed, termed)]
+    _wait_for_update(procs[0], killed, kill_at)
+    os.kill(procs[0].pid, signal.SIGKILL)
+    _wait_for_update(procs[1], termed, 7)
+    os.kill(procs[1].pid, signal.SIGTERM)
     outs = [p.communicate(timeout=120)[0] for p in procs]
-    assert procs[0].returncode == 0, outs[0][-3000:]
-    assert procs[1].returncode == -signal.SIGKILL
-    assert procs[2].returncode == 143 and "stopped by a signal at update" in outs[2], outs[2]
+    assert procs[0].returncode == -signal.SIGKILL
+    assert procs[1].returncode == 143 and "stopped by a signal at update" in outs[1], outs[1][-3000:]
     assert not (termed / ".asr-bn.lock").exists()
-    stopped_at = load_checkpoint(termed / "checkpoint.pt")["state"]["update"]
-    assert stopped_at >= 7
-    resumed = [_start(train, dev, d, *args, "--resume") for d in (killed, termed)]
-    for p in resumed:
-        out = p.communicate(timeout=120)[0]
-        assert p.returncode == 0, out[-3000:]
+    assert load_checkpoint(termed / "checkpoint.pt")["state"]["update"] >= 7
+    assert cli("train", train, dev, ref, *args)[0] == 0
+    for d in (killed, termed):
+        code, out = cli("train", train, dev, d, *args, "--resume")
+        assert code == 0, out
     reference = _weights(ref)
     for d in (killed, termed):
         for name, value in _weights(d).items():
@@ -262,14 +273,20 @@ def test_sigkill_then_resume_is_bitwise_and_sigterm_saves(dirs: tuple[Path, Path
             ]
 
 
-def test_two_gloo_processes_follow_one_process(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_two_gloo_processes_follow_one_process(
+    dirs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--nproc 2` launches torchrun (gloo on the CPU); its trajectory is the 1-process one with the same batches."""
     train, dev = dirs
-    args = [*TINY, "--batch-size", "6", "--epochs", "2", "--optimizer", "sgd", "--lr", "0.05", "--clip-norm", "0"]
+    args = [*map(str, (train, dev)), *TINY, "--bn", "none", "--batch-size", "6", "--epochs", "2", "--optimizer", "sgd",
+            "--lr", "0.05", "--clip-norm", "0"]  # fmt: skip
     one, two = tmp_path / "one", tmp_path / "two"
-    proc = _start(train, dev, two, *args, "--nproc", "2")  # torchrun, gloo on the CPU
-    assert cli("train", train, dev, one, *args)[0] == 0
-    out = proc.communicate(timeout=180)[0]
-    assert proc.returncode == 0, out[-3000:]
+    assert cli("train", *args[:2], one, *args[2:])[0] == 0
+    argv = ["train", *args[:2], str(two), *args[2:], "--nproc", "2"]
+    monkeypatch.setattr(sys, "argv", ["asr-bn", *argv])  # what the launcher passes on to torchrun
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    code, out = cli(*argv)
+    assert code == 0, out
     a, b = rows(one, "train"), rows(two, "train")
     assert [r["update"] for r in a] == [r["update"] for r in b] and len(a) >= 6
     np.testing.assert_allclose([r["ce"] for r in b], [r["ce"] for r in a], rtol=1e-4)
