@@ -149,6 +149,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--layers", type=int, nargs="+", default=[1, 5])
+    ap.add_argument("--parts", nargs="+", default=["train", "infer"], choices=["train", "infer"],
+                    help="which tables to print per layer count")
     ap.add_argument("--naive-t", type=int, default=100, help="longest utterance for the per-step-loop row")
     ap.add_argument("--no-warmup", action="store_true", help="skip the warm-up call (nn.LSTM's CPU backward at "
                     "T = 1300 takes minutes)")
@@ -169,20 +171,22 @@ def main() -> None:
     for layers in args.layers:
         torch.manual_seed(0)
         base = _lstm(layers, device)
-        train = {BASE: _train_step(base, x, lengths)}
-        for bn in ("none", "sequence", "frame"):
+        if "train" in args.parts:
+            train = {BASE: _train_step(base, x, lengths)}
+            for bn in ("none", "sequence", "frame"):
+                for backend in args.backends:
+                    if bn == "frame" and backend == "kernel" and device.type == "cpu" and not args.all:
+                        continue  # the 0/1-selection GEMM is far too slow on a CPU; --all includes it
+                    model = _model(layers, bn, backend, device)
+                    train[f"BnBlstm bn={bn} backend={backend}"] = _train_step(model.encode, x, lengths)
+            _report(f"{layers} layer(s), training forward+backward", _interleaved(train, rounds, device, warm), BASE)
+        if "infer" in args.parts:
+            infer = {BASE: _infer_step(base, x, lengths)}
             for backend in args.backends:
-                if bn == "frame" and backend == "kernel" and device.type == "cpu" and not args.all:
-                    continue  # the 0/1-selection GEMM is far too slow on a CPU; --all includes it
-                model = _model(layers, bn, backend, device)
-                train[f"BnBlstm bn={bn} backend={backend}"] = _train_step(model.encode, x, lengths)
-        _report(f"{layers} layer(s), training forward+backward", _interleaved(train, rounds, device, warm), BASE)
-        infer = {BASE: _infer_step(base, x, lengths)}
-        for backend in args.backends:
-            seq = _model(layers, "sequence", backend, device).eval()
-            infer[f"BnBlstm fold_bn() backend={backend}"] = _infer_step(seq.fold_bn().eval().encode, x, lengths)
-            infer[f"BnBlstm eval backend={backend}"] = _infer_step(seq.encode, x, lengths)
-        _report(f"{layers} layer(s), inference forward", _interleaved(infer, rounds, device, warm), BASE)
+                seq = _model(layers, "sequence", backend, device).eval()
+                infer[f"BnBlstm fold_bn() backend={backend}"] = _infer_step(seq.fold_bn().eval().encode, x, lengths)
+                infer[f"BnBlstm eval backend={backend}"] = _infer_step(seq.encode, x, lengths)
+            _report(f"{layers} layer(s), inference forward", _interleaved(infer, rounds, device, warm), BASE)
     if args.naive_t:
         xs, ls = _batch(args.naive_t, device, seed=1)
         naive = NaiveBnLstm(1).to(device)
