@@ -52,6 +52,7 @@ __all__ = [
     "PRESETS",
     "learning_rate",
     "after_eval",
+    "is_finished",
     "compute_loss",
     "evaluate",
     "train",
@@ -188,7 +189,6 @@ class TrainState:
     best_update: int = -1
     bad_evals: int = 0
     last_eval_update: int = -1
-    finished: bool = False
 
 
 # -- schedule: pure functions of (config, state) ------------------------------------------------------------------
@@ -220,9 +220,13 @@ def after_eval(cfg: TrainConfig, state: TrainState, dev_ce: float) -> tuple[Trai
         halvings=state.halvings + (cfg.schedule == "newbob" and not improved),
         last_eval_update=state.update,
     )
-    if cfg.patience and new.bad_evals >= cfg.patience:
-        new.finished = True
     return new, best
+
+
+def is_finished(cfg: TrainConfig, state: TrainState) -> bool:
+    """Training is over: `cfg.epochs` epochs done, or `cfg.patience` evaluations in a row without improvement
+    (a function of the options, so --resume with more --epochs or --patience continues a finished run)."""
+    return state.epoch >= cfg.epochs or bool(cfg.patience and state.bad_evals >= cfg.patience)
 
 
 # -- loss and evaluation ------------------------------------------------------------------------------------------
@@ -284,7 +288,7 @@ def train_one_epoch(run: "_Run") -> None:
             run.evaluate_and_schedule()
         if run.state.update % cfg.checkpoint_every == 0:
             run.save_checkpoint()
-        if run.state.finished:  # early stop
+        if is_finished(cfg, run.state):  # early stop
             run.save_checkpoint()
             return
     else:
@@ -294,7 +298,6 @@ def train_one_epoch(run: "_Run") -> None:
     if run.state.last_eval_update != run.state.update:
         run.evaluate_and_schedule()
     run.state.epoch += 1
-    run.state.finished = run.state.finished or run.state.epoch >= cfg.epochs
     run.save_checkpoint()
 
 
@@ -304,7 +307,7 @@ def train_one_epoch(run: "_Run") -> None:
 def train(cfg: TrainConfig, resume: bool = False) -> TrainState:
     """Train (or with `resume`, continue from EXP_DIR/checkpoint.pt) until `cfg.epochs` or early stop.
 
-    SIGTERM / SIGINT save a checkpoint and return (state.finished False); under torchrun, all ranks take part and
+    SIGTERM / SIGINT save a checkpoint and return early (`is_finished` False); under torchrun, all ranks take part and
     only rank 0 writes. Returns the final state (best dev CE and its update).
     """
     dist = _Dist.from_env()
@@ -312,10 +315,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainState:
     with (OutputLock(exp) if dist.main else contextlib.nullcontext()), dist.group(cfg.device), _StopSignals() as stop:
         run = _Run.setup(cfg, resume, dist, stop)
         try:
-            while not run.state.finished and not run.stop_requested():
+            while not is_finished(run.cfg, run.state) and not run.stop_requested():
                 train_one_epoch(run)
             run.plot()
-            if not run.state.finished:
+            if not is_finished(run.cfg, run.state):
                 run.save_checkpoint()
                 run.say(f"stopped by a signal at update {run.state.update}; continue with --resume")
             else:
@@ -696,7 +699,7 @@ class _Run:
         self.say(
             f"update {self.state.update} (epoch {self.state.epoch}): dev CE {scores.ce:.4f} FER {scores.fer:.2%}"
             + (" (best)" if best else f" (best {self.state.best_dev_ce:.4f})")
-            + (" — early stop" if self.state.finished else "")
+            + (" — early stop" if self.cfg.patience and self.state.bad_evals >= self.cfg.patience else "")
         )
         if best and self.dist.main:
             _save(self.exp / "final.pt", {

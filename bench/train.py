@@ -24,7 +24,7 @@ import torch
 
 from asr_bn.features import FbankConfig, FeaturePipeline, compute_cmvn_stats
 from asr_bn.io import write_ark_scp, write_text
-from asr_bn.train import TrainConfig, train
+from asr_bn.train import TrainConfig, is_finished, train
 
 
 def make_dir(path: Path, n: int, min_len: int, max_len: int, num_pdfs: int, seed: int) -> Path:
@@ -73,7 +73,8 @@ def main() -> None:
                 bn=args.bn, batch_size=batch, max_train_frames=None, epochs=1, log_every=log_every,
                 checkpoint_every=10**9, device=args.device, amp=args.amp, num_workers=workers, patience=0,
             )  # fmt: skip
-            train(cfg)
+            if not is_finished(cfg, train(cfg)):
+                raise SystemExit("interrupted")
             rows = [json.loads(x) for x in (root / f"exp{workers}" / "metrics.jsonl").read_text().splitlines()]
             rows = [r for r in rows if r["kind"] == "train"][1:]
             fps = statistics.median(r["frames_per_s"] for r in rows)

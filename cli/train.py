@@ -91,11 +91,12 @@ def train(
             given[name] = None
     if given.get("max_frames") is None:
         given.pop("max_frames", None)
+    from asr_bn.train import is_finished
     from asr_bn.train import train as run_training
 
     cfg = TrainConfig.from_options(preset, data=data, dev=dev, exp_dir=exp_dir, **given)
     state = run_training(cfg, resume=resume)
-    if not state.finished:
+    if not is_finished(cfg, state):
         raise typer.Exit(143)  # stopped by SIGTERM/SIGINT: checkpoint saved, the run is not complete
 
 

@@ -3,6 +3,8 @@ cleanly on SIGTERM, runs under torchrun (2 gloo processes = 1 process), and refu
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
 import math
 import os
@@ -20,7 +22,15 @@ from test_batching import make_prepared_dir
 from typer.testing import CliRunner
 
 from asr_bn.batching import PAD_TARGET, Batch
-from asr_bn.train import TrainConfig, TrainState, after_eval, compute_loss, learning_rate, load_checkpoint
+from asr_bn.train import (
+    TrainConfig,
+    TrainState,
+    after_eval,
+    compute_loss,
+    is_finished,
+    learning_rate,
+    load_checkpoint,
+)
 from asr_bn_cli.main import app
 
 TINY = ["--layers", "1", "--units", "8", "--batch-size", "4", "--num-workers", "0", "--device", "cpu",
@@ -71,12 +81,13 @@ def test_newbob_halves_on_no_improvement_and_patience_stops() -> None:
     s, best = after_eval(cfg, s, 2.0)
     assert best and learning_rate(cfg, s, 10) == 1.0
     s, best = after_eval(cfg, s, 2.1)
-    assert not best and learning_rate(cfg, s, 10) == 0.5 and not s.finished
+    assert not best and learning_rate(cfg, s, 10) == 0.5 and not is_finished(cfg, s)
     s, best = after_eval(cfg, s, 1.9)
     assert best and s.bad_evals == 0 and learning_rate(cfg, s, 10) == 0.5
     s, _ = after_eval(cfg, s, 1.95)
     s, _ = after_eval(cfg, s, 1.95)
-    assert s.finished and s.best_dev_ce == 1.9
+    assert is_finished(cfg, s) and s.best_dev_ce == 1.9
+    assert not is_finished(dataclasses.replace(cfg, patience=3), s)  # --resume --patience 3 goes on
 
 
 def test_exponential_and_constant_schedules() -> None:
@@ -197,12 +208,25 @@ def test_out_of_memory_names_the_batch_and_the_flag(
     error_line(out)
 
 
+def snapshot(*dirs: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for d in dirs for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def no_partial_files(exp: Path) -> None:
+    """Nothing half-written under a final name: no temporary files, and no lock left behind."""
+    leftovers = [p.name for p in exp.rglob("*") if p.name.endswith(".tmp") or p.name == ".asr-bn.lock"]
+    assert not leftovers, leftovers
+
+
 def test_bad_data_errors(dirs: tuple[Path, Path], tmp_path: Path) -> None:
     train, dev = dirs
+    before = snapshot(train, dev)
     code, out = cli("train", train, dev, tmp_path / "a", *TINY, "--num-pdfs", "3")
-    assert code == 1 and "outside the model's 3 outputs" in out
+    assert code == 1 and "pdf.scp has pdf-id 3, outside the model's 3 outputs" in error_line(out)
     code, out = cli("train", train, dev, tmp_path / "b", *TINY, "--max-train-frames", "5")
-    assert code == 1 and "no utterance is left to train on (16 longer than --max-train-frames 5)" in out
+    assert code == 1 and "no utterance is left to train on (16 longer than --max-train-frames 5)" in error_line(out)
+    for exp in (tmp_path / "a", tmp_path / "b"):  # refused before anything was written
+        assert not exp.exists() or not any(exp.iterdir())
     import kaldiio
 
     bad = make_prepared_dir(tmp_path / "bad", [12, 14, 16, 18], seed=3)
@@ -211,9 +235,57 @@ def test_bad_data_errors(dirs: tuple[Path, Path], tmp_path: Path) -> None:
     from asr_bn.io import write_ark_scp
 
     write_ark_scp(bad / "feats.ark", bad / "feats.scp", feats.items())
+    bad_before = snapshot(bad)
     code, out = cli("train", bad, dev, tmp_path / "c", *TINY, "--num-workers", "1")
-    assert code == 1 and "utterance spk0-utt002 has NaN/Inf features" in out
-    error_line(out)
+    assert code == 1 and "feats.scp: utterance spk0-utt002 has NaN/Inf features" in error_line(out)
+    assert not (tmp_path / "c" / "final.pt").exists() and not (tmp_path / "c" / "checkpoint.pt").exists()
+    no_partial_files(tmp_path / "c")
+    assert snapshot(train, dev) == before and snapshot(bad) == bad_before  # inputs untouched
+
+
+def test_bad_options_are_usage_errors(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    train, dev = dirs
+    for options, message in (
+        (["--bn", "none", "--bn-hidden"], "bad model option: ModelConfig.bn_hidden needs bn='frame'"),
+        (["--amp", "fp16"], "--amp fp16 needs a CUDA device"),
+        (["--max-frames", "400"], "give exactly one of --batch-size and --max-frames"),
+        (["--schedule", "cosine"], "--schedule cosine is not one of constant, newbob, exponential"),
+    ):
+        code, out = cli("train", train, dev, tmp_path / "exp", *TINY, *options)
+        assert code == 2 and message in error_line(out), (options, out)
+    assert not (tmp_path / "exp").exists() or not any((tmp_path / "exp").iterdir())
+
+
+def test_divergence_is_one_line(dirs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from asr_bn import train as train_module
+
+    def nan_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        ce, errors = compute_loss(model, batch)
+        return ce * float("nan"), errors
+
+    monkeypatch.setattr(train_module, "compute_loss", nan_loss)
+    code, out = cli("train", *dirs, tmp_path / "exp", *TINY)
+    assert code == 1 and "training diverged: the frame CE is nan at update 1; lower --lr" in error_line(out)
+
+
+def test_disk_full_while_saving_keeps_the_previous_files(
+    dirs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train, dev = dirs
+    exp = tmp_path / "exp"
+    assert cli("train", train, dev, exp, *TINY, "--epochs", "1")[0] == 0
+    saved = snapshot(exp)
+
+    def full(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        Path(f).write_bytes(b"partial")  # type: ignore[arg-type]
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full)
+    code, out = cli("train", train, dev, exp, *TINY, "--epochs", "2", "--resume")
+    assert code == 1 and "No space left on device" in error_line(out)
+    for name in ("final.pt", "checkpoint.pt"):
+        assert (exp / name).read_bytes() == saved[exp / name]
+    no_partial_files(exp)
 
 
 # -- processes: SIGKILL + resume, SIGTERM, torchrun -------------------------------------------------------------
