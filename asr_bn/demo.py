@@ -1,0 +1,342 @@
+"""`asr-bn demo`: the whole hybrid pipeline on a synthetic corpus, baseline BLSTM against sequence-BN BLSTM.
+
+synth (espeak-ng corpus, Kaldi alignment dirs) → prep (40 fbank + Δ + ΔΔ, speaker CMVN, targets from exp/ali_*) →
+train (the same seed, budget and optimiser for `bn="none"` and `bn="sequence"`) → forward (frame CE/FER on train
+and dev, prior-scaled log-likelihoods of dev and test) → mkgraph (word loop over the lexicon, the synth's
+final.mdl) → decode → score. The same library calls the CLI commands make; recipes/demo/run.sh does it with them.
+
+Writes under OUT_DIR (`run_demo`):
+  corpus/                          synthesize_corpus: wav/, data/{train,dev,test}, lang/, exp/ali_{train,dev}
+  prep/{train,dev,test}            prepare_kaldi (train and dev with pdf.ark/.scp)
+  exp/<model>/                     train: final.pt, metrics.jsonl, …; scores.json (frame CE/FER),
+                                   loglikes_{dev,test}.ark/.scp, decode_{dev,test}/text
+  graph/                           build_graph: HCLG.fst of a word loop
+  learning_curves.png              both runs' train/dev CE and FER against updates (asr_bn.train.plot_runs)
+  results.json                     the table's numbers, settings and stage timings
+  demo.json                        seed and size of this OUT_DIR (a rerun with others is refused)
+
+Every stage skips work whose outputs are complete, so a rerun (or a run after a crash) only does what is missing;
+an unfinished training run continues from its checkpoint. Deterministic for a seed on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal
+
+from asr_bn.errors import UsageError
+from asr_bn.io import OutputLock, write_text
+
+__all__ = ["DemoBudget", "BUDGETS", "MODELS", "ModelResult", "DemoResult", "run_demo"]
+
+Size = Literal["full", "small"]
+
+
+@dataclass(frozen=True)
+class DemoBudget:
+    """The corpus size and the training budget both models get (identical for both, so the comparison is fair)."""
+
+    num_speakers: int | None  # speakers of the corpus, split about 4:1:1 (None: the synth size's own)
+    layers: int
+    units: int
+    epochs: int
+    lr: float
+    batch_size: int
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    log_every: int = 5  # updates per train point of the learning curves (dev: once per epoch)
+
+
+# Chosen by measurement (docs/RESULTS.md, "Demo"). full: SGD with momentum, the paper's optimiser, under which BN's
+# faster convergence shows most (Adam's per-weight step sizes already make up for part of what BN fixes); about
+# 4 minutes of training for both models on 2 CPU cores. small: a smoke test of the pipeline; Adam gives both tiny
+# models a usable WER in 250 updates, where SGD leaves the baseline near 55 %.
+BUDGETS: dict[str, DemoBudget] = {
+    "full": DemoBudget(None, layers=2, units=128, epochs=10, lr=0.5, batch_size=16, optimizer="sgd", log_every=5),
+    "small": DemoBudget(14, layers=1, units=48, epochs=10, lr=0.01, batch_size=4, optimizer="adam", log_every=2),
+}
+MODELS: tuple[tuple[str, str], ...] = (("baseline", "none"), ("bn-sequence", "sequence"))  # (name, bn)
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass
+class ModelResult:
+    """One row of the demo's table."""
+
+    name: str
+    bn: str
+    train_ce: float
+    train_fer: float
+    dev_ce: float
+    dev_fer: float
+    dev_wer: float
+    test_wer: float
+    test_wer_line: str  # Kaldi's `%WER … [ errors / words, ins, del, sub ]`
+    best_update: int
+    train_seconds: float
+
+
+@dataclass
+class DemoResult:
+    """What `run_demo` produced: the table's rows and where everything is."""
+
+    out_dir: Path
+    seed: int
+    size: str
+    budget: DemoBudget
+    models: list[ModelResult]
+    curves: Path
+    results: Path
+    seconds: dict[str, float] = field(default_factory=dict)  # wall-clock time per stage (0 for reused outputs)
+    reused: list[str] = field(default_factory=list)  # stages whose outputs were already complete
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (results.json)."""
+        return {
+            "seed": self.seed,
+            "size": self.size,
+            "budget": asdict(self.budget),
+            "models": [asdict(m) for m in self.models],
+            "curves": str(self.curves),
+            "seconds": self.seconds,
+            "reused": self.reused,
+        }
+
+
+def run_demo(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    size: Size = "full",
+    device: str = "cpu",
+    on_stage: Callable[[str], None] | None = None,
+) -> DemoResult:
+    """Run (or finish) the demo in `out_dir` and return its table; `on_stage` is told each stage as it starts.
+
+    `size` "full" is the README's demo (≤ 10 minutes on 2 CPU cores); "small" a tiny corpus and model for tests.
+    """
+    if size not in BUDGETS:
+        raise UsageError(f"size={size!r}: choose one of {', '.join(BUDGETS)}")
+    out = Path(out_dir).resolve()
+    budget = BUDGETS[size]
+    say = on_stage or (lambda _stage: None)
+    timer = _Timer()
+    with OutputLock(out), _one_torch_thread():
+        _check_settings(out, seed, size)
+        with timer("synth", say):
+            corpus = _synth(out / "corpus", seed, size, budget.num_speakers, timer)
+        with timer("prep", say):
+            prep = _prep(corpus, out / "prep", timer)
+        models = []
+        for name, bn in MODELS:
+            with timer(f"train {name}", say):
+                exp = _train(prep, out / "exp" / name, bn, budget, seed, device, timer)
+            models.append((name, bn, exp))
+        with timer("mkgraph", say):
+            graph = _graph(corpus, out / "graph", timer)
+        rows = []
+        for name, bn, exp in models:
+            with timer(f"forward {name}", say):
+                scores = _forward(exp, prep, device, timer)
+            with timer(f"decode {name}", say):
+                wers = {split: _decode(graph, corpus, exp, prep, split, timer) for split in ("dev", "test")}
+            rows.append(ModelResult(
+                name=name, bn=bn, train_ce=scores["train"]["ce"], train_fer=scores["train"]["fer"],
+                dev_ce=scores["dev"]["ce"], dev_fer=scores["dev"]["fer"], dev_wer=wers["dev"].counts.wer,
+                test_wer=wers["test"].counts.wer, test_wer_line=wers["test"].counts.wer_line(),
+                best_update=scores["best_update"], train_seconds=timer.seconds.get(f"train {name}", 0.0),
+            ))  # fmt: skip
+        with timer("plot", say):
+            from asr_bn.train import plot_runs
+
+            curves = plot_runs([exp for _, _, exp in models], out / "learning_curves.png",
+                               [name for name, _, _ in models])  # fmt: skip
+        result = DemoResult(out, seed, size, budget, rows, curves, out / "results.json", timer.seconds, timer.reused)
+        write_text(result.results, json.dumps(result.to_dict(), indent=2) + "\n")
+    return result
+
+
+# -- bookkeeping --------------------------------------------------------------------------------------------------
+
+
+class _Timer:
+    """Wall-clock seconds per stage, and which stages found their outputs complete."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.reused: list[str] = []
+        self._stage = ""
+
+    def __call__(self, stage: str, say: Callable[[str], None]) -> "_Timer":
+        self._stage = stage
+        say(stage)
+        return self
+
+    def __enter__(self) -> None:
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds[self._stage] = round(self.seconds.get(self._stage, 0.0) + time.perf_counter() - self._start, 2)
+
+    def reuse(self, what: str) -> None:
+        """Note that `what` (a stage's output) was complete and reused."""
+        self.reused.append(what)
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Run torch ops on one thread each, then restore the setting.
+
+    The demo's matrices are small (16 x 128 per recurrent step): torch's per-op threads burn ~10x the CPU time
+    in their waits and, on a busy machine, run 8x slower than one thread (docs/RESULTS.md, "Demo").
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _check_settings(out: Path, seed: int, size: str) -> None:
+    """Record seed and size in OUT_DIR/demo.json; a different seed or size than an earlier run's is refused, so
+    stages never reuse outputs made with other settings."""
+    path = out / "demo.json"
+    wanted = {"seed": seed, "size": size}
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            saved = None
+        if saved != wanted:
+            raise UsageError(
+                f"{out} holds a demo run with {saved} (see {path}); use another --out for seed {seed}, size {size}, "
+                "or remove that directory"
+            )
+        return
+    write_text(path, json.dumps(wanted) + "\n")
+
+
+def _stamp(path: Path) -> list[int]:
+    """Size and modification time of a file: a changed `final.pt` invalidates what was computed from it."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _done(marker: Path, stamp: Any) -> dict[str, Any] | None:
+    """The contents of a stage's completion marker when it exists and was made from `stamp`, else None."""
+    try:
+        saved = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) and saved.get("stamp") == stamp else None
+
+
+# -- stages -------------------------------------------------------------------------------------------------------
+
+
+def _synth(root: Path, seed: int, size: Size, num_speakers: int | None, timer: _Timer):  # noqa: ANN202 - asr_bn.synth.CorpusPaths
+    """The synthetic corpus; corpus.json (written last) with this seed and size marks a complete one."""
+    from asr_bn.synth import SPLITS as CORPUS_SPLITS
+    from asr_bn.synth import CorpusPaths, synthesize_corpus
+
+    try:
+        saved = json.loads((root / "corpus.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        saved = {}
+    if saved.get("seed") == seed and saved.get("size") == size:
+        timer.reuse("synth")
+        return CorpusPaths(root=root, data={s: root / "data" / s for s in CORPUS_SPLITS}, lang=root / "lang",
+                           ali={s: root / "exp" / f"ali_{s}" for s in ("train", "dev")}, stats=saved["stats"])
+    return synthesize_corpus(root, seed=seed, size=size, num_speakers=num_speakers)
+
+
+def _prep(corpus, out: Path, timer: _Timer) -> dict[str, Path]:  # noqa: ANN001 - CorpusPaths
+    """Features of the three splits (40 fbank + Δ + ΔΔ, speaker CMVN); train and dev get the alignments' targets."""
+    from asr_bn.prep import prepare_kaldi, wsj_pipeline
+
+    pipeline = wsj_pipeline()  # the paper's features: 40 log-mel fbank at 16 kHz, Δ + ΔΔ, per-speaker CMVN
+    dirs = {}
+    for split in SPLITS:
+        result = prepare_kaldi(corpus.data[split], out / split, pipeline, ali_dir=corpus.ali.get(split))
+        if result.already_done:
+            timer.reuse(f"prep {split}")
+        dirs[split] = result.out_dir
+    return dirs
+
+
+def _train(
+    prep: dict[str, Path], exp: Path, bn: str, budget: DemoBudget, seed: int, device: str, timer: _Timer
+) -> Path:
+    """Train one model; a finished run is reused, an interrupted one continues from its checkpoint."""
+    from asr_bn.train import TrainConfig, TrainState, is_finished, load_checkpoint, train
+
+    cfg = TrainConfig(
+        data=str(prep["train"]), dev=str(prep["dev"]), exp_dir=str(exp), layers=budget.layers, units=budget.units,
+        bn=bn, optimizer=budget.optimizer, lr=budget.lr, momentum=budget.momentum, schedule="constant",
+        epochs=budget.epochs, patience=0, batch_size=budget.batch_size, max_train_frames=None,
+        log_every=budget.log_every, checkpoint_every=10**9, device=device,
+        num_workers=0, cache=True, seed=seed,
+    )  # fmt: skip
+    checkpoint = exp / "checkpoint.pt"
+    resume = checkpoint.exists()
+    if resume and (exp / "final.pt").exists() and is_finished(cfg, TrainState(**load_checkpoint(checkpoint)["state"])):
+        timer.reuse(f"train {exp.name}")
+        return exp
+    train(cfg, resume=resume)
+    return exp
+
+
+def _forward(exp: Path, prep: dict[str, Path], device: str, timer: _Timer) -> dict[str, Any]:
+    """Frame CE/FER of the best model on train and dev (exp/scores.json) and its log-likelihoods of dev and test."""
+    from asr_bn.forward import ForwardConfig, forward, score_frames
+    from asr_bn.train import MODEL_FORMAT, load_checkpoint
+
+    marker = exp / "scores.json"
+    stamp = _stamp(exp / "final.pt")
+    if (saved := _done(marker, stamp)) is not None:
+        timer.reuse(f"forward {exp.name}")
+        return saved
+    config = ForwardConfig(device=device)
+    best_update = int(load_checkpoint(exp / "final.pt", MODEL_FORMAT)["update"])
+    scores: dict[str, Any] = {"stamp": stamp, "best_update": best_update}
+    for split in ("train", "dev"):
+        frames = score_frames(exp, prep[split], config)
+        scores[split] = {"ce": frames.ce, "fer": frames.fer, "frames": frames.frames}
+    for split in ("dev", "test"):
+        forward(exp, prep[split], f"ark,scp:{exp / f'loglikes_{split}.ark'},{exp / f'loglikes_{split}.scp'}", config)
+    write_text(marker, json.dumps(scores, indent=2) + "\n")
+    return scores
+
+
+def _graph(corpus, out: Path, timer: _Timer) -> Path:  # noqa: ANN001 - CorpusPaths
+    """HCLG of a word loop over the corpus lexicon with the synth's monophone final.mdl (built once)."""
+    from asr_bn.decode import build_graph
+
+    if (out / "disambig_tid.int").exists():  # build_graph's last file
+        timer.reuse("mkgraph")
+        return out
+    return build_graph(corpus.lang, corpus.ali["train"], out, "loop")
+
+
+def _decode(graph: Path, corpus, exp: Path, prep: dict[str, Path], split: str, timer: _Timer):  # noqa: ANN001, ANN202
+    """Decode a split's log-likelihoods and score them against its transcripts (a WerResult)."""
+    from asr_bn.decode import decode
+    from asr_bn.score import score_hyps
+
+    out = exp / f"decode_{split}"
+    loglikes = exp / f"loglikes_{split}.scp"
+    stamp = _stamp(exp / f"loglikes_{split}.ark")
+    if _done(out / "done.json", stamp) is None:
+        decode(graph, corpus.ali["train"], loglikes, out)
+        write_text(out / "done.json", json.dumps({"stamp": stamp}) + "\n")
+    else:
+        timer.reuse(f"decode {exp.name} {split}")
+    _, best = score_hyps(prep[split], [out / "text"])
+    return best
