@@ -300,10 +300,11 @@ def _kernel_lstm(x: Tensor, packing: _Packing, w_ih: Tensor, w_hh: Tensor, b: Te
     zero_b = b.new_zeros(4 * hid)
     weights = [w_ih[0], w_hh[0], b[0], zero_b, w_ih[1], w_hh[1], b[1], zero_b]
     h0 = x.new_zeros(2, packing.batch_sizes[0], hid, dtype=dtype)
+    train = torch.is_grad_enabled()  # cuDNN keeps what its backward needs only in "train" mode (dropout is 0)
     with torch.autocast(x.device.type, enabled=False), warnings.catch_warnings():
         # cuDNN copies weights that are not views of one flat buffer (ours are computed per call; a few MB)
         warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk")
-        out, _, _ = torch._VF.lstm(x.to(dtype), packing.batch_sizes_cpu, (h0, h0), weights, True, 1, 0.0, False, True)
+        out, _, _ = torch._VF.lstm(x.to(dtype), packing.batch_sizes_cpu, (h0, h0), weights, True, 1, 0.0, train, True)
     return out
 
 

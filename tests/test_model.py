@@ -283,3 +283,9 @@ def test_cuda_matches_cpu(bn: str) -> None:
         gpu = _grads(gpu_model, xg, out_g, weights.cuda())
     for name in cpu:
         torch.testing.assert_close(gpu[name].cpu(), cpu[name], rtol=1e-3, atol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+    model.eval()
+    gpu_model.eval()  # eval with gradients (cuDNN must keep its training workspace)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        out_g = gpu_model(xg, lens.cuda())
+        out_g.sum().backward()
+        torch.testing.assert_close(out_g.detach().cpu(), model(x, lens).detach(), rtol=1e-4, atol=1e-4)
