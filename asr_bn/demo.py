@@ -26,10 +26,14 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
 
 from asr_bn.errors import UsageError
 from asr_bn.io import OutputLock, write_text
+
+if TYPE_CHECKING:
+    from asr_bn.score import WerResult
+    from asr_bn.synth import CorpusPaths
 
 __all__ = ["DemoBudget", "BUDGETS", "MODELS", "ModelResult", "DemoResult", "run_demo"]
 
@@ -76,8 +80,7 @@ class ModelResult:
     dev_wer: float
     test_wer: float
     test_wer_line: str  # Kaldi's `%WER … [ errors / words, ins, del, sub ]`
-    best_update: int
-    train_seconds: float
+    best_update: int  # the update of final.pt (best dev CE)
 
 
 @dataclass
@@ -91,7 +94,7 @@ class DemoResult:
     models: list[ModelResult]
     curves: Path
     results: Path
-    seconds: dict[str, float] = field(default_factory=dict)  # wall-clock time per stage (0 for reused outputs)
+    seconds: dict[str, float] = field(default_factory=dict)  # this run's wall-clock time per stage (~0 if reused)
     reused: list[str] = field(default_factory=list)  # stages whose outputs were already complete
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,7 +151,7 @@ def run_demo(
                 name=name, bn=bn, train_ce=scores["train"]["ce"], train_fer=scores["train"]["fer"],
                 dev_ce=scores["dev"]["ce"], dev_fer=scores["dev"]["fer"], dev_wer=wers["dev"].counts.wer,
                 test_wer=wers["test"].counts.wer, test_wer_line=wers["test"].counts.wer_line(),
-                best_update=scores["best_update"], train_seconds=timer.seconds.get(f"train {name}", 0.0),
+                best_update=scores["best_update"],
             ))  # fmt: skip
         with timer("plot", say):
             from asr_bn.train import plot_runs
@@ -241,7 +244,7 @@ def _done(marker: Path, stamp: Any) -> dict[str, Any] | None:
 # -- stages -------------------------------------------------------------------------------------------------------
 
 
-def _synth(root: Path, seed: int, size: Size, num_speakers: int | None, timer: _Timer):  # noqa: ANN202 - asr_bn.synth.CorpusPaths
+def _synth(root: Path, seed: int, size: Size, num_speakers: int | None, timer: _Timer) -> "CorpusPaths":
     """The synthetic corpus; corpus.json (written last) with this seed and size marks a complete one."""
     from asr_bn.synth import SPLITS as CORPUS_SPLITS
     from asr_bn.synth import CorpusPaths, synthesize_corpus
@@ -257,7 +260,7 @@ def _synth(root: Path, seed: int, size: Size, num_speakers: int | None, timer: _
     return synthesize_corpus(root, seed=seed, size=size, num_speakers=num_speakers)
 
 
-def _prep(corpus, out: Path, timer: _Timer) -> dict[str, Path]:  # noqa: ANN001 - CorpusPaths
+def _prep(corpus: "CorpusPaths", out: Path, timer: _Timer) -> dict[str, Path]:
     """Features of the three splits (40 fbank + Δ + ΔΔ, speaker CMVN); train and dev get the alignments' targets."""
     from asr_bn.prep import prepare_kaldi, wsj_pipeline
 
@@ -281,8 +284,7 @@ def _train(
         data=str(prep["train"]), dev=str(prep["dev"]), exp_dir=str(exp), layers=budget.layers, units=budget.units,
         bn=bn, optimizer=budget.optimizer, lr=budget.lr, momentum=budget.momentum, schedule="constant",
         epochs=budget.epochs, patience=0, batch_size=budget.batch_size, max_train_frames=None,
-        log_every=budget.log_every, checkpoint_every=10**9, device=device,
-        num_workers=0, cache=True, seed=seed,
+        log_every=budget.log_every, device=device, num_workers=0, cache=True, seed=seed,
     )  # fmt: skip
     checkpoint = exp / "checkpoint.pt"
     resume = checkpoint.exists()
@@ -315,7 +317,7 @@ def _forward(exp: Path, prep: dict[str, Path], device: str, timer: _Timer) -> di
     return scores
 
 
-def _graph(corpus, out: Path, timer: _Timer) -> Path:  # noqa: ANN001 - CorpusPaths
+def _graph(corpus: "CorpusPaths", out: Path, timer: _Timer) -> Path:
     """HCLG of a word loop over the corpus lexicon with the synth's monophone final.mdl (built once)."""
     from asr_bn.decode import build_graph
 
@@ -325,7 +327,9 @@ def _graph(corpus, out: Path, timer: _Timer) -> Path:  # noqa: ANN001 - CorpusPa
     return build_graph(corpus.lang, corpus.ali["train"], out, "loop")
 
 
-def _decode(graph: Path, corpus, exp: Path, prep: dict[str, Path], split: str, timer: _Timer):  # noqa: ANN001, ANN202
+def _decode(
+    graph: Path, corpus: "CorpusPaths", exp: Path, prep: dict[str, Path], split: str, timer: _Timer
+) -> "WerResult":
     """Decode a split's log-likelihoods and score them against its transcripts (a WerResult)."""
     from asr_bn.decode import decode
     from asr_bn.score import score_hyps

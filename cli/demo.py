@@ -12,12 +12,14 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="Output dir (corpus, prepared dirs, models, graph, results); "
                                       "a rerun reuses its finished stages.")] = Path("asr-bn-demo"),
     seed: Annotated[int, typer.Option(help="Seed of the corpus, the weights and the batch order.")] = 0,
-    small: Annotated[bool, typer.Option("--small", help="A tiny corpus and model (about a minute; for tests).")] = False,
-    device: Annotated[str, typer.Option(help="cpu (reproducible), cuda, cuda:N or auto, for training and "
-                                        "forward.")] = "cpu",
+    small: Annotated[bool, typer.Option("--small", help="A tiny corpus and model (about a minute; for "
+                                        "tests).")] = False,
+    device: Annotated[str, typer.Option(help="cpu (reproducible), cuda, cuda:N or auto: where training and "
+                                        "forward run.")] = "cpu",
 ) -> None:
-    """The whole hybrid pipeline on an espeak-ng corpus: synth → prep → train (baseline, sequence BN) → forward →
-    mkgraph → decode → score; prints train CE, dev CE, dev FER and WER per model (e.g. asr-bn demo --out demo)."""
+    """The whole hybrid pipeline on an espeak-ng corpus: synth → prep → train (baseline, sequence BN) →
+    forward → mkgraph → decode → score; prints train CE, dev CE, dev FER and WER per model, e.g.
+    asr-bn demo --out demo"""
     from rich.console import Console
     from rich.table import Table
 

@@ -85,7 +85,7 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
     asr-bn train "$out/prep/train" "$out/prep/dev" "$exp" $resume --bn "$bn" --layers "$layers" --units "$units" \
       --epochs "$epochs" --patience 0 --optimizer "$optimizer" --lr "$lr" --momentum "$momentum" \
       --schedule constant --batch-size "$batch_size" --max-train-frames 0 --log-every "$log_every" \
-      --checkpoint-every 1000000000 --num-workers 0 --cache --seed "$seed" --device cpu
+      --num-workers 0 --cache --seed "$seed" --device cpu
     touch "$exp/.done"
   done
 fi
@@ -95,10 +95,19 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
     exp=$out/exp/${m%%:*}
     log "Stage 3: frame scores and log-likelihoods of $exp"
     for split in train dev; do
-      asr-bn score frames "$exp" "$out/prep/$split" | tee "$exp/frames_$split.txt"
+      if [ "$exp/frames_$split.txt" -nt "$exp/final.pt" ]; then
+        cat "$exp/frames_$split.txt"
+      else
+        asr-bn score frames "$exp" "$out/prep/$split" > "$exp/frames_$split.tmp"
+        mv "$exp/frames_$split.tmp" "$exp/frames_$split.txt" && cat "$exp/frames_$split.txt"
+      fi
     done
     for split in dev test; do
-      asr-bn forward "$exp" "$out/prep/$split" "ark,scp:$exp/loglikes_$split.ark,$exp/loglikes_$split.scp"
+      if [ "$exp/loglikes_$split.scp" -nt "$exp/final.pt" ]; then
+        log "$exp/loglikes_$split.scp is newer than final.pt - skipping"
+      else
+        asr-bn forward "$exp" "$out/prep/$split" "ark,scp:$exp/loglikes_$split.ark,$exp/loglikes_$split.scp"
+      fi
     done
   done
 fi
@@ -117,6 +126,10 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
     exp=$out/exp/${m%%:*}
     for split in dev test; do
       log "Stage 5: decode $split with $exp"
+      if [ "$exp/decode_$split/text" -nt "$exp/loglikes_$split.scp" ]; then
+        log "$exp/decode_$split/text is newer than its log-likelihoods - skipping"
+        continue
+      fi
       asr-bn decode "$out/graph" "$corpus/exp/ali_train" "$exp/loglikes_$split.scp" "$exp/decode_$split"
     done
   done
