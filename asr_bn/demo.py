@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
 
-from asr_bn.errors import UsageError
+from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.io import OutputLock, write_text
 
 if TYPE_CHECKING:
@@ -291,7 +291,10 @@ def _train(
     if resume and (exp / "final.pt").exists() and is_finished(cfg, TrainState(**load_checkpoint(checkpoint)["state"])):
         timer.reuse(f"train {exp.name}")
         return exp
-    train(cfg, resume=resume)
+    state = train(cfg, resume=resume)
+    if not is_finished(cfg, state):  # SIGINT / SIGTERM: train saved a checkpoint and returned
+        raise AsrBnError(f"training of {exp} stopped by a signal at update {state.update}; run the same "
+                         "`asr-bn demo` again to continue from its checkpoint")
     return exp
 
 

@@ -1,5 +1,6 @@
 """`asr-bn demo --small`: the whole pipeline end to end through the CLI; a rerun reuses every finished stage and
-prints the same table; a model trained again from scratch with the same seed gives the same numbers."""
+prints the same table; a model trained again from scratch with the same seed gives the same numbers; an
+interrupted training run or another seed for the same output dir stops with one error line."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from asr_bn.train import TrainState
 from asr_bn_cli.main import app
 
 ROW = re.compile(r"^\s*│\s*(baseline|bn-sequence)\s*│(.*)$")
@@ -67,9 +69,22 @@ def test_rerun_reuses_every_stage_and_prints_the_same_table(first: tuple[Path, s
     assert {"synth", "prep train", "train baseline", "train bn-sequence", "mkgraph"} <= set(reused), reused
 
 
+def test_training_stopped_by_a_signal_stops_the_demo(
+    first: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, _ = first
+    shutil.rmtree(out / "exp" / "baseline")
+    # asr_bn.train.train returns early (checkpoint saved) on SIGINT/SIGTERM; the demo must not go on
+    monkeypatch.setattr("asr_bn.train.train", lambda cfg, resume=False: TrainState(update=3))
+    code, output = run("--small", "--out", out, "--seed", "0")
+    assert code == 1
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "stopped by a signal at update 3" in last and "again" in last
+
+
 def test_retraining_with_the_same_seed_gives_the_same_numbers(first: tuple[Path, str]) -> None:
     out, output = first
-    shutil.rmtree(out / "exp" / "baseline")
+    shutil.rmtree(out / "exp" / "baseline", ignore_errors=True)
     code, again = run("--small", "--out", out, "--seed", "0")
     assert code == 0, again
     assert table_rows(again) == table_rows(output)
