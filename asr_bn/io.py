@@ -123,3 +123,20 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def read_matrix(location: str, table: str | Path, key: str) -> np.ndarray:
+    """Load one matrix an scp line points at (`file.ark:offset`); a missing, truncated or corrupt archive is an
+    AsrBnError naming the scp table, the utterance and the fix instead of kaldiio's own exception."""
+    import kaldiio
+
+    try:
+        mat = kaldiio.load_mat(location)
+    except Exception as e:  # kaldiio raises whatever its parser hits on bad bytes (ValueError, struct.error, …)
+        raise AsrBnError(
+            f"{table}: cannot read {key} at {location} ({type(e).__name__}: {e}); "
+            "the archive is missing, truncated or corrupt: re-run the stage that wrote it"
+        ) from e
+    if not isinstance(mat, np.ndarray) or mat.ndim not in (1, 2):
+        raise AsrBnError(f"{table}: {key} at {location} is not a Kaldi matrix or vector; re-run the stage that wrote it")
+    return mat

@@ -9,9 +9,11 @@ from pathlib import Path
 import kaldiio
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from asr_bn.errors import AsrBnError
-from asr_bn.io import OutputLock, atomic_open, write_ark_scp, write_text
+from asr_bn.io import OutputLock, atomic_open, read_matrix, write_ark_scp, write_text
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path: Path) -> None:
@@ -60,3 +62,24 @@ def test_stale_lock_is_taken_over(tmp_path: Path) -> None:
     (tmp_path / ".asr-bn.lock").write_text("999999999")
     with OutputLock(tmp_path):
         pass
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_feature_archive_reading(tmp_path: Path, data: st.DataObject) -> None:
+    """Random byte flips and truncations of a feats.ark never give anything but AsrBnError (or a matrix)."""
+    rng = np.random.default_rng(0)
+    ark, scp = tmp_path / "f.ark", tmp_path / "f.scp"
+    write_ark_scp(ark, scp, [("u1", rng.standard_normal((5, 3)).astype(np.float32)), ("u2", np.ones((2, 3), np.float32))])
+    good = ark.read_bytes()
+    bad = bytearray(good[: data.draw(st.integers(0, len(good)))])
+    for _ in range(data.draw(st.integers(0, 4))):
+        if bad:
+            bad[data.draw(st.integers(0, len(bad) - 1))] = data.draw(st.integers(0, 255))
+    ark.write_bytes(bytes(bad))
+    for line in scp.read_text().splitlines():
+        key, location = line.split(" ", 1)
+        try:
+            read_matrix(location, scp, key)
+        except AsrBnError as e:
+            assert str(scp) in str(e) and key in str(e)
