@@ -82,11 +82,16 @@ speakers_opt=
 # than a CPU can give here (AN4 is 37 updates of 24 utterances per epoch); Adam at 1e-3 with dropout converges in
 # ~15 epochs. 3 x 256 cells is as large as 2 CPU cores train in hours, and plenty for 104 monophone-state targets.
 net_opts="--layers 3 --units 256 --dropout 0.2 --optimizer adam --lr 1e-3 --batch-size 24 --epochs 15 --patience 3"
-$fast && net_opts="--layers 1 --units 64 --optimizer adam --lr 5e-3 --batch-size 4 --epochs 3 --patience 0"
+$fast && net_opts="--layers 2 --units 64 --optimizer adam --lr 5e-3 --batch-size 4 --epochs 6 --patience 0"
 net_opts="$net_opts --seed 0 --num-workers 0 --cache $train_opts"
 models="blstm:none blstm_bn_seq:sequence"  # exp dir : --bn
 graphs="loop:exp/mono/graph an4lm:exp/mono/graph_an4lm tg:exp/mono/graph_tg"  # name : graph dir
+decode_opts=  # asr-bn decode's defaults: beam 13, lattice beam 8 (Kaldi's steps/nnet/decode.sh)
 lmwts=4:20  # LM weights tried on dev (acoustic scale 1/LMWT; Kaldi's score.sh sweeps 7:17 for nnet1)
+if $fast; then  # lattices of a weak model are costly: one graph (the LM one), narrower beams
+  graphs="tg:exp/mono/graph_tg"
+  decode_opts="--beam 8 --lattice-beam 4"
+fi
 
 # A stage's options are written into its .done marker; a rerun with other options must not mix outputs.
 check_done() {  # check_done MARKER OPTIONS: 0 when done with these options, 1 when not done, die when different
@@ -121,7 +126,7 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
     log "exp/mono/.done exists - skipping training"
   else
     rm -f exp/mono_ali/.done exp/mono_ali_dev/.done exp/mono/decode_test/.done  # they depend on this model
-    rm -rf exp/mono/graph
+    rm -rf exp/mono/graph exp/mono/graph_an4lm exp/mono/graph_tg
     python "$recipe/local/gmm.py" train-mono data/lang prep/train exp/mono $fast_opt
     echo "$opts" > exp/mono/.done
   fi
@@ -220,13 +225,15 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
         log "$test_dir/.done exists - skipping"
         continue
       fi
-      asr-bn decode "$graph" exp/mono "$exp/forward_dev/loglikes.scp" "$dev_dir" --lattices --lmwt "$lmwts" --nj "$nj"
+      # shellcheck disable=SC2086 # decode_opts is a list of options
+      asr-bn decode "$graph" exp/mono "$exp/forward_dev/loglikes.scp" "$dev_dir" \
+        --lattices --lmwt "$lmwts" --nj "$nj" $decode_opts
       asr-bn score wer data/dev "$dev_dir" > "$dev_dir/wer_sweep"
       best=$(sed -n 's/^best: .*hyp_\([0-9]*\)$/\1/p' "$dev_dir/wer_sweep")
       [ -n "$best" ] || die "no best LM weight in $dev_dir/wer_sweep"
       tail -n 1 "$dev_dir/wer_sweep" | tee "$dev_dir/wer"
       asr-bn decode "$graph" exp/mono "$exp/forward_test/loglikes.scp" "$test_dir" \
-        --lattices --lmwt "$best:$best" --nj "$nj"
+        --lattices --lmwt "$best:$best" --nj "$nj" $decode_opts
       asr-bn score wer data/test "$test_dir/hyp_$best" --details "$test_dir/details" | tee "$test_dir/wer"
       echo "$opts" > "$test_dir/.done"
     done
