@@ -31,6 +31,7 @@ __all__ = [
     "Batch",
     "UtteranceDataset",
     "filter_by_length",
+    "read_targets",
     "make_loader",
     "padding_waste",
     "PAD_TARGET",
@@ -279,16 +280,19 @@ class UtteranceDataset(torch.utils.data.Dataset):
         self.num_pdfs = num_pdfs
         self.pipeline = FeaturePipeline.load(self.dir / "pipeline.json")
         self.feats_scp = _read_table(self.dir / "feats.scp")
-        self.pdf_scp = _read_table(self.dir / "pdf.scp") if targets else None
+        pdf_scp = _read_table(self.dir / "pdf.scp") if targets else {}
         num_frames = _read_table(self.dir / "utt2num_frames")
         if utts is not None:
             self.utts = list(utts)
         else:
-            self.utts = [u for u in self.feats_scp if self.pdf_scp is None or u in self.pdf_scp]
+            self.utts = [u for u in self.feats_scp if not targets or u in pdf_scp]
         try:
             self.lengths = np.array([int(num_frames[u]) for u in self.utts], dtype=np.int64)
         except (KeyError, ValueError) as e:
             raise AsrBnError(f"{self.dir / 'utt2num_frames'}: no valid frame count for {e} (re-run `asr-bn prep`)") from e
+        self.targets = read_targets(self.dir, self.utts) if targets else None
+        if self.targets is not None:
+            self._check_targets()
         self._cmvn_key = self._cmvn_keys()
         cmvn_scp = self.dir / "cmvn.scp"
         # utterance CMVN may come without cmvn.scp: the pipeline then computes the stats from the utterance itself
@@ -300,6 +304,23 @@ class UtteranceDataset(torch.utils.data.Dataset):
             from asr_bn.progress import track
 
             self._cache = [self._load(i) for i in track(range(len(self.utts)), f"caching {self.dir.name}")]
+
+    def _check_targets(self) -> None:
+        """Every utterance's targets: as many as its frames, each a pdf-id of the model (checked once, up front)."""
+        where = self.dir / "pdf.scp"
+        for utt, n in zip(self.utts, self.lengths):
+            labels = self.targets[utt]
+            if len(labels) != n:
+                raise AsrBnError(
+                    f"{where}: utterance {utt} has {len(labels)} targets for {n} frames "
+                    "(re-run the alignment step of `asr-bn prep`)"
+                )
+            if len(labels) and (labels.max() >= self.num_pdfs or labels.min() < 0):
+                bad = int(labels.max() if labels.max() >= self.num_pdfs else labels.min())
+                raise AsrBnError(
+                    f"{where}: utterance {utt} has pdf-id {bad}, outside the model's {self.num_pdfs} outputs "
+                    "(the alignments come from another tree; re-align, or train a new model with --num-pdfs)"
+                )
 
     def _cmvn_keys(self) -> dict[str, str]:
         mode = self.pipeline.cmvn
@@ -340,19 +361,13 @@ class UtteranceDataset(torch.utils.data.Dataset):
                 f"{self.dir / 'cmvn.scp'}: CMVN stats of {self._cmvn_key[utt]} turn utterance {utt} into NaN/Inf "
                 "(re-run `asr-bn prep`)"
             )
-        if self.pdf_scp is None:
+        if self.targets is None:
             return feats, torch.full((len(feats),), PAD_TARGET, dtype=torch.int64)
-        targets = kaldiio.load_mat(self.pdf_scp[utt])
+        targets = self.targets[utt]
         if len(targets) != len(feats):
             raise AsrBnError(
-                f"{self.dir / 'pdf.scp'}: utterance {utt} has {len(targets)} targets for {len(feats)} frames "
-                "(re-run the alignment step of `asr-bn prep`)"
-            )
-        if len(targets) and (targets.max() >= self.num_pdfs or targets.min() < 0):
-            bad = int(targets.max() if targets.max() >= self.num_pdfs else targets.min())
-            raise AsrBnError(
-                f"{self.dir / 'pdf.scp'}: utterance {utt} has pdf-id {bad}, outside the model's {self.num_pdfs} outputs "
-                "(the alignments come from another tree; re-align, or train a new model with --num-pdfs)"
+                f"{self.dir / 'feats.scp'}: utterance {utt} has {len(feats)} frames, utt2num_frames and pdf.scp say "
+                f"{len(targets)} (re-run `asr-bn prep`)"
             )
         return feats, torch.from_numpy(targets.astype(np.int64))
 
@@ -369,6 +384,29 @@ class UtteranceDataset(torch.utils.data.Dataset):
         feats = torch.nn.utils.rnn.pad_sequence([f for f, _ in items], batch_first=True)  # (B, T_max, D)
         targets = torch.nn.utils.rnn.pad_sequence([t for _, t in items], batch_first=True, padding_value=PAD_TARGET)
         return Batch([self.utts[i] for i in indices], feats, targets, lengths)
+
+
+def read_targets(data_dir: str | Path, utts: Sequence[str]) -> dict[str, np.ndarray]:
+    """The int32 pdf-id targets of `utts` from a prepared dir's pdf.scp, each archive it points to read whole
+    (Kaldi int-vector archives, through asr_bn.alignments; far faster than one seek per utterance)."""
+    from asr_bn.alignments import read_alignments
+
+    scp_path = Path(data_dir) / "pdf.scp"
+    scp = _read_table(scp_path)
+    missing = [u for u in utts if u not in scp]
+    if missing:
+        raise AsrBnError(f"{scp_path} has no targets for {missing[0]} ({len(missing)} utterances); re-run prep")
+    wanted = set(utts)
+    arks = dict.fromkeys(scp[u].rsplit(":", 1)[0] for u in utts)  # in order, each once
+    targets = {}
+    for ark in arks:
+        for utt, labels, _ in read_alignments(ark):
+            if utt in wanted:
+                targets[utt] = labels
+    lost = [u for u in utts if u not in targets]
+    if lost:
+        raise AsrBnError(f"{scp_path}: {lost[0]} is not in the archive it points to ({scp[lost[0]]}); re-run prep")
+    return targets
 
 
 def filter_by_length(

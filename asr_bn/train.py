@@ -38,7 +38,15 @@ import torch
 import torch.nn.functional as F
 
 from asr_bn import __version__
-from asr_bn.batching import PAD_TARGET, Batch, BucketingSampler, UtteranceDataset, filter_by_length, make_loader
+from asr_bn.batching import (
+    PAD_TARGET,
+    Batch,
+    BucketingSampler,
+    UtteranceDataset,
+    filter_by_length,
+    make_loader,
+    read_targets,
+)
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.features import FeaturePipeline
 from asr_bn.io import OutputLock, atomic_path, write_text
@@ -511,8 +519,6 @@ def _pick_device(name: str, dist: _Dist) -> torch.device:
 def _pdf_counts(cfg: TrainConfig, utts: list[str]) -> np.ndarray:
     """Frames per pdf of the training targets, as long as the model's output layer: --num-pdfs, else the pdf
     count of the alignment model (the data dir's targets report), else the largest pdf-id + 1."""
-    import kaldiio
-
     from asr_bn.alignments import TARGETS_REPORT, count_pdfs
 
     num_pdfs = cfg.num_pdfs
@@ -520,8 +526,7 @@ def _pdf_counts(cfg: TrainConfig, utts: list[str]) -> np.ndarray:
     if num_pdfs is None and report.exists():
         with contextlib.suppress(ValueError, KeyError, TypeError):
             num_pdfs = int(json.loads(report.read_text(encoding="utf-8"))["counts"]["num_pdfs"])
-    pdfs = kaldiio.load_scp(str(Path(cfg.data) / "pdf.scp"))
-    counts = count_pdfs((pdfs[u] for u in utts), num_pdfs or 0)
+    counts = count_pdfs(read_targets(cfg.data, utts).values(), num_pdfs or 0)
     if num_pdfs is not None and len(counts) > num_pdfs:
         raise AsrBnError(
             f"{Path(cfg.data) / 'pdf.scp'} has pdf-id {len(counts) - 1}, outside the model's {num_pdfs} outputs "

@@ -9,6 +9,7 @@ start-up, warm-up) left out. Target: data wait ≤ 5 % of step time.
     python bench/train.py                        # CPU: 2 x 128 model, batch 8 (the paper's shape is minutes per step)
     python bench/train.py --paper --device cuda  # GPU: 5 x 250, batch 24, 120 inputs, lengths 300–1300
     python bench/train.py --threads 1            # on a loaded machine
+    python bench/train.py --units 16             # fast steps: how much the DataLoader workers hide
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import argparse
 import json
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from asr_bn.batching import BucketingSampler, UtteranceDataset, make_loader
 from asr_bn.features import FbankConfig, FeaturePipeline, compute_cmvn_stats
 from asr_bn.io import write_ark_scp, write_text
 from asr_bn.train import TrainConfig, is_finished, train
@@ -54,12 +57,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--amp", default="none")
     ap.add_argument("--bn", default="sequence")
+    ap.add_argument("--units", type=int, help="override the model width (small = fast steps, as on a GPU)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.paper:
         layers, units, batch, min_len, max_len, pdfs, log_every = 5, 250, 24, 300, 1300, 3000, 5
     else:
         layers, units, batch, min_len, max_len, pdfs, log_every = 2, 128, 8, 200, 600, 500, 3
+    units = args.units or units
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = make_dir(root / "train", args.updates * batch, min_len, max_len, pdfs, seed=0)
@@ -81,6 +86,21 @@ def main() -> None:
             wait = statistics.median(r["data_wait"] for r in rows)
             step_ms = 1000 * batch * (min_len + max_len) / 2 / fps
             print(f"{f'{workers} workers':<22} {fps:>10,.0f} {wait:>9.1%} {step_ms:>9.0f}")
+        for workers in (0, args.workers):
+            print(f"{f'data only, {workers} workers':<22} {data_only(data, batch, pdfs, workers):>10,.0f}")
+
+
+def data_only(data: Path, batch: int, num_pdfs: int, workers: int) -> float:
+    """Frames per second of the input pipeline alone (read, CMVN, deltas, pad), one pass, after the first batch."""
+    dataset = UtteranceDataset(data, num_pdfs)
+    loader = make_loader(dataset, BucketingSampler(dataset.lengths, batch), workers)
+    frames, start = 0, 0.0
+    for i, b in enumerate(loader):
+        if i == 0:
+            start = time.perf_counter()
+        else:
+            frames += b.num_frames
+    return frames / (time.perf_counter() - start)
 
 
 if __name__ == "__main__":

@@ -297,15 +297,22 @@ def _start(*args: object) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 
-def _wait_for_update(proc: subprocess.Popen, exp: Path, update: int, timeout: float = 60.0) -> None:
-    """Poll metrics.jsonl until the run has logged `update` (it logs every update)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and proc.poll() is None:
-        with_rows = (exp / "metrics.jsonl").exists() and (exp / "metrics.jsonl").read_text().splitlines()
-        if with_rows and json.loads(with_rows[-1])["update"] >= update:
-            return
+def _signal_at(plan: list[tuple[subprocess.Popen, Path, int, int]], timeout: float = 120.0) -> None:
+    """Send each (process, exp dir, update, signal) its signal as soon as its metrics.jsonl shows that update (the
+    runs log every update), watching all runs at once."""
+    end, pending = time.monotonic() + timeout, list(plan)
+    while pending and time.monotonic() < end:
+        for item in list(pending):
+            proc, exp, update, signum = item
+            log = (exp / "metrics.jsonl").read_text() if (exp / "metrics.jsonl").exists() else ""
+            rows = log[: log.rfind("\n") + 1].splitlines()  # whole lines only: the run may be writing one
+            if rows and json.loads(rows[-1])["update"] >= update:
+                os.kill(proc.pid, signum)
+                pending.remove(item)
+            elif proc.poll() is not None:
+                raise AssertionError(f"the run ended before update {update}: {proc.communicate()[0][-2000:]}")
         time.sleep(0.005)
-    raise AssertionError(f"the run ended or stalled before update {update}: {proc.communicate()[0][-2000:]}")
+    assert not pending, "a run stalled"
 
 
 def _weights(exp: Path) -> dict[str, torch.Tensor]:
@@ -322,10 +329,7 @@ def test_sigkill_then_resume_is_bitwise_and_sigterm_saves(dirs: tuple[Path, Path
     kill_at = int(np.random.default_rng().integers(4, 18))  # a random update among the 24
     ref, killed, termed = (tmp_path / n for n in ("ref", "killed", "termed"))
     procs = [_start(train, dev, d, *args) for d in (killed, termed)]
-    _wait_for_update(procs[0], killed, kill_at)
-    os.kill(procs[0].pid, signal.SIGKILL)
-    _wait_for_update(procs[1], termed, 7)
-    os.kill(procs[1].pid, signal.SIGTERM)
+    _signal_at([(procs[0], killed, kill_at, signal.SIGKILL), (procs[1], termed, 7, signal.SIGTERM)])
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert procs[0].returncode == -signal.SIGKILL
     assert procs[1].returncode == 143 and "stopped by a signal at update" in outs[1], outs[1][-3000:]
