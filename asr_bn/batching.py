@@ -15,7 +15,6 @@ deltas applied on the fly, in DataLoader workers), joins the pdf targets and ret
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from asr_bn.errors import AsrBnError, UsageError
+from asr_bn.io import read_matrix
 from asr_bn.report import Report
 
 __all__ = [
@@ -151,7 +151,8 @@ class BucketingSampler:
         n = len(self.lengths)
         if self.shuffle:
             order = rng.permutation(n)
-            pool = self.pool_batches * (self.batch_size or max(1, self.max_frames // max(1, int(np.median(self.lengths)))))
+            per_batch = self.batch_size or max(1, self.max_frames // max(1, int(np.median(self.lengths))))
+            pool = self.pool_batches * per_batch  # utterances per sorted pool
         else:
             order, pool = np.arange(n), n
         batches: list[np.ndarray] = []
@@ -223,7 +224,8 @@ class Batch:
 
     def pin_memory(self) -> "Batch":
         """Page-locked copy, so `to(device, non_blocking=True)` overlaps the copy with compute (DataLoader hook)."""
-        return Batch(self.utts, self.feats.pin_memory(), self.targets.pin_memory(), self.lengths.pin_memory(), self.error)
+        pinned = (t.pin_memory() for t in (self.feats, self.targets, self.lengths))
+        return Batch(self.utts, *pinned, self.error)
 
     def to(self, device: torch.device | str) -> "Batch":
         """Features and targets on `device` (lengths stay on the CPU, where packing wants them)."""
@@ -289,7 +291,8 @@ class UtteranceDataset(torch.utils.data.Dataset):
         try:
             self.lengths = np.array([int(num_frames[u]) for u in self.utts], dtype=np.int64)
         except (KeyError, ValueError) as e:
-            raise AsrBnError(f"{self.dir / 'utt2num_frames'}: no valid frame count for {e} (re-run `asr-bn prep`)") from e
+            where = self.dir / "utt2num_frames"
+            raise AsrBnError(f"{where}: no valid frame count for {e} (re-run `asr-bn prep`)") from e
         self.targets = read_targets(self.dir, self.utts) if targets else None
         if self.targets is not None:
             self._check_targets()
@@ -298,7 +301,9 @@ class UtteranceDataset(torch.utils.data.Dataset):
         # utterance CMVN may come without cmvn.scp: the pipeline then computes the stats from the utterance itself
         self._cmvn = kaldiio.load_scp(str(cmvn_scp)) if self.pipeline.cmvn != "none" and cmvn_scp.exists() else None
         if self._cmvn is None and self.pipeline.cmvn in ("speaker", "global"):
-            raise AsrBnError(f"{cmvn_scp} is missing but pipeline.json asks for {self.pipeline.cmvn} CMVN (re-run `asr-bn prep`)")
+            raise AsrBnError(
+                f"{cmvn_scp} is missing but pipeline.json asks for {self.pipeline.cmvn} CMVN (re-run `asr-bn prep`)"
+            )
         self._cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         if cache:
             from asr_bn.progress import track
@@ -339,10 +344,8 @@ class UtteranceDataset(torch.utils.data.Dataset):
 
     def _load(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Transformed features (T, D) and int64 targets (T,) of utterance i, checked."""
-        import kaldiio
-
         utt = self.utts[i]
-        raw = kaldiio.load_mat(self.feats_scp[utt])
+        raw = read_matrix(self.feats_scp[utt], self.dir / "feats.scp", utt)
         if not np.isfinite(raw).all():
             raise AsrBnError(
                 f"{self.dir / 'feats.scp'}: utterance {utt} has NaN/Inf features "
@@ -354,7 +357,8 @@ class UtteranceDataset(torch.utils.data.Dataset):
             try:
                 stats = self._cmvn[key]
             except KeyError as e:
-                raise AsrBnError(f"{self.dir / 'cmvn.scp'} has no stats for {key} (utterance {utt}); re-run `asr-bn prep`") from e
+                where = self.dir / "cmvn.scp"
+                raise AsrBnError(f"{where} has no stats for {key} (utterance {utt}); re-run `asr-bn prep`") from e
         feats = self.pipeline.transform(torch.from_numpy(np.array(raw, dtype=np.float32)), stats)  # a writable copy
         if not torch.isfinite(feats).all():
             raise AsrBnError(
@@ -433,11 +437,15 @@ def filter_by_length(
         else:
             kept.append(utt)
             lengths.append(int(num_frames[utt]))
-    report.counts.update({f"{role} utterances": len(feats), f"{role} kept": len(kept), f"{role} frames": int(sum(lengths))})
+    report.counts.update(
+        {f"{role} utterances": len(feats), f"{role} kept": len(kept), f"{role} frames": int(sum(lengths))}
+    )
     if not kept:
         new = {k: len(v) - skipped_before.get(k, 0) for k, v in report.skipped.items()}
         reasons = ", ".join(f"{n} {k.split(': ', 1)[1]}" for k, n in new.items() if n) or "feats.scp is empty"
-        raise AsrBnError(f"{data_dir}: no utterance is left to train on ({reasons}); raise --max-train-frames or fix the data dir")
+        raise AsrBnError(
+            f"{data_dir}: no utterance is left to train on ({reasons}); raise --max-train-frames or fix the data dir"
+        )
     return kept, np.array(lengths, dtype=np.int64)
 
 

@@ -133,6 +133,11 @@ class TrainConfig:
         if self.lr <= 0 or self.epochs < 1 or self.log_every < 1 or self.checkpoint_every < 1:
             raise UsageError("--lr, --epochs, --log-every and --checkpoint-every must be positive")
         self.model_config(input_dim=1, num_pdfs=1)  # the model options are checked before anything is read
+        if self.tensorboard:
+            try:
+                import torch.utils.tensorboard  # noqa: F401
+            except ImportError as e:
+                raise UsageError("--tensorboard needs the tensorboard package (pip install tensorboard)") from e
 
     def model_config(self, input_dim: int, num_pdfs: int) -> ModelConfig:
         """The model these options describe, for features of `input_dim` and `num_pdfs` outputs."""
@@ -330,9 +335,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainState:
                 run.save_checkpoint()
                 run.say(f"stopped by a signal at update {run.state.update}; continue with --resume")
             else:
-                run.say(
-                    f"done: best dev CE {run.state.best_dev_ce:.4f} at update {run.state.best_update} → {exp / 'final.pt'}"
-                )
+                best = run.state
+                run.say(f"done: best dev CE {best.best_dev_ce:.4f} at update {best.best_update} → {exp / 'final.pt'}")
         finally:
             run.close()
         return run.state
@@ -384,7 +388,8 @@ def load_checkpoint(path: str | Path, expect: str = CHECKPOINT_FORMAT) -> dict[s
         raise AsrBnError(f"{path} is not an {expect} file; delete it or train again")
     missing = [k for k in _KEYS[expect] if k not in ckpt]
     if missing:
-        raise AsrBnError(f"{path} lacks {', '.join(missing)} (written by asr-bn {ckpt.get('version', '?')}); train again")
+        version = ckpt.get("version", "?")
+        raise AsrBnError(f"{path} lacks {', '.join(missing)} (written by asr-bn {version}); train again")
     return ckpt
 
 
@@ -464,7 +469,8 @@ class _Dist:
 
     @classmethod
     def from_env(cls) -> "_Dist":
-        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+        env = os.environ
+        return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
 
     @contextlib.contextmanager
     def group(self, device: str) -> Iterator[None]:
@@ -584,7 +590,9 @@ class _Run:
         pipeline = FeaturePipeline.load(Path(cfg.data) / "pipeline.json")
         dev_pipeline = FeaturePipeline.load(Path(cfg.dev) / "pipeline.json")
         if dev_pipeline != pipeline:
-            raise AsrBnError(f"{cfg.dev}/pipeline.json differs from {cfg.data}/pipeline.json; prepare both the same way")
+            raise AsrBnError(
+                f"{cfg.dev}/pipeline.json differs from {cfg.data}/pipeline.json; prepare both the same way"
+            )
         priors = [int(c) for c in ckpt["priors"]] if ckpt else [int(c) for c in _pdf_counts(cfg, utts)]
         train_set = UtteranceDataset(cfg.data, len(priors), utts, cache=cfg.cache)
         dev_set = UtteranceDataset(cfg.dev, len(priors), dev_utts, cache=cfg.cache)
@@ -599,7 +607,9 @@ class _Run:
 
         if ckpt:
             if ckpt["pipeline"] != pipeline.to_dict():
-                raise AsrBnError(f"{cfg.data}/pipeline.json differs from the features {exp / 'checkpoint.pt'} was trained on")
+                raise AsrBnError(
+                    f"{cfg.data}/pipeline.json differs from the features {exp / 'checkpoint.pt'} was trained on"
+                )
             model_config = _saved_model_config(ckpt, exp / "checkpoint.pt")
         else:
             model_config = cfg.model_config(pipeline.output_dim, len(priors))
@@ -626,8 +636,8 @@ class _Run:
             model = torch.nn.parallel.DistributedDataParallel(raw_model, device_ids=device_ids)
 
         run = cls(
-            cfg, dist, device, stop, train_set, sampler, train_loader, dev_loader, model, raw_model, optimizer, scaler, state,
-            model_config, pipeline, priors, exp,
+            cfg, dist, device, stop, train_set, sampler, train_loader, dev_loader, model, raw_model, optimizer,
+            scaler, state, model_config, pipeline, priors, exp,
         )  # fmt: skip
         if dist.main:
             run._write_run_files(report, resumed=ckpt is not None)
@@ -655,11 +665,10 @@ class _Run:
                 f"on {len(self.train_set)} utterances, {len(self.sampler)} updates per epoch, device {self.device}"
             )
         if self.cfg.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise UsageError("--tensorboard needs the tensorboard package (pip install tensorboard)") from e
-            self.tb = SummaryWriter(str(self.exp / "tensorboard"), purge_step=self.state.update + 1 if resumed else None)
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge = self.state.update + 1 if resumed else None  # drop the events of lost updates
+            self.tb = SummaryWriter(str(self.exp / "tensorboard"), purge_step=purge)
 
     # ---- one update
 

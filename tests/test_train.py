@@ -139,7 +139,8 @@ def test_train_learns_and_writes_the_model_dir(dirs: tuple[Path, Path], tmp_path
 
     import kaldiio
 
-    counts = np.bincount(np.concatenate([v for _, v in kaldiio.load_scp_sequential(str(train / "pdf.scp"))]), minlength=4)
+    targets = [v for _, v in kaldiio.load_scp_sequential(str(train / "pdf.scp"))]
+    counts = np.bincount(np.concatenate(targets), minlength=4)
     np.testing.assert_array_equal(read_counts(exp / "priors.vec"), counts)
     assert json.loads((exp / "config.json").read_text())["units"] == 8
     # the same exp dir again without --resume is refused
