@@ -31,6 +31,8 @@
 #                     score frames) and test WER per model and graph (local/report.py)
 # Stages 5 and 6 may run at the same time (two invocations with --stage 5 --stop-stage 5 and --stage 6
 # --stop-stage 6): on a CPU-bound machine that roughly halves the wall time. An interrupted training resumes.
+# On a shared CPU, OMP_NUM_THREADS=1 keeps torch's per-op threads from stalling: the recurrent steps' small
+# matrices gain nothing from them (docs/RESULTS.md, AN4).
 set -euo pipefail
 
 recipe=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -87,7 +89,7 @@ net_opts="$net_opts --seed 0 --num-workers 0 --cache $train_opts"
 models="blstm:none blstm_bn_seq:sequence"  # exp dir : --bn
 graphs="loop:exp/mono/graph an4lm:exp/mono/graph_an4lm tg:exp/mono/graph_tg"  # name : graph dir
 decode_opts=  # asr-bn decode's defaults: beam 13, lattice beam 8 (Kaldi's steps/nnet/decode.sh)
-lmwts=4:20  # LM weights tried on dev (acoustic scale 1/LMWT; Kaldi's score.sh sweeps 7:17 for nnet1)
+lmwts=1:15  # LM weights tried on dev: acoustic scale 1/LMWT (AN4's BLSTMs like 3-4; Kaldi's nnet1 sweeps 4:15)
 if $fast; then  # lattices of a weak model are costly: one graph (the LM one), narrower beams
   graphs="tg:exp/mono/graph_tg"
   decode_opts="--beam 8 --lattice-beam 4"
@@ -253,7 +255,9 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
       [ "$exp/frames_$set" -nt "$exp/final.pt" ] || asr-bn score frames "$exp" "prep/$set" > "$exp/frames_$set"
     done
   done
-  python "$recipe/local/report.py" "${exps[@]}" --labels "$(IFS=,; echo "${labels[*]}")" | tee exp/results.md
+  names=$(for entry in $graphs; do echo "${entry%%:*}"; done | paste -sd,)
+  python "$recipe/local/report.py" "${exps[@]}" --labels "$(IFS=,; echo "${labels[*]}")" --graphs "$names" \
+    | tee exp/results.md
 fi
 
 log "Done through stage $(( stop_stage < 8 ? stop_stage : 8 ))."

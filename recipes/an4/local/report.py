@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The recipe's results table (the paper's comparison): train CE, dev CE, dev FER and test WER per model.
 
-    python local/report.py exp/blstm exp/blstm_bn_seq [--labels none,sequence]
+    python local/report.py exp/blstm exp/blstm_bn_seq [--labels none,sequence] [--graphs loop,an4lm,tg]
 
 Reads  EXP/frames_train, EXP/frames_dev (`asr-bn score frames` lines), EXP/metrics.jsonl (the best update, the
        updates run), EXP/decode_test_<graph>/wer and EXP/decode_dev_<graph>/wer (`asr-bn score wer` lines), and
@@ -50,9 +50,11 @@ def training_summary(exp: Path) -> str:
     return f"{best['update']} / {max(r['update'] for r in rows)}"
 
 
-def table(exps: list[Path], labels: list[str]) -> str:
-    """The Markdown table: one row per model, one test-WER column per graph (the dev-chosen LM weight beside)."""
-    graphs = sorted({d.name.removeprefix("decode_test_") for e in exps for d in e.glob("decode_test_*")})
+def table(exps: list[Path], labels: list[str], graphs: list[str] | None = None) -> str:
+    """The Markdown table: one row per model, a dev-WER and a test-WER column per graph (default: every
+    decode_test_<graph> dir, sorted), the LM weight chosen on dev beside the test WER."""
+    if graphs is None:
+        graphs = sorted({d.name.removeprefix("decode_test_") for e in exps for d in e.glob("decode_test_*")})
     head = ["model", "train CE", "dev CE", "dev FER %", "best update / updates",
             *(f"{g}: dev WER %" for g in graphs), *(f"{g}: test WER % (LMWT)" for g in graphs)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
@@ -81,12 +83,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("exps", type=Path, nargs="+", help="model dirs of asr-bn train, decoded by stage 7")
     parser.add_argument("--labels", help="comma-separated row names (default: the dir names)")
+    parser.add_argument("--graphs", help="comma-separated graph names, in column order (default: all decoded)")
     args = parser.parse_args()
     labels = args.labels.split(",") if args.labels else [e.name for e in args.exps]
     try:
         if len(labels) != len(args.exps):
             raise AsrBnError(f"--labels gives {len(labels)} names for {len(args.exps)} model dirs")
-        print(table(args.exps, labels))
+        print(table(args.exps, labels, args.graphs.split(",") if args.graphs else None))
     except AsrBnError as e:
         print(f"{sys.argv[0]}: error: {e}", file=sys.stderr)
         sys.exit(1)
