@@ -30,8 +30,7 @@ from asr_bn.progress import progress_bar
 from asr_bn.report import Report
 
 if TYPE_CHECKING:
-    import kaldi_hmm_gmm
-    import kaldifst
+    from asr_bn.kaldi_ext import kaldi_hmm_gmm, kaldifst
 
     from asr_bn.lang import Lang
 
@@ -81,7 +80,7 @@ class Graph:
 
     def decoder(self, config: DecodeConfig):  # noqa: ANN201 - a kaldi_decoder decoder object
         """The (reused) kaldi-decoder object for these options: LatticeSimpleDecoder or FasterDecoder."""
-        import kaldi_decoder
+        from asr_bn.kaldi_ext import kaldi_decoder
 
         key = (config.lattices, config.beam, config.max_active, config.lattice_beam)
         if key not in self._decoders:
@@ -118,8 +117,7 @@ def load_graph(graph_dir: str | Path, model: str | Path) -> Graph:
     The graph must have been built for this model: a graph dir's `num_pdfs` file (written by Kaldi's
     mkgraph.sh and by `build_graph`) must match; without it, the graph's transition-ids are checked instead.
     """
-    import kaldi_hmm_gmm  # noqa: F401  (before kaldifst, or kaldifst can hang)
-    import kaldifst
+    from asr_bn.kaldi_ext import kaldifst
 
     from asr_bn.alignments import read_transition_model
 
@@ -179,7 +177,7 @@ class Hypothesis:
 
 def _best_path(graph: Graph, path) -> tuple[list[str], float, float]:  # noqa: ANN001 - linear kaldifst.Lattice
     """Words, graph cost and acoustic cost of a linear lattice (a best path)."""
-    import kaldifst
+    from asr_bn.kaldi_ext import kaldifst
 
     ok, _tids, word_ids, weight = kaldifst.get_linear_symbol_sequence(path)
     if not ok:
@@ -189,8 +187,7 @@ def _best_path(graph: Graph, path) -> tuple[list[str], float, float]:  # noqa: A
 
 def decode_matrix(graph: Graph, utt: str, loglikes: np.ndarray, config: DecodeConfig) -> Hypothesis:
     """Decode one (T, num_pdfs) log-likelihood matrix; raise AsrBnError (naming `utt`) when it cannot be."""
-    import kaldi_decoder
-    import kaldifst
+    from asr_bn.kaldi_ext import kaldi_decoder, kaldifst
 
     if loglikes.ndim != 2 or loglikes.shape[1] != graph.num_pdfs:
         raise AsrBnError(
@@ -409,7 +406,7 @@ def decode(
 
 def read_tree(path: str | Path) -> "kaldi_hmm_gmm.ContextDependency":
     """Read a Kaldi binary decision tree (`exp/*/tree`, as `build-tree` or kaldi-hmm-gmm write it)."""
-    import kaldi_hmm_gmm as khg
+    from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
 
     path = Path(path)
     try:
@@ -429,7 +426,7 @@ def read_tree(path: str | Path) -> "kaldi_hmm_gmm.ContextDependency":
 def _hmm_objects(model_path: Path, tree_path: Path | None):  # noqa: ANN202 - (khg tree, khg TransitionModel, tm)
     """kaldi-hmm-gmm's tree and TransitionModel for a Kaldi model: structure from the tree and the model's
     topology, transition probabilities from the model (read by asr_bn.alignments)."""
-    import kaldi_hmm_gmm as khg
+    from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
 
     from asr_bn.alignments import read_transition_model
 
@@ -460,7 +457,7 @@ def _hmm_objects(model_path: Path, tree_path: Path | None):  # noqa: ANN202 - (k
 
 def _rebuild(fst, arcs_of) -> "kaldifst.StdVectorFst":  # noqa: ANN001 - kaldifst FSTs and a callable
     """A copy of `fst` whose arcs from state s are `arcs_of(s, arc)` for each arc (a list of StdArc)."""
-    import kaldifst
+    from asr_bn.kaldi_ext import kaldifst
 
     out = kaldifst.StdVectorFst()
     for _ in range(fst.num_states):
@@ -478,8 +475,7 @@ def _lexicon_disambig_fst(lang: "Lang", sil_prob: float) -> tuple["kaldifst.StdV
     """L_disambig as Kaldi's prepare_lang.sh makes it: lexicon #n symbols, a silence disambiguation symbol after
     the optional silence, and #0:#0 self-loops where words leave (for G's back-off arcs).
     Returns L (olabel-sorted) and the phone and word tables including the disambiguation symbols."""
-    import kaldi_hmm_gmm  # noqa: F401
-    import kaldifst
+    from asr_bn.kaldi_ext import kaldifst
 
     from asr_bn.lang import Lang, add_lex_disambig, lexicon_fst
 
@@ -528,8 +524,7 @@ def _scored_words(lang: "Lang") -> list[str]:
 
 def _grammar_fst(grammar: str | Path, lang: "Lang", words: dict[str, int], words_txt: Path) -> "kaldifst.StdVectorFst":
     """G: a uniform word loop over the scored lexicon words (`loop`), or an ARPA LM through kaldilm's arpa2fst."""
-    import kaldi_hmm_gmm  # noqa: F401
-    import kaldifst
+    from asr_bn.kaldi_ext import kaldifst
 
     if str(grammar) == "loop":
         loop_words = _scored_words(lang)
@@ -543,7 +538,7 @@ def _grammar_fst(grammar: str | Path, lang: "Lang", words: dict[str, int], words
         for w in loop_words:
             G.add_arc(state, kaldifst.StdArc(words[w], words[w], cost, state))
     else:
-        import kaldilm
+        from asr_bn.kaldi_ext import kaldilm
 
         arpa = Path(grammar)
         if not arpa.is_file():
@@ -559,8 +554,7 @@ def _grammar_fst(grammar: str | Path, lang: "Lang", words: dict[str, int], words
 
 def _make_hclg(L, G, phones: dict[str, int], ctx, ktm, transition_scale: float, self_loop_scale: float):  # noqa: ANN001, ANN202
     """mkgraph.sh's FST steps: (HCLG, sorted disambiguation transition-ids removed from it)."""
-    import kaldi_hmm_gmm as khg
-    import kaldifst
+    from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg, kaldifst
 
     LG = kaldifst.compose(L, G)
     kaldifst.determinize_star(LG, use_log=True)

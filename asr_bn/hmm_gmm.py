@@ -29,12 +29,10 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-import kaldi_hmm_gmm as khg  # noqa: I001  (kaldi_hmm_gmm before kaldifst: the other order hangs)
-import kaldifst
-
 from asr_bn.alignments import HmmState, Topology, TransitionModel, read_transition_model
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.io import OutputLock, atomic_open, atomic_path, write_text
+from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg, kaldifst
 from asr_bn.lang import Lang, lexicon_fst
 from asr_bn.progress import progress_bar
 from asr_bn.report import Report

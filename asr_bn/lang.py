@@ -16,7 +16,7 @@ from asr_bn.errors import AsrBnError
 from asr_bn.io import write_text
 
 if TYPE_CHECKING:
-    import kaldifst
+    from asr_bn.kaldi_ext import kaldifst
 
 __all__ = ["Lang", "read_lexicon", "add_lex_disambig", "write_lang", "read_lang", "lexicon_fst", "read_symbol_table"]
 
@@ -172,8 +172,7 @@ def lexicon_fst(lang: Lang, sil_prob: float = 0.5) -> "kaldifst.StdVectorFst":
     state; each pronunciation leaves the loop state and returns to it either directly (cost -log(1-p)) or
     through one silence phone (cost -log p). Arcs are sorted by output label, ready for composition.
     """
-    import kaldi_hmm_gmm  # noqa: F401  (must be imported before kaldifst, or kaldifst can hang)
-    import kaldifst
+    from asr_bn.kaldi_ext import kaldifst
 
     if not 0.0 < sil_prob < 1.0:
         raise AsrBnError(f"sil_prob must lie strictly between 0 and 1, got {sil_prob}")

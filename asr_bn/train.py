@@ -20,7 +20,9 @@ per-minibatch statistics on a smaller minibatch); running averages are those of 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -50,7 +52,7 @@ from asr_bn.batching import (
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.features import FeaturePipeline
 from asr_bn.io import OutputLock, atomic_path, write_text
-from asr_bn.model import BnBlstm, ModelConfig
+from asr_bn.model import BnBlstm, ModelConfig, reestimate_population_stats
 from asr_bn.report import Report
 from asr_bn.score import FrameScores, frame_scores
 
@@ -111,6 +113,9 @@ class TrainConfig:
     max_train_frames: int | None = 1300  # drop longer training utterances (named in report.json)
     # evaluation, logging, checkpoints
     eval_every: int = 0  # also evaluate on dev every N updates; 0 = once per epoch
+    # BN statistics of dev scores and final.pt: 0 = the running averages; N = population statistics re-estimated
+    # before each evaluation over the same N training batches (the paper's alternative)
+    population_batches: int = 0
     log_every: int = 20
     checkpoint_every: int = 200
     # system (may change on --resume)
@@ -132,6 +137,8 @@ class TrainConfig:
             raise UsageError("give exactly one of --batch-size and --max-frames")
         if self.lr <= 0 or self.epochs < 1 or self.log_every < 1 or self.checkpoint_every < 1:
             raise UsageError("--lr, --epochs, --log-every and --checkpoint-every must be positive")
+        if self.population_batches < 0:
+            raise UsageError(f"--population-batches must be >= 0, got {self.population_batches}")
         self.model_config(input_dim=1, num_pdfs=1)  # the model options are checked before anything is read
         if self.tensorboard:
             try:
@@ -555,6 +562,7 @@ class _Run:
     sampler: BucketingSampler
     train_loader: torch.utils.data.DataLoader
     dev_loader: torch.utils.data.DataLoader
+    population_loader: torch.utils.data.DataLoader | None  # --population-batches: fixed training batches
     model: torch.nn.Module  # the DDP wrapper under torchrun, else the model itself
     raw_model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -604,6 +612,10 @@ class _Run:
         )
         train_loader = make_loader(train_set, sampler, cfg.num_workers, pin_memory=device.type == "cuda")
         dev_loader = make_loader(dev_set, dev_sampler, cfg.num_workers, pin_memory=device.type == "cuda")
+        population_loader = None
+        if cfg.population_batches and cfg.bn != "none":  # the same batches on every rank and every evaluation
+            population_sampler = BucketingSampler(lengths, cfg.batch_size, cfg.max_frames, seed=cfg.seed)
+            population_loader = make_loader(train_set, population_sampler, 0, pin_memory=device.type == "cuda")
 
         if ckpt:
             if ckpt["pipeline"] != pipeline.to_dict():
@@ -636,8 +648,8 @@ class _Run:
             model = torch.nn.parallel.DistributedDataParallel(raw_model, device_ids=device_ids)
 
         run = cls(
-            cfg, dist, device, stop, train_set, sampler, train_loader, dev_loader, model, raw_model, optimizer,
-            scaler, state, model_config, pipeline, priors, exp,
+            cfg, dist, device, stop, train_set, sampler, train_loader, dev_loader, population_loader, model,
+            raw_model, optimizer, scaler, state, model_config, pipeline, priors, exp,
         )  # fmt: skip
         if dist.main:
             run._write_run_files(report, resumed=ckpt is not None)
@@ -707,7 +719,8 @@ class _Run:
     def evaluate_and_schedule(self) -> None:
         """Dev CE/FER now; update the schedule state; keep the best model as final.pt."""
         self.sync_buffers()
-        scores = evaluate(self.raw_model, self.dev_loader, self)
+        model = self.inference_model()
+        scores = evaluate(model, self.dev_loader, self)
         self.state, best = after_eval(self.cfg, self.state, scores.ce)
         self.log(kind="dev", ce=scores.ce, fer=scores.fer, frames=scores.frames)
         self.say(
@@ -717,11 +730,22 @@ class _Run:
         )
         if best and self.dist.main:
             _save(self.exp / "final.pt", {
-                "format": MODEL_FORMAT, "version": __version__, "model": self.raw_model.state_dict(),
+                "format": MODEL_FORMAT, "version": __version__, "model": model.state_dict(),
                 "model_config": self.model_config.to_dict(), "pipeline": self.pipeline.to_dict(),
                 "priors": self.priors, "update": self.state.update, "epoch": self.state.epoch,
                 "dev_ce": scores.ce, "dev_fer": scores.fer, "train_config": self.cfg.to_dict(),
             })  # fmt: skip
+
+    def inference_model(self) -> torch.nn.Module:
+        """The model dev scores and final.pt use: the trained one, or (--population-batches) a copy whose BN
+        running statistics are replaced by population statistics over the fixed training batches."""
+        if self.population_loader is None:
+            return self.raw_model
+        model = copy.deepcopy(self.raw_model)
+        batches = (b.to(self.device) for b in itertools.islice(self.population_loader, self.cfg.population_batches))
+        with self.autocast():
+            reestimate_population_stats(model, ((b.feats, b.lengths) for b in batches))
+        return model
 
     def save_checkpoint(self) -> None:
         """Everything needed to continue bitwise: weights, optimiser, scaler, schedule state, sampler position,

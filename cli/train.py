@@ -67,6 +67,10 @@ def train(
                                                   "0 = keep all.", rich_help_panel=_BATCH)] = _D["max_train_frames"],
     eval_every: Annotated[int, typer.Option(help="Also evaluate on dev every N updates; 0 = per epoch only.",
                                             rich_help_panel=_RUN)] = _D["eval_every"],
+    population_batches: Annotated[int, typer.Option(help="BN statistics for dev scores and final.pt: population "
+                                                    "statistics over N training batches, re-estimated before each "
+                                                    "evaluation (the paper's alternative); 0 = running averages.",
+                                                    rich_help_panel=_MODEL)] = _D["population_batches"],
     log_every: Annotated[int, typer.Option(help="Updates per metrics line.", rich_help_panel=_RUN)] = _D["log_every"],
     checkpoint_every: Annotated[int, typer.Option(help="Updates per checkpoint.pt (also at each epoch end).",
                                                   rich_help_panel=_RUN)] = _D["checkpoint_every"],

@@ -9,7 +9,6 @@ import io
 import re
 from pathlib import Path
 
-import kaldi_hmm_gmm as khg  # noqa: I001 - must come before anything importing kaldifst
 import kaldiio
 import numpy as np
 import pytest
@@ -31,6 +30,7 @@ from asr_bn.alignments import (
     write_counts,
 )
 from asr_bn.errors import AsrBnError, UsageError
+from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
 from asr_bn_cli.main import app
 
 runner = CliRunner()

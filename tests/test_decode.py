@@ -11,13 +11,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import kaldi_hmm_gmm  # noqa: F401  (before kaldifst, or kaldifst can hang)
-import kaldifst
-
 from asr_bn.alignments import read_alignments, read_transition_model
 from asr_bn.decode import DecodeConfig, build_graph, decode, load_graph, read_tree
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.io import write_ark_scp
+from asr_bn.kaldi_ext import kaldifst
 from asr_bn.score import read_text, score_hyps
 from asr_bn_cli.main import app
 

@@ -158,7 +158,7 @@ def test_errors_are_one_line(tmp_path: Path, yesno_root: Path) -> None:
 
 def test_reproducible_split_allocates_like_kaldi() -> None:
     """Our seeded Gaussian split gives each pdf as many components as kaldi-hmm-gmm's SplitByCount does."""
-    import kaldi_hmm_gmm as khg
+    from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
 
     from asr_bn.hmm_gmm import _split_by_count
 

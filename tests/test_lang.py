@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import kaldi_hmm_gmm  # noqa: F401  (before kaldifst)
-import kaldifst
 import pytest
 
 from asr_bn.errors import AsrBnError
+from asr_bn.kaldi_ext import kaldifst
 from asr_bn.lang import add_lex_disambig, lexicon_fst, read_lang, read_lexicon, write_lang
 
 LEXICON = [("A", ["AH"]), ("A", ["EY"]), ("EIGHT", ["EY", "T"]), ("TWO", ["T", "UW"]), ("TOO", ["T", "UW"])]

@@ -151,6 +151,33 @@ def test_train_learns_and_writes_the_model_dir(dirs: tuple[Path, Path], tmp_path
     assert code == 0 and (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_population_statistics_are_what_final_pt_holds_and_scores(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    """--population-batches: final.pt carries BN statistics pooled over fixed training batches (not the momentum
+    averages of checkpoint.pt), and the dev CE it records is the one its statistics give."""
+    from asr_bn.batching import BucketingSampler, UtteranceDataset, filter_by_length, make_loader
+    from asr_bn.model import reestimate_population_stats
+    from asr_bn.report import Report
+    from asr_bn.train import load_model
+
+    train, dev = dirs
+    exp = tmp_path / "exp"
+    code, out = cli("train", train, dev, exp, *TINY, "--bn", "sequence", "--epochs", "2", "--population-batches", "3")
+    assert code == 0, out
+    model, final = load_model(exp / "final.pt")
+    saved = model.layers[0].running_mean.clone()
+    utts, lengths = filter_by_length(train, None, Report("t"))
+    loader = make_loader(UtteranceDataset(train, 4, utts), BucketingSampler(lengths, 4, seed=0), num_workers=0)
+    batches = [(b.feats, b.lengths) for b, _ in zip(loader, range(3))]
+    assert reestimate_population_stats(model, batches) == 3
+    torch.testing.assert_close(model.layers[0].running_mean, saved, rtol=0, atol=1e-6)
+    last = load_checkpoint(exp / "checkpoint.pt")["model"]
+    assert not torch.allclose(last["layers.0.running_mean"], saved, atol=1e-3)  # not the momentum averages
+    code, out = cli("score", "frames", exp, dev, "--device", "cpu")
+    assert code == 0 and f"frame CE {final['dev_ce']:.4f} nats" in out, (out, final["dev_ce"])
+    code, out = cli("train", train, dev, tmp_path / "e2", *TINY, "--population-batches", "-1")
+    assert code == 2 and "--population-batches must be >= 0" in out
+
+
 def test_length_filter_drops_are_named(dirs: tuple[Path, Path], tmp_path: Path) -> None:
     train, dev = dirs
     code, out = cli("train", train, dev, tmp_path / "exp", *TINY, "--epochs", "1", "--max-train-frames", "20")
