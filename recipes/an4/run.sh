@@ -9,6 +9,8 @@
 #   --dir DIR       working directory for data/ prep/ exp/ (default: the recipe folder).
 #   --fast          CI mode: few GMM iterations and Gaussians, a tiny network trained for a few epochs.
 #   --speakers N    keep only the first N speakers of train, dev and test (tests; default: all).
+#   --seed N        seed of both networks (default 0); a seed other than 0 trains and decodes exp/blstm_sN and
+#                   exp/blstm_bn_seq_sN beside the others, and stage 8 reports every seed with their means.
 #   --nj N          parallel jobs for feature extraction, archives of alignments and decoding (default 2).
 #   --train-opts S  extra `asr-bn train` options for both networks, after the recipe's own (so they win),
 #                   e.g. --train-opts "--epochs 30 --device cuda".
@@ -27,8 +29,8 @@
 #                     the training transcripts (local/train_lm.py → graph_tg); per model: asr-bn forward of dev and
 #                     test, lattice decoding, the LM weight (acoustic scale 1/LMWT) chosen on dev and applied to
 #                     test, asr-bn score wer → exp/<model>/decode_test_<graph>/wer
-#   8  report         asr-bn plot → exp/learning_curves.png; exp/results.md: train CE, dev CE, dev FER (asr-bn
-#                     score frames) and test WER per model and graph (local/report.py)
+#   8  report         asr-bn plot → exp/learning_curves.png (this seed's two models); exp/results.md: train CE,
+#                     dev CE, dev FER (asr-bn score frames) and test WER per model, seed and graph (local/report.py)
 # Stages 5 and 6 may run at the same time (two invocations with --stage 5 --stop-stage 5 and --stage 6
 # --stop-stage 6): on a CPU-bound machine that roughly halves the wall time. An interrupted training resumes.
 # On a shared CPU, OMP_NUM_THREADS=1 keeps torch's per-op threads from stalling: the recurrent steps' small
@@ -41,6 +43,7 @@ stop_stage=100
 dir=$recipe
 fast=false
 speakers=
+seed=0
 nj=2
 train_opts=
 an4_root=$recipe/../../../shared/data/an4
@@ -60,6 +63,7 @@ while [ $# -gt 0 ]; do
     --dir) dir=$2; shift 2 ;;
     --fast) fast=true; shift ;;
     --speakers) speakers=$2; shift 2 ;;
+    --seed) seed=$2; shift 2 ;;
     --nj) nj=$2; shift 2 ;;
     --train-opts) train_opts=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -85,8 +89,10 @@ speakers_opt=
 # ~15 epochs. 3 x 256 cells is as large as 2 CPU cores train in hours, and plenty for 104 monophone-state targets.
 net_opts="--layers 3 --units 256 --dropout 0.2 --optimizer adam --lr 1e-3 --batch-size 24 --epochs 15 --patience 3"
 $fast && net_opts="--layers 2 --units 64 --optimizer adam --lr 5e-3 --batch-size 4 --epochs 6 --patience 0"
-net_opts="$net_opts --seed 0 --num-workers 0 --cache $train_opts"
-models="blstm:none blstm_bn_seq:sequence"  # exp dir : --bn
+net_opts="$net_opts --seed $seed --num-workers 0 --cache $train_opts"
+suffix=
+[ "$seed" = 0 ] || suffix=_s$seed
+models="blstm$suffix:none blstm_bn_seq$suffix:sequence"  # exp dir : --bn
 graphs="loop:exp/mono/graph an4lm:exp/mono/graph_an4lm tg:exp/mono/graph_tg"  # name : graph dir
 decode_opts=  # asr-bn decode's defaults: beam 13, lattice beam 8 (Kaldi's steps/nnet/decode.sh)
 lmwts=1:15  # LM weights tried on dev: acoustic scale 1/LMWT (AN4's BLSTMs like 3-4; Kaldi's nnet1 sweeps 4:15)
@@ -184,13 +190,13 @@ train_net() {  # train_net EXP_DIR BN: one network; an interrupted run with the 
 }
 
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
-  log "Stage 5: baseline BLSTM (no batch norm) → exp/blstm"
-  train_net exp/blstm none
+  log "Stage 5: baseline BLSTM (no batch norm) → exp/blstm$suffix"
+  train_net "exp/blstm$suffix" none
 fi
 
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
-  log "Stage 6: sequence-wise batch-normalized BLSTM (same seed and budget) → exp/blstm_bn_seq"
-  train_net exp/blstm_bn_seq sequence
+  log "Stage 6: sequence-wise batch-normalized BLSTM (same seed and budget) → exp/blstm_bn_seq$suffix"
+  train_net "exp/blstm_bn_seq$suffix" sequence
 fi
 
 if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
@@ -243,16 +249,23 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
 fi
 
 if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
-  log "Stage 8: learning curves and the results table (exp/learning_curves.png, exp/results.md)"
+  log "Stage 8: learning curves and the results table (exp/learning_curves$suffix.png, exp/results.md)"
   exps=() labels=()
   for entry in $models; do
     exps+=("exp/${entry%%:*}")
     labels+=("${entry#*:}")
   done
-  asr-bn plot "${exps[@]}" -o exp/learning_curves.png --labels "$(IFS=,; echo "${labels[*]}")"
-  for exp in "${exps[@]}"; do
-    for set in train dev; do
-      [ "$exp/frames_$set" -nt "$exp/final.pt" ] || asr-bn score frames "$exp" "prep/$set" > "$exp/frames_$set"
+  asr-bn plot "${exps[@]}" -o "exp/learning_curves$suffix.png" --labels "$(IFS=,; echo "${labels[*]}")"
+  last_graph=${graphs##* } last_graph=${last_graph%%:*}
+  exps=() labels=()  # the table: every seed's models that stage 7 finished
+  for entry in blstm:none blstm_bn_seq:sequence; do
+    for exp in "exp/${entry%%:*}" "exp/${entry%%:*}"_s[0-9]*; do
+      [ -f "$exp/decode_test_$last_graph/.done" ] || continue
+      exps+=("$exp")
+      labels+=("${entry#*:}")
+      for set in train dev; do
+        [ "$exp/frames_$set" -nt "$exp/final.pt" ] || asr-bn score frames "$exp" "prep/$set" > "$exp/frames_$set"
+      done
     done
   done
   names=$(for entry in $graphs; do echo "${entry%%:*}"; done | paste -sd,)

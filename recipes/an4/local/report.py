@@ -3,9 +3,10 @@
 
     python local/report.py exp/blstm exp/blstm_bn_seq [--labels none,sequence] [--graphs loop,an4lm,tg]
 
-Reads  EXP/frames_train, EXP/frames_dev (`asr-bn score frames` lines), EXP/metrics.jsonl (the best update, the
-       updates run), EXP/decode_test_<graph>/wer and EXP/decode_dev_<graph>/wer (`asr-bn score wer` lines), and
-       the LM weight chosen on dev (the hyp_<LMWT> file scored on test)
+Reads  EXP/config.json (the seed), EXP/frames_train, EXP/frames_dev (`asr-bn score frames` lines),
+       EXP/metrics.jsonl (the best update, the updates run), EXP/decode_test_<graph>/wer and
+       EXP/decode_dev_<graph>/wer (`asr-bn score wer` lines), and the LM weight chosen on dev (the hyp_<LMWT> file
+       scored on test)
 Writes a Markdown table on stdout; a missing input is an error naming the file and the stage that writes it.
 """
 
@@ -50,24 +51,36 @@ def training_summary(exp: Path) -> str:
     return f"{best['update']} / {max(r['update'] for r in rows)}"
 
 
+def seed(exp: Path) -> int:
+    """The --seed the model in `exp` was trained with (its config.json)."""
+    return int(json.loads(_read(exp / "config.json", "stage 5/6"))["seed"])
+
+
 def table(exps: list[Path], labels: list[str], graphs: list[str] | None = None) -> str:
-    """The Markdown table: one row per model, a dev-WER and a test-WER column per graph (default: every
-    decode_test_<graph> dir, sorted), the LM weight chosen on dev beside the test WER."""
+    """The Markdown table: one row per model (with its seed), a dev-WER and a test-WER column per graph (default:
+    every decode_test_<graph> dir, sorted), the LM weight chosen on dev beside the test WER; a label trained with
+    several seeds also gets a row of their means."""
     if graphs is None:
         graphs = sorted({d.name.removeprefix("decode_test_") for e in exps for d in e.glob("decode_test_*")})
-    head = ["model", "train CE", "dev CE", "dev FER %", "best update / updates",
+    head = ["model", "seed", "train CE", "dev CE", "dev FER %", "best update / updates",
             *(f"{g}: dev WER %" for g in graphs), *(f"{g}: test WER % (LMWT)" for g in graphs)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(head) - 2)]
+    numbers: dict[str, list[list[float]]] = {}  # label -> per seed: train CE, dev CE, dev FER, dev WERs, test WERs
     for exp, label in zip(exps, labels):
         train_ce, _ = frame_scores(exp / "frames_train")
         dev_ce, dev_fer = frame_scores(exp / "frames_dev")
-        cells = [label, f"{train_ce:.3f}", f"{dev_ce:.3f}", f"{dev_fer:.1f}", training_summary(exp)]
-        for g in graphs:
-            cells.append(f"{wer(exp / f'decode_dev_{g}' / 'wer')[0]:.2f}")
-        for g in graphs:
-            value, hyp = wer(exp / f"decode_test_{g}" / "wer")
-            cells.append(f"{value:.2f} ({hyp.rsplit('_', 1)[-1]})")
+        dev_wers = [wer(exp / f"decode_dev_{g}" / "wer")[0] for g in graphs]
+        tests = [wer(exp / f"decode_test_{g}" / "wer") for g in graphs]
+        numbers.setdefault(label, []).append([train_ce, dev_ce, dev_fer, *dev_wers, *(w for w, _ in tests)])
+        cells = [label, str(seed(exp)), f"{train_ce:.3f}", f"{dev_ce:.3f}", f"{dev_fer:.1f}", training_summary(exp),
+                 *(f"{w:.2f}" for w in dev_wers), *(f"{w:.2f} ({hyp.rsplit('_', 1)[-1]})" for w, hyp in tests)]
         lines.append("| " + " | ".join(cells) + " |")
+    for label, runs in numbers.items():
+        if len(runs) > 1:
+            mean = [sum(column) / len(runs) for column in zip(*runs)]
+            cells = [f"{label}, mean", f"{len(runs)} seeds", f"{mean[0]:.3f}", f"{mean[1]:.3f}", f"{mean[2]:.1f}", "",
+                     *(f"{w:.2f}" for w in mean[3:])]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
