@@ -34,7 +34,7 @@
 # Stages 5 and 6 may run at the same time (two invocations with --stage 5 --stop-stage 5 and --stage 6
 # --stop-stage 6): on a CPU-bound machine that roughly halves the wall time. An interrupted training resumes.
 # On a shared CPU, OMP_NUM_THREADS=1 keeps torch's per-op threads from stalling: the recurrent steps' small
-# matrices gain nothing from them (docs/RESULTS.md, AN4).
+# matrices gain nothing from them (docs/RESULTS.md, Demo, "Threads").
 set -euo pipefail
 
 recipe=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -86,7 +86,8 @@ speakers_opt=
 
 # The network of stages 5-6 (both models alike but for --bn). The paper's SGD at lr 1e-4 needs far more updates
 # than a CPU can give here (AN4 is 37 updates of 24 utterances per epoch); Adam at 1e-3 with dropout converges in
-# ~15 epochs. 3 x 256 cells is as large as 2 CPU cores train in hours, and plenty for 104 monophone-state targets.
+# ~15 epochs. 3 x 256 cells trains in ~25 min per model on 2 CPU cores (docs/RESULTS.md) and is plenty for 104
+# monophone-state targets.
 net_opts="--layers 3 --units 256 --dropout 0.2 --optimizer adam --lr 1e-3 --batch-size 24 --epochs 15 --patience 3"
 $fast && net_opts="--layers 2 --units 64 --optimizer adam --lr 5e-3 --batch-size 4 --epochs 6 --patience 0"
 net_opts="$net_opts --seed $seed --num-workers 0 --cache $train_opts"
