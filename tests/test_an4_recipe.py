@@ -19,8 +19,8 @@ from asr_bn.lang import read_lang
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "an4"
 
 
-def _prepare_module():  # noqa: ANN202 - the recipe's local script, imported by path
-    spec = importlib.util.spec_from_file_location("an4_prepare_data", RECIPE / "local" / "prepare_data.py")
+def _local(name: str):  # noqa: ANN202 - the recipe's local/NAME.py script, imported by path
+    spec = importlib.util.spec_from_file_location(f"an4_{name}", RECIPE / "local" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
@@ -38,7 +38,7 @@ def _spells(phones: list[str], words: list[str], prons: dict[str, list[list[str]
 
 
 def test_prepare_data_whole_an4(an4_root: Path, tmp_path: Path) -> None:
-    report = _prepare_module().prepare(an4_root, tmp_path)
+    report = _local("prepare_data").prepare(an4_root, tmp_path)
     assert report.num_skipped == 0
     assert report.counts["train"] + report.counts["dev"] == 948 and report.counts["test"] == 130
     assert report.counts["dev speakers"] == 6 and report.counts["test speakers"] == 10
@@ -61,7 +61,7 @@ def test_prepare_data_names_bad_input(tmp_path: Path) -> None:
     from asr_bn.errors import AsrBnError
 
     with pytest.raises(AsrBnError, match="not an AN4 distribution"):
-        _prepare_module().prepare(tmp_path, tmp_path / "out")
+        _local("prepare_data").prepare(tmp_path, tmp_path / "out")
 
 
 def test_prepare_data_sphere_files_and_named_skips(tmp_path: Path) -> None:
@@ -88,7 +88,7 @@ def test_prepare_data_sphere_files_and_named_skips(tmp_path: Path) -> None:
                 path = root / "wav" / folder / f.split("-")[1] / f"{f}.sph"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 soundfile.write(path, np.zeros(4000, np.int16), 16000, format="NIST", subtype="PCM_16")
-    report = _prepare_module().prepare(root, tmp_path / "data", num_dev=1)
+    report = _local("prepare_data").prepare(root, tmp_path / "data", num_dev=1)
     assert report.skipped == {"words not in an4.dic": ["fabc-an2-b"], "wav file missing": ["mxyz-an4-b"]}
     assert _table(tmp_path / "data" / "train" / "text") == {"mxyz-an3-b": "NO"}  # ++NOISE++ stripped
     assert _table(tmp_path / "data" / "dev" / "text") == {"fabc-an1-b": "A NO"}
@@ -164,13 +164,6 @@ def test_run_sh_fast_all_stages(an4_root: Path, tmp_path: Path) -> None:
     assert other.returncode == 1 and "made with other options" in other.stderr
 
 
-def _lm_module():  # noqa: ANN202 - the recipe's local script, imported by path
-    spec = importlib.util.spec_from_file_location("an4_train_lm", RECIPE / "local" / "train_lm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 def _arpa_prob(model: list[dict], word: str, history: tuple[str, ...]) -> float:
     """p(word | history) by ARPA back-off, from train_lm's (log10 p, log10 bow) tables."""
     gram = history + (word,)
@@ -185,7 +178,7 @@ def test_train_lm_kneser_ney_is_normalized_and_readable(tmp_path: Path) -> None:
     text is what kaldilm's arpa2fst (the graph builder's reader) accepts."""
     from asr_bn.kaldi_ext import kaldilm
 
-    lm = _lm_module()
+    lm = _local("train_lm")
     sentences = [["A", "B", "C"], ["A", "B"], ["B", "C", "C"], ["ONE", "TWO"], ["A"]]
     vocab = ["A", "B", "C", "ONE", "TWO", "NEVER"]
     model = lm.kneser_ney(sentences, vocab, order=3)
@@ -209,4 +202,24 @@ def test_train_lm_names_unknown_words(tmp_path: Path) -> None:
     text = tmp_path / "text"
     text.write_text("u1 A B\nu2 A ZEBRA\n")
     with pytest.raises(AsrBnError, match=r"text:2: utterance u2 .*ZEBRA"):
-        _lm_module().read_sentences(text, {"A", "B"})
+        _local("train_lm").read_sentences(text, {"A", "B"})
+
+
+def test_report_table_has_every_seed_and_their_means(tmp_path: Path) -> None:
+    """Stage 8's table: a row per model and seed (LMWT beside the test WER), then the mean of each label's seeds."""
+    exps = []
+    for name, seed, ce, wer in (("a", 0, 0.5, 8.0), ("a1", 1, 0.7, 6.0), ("b", 0, 0.4, 5.0)):
+        exp = tmp_path / name
+        (exp / "decode_dev_tg").mkdir(parents=True)
+        (exp / "decode_test_tg").mkdir()
+        (exp / "config.json").write_text(json.dumps({"seed": seed}))
+        (exp / "metrics.jsonl").write_text('{"update": 5, "kind": "dev", "ce": 1.0}\n{"update": 9, "kind": "train"}\n')
+        for part in ("train", "dev"):
+            (exp / f"frames_{part}").write_text(f"frame CE {ce:.4f} nats, FER 20.00 % over 100 frames\n")
+        (exp / "decode_dev_tg" / "wer").write_text(f"best: %WER {wer + 1:.2f} [ 1 / 10, 0 ins, 0 del, 1 sub ] x/hyp_3\n")
+        (exp / "decode_test_tg" / "wer").write_text(f"%WER {wer:.2f} [ 1 / 10, 0 ins, 0 del, 1 sub ] x/hyp_3\n")
+        exps.append(exp)
+    rows = [r.split(" | ") for r in _local("report").table(exps, ["none", "none", "sequence"]).splitlines()[2:]]
+    assert [r[:3] for r in rows] == [["| none", "0", "0.500"], ["| none", "1", "0.700"], ["| sequence", "0", "0.400"],
+                                     ["| none, mean", "2 seeds", "0.600"]]
+    assert rows[0][5:] == ["5 / 9", "9.00", "8.00 (3) |"] and rows[3][5:] == ["", "8.00", "7.00 |"]
