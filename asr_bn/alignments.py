@@ -40,6 +40,7 @@ __all__ = [
     "write_counts",
     "read_counts",
     "log_priors",
+    "transition_id_scores",
 ]
 
 TARGETS_REPORT = "targets_report.json"
@@ -928,3 +929,9 @@ def log_priors(counts: np.ndarray, floor: float = 1e-10) -> tuple[np.ndarray, np
     logp = np.log(rel / rel.sum())
     logp[floored] = _NEVER_LOG_PRIOR
     return logp.astype(np.float32), floored
+
+
+def transition_id_scores(loglikes: np.ndarray, tid2pdf: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """(T, num_transition_ids) float32 scores of a (T, num_pdfs) log-likelihood matrix for a DecodableCtc (kaldi-decoder,
+    kaldi-hmm-gmm), which scores transition-id k at frame t as M[t, k-1]; `tid2pdf[k]` is k's pdf (entry 0 unused)."""
+    return np.ascontiguousarray(loglikes[:, tid2pdf[1:]] * scale, dtype=np.float32)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 
+from asr_bn.alignments import read_transition_model, transition_id_scores
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.io import OutputLock, atomic_open, atomic_path, write_text
 from asr_bn.progress import progress_bar
@@ -119,8 +120,6 @@ def load_graph(graph_dir: str | Path, model: str | Path) -> Graph:
     """
     from asr_bn.kaldi_ext import kaldifst
 
-    from asr_bn.alignments import read_transition_model
-
     graph_dir = Path(graph_dir)
     fst_path, words_path = graph_dir / "HCLG.fst", graph_dir / "words.txt"
     for path, what in ((fst_path, "the decoding graph"), (words_path, "the graph's word table")):
@@ -198,10 +197,8 @@ def decode_matrix(graph: Graph, utt: str, loglikes: np.ndarray, config: DecodeCo
         raise AsrBnError(f"utterance {utt}: no frames to decode")
     if not np.isfinite(loglikes).all():
         raise AsrBnError(f"utterance {utt}: log-likelihoods contain NaN or infinity (check the network's output)")
-    # DecodableCtc scores transition-id k at frame t as M[t, k-1]: expand pdf columns to transition-ids.
-    scores = np.ascontiguousarray(loglikes[:, graph.tid2pdf[1:]] * config.acoustic_scale, dtype=np.float32)
     decoder = graph.decoder(config)
-    decoder.decode(kaldi_decoder.DecodableCtc(scores))
+    decoder.decode(kaldi_decoder.DecodableCtc(transition_id_scores(loglikes, graph.tid2pdf, config.acoustic_scale)))
     frames = loglikes.shape[0]
     if not config.lattices:
         ok, best = decoder.get_best_path()
@@ -427,8 +424,6 @@ def _hmm_objects(model_path: Path, tree_path: Path | None):  # noqa: ANN202 - (k
     """kaldi-hmm-gmm's tree and TransitionModel for a Kaldi model: structure from the tree and the model's
     topology, transition probabilities from the model (read by asr_bn.alignments)."""
     from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
-
-    from asr_bn.alignments import read_transition_model
 
     tm = read_transition_model(model_path)
     topo = khg.HmmTopology()

@@ -25,11 +25,11 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from asr_bn.alignments import HmmState, Topology, TransitionModel, read_transition_model
+from asr_bn.alignments import HmmState, Topology, TransitionModel, read_transition_model, transition_id_scores
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.io import OutputLock, atomic_open, atomic_path, write_text
 from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg, kaldifst
@@ -465,10 +465,25 @@ def _boosted(system: GmmSystem, silence_phones: Sequence[int], boost: float) -> 
     return am
 
 
-def _align_all(system: GmmSystem, am: "khg.AmDiagGmm", graphs: Mapping[str, "kaldifst.StdVectorFst"],
-               feats: Mapping[str, np.ndarray], beam: float, retry_beam: float, scales: AlignConfig,
+def _gmm_scorer(system: GmmSystem, am: "khg.AmDiagGmm", feats: Mapping[str, np.ndarray],
+                acoustic_scale: float) -> Callable[[str], "khg.DecodableInterface"]:
+    """Frame scores of an utterance from the GMM `am` (gmm-align-compiled)."""
+    return lambda utt: khg.DecodableAmDiagGmmScaled(am, system.trans_model, feats[utt], acoustic_scale)
+
+
+def _network_scorer(system: GmmSystem, loglikes: Mapping[str, np.ndarray],
+                    acoustic_scale: float) -> Callable[[str], "khg.DecodableInterface"]:
+    """Frame scores of an utterance from a network's pdf log-likelihoods (align-compiled-mapped)."""
+    tid2pdf = np.asarray(system.trans_model.transition_id_to_pdf_array(), dtype=np.int64)
+    return lambda utt: khg.DecodableCtc(transition_id_scores(loglikes[utt], tid2pdf, acoustic_scale))
+
+
+def _align_all(system: GmmSystem, scorer: Callable[[str], "khg.DecodableInterface"],
+               graphs: Mapping[str, "kaldifst.StdVectorFst"], feats: Mapping[str, np.ndarray], beam: float,
+               retry_beam: float, scales: AlignConfig,
                on_done: Any = None) -> tuple[dict[str, list[int]], list[str], float, int]:
-    """Kaldi's gmm-align-compiled over all utterances: (alignments, failed utterances, total like, frames)."""
+    """Kaldi's (gmm-)align-compiled over all utterances, frame scores from `scorer`: (alignments, failed
+    utterances, total like, frames)."""
     config = khg.AlignConfig(beam=beam, retry_beam=retry_beam, careful=False)
     alis: dict[str, list[int]] = {}
     failed: list[str] = []
@@ -477,7 +492,7 @@ def _align_all(system: GmmSystem, am: "khg.AmDiagGmm", graphs: Mapping[str, "kal
     for utt, graph in graphs.items():
         fst = graph.copy()
         khg.add_transition_probs(system.trans_model, [], scales.transition_scale, scales.self_loop_scale, fst)
-        decodable = khg.DecodableAmDiagGmmScaled(am, system.trans_model, feats[utt], scales.acoustic_scale)
+        decodable = scorer(utt)
         before = num_error
         num_done, num_error, num_retried, tot_like, frames, ali, _ = khg.align_utterance_wrapper(
             config, utt, scales.acoustic_scale, fst, decodable, num_done, num_error, num_retried, tot_like, frames)
@@ -593,6 +608,22 @@ def _check_inputs(feats: Mapping[str, np.ndarray], text: Mapping[str, str], repo
     return utts
 
 
+def _check_loglikes(loglikes: Mapping[str, np.ndarray], utts: list[str], num_pdfs: int, report: Report) -> list[str]:
+    """Utterances whose log-likelihood matrix can be aligned: a matrix of another width than the model's pdfs is an
+    error (another model's network), NaN/Inf rows are a named skip."""
+    kept = []
+    for utt in utts:
+        m = loglikes[utt]
+        if m.ndim != 2 or m.shape[1] != num_pdfs:
+            raise AsrBnError(f"utterance {utt}: log-likelihoods have shape {tuple(m.shape)} but the model has "
+                             f"{num_pdfs} pdfs (use a network trained on this model's alignments)")
+        if np.isfinite(m).all():
+            kept.append(utt)
+        else:
+            report.skip(utt, "NaN or infinite log-likelihoods")
+    return kept
+
+
 def train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: Lang, out_dir: str | Path,
                cfg: MonoConfig | None = None, feature_info: Mapping[str, Any] | None = None) -> tuple[GmmSystem, Report]:
     """Train a monophone HMM-GMM as Kaldi's steps/train_mono.sh and write out_dir/{final.mdl, tree, phones.txt,
@@ -643,8 +674,10 @@ def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: 
             if realigned:
                 beam = cfg.first_beam if it == 1 else cfg.beam
                 bar.update(task, info=f"iter {it}: aligning")
-                alis, failed, _, _ = _align_all(system, _boosted(system, [sil], cfg.boost_silence), graphs, feats,
-                                                beam, beam * cfg.retry_beam_factor, AlignConfig())
+                scales = AlignConfig()
+                scorer = _gmm_scorer(system, _boosted(system, [sil], cfg.boost_silence), feats, scales.acoustic_scale)
+                alis, failed, _, _ = _align_all(system, scorer, graphs, feats, beam, beam * cfg.retry_beam_factor,
+                                                scales)
             stats = _Stats(system, feats, alis)
             stats.update(system, cfg.min_gaussian_occupancy_first if it == 0 else 10.0, num_gauss, cfg.power, rng)
             history.append({"iter": it, "avg_like": stats.tot_like / max(stats.frames, 1), "frames": stats.frames,
@@ -661,9 +694,13 @@ def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: 
 
 
 def align(system: GmmSystem, feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: Lang,
-          out_dir: str | Path, cfg: AlignConfig | None = None) -> Report:
+          out_dir: str | Path, cfg: AlignConfig | None = None, network: bool = False) -> Report:
     """Forced alignment as Kaldi's steps/align_si.sh: writes out_dir/{ali.1.gz … ali.N.gz, num_jobs, final.mdl,
-    tree, phones.txt, report.json}. Utterances that cannot be aligned are skipped, named in the report."""
+    tree, phones.txt, report.json}. Utterances that cannot be aligned are skipped, named in the report.
+
+    With `network=True`, `feats` are a network's per-frame pdf log-likelihoods (`asr-bn forward` output) and score
+    the frames instead of the GMM, as Kaldi's steps/nnet/align.sh; the system's HMM (final.mdl) is written as is.
+    """
     cfg = cfg or AlignConfig()
     if cfg.num_jobs < 1:
         raise UsageError(f"num_jobs={cfg.num_jobs} must be at least 1")
@@ -671,20 +708,25 @@ def align(system: GmmSystem, feats: Mapping[str, np.ndarray], text: Mapping[str,
     report = Report("align")
     utts = _check_inputs(feats, text, report)
     sil = lang.phones[lang.silence_phone]
+    if network:
+        utts = _check_loglikes(feats, utts, system.trans_model.num_pdfs, report)
+        scorer = _network_scorer(system, feats, cfg.acoustic_scale)
+    else:
+        scorer = _gmm_scorer(system, _boosted(system, [sil], cfg.boost_silence), feats, cfg.acoustic_scale)
     with OutputLock(out_dir):
         (out_dir / "report.json").unlink(missing_ok=True)  # written last: it marks a complete run
         graphs = _compile_graphs(system, lang, text, utts, cfg.sil_prob, report)
         with progress_bar() as bar:
             task = bar.add_task("align", total=len(graphs), info="")
             alis, failed, tot_like, frames = _align_all(
-                system, _boosted(system, [sil], cfg.boost_silence), graphs, feats, cfg.beam, cfg.retry_beam, cfg,
-                on_done=lambda: bar.advance(task))
+                system, scorer, graphs, feats, cfg.beam, cfg.retry_beam, cfg, on_done=lambda: bar.advance(task))
         for utt in failed:
             report.skip(utt, "no alignment within the retry beam")
         report.counts.update({"utterances": len(utts), "aligned": len(alis),
                               "frames": sum(len(a) for a in alis.values())})
         if frames:
-            report.note(f"log-likelihood per frame as gmm-align-compiled reports it: {tot_like / frames:.4f}")
+            tool = "align-compiled-mapped" if network else "gmm-align-compiled"
+            report.note(f"log-likelihood per frame as {tool} reports it: {tot_like / frames:.4f}")
         system.save(out_dir, lang.phones)
         write_alignments(out_dir, alis, cfg.num_jobs)
         report.save(out_dir / "report.json")

@@ -95,6 +95,33 @@ def test_alignment_agrees_with_kaldis(yesno_root: Path, tmp_path: Path) -> None:
         assert [p for p, _, _ in tm.phone_segments(ours[u])] == [p for p, _, _ in tm.phone_segments(kaldi[u])]
 
 
+def test_network_alignment_reproduces_kaldis(yesno_root: Path, tmp_path: Path) -> None:
+    """align(network=True) with log-likelihoods that favour the pdfs of Kaldi's own ali.1.gz gives back exactly those
+    alignments (every transition-id of all 31 utterances); another width is an error, NaN rows a named skip."""
+    model = yesno_root / "exp" / "mono" / "final.mdl"
+    tm = read_transition_model(model)
+    kaldi = {lab.utt: lab.values for lab in read_alignments(yesno_root / "exp" / "mono" / "ali.1.gz")}
+    loglikes = {}
+    for utt, tids in kaldi.items():
+        m = np.full((len(tids), tm.num_pdfs), -20.0, dtype=np.float32)
+        m[np.arange(len(tids)), tm.to_pdfs(tids)] = 0.0
+        loglikes[utt] = m
+    text = dict(line.split(maxsplit=1) for line in (yesno_root / "data/train_yesno/text").read_text().splitlines())
+    lang, system = read_lang(yesno_root / "data" / "lang"), GmmSystem.load(model)
+    report = align(system, loglikes, text, lang, tmp_path / "ali", network=True)
+    assert report.counts["aligned"] == 31 and report.num_skipped == 0
+    ours = {lab.utt: lab.values for lab in read_alignments(tmp_path / "ali")}
+    assert sorted(ours) == sorted(kaldi) and all(np.array_equal(ours[u], kaldi[u]) for u in kaldi)
+    assert (tmp_path / "ali" / "final.mdl").read_bytes()[:2] == b"\0B"  # the HMM, written as Kaldi does
+    bad = next(iter(kaldi))
+    loglikes[bad] = np.full_like(loglikes[bad], np.nan)
+    report = align(system, loglikes, text, lang, tmp_path / "ali2", network=True)
+    assert report.skipped == {"NaN or infinite log-likelihoods": [bad]} and report.counts["aligned"] == 30
+    loglikes[bad] = np.zeros((5, 3), np.float32)
+    with pytest.raises(AsrBnError, match=f"utterance {bad}: log-likelihoods have shape \\(5, 3\\) but the model has 11"):
+        align(system, loglikes, text, lang, tmp_path / "ali3", network=True)
+
+
 def test_train_mono_and_align_yesno(yesno: tuple, tmp_path: Path) -> None:
     feats, text, lang = yesno
     system, report = train_mono(feats, text, lang, tmp_path / "mono", FAST)
