@@ -35,7 +35,10 @@ if TYPE_CHECKING:
 
     from asr_bn.lang import Lang
 
-__all__ = ["DecodeConfig", "Graph", "Hypothesis", "load_graph", "decode_matrix", "decode", "read_tree", "build_graph"]
+__all__ = [
+    "DecodeConfig", "Graph", "Hypothesis", "load_graph", "decode_matrix", "decode", "read_loglikes", "read_tree",
+    "build_graph",
+]
 
 
 @dataclass
@@ -284,6 +287,12 @@ def _read_matrices(rspecifier: str) -> Iterator[tuple[str, np.ndarray]]:
             f"cannot read log-likelihoods from {rspecifier}: {e} "
             "(give `asr-bn forward` output as ark:FILE, scp:FILE or ark:- on stdin)"
         ) from e
+
+
+def read_loglikes(source: str | Path) -> Iterator[tuple[str, np.ndarray]]:
+    """(utterance, log-likelihood matrix) pairs of `asr-bn forward` output: a Kaldi rspecifier or a .ark/.scp path;
+    an unreadable source is one AsrBnError."""
+    return _read_matrices(_rspecifier(source))
 
 
 def _count_scp(rspecifier: str) -> int | None:

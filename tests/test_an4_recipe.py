@@ -163,6 +163,22 @@ def test_run_sh_fast_all_stages(an4_root: Path, tmp_path: Path) -> None:
     other = subprocess.run([*cmd[:4], "3", *cmd[5:]], capture_output=True, text=True, env=env)
     assert other.returncode == 1 and "made with other options" in other.stderr
 
+    # --targets nnet: the sequence-BN network realigns train and dev; two more networks learn those targets
+    nnet = subprocess.run([*cmd[:2], "--targets", "nnet", "--stage", "4", *cmd[2:]], capture_output=True, text=True,
+                          env=env)
+    assert nnet.returncode == 0, nnet.stdout[-3000:] + nnet.stderr[-3000:]
+    for prep, ali_dir in (("train", "nnet_ali"), ("dev", "nnet_ali_dev")):
+        frames = {u: int(n) for u, n in _table(work / "prep" / prep / "utt2num_frames").items()}
+        report = json.loads((work / "exp" / ali_dir / "report.json").read_text())
+        skipped = [u for utts in report["skipped"].values() for u in utts]
+        labels = {lab.utt: lab.values for lab in read_alignments(work / "exp" / ali_dir)}
+        assert sorted([*labels, *skipped]) == sorted(frames) and len(labels) >= 0.8 * len(frames)
+        pdfs = dict(kaldiio.load_scp(str(work / "prep" / f"{prep}_nnali" / "pdf.scp")))
+        assert set(pdfs) == set(labels) and all(len(v) == frames[u] for u, v in pdfs.items())
+    rows = [r.split("|")[1].strip() for r in (work / "exp" / "results.md").read_text().splitlines()[2:]]
+    assert rows == ["none", "sequence", "none (nnet ali)", "sequence (nnet ali)"]
+    assert (work / "exp" / "blstm_bn_seq_nnali" / "decode_test_tg" / "wer").read_text().startswith("%WER")
+
 
 def _arpa_prob(model: list[dict], word: str, history: tuple[str, ...]) -> float:
     """p(word | history) by ARPA back-off, from train_lm's (log10 p, log10 bow) tables."""

@@ -11,6 +11,10 @@
 #   --speakers N    keep only the first N speakers of train, dev and test (tests; default: all).
 #   --seed N        seed of both networks (default 0); a seed other than 0 trains and decodes exp/blstm_sN and
 #                   exp/blstm_bn_seq_sN beside the others, and stage 8 reports every seed with their means.
+#   --targets T     mono (default): the networks learn the monophone GMM's alignments; nnet: stage 4 realigns
+#                   train and dev with this seed's sequence-BN network (trained on mono targets first, as Kaldi's
+#                   steps/nnet/align.sh) → exp/nnet_ali*, prep/{train,dev}_nnali, and stages 5-8 train, decode and
+#                   report exp/blstm_nnali*, exp/blstm_bn_seq_nnali* beside the others.
 #   --nj N          parallel jobs for feature extraction, archives of alignments and decoding (default 2).
 #   --train-opts S  extra `asr-bn train` options for both networks, after the recipe's own (so they win),
 #                   e.g. --train-opts "--epochs 30 --device cuda".
@@ -22,7 +26,8 @@
 #   3  alignments     monophone HMM-GMM (steps/train_mono.sh) → exp/mono; forced alignment (steps/align_si.sh)
 #                     → exp/mono_ali (train), exp/mono_ali_dev (dev); GMM decode of test with a word loop as a
 #                     sanity check of the alignment model → exp/mono/decode_test (WER in its wer file)
-#   4  targets        asr-bn prep kaldi --ali-dir: the alignments' pdf-ids joined to prep/train, prep/dev (pdf.scp)
+#   4  targets        asr-bn prep kaldi --ali-dir: the alignments' pdf-ids joined to prep/train, prep/dev (pdf.scp);
+#                     with --targets nnet: the sequence-BN network's forced alignments → prep/{train,dev}_nnali
 #   5  baseline       asr-bn train --bn none → exp/blstm (final.pt, priors.vec, metrics.jsonl, learning_curve.png)
 #   6  sequence BN    asr-bn train --bn sequence, same seed and budget → exp/blstm_bn_seq
 #   7  decode         graphs over data/lang: word loop (exp/mono/graph), etc/an4.lm (graph_an4lm) and a trigram of
@@ -30,7 +35,8 @@
 #                     test, lattice decoding, the LM weight (acoustic scale 1/LMWT) chosen on dev and applied to
 #                     test, asr-bn score wer → exp/<model>/decode_test_<graph>/wer
 #   8  report         asr-bn plot → exp/learning_curves.png (this seed's two models); exp/results.md: train CE,
-#                     dev CE, dev FER (asr-bn score frames) and test WER per model, seed and graph (local/report.py)
+#                     dev CE, dev FER (asr-bn score frames, against the targets each model learned) and test WER
+#                     per model, seed, target source and graph (local/report.py)
 # Stages 5 and 6 may run at the same time (two invocations with --stage 5 --stop-stage 5 and --stage 6
 # --stop-stage 6): on a CPU-bound machine that roughly halves the wall time. An interrupted training resumes.
 # On a shared CPU, OMP_NUM_THREADS=1 keeps torch's per-op threads from stalling: the recurrent steps' small
@@ -44,6 +50,7 @@ dir=$recipe
 fast=false
 speakers=
 seed=0
+targets=mono
 nj=2
 train_opts=
 an4_root=$recipe/../../../shared/data/an4
@@ -64,6 +71,7 @@ while [ $# -gt 0 ]; do
     --fast) fast=true; shift ;;
     --speakers) speakers=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
+    --targets) targets=$2; shift 2 ;;
     --nj) nj=$2; shift 2 ;;
     --train-opts) train_opts=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -93,7 +101,12 @@ $fast && net_opts="--layers 2 --units 64 --optimizer adam --lr 5e-3 --batch-size
 net_opts="$net_opts --seed $seed --num-workers 0 --cache $train_opts"
 suffix=
 [ "$seed" = 0 ] || suffix=_s$seed
-models="blstm$suffix:none blstm_bn_seq$suffix:sequence"  # exp dir : --bn
+case $targets in
+  mono) tag= ;;
+  nnet) tag=_nnali ;;
+  *) die "--targets $targets is not mono or nnet" ;;
+esac
+models="blstm$tag$suffix:none blstm_bn_seq$tag$suffix:sequence"  # exp dir : --bn
 graphs="loop:exp/mono/graph an4lm:exp/mono/graph_an4lm tg:exp/mono/graph_tg"  # name : graph dir
 decode_opts=  # asr-bn decode's defaults: beam 13, lattice beam 8 (Kaldi's steps/nnet/decode.sh)
 lmwts=1:15  # LM weights tried on dev: acoustic scale 1/LMWT (AN4's BLSTMs like 3-4; Kaldi's nnet1 sweeps 4:15)
@@ -162,14 +175,36 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
 fi
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
-  log "Stage 4: targets (alignments joined to prep/train, prep/dev → pdf.scp)"
-  asr-bn prep kaldi data/train prep/train --nj "$nj" --ali-dir exp/mono_ali
-  asr-bn prep kaldi data/dev prep/dev --nj "$nj" --ali-dir exp/mono_ali_dev
+  log "Stage 4: targets (alignments joined to prep/train$tag, prep/dev$tag → pdf.scp)"
+  if [ "$targets" = nnet ]; then  # realign with the sequence-BN network of this seed (log-likelihoods, GMM's HMM)
+    aligner=exp/blstm_bn_seq$suffix
+    [ -f "$aligner/.done" ] || die "$aligner is not trained yet (run stages 5-6 with --targets mono first)"
+    opts=$(cat "$aligner/.done")
+    for set in train dev; do
+      ali=exp/nnet_ali$suffix
+      [ "$set" = dev ] && ali=exp/nnet_ali${suffix}_dev
+      if check_done "$ali/.done" "$opts"; then
+        log "$ali/.done exists - skipping"
+      else
+        out=$aligner/forward_$set
+        mkdir -p "$out"
+        asr-bn forward "$aligner" "prep/$set" "ark,scp:$out/loglikes.ark,$out/loglikes.scp"
+        python "$recipe/local/gmm.py" align data/lang "prep/$set" exp/mono "$ali" --nj "$nj" \
+          --loglikes "$out/loglikes.scp"
+        echo "$opts" > "$ali/.done"
+      fi
+      asr-bn prep kaldi "data/$set" "prep/${set}_nnali" --nj "$nj" --ali-dir "$ali"
+    done
+  else
+    asr-bn prep kaldi data/train prep/train --nj "$nj" --ali-dir exp/mono_ali
+    asr-bn prep kaldi data/dev prep/dev --nj "$nj" --ali-dir exp/mono_ali_dev
+  fi
 fi
 
 train_net() {  # train_net EXP_DIR BN: one network; an interrupted run with the same options resumes
   local exp=$1 bn=$2
   local opts="bn=$bn $net_opts $(cat exp/mono/.done)"
+  [ "$targets" = nnet ] && opts="$opts targets=nnet:$(cat "exp/nnet_ali$suffix/.done")"
   if check_done "$exp/.done" "$opts"; then
     log "$exp/.done exists - skipping"
     return
@@ -186,18 +221,18 @@ train_net() {  # train_net EXP_DIR BN: one network; an interrupted run with the 
     echo "$opts" > "$exp/.started"
   fi
   # shellcheck disable=SC2086 # net_opts is a list of options
-  asr-bn train prep/train prep/dev "$exp" --bn "$bn" $net_opts $resume
+  asr-bn train "prep/train$tag" "prep/dev$tag" "$exp" --bn "$bn" $net_opts $resume
   echo "$opts" > "$exp/.done"
 }
 
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
-  log "Stage 5: baseline BLSTM (no batch norm) → exp/blstm$suffix"
-  train_net "exp/blstm$suffix" none
+  log "Stage 5: baseline BLSTM (no batch norm) → exp/blstm$tag$suffix"
+  train_net "exp/blstm$tag$suffix" none
 fi
 
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
-  log "Stage 6: sequence-wise batch-normalized BLSTM (same seed and budget) → exp/blstm_bn_seq$suffix"
-  train_net "exp/blstm_bn_seq$suffix" sequence
+  log "Stage 6: sequence-wise batch-normalized BLSTM (same seed and budget) → exp/blstm_bn_seq$tag$suffix"
+  train_net "exp/blstm_bn_seq$tag$suffix" sequence
 fi
 
 if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
@@ -250,22 +285,24 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
 fi
 
 if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
-  log "Stage 8: learning curves and the results table (exp/learning_curves$suffix.png, exp/results.md)"
+  log "Stage 8: learning curves and the results table (exp/learning_curves$tag$suffix.png, exp/results.md)"
   exps=() labels=()
   for entry in $models; do
     exps+=("exp/${entry%%:*}")
     labels+=("${entry#*:}")
   done
-  asr-bn plot "${exps[@]}" -o "exp/learning_curves$suffix.png" --labels "$(IFS=,; echo "${labels[*]}")"
+  asr-bn plot "${exps[@]}" -o "exp/learning_curves$tag$suffix.png" --labels "$(IFS=,; echo "${labels[*]}")"
   last_graph=${graphs##* } last_graph=${last_graph%%:*}
-  exps=() labels=()  # the table: every seed's models that stage 7 finished
-  for entry in blstm:none blstm_bn_seq:sequence; do
-    for exp in "exp/${entry%%:*}" "exp/${entry%%:*}"_s[0-9]*; do
-      [ -f "$exp/decode_test_$last_graph/.done" ] || continue
-      exps+=("$exp")
-      labels+=("${entry#*:}")
-      for set in train dev; do
-        [ "$exp/frames_$set" -nt "$exp/final.pt" ] || asr-bn score frames "$exp" "prep/$set" > "$exp/frames_$set"
+  exps=() labels=()  # the table: every seed's and target source's models that stage 7 finished
+  for t in "" _nnali; do
+    for entry in blstm:none blstm_bn_seq:sequence; do
+      for exp in "exp/${entry%%:*}$t" "exp/${entry%%:*}$t"_s[0-9]*; do
+        [ -f "$exp/decode_test_$last_graph/.done" ] || continue
+        exps+=("$exp")
+        labels+=("${entry#*:}${t:+ (nnet ali)}")
+        for set in train dev; do  # frame scores against the targets the model learned
+          [ "$exp/frames_$set" -nt "$exp/final.pt" ] || asr-bn score frames "$exp" "prep/$set$t" > "$exp/frames_$set"
+        done
       done
     done
   done

@@ -6,8 +6,9 @@
                utt2spk)
         writes EXP_DIR/{final.mdl, tree, phones.txt, topo, iterations.jsonl, config.json, report.json}
                (as Kaldi's steps/train_mono.sh)
-    python local/gmm.py align LANG PREP_DIR MODEL_DIR ALI_DIR [--nj N]
-        reads  MODEL_DIR/final.mdl and the same inputs
+    python local/gmm.py align LANG PREP_DIR MODEL_DIR ALI_DIR [--nj N] [--loglikes SCP]
+        reads  MODEL_DIR/final.mdl and the same inputs; with --loglikes, a network's per-frame pdf log-likelihoods
+               (`asr-bn forward` output) score the frames instead of the GMM (Kaldi's steps/nnet/align.sh)
         writes ALI_DIR/{ali.1.gz … ali.N.gz, num_jobs, final.mdl, tree, phones.txt, topo, report.json}
                (as Kaldi's steps/align_si.sh)
 
@@ -24,6 +25,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from asr_bn.decode import read_loglikes
 from asr_bn.errors import AsrBnError
 from asr_bn.hmm_gmm import AlignConfig, GmmSystem, MonoConfig, align, prepared_gmm_features, train_mono
 from asr_bn.io import write_ark_scp
@@ -48,6 +50,7 @@ def main() -> None:
     a.add_argument("model_dir", type=Path)
     a.add_argument("ali_dir", type=Path)
     a.add_argument("--nj", type=int, default=1, help="number of ali.N.gz archives (default 1)")
+    a.add_argument("--loglikes", help="scp of a network's log-likelihoods (asr-bn forward) to align with")
     c = sub.add_parser("compute-likes", help="GMM log-likelihoods for asr-bn decode (gmm-compute-likes)")
     c.add_argument("prep_dir", type=Path)
     c.add_argument("model_dir", type=Path)
@@ -71,7 +74,10 @@ def main() -> None:
                                                  "cmvn": "per-speaker means", "deltas": 2})
         else:
             system = GmmSystem.load(args.model_dir / "final.mdl")
-            report = align(system, feats, text, lang, args.ali_dir, AlignConfig(num_jobs=args.nj))
+            if args.loglikes:
+                feats = dict(read_loglikes(args.loglikes))
+            report = align(system, feats, text, lang, args.ali_dir, AlignConfig(num_jobs=args.nj),
+                           network=bool(args.loglikes))
     except AsrBnError as e:
         print(f"{sys.argv[0]}: error: {e}", file=sys.stderr)
         sys.exit(1)
