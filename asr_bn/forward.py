@@ -257,14 +257,16 @@ def forward(
     return report
 
 
-def score_frames(model: str | Path, data_dir: str | Path, config: ForwardConfig | None = None) -> "FrameScores":
-    """Frame cross-entropy and frame error rate of the model on a prepared dir with alignments (pdf.scp),
-    masked and micro-averaged over all frames (the paper's table)."""
+def score_frames(
+    model: str | Path | AcousticModel, data_dir: str | Path, config: ForwardConfig | None = None
+) -> "FrameScores":
+    """Frame cross-entropy and frame error rate of the model (a model dir / .pt file, or one already loaded) on a
+    prepared dir with alignments (pdf.scp), masked and micro-averaged over all frames (the paper's table)."""
     from asr_bn.score import FrameScores, frame_scores
 
     config = config or ForwardConfig()
     config.check()
-    acoustic = load_acoustic_model(model, config)
+    acoustic = model if isinstance(model, AcousticModel) else load_acoustic_model(model, config)
     total = FrameScores()
     dataset = _dataset(acoustic, Path(data_dir), targets=True)
     for _, log_probs, targets, lengths in forward_batches(acoustic, dataset, config):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import itertools
 import time
 from pathlib import Path
@@ -20,21 +21,10 @@ from pathlib import Path
 import torch
 
 from asr_bn.batching import BucketingSampler, UtteranceDataset, filter_by_length, make_loader
+from asr_bn.forward import ForwardConfig, load_acoustic_model, score_frames
 from asr_bn.model import reestimate_population_stats
 from asr_bn.report import Report
-from asr_bn.score import FrameScores, frame_scores
 from asr_bn.train import load_model
-
-
-def dev_scores(model: torch.nn.Module, dev: Path, num_pdfs: int, batch_size: int) -> FrameScores:
-    """Frame CE / FER of `model` (eval mode) over every aligned utterance of `dev`."""
-    dataset = UtteranceDataset(dev, num_pdfs)
-    loader = make_loader(dataset, BucketingSampler(dataset.lengths, batch_size, shuffle=False), num_workers=0)
-    total = FrameScores()
-    with torch.no_grad():
-        for batch in loader:
-            total = total + frame_scores(model(batch.feats, batch.lengths), batch.targets, batch.lengths)
-    return total
 
 
 def main() -> None:
@@ -48,20 +38,21 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)  # the recurrence's small matrices gain nothing from more on a shared CPU
 
-    model, ckpt = load_model(args.exp / "final.pt")
-    num_pdfs = int(ckpt["model_config"]["num_pdfs"])
+    model, _ = load_model(args.exp / "final.pt")
+    config = ForwardConfig(device="cpu")
+    acoustic = load_acoustic_model(args.exp, config)  # BN folded into the weights, as asr-bn forward runs it
     utts, lengths = filter_by_length(args.train, None, Report("train"))
-    train = make_loader(UtteranceDataset(args.train, num_pdfs, utts, cache=True),
+    train = make_loader(UtteranceDataset(args.train, acoustic.num_pdfs, utts, cache=True),
                         BucketingSampler(lengths, args.batch_size, seed=0), num_workers=0)  # fmt: skip
     t0 = time.perf_counter()
-    saved = dev_scores(model, args.dev, num_pdfs, args.batch_size)
+    saved = score_frames(acoustic, args.dev, config)
     print(f"{'BN statistics':<40} {'dev CE':>8} {'dev FER %':>10} {'seconds':>8}")
     print(f"{'saved in final.pt':<40} {saved.ce:>8.4f} {100 * saved.fer:>10.2f} {time.perf_counter() - t0:>8.1f}")
     for n in (int(v) for v in args.batches.split(",")):
         t0 = time.perf_counter()
         copy_ = copy.deepcopy(model)
         used = reestimate_population_stats(copy_, ((b.feats, b.lengths) for b in itertools.islice(train, n or None)))
-        scores = dev_scores(copy_, args.dev, num_pdfs, args.batch_size)
+        scores = score_frames(dataclasses.replace(acoustic, net=copy_.fold_bn().eval()), args.dev, config)
         label = f"population, {used} training batches"
         print(f"{label:<40} {scores.ce:>8.4f} {100 * scores.fer:>10.2f} {time.perf_counter() - t0:>8.1f}")
 

@@ -123,6 +123,17 @@ check_done() {  # check_done MARKER OPTIONS: 0 when done with these options, 1 w
   die "$(dirname "$marker") was made with other options ($(cat "$marker")); remove it or use another --dir"
 }
 
+forward_set() {  # forward_set EXP SET: EXP/forward_SET/loglikes.{ark,scp} of prep/SET, once per trained model
+  local exp=$1 set=$2 out=$1/forward_$2
+  if check_done "$out/.done" "$(cat "$exp/.done")"; then
+    log "$out/.done exists - skipping"
+  else
+    mkdir -p "$out"
+    asr-bn forward "$exp" "prep/$set" "ark,scp:$out/loglikes.ark,$out/loglikes.scp"
+    cat "$exp/.done" > "$out/.done"
+  fi
+}
+
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
   log "Stage 1: data prep (AN4 → data/train data/dev data/test data/lang)"
   opts="an4=$an4_root speakers=${speakers:-all}"
@@ -186,11 +197,9 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
       if check_done "$ali/.done" "$opts"; then
         log "$ali/.done exists - skipping"
       else
-        out=$aligner/forward_$set
-        mkdir -p "$out"
-        asr-bn forward "$aligner" "prep/$set" "ark,scp:$out/loglikes.ark,$out/loglikes.scp"
+        forward_set "$aligner" "$set"  # dev's is stage 7's, reused
         python "$recipe/local/gmm.py" align data/lang "prep/$set" exp/mono "$ali" --nj "$nj" \
-          --loglikes "$out/loglikes.scp"
+          --loglikes "$aligner/forward_$set/loglikes.scp"
         echo "$opts" > "$ali/.done"
       fi
       asr-bn prep kaldi "data/$set" "prep/${set}_nnali" --nj "$nj" --ali-dir "$ali"
@@ -253,14 +262,7 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
     [ -f "$exp/.done" ] || die "$exp is not trained yet (run stages 5 and 6 first)"
     opts=$(cat "$exp/.done")
     for set in dev test; do
-      out=$exp/forward_$set
-      if check_done "$out/.done" "$opts"; then
-        log "$out/.done exists - skipping"
-      else
-        mkdir -p "$out"
-        asr-bn forward "$exp" "prep/$set" "ark,scp:$out/loglikes.ark,$out/loglikes.scp"
-        echo "$opts" > "$out/.done"
-      fi
+      forward_set "$exp" "$set"
     done
     for entry2 in $graphs; do
       name=${entry2%%:*} graph=${entry2#*:}
