@@ -239,3 +239,16 @@ def test_report_table_has_every_seed_and_their_means(tmp_path: Path) -> None:
     assert [r[:3] for r in rows] == [["| none", "0", "0.500"], ["| none", "1", "0.700"], ["| sequence", "0", "0.400"],
                                      ["| none, mean", "2 seeds", "0.600"]]
     assert rows[0][5:] == ["5 / 9", "9.00", "8.00 (3) |"] and rows[3][5:] == ["", "8.00", "7.00 |"]
+
+
+def test_run_sh_refuses_bad_targets_with_one_line(an4_root: Path, tmp_path: Path) -> None:
+    """An unknown --targets, and --targets nnet before the sequence-BN network it aligns with exists: one error line
+    naming the fix, nothing run."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for opts, message in ((["--targets", "gmm"], "--targets gmm is not mono or nnet"),
+                          (["--targets", "nnet", "--stage", "4", "--stop-stage", "4"],
+                           "exp/blstm_bn_seq is not trained yet (run stages 5-6 with --targets mono first)")):
+        run = subprocess.run(["bash", str(RECIPE / "run.sh"), *opts, "--dir", str(tmp_path), str(an4_root)],
+                             capture_output=True, text=True, env=env)
+        assert run.returncode == 1 and run.stderr.strip().splitlines() == [f"run.sh: error: {message}"], run.stderr
+    assert not (tmp_path / "exp").exists()
