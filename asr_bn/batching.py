@@ -15,6 +15,8 @@ deltas applied on the fly, in DataLoader workers), joins the pdf targets and ret
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing.util  # its exit handler, which `_kill_workers_at_exit` must precede
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -463,6 +465,15 @@ def _quiet_worker(_: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _kill_workers_at_exit() -> None:
+    """At interpreter exit multiprocessing ends daemonic children with SIGTERM and then joins them; workers ignore
+    SIGTERM (see `_quiet_worker`), so a loader still alive then (e.g. held by a traceback) would block exit forever.
+    Registered after multiprocessing's own exit handler, this runs first and kills them."""
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
 def make_loader(
     dataset: UtteranceDataset, sampler: BucketingSampler, num_workers: int = 2, pin_memory: bool = False
 ) -> torch.utils.data.DataLoader:
@@ -471,6 +482,9 @@ def make_loader(
     Workers persist across epochs (the sampler runs in this process, so `set_epoch` still takes effect). The loader
     has its own generator, so iterating it never touches the global torch RNG (resume stays bitwise exact).
     """
+    if num_workers:  # once, and after multiprocessing.util's own handler (imported above), so it runs first
+        atexit.unregister(_kill_workers_at_exit)
+        atexit.register(_kill_workers_at_exit)
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,

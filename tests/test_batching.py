@@ -3,6 +3,8 @@ dataset reading a prepared data dir (CMVN + deltas on the fly, padding, named da
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +162,24 @@ def test_nan_features_name_the_utterance_even_from_a_worker(tmp_path: Path) -> N
         for batch in loader:
             batch.check()
     assert "\n" not in str(e.value)
+
+
+def test_a_process_exits_while_a_loader_holds_its_workers(tmp_path: Path) -> None:
+    """Workers ignore SIGTERM, which is how multiprocessing ends them at exit: a loader still alive then (here a
+    global iterator, as an exception's traceback would hold it) must not keep the process from exiting."""
+    d = make_prepared_dir(tmp_path / "data", [5, 6, 7])
+    script = (
+        "from asr_bn.batching import BucketingSampler, UtteranceDataset, make_loader\n"
+        f"ds = UtteranceDataset({str(d)!r}, num_pdfs=4)\n"
+        "it = iter(make_loader(ds, BucketingSampler(ds.lengths, batch_size=1, shuffle=False), num_workers=2))\n"
+        "next(it)\n"
+        "print('exiting', flush=True)\n"
+    )
+    try:
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"the process did not exit with its loader's workers alive: {e.stdout!r}") from None
+    assert run.returncode == 0 and run.stdout == "exiting\n", run.stderr[-2000:]
 
 
 def test_target_beyond_the_outputs_is_an_error(tmp_path: Path) -> None:
