@@ -96,6 +96,11 @@ def _assert_log_close(ours: torch.Tensor, ref: np.ndarray, cfg: FbankConfig) -> 
         assert np.abs(o[:, e] - ref[:, e]).max() <= 1e-3
 
 
+def _option_ids(opts: dict) -> str:
+    """A parametrization id naming the options that differ from the defaults."""
+    return ",".join(f"{k}={v}" for k, v in opts.items()) or "defaults"
+
+
 # Every option named in the issue, varied one or two at a time from the defaults (dither 0).
 OPTION_SETS = [
     {},
@@ -113,11 +118,17 @@ OPTION_SETS = [
     {"use_power": False},
     {"round_to_power_of_two": False},
     {"preemphasis_coefficient": 0.0, "remove_dc_offset": False},
+    {"preemphasis_coefficient": 0.0},
+    {"preemphasis_coefficient": 0.5, "use_energy": True, "raw_energy": False},
+    {"remove_dc_offset": False},
+    {"remove_dc_offset": False, "preemphasis_coefficient": 0.5, "use_energy": True},
+    {"use_energy": True, "raw_energy": True, "htk_compat": True},
+    {"vtln_low": 300.0, "vtln_high": 3000.0},  # at warp 1 Kaldi ignores the VTLN cut-offs
     {"frame_length_ms": 20.0, "frame_shift_ms": 5.0},
 ]
 
 
-@pytest.mark.parametrize("opts", OPTION_SETS, ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items()) or "defaults")
+@pytest.mark.parametrize("opts", OPTION_SETS, ids=_option_ids)
 def test_fbank_matches_knf_16k_and_8k(opts: dict, an4_waves: list, yesno_waves: list) -> None:
     for waves, rate in ((an4_waves, 16000.0), (yesno_waves, 8000.0)):
         cfg = FbankConfig(sample_frequency=rate, dither=0.0, **opts)
@@ -125,51 +136,105 @@ def test_fbank_matches_knf_16k_and_8k(opts: dict, an4_waves: list, yesno_waves: 
             _assert_log_close(ours, knf_fbank(wave, cfg), cfg)
 
 
-@pytest.mark.parametrize("use_power", [True, False])
-@pytest.mark.parametrize("snip_edges", [True, False])
-def test_fbank_linear_domain_matches_knf(use_power: bool, snip_edges: bool, an4_waves: list, yesno_waves: list) -> None:
-    """use_log_fbank=false: every bin within 1e-4 of the frame's total (summed) energy."""
+def _assert_linear_close(ours: torch.Tensor, ref: np.ndarray, cfg: FbankConfig) -> None:
+    """use_log_fbank=false: every mel bin within 1e-4 of the frame's total (summed) mel energy; the energy feature,
+    which Kaldi keeps in the log domain, within 1e-3 absolute."""
+    assert tuple(ours.shape) == ref.shape and ours.dtype == torch.float32
+    o = ours.numpy()
+    e = (cfg.num_mel_bins if cfg.htk_compat else 0) if cfg.use_energy else None
+    mel = [i for i in range(cfg.dim) if i != e]
+    total = ref[:, mel].sum(axis=1, keepdims=True)
+    err = np.abs(o[:, mel] - ref[:, mel]) / total
+    assert err.max() <= 1e-4, f"max linear error {err.max():.2e} of the frame's total"
+    if e is not None:
+        assert np.abs(o[:, e] - ref[:, e]).max() <= 1e-3
+
+
+LINEAR_OPTION_SETS = [
+    {"use_power": True, "snip_edges": True},
+    {"use_power": True, "snip_edges": False},
+    {"use_power": False, "snip_edges": True},
+    {"use_power": False, "snip_edges": False},
+    {"use_energy": True},
+    {"use_energy": True, "raw_energy": False, "htk_compat": True, "snip_edges": False},
+    {"use_energy": True, "htk_compat": True, "use_power": False},
+    {"window_type": "hamming"},
+    {"window_type": "rectangular", "use_power": False},
+    {"window_type": "blackman", "preemphasis_coefficient": 0.5, "remove_dc_offset": False},
+]
+
+
+@pytest.mark.parametrize("opts", LINEAR_OPTION_SETS, ids=_option_ids)
+def test_fbank_linear_domain_matches_knf(opts: dict, an4_waves: list, yesno_waves: list) -> None:
+    """use_log_fbank=false, alone and with the energy, HTK order, magnitude spectra and other windows."""
     for waves, rate in ((an4_waves, 16000.0), (yesno_waves, 8000.0)):
-        cfg = FbankConfig(
-            sample_frequency=rate, dither=0.0, use_log_fbank=False, use_power=use_power, snip_edges=snip_edges
-        )
+        cfg = FbankConfig(sample_frequency=rate, dither=0.0, use_log_fbank=False, **opts)
         for wave, ours in zip(waves, compute_fbank(waves, cfg)):
-            ref = knf_fbank(wave, cfg)
-            assert tuple(ours.shape) == ref.shape
-            total = ref.sum(axis=1, keepdims=True)
-            assert (np.abs(ours.numpy() - ref) <= 1e-4 * total).all()
+            _assert_linear_close(ours, knf_fbank(wave, cfg), cfg)
 
 
-def _reference_power(wave: np.ndarray, cfg: FbankConfig) -> np.ndarray:
-    """Float64 power spectra of Kaldi's frames (snip_edges=true), with kaldi-native-fbank's window function."""
+def _reference_fbank(wave: np.ndarray, cfg: FbankConfig, warp: float) -> np.ndarray:
+    """Kaldi's fbank in float64 numpy with kaldi-native-fbank's window function and its MelBanks warped by `warp`.
+
+    knf's OnlineFbank always computes at warp 1 (it has no warp argument; only knf.MelBanks takes a warp factor),
+    so the warped reference is built here: Kaldi's framing (snip_edges true, or false with edge reflection as in
+    ExtractWindow), DC removal, raw or windowed log-energy, pre-emphasis, window, power or magnitude spectrum, knf's
+    warped mel matrix, log, energy floor, HTK order. At warp 1 the same function is checked against OnlineFbank."""
     o = _knf_options(cfg)
     window = np.asarray(knf.FeatureWindowFunction(o.frame_opts).window, dtype=np.float64)
     n, shift = cfg.window_size, cfg.window_shift
-    frames = np.stack([wave[s : s + n] for s in range(0, len(wave) - n + 1, shift)]).astype(np.float64)
-    frames -= frames.mean(axis=1, keepdims=True)
+    if cfg.snip_edges:
+        starts = range(0, len(wave) - n + 1, shift)
+    else:  # (N + shift/2) / shift frames; frame f starts at f*shift + shift/2 - n/2, reflecting at the edges
+        starts = range(shift // 2 - n // 2, (len(wave) + shift // 2) // shift * shift + shift // 2 - n // 2, shift)
+    pad = n + shift
+    ext = np.pad(wave.astype(np.float64), pad, mode="symmetric")
+    frames = np.stack([ext[pad + s : pad + s + n] for s in starts])
+    if cfg.remove_dc_offset:
+        frames -= frames.mean(axis=1, keepdims=True)
+    raw_energy = np.log(np.maximum((frames**2).sum(axis=1), FLT_EPS))
     frames[:, 1:] -= cfg.preemphasis_coefficient * frames[:, :-1].copy()
     frames[:, 0] *= 1.0 - cfg.preemphasis_coefficient
-    return np.abs(np.fft.rfft(frames * window, n=cfg.padded_window_size)) ** 2
+    frames *= window
+    energy = raw_energy if cfg.raw_energy else np.log(np.maximum((frames**2).sum(axis=1), FLT_EPS))
+    if cfg.energy_floor > 0.0:
+        energy = np.maximum(energy, math.log(cfg.energy_floor))
+    spectrum = np.abs(np.fft.rfft(frames, n=cfg.padded_window_size)) ** (2 if cfg.use_power else 1)
+    banks = knf.MelBanks(o.mel_opts, o.frame_opts, warp).get_matrix().astype(np.float64)
+    mel = spectrum[:, : banks.shape[1]] @ banks.T
+    if cfg.use_log_fbank:
+        mel = np.log(np.maximum(mel, FLT_EPS))
+    if not cfg.use_energy:
+        return mel
+    return np.concatenate([mel, energy[:, None]] if cfg.htk_compat else [energy[:, None], mel], axis=1)
 
 
+# Options varied with the warp: framing, energy and HTK order, pre-emphasis, VTLN cut-offs (absolute, and negative:
+# an offset from Nyquist, e.g. 4000 - 600 = 3400 Hz at 8 kHz, inside the 64..3600 Hz mel range) with mel cut-offs.
+VTLN_OPTION_SETS = [
+    {},
+    {"snip_edges": False, "use_energy": True},
+    {"vtln_low": 300.0, "vtln_high": -1000.0, "use_energy": True, "raw_energy": False, "htk_compat": True},
+    {"low_freq": 64.0, "high_freq": -400.0, "vtln_low": 200.0, "vtln_high": -600.0, "snip_edges": False},
+    {"vtln_low": 150.0, "vtln_high": 2500.0, "window_type": "hamming", "preemphasis_coefficient": 0.5},
+]
+
+
+@pytest.mark.parametrize("opts", VTLN_OPTION_SETS, ids=_option_ids)
 @pytest.mark.parametrize("warp", [0.88, 1.12])
-def test_fbank_vtln_warp_matches_knf_mel_banks(warp: float, an4_waves: list, yesno_waves: list) -> None:
-    """knf's OnlineFbank has no warp argument, so the reference is knf's warped MelBanks applied to float64 power
-    spectra; that reference is first checked against knf's OnlineFbank at warp 1."""
+def test_fbank_vtln_warp_matches_knf_mel_banks(warp: float, opts: dict, an4_waves: list, yesno_waves: list) -> None:
+    """Warped fbank against `_reference_fbank` (knf's warped MelBanks); that reference is first checked against
+    knf's OnlineFbank at warp 1, with the same options."""
     for waves, rate in ((an4_waves[:2], 16000.0), (yesno_waves[:1], 8000.0)):
-        cfg = FbankConfig(sample_frequency=rate, dither=0.0)
-        o = _knf_options(cfg)
+        cfg = FbankConfig(sample_frequency=rate, dither=0.0, **opts)
         for wave in waves:
-            power = _reference_power(wave, cfg)
-            for factor in (1.0, warp):
-                banks = knf.MelBanks(o.mel_opts, o.frame_opts, factor).get_matrix().astype(np.float64)
-                ref = np.log(np.maximum(power[:, : banks.shape[1]] @ banks.T, FLT_EPS))
-                if factor == 1.0:
-                    _assert_log_close(torch.from_numpy(ref.astype(np.float32)), knf_fbank(wave, cfg), cfg)
-                else:
-                    (ours,) = compute_fbank([wave], cfg, vtln_warp=factor)
-                    _assert_log_close(ours, ref, cfg)
-        warped_cfg = FbankConfig(sample_frequency=rate, dither=0.0, vtln_warp=warp)
+            unwarped = _reference_fbank(wave, cfg, 1.0)
+            _assert_log_close(torch.from_numpy(unwarped.astype(np.float32)), knf_fbank(wave, cfg), cfg)
+            ref = _reference_fbank(wave, cfg, warp)
+            assert np.abs(ref - unwarped).max() > 0.1  # the warp changes the features
+            (ours,) = compute_fbank([wave], cfg, vtln_warp=warp)
+            _assert_log_close(ours, ref, cfg)
+        warped_cfg = FbankConfig(sample_frequency=rate, dither=0.0, vtln_warp=warp, **opts)
         per_utt = compute_fbank(waves, cfg, vtln_warp=[warp] * len(waves))
         torch.testing.assert_close(compute_fbank(waves, warped_cfg), per_utt)
 
