@@ -276,16 +276,28 @@ def _rspecifier(loglikes: str | Path) -> str:
 
 
 def _read_matrices(rspecifier: str) -> Iterator[tuple[str, np.ndarray]]:
+    """(key, matrix) pairs of a Kaldi rspecifier. As in `asr_bn.io.read_matrix`, whatever kaldiio's parser raises
+    on a missing, cut-off or corrupt archive (struct.error, ValueError, UnicodeDecodeError, …: `asr-bn forward`
+    killed mid-pipe leaves one) becomes one AsrBnError naming the source, where it broke and the fix."""
     import kaldiio
 
+    fix = "re-run `asr-bn forward` and give its output as ark:FILE, scp:FILE or ark:- on stdin"
+    last = None
     try:
         with kaldiio.ReadHelper(rspecifier) as reader:
             for utt, mat in reader:
-                yield utt, np.asarray(mat)
-    except (OSError, ValueError, RuntimeError) as e:
+                if not isinstance(mat, np.ndarray) or mat.ndim != 2:
+                    raise AsrBnError(f"{rspecifier}: utterance {utt} is not a Kaldi matrix; {fix}")
+                yield utt, mat
+                last = utt
+    except AsrBnError:
+        raise
+    except Exception as e:  # kaldiio raises whatever its parser hits on bad bytes
+        where = f"after utterance {last}" if last is not None else "at its first utterance"
+        detail = " ".join(str(e).split())  # kaldiio's messages may span lines; the CLI prints one
         raise AsrBnError(
-            f"cannot read log-likelihoods from {rspecifier}: {e} "
-            "(give `asr-bn forward` output as ark:FILE, scp:FILE or ark:- on stdin)"
+            f"cannot read log-likelihoods from {rspecifier} {where} ({type(e).__name__}: {detail}); "
+            f"the archive is missing, truncated or corrupt: {fix}"
         ) from e
 
 

@@ -4,15 +4,19 @@ Kaldi's own alignments (exp/mono/ali.1.gz) must give WER 0 on all 31 training ut
 
 from __future__ import annotations
 
+import io
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from asr_bn.alignments import read_alignments, read_transition_model
-from asr_bn.decode import DecodeConfig, build_graph, decode, load_graph, read_tree
+from asr_bn.decode import DecodeConfig, build_graph, decode, load_graph, read_loglikes, read_tree
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.io import write_ark_scp
 from asr_bn.kaldi_ext import kaldifst
@@ -153,6 +157,58 @@ def test_mismatches_are_one_line_errors(yesno_root: Path, oracle: Path, tmp_path
         decode(graph, model, tmp_path / "missing.ark", tmp_path / "d")
     with pytest.raises(UsageError, match="needs lattices"):
         decode(graph, model, oracle / "ll.ark", tmp_path / "d", DecodeConfig(lmwt=(10,)))
+
+
+def _read_all(source: str, stdin: bytes = b"") -> list[tuple[str, np.ndarray]]:
+    """read_loglikes of `source`, with `stdin` as the process's standard input (for `ark:-`)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+        return list(read_loglikes(source))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_loglikes_reading(tmp_path: Path, data: st.DataObject) -> None:
+    """Truncated and byte-flipped `asr-bn forward` output, read as ark:FILE, scp:FILE or ark:- (a forward killed
+    mid-pipe), gives the matrices or one AsrBnError line naming the source, never kaldiio's own exception."""
+    rng = np.random.default_rng(0)
+    mats = [("u1", rng.standard_normal((5, 3)).astype(np.float32)), ("u2", np.ones((2, 3), np.float32))]
+    ark, scp = tmp_path / "ll.ark", tmp_path / "ll.scp"
+    write_ark_scp(ark, scp, mats)
+    good = ark.read_bytes()
+    bad = bytearray(good[: data.draw(st.integers(0, len(good)), label="cut")])
+    for _ in range(data.draw(st.integers(0, 4), label="flips")):
+        if bad:
+            bad[data.draw(st.integers(0, len(bad) - 1))] = data.draw(st.integers(0, 255))
+    ark.write_bytes(bytes(bad))
+    source = data.draw(st.sampled_from([f"ark:{ark}", f"scp:{scp}", "ark:-"]), label="source")
+    try:
+        got = _read_all(source, bytes(bad))
+    except AsrBnError as e:
+        assert "\n" not in str(e) and source in str(e)
+        return
+    assert all(mat.ndim == 2 for _, mat in got)
+    if bytes(bad) == good:
+        assert [u for u, _ in got] == ["u1", "u2"]
+        for (_, mat), (_, want) in zip(got, mats):
+            np.testing.assert_array_equal(mat, want)
+
+
+def test_cut_off_forward_output_is_one_line(yesno_root: Path, oracle: Path, tmp_path: Path) -> None:
+    """`asr-bn forward … | asr-bn decode … ark:-` with forward killed mid-matrix: exit 1, one line naming the last
+    utterance read and the fix (kaldiio raises struct.error / ValueError there, not OSError)."""
+    whole = (oracle / "ll.ark").read_bytes()
+    second = [line.split() for line in (oracle / "ll.scp").read_text().splitlines()][1]
+    cut = whole[: int(second[1].rsplit(":", 1)[1]) + 20]  # inside the second utterance's matrix header / data
+    with pytest.raises(AsrBnError, match=r"from ark:- after utterance \S+ \(.*truncated or corrupt: re-run"):
+        _read_all("ark:-", cut)
+    args = ["decode", str(yesno_root / "exp/mono/graph"), str(yesno_root / "exp/mono"), "ark:-", str(tmp_path / "d")]
+    result = runner.invoke(app, args, input=cut)
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "cannot read log-likelihoods from ark:-" in errors[0]
+    assert "re-run `asr-bn forward`" in errors[0]
+    assert not (tmp_path / "d" / "text").exists()
 
 
 def test_read_tree(yesno_root: Path, tmp_path: Path) -> None:
