@@ -800,16 +800,18 @@ def join_targets(
     *,
     model: str | Path | None = None,
     pdf_ids: bool = False,
+    num_pdfs: int | None = None,
     length_tolerance: int = 0,
 ) -> Report:
     """Write per-frame pdf-id targets (`pdf.ark/.scp`, int32) for a prepared data dir, and `targets_report.json`.
 
     `source` is a Kaldi alignment dir (`ali.N.gz` of transition-ids, with its `final.mdl` unless `model` is given)
     or an archive; `pdf_ids=True` means its labels are pdf-ids already (`ali-to-pdf` output or another aligner),
-    checked against `model`'s pdf count when a model is given. Frame counts must equal `utt2num_frames`; an
-    utterance off by at most `length_tolerance` frames is trimmed or padded by repeating its last label, one further
-    off is dropped. Drops and utterances with features but no alignment (or the reverse) are named in the report.
-    The caller holds the data dir's OutputLock.
+    checked against `num_pdfs`, else against the pdf count of the model when there is one, else only for being
+    negative (an id outside is an error naming the file and the utterance). Frame counts must equal
+    `utt2num_frames`; an utterance off by at most `length_tolerance` frames is trimmed or padded by repeating its
+    last label, one further off is dropped. Drops and utterances with features but no alignment (or the reverse)
+    are named in the report. The caller holds the data dir's OutputLock.
     """
     data_dir, source = Path(data_dir), Path(source)
     if length_tolerance < 0:
@@ -819,7 +821,11 @@ def join_targets(
         model = source / "final.mdl"
     if model is None and not pdf_ids:
         raise UsageError(f"{source}: transition-id alignments need the final.mdl they were made with (none found)")
+    check_num_pdfs(pdf_ids, num_pdfs)
     tm = read_transition_model(model) if model is not None else None
+    if num_pdfs is not None and tm is not None and tm.num_pdfs != num_pdfs:
+        raise UsageError(f"--num-pdfs {num_pdfs} disagrees with the {tm.num_pdfs} pdfs of {model}; give one of them")
+    limit, bound = _pdf_bound(num_pdfs, tm, model)
     report = Report("targets")
     targets: dict[str, np.ndarray] = {}
     seen: set[str] = set()
@@ -828,14 +834,12 @@ def join_targets(
         seen.add(utt)
         where = f"{path}, utterance {utt}"
         pdfs = values if pdf_ids else tm.to_pdfs(values, where)  # type: ignore[union-attr]
-        if pdf_ids and values.size:
-            limit = tm.num_pdfs if tm is not None else _INT32_MAX
-            if values.min() < 0 or values.max() >= limit:
-                bad = int(values[(values < 0) | (values >= limit)][0])
-                raise AsrBnError(
-                    f"{where}: pdf-id {bad} is outside 0..{limit - 1} of model {model} "
-                    f"(targets from another model? give the model they were made with)"
-                )
+        if pdf_ids and values.size and (values.min() < 0 or values.max() >= limit):
+            bad = int(values[(values < 0) | (values >= limit)][0])
+            raise AsrBnError(
+                f"{where}: pdf-id {bad} is outside 0..{limit - 1} of {bound} "
+                "(targets of another model, or transition-ids? give the model they were made with, or drop --pdf-ids)"
+            )
         if utt not in frames:
             report.skip(utt, "alignment but no features")
             continue
@@ -855,8 +859,8 @@ def join_targets(
     report.counts = {
         "features": len(frames), "alignments": len(seen), "written": len(targets), "trimmed_or_padded": adjusted,
     }
-    if tm is not None:
-        report.counts["num_pdfs"] = tm.num_pdfs
+    if limit != _INT32_MAX:
+        report.counts["num_pdfs"] = limit
     if not targets:
         raise AsrBnError(
             f"no utterance of {data_dir} got targets from {source}: "
@@ -866,6 +870,21 @@ def join_targets(
     write_ark_scp(data_dir / "pdf.ark", data_dir / "pdf.scp", ((u, targets[u]) for u in sorted(targets)))
     report.save(data_dir / TARGETS_REPORT)
     return report
+
+
+def check_num_pdfs(pdf_ids: bool, num_pdfs: int | None) -> None:
+    """Refuse a `num_pdfs` bound that cannot apply (a UsageError before any work): it needs pdf-id labels and >= 1."""
+    if num_pdfs is not None and (not pdf_ids or num_pdfs < 1):
+        raise UsageError(f"--num-pdfs {num_pdfs} bounds pdf-id targets: give a count >= 1, with --pdf-ids")
+
+
+def _pdf_bound(num_pdfs: int | None, tm: TransitionModel | None, model: str | Path | None) -> tuple[int, str]:
+    """The pdf count pdf-id targets must stay below, and where it comes from (for the out-of-range error)."""
+    if num_pdfs is not None:
+        return num_pdfs, f"--num-pdfs {num_pdfs}"
+    if tm is not None:
+        return tm.num_pdfs, f"model {model}"
+    return _INT32_MAX, "int32 (no model or --num-pdfs to bound them)"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from asr_bn.alignments import alignment_files, join_targets
+from asr_bn.alignments import alignment_files, check_num_pdfs, join_targets
 from asr_bn.data import AudioError, DataDir, cut_segment, load_data_dir, load_recording, write_data_dir
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.features import FbankConfig, FeaturePipeline, compute_cmvn_stats, compute_fbank
@@ -68,13 +68,18 @@ def prepare_kaldi(
     force: bool = False,
     ali_dir: str | Path | None = None,
     length_tolerance: int = 0,
+    pdf_ids: bool = False,
+    model: str | Path | None = None,
+    num_pdfs: int | None = None,
 ) -> PrepResult:
     """Compute raw fbank and CMVN stats of a Kaldi data dir into `out_dir` (layout in docs/ARCHITECTURE.md).
 
     Audio is loaded by `nj` threads and fbank runs in batches on `device`. Unreadable audio is an AsrBnError
     unless `skip_bad` (then a named skip); audio shorter than one frame is always a named skip. `sph2pipe`
     replaces the program of wav.scp's sph2pipe pipes. With `force` a complete output is redone. With `ali_dir`
-    (Kaldi ali.N.gz + final.mdl) the pdf-id targets are joined to the features (`join_targets`, every run).
+    (Kaldi ali.N.gz + final.mdl) the pdf-id targets are joined to the features (`join_targets`, every run):
+    `model` replaces ALI_DIR/final.mdl; with `pdf_ids` the labels are pdf-ids already, bounded by `num_pdfs` or
+    the model's pdf count when given.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if nj < 1:
@@ -91,8 +96,8 @@ def prepare_kaldi(
     if sph2pipe is not None:
         _use_sph2pipe(data, sph2pipe)
     _check_pipe_programs(data)
-    if ali_dir is not None:
-        alignment_files(ali_dir)  # a wrong --ali-dir fails before the features are computed
+    targets = _Targets(ali_dir, length_tolerance, pdf_ids, model, num_pdfs)
+    targets.check()  # a wrong --ali-dir or --model fails before the features are computed
     signature = {
         "data_dir": str(data_dir.resolve()),
         "inputs": _input_digests(data_dir),
@@ -104,7 +109,7 @@ def prepare_kaldi(
     }
     with OutputLock(out_dir):
         if not force and _is_done(out_dir, signature):
-            return PrepResult(out_dir, _saved_report(out_dir), True, _join(out_dir, ali_dir, length_tolerance))
+            return PrepResult(out_dir, _saved_report(out_dir), True, targets.join(out_dir))
         staging = out_dir / _STAGING
         shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
         try:
@@ -122,13 +127,41 @@ def prepare_kaldi(
             _publish(staging, out_dir, files, report, signature)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        targets = _join(out_dir, ali_dir, length_tolerance)
-    return PrepResult(out_dir, report, targets=targets)
+        joined = targets.join(out_dir)
+    return PrepResult(out_dir, report, targets=joined)
 
 
-def _join(out_dir: Path, ali_dir: str | Path | None, length_tolerance: int) -> Report | None:
-    """The pdf-id targets of `ali_dir` joined to the prepared features (pdf.ark/.scp), or None without one."""
-    return None if ali_dir is None else join_targets(out_dir, ali_dir, length_tolerance=length_tolerance)
+@dataclass
+class _Targets:
+    """The --ali-dir options of one prep run: what `join_targets` joins to the features after every run."""
+
+    ali_dir: str | Path | None
+    length_tolerance: int
+    pdf_ids: bool
+    model: str | Path | None
+    num_pdfs: int | None
+
+    def check(self) -> None:
+        """Refuse options without their --ali-dir, and a missing alignment source or model, before any work."""
+        if self.ali_dir is None:
+            given = [flag for flag, on in (("--pdf-ids", self.pdf_ids), ("--model", self.model is not None),
+                                           ("--num-pdfs", self.num_pdfs is not None)) if on]  # fmt: skip
+            if given:
+                raise UsageError(f"{', '.join(given)}: options of the alignments of --ali-dir; give --ali-dir too")
+            return
+        check_num_pdfs(self.pdf_ids, self.num_pdfs)
+        alignment_files(self.ali_dir)
+        if self.model is not None and not Path(self.model).is_file():
+            raise UsageError(f"--model {self.model}: no such file (give the final.mdl the alignments were made with)")
+
+    def join(self, out_dir: Path) -> Report | None:
+        """The pdf-id targets joined to the prepared features (pdf.ark/.scp), or None without --ali-dir."""
+        if self.ali_dir is None:
+            return None
+        return join_targets(
+            out_dir, self.ali_dir, model=self.model, pdf_ids=self.pdf_ids, num_pdfs=self.num_pdfs,
+            length_tolerance=self.length_tolerance,
+        )  # fmt: skip
 
 
 def wsj_pipeline(fbank: FbankConfig | None = None, cmvn: str = "speaker", norm_vars: bool = False) -> FeaturePipeline:
@@ -145,13 +178,15 @@ def prepare_wsj(
     sets: Sequence[str] = WSJ_SETS,
     on_set: Callable[[str, PrepResult], None] | None = None,
     ali_dirs: Mapping[str, str | Path] | None = None,
+    pdf_ids: bool = False,
+    num_pdfs: int | None = None,
     **options: object,
 ) -> list[PrepResult]:
     """`prepare_kaldi` on each WSJ set of a Kaldi egs/wsj/s5 tree (s5/data/<set> → out_dir/<set>).
 
     `pipeline` defaults to `wsj_pipeline()`; `options` are prepare_kaldi's; `on_set` is called after each set
     (e.g. to print its report). `ali_dirs` maps sets to the alignment dirs joined to them; by default the
-    `WSJ_ALI_DIRS` of s5 that exist.
+    `WSJ_ALI_DIRS` of s5 that exist; `pdf_ids` and `num_pdfs` (prepare_kaldi's) apply to each of them.
     """
     s5_dir, out_dir = Path(s5_dir), Path(out_dir)
     pipeline = pipeline or wsj_pipeline()
@@ -173,12 +208,18 @@ def prepare_wsj(
     if set(ali_dirs) - set(sets):
         unknown = ", ".join(sorted(set(ali_dirs) - set(sets)))
         raise UsageError(f"--ali-dir for {unknown}, which is not among --sets {','.join(sets)}")
+    if (pdf_ids or num_pdfs is not None) and not ali_dirs:
+        raise UsageError(
+            f"--pdf-ids and --num-pdfs describe alignments, but no set has any ({s5_dir / 'exp'} has none of "
+            f"{', '.join(WSJ_ALI_DIRS.values())}); give --ali-dir SET=DIR"
+        )
     results = []
     with OutputLock(out_dir):
         for name in sets:
             ali_dir = ali_dirs.get(name)
+            targets = {"ali_dir": ali_dir, "pdf_ids": pdf_ids, "num_pdfs": num_pdfs} if ali_dir is not None else {}
             result = prepare_kaldi(
-                s5_dir / "data" / name, out_dir / name, pipeline, ali_dir=ali_dir, **options  # type: ignore[arg-type]
+                s5_dir / "data" / name, out_dir / name, pipeline, **targets, **options  # type: ignore[arg-type]
             )
             if on_set is not None:
                 on_set(name, result)

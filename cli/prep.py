@@ -128,6 +128,16 @@ LengthToleranceOpt = Annotated[int, typer.Option(
     "further off, the utterance is dropped and named.",
 )]
 
+PdfIdsOpt = Annotated[bool, typer.Option(
+    "--pdf-ids",
+    help="The alignments hold pdf-ids already (ali-to-pdf output, or `utt label label ...` text of another aligner), "
+    "not transition-ids; bounded by --num-pdfs, else by the model when there is one.",
+)]
+NumPdfsOpt = Annotated[Optional[int], typer.Option(
+    "--num-pdfs", min=1,
+    help="With --pdf-ids: the pdf count; a pdf-id outside 0..N-1 is an error naming the file and the utterance.",
+)]
+
 
 def _print(result: Any) -> None:  # result: asr_bn.prep.PrepResult
     console = Console(highlight=False, soft_wrap=True)
@@ -164,9 +174,15 @@ def kaldi(
     sph2pipe: Sph2pipeOpt = None,
     force: ForceOpt = False,
     ali_dir: Annotated[Optional[Path], typer.Option(
-        "--ali-dir", help="Kaldi alignment dir (ali.N.gz + final.mdl, e.g. exp/tri4b_ali_si284): writes pdf.ark/.scp."
+        "--ali-dir", help="Kaldi alignment dir (ali.N.gz + final.mdl, e.g. exp/tri4b_ali_si284) or one "
+        "archive: writes pdf.ark/.scp."
     )] = None,
     length_tolerance: LengthToleranceOpt = 0,
+    pdf_ids: PdfIdsOpt = False,
+    num_pdfs: NumPdfsOpt = None,
+    model: Annotated[Optional[Path], typer.Option(
+        "--model", help="Kaldi model of the alignments (default: ALI_DIR/final.mdl); with --pdf-ids it bounds them.",
+    )] = None,
     fbank_overrides: dict[str, Any] | None = None,
 ) -> None:
     """Compute raw fbank + CMVN stats of one Kaldi data dir (e.g. asr-bn prep kaldi data/train prep/train --nj 4)."""
@@ -187,6 +203,9 @@ def kaldi(
             force=force,
             ali_dir=ali_dir,
             length_tolerance=length_tolerance,
+            pdf_ids=pdf_ids,
+            model=model,
+            num_pdfs=num_pdfs,
         )
     )
 
@@ -216,6 +235,8 @@ def wsj(
         "for train_si284 and s5/exp/tri4b_ali_dev93 for test_dev93, when present.",
     )] = None,
     length_tolerance: LengthToleranceOpt = 0,
+    pdf_ids: PdfIdsOpt = False,
+    num_pdfs: NumPdfsOpt = None,
     fbank_overrides: dict[str, Any] | None = None,
 ) -> None:
     """The paper's WSJ features (40 fbank, 16 kHz, speaker CMVN) for each set of a Kaldi WSJ tree
@@ -237,6 +258,8 @@ def wsj(
         on_set=lambda name, result: _print(result),
         ali_dirs=None if not ali_dir else dict(item.split("=", 1) for item in ali_dir),
         length_tolerance=length_tolerance,
+        pdf_ids=pdf_ids,
+        num_pdfs=num_pdfs,
         compress=compress,
         nj=nj,
         device=device.value,

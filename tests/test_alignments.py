@@ -528,22 +528,92 @@ def test_cli_prep_foreign_alignments_and_model_are_errors(yesno_root: Path, tmp_
 
 def test_cli_prep_wsj_joins_default_alignment_dirs(yesno_root: Path, tmp_path: Path) -> None:
     s5 = tmp_path / "s5"
-    train = s5 / "data" / "train_si284"
-    train.mkdir(parents=True)
-    for f in (yesno_root / "data/train_yesno").iterdir():
-        if f.is_file():
-            (train / f.name).write_text(f.read_text())
     wavs = [line.split() for line in (yesno_root / "data/train_yesno/wav.scp").read_text().splitlines()]
-    (train / "wav.scp").write_text("".join(f"{utt} {yesno_root / path}\n" for utt, path in wavs))
+    dev_utts = [utt for utt, _ in wavs[:5]]
+    for name, utts in (("train_si284", [u for u, _ in wavs]), ("test_dev93", dev_utts)):
+        data = s5 / "data" / name
+        data.mkdir(parents=True)
+        for f in ("text", "utt2spk"):
+            lines = (yesno_root / "data/train_yesno" / f).read_text().splitlines()
+            (data / f).write_text("".join(f"{line}\n" for line in lines if set(line.split()) & set(utts)))
+        (data / "wav.scp").write_text("".join(f"{utt} {yesno_root / path}\n" for utt, path in wavs if utt in utts))
     (s5 / "exp").mkdir()
     _ali_dir(yesno_root, tmp_path).rename(s5 / "exp" / "tri4b_ali_si284")
+    # The dev alignments differ from the train ones (all frames in state 1 of SIL = pdf 0), so the targets of
+    # test_dev93 show which dir they came from.
+    entries = {e.utt: e.values for e in read_alignments(_mono(yesno_root))}
+    dev_ali = {u: [1] * len(entries[u]) for u in dev_utts}
+    (s5 / "exp" / "tri4b_ali_dev93").mkdir()
+    (s5 / "exp" / "tri4b_ali_dev93" / "final.mdl").write_bytes((_mono(yesno_root) / "final.mdl").read_bytes())
+    text = "".join(f"{u} {' '.join(map(str, v))}\n" for u, v in dev_ali.items())
+    (s5 / "exp" / "tri4b_ali_dev93" / "ali.1.gz").write_bytes(gzip.compress(text.encode()))
     out = tmp_path / "prep"
-    args = ["prep", "wsj", str(s5), str(out), "--sets", "train_si284", "--sample-frequency", "8000", "--dither", "0"]
-    result = runner.invoke(app, args)
+    both = ["prep", "wsj", str(s5), str(out), "--sets", "train_si284,test_dev93", "--sample-frequency", "8000",
+            "--dither", "0"]  # fmt: skip
+    result = runner.invoke(app, both)
     assert result.exit_code == 0, result.output
     assert "targets: features 31, alignments 31, written 31" in result.output
-    assert len(kaldiio.load_scp(str(out / "train_si284" / "pdf.scp"))) == 31
+    assert "targets: features 5, alignments 5, written 5" in result.output
+    model = read_transition_model(_mono(yesno_root) / "final.mdl")
+    train_targets = kaldiio.load_scp(str(out / "train_si284" / "pdf.scp"))
+    assert len(train_targets) == 31
+    assert all(np.array_equal(train_targets[u], model.to_pdfs(v)) for u, v in entries.items())
+    dev_targets = dict(kaldiio.load_scp_sequential(str(out / "test_dev93" / "pdf.scp")))
+    assert sorted(dev_targets) == sorted(dev_utts)
+    assert all(v.tolist() == [0] * len(entries[u]) for u, v in dev_targets.items())  # from exp/tri4b_ali_dev93
+    # --pdf-ids reaches each set's join, bounded by its final.mdl: these transition-ids (up to 30) are refused.
+    result = runner.invoke(app, [*both, "--pdf-ids"])
+    assert result.exit_code == 1
+    assert re.search(r"error: .*tri4b_ali_si284/ali\.1\.gz, utterance \S+: pdf-id \d+ is outside 0\.\.10 of model",
+                     result.output), result.output  # fmt: skip
+    args = ["prep", "wsj", str(s5), str(out), "--sets", "train_si284", "--sample-frequency", "8000", "--dither", "0"]
     result = runner.invoke(app, [*args, "--ali-dir", "exp/tri4b_ali_si284"])
     assert result.exit_code == 2 and "--ali-dir takes SET=DIR" in result.output
     result = runner.invoke(app, [*args, "--ali-dir", f"test_dev93={s5 / 'exp' / 'tri4b_ali_si284'}"])
     assert result.exit_code == 2 and "not among --sets train_si284" in result.output
+
+
+def test_cli_prep_pdf_id_archives(yesno_root: Path, tmp_path: Path) -> None:
+    """Already-converted targets (ali-to-pdf output, binary; another aligner's `utt pdf pdf …` text) joined with
+    --pdf-ids, bounded by --num-pdfs or --model; an id outside is one line naming the file and the utterance."""
+    mono = _mono(yesno_root)
+    model = read_transition_model(mono / "final.mdl")
+    pdfs = {e.utt: model.to_pdfs(e.values) for e in read_alignments(mono)}
+    binary = tmp_path / "pdf.ark"
+    binary.write_bytes(_binary_ark(list(pdfs.items())))
+    assert binary.read_bytes().startswith(f"{next(iter(pdfs))} \0B\x04".encode())  # Kaldi's binary int vectors
+    result, out = _prep_yesno(yesno_root, tmp_path, "--ali-dir", str(binary), "--pdf-ids", "--num-pdfs", "11")
+    assert result.exit_code == 0, result.output
+    assert "targets: features 31, alignments 31, written 31, trimmed_or_padded 0, num_pdfs 11" in result.output
+    written = dict(kaldiio.load_scp_sequential(str(out / "pdf.scp")))
+    assert written.keys() == pdfs.keys() and all(np.array_equal(written[u], v) for u, v in pdfs.items())
+    features = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name.startswith(("feats", "report"))}
+
+    utt = sorted(pdfs)[5]
+    text = tmp_path / "other_aligner.txt"
+    bad = pdfs | {utt: np.concatenate([pdfs[utt][:-1], [11]])}
+    text.write_text("".join(f"{u} {' '.join(map(str, v))}\n" for u, v in bad.items()))
+    for bound, source in (("--num-pdfs", "11"), ("--model", str(mono / "final.mdl"))):
+        result, _ = _prep_yesno(yesno_root, tmp_path, "--ali-dir", str(text), "--pdf-ids", bound, source)
+        assert result.exit_code == 1
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        where = "--num-pdfs 11" if bound == "--num-pdfs" else f"model {mono / 'final.mdl'}"
+        assert len(errors) == 1 and f"other_aligner.txt, utterance {utt}: pdf-id 11 is outside 0..10 of {where}" in (
+            errors[0]
+        ), result.output
+        assert "drop --pdf-ids" in errors[0]
+    assert np.array_equal(kaldiio.load_scp(str(out / "pdf.scp"))[utt], pdfs[utt])  # the earlier targets stay
+
+    text.write_text("".join(f"{u} {' '.join(map(str, v))}\n" for u, v in pdfs.items()))
+    model_option = ["--model", str(mono / "final.mdl")]
+    result, _ = _prep_yesno(yesno_root, tmp_path, "--ali-dir", str(text), "--pdf-ids", *model_option)
+    assert result.exit_code == 0, result.output
+    assert "already done" in result.output and "written 31, trimmed_or_padded 0, num_pdfs 11" in result.output
+    assert {n: (out / n).stat().st_mtime_ns for n in features} == features  # features kept, targets joined again
+    for options, message in ((["--pdf-ids"], "give --ali-dir too"),
+                             (["--ali-dir", str(text), "--num-pdfs", "11"], "with --pdf-ids")):  # fmt: skip
+        result, _ = _prep_yesno(yesno_root, tmp_path, *options)
+        assert result.exit_code == 2 and message in result.output, result.output
+    result, _ = _prep_yesno(yesno_root, tmp_path, "--ali-dir", str(text), "--pdf-ids", "--num-pdfs", "12",
+                            *model_option)  # fmt: skip
+    assert result.exit_code == 2 and "--num-pdfs 12 disagrees with the 11 pdfs of" in result.output
