@@ -12,6 +12,7 @@ from pathlib import Path
 import kaldiio
 import numpy as np
 import pytest
+import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -132,13 +133,22 @@ def test_yesno_alignments_give_transcripts_and_mfcc_lengths(yesno_root: Path, mo
     entries = list(read_alignments(_mono(yesno_root) / "ali.1.gz"))
     assert len(entries) == 31 and {e.utt for e in entries} <= set(text)
     assert len(mfcc_frames) == 8 and set(mfcc_frames) <= {e.utt for e in entries}
+    # Every utterance: the frames of its wav at 8 kHz, 25 ms window, 10 ms shift, snip_edges (Kaldi's defaults).
+    wavs = dict(line.split() for line in (yesno_root / "data/train_yesno/wav.scp").read_text().splitlines())
+    wav_frames = {}
+    for utt, path in wavs.items():
+        info = sf.info(path)
+        assert info.samplerate == 8000 and info.channels == 1, path
+        wav_frames[utt] = 1 + (info.frames - 200) // 80
+    assert {e.utt for e in entries} <= set(wav_frames)
+    assert all(wav_frames[u] == n for u, n in mfcc_frames.items())  # Kaldi's own MFCCs agree on the 8 they hold
     for utt, tids, _ in entries:
         segments = model.phone_segments(tids, utt)
         assert segments[0][1] == 0 and segments[-1][2] == len(tids)
         assert all(a[2] == b[1] for a, b in zip(segments, segments[1:]))
         phones = [names[str(p)] for p, _, _ in segments if names[str(p)] != "SIL"]
         assert phones == [lexicon[w] for w in text[utt].split()], utt
-        assert len(tids) == mfcc_frames.get(utt, len(tids))  # the MFCC split holds 8 of the 31 utterances
+        assert len(tids) == wav_frames[utt], utt
         per_frame = model.to_phones(tids)
         assert all((per_frame[s:e] == p).all() for p, s, e in segments)
 
