@@ -83,3 +83,43 @@ def test_fuzz_feature_archive_reading(tmp_path: Path, data: st.DataObject) -> No
             read_matrix(location, scp, key)
         except AsrBnError as e:
             assert str(scp) in str(e) and key in str(e)
+
+
+_SCP_TEXT = st.text(st.sampled_from("abu01239:./[],-_ "), max_size=30).filter(lambda s: s.strip() != "-")  # no stdin
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_feature_scp_text(tmp_path: Path, data: st.DataObject) -> None:
+    """Random feats.scp lines (good and missing archives, offsets in and past the file, slices, garbage) read the
+    way batching does (key, then the rest as the location) give a matrix or an AsrBnError line naming the scp and
+    the utterance. `|` stays out: kaldiio runs such a location as a shell command, which Kaldi scp files may do."""
+    tmp_path = tmp_path.resolve()  # the scp names the resolved archive path
+    ark, scp = tmp_path / "f.ark", tmp_path / "f.scp"
+    mats = {"u1": np.zeros((4, 3), np.float32), "u2": np.ones((2, 3), np.float32)}
+    write_ark_scp(ark, scp, mats.items())
+    good = {loc: mats[key] for key, loc in (line.split() for line in scp.read_text().splitlines())}
+    offsets = st.one_of(st.sampled_from([int(loc.rsplit(":", 1)[1]) for loc in good]), st.integers(-2, len(good) * 60))
+    location = st.one_of(
+        st.builds(lambda off, rng: f"{ark}:{off}{rng}", offsets, st.sampled_from(["", "", "[1:3]", "[9]"])),
+        st.builds(lambda rest: f"{ark}{rest}", _SCP_TEXT),
+        st.just(f"{tmp_path / 'missing.ark'}:10"),
+        st.just(str(tmp_path)),
+        _SCP_TEXT,
+    )
+    keyed = st.builds(lambda key, loc: f"{key} {loc}", st.sampled_from(["u1", "u2", "x"]), location)
+    line = st.one_of(keyed, _SCP_TEXT)
+    scp.write_text("".join(f"{text}\n" for text in data.draw(st.lists(line, min_size=1, max_size=4))))
+    for line in scp.read_text().splitlines():
+        fields = line.split(maxsplit=1)
+        if len(fields) != 2:
+            continue  # batching's table reader rejects these before any archive is opened
+        key, loc = fields[0], fields[1].strip()
+        try:
+            mat = read_matrix(loc, scp, key)
+        except AsrBnError as e:
+            assert "\n" not in str(e) and str(scp) in str(e) and key in str(e)
+        else:
+            assert mat.ndim in (1, 2)
+            if loc in good:
+                np.testing.assert_array_equal(mat, good[loc])
