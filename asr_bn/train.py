@@ -111,6 +111,7 @@ class TrainConfig:
     batch_size: int | None = 24
     max_frames: int | None = None  # padded frames per global batch (exclusive with batch_size)
     max_train_frames: int | None = 1300  # drop longer training utterances (named in report.json)
+    drop_last: bool = False  # drop each epoch's last training batch when it is short (with batch_size)
     # evaluation, logging, checkpoints
     eval_every: int = 0  # also evaluate on dev every N updates; 0 = once per epoch
     # BN statistics of dev scores and final.pt: 0 = the running averages; N = population statistics re-estimated
@@ -430,7 +431,10 @@ def _load_state(module: torch.nn.Module | torch.optim.Optimizer, state: dict, pa
     except (RuntimeError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:2])[:200]
-        raise AsrBnError(f"{path} does not fit this model ({detail}); it was written for another model shape") from e
+        raise AsrBnError(
+            f"{path} does not fit this model ({detail}); it was written for another model shape: delete it or train "
+            "again"
+        ) from e
 
 
 def _rng_state() -> dict[str, Any]:
@@ -605,7 +609,8 @@ class _Run:
         train_set = UtteranceDataset(cfg.data, len(priors), utts, cache=cfg.cache)
         dev_set = UtteranceDataset(cfg.dev, len(priors), dev_utts, cache=cfg.cache)
         sampler = BucketingSampler(
-            lengths, cfg.batch_size, cfg.max_frames, seed=cfg.seed, rank=dist.rank, world_size=dist.world
+            lengths, cfg.batch_size, cfg.max_frames, seed=cfg.seed, drop_last=cfg.drop_last, rank=dist.rank,
+            world_size=dist.world,
         )
         dev_sampler = BucketingSampler(
             dev_lengths, cfg.batch_size, cfg.max_frames, shuffle=False, rank=dist.rank, world_size=dist.world

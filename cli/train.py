@@ -65,6 +65,8 @@ def train(
                                             "batch; 0 = unused.", rich_help_panel=_BATCH)] = 0,
     max_train_frames: Annotated[int, typer.Option(help="Drop longer training utterances (named in report.json); "
                                                   "0 = keep all.", rich_help_panel=_BATCH)] = _D["max_train_frames"],
+    drop_last: Annotated[bool, typer.Option(help="Drop each epoch's last batch when it has fewer than "
+                                            "--batch-size utterances.", rich_help_panel=_BATCH)] = _D["drop_last"],
     eval_every: Annotated[int, typer.Option(help="Also evaluate on dev every N updates; 0 = per epoch only.",
                                             rich_help_panel=_RUN)] = _D["eval_every"],
     population_batches: Annotated[int, typer.Option(help="BN statistics for dev scores and final.pt: population "

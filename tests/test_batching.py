@@ -164,6 +164,25 @@ def test_nan_features_name_the_utterance_even_from_a_worker(tmp_path: Path) -> N
     assert "\n" not in str(e.value)
 
 
+def test_cache_gives_the_same_batches(tmp_path: Path) -> None:
+    """--cache holds the features in RAM: the batches (CMVN, deltas, padding, targets) are those read from disk."""
+    d = make_prepared_dir(tmp_path / "data", [5, 9, 7, 4, 6], num_speakers=2)
+    sampler = BucketingSampler([5, 9, 7, 4, 6], batch_size=2, seed=3)
+    cached_set = UtteranceDataset(d, num_pdfs=4, cache=True)
+    (d / "feats.ark").rename(d / "moved.ark")  # a cached dataset no longer needs the archive
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        cached = list(make_loader(cached_set, sampler, num_workers=0))
+        (d / "moved.ark").rename(d / "feats.ark")
+        read = list(make_loader(UtteranceDataset(d, num_pdfs=4), sampler, num_workers=0))
+        (d / "feats.ark").rename(d / "moved.ark")
+        assert len(cached) == len(read) == 3
+        for a, b in zip(cached, read):
+            assert a.utts == b.utts
+            torch.testing.assert_close(a.feats, b.feats, rtol=0, atol=0)
+            assert torch.equal(a.targets, b.targets) and torch.equal(a.lengths, b.lengths)
+
+
 def test_a_process_exits_while_a_loader_holds_its_workers(tmp_path: Path) -> None:
     """Workers ignore SIGTERM, which is how multiprocessing ends them at exit: a loader still alive then (here a
     global iterator, as an exception's traceback would hold it) must not keep the process from exiting."""

@@ -187,6 +187,65 @@ def test_length_filter_drops_are_named(dirs: tuple[Path, Path], tmp_path: Path) 
     assert dropped and "skipped" in out and dropped[0] in out
 
 
+def test_max_frames_batches_and_drop_last(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    """--max-frames makes the sampler's padded-frame batches; --drop-last drops each epoch's short batch."""
+    from asr_bn.batching import BucketingSampler, filter_by_length
+    from asr_bn.report import Report
+
+    train, dev = dirs
+    no_batch_size = [a for i, a in enumerate(TINY) if "--batch-size" not in TINY[max(0, i - 1) : i + 1]]
+    code, out = cli("train", train, dev, tmp_path / "mf", *no_batch_size, "--max-frames", "80", "--epochs", "1")
+    assert code == 0, out
+    _, lengths = filter_by_length(train, None, Report("t"))
+    sampler = BucketingSampler(lengths, None, 80, seed=0)
+    batches = sampler.global_batches()
+    assert max(len(b) * lengths[b].max() for b in batches) <= 80 and len(batches) != 4  # not --batch-size 4's
+    assert len(rows(tmp_path / "mf", "train")) == len(batches)  # logged every update
+    code, out = cli("train", train, dev, tmp_path / "dl", *TINY, "--batch-size", "5", "--drop-last", "--epochs", "2")
+    assert code == 0, out
+    assert [r["update"] for r in rows(tmp_path / "dl", "dev")] == [3, 6]  # 16 utterances: 3 batches of 5, not 4
+
+
+def test_early_stop_ends_the_run(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    """With every evaluation after the first counting as no improvement, --patience 1 stops at the second."""
+    train, dev = dirs
+    exp = tmp_path / "exp"
+    code, out = cli("train", train, dev, exp, *TINY, "--epochs", "20", "--eval-every", "2", "--patience", "1",
+                    "--min-improvement", "0.99")  # fmt: skip
+    assert code == 0 and "early stop" in out, out
+    assert [r["update"] for r in rows(exp, "dev")] == [2, 4]
+    assert load_checkpoint(exp / "checkpoint.pt")["state"]["update"] == 4
+
+
+def test_amp_bf16_trains_on_the_cpu(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    """--amp bf16 runs forward and loss under CPU autocast; training still learns and final.pt is float32."""
+    train, dev = dirs
+    exp = tmp_path / "exp"
+    code, out = cli("train", train, dev, exp, *TINY, "--amp", "bf16", "--bn", "sequence", "--epochs", "4",
+                    "--optimizer", "adam")  # fmt: skip
+    assert code == 0, out
+    dev_rows = rows(exp, "dev")
+    assert all(math.isfinite(r["ce"]) for r in dev_rows) and dev_rows[-1]["ce"] < 0.85 * dev_rows[0]["ce"]
+    final = load_checkpoint(exp / "final.pt", "asr-bn model")
+    assert all(v.dtype in (torch.float32, torch.int64) for v in final["model"].values())
+
+
+def test_tensorboard_logs_what_metrics_jsonl_logs(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train, dev = dirs
+    exp = tmp_path / "exp"
+    code, out = cli("train", train, dev, exp, *TINY, "--epochs", "2", "--tensorboard")
+    assert code == 0, out
+    events = EventAccumulator(str(exp / "tensorboard"))
+    events.Reload()
+    for kind in ("train", "dev"):
+        logged = [(e.step, e.value) for e in events.Scalars(f"{kind}/ce")]
+        expected = [(r["update"], r["ce"]) for r in rows(exp, kind)]
+        assert [s for s, _ in logged] == [s for s, _ in expected]
+        np.testing.assert_allclose([v for _, v in logged], [v for _, v in expected], rtol=1e-6)
+
+
 # -- faults -----------------------------------------------------------------------------------------------------
 
 
@@ -200,15 +259,20 @@ def test_corrupt_or_foreign_checkpoint_is_one_line(dirs: tuple[Path, Path], tmp_
     assert cli("train", train, dev, other, *TINY, "--epochs", "1", "--units", "16")[0] == 0
     foreign = torch.load(other / "checkpoint.pt", weights_only=True)
     torch.save({**ckpt, "model": foreign["model"]}, exp / "checkpoint.pt")
+    before = snapshot(train, dev, exp)
     code, out = cli("train", train, dev, exp, *TINY, "--resume")
     assert code == 1 and "checkpoint.pt does not fit this model" in out and "another model shape" in out
-    error_line(out)
+    assert "delete it or train again" in error_line(out)
+    assert snapshot(train, dev, exp) == before  # inputs and the model dir untouched: nothing loaded half-way
     # truncated file
     data = (other / "checkpoint.pt").read_bytes()
     (exp / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    before = snapshot(train, dev, exp)
     code, out = cli("train", train, dev, exp, *TINY, "--resume")
     assert code == 1 and "checkpoint.pt is corrupt or not an asr-bn file" in out
-    error_line(out)
+    assert "delete it or train again" in error_line(out)
+    assert snapshot(train, dev, exp) == before
+    no_partial_files(exp)
 
 
 def test_second_run_on_the_same_dir_is_refused(dirs: tuple[Path, Path], tmp_path: Path) -> None:
@@ -216,9 +280,10 @@ def test_second_run_on_the_same_dir_is_refused(dirs: tuple[Path, Path], tmp_path
     exp = tmp_path / "exp"
     exp.mkdir()
     (exp / ".asr-bn.lock").write_text(str(os.getpid()))  # a live process holds it
+    before = snapshot(train, dev, exp)
     code, out = cli("train", train, dev, exp, *TINY)
-    assert code == 1 and "in use by another asr-bn run" in out
-    assert not (exp / "metrics.jsonl").exists()
+    assert code == 1 and "in use by another asr-bn run" in error_line(out) and str(os.getpid()) in out
+    assert snapshot(train, dev, exp) == before  # nothing written, the holder's lock kept
 
 
 def test_out_of_memory_names_the_batch_and_the_flag(
@@ -230,10 +295,14 @@ def test_out_of_memory_names_the_batch_and_the_flag(
         raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     monkeypatch.setattr(model.BnBlstm, "forward", oom)
+    before = snapshot(*dirs)
     code, out = cli("train", dirs[0], dirs[1], tmp_path / "exp", *TINY)
     assert code == 1
     assert "out of memory" in out and "padded frames" in out and "lower --batch-size" in out
     error_line(out)
+    assert snapshot(*dirs) == before
+    assert not (tmp_path / "exp" / "final.pt").exists() and not (tmp_path / "exp" / "checkpoint.pt").exists()
+    no_partial_files(tmp_path / "exp")
 
 
 def snapshot(*dirs: Path) -> dict[Path, bytes]:
@@ -356,6 +425,7 @@ def test_sigkill_then_resume_is_bitwise_and_sigterm_saves(dirs: tuple[Path, Path
             "--schedule", "newbob"]  # fmt: skip
     kill_at = int(np.random.default_rng().integers(4, 18))  # a random update among the 24
     ref, killed, termed = (tmp_path / n for n in ("ref", "killed", "termed"))
+    inputs = snapshot(train, dev)
     procs = [_start(train, dev, d, *args) for d in (killed, termed)]
     _signal_at([(procs[0], killed, kill_at, signal.SIGKILL), (procs[1], termed, 7, signal.SIGTERM)])
     outs = [p.communicate(timeout=120)[0] for p in procs]
@@ -375,6 +445,8 @@ def test_sigkill_then_resume_is_bitwise_and_sigterm_saves(dirs: tuple[Path, Path
             assert [(r["update"], r["ce"], r["fer"]) for r in rows(d, kind)] == [
                 (r["update"], r["ce"], r["fer"]) for r in rows(ref, kind)
             ]
+        no_partial_files(d)
+    assert snapshot(train, dev) == inputs
 
 
 def test_two_gloo_processes_follow_one_process(
@@ -397,3 +469,22 @@ def test_two_gloo_processes_follow_one_process(
     np.testing.assert_allclose([r["ce"] for r in rows(two, "dev")], [r["ce"] for r in rows(one, "dev")], rtol=1e-4)
     assert sorted(p.name for p in two.iterdir() if p.suffix == ".pt") == ["checkpoint.pt", "final.pt"]
     assert not math.isnan(load_checkpoint(two / "final.pt", "asr-bn model")["dev_ce"])
+
+
+def test_two_gloo_processes_score_dev_with_rank_0s_bn_statistics(
+    dirs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sequence BN under torchrun: batch statistics per rank, running averages rank 0's. Each rank scores its
+    share of dev, so the dev CE final.pt records is `score frames` of final.pt only if every rank held rank 0's
+    statistics at evaluation (after their last update the ranks' running averages differ)."""
+    train, dev = dirs
+    exp = tmp_path / "two"
+    argv = ["train", str(train), str(dev), str(exp), *TINY, "--bn", "sequence", "--batch-size", "6", "--epochs", "2",
+            "--nproc", "2"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["asr-bn", *argv])
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    code, out = cli(*argv)
+    assert code == 0, out
+    final = load_checkpoint(exp / "final.pt", "asr-bn model")
+    code, out = cli("score", "frames", exp, dev, "--device", "cpu")
+    assert code == 0 and f"frame CE {final['dev_ce']:.4f} nats" in out, (out, final["dev_ce"])
