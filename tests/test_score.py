@@ -176,3 +176,38 @@ def test_cli_wer(tmp_path: Path) -> None:
     assert missing.exit_code == 1 and "no such file or directory" in missing.output
     bad_mode = runner.invoke(app, ["score", "wer", str(ref), str(hyp), "--mode", "x"])
     assert bad_mode.exit_code == 2 and "--mode" in bad_mode.output
+
+
+def test_cli_wer_data_dir_ignore_and_per_speaker(tmp_path: Path) -> None:
+    """`asr-bn score wer DATA_DIR DECODE_DIR --ignore '<NOISE>' --details D`: hand-counted %WER of each hyp_LMWT,
+    the best one's per_spk rows from the data dir's utt2spk (speakers interleaved, so not guessed from ids)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    _write(data / "text", ["u1 A B <NOISE> C", "u2 D E", "u3 F G H", "u4 I <NOISE>"])
+    _write(data / "utt2spk", ["u1 alice", "u2 bob", "u3 alice", "u4 bob"])
+    dec = tmp_path / "decode"
+    dec.mkdir()
+    _write(dec / "hyp_9", ["u1 X Y C", "u2 D", "u3 F G H", "u4"])  # 2 sub; 1 del; -; 1 del
+    _write(dec / "hyp_10", ["u1 A B C <NOISE>", "u2 D X", "u3 F H", "u4 I J"])  # -; 1 sub; 1 del; 1 ins
+    details = tmp_path / "details"
+    result = runner.invoke(app, ["score", "wer", str(data), str(dec), "--ignore", "<NOISE>", "--details", str(details)])
+    assert result.exit_code == 0, result.output
+    assert f"%WER 44.44 [ 4 / 9, 0 ins, 2 del, 2 sub ] {dec / 'hyp_9'}" in result.output
+    assert f"%WER 33.33 [ 3 / 9, 1 ins, 1 del, 1 sub ] {dec / 'hyp_10'}" in result.output
+    assert result.output.count("%SER 75.00 [ 3 / 4 ]") == 2
+    assert result.output.count("Scored 4 sentences, 0 not present in hyp.") == 2
+    assert f"best: %WER 33.33 [ 3 / 9, 1 ins, 1 del, 1 sub ] {dec / 'hyp_10'}" in result.output
+    assert (details / "per_utt").read_text().splitlines()[:2] == ["u1 ref  A B C", "u1 hyp  A B C"]  # <NOISE> gone
+    # Kaldi's per_spk (utils/scoring/wer_per_spk_details.pl): raw counts then percentages of #WORD (S.Err of #SENT)
+    rows = [line.split() for line in (details / "per_spk").read_text().splitlines()]
+    assert rows == [
+        ["SPEAKER", "id", "#SENT", "#WORD", "Corr", "Sub", "Ins", "Del", "Err", "S.Err"],
+        ["alice", "raw", "2", "6", "5", "0", "0", "1", "1", "1"],
+        ["alice", "sys", "2", "6", "83.33", "0.00", "0.00", "16.67", "16.67", "50.00"],
+        ["bob", "raw", "2", "3", "2", "1", "1", "0", "2", "2"],
+        ["bob", "sys", "2", "3", "66.67", "33.33", "33.33", "0.00", "66.67", "100.00"],
+        ["SUM", "raw", "4", "9", "7", "1", "1", "1", "3", "3"],
+        ["SUM", "sys", "4", "9", "77.78", "11.11", "11.11", "11.11", "33.33", "75.00"],
+    ]
+    plain = runner.invoke(app, ["score", "wer", str(data), str(dec / "hyp_10")])  # <NOISE> scored: 2 more words
+    assert plain.exit_code == 0 and "%WER 45.45 [ 5 / 11," in plain.output
