@@ -15,7 +15,10 @@ Batch-norm modes (``ModelConfig.bn``), all padding-aware (padded frames never to
 With BN, each gate unit has a learnable γ (init 1) and β (init 0, the forget-gate part init ``forget_bias``); the
 input projection has no bias (β replaces it). Gate order is i, f, o, g. ``bn_hidden`` adds a BN of W_h·h at each
 recurrence step over the entries still running at that step (the paper's negative ablation; γ_h only, since β
-already shifts the gate); in training it runs on a slow per-step autograd path.
+already shifts the gate); in training it runs on a slow per-step autograd path whichever the backend. Its pooled
+statistics (below) leave out step 0, where W_h·h0 = 0 (h0 = 0): training BN maps those constant rows to 0, and pooling
+them would pull the mean towards 0 and the variance down. Eval applies the pooled affine at step 0 too (a shift
+−γ_h·μ_h/σ_h there), so that it still folds into a plain LSTM.
 
 Two recurrence backends compute the same function (``BnBlstm.backend``): ``"kernel"`` is torch's fused LSTM
 (cuDNN on CUDA; on a CPU its backward is recorded op by op and is slow), fed W', b' (sequence BN) or, for frame BN,
@@ -625,19 +628,22 @@ class BnBlstmLayer(nn.Module):
         h = c = None
         for o, b in zip(packing.offsets, packing.batch_sizes):
             gates = gx[:, o : o + b]
-            zh = gates.new_zeros(gates.shape) if h is None else torch.bmm(h[:, :b], w_t)
-            mean = zh.mean(1, keepdim=True)
-            var = (zh - mean).square().mean(1, keepdim=True)
-            gates = gates + (zh - mean) * torch.rsqrt(var + self.eps) * gamma
-            means.append(mean.squeeze(1))
-            vars_.append(var.squeeze(1))
+            if h is not None:  # at step 0, W_h·h0 = 0 (h0 = 0): its BN is 0 and it has no statistics
+                zh = torch.bmm(h[:, :b], w_t)
+                mean = zh.mean(1, keepdim=True)
+                var = (zh - mean).square().mean(1, keepdim=True)
+                gates = gates + (zh - mean) * torch.rsqrt(var + self.eps) * gamma
+                means.append(mean.squeeze(1))
+                vars_.append(var.squeeze(1))
             sig = torch.sigmoid(gates[..., : 3 * hid])
             g = torch.tanh(gates[..., 3 * hid :])
             c = sig[..., :hid] * g if c is None else sig[..., hid : 2 * hid] * c[:, :b] + sig[..., :hid] * g
             h = sig[..., 2 * hid : 3 * hid] * torch.tanh(c)
             hs.append(h)
-        mean, var = _pool_steps(torch.stack(means, 1), torch.stack(vars_, 1), packing.step_sizes, dim=1)
-        self._record("hidden_", mean, var, gx.shape[1])
+        if means:  # pooled over steps >= 1 only: step 0's all-zero rows would pull the mean to 0 and the variance down
+            sizes = packing.step_sizes[1:]
+            mean, var = _pool_steps(torch.stack(means, 1), torch.stack(vars_, 1), sizes, dim=1)
+            self._record("hidden_", mean, var, gx.shape[1] - packing.batch_sizes[0])
         h_all = torch.cat(hs, dim=1)
         return _FromRecurrence.apply(h_all, packing)
 
@@ -734,6 +740,9 @@ def reestimate_population_stats(model: BnBlstm, batches: Iterable[tuple[Tensor, 
         if count == 0:
             raise ValueError("reestimate_population_stats got no batches")
         for layer in model.layers:
+            if layer.bn_hidden and "hidden_" not in (layer.population or {}):
+                raise ValueError("reestimate_population_stats: every utterance has 1 frame, so there are no W_h·h "
+                                 "statistics for bn_hidden (steps >= 1); pass batches with longer utterances")
             for prefix, stats in (layer.population or {}).items():
                 mean, var = stats.result()
                 getattr(layer, prefix + "running_mean").copy_(mean)
