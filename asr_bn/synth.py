@@ -535,10 +535,11 @@ def _canonical_prons(tts: Espeak) -> dict[str, tuple[str, ...]]:
 
 
 def _lexicon(canonical: dict[str, tuple[str, ...]], utts: list[_Utt]) -> list[tuple[str, list[str]]]:
-    """Each word's pronunciations as spoken in the corpus (plus alone), the most frequent first.
+    """Each word's pronunciations as spoken in `utts` (plus alone), the most frequent first.
 
     espeak-ng links words (a linking "r" before a vowel, say), so a word may sound differently in context; every
-    variant the audio contains is in the lexicon, so decoding can match what was said.
+    variant the given audio contains is in the lexicon, so decoding can match what was said. The caller passes
+    the training and dev utterances only: a variant heard only in the test audio must not reach the graph.
     """
     counts: dict[str, Counter] = {w: Counter({p: 0}) for w, p in canonical.items()}
     for utt in utts:
@@ -596,7 +597,8 @@ def synthesize_corpus(
             _write_wav(out / "wav" / f"{spec.id}.wav", utt.audio)
             utts.append(utt)
         canonical = _canonical_prons(tts)
-        lang = write_lang(_lexicon(canonical, utts), out / "lang", silence_phone=SILENCE)
+        seen = [u for u in utts if u.spec.split != "test"]
+        lang = write_lang(_lexicon(canonical, seen), out / "lang", silence_phone=SILENCE)
         for split in SPLITS:
             chosen = [u for u in utts if u.spec.split == split]
             data = DataDir(
