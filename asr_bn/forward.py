@@ -1,8 +1,8 @@
 """`asr-bn forward`: a trained model's log-likelihoods for every utterance of a prepared dir, as Kaldi matrices.
 
 Kaldi's hybrid convention (nnet-forward --class-frame-counts): log p(x|s) ∝ log p(s|x) − prior_scale · log p(s),
-with the priors of the training targets (`priors.vec` in the model dir). The matrices (T × num_pdfs, float32) go to
-a Kaldi archive + scp, or to stdout (`ark:-`) in the data dir's order, so that
+with the priors of the training targets (`priors.vec` in the model dir, else the counts final.pt keeps). The
+matrices (T × num_pdfs, float32) go to a Kaldi archive + scp, or to stdout (`ark:-`) in the data dir's order, so that
 
     asr-bn forward exp/blstm data/test ark:- | latgen-faster-mapped --acoustic-scale=0.1 … final.mdl HCLG.fst ark:- …
 
@@ -14,7 +14,7 @@ when present. `score_frames` runs the same loop against the dir's alignments (fr
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Iterator
 
@@ -49,7 +49,9 @@ class ForwardConfig:
         if self.max_frames < 1 or self.window < 1:
             raise UsageError(f"--max-frames and --window must be >= 1, got {self.max_frames} and {self.window}")
         if self.prior_scale < 0 or not 0 < self.prior_floor < 1:
-            raise UsageError(f"--prior-scale must be >= 0 and --prior-floor in (0, 1), got {self.prior_scale}, {self.prior_floor}")
+            raise UsageError(
+                f"--prior-scale must be >= 0 and --prior-floor in (0, 1), got {self.prior_scale}, {self.prior_floor}"
+            )
         if self.num_workers < 0:
             raise UsageError(f"--num-workers must be >= 0, got {self.num_workers}")
 
@@ -63,6 +65,7 @@ class AcousticModel:
     pipeline_path: Path
     log_priors: np.ndarray  # (num_pdfs,) float32; huge for floored pdfs
     num_pdfs: int
+    notes: list[str] = field(default_factory=list)  # for the forward report: where the priors came from, floors
 
 
 def _model_file(model: str | Path) -> Path:
@@ -89,8 +92,9 @@ def _device(name: str) -> "torch.device":
 
 
 def load_acoustic_model(model: str | Path, config: ForwardConfig) -> AcousticModel:
-    """Load final.pt (BN folded into the weights, eval mode) and the log-priors of the model dir's priors.vec."""
-    from asr_bn.alignments import log_priors, read_counts
+    """Load final.pt (BN folded into the weights, eval mode) and the log-priors of its training targets: the model
+    dir's priors.vec, else the counts final.pt keeps (noted); the two disagreeing is an error naming both."""
+    from asr_bn.alignments import log_priors
     from asr_bn.train import load_model
 
     path = _model_file(model)
@@ -100,15 +104,38 @@ def load_acoustic_model(model: str | Path, config: ForwardConfig) -> AcousticMod
     device = _device(config.device)
     net = net.to(device).eval()
     num_pdfs = int(ckpt["model_config"]["num_pdfs"])
+    counts, notes = _prior_counts(path, np.asarray(ckpt["priors"], dtype=np.float64), num_pdfs)
+    logp, floored = log_priors(counts, config.prior_floor)
+    if len(floored) and not config.posteriors:
+        unseen = "never seen in training" if (counts[floored] == 0).all() else "rarer than --prior-floor in training"
+        ids = " ".join(map(str, floored[:20])) + (" …" if len(floored) > 20 else "")
+        notes.append(f"{len(floored)} pdfs {unseen} (ids {ids}): their log-prior is floored")
+    return AcousticModel(net, device, path.parent / "pipeline.json", logp, num_pdfs, notes)
+
+
+def _prior_counts(path: Path, saved: np.ndarray, num_pdfs: int) -> tuple[np.ndarray, list[str]]:
+    """The pdf counts of the training targets: priors.vec beside `path`, checked against the counts `path` keeps,
+    or those when priors.vec is absent (with a note saying so)."""
+    from asr_bn.alignments import read_counts
+
     priors_path = path.parent / "priors.vec"
     if not priors_path.is_file():
-        raise AsrBnError(f"{priors_path}: no such file (the pdf counts `asr-bn train` writes beside final.pt; copy it back)")
-    logp, _ = log_priors(read_counts(priors_path), config.prior_floor)
-    if len(logp) != num_pdfs:
+        if len(saved) != num_pdfs:
+            raise AsrBnError(f"{path} keeps {len(saved)} pdf counts for {num_pdfs} outputs (corrupt? train again)")
+        return saved, [f"{priors_path} is absent: using the pdf counts kept in {path}"]
+    counts = read_counts(priors_path)
+    if len(counts) != num_pdfs:
         raise AsrBnError(
-            f"{priors_path} has {len(logp)} pdf counts but {path} has {num_pdfs} outputs (use the model dir's own priors.vec)"
+            f"{priors_path} has {len(counts)} pdf counts but {path} has {num_pdfs} outputs "
+            "(use the model dir's own priors.vec)"
         )
-    return AcousticModel(net, device, path.parent / "pipeline.json", logp, num_pdfs)
+    if len(saved) != len(counts) or not np.array_equal(counts, saved):
+        differ = len(counts) if len(saved) != len(counts) else int((counts != saved).sum())
+        raise AsrBnError(
+            f"{priors_path} disagrees with the pdf counts kept in {path} ({differ} of {len(counts)} pdfs differ); "
+            "put back the priors.vec `asr-bn train` wrote with this model, or delete it to use the model's"
+        )
+    return counts, []
 
 
 def _check_pipeline(model: AcousticModel, data_dir: Path) -> None:
@@ -169,10 +196,15 @@ def forward_batches(
             feats = batch.feats.to(model.device, non_blocking=True)
             try:
                 log_probs = model.net(feats, batch.lengths)  # (B, T, P)
-            except torch.cuda.OutOfMemoryError as e:
-                raise AsrBnError(
-                    f"out of GPU memory on a batch of {batch.padded_frames} padded frames; lower --max-frames"
-                ) from e
+            except RuntimeError as e:  # torch.cuda.OutOfMemoryError, or a plain "… out of memory" (CPU, other APIs)
+                if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e):
+                    b, t = batch.feats.shape[:2]
+                    raise AsrBnError(
+                        f"out of memory on {model.device} for a batch of {b} utterances x {t} frames = "
+                        f"{batch.padded_frames} padded frames (first utterance {batch.utts[0]}); lower --max-frames "
+                        f"(now {config.max_frames})"
+                    ) from e
+                raise
             yield batch.utts, log_probs, batch.targets, batch.lengths
 
 
@@ -222,7 +254,9 @@ def _stream(items: Iterator[tuple[str, np.ndarray]], out: BinaryIO) -> None:
             kaldiio.save_ark(out, {utt: mat})
             out.flush()
     except BrokenPipeError as e:
-        raise AsrBnError("the program reading the archive on stdout exited early (check the command after the |)") from e
+        raise AsrBnError(
+            "the program reading the archive on stdout exited early (check the command after the |)"
+        ) from e
 
 
 def forward(
@@ -239,6 +273,8 @@ def forward(
     data_dir = Path(data_dir)
     acoustic = load_acoustic_model(model, config)
     report = Report("forward")
+    for note in acoustic.notes:
+        report.note(note)
     with progress_bar() as bar:
         items = _in_order(acoustic, data_dir, config, report)
         task = bar.add_task("forward", total=None, info=str(acoustic.device))

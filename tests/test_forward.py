@@ -17,7 +17,7 @@ import torch
 from test_batching import make_prepared_dir
 from typer.testing import CliRunner
 
-from asr_bn.alignments import log_priors, read_counts
+from asr_bn.alignments import log_priors, read_counts, write_counts
 from asr_bn.batching import UtteranceDataset
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.forward import ForwardConfig, _batches, _stream, forward, score_frames
@@ -140,12 +140,16 @@ def test_bad_inputs(trained: tuple[Path, Path], tmp_path: Path) -> None:
 
     other = tmp_path / "exp"
     shutil.copytree(exp, other)
-    (other / "priors.vec").unlink()
-    with pytest.raises(AsrBnError, match="priors.vec: no such file"):
-        forward(other, test, f"ark:{tmp_path}/x.ark")
     (other / "priors.vec").write_text("[ 1 2 3 ]\n")
     with pytest.raises(AsrBnError, match="has 3 pdf counts but .* has 4 outputs"):
         forward(other, test, f"ark:{tmp_path}/x.ark")
+    counts = read_counts(exp / "priors.vec")
+    counts[1] += 1
+    write_counts(other / "priors.vec", counts)
+    with pytest.raises(AsrBnError) as disagree:
+        forward(other, test, f"ark:{tmp_path}/x.ark")
+    message = f"{other / 'priors.vec'} disagrees with the pdf counts kept in {other / 'final.pt'} (1 of 4 pdfs differ)"
+    assert message in str(disagree.value)
 
     data = tmp_path / "data"
     shutil.copytree(test, data)
@@ -154,6 +158,78 @@ def test_bad_inputs(trained: tuple[Path, Path], tmp_path: Path) -> None:
     with pytest.raises(AsrBnError, match="pipeline.json differs from the model's .* in delta_order"):
         forward(exp, data, f"ark:{tmp_path}/x.ark")
     assert not (tmp_path / "x.ark").exists()  # nothing half-written under the final name
+
+
+def test_priors_are_the_training_target_counts(trained: tuple[Path, Path]) -> None:
+    """final.pt and checkpoint.pt keep the frame counts per pdf of the training targets, as priors.vec holds them."""
+    exp, _ = trained
+    targets = kaldiio.load_scp(str(exp.parent / "train" / "pdf.scp"))
+    expected = np.bincount(np.concatenate(list(targets.values())), minlength=4)
+    assert len(expected) == 4 and expected.sum() == sum(len(v) for v in targets.values())
+    assert read_counts(exp / "priors.vec").tolist() == expected.tolist()
+    for name in ("final.pt", "checkpoint.pt"):
+        saved = torch.load(exp / name, map_location="cpu", weights_only=True)["priors"]
+        assert [int(c) for c in saved] == expected.tolist(), name
+
+
+def _with_priors(exp: Path, other: Path, counts: list[int] | None) -> Path:
+    """A copy of the model dir whose final.pt keeps `counts` as its priors (None: unchanged)."""
+    shutil.copytree(exp, other)
+    if counts is not None:
+        ckpt = torch.load(other / "final.pt", map_location="cpu", weights_only=True)
+        torch.save({**ckpt, "priors": counts}, other / "final.pt")
+    return other
+
+
+def test_priors_from_final_pt_when_priors_vec_is_absent(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    exp, test = trained
+    other = _with_priors(exp, tmp_path / "exp", None)
+    (other / "priors.vec").unlink()
+    report = forward(other, test, f"ark:{tmp_path}/x.ark", ForwardConfig(device="cpu"))
+    assert f"{other / 'priors.vec'} is absent: using the pdf counts kept in {other / 'final.pt'}" in report.notes
+    forward(exp, test, f"ark:{tmp_path}/y.ark", ForwardConfig(device="cpu"))
+    assert (tmp_path / "x.ark").read_bytes() == (tmp_path / "y.ark").read_bytes()  # the same priors
+
+
+def test_unseen_pdfs_are_reported_once(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    exp, test = trained
+    counts = read_counts(exp / "priors.vec").astype(int).tolist()
+    counts[1] = counts[3] = 0  # as if pdfs 1 and 3 never occurred in the training targets
+    other = _with_priors(exp, tmp_path / "exp", counts)
+    write_counts(other / "priors.vec", np.array(counts))
+    result = runner.invoke(app, ["forward", str(other), str(test), f"ark:{tmp_path}/x.ark", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    message = "2 pdfs never seen in training (ids 1 3): their log-prior is floored"
+    assert result.stderr.count(message) == 1, result.stderr
+    ll = dict(kaldiio.load_ark(str(tmp_path / "x.ark")))
+    assert all((mat[:, [1, 3]] < -1e29).all() for mat in ll.values())  # a floored pdf never wins
+    result = runner.invoke(app, ["forward", str(other), str(test), f"ark:{tmp_path}/p.ark", "--posteriors"])
+    assert result.exit_code == 0 and message not in result.stderr  # posteriors use no priors
+
+
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError, RuntimeError])
+def test_out_of_memory_is_one_line(
+    trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: type
+) -> None:
+    import asr_bn.model
+
+    exp, test = trained
+
+    def oom(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        raise error("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(asr_bn.model.BnBlstm, "forward", oom)
+    result = runner.invoke(app, ["forward", str(exp), str(test), f"ark:{tmp_path}/x.ark", "--device", "cpu",
+                                 "--max-frames", "100"])  # fmt: skip
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    first = UtteranceDataset(test, 4, targets=False)
+    batch = _batches(first.lengths, 100, ForwardConfig().window)[0]
+    padded = len(batch) * int(first.lengths[batch[0]])
+    assert f"x {int(first.lengths[batch[0]])} frames = {padded} padded frames" in errors[0]
+    assert "lower --max-frames (now 100)" in errors[0]
+    assert not (tmp_path / "x.ark").exists()
 
 
 def test_reader_closing_the_pipe_is_one_line() -> None:
