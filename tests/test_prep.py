@@ -20,6 +20,8 @@ from asr_bn.features import FeaturePipeline
 from asr_bn.io import OutputLock
 from asr_bn_cli.main import app
 from test_data import an4_wavs, kaldi_files, write_dir
+from test_train import no_partial_files
+from test_train import snapshot as snapshot_tree
 
 runner = CliRunner()
 FAST = ["--dither", "0", "--nj", "2"]
@@ -37,6 +39,29 @@ def one_line_error(result) -> str:  # noqa: ANN001
 
 def snapshot(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def inputs(data_dir: Path) -> dict[Path, bytes]:
+    """The bytes of every file of a data dir and of every audio file its wav.scp names (paths and pipes' files)."""
+    audio = {Path(w) for line in (data_dir / "wav.scp").read_bytes().splitlines() for w in line.decode().split()[1:]}
+    return snapshot_tree(data_dir) | {p: p.read_bytes() for p in sorted(audio) if p.is_absolute() and p.is_file()}
+
+
+def complete_or_absent(out: Path) -> None:
+    """OUT_DIR holds a complete prep (report.json, every file it lists, each utterance's features) or no file under
+    a final name; never a temporary file, the staging dir or the lock."""
+    if not out.exists():
+        return
+    no_partial_files(out)
+    names = {p.name for p in out.iterdir()}
+    if "report.json" not in names:
+        assert not names, names
+        return
+    report = json.loads((out / "report.json").read_text())
+    assert names == {*report["files"], "report.json"}, names
+    feats = dict(kaldiio.load_scp_sequential(str(out / "feats.scp")))
+    frames = {u: int(n) for u, n in (line.split() for line in (out / "utt2num_frames").read_text().splitlines())}
+    assert len(feats) == report["counts"]["written"] and {u: len(m) for u, m in feats.items()} == frames
 
 
 @pytest.fixture
@@ -172,7 +197,7 @@ def test_enospc_while_writing_features_keeps_previous_files(
 ) -> None:
     out = tmp_path / "out"
     assert prep("kaldi", an4_dir, out, *FAST).exit_code == 0
-    before = snapshot(out)
+    before, data = snapshot(out), inputs(an4_dir)
     real = kaldiio.save_ark
     calls = []
 
@@ -189,15 +214,21 @@ def test_enospc_while_writing_features_keeps_previous_files(
         result
     )
     assert snapshot(out) == before and sorted(p.name for p in out.iterdir()) == sorted(before)
+    complete_or_absent(out)  # the earlier complete output, whole
+    assert inputs(an4_dir) == data
 
 
 def test_second_run_is_refused_by_the_lock(an4_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
+    before = inputs(an4_dir)
     with OutputLock(out):  # held by this (live) process, as by a concurrent run
         result = prep("kaldi", an4_dir, out, *FAST)
+        assert [p.name for p in out.iterdir()] == [".asr-bn.lock"]  # the holder's lock, nothing of the refused run
     assert result.exit_code == 1
     assert f"{out} is in use by another asr-bn run (pid {os.getpid()})" in one_line_error(result)
     assert list(out.iterdir()) == []
+    complete_or_absent(out)
+    assert inputs(an4_dir) == before
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -237,11 +268,14 @@ def test_bad_audio_is_error_or_named_skip(an4_dir: Path, tmp_path: Path, fault: 
         bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 100)
     entry = {"missing": str(tmp_path / "gone.wav"), "pipe": f"cat {tmp_path / 'gone.wav'} |"}.get(fault, str(bad))
     data_dir, utt = _with_bad_entry(an4_dir, entry)
-    inputs = snapshot(data_dir)
+    before = inputs(data_dir)
     result = prep("kaldi", data_dir, tmp_path / "out", *FAST)
     assert result.exit_code == 1
     assert re.search(message.format(utt=re.escape(utt)), one_line_error(result)), result.output
+    assert "--skip-bad" in one_line_error(result)  # the fix
     assert not (tmp_path / "out" / "feats.ark").exists() and not (tmp_path / "out" / "report.json").exists()
+    complete_or_absent(tmp_path / "out")
+    assert inputs(data_dir) == before
 
     skipped = prep("kaldi", data_dir, tmp_path / "out", *FAST, "--skip-bad")
     assert skipped.exit_code == 0, skipped.output
@@ -249,7 +283,8 @@ def test_bad_audio_is_error_or_named_skip(an4_dir: Path, tmp_path: Path, fault: 
     assert utt not in kaldiio.load_scp(str(tmp_path / "out" / "feats.scp"))
     assert utt not in (tmp_path / "out" / "text").read_text()
     assert json.loads((tmp_path / "out" / "report.json").read_text())["skipped"] == {reason: [utt]}
-    assert snapshot(data_dir) == inputs  # inputs untouched
+    complete_or_absent(tmp_path / "out")
+    assert inputs(data_dir) == before  # inputs untouched, the audio too
 
 
 def test_empty_and_too_short_audio_are_named_skips(an4_dir: Path, tmp_path: Path) -> None:
@@ -259,15 +294,22 @@ def test_empty_and_too_short_audio_are_named_skips(an4_dir: Path, tmp_path: Path
     lines[0] = f"{lines[0].split()[0]} {tmp_path / 'empty.wav'}"
     lines[2] = f"{lines[2].split()[0]} {tmp_path / 'short.wav'}"
     (an4_dir / "wav.scp").write_text("\n".join(lines) + "\n")
+    before = inputs(an4_dir)
     result = prep("kaldi", an4_dir, tmp_path / "out", *FAST)
     assert result.exit_code == 0
     assert f"skipped 2 (shorter than one frame): {lines[0].split()[0]} {lines[2].split()[0]}" in result.output
     assert "written 2" in result.output
+    complete_or_absent(tmp_path / "out")
+    assert inputs(an4_dir) == before
 
     (tmp_path / "zero.wav").write_bytes(b"")  # a 0-byte file is not audio at all: an error
     _with_bad_entry(an4_dir, str(tmp_path / "zero.wav"))
+    before = inputs(an4_dir)
     result = prep("kaldi", an4_dir, tmp_path / "out2", *FAST)
     assert result.exit_code == 1 and "zero.wav is empty (0 bytes)" in one_line_error(result)
+    assert "--skip-bad" in one_line_error(result)
+    complete_or_absent(tmp_path / "out2")
+    assert inputs(an4_dir) == before
 
 
 def test_multichannel_needs_channel(an4_dir: Path, tmp_path: Path) -> None:
@@ -288,19 +330,23 @@ def test_multichannel_needs_channel(an4_dir: Path, tmp_path: Path) -> None:
 
 
 def test_sample_rate_mismatch(an4_dir: Path, tmp_path: Path) -> None:
+    before = inputs(an4_dir)
     result = prep("kaldi", an4_dir, tmp_path / "out", *FAST, "--sample-frequency", "8000", "--skip-bad")
     assert result.exit_code == 1  # a config error, not skippable
     assert (
         "is sampled at 16000 Hz but the feature config says 8000 Hz; pass --sample-frequency 16000"
         in one_line_error(result)
     )
+    complete_or_absent(tmp_path / "out")
+    assert inputs(an4_dir) == before
 
 
 @pytest.mark.parametrize(
     "fault, expected",
     [
         ("duplicate", r"utt2spk: key '{u1}' appears twice \(lines 2 and 5\); keep one of the two lines"),
-        ("non-utf8", r"text line 2: not valid UTF-8 \(byte 0xff at column \d+\)"),
+        ("non-utf8", r"text line 2: not valid UTF-8 \(byte 0xff at column \d+\); re-encode the file as UTF-8, e\.g\. "
+                     r"`iconv -f latin1 -t utf-8`"),
     ],
 )
 def test_data_dir_errors(an4_dir: Path, tmp_path: Path, fault: str, expected: str) -> None:
@@ -314,27 +360,36 @@ def test_data_dir_errors(an4_dir: Path, tmp_path: Path, fault: str, expected: st
         text = (an4_dir / "text").read_bytes().splitlines(keepends=True)
         text[1] = text[1].replace(b"HELLO", b"HE\xffLLO")
         (an4_dir / "text").write_bytes(b"".join(text))
+    before = inputs(an4_dir)
     result = prep("kaldi", an4_dir, tmp_path / "out", *FAST)
     assert result.exit_code == 1
     assert re.search(expected.format(u1=re.escape(u1)), one_line_error(result)), result.output
     assert not (tmp_path / "out").exists()  # validation fails before OUT_DIR is created
+    assert inputs(an4_dir) == before
 
 
 def test_utt2spk_lacking_an_utterance_is_a_named_skip(an4_dir: Path, tmp_path: Path) -> None:
     lines = (an4_dir / "utt2spk").read_text().splitlines()
     missing = lines.pop(2).split()[0]
     (an4_dir / "utt2spk").write_text("\n".join(lines) + "\n")
+    before = inputs(an4_dir)
     result = prep("kaldi", an4_dir, tmp_path / "out", *FAST)
     assert result.exit_code == 0
     assert f"skipped 1 (missing from utt2spk): {missing}" in result.output and "written 3" in result.output
+    complete_or_absent(tmp_path / "out")
+    assert missing not in (tmp_path / "out" / "text").read_text()
+    assert inputs(an4_dir) == before
 
 
 def test_unsorted_input_is_sorted_with_a_note(an4_dir: Path, tmp_path: Path) -> None:
     lines = (an4_dir / "wav.scp").read_text().splitlines()
     (an4_dir / "wav.scp").write_text("\n".join(reversed(lines)) + "\n")
+    before = inputs(an4_dir)
     result = prep("kaldi", an4_dir, tmp_path / "out", *FAST)
     assert result.exit_code == 0 and "note: wav.scp was not sorted in C-locale order; sorted it" in result.output
     assert (tmp_path / "out" / "wav.scp").read_text().splitlines() == lines
+    complete_or_absent(tmp_path / "out")
+    assert inputs(an4_dir) == before  # sorted in the output only
 
 
 def test_usage_errors_exit_2(an4_dir: Path, tmp_path: Path) -> None:
