@@ -188,20 +188,32 @@ def test_kaldi_branch_hands_forward_output_to_latgen(recipe: tuple[Path, Path, s
     bin_dir.mkdir()
     tools = {
         "latgen-faster-mapped": _LATGEN.format(python=sys.executable, log=str(tmp_path / "latgen.log")),
+        "lattice-scale": "#!/bin/sh\n",
         "lattice-best-path": "#!/bin/sh\n",
+        "lattice-add-penalty": "#!/bin/sh\n",  # the rest of what steps/score_kaldi.sh runs
         "compute-wer": "#!/bin/sh\n",
+        "align-text": "#!/bin/sh\n",
     }
-    for name, text in tools.items():
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
     steps = s5 / "steps"
     steps.mkdir()
     (steps / "score_kaldi.sh").write_text(_SCORE_KALDI.format(log=tmp_path / "score.log"))
     (steps / "score_kaldi.sh").chmod(0o755)
-    result = run(*FAST, "--stage", "4", "--decoder", "kaldi", "--bn-modes", "", s5, out, path=[bin_dir])  # baseline
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    *args, shapes = (tmp_path / "latgen.log").read_text().splitlines()
+    stage4 = [*FAST, "--stage", "4", "--decoder", "kaldi", "--bn-modes", "", s5, out]  # the baseline only
     decode = out / "exp/blstm/decode_tgpr_eval92_kaldi"
+    for partial in (True, False):  # a partial Kaldi build (latbin only half there, no src/bin), then a whole one
+        for name, text in list(tools.items())[: 3 if partial else None]:
+            (bin_dir / name).write_text(text)
+            (bin_dir / name).chmod(0o755)
+        result = run(*stage4, path=[bin_dir])
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        if partial:
+            assert not (tmp_path / "score.log").exists()  # score_kaldi.sh never started
+            assert (
+                f"lattices in {decode}/lat.1.gz not scored: Kaldi's lattice-add-penalty compute-wer align-text not "
+                "found (build Kaldi's src); with them in place, score in"
+            ) in result.stdout
+            (decode / ".done").unlink()
+    *args, shapes = (tmp_path / "latgen.log").read_text().splitlines()
     assert "--acoustic-scale=0.1" in args and "--beam=13.0" in args and "--lattice-beam=8.0" in args
     assert args[-4:] == [
         str(s5 / "exp/tri4b/final.mdl"), str(s5 / "exp/tri4b/graph_tgpr/HCLG.fst"), "ark:-",

@@ -257,15 +257,22 @@ decode_kaldi() {  # decode_kaldi MODEL SET PATH: asr-bn forward | latgen-faster-
     die "asr-bn forward | latgen-faster-mapped failed for $1 on $2 (log: $dir/log/decode.1.log)"
   fi
   echo 1 > "$dir/num_jobs"
-  if [ -x "$s5/steps/score_kaldi.sh" ] && (PATH=$kpath; command -v lattice-best-path && command -v compute-wer) >/dev/null
-  then
+  # every binary steps/score_kaldi.sh runs (without --decode-mbr), so a partial Kaldi build is named, not crashed on
+  local tool missing=()
+  for tool in lattice-scale lattice-add-penalty lattice-best-path compute-wer align-text; do
+    (PATH=$kpath; command -v "$tool" >/dev/null) || missing+=("$tool")
+  done
+  local unscored=
+  [ -x "$s5/steps/score_kaldi.sh" ] || unscored="$s5/steps/score_kaldi.sh not found"
+  [ ${#missing[@]} -eq 0 ] || unscored="${unscored:+$unscored; }Kaldi's ${missing[*]} not found (build Kaldi's src)"
+  if [ -z "$unscored" ]; then
     local range=()
     [ -n "$lmwt" ] && range=(--min-lmwt "${lmwt%:*}" --max-lmwt "${lmwt#*:}")
     (cd "$s5" && PATH=$kpath steps/score_kaldi.sh --cmd run.pl "${range[@]}" "data/$2" "$graph_dir" "$dir")
     cat "$dir/scoring_kaldi/best_wer"
   else
-    log "lattices in $dir/lat.1.gz; $s5/steps/score_kaldi.sh or Kaldi's lattice-best-path/compute-wer not found, \
-so not scored (score them in $s5: steps/score_kaldi.sh data/$2 $graph_dir $dir)"
+    log "lattices in $dir/lat.1.gz not scored: $unscored; with them in place, score in $s5: \
+steps/score_kaldi.sh data/$2 $graph_dir $dir"
   fi
   echo "$opts" > "$dir/.done"
 }
