@@ -218,6 +218,17 @@ class Batch:
         """B × T_max: what the batch costs in memory and time."""
         return self.feats.shape[0] * self.feats.shape[1]
 
+    def out_of_memory(self, error: BaseException, device: torch.device, fix: str) -> AsrBnError | None:
+        """`error` as one line naming this batch's padded size and `fix`, if it is an out-of-memory failure
+        (torch.cuda.OutOfMemoryError, or a RuntimeError saying "out of memory" on the CPU); else None."""
+        if not (isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error)):
+            return None
+        b, t = self.feats.shape[:2]
+        return AsrBnError(
+            f"out of memory on {device} for a batch of {b} utterances x {t} frames = {self.padded_frames} padded "
+            f"frames (first utterance {self.utts[0]}); {fix}"
+        )
+
     def check(self) -> "Batch":
         """Raise the worker's data error in this process as the one-line AsrBnError it was."""
         if self.error is not None:

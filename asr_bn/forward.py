@@ -196,15 +196,11 @@ def forward_batches(
             feats = batch.feats.to(model.device, non_blocking=True)
             try:
                 log_probs = model.net(feats, batch.lengths)  # (B, T, P)
-            except RuntimeError as e:  # torch.cuda.OutOfMemoryError, or a plain "… out of memory" (CPU, other APIs)
-                if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e):
-                    b, t = batch.feats.shape[:2]
-                    raise AsrBnError(
-                        f"out of memory on {model.device} for a batch of {b} utterances x {t} frames = "
-                        f"{batch.padded_frames} padded frames (first utterance {batch.utts[0]}); lower --max-frames "
-                        f"(now {config.max_frames})"
-                    ) from e
-                raise
+            except RuntimeError as e:
+                oom = batch.out_of_memory(e, model.device, f"lower --max-frames (now {config.max_frames})")
+                if oom is None:
+                    raise
+                raise oom from e
             yield batch.utts, log_probs, batch.targets, batch.lengths
 
 

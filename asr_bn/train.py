@@ -704,14 +704,11 @@ class _Run:
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
         except RuntimeError as e:
-            if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e):
-                b, t = batch.feats.shape[:2]
-                flag = "--max-frames" if self.cfg.max_frames else "--batch-size (or use --max-frames)"
-                raise AsrBnError(
-                    f"out of memory on {self.device} for a batch of {b} utterances x {t} frames = {b * t} padded "
-                    f"frames (first utterance {batch.utts[0]}); lower {flag} or --max-train-frames"
-                ) from e
-            raise
+            flag = "--max-frames" if self.cfg.max_frames else "--batch-size (or use --max-frames)"
+            oom = batch.out_of_memory(e, self.device, f"lower {flag} or --max-train-frames")
+            if oom is None:
+                raise
+            raise oom from e
         if self.cfg.clip_norm:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.cfg.clip_norm)

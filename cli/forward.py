@@ -19,7 +19,7 @@ def forward(
                                              "log p(s|x) - prior_scale * log p(s).")] = False,
     prior_scale: Annotated[float, typer.Option(help="Scale on the log-priors (Kaldi nnet-forward --prior-scale).")] = 1.0,
     prior_floor: Annotated[float, typer.Option(help="Pdfs rarer than this in the training targets never win.")] = 1e-10,
-    max_frames: Annotated[int, typer.Option(help="Padded frames per batch (lower it on a GPU out of memory).",
+    max_frames: Annotated[int, typer.Option(help="Padded frames per batch (lower it when a batch runs out of memory).",
                                             rich_help_panel=_RUN)] = 20000,
     device: Annotated[str, typer.Option(help="auto (cuda when available), cpu, cuda, cuda:N.",
                                         rich_help_panel=_RUN)] = "auto",
