@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,12 @@ from asr_bn.synth import (
     SIZES,
     VOICES,
     Espeak,
+    _PITCH_JITTER,
+    _RATE_JITTER,
+    _SPEAKER_PITCH,
+    _SPEAKER_RATE,
+    _plan,
+    _spoken_text,
     fit_min_durations,
     make_prompt,
     synthesize_corpus,
@@ -185,6 +193,113 @@ def test_snr_roughly_as_requested(tmp_path: Path) -> None:
         total = np.mean(audio[160 * speech[0] + 400 : 160 * speech[-1]] ** 2)
         errors.append(10 * np.log10((total - noise) / noise) - 15.0)
     assert len(errors) >= 10 and np.all(np.abs(errors) < 1.5) and abs(np.median(errors)) < 0.5, errors
+
+
+def _median_f0(audio: np.ndarray, sample_rate: int) -> float:
+    """Median pitch (Hz, 60-400) of the loud 40 ms frames, from each frame's autocorrelation peak."""
+    n = int(0.04 * sample_rate)
+    frames = [audio[i : i + n].astype(np.float64) for i in range(0, len(audio) - n, n // 2)]
+    energy = np.array([np.sum(f**2) for f in frames])
+    lo, hi = sample_rate // 400, sample_rate // 60
+    f0 = []
+    for f in (f for f, e in zip(frames, energy) if e > 0.3 * energy.max()):
+        ac = np.correlate(f - f.mean(), f - f.mean(), "full")[n - 1 :]
+        f0.append(sample_rate / (lo + int(np.argmax(ac[lo:hi]))))
+    return float(np.median(f0))
+
+
+def test_rate_and_pitch_vary_per_utterance_and_speaker(corpus) -> None:
+    """corpus.json: every speaker has its own rate and pitch, jittered per utterance; espeak-ng speaks those
+    values (the corpus's slowest rate gives longer audio than its fastest, its highest pitch a higher F0)."""
+    info = json.loads((corpus.root / "corpus.json").read_text())
+    by_speaker: dict[str, list[dict]] = defaultdict(list)
+    for utt, params in info["utterances"].items():
+        by_speaker[utt.rsplit("-", 1)[0]].append(params)
+    assert sorted(by_speaker) == sorted(info["speakers"])
+    for spk, params in by_speaker.items():
+        rates, pitches = [p["rate"] for p in params], [p["pitch"] for p in params]
+        assert len(set(rates)) > 1 and len(set(pitches)) > 1, spk  # varied per utterance, around the speaker's:
+        assert np.ptp(rates) <= 2 * _RATE_JITTER + 1 and np.ptp(pitches) <= 2 * _PITCH_JITTER + 1, spk
+        rate_lo, rate_hi = _SPEAKER_RATE[0] - _RATE_JITTER - 1, _SPEAKER_RATE[1] + _RATE_JITTER + 1  # ±1: rounding
+        pitch_lo, pitch_hi = _SPEAKER_PITCH[0] - _PITCH_JITTER - 1, _SPEAKER_PITCH[1] + _PITCH_JITTER + 1
+        assert rate_lo <= min(rates) and max(rates) <= rate_hi and pitch_lo <= min(pitches) <= max(pitches) <= pitch_hi
+    mean_rate = {s: np.mean([p["rate"] for p in ps]) for s, ps in by_speaker.items()}
+    mean_pitch = {s: np.mean([p["pitch"] for p in ps]) for s, ps in by_speaker.items()}
+    assert np.ptp(list(mean_rate.values())) > 20 and np.ptp(list(mean_pitch.values())) > 15  # speakers differ
+    params = list(info["utterances"].values())
+    rates, pitches = sorted({p["rate"] for p in params}), sorted({p["pitch"] for p in params})
+    with Espeak() as tts:
+        voice = "en-us+m1"
+        slow, _ = tts.synthesize("NO ONE ZERO", voice, rate=rates[0])
+        fast, _ = tts.synthesize("NO ONE ZERO", voice, rate=rates[-1])
+        low, _ = tts.synthesize("NO ONE ZERO", voice, pitch=pitches[0])
+        high, _ = tts.synthesize("NO ONE ZERO", voice, pitch=pitches[-1])
+        sr = tts.sample_rate
+    assert len(slow) > 1.2 * len(fast)
+    assert _median_f0(high, sr) > 1.2 * _median_f0(low, sr)
+
+
+def test_snr_is_drawn_per_utterance_within_the_range(corpus) -> None:
+    """Each utterance's SNR in corpus.json is its own draw inside snr_db (default 10-30 dB), and the audio has it:
+    noise power from the leading silence, speech power between the first and the last phone, from the file."""
+    info = json.loads((corpus.root / "corpus.json").read_text())
+    low, high = info["snr_db"]
+    assert (low, high) == (10.0, 30.0)
+    recorded = [p["snr_db"] for p in info["utterances"].values()]
+    assert all(low <= x <= high for x in recorded)
+    assert len(set(recorded)) >= 0.9 * len(recorded) and min(recorded) < low + 3 and max(recorded) > high - 3
+    lang = read_lang(corpus.lang)
+    model = read_transition_model(corpus.ali["train"] / "final.mdl")
+    errors = []
+    for split in ("train", "dev"):
+        wavs = _table(corpus.data[split] / "wav.scp")
+        for utt, tids, _ in read_alignments(corpus.ali[split]):
+            audio, _ = sf.read(wavs[utt])
+            speech = np.flatnonzero(model.to_phones(tids) != lang.phones[lang.silence_phone])
+            noise = np.mean(audio[: 160 * speech[0] - 400] ** 2)  # frames end 400 samples after their start
+            total = np.mean(audio[160 * speech[0] + 400 : 160 * speech[-1]] ** 2)
+            errors.append(10 * np.log10((total - noise) / noise) - info["utterances"][utt]["snr_db"])
+    size = SIZES["small"]
+    assert len(errors) == sum(n * k for n, k in zip(size.speakers[:2], size.utts_per_speaker[:2]))
+    assert np.all(np.abs(errors) < 1.0), errors
+
+
+def test_phone_boundaries_are_espeak_phoneme_events(corpus) -> None:
+    """Each alignment's phones are espeak-ng's phoneme events (stress marks dropped, pauses and the `;` hiatus
+    mark apart) and start where the event's sample lands: × 16000/22050, then the frame whose window centre it
+    holds, within one frame once shifted by the leading silence (0.15-0.45 s). Only a boundary next to a phone
+    the fitting stretched to its minimum (one frame per HMM state) may be further off."""
+    info = json.loads((corpus.root / "corpus.json").read_text())
+    cfg = FbankConfig()
+    lang = read_lang(corpus.lang)
+    id2phone = {i: p for p, i in lang.phones.items()}
+    model = read_transition_model(corpus.ali["train"] / "final.mdl")
+    # the prompts' pauses (commas in the spoken text) are not in corpus.json: re-drawn from the seed
+    specs = {spec.id: spec for spec in _plan(info["seed"], SIZES[info["size"]], None, tuple(info["snr_db"]))}
+    checked = 0
+    with Espeak() as tts:
+        for utt, tids, _ in itertools.islice(read_alignments(corpus.ali["train"]), 12):
+            spec, params = specs[utt], info["utterances"][utt]
+            text, _ = _spoken_text(spec.words, spec.pauses)
+            _, events = tts.synthesize(text, info["speakers"][spec.speaker]["voice"], rate=params["rate"],
+                                       pitch=params["pitch"], pitch_range=params["range"], word_gap=params["word_gap"])
+            want = [(m.lstrip("',"), sample) for m, _, sample in events if not m.startswith("_") and m != ";"]
+            segments = [(id2phone[p], s, e) for p, s, e in model.phone_segments(tids)]
+            minimum = {s: len(model.topology.entry(p)) - 1 for p, s, _ in model.phone_segments(tids)}  # HMM states
+            length = {s: e - s for _, s, e in segments}
+            before = {e: s for _, s, e in segments}  # segment end → its start
+            got = [(p, s) for p, s, _ in segments if p != lang.silence_phone]
+            assert [p for p, _ in got] == [p for p, _ in want], utt
+            scale, centre = cfg.sample_frequency / tts.sample_rate, cfg.window_size / 2  # snip_edges frames
+            expected = np.array([math.ceil((x * scale - centre) / cfg.window_shift) for _, x in want])
+            starts = np.array([s for _, s in got])
+            offset = int(np.median(starts - expected))
+            assert 15 - 1 <= offset <= 45 + 1, utt  # 0.15-0.45 s of leading silence, in 10 ms frames
+            for start, error in zip(starts.tolist(), (starts - expected - offset).tolist()):
+                tight = length[start] == minimum[start] or length[before[start]] == minimum[before[start]]
+                assert abs(error) <= 1 or tight, (utt, start, error)
+                checked += 1
+    assert checked > 100, checked
 
 
 def test_espeak_is_reproducible_per_utterance() -> None:
