@@ -26,7 +26,7 @@ import numpy as np
 
 from asr_bn.alignments import read_transition_model, transition_id_scores
 from asr_bn.errors import AsrBnError, UsageError
-from asr_bn.io import OutputLock, atomic_open, atomic_path, write_text
+from asr_bn.io import OutputLock, atomic_open, atomic_path, error_detail, write_text
 from asr_bn.progress import progress_bar
 from asr_bn.report import Report
 
@@ -294,9 +294,8 @@ def _read_matrices(rspecifier: str) -> Iterator[tuple[str, np.ndarray]]:
         raise
     except Exception as e:  # kaldiio raises whatever its parser hits on bad bytes
         where = f"after utterance {last}" if last is not None else "at its first utterance"
-        detail = " ".join(str(e).split())  # kaldiio's messages may span lines; the CLI prints one
         raise AsrBnError(
-            f"cannot read log-likelihoods from {rspecifier} {where} ({type(e).__name__}: {detail}); "
+            f"cannot read log-likelihoods from {rspecifier} {where} ({error_detail(e)}); "
             f"the archive is missing, truncated or corrupt: {fix}"
         ) from e
 

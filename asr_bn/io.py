@@ -125,6 +125,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def error_detail(error: BaseException) -> str:
+    """`Type: message` of an exception on one line (kaldiio's and torch's messages may span several)."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
 def read_matrix(location: str, table: str | Path, key: str) -> np.ndarray:
     """Load one matrix an scp line points at (`file.ark:offset`); a missing, truncated or corrupt archive is an
     AsrBnError naming the scp table, the utterance and the fix instead of kaldiio's own exception."""
@@ -134,7 +139,7 @@ def read_matrix(location: str, table: str | Path, key: str) -> np.ndarray:
         mat = kaldiio.load_mat(location)
     except Exception as e:  # kaldiio raises whatever its parser hits on bad bytes (ValueError, struct.error, …)
         raise AsrBnError(
-            f"{table}: cannot read {key} at {location} ({type(e).__name__}: {e}); "
+            f"{table}: cannot read {key} at {location} ({error_detail(e)}); "
             "the archive is missing, truncated or corrupt: re-run the stage that wrote it"
         ) from e
     if not isinstance(mat, np.ndarray) or mat.ndim not in (1, 2):

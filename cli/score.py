@@ -18,7 +18,7 @@ def wer(
     hyps: Annotated[list[Path], typer.Argument(help="Hypothesis text files, or decode dirs (their hyp_LMWT files, "
                                                "else their `text`). With several, each is scored and the best shown.")],
     ignore: Annotated[str, typer.Option(help="Comma-separated non-scored words, removed from both sides, e.g. "
-                                        "'<NOISE>,<SIL>,<SPOKEN_NOISE>'.")] = "",
+                                        "'<NOISE>,<SIL>,<SPOKEN_NOISE>'.", show_default="none")] = "",
     mode: Annotated[str, typer.Option(help="all: a missing hypothesis counts as empty; present: score only "
                                       "utterances with one; strict: a missing one is an error.")] = "all",
     utt2spk: Annotated[Optional[Path], typer.Option(help="utt2spk for the per-speaker table (default: REF's, when "

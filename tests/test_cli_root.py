@@ -44,10 +44,6 @@ def _command(path: tuple[str, ...]) -> TyperCommand | TyperGroup:
 
 
 ALL_COMMANDS = list(_commands(typer.main.get_command(app)))
-# Options whose --help still lacks its default (issue 2; cli/ is fixed separately). Typer prints no `[default: ]`
-# for an empty-string default, so the option needs show_default="…" text. Remove an entry once it shows: the test
-# fails until then, and fails again if the entry is left behind.
-LACKING_DEFAULT = {("score", "wer"): {"--ignore"}}
 
 
 def _expected_default(option: TyperOption, default: object) -> str | None:
@@ -113,8 +109,7 @@ def test_every_help_shows_every_default(path: tuple[str, ...]) -> None:
         expected = None if default is None else _expected_default(option, default)
         if expected is not None and f"[default: {expected}]" not in rows[option.opts[0]]:
             missing.append(option.opts[0])
-    known = LACKING_DEFAULT.get(path, set())
-    assert set(missing) == known, f"`asr-bn {' '.join(path)} --help`: no default shown for {missing}, known {known}"
+    assert not missing, f"`asr-bn {' '.join(path)} --help`: no default shown for {missing}"
 
 
 @pytest.mark.parametrize("path", ALL_COMMANDS, ids=lambda p: " ".join(p) or "asr-bn")
