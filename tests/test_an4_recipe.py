@@ -118,13 +118,16 @@ def test_run_sh_fast_all_stages(an4_root: Path, tmp_path: Path) -> None:
         skipped = [u for utts in report["skipped"].values() for u in utts]
         labels = {lab.utt: lab.values for lab in read_alignments(work / "exp" / ali_dir)}
         assert sorted([*labels, *skipped]) == sorted(frames)  # every utterance aligned or named
-        assert len(labels) >= 0.5 * len(frames)  # a model from 2 speakers cannot align every unseen dev utterance
+        # every training utterance (26 of 26 measured); a model from 2 speakers cannot align every unseen dev one
+        # (16 of 22 measured)
+        assert len(labels) >= (0.95 if prep == "train" else 0.5) * len(frames), (ali_dir, len(labels), len(frames))
         for utt, tids in labels.items():
             assert len(tids) == frames[utt]
             phones = [names[p] for p, _, _ in tm.phone_segments(tids) if names[p] != "SIL"]
             assert _spells(phones, text[utt].split(), prons), utt
     wer_line = (work / "exp" / "mono" / "decode_test" / "wer").read_text().splitlines()[0]
-    assert wer_line.startswith("%WER") and float(wer_line.split()[1]) < 90.0  # well below chance even when tiny
+    # 2 training speakers, --fast GMM: 59 % measured; a broken alignment model scores near 100 %
+    assert wer_line.startswith("%WER") and float(wer_line.split()[1]) < 75.0, wer_line
 
     # stage 4: every aligned utterance has one pdf-id per feature frame
     for prep, ali_dir in (("train", "mono_ali"), ("dev", "mono_ali_dev")):
@@ -150,7 +153,7 @@ def test_run_sh_fast_all_stages(an4_root: Path, tmp_path: Path) -> None:
         loglikes = dict(kaldiio.load_scp(str(work / "exp" / exp / "forward_test" / "loglikes.scp")))
         assert {u: m.shape for u, m in loglikes.items()} == {u: (n, tm.num_pdfs) for u, n in test_frames.items()}
         wer_line = (work / "exp" / exp / "decode_test_tg" / "wer").read_text().splitlines()[0]
-        assert wer_line.startswith("%WER") and float(wer_line.split()[1]) < 90.0, wer_line
+        assert wer_line.startswith("%WER") and float(wer_line.split()[1]) < 75.0, wer_line  # 52 / 55 % measured
     # stage 8: the curves and one table row per model
     assert (work / "exp" / "learning_curves.png").stat().st_size > 0
     rows = (work / "exp" / "results.md").read_text().splitlines()
