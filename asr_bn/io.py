@@ -14,6 +14,7 @@ from asr_bn.errors import AsrBnError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+_TMP_SUFFIX = ".tmp"  # of atomic_path's temporary files: `.NAME.XXXXXXXX.tmp` beside NAME
 
 
 @contextlib.contextmanager
@@ -24,7 +25,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual umask-based mode
@@ -96,19 +97,25 @@ class OutputLock:
 
     def __enter__(self) -> "OutputLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            holder = self.path.read_text(errors="replace").strip() or "?"
-            if holder.isdigit() and not _pid_alive(int(holder)):
+        took_over = False
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                break
+            except FileExistsError:
+                holder = self.path.read_text(errors="replace").strip() or "?"
+                if not (holder.isdigit() and not _pid_alive(int(holder))):
+                    raise AsrBnError(
+                        f"{self.path.parent} is in use by another asr-bn run (pid {holder}); "
+                        f"wait for it, or remove {self.path} if that run is gone"
+                    ) from None
                 self.path.unlink(missing_ok=True)  # stale lock of a killed run
-                return self.__enter__()
-            raise AsrBnError(
-                f"{self.path.parent} is in use by another asr-bn run (pid {holder}); "
-                f"wait for it, or remove {self.path} if that run is gone"
-            ) from None
+                took_over = True
         with os.fdopen(fd, "w") as f:
             f.write(str(os.getpid()))
+        if took_over:  # the killed run's unfinished atomic writes (see atomic_path); nobody else writes here now
+            for leftover in self.path.parent.glob(f".*{_TMP_SUFFIX}"):
+                leftover.unlink(missing_ok=True)
         return self
 
     def __exit__(self, *exc: object) -> None:

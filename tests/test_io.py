@@ -58,10 +58,18 @@ def test_lock_refuses_second_run(tmp_path: Path) -> None:
         pass
 
 
-def test_stale_lock_is_taken_over(tmp_path: Path) -> None:
+def test_stale_lock_is_taken_over_with_the_killed_runs_temporary_files(tmp_path: Path) -> None:
+    """A run killed mid-write leaves its lock and an atomic write's temporary file: the next run removes both,
+    and nothing else (nor the temporary files of a live run's directory)."""
     (tmp_path / ".asr-bn.lock").write_text("999999999")
+    (tmp_path / ".checkpoint.pt.k2x9ab.tmp").write_bytes(b"half")
+    (tmp_path / "checkpoint.pt").write_bytes(b"whole")
+    (tmp_path / "notes.tmp").write_bytes(b"a user's file")
     with OutputLock(tmp_path):
-        pass
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".asr-bn.lock", "checkpoint.pt", "notes.tmp"]
+    (tmp_path / ".final.pt.x.tmp").write_bytes(b"being written")
+    with OutputLock(tmp_path):  # a lock released normally: its directory is left as it is
+        assert (tmp_path / ".final.pt.x.tmp").exists()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
