@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import io
 import re
+import struct
 from pathlib import Path
 
 import kaldiio
@@ -266,6 +267,155 @@ def test_generated_topologies_round_trip_and_match_kaldi_hmm_gmm(topology: Topol
             path = Path(tmp) / f"m{int(binary)}.mdl"
             path.write_bytes(model.to_kaldi(binary=binary) + b"<DiagGmm> trailing acoustic model never read")
             assert read_transition_model(path) == model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a chain-style model (<Tuples>) in Kaldi's own layout, written by hand from Kaldi's writers, not by ours
+#
+# Layout from kaldi src/hmm/transition-model.cc TransitionModel::Write (<Tuples> with 4 ints per transition-state
+# when !IsHmm(), i.e. when some state's forward and self-loop pdf-classes differ; <Triples> with 3 otherwise) and
+# src/hmm/hmm-topology.cc HmmTopology::Write (text: <ForwardPdfClass> x <SelfLoopPdfClass> y on EVERY emitting
+# state once !IsHmm(); binary: phones, phone2idx, then an int32 -1 marking the extended format, then per state
+# forward and self-loop pdf-class). Basic types from src/base/io-funcs.cc / io-funcs-inl.h: WriteToken writes
+# the token and one space; binary WriteBasicType writes a size byte (4) and 4 little-endian bytes; binary
+# WriteIntegerVector writes one size byte, an int32 count and the raw int32s; text floats use precision 7
+# (InitKaldiOutputStream). Vector<float>::Write (src/matrix/kaldi-vector.cc): binary `FV `, int32 dim, raw
+# floats; text ` [ x1 x2 … ]\n`.
+#
+# Topology: phones 1 2 3 share a chain entry (1 emitting state, <ForwardPdfClass> 0 <SelfLoopPdfClass> 1, the
+# one of src/hmm/hmm-test-utils.cc GetSimpleChainTransitionModel); phone 5 has a classic 3-state entry whose
+# last state lists its forward transition before its self-loop; phone 4 has no entry. Tree: monophone with
+# phones 1 and 2 sharing a root (word-position variants of one phone): pdfs (1|2, class 0) = 0,
+# (1|2, class 1) = 1, (3, 0) = 2, (3, 1) = 3, (5, 0..2) = 4..6. Tuples (phone, hmm-state, forward-pdf,
+# self-loop-pdf) sorted as ComputeTuples leaves them (Tuple::operator< in transition-model.h: lexicographic).
+# Transition-ids (ComputeDerived): tstate by tstate, one per transition of its HMM state in topology order;
+# TransitionIdToPdf is the self-loop pdf for a self-loop (destination == own state), else the forward pdf.
+# Log-probs as InitializeProbs sets them: log of the topology probabilities, entry 0 unused (0).
+
+CHAIN_TUPLES = [(1, 0, 0, 1), (2, 0, 0, 1), (3, 0, 2, 3), (5, 0, 4, 4), (5, 1, 5, 5), (5, 2, 6, 6)]
+CHAIN_PROBS = [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.75, 0.25, 0.75, 0.25, 0.25, 0.75]  # of transition-ids 1..12
+CHAIN_TEXT = (
+    b"<TransitionModel> \n"
+    b"<Topology> \n"
+    b"<TopologyEntry> \n"
+    b"<ForPhones> \n"
+    b"1 2 3 \n"
+    b"</ForPhones> \n"
+    b"<State> 0 <ForwardPdfClass> 0 <SelfLoopPdfClass> 1 <Transition> 0 0.5 <Transition> 1 0.5 </State> \n"
+    b"<State> 1 </State> \n"
+    b"</TopologyEntry> \n"
+    b"<TopologyEntry> \n"
+    b"<ForPhones> \n"
+    b"5 \n"
+    b"</ForPhones> \n"
+    b"<State> 0 <ForwardPdfClass> 0 <SelfLoopPdfClass> 0 <Transition> 0 0.75 <Transition> 1 0.25 </State> \n"
+    b"<State> 1 <ForwardPdfClass> 1 <SelfLoopPdfClass> 1 <Transition> 1 0.75 <Transition> 2 0.25 </State> \n"
+    b"<State> 2 <ForwardPdfClass> 2 <SelfLoopPdfClass> 2 <Transition> 3 0.25 <Transition> 2 0.75 </State> \n"
+    b"<State> 3 </State> \n"
+    b"</TopologyEntry> \n"
+    b"</Topology> \n"
+    b"<Tuples> 6 \n"
+    b"1 0 0 1 \n"
+    b"2 0 0 1 \n"
+    b"3 0 2 3 \n"
+    b"5 0 4 4 \n"
+    b"5 1 5 5 \n"
+    b"5 2 6 6 \n"
+    b"</Tuples> \n"
+    b"<LogProbs> \n"
+    b" [ 0 -0.6931472 -0.6931472 -0.6931472 -0.6931472 -0.6931472 -0.6931472 -0.2876821 -1.386294 -0.2876821 "
+    b"-1.386294 -1.386294 -0.2876821 ]\n"
+    b"</LogProbs> \n"
+    b"</TransitionModel> \n"
+)
+NNET3_TAIL = b"<Nnet3> \ninput-node name=input dim=40\n"  # what follows in a chain final.mdl; never read
+
+
+def _tok(token: str) -> bytes:
+    return token.encode() + b" "
+
+
+def _i32(v: int) -> bytes:
+    return b"\x04" + struct.pack("<i", v)
+
+
+def _f32(v: float) -> bytes:
+    return b"\x04" + struct.pack("<f", v)
+
+
+def _ivec(values: list[int]) -> bytes:
+    return b"\x04" + struct.pack(f"<i{len(values)}i", len(values), *values)
+
+
+def _state(forward: int, self_loop: int, transitions: list[tuple[int, float]]) -> bytes:
+    arcs = b"".join(_i32(dest) + _f32(prob) for dest, prob in transitions)
+    return _i32(forward) + _i32(self_loop) + _i32(len(transitions)) + arcs
+
+
+def _chain_binary() -> bytes:
+    """CHAIN_TEXT's model as Kaldi's binary writers emit it (`\\0B` header), byte by byte."""
+    chain_entry = _i32(2) + _state(0, 1, [(0, 0.5), (1, 0.5)]) + _state(-1, -1, [])
+    classic_entry = (
+        _i32(4)
+        + _state(0, 0, [(0, 0.75), (1, 0.25)])
+        + _state(1, 1, [(1, 0.75), (2, 0.25)])
+        + _state(2, 2, [(3, 0.25), (2, 0.75)])
+        + _state(-1, -1, [])
+    )
+    topology = (
+        _tok("<Topology>") + _ivec([1, 2, 3, 5]) + _ivec([-1, 0, 0, 0, -1, 1]) + _i32(-1) + _i32(2)
+        + chain_entry + classic_entry + _tok("</Topology>")
+    )  # fmt: skip
+    tuples = _tok("<Tuples>") + _i32(len(CHAIN_TUPLES)) + b"".join(_i32(v) for t in CHAIN_TUPLES for v in t)
+    log_probs = np.log(np.array([1.0] + CHAIN_PROBS)).astype("<f4")  # entry 0: log(1) = 0, unused
+    return (
+        b"\0B" + _tok("<TransitionModel>") + topology + tuples + _tok("</Tuples>")
+        + _tok("<LogProbs>") + _tok("FV") + _i32(len(log_probs)) + log_probs.tobytes() + _tok("</LogProbs>")
+        + _tok("</TransitionModel>")
+    )  # fmt: skip
+
+
+def test_kaldi_written_chain_model_text_and_binary(tmp_path: Path) -> None:
+    binary = _chain_binary()
+    (tmp_path / "text.mdl").write_bytes(CHAIN_TEXT + NNET3_TAIL)
+    (tmp_path / "binary.mdl").write_bytes(binary + NNET3_TAIL)
+    text_model = read_transition_model(tmp_path / "text.mdl")
+    model = read_transition_model(tmp_path / "binary.mdl")
+    # Hand-derived from Kaldi's numbering rules (see above), transition-ids 1..12:
+    #   tstate 1 (1,0,0,1): 1 = 0->0 loop pdf 1, 2 = 0->1 final pdf 0;  tstate 2 (2,0,0,1): 3, 4 alike
+    #   tstate 3 (3,0,2,3): 5 = loop pdf 3, 6 = final pdf 2;  tstates 4, 5 (5,0|1,...): loop then forward
+    #   tstate 6 (5,2,6,6): 11 = 2->3 final pdf 6 (listed first), 12 = 2->2 loop pdf 6
+    tids = np.arange(1, 13)
+    for m in (model, text_model):
+        assert m.num_pdfs == 7 and m.num_transition_ids == 12 and m.num_transition_states == 6
+        assert m.phones == (1, 2, 3, 5) and m.tuples == CHAIN_TUPLES and not m.topology.is_hmm
+        assert m.to_pdfs(tids).tolist() == [1, 0, 1, 0, 3, 2, 4, 4, 5, 5, 6, 6]
+        assert m.to_phones(tids).tolist() == [1, 1, 2, 2, 3, 3, 5, 5, 5, 5, 5, 5]
+        assert m.to_hmm_states(tids).tolist() == [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 2]
+        assert m.is_self_loop(tids).tolist() == [True, False] * 5 + [False, True]
+        assert m.tid_is_final[1:].tolist() == [False, True] * 3 + [False] * 4 + [True, False]
+        assert m.tid_tstate[1:].tolist() == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]
+        # SplitToPhones: a phone ends at its transition into the final state (self-loops precede it here)
+        segments = m.phone_segments(np.array([1, 1, 2, 3, 4, 7, 8, 9, 10, 12, 12, 11]))
+        assert segments == [(1, 0, 3), (2, 3, 5), (5, 5, 12)]
+    assert model.log_probs.tolist() == np.log(np.array([1.0] + CHAIN_PROBS)).astype(np.float32).tolist()
+    # Kaldi's text keeps 7 significant digits, so text log-probs are the decimals as written, within 1e-6
+    assert text_model.log_probs[8] == np.float32(-1.386294) and text_model.log_probs[8] != model.log_probs[8]
+    assert text_model.topology == model.topology and text_model.tuples == model.tuples
+    assert np.allclose(text_model.log_probs, model.log_probs, rtol=1e-6, atol=0)
+    assert model.to_kaldi(binary=True) == binary  # our binary writer emits Kaldi's bytes for <Tuples> too
+
+    # kaldi-hmm-gmm (a port of Kaldi's TransitionModel) on the same topology text and tree numbers alike
+    topo = khg.HmmTopology()
+    topo_text = CHAIN_TEXT.decode()
+    topo.read(topo_text[topo_text.index("<Topology>") : topo_text.index("</Topology>") + len("</Topology>")])
+    assert not topo.is_hmm and topo.phones == [1, 2, 3, 5]
+    ctx = khg.monophone_context_dependency_shared([[1, 2], [3], [5]], topo.get_phone_to_num_pdf_classes())
+    ref = khg.TransitionModel(ctx, topo)
+    assert _khg_tuples(ref) == CHAIN_TUPLES
+    assert np.array(ref.log_probs, dtype=np.float32).tolist() == model.log_probs.tolist()
+    _assert_same_as_khg(model, ref)
+    _assert_same_as_khg(text_model, ref)
 
 
 # ---------------------------------------------------------------------------------------------------------------
