@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import gc
 import itertools
 import json
 import math
@@ -332,22 +333,27 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainState:
     only rank 0 writes. Returns the final state (best dev CE and its update).
     """
     dist = _Dist.from_env()
-    exp = Path(cfg.exp_dir)
-    with (OutputLock(exp) if dist.main else contextlib.nullcontext()), dist.group(cfg.device), _StopSignals() as stop:
-        run = _Run.setup(cfg, resume, dist, stop)
-        try:
-            while not is_finished(run.cfg, run.state) and not run.stop_requested():
-                train_one_epoch(run)
-            run.plot()
-            if not is_finished(run.cfg, run.state):
-                run.save_checkpoint()
-                run.say(f"stopped by a signal at update {run.state.update}; continue with --resume")
-            else:
-                best = run.state
-                run.say(f"done: best dev CE {best.best_dev_ce:.4f} at update {best.best_update} → {exp / 'final.pt'}")
-        finally:
-            run.close()
-        return run.state
+    lock = OutputLock(cfg.exp_dir) if dist.main else contextlib.nullcontext()
+    with lock, dist.group(cfg.device), _StopSignals() as stop:
+        return _train(cfg, resume, dist, stop)  # the run (and its DDP wrapper) is gone before the group ends
+
+
+def _train(cfg: TrainConfig, resume: bool, dist: _Dist, stop: _StopSignals) -> TrainState:
+    """Epochs until done or stopped by a signal, then the learning curve and the closing line."""
+    run = _Run.setup(cfg, resume, dist, stop)
+    try:
+        while not is_finished(run.cfg, run.state) and not run.stop_requested():
+            train_one_epoch(run)
+        run.plot()
+        if not is_finished(run.cfg, run.state):
+            run.save_checkpoint()
+            run.say(f"stopped by a signal at update {run.state.update}; continue with --resume")
+        else:
+            best = run.state
+            run.say(f"done: best dev CE {best.best_dev_ce:.4f} at update {best.best_update} → {run.exp / 'final.pt'}")
+    finally:
+        run.close()
+    return run.state
 
 
 def launch(nproc: int, argv: list[str]) -> int:
@@ -490,6 +496,9 @@ class _Dist:
             yield
             return
         import torch.distributed as td
+        # Its functions take group.WORLD as a default argument: imported after init (as DDP does), it would hold
+        # the group for good, and destroy_process_group could not free it.
+        import torch.distributed.nn.functional  # noqa: F401
 
         on_gpu = _pick_device(device, self).type == "cuda"
         if on_gpu:
@@ -498,6 +507,9 @@ class _Dist:
         try:
             yield
         finally:
+            # Free the group here, joining its threads: one left to interpreter exit may still release a tensor,
+            # and a thread that takes the GIL during finalization aborts the process (rank 1's SIGABRT in CI).
+            gc.collect()  # a DDP wrapper in a reference cycle still holds the group
             td.destroy_process_group()
 
 
