@@ -12,6 +12,7 @@ src/hmm/transition-model.cc and hmm-topology.cc: transition-ids are 1-based, pdf
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import re
 import struct
@@ -193,6 +194,22 @@ class _KaldiReader:
         if word[:-1]:
             words.append(word[:-1])
         return words
+
+
+@contextlib.contextmanager
+def _kaldi_object(path: Path, what: str, open_fix: str, hint: str) -> Iterator[_KaldiReader]:
+    """A reader over one Kaldi object file, binary if it starts with `\\0B`, else text; a file that cannot be
+    opened is one line naming it and `open_fix`."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise AsrBnError(f"cannot open {what} {path}: {e.strerror or e} ({open_fix})") from e
+    with f:
+        r = _KaldiReader(f, str(path), what, hint)
+        r.binary = r.peek(2) == b"\0B"
+        if r.binary:
+            r.take(2)
+        yield r
 
 
 def _show(word: bytes) -> str:
@@ -594,17 +611,8 @@ def read_transition_model(path: str | Path) -> TransitionModel:
     Reading stops after </TransitionModel>; the acoustic model that follows is never read. Both the classic
     `<Triples>` layout and the newer `<Tuples>` one (separate self-loop pdf-classes) are understood.
     """
-    path = Path(path)
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise AsrBnError(f"cannot open model {path}: {e.strerror or e} (give the final.mdl of the ali dir)") from e
-    with f:
-        hint = "is the file truncated, or not a Kaldi model such as exp/tri4b/final.mdl?"
-        r = _KaldiReader(f, str(path), "the Kaldi transition model", hint)
-        r.binary = r.peek(2) == b"\0B"
-        if r.binary:
-            r.take(2)
+    hint = "is the file truncated, or not a Kaldi model such as exp/tri4b/final.mdl?"
+    with _kaldi_object(Path(path), "the Kaldi transition model", "give the final.mdl of the ali dir", hint) as r:
         r.expect("<TransitionModel>")
         topology = _read_topology(r)
         start = r.offset
@@ -918,17 +926,8 @@ def write_counts(path: str | Path, counts: np.ndarray) -> None:
 
 def read_counts(path: str | Path) -> np.ndarray:
     """Read pdf counts saved by `write_counts` or Kaldi's analyze-counts (text or binary vector) as float64."""
-    path = Path(path)
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise AsrBnError(f"cannot open pdf counts {path}: {e.strerror or e} (train again, or copy priors.vec)") from e
-    with f:
-        hint = "expected a Kaldi vector such as `[ 12 0 7 ]`; re-create it with count_pdfs"
-        r = _KaldiReader(f, str(path), "pdf counts", hint)
-        r.binary = r.peek(2) == b"\0B"
-        if r.binary:
-            r.take(2)
+    hint = "expected a Kaldi vector such as `[ 12 0 7 ]`; re-create it with count_pdfs"
+    with _kaldi_object(Path(path), "pdf counts", "train again, or copy priors.vec", hint) as r:
         return r.float_vector().astype(np.float64)
 
 

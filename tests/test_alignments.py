@@ -569,6 +569,13 @@ def test_count_pdfs_like_analyze_counts(tmp_path: Path) -> None:
         count_pdfs([np.array([1, -1])])
 
 
+
+def test_missing_model_and_counts_name_the_file_and_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(AsrBnError, match=r"cannot open the Kaldi transition model .*final\.mdl: .*\(give the final"):
+        read_transition_model(tmp_path / "final.mdl")
+    with pytest.raises(AsrBnError, match=r"cannot open pdf counts .*priors\.vec: .*\(train again"):
+        read_counts(tmp_path / "priors.vec")
+
 def test_log_priors_floor_unseen_pdfs() -> None:
     logp, floored = log_priors(np.array([30.0, 0.0, 10.0, 0.0]))
     assert floored.tolist() == [1, 3]
