@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from asr_bn.errors import AsrBnError
 from asr_bn.io import write_text
@@ -54,18 +54,22 @@ class Lang:
         return out
 
 
+def _fields(path: Path, what: str, fix: str) -> Iterator[tuple[int, str, list[str]]]:
+    """(line number, line, its fields) of each non-blank line of a text file; an unreadable file is one line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise AsrBnError(f"cannot read {what} {path}: {e.strerror or e} ({fix})") from e
+    for n, line in enumerate(lines, 1):
+        if fields := line.split():
+            yield n, line, fields
+
+
 def read_lexicon(path: str | Path) -> list[tuple[str, list[str]]]:
     """Read a Kaldi lexicon.txt (`WORD PH1 PH2 …` per line) into (word, phones) pairs, in file order."""
     path = Path(path)
     lexicon: list[tuple[str, list[str]]] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise AsrBnError(f"cannot read lexicon {path}: {e.strerror or e} (check the path)") from e
-    for n, line in enumerate(lines, 1):
-        fields = line.split()
-        if not fields:
-            continue
+    for n, line, fields in _fields(path, "lexicon", "check the path"):
         if len(fields) < 2:
             raise AsrBnError(f"{path}:{n}: word {fields[0]!r} has no phones (a lexicon line is `WORD PH1 PH2 …`)")
         lexicon.append((fields[0], fields[1:]))
@@ -125,14 +129,7 @@ def read_symbol_table(path: str | Path) -> dict[str, int]:
     """Read a Kaldi symbol table (`SYMBOL ID` per line) such as phones.txt or words.txt."""
     path = Path(path)
     table: dict[str, int] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise AsrBnError(f"cannot read symbol table {path}: {e.strerror or e} (check the lang folder)") from e
-    for n, line in enumerate(lines, 1):
-        fields = line.split()
-        if not fields:
-            continue
+    for n, line, fields in _fields(path, "symbol table", "check the lang folder"):
         if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
             raise AsrBnError(f"{path}:{n}: expected `SYMBOL ID`, got {line!r}")
         table[fields[0]] = int(fields[1])

@@ -51,6 +51,13 @@ def test_bad_lexicons_are_one_line_errors(tmp_path: Path) -> None:
     (lang_dir / "words.txt").write_text("<eps> 0\nA 1\n")
     with pytest.raises(AsrBnError, match="words.txt lacks lexicon word 'EIGHT'"):
         read_lang(lang_dir)
+    (lang_dir / "phones.txt").write_text("<eps> 0\n\nSIL one\n")  # blank lines are skipped, bad ones named
+    with pytest.raises(AsrBnError, match=r"phones.txt:3: expected `SYMBOL ID`, got 'SIL one'"):
+        read_lang(lang_dir)
+    for missing in ("phones.txt", "lexicon.txt"):
+        (lang_dir / missing).unlink()
+        with pytest.raises(AsrBnError, match=rf"cannot read .* {lang_dir / missing}: .*\(check"):
+            read_lang(lang_dir)
 
 
 def test_lexicon_fst_optional_silence(tmp_path: Path) -> None:
