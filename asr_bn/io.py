@@ -132,9 +132,10 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def error_detail(error: BaseException) -> str:
-    """`Type: message` of an exception on one line (kaldiio's and torch's messages may span several)."""
-    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+def error_detail(error: BaseException, limit: int | None = None) -> str:
+    """`Type: message` of an exception on one line (kaldiio's and torch's messages may span several), cut to
+    `limit` characters when given (torch lists every mismatched key)."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"[:limit]
 
 
 def read_matrix(location: str, table: str | Path, key: str) -> np.ndarray:

@@ -52,7 +52,7 @@ from asr_bn.batching import (
 )
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.features import FeaturePipeline
-from asr_bn.io import OutputLock, atomic_path, write_text
+from asr_bn.io import OutputLock, atomic_path, error_detail, write_text
 from asr_bn.model import BnBlstm, ModelConfig, reestimate_population_stats
 from asr_bn.report import Report
 from asr_bn.score import FrameScores, frame_scores
@@ -396,8 +396,8 @@ def load_checkpoint(path: str | Path, expect: str = CHECKPOINT_FORMAT) -> dict[s
     except FileNotFoundError as e:
         raise AsrBnError(f"{path} does not exist (train a model first, or drop --resume)") from e
     except Exception as e:  # torch raises many types for damaged files (pickle, zip, EOF, runtime)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AsrBnError(f"{path} is corrupt or not an asr-bn file ({first[:120]}); delete it or train again") from e
+        detail = error_detail(e, 160)
+        raise AsrBnError(f"{path} is corrupt or not an asr-bn file ({detail}); delete it or train again") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != expect:
         raise AsrBnError(f"{path} is not an {expect} file; delete it or train again")
     missing = [k for k in _KEYS[expect] if k not in ckpt]
@@ -435,11 +435,9 @@ def _load_state(module: torch.nn.Module | torch.optim.Optimizer, state: dict, pa
         else:
             module.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:2])[:200]
         raise AsrBnError(
-            f"{path} does not fit this model ({detail}); it was written for another model shape: delete it or train "
-            "again"
+            f"{path} does not fit this model ({error_detail(e, 200)}); it was written for another model shape: delete "
+            "it or train again"
         ) from e
 
 
