@@ -32,6 +32,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -502,12 +503,15 @@ class _Dist:
         if on_gpu:
             torch.cuda.set_device(_pick_device(device, self))  # NCCL's communicator lives on this rank's GPU
         td.init_process_group("nccl" if on_gpu else "gloo")
+        # Free the group on the way out, joining its threads: one left to interpreter exit may still release a
+        # tensor, and a thread that takes the GIL during finalization aborts the process (SIGABRT, seen in CI).
         try:
             yield
+        except BaseException as e:
+            traceback.clear_frames(e.__traceback__)  # the failed run's frames hold it (through the DDP wrapper)
+            raise
         finally:
-            # Free the group here, joining its threads: one left to interpreter exit may still release a tensor,
-            # and a thread that takes the GIL during finalization aborts the process (rank 1's SIGABRT in CI).
-            gc.collect()  # a DDP wrapper in a reference cycle still holds the group
+            gc.collect()  # a DDP wrapper in a reference cycle holds the group too
             td.destroy_process_group()
 
 
