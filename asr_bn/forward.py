@@ -129,7 +129,7 @@ def _prior_counts(path: Path, saved: np.ndarray, num_pdfs: int) -> tuple[np.ndar
             f"{priors_path} has {len(counts)} pdf counts but {path} has {num_pdfs} outputs "
             "(use the model dir's own priors.vec)"
         )
-    if len(saved) != len(counts) or not np.array_equal(counts, saved):
+    if not np.array_equal(counts, saved):  # False for other lengths too
         differ = len(counts) if len(saved) != len(counts) else int((counts != saved).sum())
         raise AsrBnError(
             f"{priors_path} disagrees with the pdf counts kept in {path} ({differ} of {len(counts)} pdfs differ); "
