@@ -197,15 +197,17 @@ class _KaldiReader:
 
 
 @contextlib.contextmanager
-def _kaldi_object(path: Path, what: str, open_fix: str, hint: str) -> Iterator[_KaldiReader]:
-    """A reader over one Kaldi object file, binary if it starts with `\\0B`, else text; a file that cannot be
-    opened is one line naming it and `open_fix`."""
+def _kaldi_object(
+    path: Path, what: str, open_fix: str, hint: str, reader: type[_KaldiReader] = _KaldiReader
+) -> Iterator[_KaldiReader]:
+    """A reader (of class `reader`) over one Kaldi object file, binary if it starts with `\\0B`, else text; a file
+    that cannot be opened is one line naming it and `open_fix`."""
     try:
         f = open(path, "rb")
     except OSError as e:
         raise AsrBnError(f"cannot open {what} {path}: {e.strerror or e} ({open_fix})") from e
     with f:
-        r = _KaldiReader(f, str(path), what, hint)
+        r = reader(f, str(path), what, hint)
         r.binary = r.peek(2) == b"\0B"
         if r.binary:
             r.take(2)

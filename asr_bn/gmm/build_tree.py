@@ -1,0 +1,395 @@
+"""Decision-tree building as Kaldi's `compile-questions` + `build-tree`: greedy likelihood splits, then clustering.
+
+One root per line of `roots` (shared or not among pdf-classes, split or not); each root grows by the yes/no question
+(phone sets per context position, pdf-class ranges) that most raises the likelihood of one diagonal Gaussian per
+leaf, best leaf first across the whole tree, until `max_leaves` or no split gains more than `thresh`. Leaves under
+one root whose merge costs less than `cluster_thresh` (default: the smallest split made) are merged bottom-up, and
+the number of leaves is rounded down to a multiple of 8 the same way. The result maps a phone in context to a
+pdf-id, as Kaldi's tree does, and ties are broken as Kaldi breaks them.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from asr_bn.alignments import Topology
+from asr_bn.errors import AsrBnError
+from asr_bn.gmm.event_map import MISSING, Constant, EventMap, Split, Table, leaves, map_events, relabel, renumber
+from asr_bn.gmm.gauss import distance, objf
+from asr_bn.gmm.tree_stats import PDF_CLASS, TreeStats
+
+
+@dataclass(frozen=True)
+class Root:
+    """One line of Kaldi's roots file: phones that share a tree root, whether pdf-classes share it, whether it splits."""
+
+    phones: tuple[int, ...]
+    shared: bool = True
+    split: bool = True
+
+
+def read_roots(path: str | Path) -> list[Root]:
+    """Kaldi's `phones/roots.int`: `shared|not-shared split|not-split phone…` per line."""
+    roots = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        words = line.split()
+        if not words:
+            continue
+        if len(words) < 3 or words[0] not in ("shared", "not-shared") or words[1] not in ("split", "not-split"):
+            raise AsrBnError(f"{path} line {n}: expected 'shared|not-shared split|not-split <phone ids>', got {line!r}")
+        try:
+            phones = tuple(sorted(int(w) for w in words[2:]))
+        except ValueError:
+            raise AsrBnError(f"{path} line {n}: phones must be integer ids (use roots.int, not roots.txt)") from None
+        roots.append(Root(phones, words[0] == "shared", words[1] == "split"))
+    seen = [p for r in roots for p in r.phones]
+    if len(seen) != len(set(seen)) or not roots:
+        raise AsrBnError(f"{path}: every phone must be in exactly one root (a phone is repeated, or the file is empty)")
+    return roots
+
+
+def num_pdf_classes(topology: Topology) -> dict[int, int]:
+    """Number of pdf-classes of each phone's HMM (Kaldi's HmmTopology::NumPdfClasses)."""
+    out = {}
+    for phone in topology.phones:
+        states = topology.entry(phone)
+        out[phone] = 1 + max(max(s.forward_pdf_class, s.self_loop_pdf_class) for s in states)
+    return out
+
+
+@dataclass
+class Questions:
+    """Candidate yes-sets per event key (Kaldi's Questions after `compile-questions`), keys asked in sorted order."""
+
+    by_key: dict[int, list[tuple[int, ...]]] = field(default_factory=dict)
+    _membership: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def membership(self, key: int) -> np.ndarray:
+        """questions × values: whether each value of `key` is in each question's yes-set."""
+        if key not in self._membership:
+            qs = self.by_key[key]
+            table = np.zeros((len(qs), 1 + max((v for q in qs for v in q), default=0)), dtype=bool)
+            for i, q in enumerate(qs):
+                table[i, list(q)] = True
+            self._membership[key] = table
+        return self._membership[key]
+
+    @classmethod
+    def compile(cls, phone_sets: Sequence[Sequence[int]], topology: Topology, context_width: int = 3) -> "Questions":
+        """The phone questions at every context position and pdf-class questions `{0}, {0,1}, …` (compile-questions)."""
+        phone_qs = sorted({tuple(sorted(set(int(p) for p in q))) for q in phone_sets if len(q)})
+        asked = {p for q in phone_qs for p in q}
+        if not asked <= set(topology.phones):
+            raise AsrBnError(f"questions ask about phones {sorted(asked - set(topology.phones))} absent from the topology")
+        most = max(num_pdf_classes(topology).values())
+        pdf_qs = [tuple(range(i + 1)) for i in range(most - 1)]
+        return cls({PDF_CLASS: pdf_qs, **{k: list(phone_qs) for k in range(context_width)}})
+
+
+def read_questions(path: str | Path) -> list[list[int]]:
+    """A questions file as `cluster-phones` writes it (`questions.int`: one phone set per line)."""
+    try:
+        return [[int(w) for w in line.split()] for line in Path(path).read_text().splitlines() if line.strip()]
+    except ValueError:
+        raise AsrBnError(f"{path}: a question must be a line of integer phone ids") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Statistics as arrays
+
+
+class _Stats:
+    """The tree statistics with one column of values per key, for fast grouping."""
+
+    def __init__(self, stats: TreeStats, keys: Sequence[int]) -> None:
+        self.counts, self.sums, self.var_floor = stats.counts, stats.stats, stats.var_floor
+        self.columns = {k: np.array([dict(e).get(k, MISSING) for e in stats.events], np.int64) for k in keys}
+
+    def objf(self, count: np.ndarray, sums: np.ndarray) -> np.ndarray:
+        return objf(count, sums, self.var_floor)
+
+
+def _float_sum(values: Sequence[np.float32]) -> np.float32:
+    total = np.float32(0.0)
+    for v in values:
+        total = np.float32(total + v)
+    return total
+
+
+class _Splitter:
+    """One node of a growing tree (Kaldi's DecisionTreeSplitter): a leaf with its best split, or a split node."""
+
+    def __init__(self, leaf: int, idx: np.ndarray, st: _Stats, questions: Questions) -> None:
+        self.leaf, self.idx, self.st, self.questions = leaf, idx, st, questions
+        self.yes: _Splitter | None = None
+        self.no: _Splitter | None = None
+        self.key, self.yes_set, self.best = 0, (), np.float32(0.0)
+        for key in sorted(questions.by_key):
+            gain, yes_set = self._best_for_key(key)
+            if gain > self.best:
+                self.best, self.yes_set, self.key = gain, yes_set, key
+
+    def _best_for_key(self, key: int) -> tuple[np.float32, tuple[int, ...]]:
+        """FindBestSplitForKey without refinement: the question of `key` with the largest gain (first of ties)."""
+        if len(self.idx) <= 1:
+            return np.float32(0.0), ()
+        values = self.st.columns[key][self.idx]
+        if (values == MISSING).any():
+            return np.float32(0.0), ()
+        present, inverse = np.unique(values, return_inverse=True)
+        onehot = (inverse[None, :] == np.arange(len(present))[:, None]).astype(np.float64)
+        count_v = onehot @ self.st.counts[self.idx]
+        sums_v = (onehot @ self.st.sums[self.idx].reshape(len(self.idx), -1)).reshape((len(present),) + self.st.sums.shape[1:])
+        total_count, total_sums = count_v.sum(), sums_v.sum(0)
+        unsplit = self.st.objf(total_count, total_sums)
+        table = self.questions.membership(key)
+        member = np.zeros((len(table), len(present)), dtype=bool)
+        inside = present < table.shape[1]
+        member[:, inside] = table[:, present[inside]]
+        patterns, which = np.unique(member, axis=0, return_inverse=True)
+        yes_count = patterns @ count_v
+        yes_sums = np.einsum("qv,vcd->qcd", patterns.astype(np.float64), sums_v)
+        # Kaldi sums the two float objectives (no, then yes) in float and subtracts the unsplit one
+        gains = (self.st.objf(total_count - yes_count, total_sums[None] - yes_sums) + self.st.objf(yes_count, yes_sums)) - unsplit
+        per_question = gains[which.reshape(-1)]
+        best = int(np.argmax(per_question))
+        if not per_question[best] > 0:
+            return np.float32(0.0), ()
+        return per_question[best], self.questions.by_key[key][best]
+
+    def split(self, next_leaf: list[int]) -> None:
+        """Split this leaf by its best question, or the better of its children (DoSplit)."""
+        if self.yes is None:
+            values = self.st.columns[self.key][self.idx]
+            yes = np.isin(values, self.yes_set)
+            no_leaf = next_leaf[0]
+            next_leaf[0] += 1
+            self.yes = _Splitter(self.leaf, self.idx[yes], self.st, self.questions)
+            self.no = _Splitter(no_leaf, self.idx[~yes], self.st, self.questions)
+            self.leaf, self.idx = -1, self.idx[:0]
+        else:
+            (self.yes if self.yes.best >= self.no.best else self.no).split(next_leaf)  # type: ignore[union-attr]
+        self.best = max(self.yes.best, self.no.best)  # type: ignore[union-attr]
+
+    def event_map(self) -> EventMap:
+        if self.yes is None:
+            return Constant(self.leaf)
+        return Split(self.key, self.yes_set, self.yes.event_map(), self.no.event_map())  # type: ignore[union-attr]
+
+
+def stub_map(roots: Sequence[Root], pdf_classes: dict[int, int], central_position: int, counter: list[int]) -> EventMap:
+    """The tree before any split (Kaldi's GetStubMap): a table or binary split on the central phone down to each
+    root, then one leaf per root (shared) or per pdf-class (not shared). `counter` numbers the leaves."""
+    if len(roots) == 1:
+        root = roots[0]
+        if root.shared:
+            counter[0] += 1
+            return Constant(counter[0] - 1)
+        length = max(pdf_classes[p] for p in root.phones)
+        children = []
+        for _ in range(length):
+            children.append(Constant(counter[0]))
+            counter[0] += 1
+        return Table(PDF_CLASS, tuple(children))
+    highest = max(p for r in roots for p in r.phones)
+    if all(len(r.phones) == 1 for r in roots) and len(roots) <= 2 * highest:
+        table: list[EventMap | None] = [None] * (highest + 1)
+        for r in roots:
+            table[r.phones[0]] = stub_map([r], pdf_classes, central_position, counter)
+        return Table(central_position, tuple(table))
+    half = len(roots) // 2
+    first = stub_map(roots[:half], pdf_classes, central_position, counter)
+    second = stub_map(roots[half:], pdf_classes, central_position, counter)
+    return Split(central_position, tuple(sorted(p for r in roots[:half] for p in r.phones)), first, second)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bottom-up clustering of leaves (Kaldi's BottomUpClusterer and its compartmentalized form)
+
+
+def _cluster_bottom_up(
+    compartments: list[tuple[np.ndarray, np.ndarray]], st: _Stats, thresh: float, min_clusters: int
+) -> list[list[int]]:
+    """Merge points (count, sums) within each compartment, cheapest merge first, while the cost is below `thresh`
+    and more than `min_clusters` clusters remain (Kaldi's ClusterBottomUp and its compartmentalized form; equal
+    costs are taken in order of compartment and point indices). Returns each point's cluster, numbered per
+    compartment in the order of the surviving points."""
+    counts = [c.copy() for c, _ in compartments]
+    sums = [s.copy() for _, s in compartments]
+    objfs = [st.objf(c, s) for c, s in zip(counts, sums)]
+    alive = [np.ones(len(c), bool) for c in counts]
+    parent = [list(range(len(c))) for c in counts]
+    cost: dict[tuple[int, int, int], np.float32] = {}
+    limit = np.float32(thresh)
+
+    def pair_cost(c: int, i: int, j: int) -> np.float32:
+        merged = st.objf(counts[c][i] + counts[c][j], sums[c][i] + sums[c][j])
+        cost[c, i, j] = distance(objfs[c][i], objfs[c][j], merged)
+        return cost[c, i, j]
+
+    queue = [(d, c, i, j) for c in range(len(counts)) for i in range(len(counts[c])) for j in range(i)
+             if (d := pair_cost(c, i, j)) <= limit]
+    heapq.heapify(queue)
+    n_clusters = sum(len(c) for c in counts)
+    while n_clusters > min_clusters and queue:
+        d, c, i, j = heapq.heappop(queue)
+        if not (alive[c][i] and alive[c][j]) or abs(cost[c, i, j] - d) > 1e-5 * abs(d):
+            continue  # a stale entry: one side was merged, or the pair's cost changed since
+        counts[c][i] += counts[c][j]
+        sums[c][i] += sums[c][j]
+        objfs[c][i] = st.objf(counts[c][i], sums[c][i])
+        alive[c][j], parent[c][j] = False, i
+        n_clusters -= 1
+        for k in map(int, np.flatnonzero(alive[c])):
+            if k != i and (d := pair_cost(c, *((i, k) if k < i else (k, i)))) < limit:
+                heapq.heappush(queue, (d, c, *((i, k) if k < i else (k, i))))
+    out = []
+    for c in range(len(counts)):
+        number = {int(p): n for n, p in enumerate(np.flatnonzero(alive[c]))}
+        out.append([number[_root(parent[c], p)] for p in range(len(counts[c]))])
+    return out
+
+
+def _root(parent: list[int], p: int) -> int:
+    while parent[p] != p:
+        p = parent[p]
+    return p
+
+
+def _leaf_points(tree: EventMap, st: _Stats, idx: np.ndarray) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """The leaves of `tree` that the events `idx` reach (sorted) and their summed statistics."""
+    leaf = map_events(tree, {k: v[idx] for k, v in st.columns.items()})
+    if (leaf < 0).any():
+        raise AsrBnError("tree statistics with a context the tree cannot answer (context width or ci-phones differ)")
+    ids, inverse = np.unique(leaf, return_inverse=True)
+    count = np.bincount(inverse, weights=st.counts[idx], minlength=len(ids))
+    sums = np.zeros((len(ids),) + st.sums.shape[1:])
+    np.add.at(sums, inverse, st.sums[idx])
+    return ids.tolist(), count, sums
+
+
+def _cluster_within(tree: EventMap, stub: EventMap, st: _Stats, thresh: float, min_total: int | None) -> tuple[EventMap, int]:
+    """Merge leaves of `tree` under each leaf of `stub`: below `thresh` (ClusterEventMapRestrictedByMap) or, with
+    `min_total`, down to that many leaves in all (ClusterEventMapToNClustersRestrictedByMap). Returns the tree and
+    the number of leaves removed."""
+    stub_leaf = map_events(stub, st.columns)
+    groups = [np.flatnonzero(stub_leaf == s) for s in range(stub_leaf.max() + 1)]
+    if min_total is not None:
+        required = min_total - sum(1 for g in groups if len(g) == 0)
+        if min_total < len(groups):
+            return tree, 0
+    groups = [g for g in groups if len(g)]
+    points = [_leaf_points(tree, st, g) for g in groups]
+    if min_total is not None and required > sum(len(ids) for ids, _, _ in points):
+        return tree, 0
+    compartments = [(count, sums) for _, count, sums in points]
+    if min_total is None:
+        assignments = [_cluster_bottom_up([comp], st, thresh, 0)[0] for comp in compartments]
+    else:
+        assignments = _cluster_bottom_up(compartments, st, np.inf, required)
+    mapping = {}
+    removed = 0
+    for (ids, _, _), assign in zip(points, assignments):
+        mapping.update({leaf: ids[a] for leaf, a in zip(ids, assign)})
+        removed += len(ids) - (max(assign) + 1)
+    return relabel(tree, mapping), removed  # type: ignore[return-value]
+
+
+@dataclass
+class TreeInfo:
+    """What tree building did: leaves after splitting, removed by clustering and by rounding, and the objectives."""
+
+    num_leaves: int
+    split_leaves: int
+    clustered_away: int
+    rounded_away: int
+    split_gain: float
+    objf: float
+    frames: float
+
+
+def objf_given_map(tree: EventMap, stats: TreeStats) -> float:
+    """Total log-likelihood of `stats` with one Gaussian per leaf of `tree` (Kaldi's ObjfGivenMap)."""
+    st = _Stats(stats, sorted({k for e in stats.events for k, _ in e}))
+    _, count, sums = _leaf_points(tree, st, np.arange(len(stats.counts)))
+    return float(_float_sum(st.objf(count, sums)))
+
+
+def build_tree(
+    stats: TreeStats,
+    roots: Sequence[Root],
+    questions: Questions,
+    topology: Topology,
+    max_leaves: int = 0,
+    thresh: float = 300.0,
+    cluster_thresh: float = -1.0,
+    central_position: int = 1,
+    round_num_leaves: bool = True,
+) -> tuple[EventMap, TreeInfo]:
+    """Kaldi's `build-tree`: the decision tree of `stats` (leaves numbered 0..n-1 = pdf-ids) and what it did.
+
+    `cluster_thresh` -1 merges leaves whose merge costs less than the smallest split made; 0 does not cluster.
+    """
+    if thresh <= 0 and max_leaves <= 0:
+        raise AsrBnError("tree building needs a positive --thresh or --max-leaves")
+    if not len(stats.counts):
+        raise AsrBnError("no tree statistics to build a tree from")
+    pdf_classes = num_pdf_classes(topology)
+    missing = sorted({p for r in roots for p in r.phones} - set(pdf_classes))
+    if missing:
+        raise AsrBnError(f"roots name phones {missing} that the topology has no HMM for")
+    st = _Stats(stats, sorted({k for e in stats.events for k, _ in e} | set(questions.by_key)))
+    central = st.columns[central_position]
+    rooted = {p for r in roots for p in r.phones}
+    unrooted = sorted(set(central[central != MISSING].tolist()) - rooted)
+    if unrooted:
+        raise AsrBnError(f"phones {unrooted} appear in the statistics but not in the roots file (add them to roots)")
+    counter = [0]
+    stub = stub_map(list(roots), pdf_classes, central_position, counter)
+    nonsplit = [p for r in roots if not r.split for p in r.phones]
+    split_idx = np.flatnonzero(~np.isin(central, nonsplit))
+    stub_leaf = map_events(stub, {k: v[split_idx] for k, v in st.columns.items()})
+    builders = [
+        _Splitter(leaf, split_idx[stub_leaf == leaf], st, questions) for leaf in range(int(stub_leaf.max()) + 1)
+    ]
+    queue = [(-b.best, -i) for i, b in enumerate(builders)]
+    heapq.heapify(queue)
+    gain, smallest = np.float32(0.0), np.float32(1e20)
+    while -queue[0][0] > np.float32(thresh) and (max_leaves <= 0 or counter[0] < max_leaves):
+        best, i = -queue[0][0], -queue[0][1]
+        smallest = min(smallest, best)
+        gain = np.float32(gain + best)
+        builders[i].split(counter)
+        heapq.heapreplace(queue, (-builders[i].best, -i))
+    split_leaves = counter[0]
+    grown = _grafted(stub, builders)
+    if cluster_thresh < 0:
+        cluster_thresh = float(smallest)
+    tree, clustered, rounded = grown, 0, 0
+    if cluster_thresh != 0:
+        tree, clustered = _cluster_within(grown, stub, st, cluster_thresh, None)
+    if round_num_leaves:
+        tree, rounded = _cluster_within(tree, stub, st, np.inf, ((split_leaves - clustered) // 8) * 8)
+    tree, n = renumber(tree)
+    info = TreeInfo(n, split_leaves, clustered, rounded, float(gain), objf_given_map(tree, stats), float(stats.counts.sum()))
+    return tree, info
+
+
+def _grafted(stub: EventMap, builders: Sequence[_Splitter]) -> EventMap:
+    """`stub` with each leaf replaced by the subtree grown from it."""
+
+    def graft(node: EventMap | None) -> EventMap | None:
+        if node is None:
+            return None
+        if isinstance(node, Constant):
+            return builders[node.leaf].event_map() if node.leaf < len(builders) else node
+        if isinstance(node, Table):
+            return Table(node.key, tuple(graft(c) for c in node.children))
+        return Split(node.key, node.yes_set, graft(node.yes), graft(node.no))  # type: ignore[arg-type]
+
+    return graft(stub)  # type: ignore[return-value]

@@ -1,0 +1,228 @@
+"""Statistics for decision-tree building, as Kaldi's `acc-tree-stats` gathers them, in Kaldi's treeacc format.
+
+For every frame of an aligned utterance the event is (pdf-class, left phone, central phone, right phone) (context
+width 3, central position 1 by default; phone 0 outside the utterance); a context-independent central phone (e.g.
+silence) keeps only itself and the pdf-class. Each event owns the count, Σx and Σx² of its frames: one diagonal
+Gaussian's sufficient statistics, which is all tree building needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from asr_bn.alignments import TransitionModel, _kaldi_object, _KaldiReader
+from asr_bn.errors import AsrBnError
+from asr_bn.io import atomic_open
+from asr_bn.report import Report
+
+PDF_CLASS = -1  # Kaldi's kPdfClass: the event key of the HMM position
+Event = tuple[tuple[int, int], ...]  # sorted (key, value) pairs, as Kaldi's EventType
+
+
+@dataclass
+class TreeStats:
+    """Per-event Gaussian statistics: `events[i]` owns `counts[i]` frames with sums `stats[i] = (Σx, Σx²)`."""
+
+    events: list[Event]
+    counts: np.ndarray  # (n,) float64
+    stats: np.ndarray  # (n, 2, dim) float64
+    var_floor: float = float(np.float32(0.01))  # Kaldi: a float 0.01 held in a double
+
+    @property
+    def dim(self) -> int:
+        return int(self.stats.shape[-1])
+
+    def values(self, key: int) -> np.ndarray:
+        """The value of `key` in every event (-1 where the event has no such key)."""
+        return np.array([dict(e).get(key, -1) for e in self.events], dtype=np.int64)
+
+    def subset(self, index: np.ndarray) -> "TreeStats":
+        """The statistics of the events at `index` (an integer array or a boolean mask)."""
+        index = np.flatnonzero(index) if np.asarray(index).dtype == bool else np.asarray(index)
+        return TreeStats([self.events[i] for i in index], self.counts[index], self.stats[index], self.var_floor)
+
+
+def pdf_classes(tm: TransitionModel) -> np.ndarray:
+    """The pdf-class of every transition-id (index 0 unused), as Kaldi's TransitionIdToPdfClass."""
+    out = np.full(tm.num_transition_ids + 1, -1, dtype=np.int64)
+    for tid in range(1, tm.num_transition_ids + 1):
+        state = tm.topology.entry(int(tm.tid_phone[tid]))[int(tm.tid_hmm_state[tid])]
+        out[tid] = state.self_loop_pdf_class if tm.tid_is_self_loop[tid] else state.forward_pdf_class
+    return out
+
+
+def accumulate_tree_stats(
+    tm: TransitionModel,
+    feats: Iterable[tuple[str, np.ndarray]],
+    alignments: Mapping[str, Sequence[int] | np.ndarray],
+    ci_phones: Sequence[int] = (),
+    context_width: int = 3,
+    central_position: int = 1,
+    var_floor: float = float(np.float32(0.01)),
+    report: Report | None = None,
+) -> TreeStats:
+    """Kaldi's `acc-tree-stats`: statistics of every (context, pdf-class) event over aligned utterances.
+
+    `feats` yields (utterance, frames × dim) matrices (streamed: one utterance in memory at a time);
+    utterances without an alignment or whose alignment length differs from their frame count are skipped and named
+    in `report`.
+    """
+    if not 0 <= central_position < context_width:
+        raise AsrBnError(f"central position {central_position} is outside a context of width {context_width}")
+    ci = set(int(p) for p in ci_phones)
+    tid_pdf_class = pdf_classes(tm)
+    index: dict[Event, int] = {}
+    counts: list[float] = []
+    sums: list[np.ndarray] = []
+    dim = None
+    for utt, mat in feats:
+        if utt not in alignments:
+            if report is not None:
+                report.skip(utt, "no alignment")
+            continue
+        tids = np.asarray(alignments[utt], dtype=np.int64)
+        mat = np.asarray(mat, dtype=np.float64)
+        if len(tids) != len(mat):
+            if report is not None:
+                report.skip(utt, "alignment length differs from the frame count")
+            continue
+        if dim is None:
+            dim = mat.shape[1]
+        elif mat.shape[1] != dim:
+            raise AsrBnError(f"utterance {utt}: features of dimension {mat.shape[1]}, others have {dim}")
+        segments = tm.phone_segments(tids, where=f"alignment of {utt}")
+        phones = [0] * central_position + [p for p, _, _ in segments] + [0] * (context_width - 1 - central_position)
+        pcs = tid_pdf_class[tids]
+        for s, (phone, start, end) in enumerate(segments):
+            window = phones[s : s + context_width]
+            context = [(j, window[j]) for j in range(context_width) if phone not in ci or j == central_position]
+            frames = mat[start:end]
+            for pc in np.unique(pcs[start:end]):
+                rows = frames[pcs[start:end] == pc]
+                event: Event = tuple(sorted([(PDF_CLASS, int(pc)), *context]))
+                i = index.setdefault(event, len(counts))
+                if i == len(counts):
+                    counts.append(0.0)
+                    sums.append(np.zeros((2, dim)))
+                counts[i] += len(rows)
+                sums[i][0] += rows.sum(0)
+                sums[i][1] += (rows * rows).sum(0)
+        if report is not None:
+            report.counts["utterances"] = report.counts.get("utterances", 0) + 1
+    if dim is None:
+        raise AsrBnError("no aligned utterance to gather tree statistics from (do features and alignments match?)")
+    events = list(index)
+    order = sorted(range(len(events)), key=events.__getitem__)
+    return TreeStats(
+        [events[i] for i in order], np.array(counts)[order], np.stack(sums)[order], float(var_floor)
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kaldi's treeacc format: BTS <n> then per event `EV <size> key value …`, a present flag and a GaussClusterable
+# (`GCL <count> <var_floor> <2 x dim double matrix>`); binary or text (build-tree-utils.cc, clusterable-classes.cc)
+
+
+class _StatsReader(_KaldiReader):
+    def uint32(self) -> int:
+        """Kaldi's unsigned basic type: size byte -4 (0xFC) in binary."""
+        if self.binary:
+            if self.take(1)[0] != 0xFC:
+                raise self.fail("expected an unsigned 4-byte integer", at=self.offset - 1)
+            return int.from_bytes(self.take(4), "little")
+        return self.count("size")
+
+    def flag(self) -> bool:
+        word = self.take(1) if self.binary else self.word()
+        if word not in (b"T", b"F"):
+            raise self.fail(f"expected T or F, found {word!r}")
+        return word == b"T"
+
+    def float64(self) -> float:
+        if self.binary:
+            size = self.take(1)[0]
+            if size not in (4, 8):
+                raise self.fail(f"expected a 4- or 8-byte float, found size byte {size}", at=self.offset - 1)
+            return float(np.frombuffer(self.take(size), "<f4" if size == 4 else "<f8")[0])
+        word = self.word()
+        try:
+            return float(word)
+        except ValueError:
+            raise self.fail(f"expected a number, found {word!r}") from None
+
+    def double_matrix(self) -> np.ndarray:
+        if self.binary:
+            kind = self.word()
+            if kind not in (b"DM", b"FM"):
+                raise self.fail(f"expected a Kaldi matrix (DM or FM), found {kind!r}")
+            rows, cols = self.count("rows"), self.count("columns")
+            dtype = "<f8" if kind == b"DM" else "<f4"
+            size = np.dtype(dtype).itemsize * rows * cols
+            return np.frombuffer(self.take(size), dtype).astype(np.float64).reshape(rows, cols)
+        words = self._bracketed()
+        try:
+            values = np.array([float(w) for w in words])
+        except ValueError:
+            raise self.fail("a non-number inside a matrix") from None
+        if len(values) % 2:
+            raise self.fail("a GaussClusterable matrix must have two rows")
+        return values.reshape(2, -1)
+
+
+def read_tree_stats(path: str | Path) -> TreeStats:
+    """Read a Kaldi treeacc file (what `acc-tree-stats` or `sum-tree-stats` writes), binary or text."""
+    path = Path(path)
+    hint = "is it a treeacc file written by acc-tree-stats?"
+    with _kaldi_object(path, "tree statistics", "give the treeacc file of acc-tree-stats", hint, _StatsReader) as r:
+        assert isinstance(r, _StatsReader)
+        r.expect("BTS")
+        n = r.uint32()
+        events, counts, stats, floors = [], [], [], set()
+        for _ in range(n):
+            r.expect("EV")
+            size = r.uint32()
+            events.append(tuple((r.int32(), r.int32()) for _ in range(size)))
+            if not r.flag():
+                raise r.fail("an event without statistics")
+            r.expect("GCL")
+            counts.append(r.float64())
+            floors.add(r.float64())
+            stats.append(r.double_matrix())
+    if len(floors) > 1:
+        raise AsrBnError(f"{path}: statistics with different variance floors {sorted(floors)} (sum-tree-stats mix?)")
+    dims = {s.shape[1] for s in stats}
+    if len(dims) > 1:
+        raise AsrBnError(f"{path}: statistics of different dimensions {sorted(dims)}")
+    return TreeStats(events, np.array(counts), np.stack(stats), floors.pop() if floors else 0.01)
+
+
+def write_tree_stats(path: str | Path, stats: TreeStats, binary: bool = True) -> None:
+    """Write `stats` in Kaldi's treeacc format, which Kaldi's `build-tree` and `sum-tree-stats` read."""
+
+    def basic(fmt: str, value: float | int) -> bytes:
+        """Kaldi's WriteBasicType: a size byte (negative for unsigned types), then the little-endian value."""
+        size = np.dtype(fmt).itemsize
+        head = bytes([256 - size if fmt.startswith("<u") else size])
+        return (head + np.array(value, fmt).tobytes()) if binary else f"{value!r} ".encode()
+
+    parts = [b"\0B" if binary else b"", b"BTS ", basic("<u4", len(stats.events))]
+    for event, count, s in zip(stats.events, stats.counts, stats.stats):
+        parts += [b"EV ", basic("<u4", len(event))]
+        for key, value in event:
+            parts += [basic("<i4", key), basic("<i4", value)]
+        if not binary:
+            parts.append(b"\n")
+        parts += [b"T" if binary else b"T ", b"GCL ", basic("<f8", float(count)), basic("<f8", stats.var_floor)]
+        if binary:
+            parts += [b"DM ", basic("<i4", 2), basic("<i4", stats.dim), np.asarray(s, "<f8").tobytes()]
+        else:
+            rows = "\n  ".join(" ".join(repr(float(v)) for v in row) for row in s)
+            parts.append(f" [\n  {rows} ]\n".encode())
+    if not binary:
+        parts.append(b"\n")
+    with atomic_open(path, "wb", encoding=None) as f:
+        f.write(b"".join(parts))
