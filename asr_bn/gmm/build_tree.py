@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from scipy import sparse
 
 from asr_bn.alignments import Topology
 from asr_bn.errors import AsrBnError
 from asr_bn.gmm.event_map import MISSING, Constant, EventMap, Split, Table, leaves, map_events, relabel, renumber
-from asr_bn.gmm.gauss import distance, objf
+from asr_bn.gmm.gauss import objf
 from asr_bn.gmm.tree_stats import PDF_CLASS, TreeStats
 
 
@@ -104,14 +105,66 @@ def read_questions(path: str | Path) -> list[list[int]]:
 
 
 class _Stats:
-    """The tree statistics with one column of values per key, for fast grouping."""
+    """The tree statistics as arrays: per event its value of each key, counts and sums side by side, and every
+    question of every key as one row of a (question × key-value) matrix, so that a node finds its best split over
+    all keys and questions with a few matrix products."""
 
-    def __init__(self, stats: TreeStats, keys: Sequence[int]) -> None:
-        self.counts, self.sums, self.var_floor = stats.counts, stats.stats, stats.var_floor
+    def __init__(self, stats: TreeStats, questions: Questions | None = None) -> None:
+        questions = questions or Questions()
+        self.var_floor, self.dim = stats.var_floor, stats.dim
+        keys = sorted({k for e in stats.events for k, _ in e} | set(questions.by_key))
         self.columns = {k: np.array([dict(e).get(k, MISSING) for e in stats.events], np.int64) for k in keys}
+        self.data = np.concatenate([stats.counts[:, None], stats.stats.reshape(len(stats.counts), -1)], axis=1)
+        self.qkeys = sorted(questions.by_key)
+        widths = [1 + max(int(self.columns[k].max()), max((v for q in questions.by_key[k] for v in q), default=0))
+                  for k in self.qkeys]
+        offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
+        self.width = int(offsets[-1])
+        self.codes = np.stack([np.where(self.columns[k] == MISSING, -1, self.columns[k] + o)
+                               for k, o in zip(self.qkeys, offsets)] or [np.zeros(len(self.data), np.int64)], axis=1)
+        self.question_set = [q for k in self.qkeys for q in questions.by_key[k]]
+        self.question_key = np.array([i for i, k in enumerate(self.qkeys) for _ in questions.by_key[k]], np.int64)
+        self.key_of_value = np.repeat(np.arange(len(self.qkeys)), widths)
+        self.member = np.zeros((len(self.question_set), self.width))  # question × (key, value): 1 if value in yes-set
+        for i, q in enumerate(self.question_set):
+            self.member[i, offsets[self.question_key[i]] + np.array(q, dtype=np.int64)] = 1.0
 
-    def objf(self, count: np.ndarray, sums: np.ndarray) -> np.ndarray:
-        return objf(count, sums, self.var_floor)
+    def objf(self, data: np.ndarray) -> np.ndarray:
+        """Objective of each row of (count, Σx, Σx²) data."""
+        return objf(data[..., 0], data[..., 1:].reshape(data.shape[:-1] + (2, self.dim)), self.var_floor)
+
+    def best_split(self, idx: np.ndarray) -> tuple[np.float32, int, tuple[int, ...]]:
+        """The split of events `idx` with the largest gain: (gain, key, yes-set); gain 0 when none gains.
+
+        As Kaldi's FindBestSplit (questions not refined): keys in increasing order, a key only if every event has
+        it, questions in order, the first of equal gains; a question that leaves one side empty gains nothing."""
+        if len(idx) <= 1:
+            return np.float32(0.0), 0, ()
+        codes = self.codes[idx]
+        valid = (codes >= 0).all(axis=0)
+        if not valid.any():
+            return np.float32(0.0), 0, ()
+        cols = codes[:, valid]
+        data = self.data[idx]
+        width = data.shape[1]
+        flat = (cols.T.reshape(-1, 1) * width + np.arange(width)).ravel()
+        per_value = np.bincount(flat, np.tile(data, (cols.shape[1], 1)).ravel(), self.width * width).reshape(self.width, width)
+        present = np.flatnonzero(np.bincount(cols.ravel(), minlength=self.width))
+        n_present = np.bincount(self.key_of_value[present], minlength=len(self.qkeys))
+        member = self.member[:, present]
+        yes_present = member.sum(1)
+        ok = valid[self.question_key] & (yes_present > 0) & (yes_present < n_present[self.question_key])
+        if not ok.any():
+            return np.float32(0.0), 0, ()
+        total = data.sum(0)
+        yes = member[ok] @ per_value[present]
+        both = self.objf(np.concatenate([total[None], yes, total[None] - yes]))
+        gains = np.zeros(len(ok), np.float32)
+        gains[ok] = (both[1 + len(yes):] + both[1 : 1 + len(yes)]) - both[0]
+        best = int(np.argmax(gains))
+        if not gains[best] > 0:
+            return np.float32(0.0), 0, ()
+        return gains[best], self.qkeys[self.question_key[best]], self.question_set[best]
 
 
 def _float_sum(values: Sequence[np.float32]) -> np.float32:
@@ -124,43 +177,11 @@ def _float_sum(values: Sequence[np.float32]) -> np.float32:
 class _Splitter:
     """One node of a growing tree (Kaldi's DecisionTreeSplitter): a leaf with its best split, or a split node."""
 
-    def __init__(self, leaf: int, idx: np.ndarray, st: _Stats, questions: Questions) -> None:
-        self.leaf, self.idx, self.st, self.questions = leaf, idx, st, questions
+    def __init__(self, leaf: int, idx: np.ndarray, st: _Stats) -> None:
+        self.leaf, self.idx, self.st = leaf, idx, st
         self.yes: _Splitter | None = None
         self.no: _Splitter | None = None
-        self.key, self.yes_set, self.best = 0, (), np.float32(0.0)
-        for key in sorted(questions.by_key):
-            gain, yes_set = self._best_for_key(key)
-            if gain > self.best:
-                self.best, self.yes_set, self.key = gain, yes_set, key
-
-    def _best_for_key(self, key: int) -> tuple[np.float32, tuple[int, ...]]:
-        """FindBestSplitForKey without refinement: the question of `key` with the largest gain (first of ties)."""
-        if len(self.idx) <= 1:
-            return np.float32(0.0), ()
-        values = self.st.columns[key][self.idx]
-        if (values == MISSING).any():
-            return np.float32(0.0), ()
-        present, inverse = np.unique(values, return_inverse=True)
-        onehot = (inverse[None, :] == np.arange(len(present))[:, None]).astype(np.float64)
-        count_v = onehot @ self.st.counts[self.idx]
-        sums_v = (onehot @ self.st.sums[self.idx].reshape(len(self.idx), -1)).reshape((len(present),) + self.st.sums.shape[1:])
-        total_count, total_sums = count_v.sum(), sums_v.sum(0)
-        unsplit = self.st.objf(total_count, total_sums)
-        table = self.questions.membership(key)
-        member = np.zeros((len(table), len(present)), dtype=bool)
-        inside = present < table.shape[1]
-        member[:, inside] = table[:, present[inside]]
-        patterns, which = np.unique(member, axis=0, return_inverse=True)
-        yes_count = patterns @ count_v
-        yes_sums = np.einsum("qv,vcd->qcd", patterns.astype(np.float64), sums_v)
-        # Kaldi sums the two float objectives (no, then yes) in float and subtracts the unsplit one
-        gains = (self.st.objf(total_count - yes_count, total_sums[None] - yes_sums) + self.st.objf(yes_count, yes_sums)) - unsplit
-        per_question = gains[which.reshape(-1)]
-        best = int(np.argmax(per_question))
-        if not per_question[best] > 0:
-            return np.float32(0.0), ()
-        return per_question[best], self.questions.by_key[key][best]
+        self.best, self.key, self.yes_set = st.best_split(idx)
 
     def split(self, next_leaf: list[int]) -> None:
         """Split this leaf by its best question, or the better of its children (DoSplit)."""
@@ -169,8 +190,8 @@ class _Splitter:
             yes = np.isin(values, self.yes_set)
             no_leaf = next_leaf[0]
             next_leaf[0] += 1
-            self.yes = _Splitter(self.leaf, self.idx[yes], self.st, self.questions)
-            self.no = _Splitter(no_leaf, self.idx[~yes], self.st, self.questions)
+            self.yes = _Splitter(self.leaf, self.idx[yes], self.st)
+            self.no = _Splitter(no_leaf, self.idx[~yes], self.st)
             self.leaf, self.idx = -1, self.idx[:0]
         else:
             (self.yes if self.yes.best >= self.no.best else self.no).split(next_leaf)  # type: ignore[union-attr]
@@ -212,46 +233,49 @@ def stub_map(roots: Sequence[Root], pdf_classes: dict[int, int], central_positio
 # Bottom-up clustering of leaves (Kaldi's BottomUpClusterer and its compartmentalized form)
 
 
-def _cluster_bottom_up(
-    compartments: list[tuple[np.ndarray, np.ndarray]], st: _Stats, thresh: float, min_clusters: int
-) -> list[list[int]]:
-    """Merge points (count, sums) within each compartment, cheapest merge first, while the cost is below `thresh`
-    and more than `min_clusters` clusters remain (Kaldi's ClusterBottomUp and its compartmentalized form; equal
-    costs are taken in order of compartment and point indices). Returns each point's cluster, numbered per
+def _cluster_bottom_up(compartments: list[np.ndarray], st: _Stats, thresh: float, min_clusters: int) -> list[list[int]]:
+    """Merge points (rows of count, Σx, Σx²) within each compartment, cheapest merge first, while the cost is below
+    `thresh` and more than `min_clusters` clusters remain (Kaldi's ClusterBottomUp and its compartmentalized form;
+    equal costs are taken in order of compartment and point indices). Returns each point's cluster, numbered per
     compartment in the order of the surviving points."""
-    counts = [c.copy() for c, _ in compartments]
-    sums = [s.copy() for _, s in compartments]
-    objfs = [st.objf(c, s) for c, s in zip(counts, sums)]
-    alive = [np.ones(len(c), bool) for c in counts]
-    parent = [list(range(len(c))) for c in counts]
-    cost: dict[tuple[int, int, int], np.float32] = {}
+    points = [c.copy() for c in compartments]
+    objfs = [st.objf(p) for p in points]
+    alive = [np.ones(len(p), bool) for p in points]
+    parent = [list(range(len(p))) for p in points]
+    cost = [np.zeros((len(p), len(p)), np.float32) for p in points]  # cost[c][i, j] for j < i
     limit = np.float32(thresh)
 
-    def pair_cost(c: int, i: int, j: int) -> np.float32:
-        merged = st.objf(counts[c][i] + counts[c][j], sums[c][i] + sums[c][j])
-        cost[c, i, j] = distance(objfs[c][i], objfs[c][j], merged)
-        return cost[c, i, j]
+    def costs(c: int, i: int, others: np.ndarray) -> np.ndarray:
+        """Merge costs of point i with each of `others` (Kaldi's Distance, in float), stored as cost[c][max, min]."""
+        merged = st.objf(points[c][i][None] + points[c][others])
+        d = np.maximum((objfs[c][i] + objfs[c][others]) - merged, np.float32(0.0))
+        cost[c][np.maximum(i, others), np.minimum(i, others)] = d
+        return d
 
-    queue = [(d, c, i, j) for c in range(len(counts)) for i in range(len(counts[c])) for j in range(i)
-             if (d := pair_cost(c, i, j)) <= limit]
+    queue = []
+    for c in range(len(points)):
+        for i in range(1, len(points[c])):
+            d = costs(c, i, np.arange(i))
+            queue += [(d[j], c, i, j) for j in np.flatnonzero(d <= limit)]
     heapq.heapify(queue)
-    n_clusters = sum(len(c) for c in counts)
+    n_clusters = sum(len(p) for p in points)
     while n_clusters > min_clusters and queue:
         d, c, i, j = heapq.heappop(queue)
-        if not (alive[c][i] and alive[c][j]) or abs(cost[c, i, j] - d) > 1e-5 * abs(d):
+        if not (alive[c][i] and alive[c][j]) or abs(cost[c][i, j] - d) > 1e-5 * abs(d):
             continue  # a stale entry: one side was merged, or the pair's cost changed since
-        counts[c][i] += counts[c][j]
-        sums[c][i] += sums[c][j]
-        objfs[c][i] = st.objf(counts[c][i], sums[c][i])
+        points[c][i] += points[c][j]
+        objfs[c][i] = st.objf(points[c][i])
         alive[c][j], parent[c][j] = False, i
         n_clusters -= 1
-        for k in map(int, np.flatnonzero(alive[c])):
-            if k != i and (d := pair_cost(c, *((i, k) if k < i else (k, i)))) < limit:
-                heapq.heappush(queue, (d, c, *((i, k) if k < i else (k, i))))
+        others = np.flatnonzero(alive[c])
+        others = others[others != i]
+        for k, dk in zip(others, costs(c, i, others)):
+            if dk < limit:
+                heapq.heappush(queue, (dk, c, max(i, int(k)), min(i, int(k))))
     out = []
-    for c in range(len(counts)):
+    for c in range(len(points)):
         number = {int(p): n for n, p in enumerate(np.flatnonzero(alive[c]))}
-        out.append([number[_root(parent[c], p)] for p in range(len(counts[c]))])
+        out.append([number[_root(parent[c], p)] for p in range(len(points[c]))])
     return out
 
 
@@ -261,16 +285,14 @@ def _root(parent: list[int], p: int) -> int:
     return p
 
 
-def _leaf_points(tree: EventMap, st: _Stats, idx: np.ndarray) -> tuple[list[int], np.ndarray, np.ndarray]:
-    """The leaves of `tree` that the events `idx` reach (sorted) and their summed statistics."""
+def _leaf_points(tree: EventMap, st: _Stats, idx: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """The leaves of `tree` that the events `idx` reach (sorted) and their summed (count, Σx, Σx²) rows."""
     leaf = map_events(tree, {k: v[idx] for k, v in st.columns.items()})
     if (leaf < 0).any():
         raise AsrBnError("tree statistics with a context the tree cannot answer (context width or ci-phones differ)")
     ids, inverse = np.unique(leaf, return_inverse=True)
-    count = np.bincount(inverse, weights=st.counts[idx], minlength=len(ids))
-    sums = np.zeros((len(ids),) + st.sums.shape[1:])
-    np.add.at(sums, inverse, st.sums[idx])
-    return ids.tolist(), count, sums
+    onehot = sparse.csr_matrix((np.ones(len(idx)), (inverse, np.arange(len(idx)))), shape=(len(ids), len(idx)))
+    return ids.tolist(), onehot @ st.data[idx]
 
 
 def _cluster_within(tree: EventMap, stub: EventMap, st: _Stats, thresh: float, min_total: int | None) -> tuple[EventMap, int]:
@@ -285,16 +307,16 @@ def _cluster_within(tree: EventMap, stub: EventMap, st: _Stats, thresh: float, m
             return tree, 0
     groups = [g for g in groups if len(g)]
     points = [_leaf_points(tree, st, g) for g in groups]
-    if min_total is not None and required > sum(len(ids) for ids, _, _ in points):
+    if min_total is not None and required > sum(len(ids) for ids, _ in points):
         return tree, 0
-    compartments = [(count, sums) for _, count, sums in points]
+    compartments = [rows for _, rows in points]
     if min_total is None:
         assignments = [_cluster_bottom_up([comp], st, thresh, 0)[0] for comp in compartments]
     else:
         assignments = _cluster_bottom_up(compartments, st, np.inf, required)
     mapping = {}
     removed = 0
-    for (ids, _, _), assign in zip(points, assignments):
+    for (ids, _), assign in zip(points, assignments):
         mapping.update({leaf: ids[a] for leaf, a in zip(ids, assign)})
         removed += len(ids) - (max(assign) + 1)
     return relabel(tree, mapping), removed  # type: ignore[return-value]
@@ -315,9 +337,9 @@ class TreeInfo:
 
 def objf_given_map(tree: EventMap, stats: TreeStats) -> float:
     """Total log-likelihood of `stats` with one Gaussian per leaf of `tree` (Kaldi's ObjfGivenMap)."""
-    st = _Stats(stats, sorted({k for e in stats.events for k, _ in e}))
-    _, count, sums = _leaf_points(tree, st, np.arange(len(stats.counts)))
-    return float(_float_sum(st.objf(count, sums)))
+    st = _Stats(stats)
+    _, rows = _leaf_points(tree, st, np.arange(len(stats.counts)))
+    return float(_float_sum(st.objf(rows)))
 
 
 def build_tree(
@@ -343,7 +365,7 @@ def build_tree(
     missing = sorted({p for r in roots for p in r.phones} - set(pdf_classes))
     if missing:
         raise AsrBnError(f"roots name phones {missing} that the topology has no HMM for")
-    st = _Stats(stats, sorted({k for e in stats.events for k, _ in e} | set(questions.by_key)))
+    st = _Stats(stats, questions)
     central = st.columns[central_position]
     rooted = {p for r in roots for p in r.phones}
     unrooted = sorted(set(central[central != MISSING].tolist()) - rooted)
@@ -355,7 +377,7 @@ def build_tree(
     split_idx = np.flatnonzero(~np.isin(central, nonsplit))
     stub_leaf = map_events(stub, {k: v[split_idx] for k, v in st.columns.items()})
     builders = [
-        _Splitter(leaf, split_idx[stub_leaf == leaf], st, questions) for leaf in range(int(stub_leaf.max()) + 1)
+        _Splitter(leaf, split_idx[stub_leaf == leaf], st) for leaf in range(int(stub_leaf.max()) + 1)
     ]
     queue = [(-b.best, -i) for i, b in enumerate(builders)]
     heapq.heapify(queue)

@@ -1,7 +1,7 @@
 """The objective of Kaldi's GaussClusterable: the log-likelihood of data under one diagonal Gaussian fitted to it.
 
 Tree building compares such objectives to choose splits and merges. Kaldi computes each objective in double and
-rounds it to float, then adds and subtracts the floats; `objf` and `distance` reproduce that rounding, so that
+rounds it to float, then adds and subtracts the floats; `objf` returns float32 for callers to do the same, so that
 asr-bn takes the same decisions where two candidates are close.
 """
 
@@ -26,8 +26,3 @@ def objf(count: np.ndarray, stats: np.ndarray, var_floor: float) -> np.ndarray:
     out = np.where(count > 0, per_frame * count, 0.0)
     return np.where(np.isnan(out), 0.0, out).astype(np.float32)
 
-
-def distance(a: np.float32, b: np.float32, merged: np.float32) -> np.float32:
-    """Kaldi's Clusterable::Distance: the objective lost by merging two sets, in float arithmetic, never negative."""
-    d = np.float32(np.float32(a + b) - merged)
-    return np.float32(0.0) if d < 0 else d

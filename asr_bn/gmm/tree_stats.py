@@ -19,6 +19,7 @@ from asr_bn.errors import AsrBnError
 from asr_bn.io import atomic_open
 from asr_bn.report import Report
 
+_CHUNK_FRAMES = 100_000  # frames summed at once: large enough to amortise numpy calls, small enough for memory
 PDF_CLASS = -1  # Kaldi's kPdfClass: the event key of the HMM position
 Event = tuple[tuple[int, int], ...]  # sorted (key, value) pairs, as Kaldi's EventType
 
@@ -73,19 +74,21 @@ def accumulate_tree_stats(
     """
     if not 0 <= central_position < context_width:
         raise AsrBnError(f"central position {central_position} is outside a context of width {context_width}")
-    ci = set(int(p) for p in ci_phones)
     tid_pdf_class = pdf_classes(tm)
-    index: dict[Event, int] = {}
-    counts: list[float] = []
+    is_ci = np.zeros(max(tm.phones) + 1, dtype=bool)
+    is_ci[[p for p in ci_phones if 0 <= p < len(is_ci)]] = True
+    base = len(is_ci) + 1  # event codes: pdf-class, then each context phone + 1 (0: the key is absent)
+    codes: list[np.ndarray] = []
+    counts: list[np.ndarray] = []
     sums: list[np.ndarray] = []
-    dim = None
+    pending: list[tuple[np.ndarray, np.ndarray]] = []  # frames not yet summed, in chunks of about _CHUNK_FRAMES
+    pending_frames, dim = 0, None
     for utt, mat in feats:
         if utt not in alignments:
             if report is not None:
                 report.skip(utt, "no alignment")
             continue
         tids = np.asarray(alignments[utt], dtype=np.int64)
-        mat = np.asarray(mat, dtype=np.float64)
         if len(tids) != len(mat):
             if report is not None:
                 report.skip(utt, "alignment length differs from the frame count")
@@ -94,32 +97,65 @@ def accumulate_tree_stats(
             dim = mat.shape[1]
         elif mat.shape[1] != dim:
             raise AsrBnError(f"utterance {utt}: features of dimension {mat.shape[1]}, others have {dim}")
-        segments = tm.phone_segments(tids, where=f"alignment of {utt}")
-        phones = [0] * central_position + [p for p, _, _ in segments] + [0] * (context_width - 1 - central_position)
-        pcs = tid_pdf_class[tids]
-        for s, (phone, start, end) in enumerate(segments):
-            window = phones[s : s + context_width]
-            context = [(j, window[j]) for j in range(context_width) if phone not in ci or j == central_position]
-            frames = mat[start:end]
-            for pc in np.unique(pcs[start:end]):
-                rows = frames[pcs[start:end] == pc]
-                event: Event = tuple(sorted([(PDF_CLASS, int(pc)), *context]))
-                i = index.setdefault(event, len(counts))
-                if i == len(counts):
-                    counts.append(0.0)
-                    sums.append(np.zeros((2, dim)))
-                counts[i] += len(rows)
-                sums[i][0] += rows.sum(0)
-                sums[i][1] += (rows * rows).sum(0)
+        segments = np.array(tm.phone_segments(tids, where=f"alignment of {utt}"), dtype=np.int64).reshape(-1, 3)
+        padded = np.concatenate([np.zeros(central_position, np.int64), segments[:, 0],
+                                 np.zeros(context_width - 1 - central_position, np.int64)])
+        seg_of_frame = np.repeat(np.arange(len(segments)), segments[:, 2] - segments[:, 1])
+        ci = is_ci[segments[:, 0]]
+        code = tid_pdf_class[tids]
+        for j in range(context_width):
+            phone = padded[j : j + len(segments)] + 1
+            phone = phone if j == central_position else np.where(ci, 0, phone)
+            code = code * base + phone[seg_of_frame]
+        pending.append((code, np.asarray(mat, np.float64)))
+        pending_frames += len(code)
+        if pending_frames >= _CHUNK_FRAMES:
+            _flush(pending, codes, counts, sums)
+            pending_frames = 0
         if report is not None:
             report.counts["utterances"] = report.counts.get("utterances", 0) + 1
     if dim is None:
         raise AsrBnError("no aligned utterance to gather tree statistics from (do features and alignments match?)")
-    events = list(index)
+    _flush(pending, codes, counts, sums)
+    ids, inverse = np.unique(np.concatenate(codes), return_inverse=True)
+    total_counts = np.bincount(inverse, weights=np.concatenate(counts), minlength=len(ids))
+    all_sums = np.concatenate(sums)
+    total = _sum_rows(inverse, all_sums.reshape(len(all_sums), -1), len(ids), squares=False).reshape(-1, 2, dim)
+    events = [_decode(int(c), base, context_width) for c in ids]
     order = sorted(range(len(events)), key=events.__getitem__)
-    return TreeStats(
-        [events[i] for i in order], np.array(counts)[order], np.stack(sums)[order], float(var_floor)
-    )
+    return TreeStats([events[i] for i in order], total_counts[order], total[order], float(var_floor))
+
+
+def _flush(pending: list[tuple[np.ndarray, np.ndarray]], codes: list, counts: list, sums: list) -> None:
+    """Sum the pending frames per event code into (codes, counts, sums) and empty `pending`."""
+    if not pending:
+        return
+    code = np.concatenate([c for c, _ in pending])
+    ids, inverse = np.unique(code, return_inverse=True)
+    codes.append(ids)
+    counts.append(np.bincount(inverse, minlength=len(ids)).astype(np.float64))
+    sums.append(_sum_rows(inverse, np.concatenate([m for _, m in pending]), len(ids)))
+    pending.clear()
+
+
+def _sum_rows(group: np.ndarray, rows: np.ndarray, n: int, squares: bool = True) -> np.ndarray:
+    """Per group: the sum of `rows` (and, with `squares`, of their squares, as (n, 2, dim))."""
+    order = np.argsort(group, kind="stable")
+    starts = np.searchsorted(group[order], np.arange(n))
+    ordered = rows[order]
+    if not squares:
+        return np.add.reduceat(ordered, starts, axis=0)
+    return np.stack([np.add.reduceat(ordered, starts, axis=0), np.add.reduceat(ordered * ordered, starts, axis=0)], 1)
+
+
+def _decode(code: int, base: int, context_width: int) -> Event:
+    """The event (sorted key/value pairs) of an event code made by `accumulate_tree_stats`."""
+    pairs = []
+    for j in reversed(range(context_width)):
+        code, phone = divmod(code, base)
+        if phone:
+            pairs.append((j, phone - 1))
+    return tuple([(PDF_CLASS, code)] + pairs[::-1])
 
 
 # ---------------------------------------------------------------------------------------------------------------
