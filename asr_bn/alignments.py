@@ -637,6 +637,15 @@ def read_transition_model(path: str | Path) -> TransitionModel:
             raise r.fail(str(e)) from None
 
 
+def read_topology(path: str | Path) -> Topology:
+    """Kaldi's HmmTopology from a `topo` file (lang/topo) or from the TransitionModel of a model file."""
+    hint = "give lang/topo or a final.mdl"
+    with _kaldi_object(Path(path), "the HMM topology", hint, f"is it a Kaldi topo file? {hint}") as r:
+        if r.peek(17) == b"<TransitionModel>":
+            r.expect("<TransitionModel>")
+        return _read_topology(r)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Alignment archives: Kaldi int-vector archives (binary or text, gzipped or not) and plain `utt label label …`
 

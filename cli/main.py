@@ -67,6 +67,9 @@ app.command("forward")(_forward.forward)
 from asr_bn_cli import score as _score  # noqa: E402
 
 app.add_typer(_score.app, name="score")
+from asr_bn_cli import tree as _tree  # noqa: E402
+
+app.add_typer(_tree.app, name="tree")
 from asr_bn_cli import demo as _demo  # noqa: E402
 
 app.command("demo")(_demo.demo)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from asr_bn.alignments import TransitionModel, _kaldi_object, _KaldiReader
 from asr_bn.errors import AsrBnError
-from asr_bn.io import atomic_open
+from asr_bn.io import atomic_open, read_matrix
 from asr_bn.report import Report
 
 _CHUNK_FRAMES = 100_000  # frames summed at once: large enough to amortise numpy calls, small enough for memory
@@ -156,6 +156,24 @@ def _decode(code: int, base: int, context_width: int) -> Event:
         if phone:
             pairs.append((j, phone - 1))
     return tuple([(PDF_CLASS, code)] + pairs[::-1])
+
+
+def read_features(source: str | Path) -> Iterator[tuple[str, np.ndarray]]:
+    """The GMM features of an `asr-bn prep` dir (cepstra, speaker CMVN, Δ+ΔΔ: `prepared_gmm_features`), or the
+    matrices of a Kaldi .scp of ready features (e.g. Kaldi's add-deltas output), one utterance at a time."""
+    source = Path(source)
+    if source.is_dir():
+        from asr_bn.hmm_gmm import prepared_gmm_features
+
+        yield from prepared_gmm_features(source)[0].items()
+        return
+    if source.suffix != ".scp" or not source.is_file():
+        raise AsrBnError(f"{source}: give an `asr-bn prep` output dir or a Kaldi .scp of features")
+    for n, line in enumerate(source.read_text().splitlines(), 1):
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2:
+            raise AsrBnError(f"{source} line {n}: expected `utterance location`, got {line!r}")
+        yield parts[0], read_matrix(parts[1], source, parts[0])
 
 
 # ---------------------------------------------------------------------------------------------------------------
