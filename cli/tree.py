@@ -50,6 +50,25 @@ def stats(
         print(line)
 
 
+@app.command("questions")
+def questions(
+    stats: Annotated[Path, typer.Argument(help="treeacc file (asr-bn tree stats or Kaldi's acc-tree-stats).")],
+    sets: Annotated[Path, typer.Argument(help="Kaldi's phones/sets.int: the phone sets to cluster, one per line.")],
+    out: Annotated[Path, typer.Argument(help="Output questions.int: one phone set per line.")],
+    pdf_class_list: Annotated[str, typer.Option(help="HMM positions whose statistics are clustered, colon-separated (1: the middle of 3 states).")] = "1",
+    central_position: Annotated[int, typer.Option(min=0, help="Position of the central phone (as the statistics).")] = 1,
+) -> None:
+    """Kaldi's cluster-phones: phone questions by top-down k-means of the phone sets' statistics."""
+    from asr_bn.gmm.build_tree import read_questions
+    from asr_bn.gmm.questions import cluster_phones
+    from asr_bn.gmm.tree_stats import read_tree_stats
+    from asr_bn.io import write_text
+
+    qs = cluster_phones(read_tree_stats(stats), read_questions(sets), _phone_list(pdf_class_list), central_position)
+    write_text(out, "".join(" ".join(map(str, q)) + "\n" for q in qs))
+    print(f"questions: {len(qs)} phone sets written to {out}")
+
+
 @app.command("build")
 def build(
     stats: Annotated[Path, typer.Argument(help="treeacc file (asr-bn tree stats or Kaldi's acc-tree-stats).")],
