@@ -29,6 +29,28 @@ def yesno_root() -> Path:
     return _require(SHARED_DATA / "yesno")
 
 
+@pytest.fixture(scope="session")
+def kaldi_bundle() -> Path:
+    """Real Kaldi binaries, OpenFst tools and steps/utils (../shared/kaldi), the oracle for Kaldi formats."""
+    path = REPO.parent / "shared" / "kaldi"
+    if not (path / "bin").is_dir():
+        pytest.skip(f"Kaldi bundle {path} is absent (CI always has ../shared/kaldi beside the repo)")
+    return path
+
+
+def run_kaldi(bundle: Path, *args: str | Path, cwd: Path | None = None) -> str:
+    """Run one Kaldi binary of the bundle (its libraries found on their own) and return its stdout; a failure
+    fails the test with Kaldi's stderr."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "PATH": f"{bundle / 'bin'}:{os.environ['PATH']}", "LC_ALL": "C", "OPENBLAS_NUM_THREADS": "1"}
+    done = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"{' '.join(map(str, args))} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return done.stdout
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     """A seeded numpy generator, so every test is reproducible."""

@@ -42,13 +42,13 @@ class CRand:
 
 
 class _Points:
-    """Gaussian statistics as rows (count, Σx, Σx²) and their float objective."""
+    """Gaussian statistics as rows (count, Σx, Σx²) and their float objectives."""
 
     def __init__(self, dim: int, var_floor: float) -> None:
         self.dim, self.var_floor = dim, var_floor
 
-    def objf(self, row: np.ndarray) -> np.float32:
-        return objf(row[0], row[1:].reshape(2, self.dim), self.var_floor)[()]
+    def objf(self, rows: np.ndarray) -> np.ndarray:
+        return objf(rows[..., 0], rows[..., 1:].reshape(rows.shape[:-1] + (2, self.dim)), self.var_floor)
 
 
 def _float_sum(values: Sequence[np.float32]) -> np.float32:
@@ -58,82 +58,76 @@ def _float_sum(values: Sequence[np.float32]) -> np.float32:
     return total
 
 
-def _refine(points: np.ndarray, clusters: list[np.ndarray], assign: list[int], g: _Points, iters: int = 100) -> np.float32:
-    """Kaldi's RefineClusters for two clusters: move single points to the other cluster while that gains."""
-    n = len(points)
-    clust_objf = [g.objf(c) for c in clusters]
-    clust_time = [0, 0]
-    t = 0
-    # per point: [other cluster, own cluster] entries of (cluster, time, objf with the point added / removed)
-    info = []
-    for p in range(n):
-        mine = assign[p]
-        other = 1 - mine
-        distance = np.float32(clust_objf[other] - g.objf(clusters[other] + points[p]))
-        info.append([[other, 0, np.float32(-(distance - clust_objf[other]))], [mine, 0, g.objf(clusters[mine] - points[p])]])
-    own_index = [1] * n
-    gain = np.float32(0.0)
+def _refine(points: np.ndarray, clusters: np.ndarray, assign: np.ndarray, g: _Points, iters: int = 100) -> np.float32:
+    """Kaldi's RefineClusters for two clusters: visit the points in order, moving each to the other cluster when
+    that raises the objective, until a pass moves none. Updates `clusters` and `assign`; returns the gain.
 
-    def update(p: int, idx: int) -> None:
-        entry = info[p][idx]
-        if entry[1] < clust_time[entry[0]]:
-            c = clusters[entry[0]]
-            entry[1], entry[2] = t, g.objf(c - points[p] if idx == own_index[p] else c + points[p])
+    Every point's gain from moving is kept for the current clusters and rescored after a move that changes them.
+    Until the first move the objective of the other cluster plus a point is Kaldi's cached value, rebuilt from a
+    float difference as RefineClusterer stores it. Moving an empty point (a phone without data) changes no cluster
+    but can gain by float rounding both ways, so such points swing at every pass, as they do in Kaldi."""
+    empty = ~points.any(axis=1)
+    clust_objf = g.objf(clusters)
+    moved = False
 
+    def score() -> np.ndarray:
+        own, other = assign, 1 - assign
+        plus = g.objf(clusters[other] + points)
+        if not moved:
+            plus = -((clust_objf[other] - plus) - clust_objf[other])
+        return ((plus + g.objf(clusters[own] - points)) - clust_objf[other]) - clust_objf[own]
+
+    impr, gain = score(), np.float32(0.0)
     for _ in range(iters):
-        start = t
-        for p in range(n):
-            me = own_index[p]
-            update(p, me)
-            own_objf, own_minus = clust_objf[info[p][me][0]], info[p][me][2]
-            for idx in (0, 1):
-                if idx == me:
-                    continue
-                update(p, idx)
-                other, _, other_plus = info[p][idx]
-                impr = np.float32(np.float32(np.float32(other_plus + own_minus) - clust_objf[other]) - own_objf)
-                if impr > 0:
-                    gain = np.float32(gain + impr)
-                    t += 1
-                    old = info[p][me][0]
-                    own_index[p], assign[p] = idx, other
-                    clusters[old] = clusters[old] - points[p]
-                    clusters[other] = clusters[other] + points[p]
-                    for c in (old, other):
-                        clust_objf[c], clust_time[c] = g.objf(clusters[c]), t
-                    break
-        if t == start:
+        changed, p = False, 0
+        while p < len(points):
+            better = np.flatnonzero(impr[p:] > 0)
+            if not len(better):
+                break
+            p += int(better[0])
+            gain = np.float32(gain + impr[p])
+            old, new = assign[p], 1 - assign[p]
+            clusters[old] -= points[p]
+            clusters[new] += points[p]
+            assign[p] = new
+            if empty[p] and moved:
+                impr[p] = ((clust_objf[old] + clust_objf[new]) - clust_objf[old]) - clust_objf[new]
+            else:
+                moved = True
+                clust_objf = g.objf(clusters)
+                impr = score()
+            changed = True
+            p += 1
+        if not changed:
             break
     return gain
 
 
-def _kmeans_two(points: np.ndarray, g: _Points, rand: CRand, tries: int = 10, iters: int = 20) -> tuple[np.float32, list[np.ndarray], list[int]]:
-    """Kaldi's ClusterKMeans with k = 2: the best of `tries` pseudo-random starts, each refined."""
+def _kmeans_two(points: np.ndarray, g: _Points, rand: CRand, tries: int = 10, iters: int = 20) -> tuple[np.float32, np.ndarray, np.ndarray]:
+    """Kaldi's ClusterKMeans with k = 2: the best of `tries` pseudo-random starts, each refined.
+    Returns (gain over one cluster, the two clusters' rows, each point's cluster)."""
     n = len(points)
-    best: tuple[np.float32, list[np.ndarray], list[int]] | None = None
-    for attempt in range(tries):
+    best: tuple[np.float32, np.ndarray, np.ndarray] | None = None
+    for _ in range(tries):
         skip = 1
         if n > 1:
             skip = 1 + rand() % (n - 1)
             while math.gcd(skip, n) != 1:
                 skip = 0 if skip == n - 1 else skip
                 skip += 1
-        clusters: list[np.ndarray | None] = [None, None]
-        assign = [0] * n
-        i = j = 0
-        for _ in range(n):
-            clusters[j] = points[i].copy() if clusters[j] is None else clusters[j] + points[i]
-            assign[i] = j
-            i, j = (i + skip) % n, (j + 1) % 2
-        cl: list[np.ndarray] = [c for c in clusters if c is not None]
-        ans = np.float32(_float_sum([g.objf(c) for c in cl]) - g.objf(cl[0] + cl[1] if len(cl) == 2 else cl[0]))
+        order = (np.arange(n) * skip) % n  # the i-th point visited goes to cluster i mod 2
+        assign = np.zeros(n, dtype=np.int64)
+        assign[order] = np.arange(n) % 2
+        clusters = np.stack([np.cumsum(points[order[c::2]], axis=0)[-1] for c in range(2)])
+        objfs = g.objf(clusters)
+        ans = np.float32(_float_sum(objfs) - g.objf(clusters[0] + clusters[1]))
         for _ in range(iters):
-            impr = _refine(points, cl, assign, g)
+            impr = _refine(points, clusters, assign, g)
             ans = np.float32(ans + impr)
             if impr == 0:
                 break
         if best is None or ans > best[0]:
-            best = (ans, cl, assign)
+            best = (ans, clusters, assign)
     assert best is not None
     return best
 
@@ -146,7 +140,7 @@ class _Node:
     index: int = 0  # in the leaf list while a leaf, in the non-leaf list after a split
     is_leaf: bool = True
     best: np.float32 = np.float32(0.0)
-    split: tuple[list[np.ndarray], list[int]] | None = None
+    split: tuple[np.ndarray, np.ndarray] | None = None
     children: list["_Node"] = field(default_factory=list)
 
 

@@ -1,0 +1,211 @@
+"""Context-dependency trees (asr_bn.gmm): tree statistics, questions and trees against Kaldi's own binaries
+(acc-tree-stats, cluster-phones, compile-questions + build-tree, tree-info, copy-tree) on the same inputs.
+
+Two real inputs: the Kaldi yesno run (3 phones, Kaldi's own model and alignments) and the synthesized corpus's
+training set (40 phones with exact alignments), whose trees exercise splitting, clustering and rounding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from asr_bn.alignments import read_alignments, read_topology, read_transition_model
+from asr_bn.errors import AsrBnError
+from asr_bn.gmm.build_tree import Questions, build_tree, objf_given_map, read_questions, read_roots
+from asr_bn.gmm.event_map import Constant, Split, Table, leaves, read_tree_map, write_tree
+from asr_bn.gmm.questions import CRand, cluster_phones
+from asr_bn.gmm.tree_stats import accumulate_tree_stats, read_features, read_tree_stats, write_tree_stats
+from asr_bn_cli.main import app
+from conftest import run_kaldi
+
+
+class Setup:
+    """A model, ready features (.scp), alignments and lang files, with Kaldi's tree statistics and questions."""
+
+    def __init__(self, bundle: Path, work: Path, model: Path, feats_rspec: str, ali: Path, sets: Path, roots: Path,
+                 topo: Path, ci: str) -> None:
+        self.bundle, self.work, self.model, self.ali, self.roots, self.topo, self.ci = bundle, work, model, ali, roots, topo, ci
+        self.sets = sets
+        self.scp = work / "feats.scp"
+        run_kaldi(bundle, "add-deltas", feats_rspec, f"ark,scp:{work / 'feats.ark'},{self.scp}")
+        self.kaldi_acc = work / "kaldi.acc"
+        run_kaldi(bundle, "acc-tree-stats", f"--ci-phones={ci}", model, f"scp:{self.scp}", f"ark:gunzip -c {ali}|",
+                  self.kaldi_acc)
+        self.kaldi_questions = work / "questions.int"
+        run_kaldi(bundle, "cluster-phones", self.kaldi_acc, sets, self.kaldi_questions)
+
+    def kaldi_tree(self, questions: Path, *options: str) -> Path:
+        """Kaldi's compile-questions + build-tree with `options` on Kaldi's statistics."""
+        qst, out = self.work / "q.qst", self.work / f"kaldi{'_'.join(options)}.tree"
+        run_kaldi(self.bundle, "compile-questions", self.topo, questions, qst)
+        run_kaldi(self.bundle, "build-tree", *options, self.kaldi_acc, self.roots, qst, self.topo, out)
+        return out
+
+
+@pytest.fixture(scope="module")
+def yesno(kaldi_bundle: Path, yesno_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Setup:
+    mfcc = yesno_root / "data" / "train_yesno" / "data" / "raw_mfcc_train_yesno.1.scp"
+    lines = [f"{u} {yesno_root / 'data' / 'train_yesno' / 'data' / Path(loc).name}" for u, loc in
+             (line.split() for line in mfcc.read_text().splitlines())]
+    work = tmp_path_factory.mktemp("yesno_tree")
+    (work / "mfcc.scp").write_text("\n".join(lines) + "\n")
+    lang = yesno_root / "data" / "lang"
+    return Setup(kaldi_bundle, work, yesno_root / "exp" / "mono" / "final.mdl", f"scp:{work / 'mfcc.scp'}",
+                 yesno_root / "exp" / "mono" / "ali.1.gz", lang / "phones" / "sets.int", lang / "phones" / "roots.int",
+                 lang / "topo", "1")
+
+
+@pytest.fixture(scope="module")
+def synth(kaldi_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Setup:
+    from asr_bn.synth import synthesize_corpus
+
+    work = tmp_path_factory.mktemp("synth_tree")
+    corpus = synthesize_corpus(work / "corpus", seed=5, size="small")
+    ali = corpus.ali["train"]
+    num_phones = max(read_transition_model(ali / "final.mdl").phones)
+    (work / "sets.int").write_text("".join(f"{p}\n" for p in range(1, num_phones + 1)))
+    (work / "roots.int").write_text("".join(f"shared split {p}\n" for p in range(1, num_phones + 1)))
+    run_kaldi(kaldi_bundle, "compute-mfcc-feats", "--sample-frequency=16000", f"scp:{corpus.data['train'] / 'wav.scp'}",
+              f"ark:{work / 'mfcc.ark'}")
+    return Setup(kaldi_bundle, work, ali / "final.mdl", f"ark:{work / 'mfcc.ark'}", ali / "ali.1.gz",
+                 work / "sets.int", work / "roots.int", ali / "topo", "1")
+
+
+def _ours(setup: Setup):  # noqa: ANN202 - TreeStats
+    alis = {labels.utt: labels.values for labels in read_alignments(setup.ali)}
+    return accumulate_tree_stats(read_transition_model(setup.model), read_features(setup.scp), alis, [int(setup.ci)])
+
+
+@pytest.mark.parametrize("name", ["yesno", "synth"])
+def test_tree_statistics_are_kaldis(name: str, request: pytest.FixtureRequest) -> None:
+    setup: Setup = request.getfixturevalue(name)
+    ours, kaldi = _ours(setup), read_tree_stats(setup.kaldi_acc)
+    assert ours.events == kaldi.events and len(ours.events) > 10
+    assert np.array_equal(ours.counts, kaldi.counts)
+    np.testing.assert_allclose(ours.stats, kaldi.stats, rtol=1e-6, atol=1e-6)  # Kaldi adds float frames to doubles
+    assert ours.var_floor == kaldi.var_floor
+    for binary in (True, False):  # Kaldi reads what we write: sum-tree-stats of ours twice is twice ours
+        path = setup.work / f"ours_{binary}.acc"
+        write_tree_stats(path, ours, binary)
+        run_kaldi(setup.bundle, "sum-tree-stats", setup.work / "sum.acc", path, path)
+        summed = read_tree_stats(setup.work / "sum.acc")
+        assert summed.events == ours.events and np.allclose(summed.stats, 2 * ours.stats, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["yesno", "synth"])
+def test_questions_are_cluster_phones(name: str, request: pytest.FixtureRequest) -> None:
+    setup: Setup = request.getfixturevalue(name)
+    ours = cluster_phones(read_tree_stats(setup.kaldi_acc), read_questions(setup.sets))
+    assert ours == read_questions(setup.kaldi_questions) and len(ours) >= 4
+
+
+def test_c_rand_is_glibc_rand() -> None:
+    rand = CRand(1)
+    assert [rand() for _ in range(3)] == [1804289383, 846930886, 1681692777]  # glibc's srand(1) sequence
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ("--max-leaves=40",),
+        ("--max-leaves=100", "--cluster-thresh=0"),
+        ("--max-leaves=100", "--round-num-leaves=false"),
+        ("--thresh=2000", "--cluster-thresh=800"),
+    ],
+)
+def test_build_tree_is_kaldis_byte_for_byte(synth: Setup, options: tuple[str, ...]) -> None:
+    """Same statistics and questions: the same tree file as Kaldi's build-tree (splits, clustering, rounding)."""
+    kaldi = synth.kaldi_tree(synth.kaldi_questions, *options)
+    opts = {o.split("=")[0].lstrip("-").replace("-", "_"): o.split("=")[1] for o in options}
+    kw = dict(max_leaves=int(opts.get("max_leaves", 0)), thresh=float(opts.get("thresh", 300)),
+              cluster_thresh=float(opts.get("cluster_thresh", -1)), round_num_leaves=opts.get("round_num_leaves") != "false")
+    topology = read_topology(synth.topo)
+    stats = read_tree_stats(synth.kaldi_acc)
+    tree, info = build_tree(stats, read_roots(synth.roots), Questions.compile(read_questions(synth.kaldi_questions),
+                            topology), topology, **kw)
+    ours = synth.work / "ours.tree"
+    write_tree(ours, tree)
+    assert ours.read_bytes() == kaldi.read_bytes()
+    assert info.num_leaves == len(set(leaves(tree))) == max(leaves(tree)) + 1 > 8
+    assert info.objf == pytest.approx(objf_given_map(read_tree_map(kaldi)[0], stats), rel=1e-6)
+    assert info.split_leaves - info.clustered_away - info.rounded_away == info.num_leaves
+
+
+def test_cli_tree_pipeline_is_kaldis(yesno: Setup, tmp_path: Path) -> None:
+    """asr-bn tree stats | questions | build | info from features and alignments, as Kaldi's four binaries."""
+    runner = CliRunner()
+    acc, qs, tree = tmp_path / "treeacc", tmp_path / "questions.int", tmp_path / "tree"
+    for args in (
+        ["tree", "stats", str(yesno.model), str(yesno.scp), str(yesno.ali), str(acc), "--ci-phones", yesno.ci],
+        ["tree", "questions", str(acc), str(yesno.sets), str(qs)],
+        ["tree", "build", str(acc), str(yesno.roots), str(qs), str(yesno.topo), str(tree), "--max-leaves", "100"],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    assert qs.read_text() == yesno.kaldi_questions.read_text()
+    assert tree.read_bytes() == yesno.kaldi_tree(yesno.kaldi_questions, "--max-leaves=100").read_bytes()
+    info = runner.invoke(app, ["tree", "info", str(tree)])
+    assert info.output == run_kaldi(yesno.bundle, "tree-info", tree)
+
+
+def test_tree_files_read_by_kaldi_and_kaldi_hmm_gmm(yesno: Setup, tmp_path: Path) -> None:
+    from asr_bn.decode import read_tree
+
+    kaldi = yesno.kaldi_tree(yesno.kaldi_questions, "--max-leaves=100")
+    tree, width, central = read_tree_map(kaldi)
+    text = tmp_path / "tree.txt"
+    write_tree(text, tree, width, central, binary=False)
+    assert run_kaldi(yesno.bundle, "copy-tree", "--binary=false", kaldi, "-") == text.read_text()
+    assert read_tree_map(text) == (tree, width, central)
+    assert read_tree(kaldi).context_width == 3  # kaldi-hmm-gmm's ContextDependency (graphs, training)
+
+
+def test_event_map_file_layouts_round_trip(tmp_path: Path) -> None:
+    tree = Table(1, (None, Split(-1, (0, 1), Constant(0), Split(0, (2,), Constant(1), Constant(2))), Constant(3)))
+    for binary in (True, False):
+        write_tree(tmp_path / "t", tree, binary=binary)
+        assert read_tree_map(tmp_path / "t") == (tree, 3, 1)
+    (tmp_path / "cut").write_bytes((tmp_path / "t").read_bytes()[:-30])
+    with pytest.raises(AsrBnError, match=r"cut: cannot read the decision tree at byte \d+"):
+        read_tree_map(tmp_path / "cut")
+
+
+def test_bad_inputs_are_one_line_errors(synth: Setup, tmp_path: Path) -> None:
+    runner = CliRunner()
+    stats, questions = str(synth.kaldi_acc), str(synth.kaldi_questions)
+    short_roots = tmp_path / "roots.int"
+    short_roots.write_text("".join(line + "\n" for line in synth.roots.read_text().splitlines()[:-1]))
+    names = tmp_path / "roots.txt"
+    names.write_text("shared split SIL\n")
+    cut = tmp_path / "cut.acc"
+    cut.write_bytes(synth.kaldi_acc.read_bytes()[:1000])
+    cases = [
+        (["tree", "build", stats, str(short_roots), questions, str(synth.topo), str(tmp_path / "t")],
+         "appear in the statistics but not in the roots file"),
+        (["tree", "build", stats, str(names), questions, str(synth.topo), str(tmp_path / "t")], "use roots.int"),
+        (["tree", "build", str(cut), str(synth.roots), questions, str(synth.topo), str(tmp_path / "t")],
+         "cut.acc: cannot read tree statistics at byte"),
+        (["tree", "questions", stats, questions, str(tmp_path / "q")], "a phone appears twice in the phone sets"),
+        (["tree", "stats", str(synth.model), str(tmp_path), str(synth.ali), str(tmp_path / "a")], "feats.scp not found"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1, (args, result.output)
+        assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "t").exists() and not (tmp_path / "q").exists() and not (tmp_path / "a").exists()
+
+
+def test_utterances_without_alignment_or_of_another_length_are_named(yesno: Setup) -> None:
+    from asr_bn.report import Report
+
+    alis = {labels.utt: labels.values for labels in read_alignments(yesno.ali)}
+    utts = sorted(alis)
+    del alis[utts[0]]
+    alis[utts[1]] = alis[utts[1]][:-1]
+    report = Report("tree stats")
+    accumulate_tree_stats(read_transition_model(yesno.model), read_features(yesno.scp), alis, [1], report=report)
+    assert report.skipped["no alignment"] == [utts[0]]
+    assert report.skipped["alignment length differs from the frame count"] == [utts[1]]
