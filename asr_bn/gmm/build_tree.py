@@ -20,8 +20,8 @@ from scipy import sparse
 
 from asr_bn.alignments import Topology
 from asr_bn.errors import AsrBnError
-from asr_bn.gmm.event_map import MISSING, Constant, EventMap, Split, Table, leaves, map_events, relabel, renumber
-from asr_bn.gmm.gauss import objf
+from asr_bn.gmm.event_map import MISSING, Constant, EventMap, Split, Table, map_events, relabel, renumber
+from asr_bn.gmm.gauss import float_sum, objf
 from asr_bn.gmm.tree_stats import PDF_CLASS, TreeStats
 
 
@@ -165,13 +165,6 @@ class _Stats:
         if not gains[best] > 0:
             return np.float32(0.0), 0, ()
         return gains[best], self.qkeys[self.question_key[best]], self.question_set[best]
-
-
-def _float_sum(values: Sequence[np.float32]) -> np.float32:
-    total = np.float32(0.0)
-    for v in values:
-        total = np.float32(total + v)
-    return total
 
 
 class _Splitter:
@@ -339,7 +332,7 @@ def objf_given_map(tree: EventMap, stats: TreeStats) -> float:
     """Total log-likelihood of `stats` with one Gaussian per leaf of `tree` (Kaldi's ObjfGivenMap)."""
     st = _Stats(stats)
     _, rows = _leaf_points(tree, st, np.arange(len(stats.counts)))
-    return float(_float_sum(st.objf(rows)))
+    return float(float_sum(st.objf(rows)))
 
 
 def build_tree(

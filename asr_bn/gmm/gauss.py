@@ -7,6 +7,8 @@ asr-bn takes the same decisions where two candidates are close.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
@@ -26,3 +28,11 @@ def objf(count: np.ndarray, stats: np.ndarray, var_floor: float) -> np.ndarray:
     out = np.where(count > 0, per_frame * count, 0.0)
     return np.where(np.isnan(out), 0.0, out).astype(np.float32)
 
+
+
+def float_sum(values: Sequence[np.float32]) -> np.float32:
+    """Sum in float, left to right, as Kaldi's SumClusterableObjf adds its clusters' objectives."""
+    total = np.float32(0.0)
+    for v in values:
+        total = np.float32(total + v)
+    return total

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from asr_bn.errors import AsrBnError
-from asr_bn.gmm.gauss import objf
+from asr_bn.gmm.gauss import float_sum, objf
 from asr_bn.gmm.tree_stats import PDF_CLASS, TreeStats
 
 
@@ -49,13 +49,6 @@ class _Points:
 
     def objf(self, rows: np.ndarray) -> np.ndarray:
         return objf(rows[..., 0], rows[..., 1:].reshape(rows.shape[:-1] + (2, self.dim)), self.var_floor)
-
-
-def _float_sum(values: Sequence[np.float32]) -> np.float32:
-    total = np.float32(0.0)
-    for v in values:
-        total = np.float32(total + v)
-    return total
 
 
 def _refine(points: np.ndarray, clusters: np.ndarray, assign: np.ndarray, g: _Points, iters: int = 100) -> np.float32:
@@ -120,7 +113,7 @@ def _kmeans_two(points: np.ndarray, g: _Points, rand: CRand, tries: int = 10, it
         assign[order] = np.arange(n) % 2
         clusters = np.stack([np.cumsum(points[order[c::2]], axis=0)[-1] for c in range(2)])
         objfs = g.objf(clusters)
-        ans = np.float32(_float_sum(objfs) - g.objf(clusters[0] + clusters[1]))
+        ans = np.float32(float_sum(objfs) - g.objf(clusters[0] + clusters[1]))
         for _ in range(iters):
             impr = _refine(points, clusters, assign, g)
             ans = np.float32(ans + impr)

@@ -1,0 +1,103 @@
+"""Tree statistics, questions and tree building: asr-bn's commands against Kaldi's binaries, whole processes side by side.
+
+    python bench/tree.py                       # the synthesized corpus's 720 training utterances, 5 paired runs
+    python bench/tree.py --runs 3 --max-leaves 500
+
+Both sides read the same ready features (Kaldi MFCC + add-deltas, written once), the same alignments and lang files:
+  stats     asr-bn tree stats      vs  acc-tree-stats
+  questions asr-bn tree questions  vs  cluster-phones
+  build     asr-bn tree build      vs  compile-questions + build-tree
+Runs alternate (ours, Kaldi, ours, …); each row prints the median seconds of both and the median of the per-pair
+ratios, then the stats+build total (the issue's target: at most 2x Kaldi). The trees are checked byte-identical.
+Needs ../shared/kaldi.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+KALDI = REPO.parent / "shared" / "kaldi"
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{KALDI / 'bin'}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "LC_ALL": "C", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _run(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, env=_env(), check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def _prepare(work: Path) -> dict[str, Path]:
+    """The synthesized corpus (seed 0, full size), its features and the lang files both sides read."""
+    from asr_bn.alignments import read_transition_model
+    from asr_bn.synth import synthesize_corpus
+
+    corpus = synthesize_corpus(work / "corpus", seed=0, size="full")
+    ali = corpus.ali["train"]
+    feats = work / "feats.scp"
+    if not feats.exists():
+        subprocess.run(["sh", "-c", f"compute-mfcc-feats --sample-frequency=16000 scp:{corpus.data['train'] / 'wav.scp'} "
+                        f"ark:- | add-deltas ark:- ark,scp:{work / 'feats.ark'},{feats}"], env=_env(), check=True,
+                       capture_output=True)
+    phones = max(read_transition_model(ali / "final.mdl").phones)
+    (work / "sets.int").write_text("".join(f"{p}\n" for p in range(1, phones + 1)))
+    (work / "roots.int").write_text("".join(f"shared split {p}\n" for p in range(1, phones + 1)))
+    return {"model": ali / "final.mdl", "ali": ali / "ali.1.gz", "topo": ali / "topo", "feats": feats,
+            "sets": work / "sets.int", "roots": work / "roots.int"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5, help="paired runs per row")
+    parser.add_argument("--max-leaves", type=int, default=500, help="build-tree --max-leaves")
+    parser.add_argument("--work", type=Path, help="keep the corpus and outputs here (default: a temporary dir)")
+    args = parser.parse_args()
+    if not (KALDI / "bin").is_dir():
+        sys.exit(f"{KALDI} is absent: this benchmark compares against Kaldi's binaries")
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_tree_"))
+    work.mkdir(parents=True, exist_ok=True)
+    f = _prepare(work)
+    k, o = work / "kaldi", work / "ours"
+    k.mkdir(exist_ok=True)
+    o.mkdir(exist_ok=True)
+    rows = {
+        "stats": ([sys.executable, "-m", "asr_bn_cli", "tree", "stats", f["model"], f["feats"], f["ali"], o / "acc",
+                   "--ci-phones", "1"],
+                  ["acc-tree-stats", "--ci-phones=1", f["model"], f"scp:{f['feats']}", f"ark:gunzip -c {f['ali']}|", k / "acc"]),
+        "questions": ([sys.executable, "-m", "asr_bn_cli", "tree", "questions", k / "acc", f["sets"], o / "q.int"],
+                      ["cluster-phones", k / "acc", f["sets"], k / "q.int"]),
+        "build": ([sys.executable, "-m", "asr_bn_cli", "tree", "build", k / "acc", f["roots"], k / "q.int", f["topo"],
+                   o / "tree", f"--max-leaves={args.max_leaves}"],
+                  ["sh", "-c", f"compile-questions {f['topo']} {k / 'q.int'} {k / 'q.qst'} && build-tree "
+                   f"--max-leaves={args.max_leaves} {k / 'acc'} {f['roots']} {k / 'q.qst'} {f['topo']} {k / 'tree'}"]),
+    }
+    medians = {}
+    print(f"{'step':10} {'asr-bn s':>9} {'Kaldi s':>8} {'ratio':>6}   ({args.runs} paired runs, medians)")
+    for name, (ours, kaldi) in rows.items():
+        ours, kaldi = [str(a) for a in ours], [str(a) for a in kaldi]
+        _run(kaldi)
+        _run(ours)  # warm-up (and the files the next row reads)
+        pairs = [(_run(ours), _run(kaldi)) for _ in range(args.runs)]
+        a, b = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+        medians[name] = (a, b)
+        print(f"{name:10} {a:9.3f} {b:8.3f} {statistics.median(p[0] / p[1] for p in pairs):6.2f}")
+    a = medians["stats"][0] + medians["build"][0]
+    b = medians["stats"][1] + medians["build"][1]
+    print(f"{'stats+build':10} {a:9.3f} {b:8.3f} {a / b:6.2f}   (target: at most 2x)")
+    same = (o / "tree").read_bytes() == (k / "tree").read_bytes() and (o / "q.int").read_text() == (k / "q.int").read_text()
+    print(f"same questions and tree as Kaldi: {same}")
+
+
+if __name__ == "__main__":
+    main()
