@@ -68,17 +68,6 @@ class Questions:
     """Candidate yes-sets per event key (Kaldi's Questions after `compile-questions`), keys asked in sorted order."""
 
     by_key: dict[int, list[tuple[int, ...]]] = field(default_factory=dict)
-    _membership: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
-
-    def membership(self, key: int) -> np.ndarray:
-        """questions × values: whether each value of `key` is in each question's yes-set."""
-        if key not in self._membership:
-            qs = self.by_key[key]
-            table = np.zeros((len(qs), 1 + max((v for q in qs for v in q), default=0)), dtype=bool)
-            for i, q in enumerate(qs):
-                table[i, list(q)] = True
-            self._membership[key] = table
-        return self._membership[key]
 
     @classmethod
     def compile(cls, phone_sets: Sequence[Sequence[int]], topology: Topology, context_width: int = 3) -> "Questions":
