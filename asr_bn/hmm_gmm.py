@@ -257,12 +257,14 @@ class GmmSystem:
     am: "khg.AmDiagGmm"
 
     @classmethod
-    def _build(cls, topology: Topology) -> "GmmSystem":
-        """Monophone tree and kaldi-hmm-gmm TransitionModel (probabilities from the topology) for `topology`."""
-        num_classes = [-1] * (max(topology.phones) + 1)
-        for p in topology.phones:
-            num_classes[p] = 1 + max(s.forward_pdf_class for s in topology.entry(p))
-        tree = khg.monophone_context_dependency(list(topology.phones), num_classes)
+    def _build(cls, topology: Topology, tree: "khg.ContextDependency | None" = None) -> "GmmSystem":
+        """kaldi-hmm-gmm TransitionModel (probabilities from the topology) for `topology` and `tree` (default: the
+        monophone tree), as Kaldi's TransitionModel(ctx_dep, topo) builds it; no GMMs yet."""
+        if tree is None:
+            num_classes = [-1] * (max(topology.phones) + 1)
+            for p in topology.phones:
+                num_classes[p] = 1 + max(s.forward_pdf_class for s in topology.entry(p))
+            tree = khg.monophone_context_dependency(list(topology.phones), num_classes)
         tuples = _monophone_tuples(topology, tree)
         initial = TransitionModel(topology, tuples, np.zeros(1 + sum(
             len(topology.entry(phone)[state].transitions) for phone, state, _, _ in tuples)))

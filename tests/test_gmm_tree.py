@@ -209,3 +209,32 @@ def test_utterances_without_alignment_or_of_another_length_are_named(yesno: Setu
     accumulate_tree_stats(read_transition_model(yesno.model), read_features(yesno.scp), alis, [1], report=report)
     assert report.skipped["no alignment"] == [utts[0]]
     assert report.skipped["alignment length differs from the frame count"] == [utts[1]]
+
+
+def test_init_model_is_gmm_init_models_byte_for_byte(synth: Setup) -> None:
+    """One Gaussian per leaf from the tree statistics and Kaldi's transition model for the tree: gmm-init-model."""
+    from asr_bn.gmm.init_model import init_model
+
+    tree = synth.kaldi_tree(synth.kaldi_questions, "--max-leaves=60")
+    kaldi = synth.work / "kaldi_init.mdl"
+    run_kaldi(synth.bundle, "gmm-init-model", tree, synth.kaldi_acc, synth.topo, kaldi)
+    system = init_model(tree, read_tree_stats(synth.kaldi_acc), read_topology(synth.topo))
+    assert system.model_bytes() == kaldi.read_bytes()
+    assert system.am.num_pdfs == max(leaves(read_tree_map(tree)[0])) + 1
+
+
+@pytest.mark.parametrize("reorder", [True, False])
+def test_convert_ali_is_kaldis(synth: Setup, reorder: bool) -> None:
+    """The monophone alignments carried to the triphone model: the same transition-ids as Kaldi's convert-ali."""
+    from asr_bn.gmm.convert import AlignmentConverter
+
+    tree = synth.kaldi_tree(synth.kaldi_questions, "--max-leaves=60")
+    model = synth.work / "kaldi_init.mdl"
+    run_kaldi(synth.bundle, "gmm-init-model", tree, synth.kaldi_acc, synth.topo, model)
+    text = run_kaldi(synth.bundle, "convert-ali", f"--reorder={str(reorder).lower()}", synth.model, model, tree,
+                     f"ark:gunzip -c {synth.ali}|", "ark,t:-")
+    kaldi = {line.split()[0]: [int(t) for t in line.split()[1:]] for line in text.splitlines()}
+    convert = AlignmentConverter(read_transition_model(synth.model), read_transition_model(model), read_tree_map(tree)[0],
+                                 reorder=reorder)
+    ours = {labels.utt: convert(labels.utt, labels.values).tolist() for labels in read_alignments(synth.ali)}
+    assert ours == kaldi and len(ours) == 40

@@ -103,6 +103,32 @@ def map_events(m: EventMap, columns: Mapping[int, np.ndarray]) -> np.ndarray:
     return out
 
 
+class EventMapper:
+    """`m` as a function of one event (key → value), memoised: for callers that ask about few distinct contexts
+    many times (alignment conversion); -1 where the tree cannot answer."""
+
+    def __init__(self, m: EventMap) -> None:
+        self._root = m
+        self._sets: dict[int, frozenset[int]] = {}
+        self._memo: dict[tuple[tuple[int, int], ...], int] = {}
+
+    def __call__(self, event: tuple[tuple[int, int], ...]) -> int:
+        leaf = self._memo.get(event)
+        if leaf is None:
+            values, node = dict(event), self._root
+            while node is not None and not isinstance(node, Constant):
+                value = values.get(node.key)
+                if value is None:
+                    node = None
+                elif isinstance(node, Table):
+                    node = node.children[value] if 0 <= value < len(node.children) else None
+                else:
+                    yes = self._sets.setdefault(id(node), frozenset(node.yes_set))
+                    node = node.yes if value in yes else node.no
+            leaf = self._memo[event] = node.leaf if node is not None else -1
+        return leaf
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The `tree` file: ContextDependency N P ToPdf <event map> EndContextDependency (context-dep.cc, event-map.cc)
 
