@@ -238,3 +238,75 @@ def test_convert_ali_is_kaldis(synth: Setup, reorder: bool) -> None:
                                  reorder=reorder)
     ours = {labels.utt: convert(labels.utt, labels.values).tolist() for labels in read_alignments(synth.ali)}
     assert ours == kaldi and len(ours) == 40
+
+
+@pytest.fixture(scope="module")
+def synth_tri1(synth: Setup, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - (system, feats, text, lang, dir)
+    """A short train_deltas run on the synth corpus's training set (from its exact monophone alignments)."""
+    from asr_bn.features import FeaturePipeline
+    from asr_bn.gmm.train_deltas import DeltasConfig, train_deltas
+    from asr_bn.hmm_gmm import prepared_gmm_features
+    from asr_bn.lang import read_lang
+    from asr_bn.prep import prepare_kaldi
+
+    corpus = synth.work / "corpus"
+    prep = tmp_path_factory.mktemp("tri1_prep") / "train"
+    prepare_kaldi(corpus / "data" / "train", prep, FeaturePipeline())
+    feats, text, _ = prepared_gmm_features(prep)
+    lang = read_lang(corpus / "lang")
+    out = tmp_path_factory.mktemp("tri1") / "tri1"
+    cfg = DeltasConfig(num_leaves=100, tot_gauss=400, num_iters=8, max_iter_inc=5, realign_iters=(3, 6))
+    system, report = train_deltas(feats, text, lang, corpus / "exp" / "ali_train", out, cfg)
+    return system, feats, text, lang, out, report
+
+
+def test_train_deltas_exp_dir_is_read_by_kaldi(synth: Setup, synth_tri1) -> None:  # noqa: ANN001
+    import json
+
+    system, feats, _, _, out, report = synth_tri1
+    assert report.num_skipped == 0 and report.counts["aligned"] == len(feats) == 40
+    history = [json.loads(line) for line in (out / "iterations.jsonl").read_text().splitlines()]
+    assert len(history) == 7 and history[-1]["avg_like"] > history[0]["avg_like"] + 2  # realignment and mixing up help
+    assert history[-1]["num_gauss"] > system.am.num_pdfs  # Gaussians grew past one per leaf
+    info = run_kaldi(synth.bundle, "gmm-info", out / "final.mdl")
+    assert f"number of pdfs {system.am.num_pdfs}" in info and f"number of gaussians {system.am.num_gauss}" in info
+    assert f"num-pdfs {system.am.num_pdfs}" in run_kaldi(synth.bundle, "tree-info", out / "tree")
+    pdfs = run_kaldi(synth.bundle, "ali-to-pdf", out / "final.mdl", f"ark:gunzip -c {out / 'ali.1.gz'}|", "ark,t:-")
+    assert len(pdfs.splitlines()) == 40 and max(int(p) for line in pdfs.splitlines() for p in line.split()[1:]) < system.am.num_pdfs
+
+
+def test_triphone_alignment_is_gmm_align_compileds(synth: Setup, synth_tri1, tmp_path: Path) -> None:  # noqa: ANN001
+    """asr-bn's aligner with its own triphone model and features against Kaldi's compile-train-graphs +
+    gmm-align-compiled on the same model, features and lexicon: at least 99 % of frames agree."""
+    import kaldiio
+
+    from asr_bn.hmm_gmm import AlignConfig, align
+    from asr_bn.lang import lexicon_fst
+
+    system, feats, text, lang, out, _ = synth_tri1
+    align(system, feats, text, lang, tmp_path / "ali", AlignConfig())
+    ours = {labels.utt: labels.values for labels in read_alignments(tmp_path / "ali")}
+    kaldiio.save_ark(str(tmp_path / "feats.ark"), feats)
+    lexicon_fst(lang, 0.5).write(str(tmp_path / "L.fst"))
+    (tmp_path / "disambig.int").write_text("".join(f"{i}\n" for i in lang.disambig_phone_ids))
+    (tmp_path / "text.int").write_text("".join(f"{u} {' '.join(str(lang.words[w]) for w in text[u].split())}\n"
+                                               for u in sorted(text)))
+    run_kaldi(synth.bundle, "compile-train-graphs", f"--read-disambig-syms={tmp_path / 'disambig.int'}", out / "tree",
+              out / "final.mdl", tmp_path / "L.fst", f"ark:{tmp_path / 'text.int'}", f"ark:{tmp_path / 'g.fsts'}")
+    text_ali = run_kaldi(synth.bundle, "gmm-align-compiled", "--transition-scale=1.0", "--acoustic-scale=0.1",
+                         "--self-loop-scale=0.1", "--beam=10", "--retry-beam=40", out / "final.mdl",
+                         f"ark:{tmp_path / 'g.fsts'}", f"ark:{tmp_path / 'feats.ark'}", "ark,t:-")
+    kaldi = {line.split()[0]: np.array(line.split()[1:], int) for line in text_ali.splitlines()}
+    assert set(kaldi) == set(ours)
+    same = sum(int((np.asarray(ours[u]) == kaldi[u]).sum()) for u in kaldi)
+    assert same / sum(len(a) for a in kaldi.values()) >= 0.99
+
+
+def test_train_deltas_refuses_nonsense_options() -> None:
+    from asr_bn.errors import UsageError
+    from asr_bn.gmm.train_deltas import DeltasConfig
+
+    for bad in (DeltasConfig(num_leaves=0), DeltasConfig(num_leaves=500, tot_gauss=100),
+                DeltasConfig(num_iters=10, realign_iters=(12,))):
+        with pytest.raises(UsageError):
+            bad.validate()

@@ -1,0 +1,143 @@
+"""A triphone HMM-GMM system on Δ+ΔΔ features, as Kaldi's steps/train_deltas.sh.
+
+From a previous system's alignments: tree statistics, questions by clustering the phone sets, a tree of up to
+`num_leaves` leaves, one Gaussian per leaf, the alignments converted to the new model, then `num_iters - 1` passes of
+accumulation and re-estimation with realignment at `realign_iters` and Gaussians growing towards `tot_gauss`.
+The exp dir holds what Kaldi's does: final.mdl, tree, ali.N.gz, num_jobs, phones.txt, topo, treeacc,
+questions.int, iterations.jsonl, config.json, report.json (written last).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from asr_bn.alignments import read_alignments, read_transition_model
+from asr_bn.errors import AsrBnError, UsageError
+from asr_bn.gmm.build_tree import Questions, Root, build_tree
+from asr_bn.gmm.convert import AlignmentConverter
+from asr_bn.gmm.event_map import write_tree
+from asr_bn.gmm.init_model import init_model
+from asr_bn.gmm.questions import cluster_phones
+from asr_bn.gmm.tree_stats import accumulate_tree_stats, write_tree_stats
+from asr_bn.hmm_gmm import (AlignConfig, GmmSystem, _align_all, _boosted, _check_inputs, _compile_graphs, _gmm_scorer,
+                            _Stats, write_alignments)
+from asr_bn.io import OutputLock, write_text
+from asr_bn.lang import Lang
+from asr_bn.progress import progress_bar
+from asr_bn.report import Report
+
+
+@dataclass
+class DeltasConfig:
+    """Options of Kaldi's steps/train_deltas.sh (same names and defaults; the two positional numbers first)."""
+
+    num_leaves: int = 2000
+    tot_gauss: int = 10000
+    num_iters: int = 35
+    max_iter_inc: int = 25  # last iteration that adds Gaussians
+    realign_iters: tuple[int, ...] = (10, 20, 30)
+    beam: float = 10.0
+    retry_beam: float = 40.0
+    boost_silence: float = 1.0
+    power: float = 0.25
+    cluster_thresh: float = -1.0
+    sil_prob: float = 0.5  # optional silence between words in the training graphs
+    seed: int = 0  # for the perturbation of split Gaussians
+
+    def validate(self) -> None:
+        """Raise UsageError for values that make no sense."""
+        if self.num_leaves < 1 or self.tot_gauss < self.num_leaves or self.num_iters < 2 or self.max_iter_inc < 1:
+            raise UsageError(f"train_deltas: need num_leaves >= 1, tot_gauss >= num_leaves, num_iters >= 2 and "
+                             f"max_iter_inc >= 1 (got {self.num_leaves}, {self.tot_gauss}, {self.num_iters}, "
+                             f"{self.max_iter_inc})")
+        if any(not 1 <= i < self.num_iters for i in self.realign_iters):
+            raise UsageError(f"train_deltas: realign_iters {self.realign_iters} must lie in 1..{self.num_iters - 1}")
+
+
+def phone_sets(lang: Lang) -> tuple[list[list[int]], list[Root], list[list[int]]]:
+    """Sets to cluster, tree roots and extra questions of a lang without Kaldi's phones/ dir: one set and one
+    shared, split root per phone; extra questions silence vs the rest (prepare_lang.sh for phones without
+    positions)."""
+    sil = lang.phones[lang.silence_phone]
+    phones = lang.real_phone_ids
+    return [[p] for p in phones], [Root((p,)) for p in phones], [[sil], [p for p in phones if p != sil]]
+
+
+def train_deltas(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: Lang, ali_dir: str | Path,
+                 out_dir: str | Path, cfg: DeltasConfig | None = None) -> tuple[GmmSystem, Report]:
+    """Train a triphone system from the alignments in `ali_dir` (final.mdl + ali.*.gz of e.g. a monophone system)
+    with GMM features `feats` (cepstra + Δ+ΔΔ) and transcripts `text`; returns the system and the report."""
+    cfg = cfg or DeltasConfig()
+    cfg.validate()
+    ali_dir, out_dir = Path(ali_dir), Path(out_dir)
+    report = Report("train_deltas")
+    utts = _check_inputs(feats, text, report)
+    old_tm = read_transition_model(ali_dir / "final.mdl")
+    alis = {labels.utt: labels.values for labels in read_alignments(ali_dir)}
+    sil = lang.phones[lang.silence_phone]
+    with OutputLock(out_dir):
+        (out_dir / "report.json").unlink(missing_ok=True)  # written last: it marks a complete run
+        stats = accumulate_tree_stats(old_tm, ((u, feats[u]) for u in utts), alis, [sil], report=report)
+        write_tree_stats(out_dir / "treeacc", stats)
+        sets, roots, extra = phone_sets(lang)
+        questions = cluster_phones(stats, sets) + extra
+        write_text(out_dir / "questions.int", "".join(" ".join(map(str, q)) + "\n" for q in questions))
+        tree, info = build_tree(stats, roots, Questions.compile(questions, old_tm.topology), old_tm.topology,
+                                max_leaves=cfg.num_leaves, cluster_thresh=cfg.cluster_thresh)
+        write_tree(out_dir / "tree", tree)
+        system = init_model(out_dir / "tree", stats, old_tm.topology)
+        convert = AlignmentConverter(old_tm, system.transition_model(), tree)
+        alis = {u: convert(u, alis[u]).tolist() for u in utts if u in alis}
+        graphs = _compile_graphs(system, lang, text, [u for u in utts if u in alis], cfg.sil_prob, report)
+        alis = {u: a for u, a in alis.items() if u in graphs}
+        if not alis:
+            raise AsrBnError(f"no utterance of the features has an alignment in {ali_dir} (align this data first)")
+        history, alis, failed = _iterate(system, graphs, feats, alis, sil, cfg)
+        for utt in failed:
+            report.skip(utt, "no alignment within the retry beam (last realignment)")
+        system.save(out_dir, lang.phones)
+        jobs = ali_dir / "num_jobs"
+        write_alignments(out_dir, alis, int(jobs.read_text()) if jobs.is_file() else 1)
+        write_text(out_dir / "iterations.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        write_text(out_dir / "config.json", json.dumps({"deltas": {**dataclasses.asdict(cfg),
+                                                                   "realign_iters": list(cfg.realign_iters)}}, indent=2) + "\n")
+        report.counts.update({"utterances": len(utts), "aligned": len(alis), "leaves": info.num_leaves,
+                              "gaussians": system.am.num_gauss, "frames": history[-1]["frames"]})
+        report.save(out_dir / "report.json")
+    return system, report
+
+
+def _iterate(system: GmmSystem, graphs: Mapping[str, Any], feats: Mapping[str, np.ndarray],
+             alis: dict[str, list[int]], sil: int, cfg: DeltasConfig) -> tuple[list[dict[str, Any]], dict[str, list[int]], list[str]]:
+    """Passes 1 … num_iters-1 of train_deltas.sh: (one record per pass, the last alignments, the utterances the
+    last realignment could not align)."""
+    num_gauss = cfg.num_leaves  # as train_deltas.sh: the Gaussian target starts at the leaves asked for
+    inc_gauss = (cfg.tot_gauss - num_gauss) // cfg.max_iter_inc
+    rng = np.random.default_rng(cfg.seed)
+    history: list[dict[str, Any]] = []
+    failed: list[str] = []
+    with progress_bar() as bar:
+        task = bar.add_task("train deltas", total=cfg.num_iters - 1, info="")
+        for it in range(1, cfg.num_iters):
+            start = time.monotonic()
+            if it in cfg.realign_iters:
+                bar.update(task, info=f"iter {it}: aligning")
+                scales = AlignConfig()
+                scorer = _gmm_scorer(system, _boosted(system, [sil], cfg.boost_silence), feats, scales.acoustic_scale)
+                alis, failed, _, _ = _align_all(system, scorer, graphs, feats, cfg.beam, cfg.retry_beam, scales)
+            stats = _Stats(system, feats, alis)
+            stats.update(system, 10.0, num_gauss, cfg.power, rng)
+            history.append({"iter": it, "avg_like": stats.tot_like / max(stats.frames, 1), "frames": stats.frames,
+                            "utterances": len(alis), "failed": len(failed), "num_gauss": system.am.num_gauss,
+                            "seconds": round(time.monotonic() - start, 2)})
+            if it <= cfg.max_iter_inc:
+                num_gauss += inc_gauss
+            bar.update(task, advance=1, info=f"like/frame {history[-1]['avg_like']:.3f}, {system.am.num_gauss} Gaussians")
+    return history, alis, failed
