@@ -1,0 +1,102 @@
+"""One triphone training iteration and one alignment pass: asr-bn's library against Kaldi's binaries, side by side.
+
+    python bench/gmm.py                 # the synthesized corpus's 720 training utterances, 3 paired runs
+    python bench/gmm.py --runs 5
+
+A short train_deltas run makes the model (both sides then use it, with the same features and training graphs):
+  iteration  asr-bn accumulate + estimate (in process)    vs  gmm-acc-stats-ali + gmm-est
+  align      asr-bn alignment of the training set (in process)  vs  gmm-align-compiled
+Kaldi's figures are whole processes (start-up included, a few ms); asr-bn's are the library calls, its start-up
+(imports, the features already in memory) left out. Prints median seconds and the median of per-pair ratios
+(the issue's targets: at most 1.5x). Needs ../shared/kaldi.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tree import KALDI, _env  # noqa: E402 - the bench's shared helpers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--work", type=Path, help="keep the corpus and outputs here (default: a temporary dir)")
+    args = parser.parse_args()
+    if not (KALDI / "bin").is_dir():
+        sys.exit(f"{KALDI} is absent: this benchmark compares against Kaldi's binaries")
+    import kaldiio
+
+    from asr_bn.features import FeaturePipeline
+    from asr_bn.gmm.train_deltas import DeltasConfig, train_deltas
+    from asr_bn.hmm_gmm import AlignConfig, _align_all, _compile_graphs, _gmm_scorer, _Stats, prepared_gmm_features
+    from asr_bn.lang import lexicon_fst, read_lang
+    from asr_bn.prep import prepare_kaldi
+    from asr_bn.synth import synthesize_corpus
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_gmm_"))
+    corpus = synthesize_corpus(work / "corpus", seed=0, size="full")
+    prep = work / "prep"
+    prepare_kaldi(corpus.data["train"], prep, FeaturePipeline())
+    feats, text, _ = prepared_gmm_features(prep)
+    lang = read_lang(corpus.lang)
+    tri = work / "tri1"
+    system, _ = train_deltas(feats, text, lang, corpus.ali["train"], tri,
+                             DeltasConfig(num_leaves=500, tot_gauss=2000, num_iters=4, realign_iters=(2,), max_iter_inc=3))
+    kaldiio.save_ark(str(work / "feats.ark"), feats)
+    lexicon_fst(lang, 0.5).write(str(work / "L.fst"))
+    (work / "disambig.int").write_text("".join(f"{i}\n" for i in lang.disambig_phone_ids))
+    (work / "text.int").write_text("".join(f"{u} {' '.join(str(lang.words[w]) for w in text[u].split())}\n"
+                                           for u in sorted(text)))
+    subprocess.run([str(a) for a in ["compile-train-graphs", f"--read-disambig-syms={work / 'disambig.int'}", tri / "tree",
+                    tri / "final.mdl", work / "L.fst", f"ark:{work / 'text.int'}", f"ark:{work / 'g.fsts'}"]],
+                   env=_env(), check=True, capture_output=True)
+    report = __import__("asr_bn.report", fromlist=["Report"]).Report("bench")
+    graphs = _compile_graphs(system, lang, text, sorted(text), 0.5, report)
+    scales = AlignConfig()
+    alis, _, _, _ = _align_all(system, _gmm_scorer(system, system.am, feats, 0.1), graphs, feats, 10, 40, scales)
+    from asr_bn.hmm_gmm import write_alignments
+
+    write_alignments(work / "ali", alis)
+    rng = np.random.default_rng(0)
+
+    def ours_iteration() -> float:
+        start = time.perf_counter()
+        stats = _Stats(system, feats, alis)
+        stats.update(system, 10.0, system.am.num_gauss, 0.25, rng)
+        return time.perf_counter() - start
+
+    def ours_align() -> float:
+        start = time.perf_counter()
+        _align_all(system, _gmm_scorer(system, system.am, feats, 0.1), graphs, feats, 10, 40, scales)
+        return time.perf_counter() - start
+
+    def kaldi(cmd: str) -> float:
+        start = time.perf_counter()
+        subprocess.run(["sh", "-c", cmd], env=_env(), check=True, capture_output=True)
+        return time.perf_counter() - start
+
+    mdl, fe = tri / "final.mdl", f"ark:{work / 'feats.ark'}"
+    kaldi_iteration = (f"gmm-acc-stats-ali {mdl} {fe} 'ark:gunzip -c {work / 'ali' / 'ali.1.gz'}|' {work / 'acc'} && "
+                       f"gmm-est --mix-up=0 {mdl} {work / 'acc'} {work / 'est.mdl'}")
+    kaldi_align = (f"gmm-align-compiled --transition-scale=1.0 --acoustic-scale=0.1 --self-loop-scale=0.1 --beam=10 "
+                   f"--retry-beam=40 {mdl} ark:{work / 'g.fsts'} {fe} ark:/dev/null")
+    print(f"{'step':10} {'asr-bn s':>9} {'Kaldi s':>8} {'ratio':>6}   ({args.runs} paired runs, medians; "
+          f"{len(feats)} utterances, {system.am.num_pdfs} pdfs, {system.am.num_gauss} Gaussians)")
+    for name, ours, cmd in (("iteration", ours_iteration, kaldi_iteration), ("align", ours_align, kaldi_align)):
+        pairs = [(ours(), kaldi(cmd)) for _ in range(args.runs)]
+        a, b = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+        print(f"{name:10} {a:9.3f} {b:8.3f} {statistics.median(p[0] / p[1] for p in pairs):6.2f}   (target: at most 1.5x)")
+
+
+if __name__ == "__main__":
+    main()
