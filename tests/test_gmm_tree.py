@@ -306,7 +306,99 @@ def test_train_deltas_refuses_nonsense_options() -> None:
     from asr_bn.errors import UsageError
     from asr_bn.gmm.train_deltas import DeltasConfig
 
+    from asr_bn.gmm.lda_mllt import LdaMlltConfig
+
     for bad in (DeltasConfig(num_leaves=0), DeltasConfig(num_leaves=500, tot_gauss=100),
-                DeltasConfig(num_iters=10, realign_iters=(12,))):
+                DeltasConfig(num_iters=10, realign_iters=(12,)), LdaMlltConfig(dim=92), LdaMlltConfig(context=-1),
+                LdaMlltConfig(num_iters=10, mllt_iters=(2, 10))):
         with pytest.raises(UsageError):
             bad.validate()
+
+
+@pytest.fixture(scope="module")
+def synth_tri2(synth_tri1, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201 - (system, projected feats, dir)
+    """A short train_lda_mllt run from the train_deltas system's alignments."""
+    from asr_bn.gmm.lda_mllt import LdaMlltConfig, train_lda_mllt
+
+    _, feats, text, lang, tri1, _ = synth_tri1
+    out = tmp_path_factory.mktemp("tri2") / "tri2"
+    cfg = LdaMlltConfig(num_leaves=100, tot_gauss=400, num_iters=8, max_iter_inc=5, realign_iters=(3, 6),
+                        mllt_iters=(2, 4))
+    system, report = train_lda_mllt(feats, text, lang, tri1, out, cfg)
+    return system, out, report
+
+
+def _static_ark(feats, path: Path) -> dict[str, np.ndarray]:  # noqa: ANN001 - the 13 static cepstra, written for Kaldi
+    import kaldiio
+
+    static = {u: np.ascontiguousarray(f[:, :13]) for u, f in feats.items()}
+    kaldiio.save_ark(str(path), static)
+    return static
+
+
+def test_lda_is_est_ldas(synth: Setup, synth_tri1, tmp_path: Path) -> None:  # noqa: ANN001
+    """Splicing and LDA on the previous alignments' pdfs (silence left out) against splice-feats + ali-to-post +
+    weight-silence-post + acc-lda (no random pruning) + est-lda: the same matrix, rows up to their sign."""
+    import kaldiio
+
+    from asr_bn.gmm.lda_mllt import _alignment_pdfs, estimate_lda, splice
+
+    _, feats, _, lang, tri1, _ = synth_tri1
+    sil = lang.phones[lang.silence_phone]
+    static = _static_ark(feats, tmp_path / "static.ark")
+    run_kaldi(synth.bundle, "splice-feats", "--left-context=3", "--right-context=3", f"ark:{tmp_path / 'static.ark'}",
+              f"ark:{tmp_path / 'spliced.ark'}")
+    spliced = {u: splice(x, 3) for u, x in static.items()}
+    kaldi_spliced = dict(kaldiio.load_ark(str(tmp_path / "spliced.ark")))
+    assert all(np.array_equal(kaldi_spliced[u], spliced[u]) for u in spliced)
+    run_kaldi(synth.bundle, "ali-to-post", f"ark:gunzip -c {tri1 / 'ali.1.gz'}|", f"ark:{tmp_path / 'post.ark'}")
+    run_kaldi(synth.bundle, "weight-silence-post", "0.0", str(sil), tri1 / "final.mdl", f"ark:{tmp_path / 'post.ark'}",
+              f"ark:{tmp_path / 'wpost.ark'}")
+    run_kaldi(synth.bundle, "acc-lda", "--rand-prune=0", tri1 / "final.mdl", f"ark:{tmp_path / 'spliced.ark'}",
+              f"ark:{tmp_path / 'wpost.ark'}", tmp_path / "lda.acc")
+    run_kaldi(synth.bundle, "est-lda", "--dim=40", tmp_path / "lda.mat", tmp_path / "lda.acc")
+    kaldi = kaldiio.load_mat(str(tmp_path / "lda.mat"))
+    pdfs, num_pdfs = _alignment_pdfs(tri1, [sil])
+    ours = estimate_lda(spliced, pdfs, num_pdfs, 40)
+    signs = np.sign((ours * kaldi).sum(1))
+    np.testing.assert_allclose(ours * signs[:, None], kaldi, atol=2e-5)
+
+
+def test_lda_mllt_system_against_kaldi(synth: Setup, synth_tri1, synth_tri2, tmp_path: Path) -> None:  # noqa: ANN001
+    """final.mat is what Kaldi's transform-feats applies; the MLLT update equals gmm-acc-mllt (no random pruning) +
+    est-mllt on the same model, features and alignments; Kaldi reads the model, tree and alignments."""
+    import kaldiio
+
+    from asr_bn.gmm.lda_mllt import mllt_stats, estimate_mllt, splice
+
+    _, feats, _, lang, _, _ = synth_tri1
+    system, tri2, report = synth_tri2
+    assert report.num_skipped == 0 and (tri2 / "splice_opts").read_text().split() == ["--left-context=3", "--right-context=3"]
+    sil = lang.phones[lang.silence_phone]
+    static = _static_ark(feats, tmp_path / "static.ark")
+    mat = kaldiio.load_mat(str(tri2 / "final.mat"))
+    assert mat.shape == (40, 91)
+    projected = {u: (splice(x, 3) @ mat.T).astype(np.float32) for u, x in static.items()}
+    kaldiio.save_ark(str(tmp_path / "spliced.ark"), {u: splice(x, 3) for u, x in static.items()})
+    run_kaldi(synth.bundle, "transform-feats", tri2 / "final.mat", f"ark:{tmp_path / 'spliced.ark'}",
+              f"ark:{tmp_path / 'proj.ark'}")
+    kaldi_projected = dict(kaldiio.load_ark(str(tmp_path / "proj.ark")))
+    assert all(np.allclose(kaldi_projected[u], projected[u], atol=1e-5) for u in projected)
+    tm = system.transition_model()
+    pdfs = {}
+    for labels in read_alignments(tri2):
+        pdf = tm.to_pdfs(np.asarray(labels.values)).astype(np.int64)
+        pdf[np.isin(tm.to_phones(np.asarray(labels.values)), [sil])] = -1
+        pdfs[labels.utt] = pdf
+    ours = estimate_mllt(*mllt_stats(system, projected, pdfs))
+    run_kaldi(synth.bundle, "ali-to-post", f"ark:gunzip -c {tri2 / 'ali.1.gz'}|", f"ark:{tmp_path / 'post.ark'}")
+    run_kaldi(synth.bundle, "weight-silence-post", "0.0", str(sil), tri2 / "final.mdl", f"ark:{tmp_path / 'post.ark'}",
+              f"ark:{tmp_path / 'wpost.ark'}")
+    run_kaldi(synth.bundle, "gmm-acc-mllt", "--rand-prune=0", tri2 / "final.mdl", f"ark:{tmp_path / 'proj.ark'}",
+              f"ark:{tmp_path / 'wpost.ark'}", tmp_path / "mllt.acc")
+    run_kaldi(synth.bundle, "est-mllt", tmp_path / "mllt.mat", tmp_path / "mllt.acc")
+    np.testing.assert_allclose(ours, kaldiio.load_mat(str(tmp_path / "mllt.mat")), atol=1e-5)
+    info = run_kaldi(synth.bundle, "gmm-info", tri2 / "final.mdl")
+    assert f"number of pdfs {system.am.num_pdfs}" in info and "feature dimension 40" in info
+    pdfs_text = run_kaldi(synth.bundle, "ali-to-pdf", tri2 / "final.mdl", f"ark:gunzip -c {tri2 / 'ali.1.gz'}|", "ark,t:-")
+    assert len(pdfs_text.splitlines()) == 40

@@ -14,7 +14,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -76,8 +76,22 @@ def train_deltas(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang:
     with GMM features `feats` (cepstra + Δ+ΔΔ) and transcripts `text`; returns the system and the report."""
     cfg = cfg or DeltasConfig()
     cfg.validate()
+    return train_tree_system("train_deltas", feats, text, lang, ali_dir, out_dir, cfg)
+
+
+FeatureHook = Callable[[int, GmmSystem, Mapping[str, list[int]]], "Mapping[str, np.ndarray] | None"]
+
+
+def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: Lang,
+                      ali_dir: str | Path, out_dir: str | Path, cfg: DeltasConfig,
+                      on_iteration: FeatureHook | None = None, extra_config: Mapping[str, Any] | None = None,
+                      write_extra: Callable[[Path], None] | None = None) -> tuple[GmmSystem, Report]:
+    """The steps every tree-based rung shares (train_deltas.sh, train_lda_mllt.sh): tree from the old alignments
+    on `feats`, initial model, converted alignments, then the training passes. `on_iteration(it, system, alis)`
+    runs before each pass's accumulation and may return new features (e.g. after an MLLT update); `write_extra`
+    writes the rung's own files into the exp dir before report.json."""
     ali_dir, out_dir = Path(ali_dir), Path(out_dir)
-    report = Report("train_deltas")
+    report = Report(name)
     utts = _check_inputs(feats, text, report)
     old_tm = read_transition_model(ali_dir / "final.mdl")
     alis = {labels.utt: labels.values for labels in read_alignments(ali_dir)}
@@ -99,15 +113,17 @@ def train_deltas(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang:
         alis = {u: a for u, a in alis.items() if u in graphs}
         if not alis:
             raise AsrBnError(f"no utterance of the features has an alignment in {ali_dir} (align this data first)")
-        history, alis, failed = _iterate(system, graphs, feats, alis, sil, cfg)
+        history, alis, failed = _iterate(system, graphs, feats, alis, sil, cfg, on_iteration)
         for utt in failed:
             report.skip(utt, "no alignment within the retry beam (last realignment)")
         system.save(out_dir, lang.phones)
         jobs = ali_dir / "num_jobs"
         write_alignments(out_dir, alis, int(jobs.read_text()) if jobs.is_file() else 1)
         write_text(out_dir / "iterations.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-        write_text(out_dir / "config.json", json.dumps({"deltas": {**dataclasses.asdict(cfg),
-                                                                   "realign_iters": list(cfg.realign_iters)}}, indent=2) + "\n")
+        options = {**dataclasses.asdict(cfg), "realign_iters": list(cfg.realign_iters)}
+        write_text(out_dir / "config.json", json.dumps({name: {**options, **(extra_config or {})}}, indent=2) + "\n")
+        if write_extra is not None:
+            write_extra(out_dir)
         report.counts.update({"utterances": len(utts), "aligned": len(alis), "leaves": info.num_leaves,
                               "gaussians": system.am.num_gauss, "frames": history[-1]["frames"]})
         report.save(out_dir / "report.json")
@@ -115,7 +131,8 @@ def train_deltas(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang:
 
 
 def _iterate(system: GmmSystem, graphs: Mapping[str, Any], feats: Mapping[str, np.ndarray],
-             alis: dict[str, list[int]], sil: int, cfg: DeltasConfig) -> tuple[list[dict[str, Any]], dict[str, list[int]], list[str]]:
+             alis: dict[str, list[int]], sil: int, cfg: DeltasConfig, on_iteration: FeatureHook | None
+             ) -> tuple[list[dict[str, Any]], dict[str, list[int]], list[str]]:
     """Passes 1 … num_iters-1 of train_deltas.sh: (one record per pass, the last alignments, the utterances the
     last realignment could not align)."""
     num_gauss = cfg.num_leaves  # as train_deltas.sh: the Gaussian target starts at the leaves asked for
@@ -132,6 +149,8 @@ def _iterate(system: GmmSystem, graphs: Mapping[str, Any], feats: Mapping[str, n
                 scales = AlignConfig()
                 scorer = _gmm_scorer(system, _boosted(system, [sil], cfg.boost_silence), feats, scales.acoustic_scale)
                 alis, failed, _, _ = _align_all(system, scorer, graphs, feats, cfg.beam, cfg.retry_beam, scales)
+            if on_iteration is not None:
+                feats = on_iteration(it, system, alis) or feats
             stats = _Stats(system, feats, alis)
             stats.update(system, 10.0, num_gauss, cfg.power, rng)
             history.append({"iter": it, "avg_like": stats.tot_like / max(stats.frames, 1), "frames": stats.frames,

@@ -1,0 +1,195 @@
+"""LDA+MLLT triphone systems, as Kaldi's steps/train_lda_mllt.sh (splice-feats, acc-lda/est-lda, gmm-acc-mllt/est-mllt).
+
+The static cepstra (speaker-normalised) of ±3 frames are spliced and projected to 40 dimensions by LDA, whose
+classes are the pdfs of the previous alignments (silence frames left out). During training, at `mllt_iters`, an
+MLLT (a square transform making the diagonal-covariance Gaussians fit better) is estimated, applied to the model's
+means and composed into the feature transform. The exp dir adds `final.mat` (the transform, a Kaldi matrix that
+Kaldi's transform-feats applies) and `splice_opts` to train_deltas's files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from asr_bn.alignments import read_alignments, read_transition_model
+from asr_bn.errors import AsrBnError, UsageError
+from asr_bn.gmm.train_deltas import DeltasConfig, train_tree_system
+from asr_bn.hmm_gmm import GmmSystem
+from asr_bn.io import atomic_open, write_text
+from asr_bn.lang import Lang
+from asr_bn.report import Report
+
+NUM_CEPS = 13  # the static part of the GMM features (cepstra + Δ + ΔΔ)
+
+
+@dataclass
+class LdaMlltConfig(DeltasConfig):
+    """train_lda_mllt.sh's options: train_deltas's, plus the LDA dimension, splicing and the MLLT iterations."""
+
+    dim: int = 40
+    context: int = 3  # frames spliced on each side (splice-feats --left-context/--right-context)
+    mllt_iters: tuple[int, ...] = (2, 4, 6, 12)
+
+    def validate(self) -> None:
+        super().validate()
+        spliced = NUM_CEPS * (2 * self.context + 1)
+        if not 1 <= self.dim <= spliced or self.context < 0:
+            raise UsageError(f"lda-mllt: dim {self.dim} must lie in 1..{spliced} (13 cepstra x {2 * self.context + 1} "
+                             f"spliced frames) and context {self.context} must be >= 0")
+        if any(not 1 <= i < self.num_iters for i in self.mllt_iters):
+            raise UsageError(f"lda-mllt: mllt_iters {self.mllt_iters} must lie in 1..{self.num_iters - 1}")
+
+
+def splice(x: np.ndarray, context: int) -> np.ndarray:
+    """Kaldi's splice-feats: each frame with `context` frames on each side (edge frames repeated), (T, D*(2c+1))."""
+    padded = np.concatenate([np.repeat(x[:1], context, 0), x, np.repeat(x[-1:], context, 0)])
+    return np.concatenate([padded[i : i + len(x)] for i in range(2 * context + 1)], axis=1)
+
+
+def estimate_lda(spliced: Mapping[str, np.ndarray], pdfs: Mapping[str, np.ndarray], num_pdfs: int,
+                 dim: int) -> np.ndarray:
+    """Kaldi's acc-lda (every frame of weight 1, no random pruning) + est-lda: the `dim` x D projection that
+    whitens the within-class covariance and keeps the directions of largest between-class variance (classes:
+    pdfs; frames with pdf -1 are left out)."""
+    d = next(iter(spliced.values())).shape[1]
+    count = np.zeros(num_pdfs)
+    first = np.zeros((num_pdfs, d))
+    second = np.zeros((d, d))
+    for utt, x in spliced.items():
+        keep = pdfs[utt] >= 0
+        x64, cls = x[keep].astype(np.float64), pdfs[utt][keep]
+        count += np.bincount(cls, minlength=num_pdfs)
+        np.add.at(first, cls, x64)
+        second += x64.T @ x64
+    total = count.sum()
+    if total == 0 or (count > 0).sum() <= dim:
+        raise AsrBnError(f"LDA needs more than {dim} classes with data (got {(count > 0).sum()} pdfs with frames); "
+                         f"use a smaller --dim or more data")
+    mean = first.sum(0) / total
+    total_covar = second / total - np.outer(mean, mean)
+    seen = count > 0
+    class_means = first[seen] / count[seen, None]
+    between = (class_means.T * (count[seen] / total)) @ class_means - np.outer(mean, mean)
+    within = total_covar - between
+    try:
+        chol = np.linalg.cholesky(within)
+    except np.linalg.LinAlgError:  # as Kaldi: smooth the diagonal and retry
+        chol = np.linalg.cholesky(within + np.eye(d) * 1e-3 * np.trace(within) / d)
+    inv = np.linalg.inv(chol)
+    values, vectors = np.linalg.eigh(inv @ between @ inv.T)
+    order = np.argsort(values)[::-1]
+    return (vectors[:, order].T @ inv)[:dim].astype(np.float32)
+
+
+def mllt_stats(system: GmmSystem, feats: Mapping[str, np.ndarray], pdfs: Mapping[str, np.ndarray]
+               ) -> tuple[float, np.ndarray]:
+    """Kaldi's gmm-acc-mllt (no random pruning): (β = total posterior, G with G[j] = Σ γ/σ²_j (x-μ)(x-μ)ᵀ)."""
+    dim = next(iter(feats.values())).shape[1]
+    by_pdf: dict[int, list[np.ndarray]] = {}
+    for utt, x in feats.items():
+        for pdf in np.unique(pdfs[utt][pdfs[utt] >= 0]):
+            by_pdf.setdefault(int(pdf), []).append(x[pdfs[utt] == pdf])
+    beta, g = 0.0, np.zeros((dim, dim, dim))
+    for pdf, parts in by_pdf.items():
+        x = np.concatenate(parts).astype(np.float64)
+        gmm = system.am.get_pdf(pdf)
+        inv_vars = np.asarray(gmm.inv_vars, np.float64)
+        means = np.asarray(gmm.means_invvars, np.float64) / inv_vars
+        loglikes = np.asarray(gmm.log_likelihoods_matrix(np.ascontiguousarray(x, np.float32)), np.float64)
+        post = np.exp(loglikes - loglikes.max(1, keepdims=True))
+        post /= post.sum(1, keepdims=True)
+        beta += post.sum()
+        for i in range(len(means)):
+            offset = x - means[i]
+            scatter = (offset * post[:, i, None]).T @ offset
+            g += inv_vars[i][:, None, None] * scatter[None]
+    return beta, g
+
+
+def estimate_mllt(beta: float, g: np.ndarray, iters: int = 200) -> np.ndarray:
+    """Kaldi's est-mllt (MlltAccs::Update from the identity): row by row, each row set to the maximiser of
+    β log|det A| - ½ Σ_j a_j G_j a_jᵀ given the others, `iters` sweeps."""
+    dim = len(g)
+    a = np.eye(dim)
+    g_inv = np.linalg.inv(g)
+    for _ in range(iters):
+        for i in range(dim):
+            cofactor = np.linalg.inv(a).T[i]
+            a[i] = np.sqrt(beta / (cofactor @ g_inv[i] @ cofactor)) * (g_inv[i] @ cofactor)
+    return a.astype(np.float32)
+
+
+def transform_means(system: GmmSystem, a: np.ndarray) -> None:
+    """Kaldi's gmm-transform-means: every Gaussian mean μ becomes Aμ (variances unchanged)."""
+    for pdf in range(system.am.num_pdfs):
+        gmm = system.am.get_pdf(pdf)
+        inv_vars = np.asarray(gmm.inv_vars, np.float32)
+        means = np.asarray(gmm.means_invvars, np.float32) / inv_vars
+        gmm.set_invvars_and_means(inv_vars, (means @ a.T).astype(np.float32))
+        gmm.compute_gconsts()
+
+
+def _alignment_pdfs(ali_dir: Path, silence: Sequence[int]) -> tuple[dict[str, np.ndarray], int]:
+    """Per utterance the pdf of every frame of the alignments in `ali_dir`, -1 on silence phones
+    (ali-to-post | weight-silence-post 0.0), and the model's number of pdfs."""
+    tm = read_transition_model(ali_dir / "final.mdl")
+    out = {}
+    for labels in read_alignments(ali_dir):
+        tids = np.asarray(labels.values)
+        pdf = tm.to_pdfs(tids, where=f"{labels.path} {labels.utt}").astype(np.int64)
+        pdf[np.isin(tm.to_phones(tids), silence)] = -1
+        out[labels.utt] = pdf
+    return out, tm.num_pdfs
+
+
+def _write_matrix(path: Path, m: np.ndarray) -> None:
+    """A Kaldi binary float matrix (what est-lda and compose-transforms write)."""
+    import kaldiio
+
+    with atomic_open(path, "wb", encoding=None) as f:
+        kaldiio.save_mat(f, np.asarray(m, np.float32))
+
+
+def train_lda_mllt(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: Lang, ali_dir: str | Path,
+                   out_dir: str | Path, cfg: LdaMlltConfig | None = None) -> tuple[GmmSystem, Report]:
+    """Train an LDA+MLLT triphone system from the alignments in `ali_dir` (e.g. of a train_deltas system) on the
+    GMM features `feats` (their 13 static cepstra are spliced); writes final.mat beside the model."""
+    cfg = cfg or LdaMlltConfig()
+    cfg.validate()
+    ali_dir = Path(ali_dir)
+    sil = lang.phones[lang.silence_phone]
+    spliced = {u: splice(np.asarray(f[:, :NUM_CEPS], np.float32), cfg.context) for u, f in feats.items()}
+    old_pdfs, num_pdfs = _alignment_pdfs(ali_dir, [sil])
+    common = {u: x for u, x in spliced.items() if u in old_pdfs and len(old_pdfs[u]) == len(x)}
+    lda = estimate_lda(common, old_pdfs, num_pdfs, cfg.dim)
+    transform = {"matrix": lda}
+
+    def project() -> dict[str, np.ndarray]:
+        return {u: (x @ transform["matrix"].T).astype(np.float32) for u, x in spliced.items()}
+
+    def mllt(it: int, system: GmmSystem, alis: Mapping[str, list[int]]) -> dict[str, np.ndarray] | None:
+        if it not in cfg.mllt_iters:
+            return None
+        tm = system.transition_model()
+        current = project()
+        pdfs = {}
+        for u, a in alis.items():
+            tids = np.asarray(a)
+            pdf = tm.to_pdfs(tids).astype(np.int64)
+            pdf[np.isin(tm.to_phones(tids), [sil])] = -1
+            pdfs[u] = pdf
+        a_mat = estimate_mllt(*mllt_stats(system, {u: current[u] for u in alis}, pdfs))
+        transform_means(system, a_mat)
+        transform["matrix"] = (a_mat.astype(np.float64) @ transform["matrix"]).astype(np.float32)
+        return project()
+
+    def write_extra(out: Path) -> None:
+        _write_matrix(out / "final.mat", transform["matrix"])
+        write_text(out / "splice_opts", f"--left-context={cfg.context} --right-context={cfg.context}\n")
+
+    return train_tree_system("train_lda_mllt", project(), text, lang, ali_dir, out_dir, cfg, on_iteration=mllt,
+                             extra_config={"mllt_iters": list(cfg.mllt_iters)}, write_extra=write_extra)
