@@ -318,20 +318,25 @@ class GmmSystem:
 
     @classmethod
     def load(cls, model_path: str | Path) -> "GmmSystem":
-        """Load a monophone Kaldi final.mdl (Kaldi's or ours, binary) into kaldi-hmm-gmm objects, e.g. to realign.
+        """Load a Kaldi GMM final.mdl (Kaldi's or ours, binary) into kaldi-hmm-gmm objects, e.g. to realign.
 
         Transition probabilities are restored through Kaldi's own MLE update fed with the model's probabilities.
+        The `tree` beside the model gives its pdfs (context-dependent systems); without one, the monophone tree.
         """
+        from asr_bn.decode import read_tree
+
         path = Path(model_path)
         tm = read_transition_model(path)
         head = tm.to_kaldi(binary=True)
         data = path.read_bytes()
         if not data.startswith(head):
             raise AsrBnError(f"{path} is not a binary Kaldi GMM model; convert it with gmm-copy --binary=true")
-        system = cls._build(tm.topology)
+        tree_path = path.parent / "tree"
+        system = cls._build(tm.topology, tree=read_tree(tree_path) if tree_path.is_file() else None)
         if _monophone_tuples(tm.topology, system.tree) != tm.tuples:
-            raise AsrBnError(f"{path} is not a monophone model (its transition states do not follow a monophone tree); "
-                             f"only models from steps/train_mono.sh or asr-bn's train_mono can be loaded")
+            which = "the tree beside it" if tree_path.is_file() else "a monophone tree (no tree file beside it)"
+            raise AsrBnError(f"{path}: its transition states do not follow {which}; give an exp dir's own final.mdl "
+                             f"and tree")
         if not (np.isfinite(tm.log_probs).all() and (tm.log_probs <= 1e-4).all()):
             raise AsrBnError(f"{path}: transition log-probabilities are not finite log-probabilities; the file is corrupt")
         cfg = khg.MleTransitionUpdateConfig()

@@ -257,13 +257,13 @@ def synth_tri1(synth: Setup, tmp_path_factory: pytest.TempPathFactory):  # noqa:
     out = tmp_path_factory.mktemp("tri1") / "tri1"
     cfg = DeltasConfig(num_leaves=100, tot_gauss=400, num_iters=8, max_iter_inc=5, realign_iters=(3, 6))
     system, report = train_deltas(feats, text, lang, corpus / "exp" / "ali_train", out, cfg)
-    return system, feats, text, lang, out, report
+    return system, feats, text, lang, out, report, prep
 
 
 def test_train_deltas_exp_dir_is_read_by_kaldi(synth: Setup, synth_tri1) -> None:  # noqa: ANN001
     import json
 
-    system, feats, _, _, out, report = synth_tri1
+    system, feats, _, _, out, report, _ = synth_tri1
     assert report.num_skipped == 0 and report.counts["aligned"] == len(feats) == 40
     history = [json.loads(line) for line in (out / "iterations.jsonl").read_text().splitlines()]
     assert len(history) == 7 and history[-1]["avg_like"] > history[0]["avg_like"] + 2  # realignment and mixing up help
@@ -283,7 +283,7 @@ def test_triphone_alignment_is_gmm_align_compileds(synth: Setup, synth_tri1, tmp
     from asr_bn.hmm_gmm import AlignConfig, align
     from asr_bn.lang import lexicon_fst
 
-    system, feats, text, lang, out, _ = synth_tri1
+    system, feats, text, lang, out, _, _ = synth_tri1
     align(system, feats, text, lang, tmp_path / "ali", AlignConfig())
     ours = {labels.utt: labels.values for labels in read_alignments(tmp_path / "ali")}
     kaldiio.save_ark(str(tmp_path / "feats.ark"), feats)
@@ -320,7 +320,7 @@ def synth_tri2(synth_tri1, tmp_path_factory: pytest.TempPathFactory):  # noqa: A
     """A short train_lda_mllt run from the train_deltas system's alignments."""
     from asr_bn.gmm.lda_mllt import LdaMlltConfig, train_lda_mllt
 
-    _, feats, text, lang, tri1, _ = synth_tri1
+    _, feats, text, lang, tri1, _, _ = synth_tri1
     out = tmp_path_factory.mktemp("tri2") / "tri2"
     cfg = LdaMlltConfig(num_leaves=100, tot_gauss=400, num_iters=8, max_iter_inc=5, realign_iters=(3, 6),
                         mllt_iters=(2, 4))
@@ -343,7 +343,7 @@ def test_lda_is_est_ldas(synth: Setup, synth_tri1, tmp_path: Path) -> None:  # n
 
     from asr_bn.gmm.lda_mllt import _alignment_pdfs, estimate_lda, splice
 
-    _, feats, _, lang, tri1, _ = synth_tri1
+    _, feats, _, lang, tri1, _, _ = synth_tri1
     sil = lang.phones[lang.silence_phone]
     static = _static_ark(feats, tmp_path / "static.ark")
     run_kaldi(synth.bundle, "splice-feats", "--left-context=3", "--right-context=3", f"ark:{tmp_path / 'static.ark'}",
@@ -371,7 +371,7 @@ def test_lda_mllt_system_against_kaldi(synth: Setup, synth_tri1, synth_tri2, tmp
 
     from asr_bn.gmm.lda_mllt import mllt_stats, estimate_mllt, splice
 
-    _, feats, _, lang, _, _ = synth_tri1
+    _, feats, _, lang, _, _, _ = synth_tri1
     system, tri2, report = synth_tri2
     assert report.num_skipped == 0 and (tri2 / "splice_opts").read_text().split() == ["--left-context=3", "--right-context=3"]
     sil = lang.phones[lang.silence_phone]
@@ -402,3 +402,86 @@ def test_lda_mllt_system_against_kaldi(synth: Setup, synth_tri1, synth_tri2, tmp
     assert f"number of pdfs {system.am.num_pdfs}" in info and "feature dimension 40" in info
     pdfs_text = run_kaldi(synth.bundle, "ali-to-pdf", tri2 / "final.mdl", f"ark:gunzip -c {tri2 / 'ali.1.gz'}|", "ark,t:-")
     assert len(pdfs_text.splitlines()) == 40
+
+
+def _speakers(prep: Path) -> dict[str, str]:
+    from asr_bn.data import load_data_dir
+    from asr_bn.report import Report
+
+    data = load_data_dir(prep, Report("test"))
+    return {u: data.utterances[u].speaker for u in data.utterances}
+
+
+def test_fmllr_is_gmm_est_fmllrs(synth: Setup, synth_tri1, synth_tri2, tmp_path: Path) -> None:  # noqa: ANN001
+    """Per-speaker fMLLR from the LDA+MLLT system's model, features and alignments (silence weight 0) against
+    ali-to-post | weight-silence-post | gmm-est-fmllr --spk2utt: the same matrices."""
+    import kaldiio
+
+    from asr_bn.gmm.sat import SatConfig, estimate_speaker_transforms, frame_weights, speaker_independent_features
+    from asr_bn.hmm_gmm import GmmSystem
+    from asr_bn.report import Report
+
+    _, feats, _, lang, _, _, prep = synth_tri1
+    _, tri2, _ = synth_tri2
+    sil = lang.phones[lang.silence_phone]
+    spk2utt: dict[str, list[str]] = {}
+    for utt, spk in sorted(_speakers(prep).items()):
+        spk2utt.setdefault(spk, []).append(utt)
+    si = speaker_independent_features(feats, tri2)
+    kaldiio.save_ark(str(tmp_path / "si.ark"), si)
+    (tmp_path / "spk2utt").write_text("".join(f"{s} {' '.join(u)}\n" for s, u in spk2utt.items()))
+    system = GmmSystem.load(tri2 / "final.mdl")
+    alis = {labels.utt: labels.values for labels in read_alignments(tri2)}
+    ours = estimate_speaker_transforms(system, si, frame_weights(system.transition_model(), alis, [sil], 0.0), spk2utt,
+                                       SatConfig(), Report("fmllr"))
+    run_kaldi(synth.bundle, "ali-to-post", f"ark:gunzip -c {tri2 / 'ali.1.gz'}|", f"ark:{tmp_path / 'post.ark'}")
+    run_kaldi(synth.bundle, "weight-silence-post", "0.0", str(sil), tri2 / "final.mdl", f"ark:{tmp_path / 'post.ark'}",
+              f"ark:{tmp_path / 'wpost.ark'}")
+    run_kaldi(synth.bundle, "gmm-est-fmllr", "--fmllr-update-type=full", f"--spk2utt=ark:{tmp_path / 'spk2utt'}",
+              tri2 / "final.mdl", f"ark:{tmp_path / 'si.ark'}", f"ark:{tmp_path / 'wpost.ark'}",
+              f"ark:{tmp_path / 'trans.ark'}")
+    kaldi = dict(kaldiio.load_ark(str(tmp_path / "trans.ark")))
+    assert set(kaldi) == set(ours) and len(ours) == 4
+    for spk in kaldi:
+        np.testing.assert_allclose(ours[spk], kaldi[spk], atol=1e-5)
+
+
+def test_sat_exp_dir_against_kaldi(synth: Setup, synth_tri1, synth_tri2, tmp_path: Path) -> None:  # noqa: ANN001
+    """train_sat: trans.1 applied by Kaldi's transform-feats --utt2spk gives the features asr-bn trained on; Kaldi
+    reads final.mdl, final.alimdl, tree and alignments; a speaker under --fmllr-min-count keeps the identity, counted."""
+    import kaldiio
+
+    from asr_bn.gmm.sat import SatConfig, apply_fmllr, speaker_independent_features, train_sat
+
+    _, feats, text, lang, _, _, prep = synth_tri1
+    _, tri2, _ = synth_tri2
+    utt2spk = _speakers(prep)
+    cfg = SatConfig(num_leaves=100, tot_gauss=400, num_iters=6, max_iter_inc=4, realign_iters=(3,), fmllr_iters=(2,))
+    system, report = train_sat(feats, text, utt2spk, lang, tri2, tmp_path / "tri3", cfg)
+    tri3 = tmp_path / "tri3"
+    assert report.num_skipped == 0 and (tri3 / "final.mat").read_bytes() == (tri2 / "final.mat").read_bytes()
+    si = speaker_independent_features(feats, tri2)
+    kaldiio.save_ark(str(tmp_path / "si.ark"), si)
+    (tmp_path / "utt2spk").write_text("".join(f"{u} {s}\n" for u, s in sorted(utt2spk.items())))
+    run_kaldi(synth.bundle, "transform-feats", f"--utt2spk=ark:{tmp_path / 'utt2spk'}", f"ark:{tri3 / 'trans.1'}",
+              f"ark:{tmp_path / 'si.ark'}", f"ark:{tmp_path / 'adapted.ark'}")
+    transforms = dict(kaldiio.load_ark(str(tri3 / "trans.1")))
+    for utt, x in kaldiio.load_ark(str(tmp_path / "adapted.ark")):
+        np.testing.assert_allclose(x, apply_fmllr(transforms[utt2spk[utt]], si[utt]), atol=1e-4)
+    for model in ("final.mdl", "final.alimdl"):
+        assert f"number of pdfs {system.am.num_pdfs}" in run_kaldi(synth.bundle, "gmm-info", tri3 / model)
+    assert len(run_kaldi(synth.bundle, "ali-to-pdf", tri3 / "final.mdl", f"ark:gunzip -c {tri3 / 'ali.1.gz'}|",
+                         "ark,t:-").splitlines()) == 40
+    from asr_bn.gmm.sat import estimate_speaker_transforms, frame_weights
+    from asr_bn.report import Report
+
+    few = Report("fmllr")
+    spk2utt: dict[str, list[str]] = {}
+    for utt, spk in sorted(utt2spk.items()):
+        spk2utt.setdefault(spk, []).append(utt)
+    alis = {labels.utt: labels.values for labels in read_alignments(tri3)}
+    weights = frame_weights(system.transition_model(), alis, [lang.phones[lang.silence_phone]], 0.0)
+    kept = estimate_speaker_transforms(system, si, weights, spk2utt, SatConfig(fmllr_min_count=1e9), few)
+    assert few.counts["speakers with too little data for fMLLR (identity kept)"] == 4 and len(few.notes) == 4
+    identity = np.concatenate([np.eye(40), np.zeros((40, 1))], axis=1)
+    assert all(np.array_equal(m, identity) for m in kept.values())

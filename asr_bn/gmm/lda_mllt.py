@@ -187,7 +187,7 @@ def train_lda_mllt(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lan
         transform["matrix"] = (a_mat.astype(np.float64) @ transform["matrix"]).astype(np.float32)
         return project()
 
-    def write_extra(out: Path) -> None:
+    def write_extra(out: Path, *_: object) -> None:
         _write_matrix(out / "final.mat", transform["matrix"])
         write_text(out / "splice_opts", f"--left-context={cfg.context} --right-context={cfg.context}\n")
 

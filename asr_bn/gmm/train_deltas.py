@@ -80,16 +80,17 @@ def train_deltas(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang:
 
 
 FeatureHook = Callable[[int, GmmSystem, Mapping[str, list[int]]], "Mapping[str, np.ndarray] | None"]
+ExtraWriter = Callable[[Path, GmmSystem, Mapping[str, list[int]], Mapping[str, np.ndarray]], None]
 
 
 def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: Lang,
                       ali_dir: str | Path, out_dir: str | Path, cfg: DeltasConfig,
                       on_iteration: FeatureHook | None = None, extra_config: Mapping[str, Any] | None = None,
-                      write_extra: Callable[[Path], None] | None = None) -> tuple[GmmSystem, Report]:
+                      write_extra: ExtraWriter | None = None) -> tuple[GmmSystem, Report]:
     """The steps every tree-based rung shares (train_deltas.sh, train_lda_mllt.sh): tree from the old alignments
     on `feats`, initial model, converted alignments, then the training passes. `on_iteration(it, system, alis)`
-    runs before each pass's accumulation and may return new features (e.g. after an MLLT update); `write_extra`
-    writes the rung's own files into the exp dir before report.json."""
+    runs before each pass's accumulation and may return new features (e.g. after an MLLT update);
+    `write_extra(out_dir, system, alignments, features)` writes the rung's own files before report.json."""
     ali_dir, out_dir = Path(ali_dir), Path(out_dir)
     report = Report(name)
     utts = _check_inputs(feats, text, report)
@@ -113,7 +114,7 @@ def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[
         alis = {u: a for u, a in alis.items() if u in graphs}
         if not alis:
             raise AsrBnError(f"no utterance of the features has an alignment in {ali_dir} (align this data first)")
-        history, alis, failed = _iterate(system, graphs, feats, alis, sil, cfg, on_iteration)
+        history, alis, failed, feats = _iterate(system, graphs, feats, alis, sil, cfg, on_iteration)
         for utt in failed:
             report.skip(utt, "no alignment within the retry beam (last realignment)")
         system.save(out_dir, lang.phones)
@@ -123,7 +124,7 @@ def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[
         options = {**dataclasses.asdict(cfg), "realign_iters": list(cfg.realign_iters)}
         write_text(out_dir / "config.json", json.dumps({name: {**options, **(extra_config or {})}}, indent=2) + "\n")
         if write_extra is not None:
-            write_extra(out_dir)
+            write_extra(out_dir, system, alis, feats)
         report.counts.update({"utterances": len(utts), "aligned": len(alis), "leaves": info.num_leaves,
                               "gaussians": system.am.num_gauss, "frames": history[-1]["frames"]})
         report.save(out_dir / "report.json")
@@ -132,9 +133,9 @@ def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[
 
 def _iterate(system: GmmSystem, graphs: Mapping[str, Any], feats: Mapping[str, np.ndarray],
              alis: dict[str, list[int]], sil: int, cfg: DeltasConfig, on_iteration: FeatureHook | None
-             ) -> tuple[list[dict[str, Any]], dict[str, list[int]], list[str]]:
+             ) -> tuple[list[dict[str, Any]], dict[str, list[int]], list[str], Mapping[str, np.ndarray]]:
     """Passes 1 … num_iters-1 of train_deltas.sh: (one record per pass, the last alignments, the utterances the
-    last realignment could not align)."""
+    last realignment could not align, the features of the last pass)."""
     num_gauss = cfg.num_leaves  # as train_deltas.sh: the Gaussian target starts at the leaves asked for
     inc_gauss = (cfg.tot_gauss - num_gauss) // cfg.max_iter_inc
     rng = np.random.default_rng(cfg.seed)
@@ -159,4 +160,4 @@ def _iterate(system: GmmSystem, graphs: Mapping[str, Any], feats: Mapping[str, n
             if it <= cfg.max_iter_inc:
                 num_gauss += inc_gauss
             bar.update(task, advance=1, info=f"like/frame {history[-1]['avg_like']:.3f}, {system.am.num_gauss} Gaussians")
-    return history, alis, failed
+    return history, alis, failed, feats

@@ -1,0 +1,232 @@
+"""Speaker-adaptive training with fMLLR, as Kaldi's steps/train_sat.sh (gmm-est-fmllr, compose-transforms,
+gmm-acc-stats-twofeats).
+
+Each speaker gets an affine feature transform x ↦ Ax + b (fMLLR, "full" type) that raises the likelihood of its
+aligned non-silence frames under the model; the model is trained on the transformed features, the transforms are
+re-estimated at `fmllr_iters` and composed with the previous ones. A speaker with fewer than `fmllr_min_count`
+frames keeps the identity (Kaldi's fallback), counted in the report. The exp dir adds `trans.N` (per-speaker
+transforms, Kaldi matrices that transform-feats --utt2spk applies), `final.alimdl` (the speaker-independent model
+for first-pass alignment and decoding) and, on LDA+MLLT features, `final.mat` and `splice_opts`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from asr_bn.alignments import TransitionModel, read_alignments
+from asr_bn.gmm.lda_mllt import NUM_CEPS, splice
+from asr_bn.gmm.train_deltas import DeltasConfig, train_tree_system
+from asr_bn.hmm_gmm import GmmSystem, _am_bytes
+from asr_bn.io import atomic_open
+from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
+from asr_bn.lang import Lang
+from asr_bn.report import Report
+
+
+@dataclass
+class SatConfig(DeltasConfig):
+    """train_sat.sh's options: train_deltas's (with its power 0.2), the fMLLR iterations and gmm-est-fmllr's."""
+
+    power: float = 0.2
+    fmllr_iters: tuple[int, ...] = (2, 4, 6, 12)
+    silence_weight: float = 0.0
+    fmllr_min_count: float = 500.0  # FmllrOptions::min_count
+    fmllr_num_iters: int = 40  # FmllrOptions::num_iters
+
+    def validate(self) -> None:
+        super().validate()
+        if any(not 1 <= i < self.num_iters for i in self.fmllr_iters) or self.fmllr_num_iters < 1:
+            from asr_bn.errors import UsageError
+
+            raise UsageError(f"sat: fmllr_iters {self.fmllr_iters} must lie in 1..{self.num_iters - 1} and "
+                             f"fmllr_num_iters >= 1")
+
+
+def frame_weights(tm: TransitionModel, alis: Mapping[str, Sequence[int]], silence: Sequence[int],
+                  silence_weight: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per utterance (pdf of each frame, its weight): ali-to-post | weight-silence-post."""
+    out = {}
+    for utt, ali in alis.items():
+        tids = np.asarray(ali)
+        weight = np.where(np.isin(tm.to_phones(tids), silence), silence_weight, 1.0)
+        out[utt] = (tm.to_pdfs(tids).astype(np.int64), weight)
+    return out
+
+
+def fmllr_stats(system: GmmSystem, feats: Sequence[np.ndarray], weights: Sequence[tuple[np.ndarray, np.ndarray]]
+                ) -> tuple[float, np.ndarray, np.ndarray]:
+    """FmllrDiagGmmAccs (full): β = Σγ, K = Σ γ Σ⁻¹μ x⁺ᵀ (d×(d+1)), G[j] = Σ γ/σ²_j x⁺x⁺ᵀ, with x⁺ = (x, 1) and γ
+    the component posteriors of each frame's pdf times the frame's weight."""
+    dim = feats[0].shape[1]
+    x_all = np.concatenate(feats).astype(np.float64)
+    pdf_all = np.concatenate([p for p, _ in weights])
+    w_all = np.concatenate([w for _, w in weights])
+    a, b = np.zeros((len(x_all), dim)), np.zeros((len(x_all), dim))
+    for pdf in np.unique(pdf_all[w_all > 0]):
+        rows = np.flatnonzero((pdf_all == pdf) & (w_all > 0))
+        gmm = system.am.get_pdf(int(pdf))
+        loglikes = np.asarray(gmm.log_likelihoods_matrix(np.ascontiguousarray(x_all[rows], np.float32)), np.float64)
+        post = np.exp(loglikes - loglikes.max(1, keepdims=True))
+        post *= (w_all[rows] / post.sum(1))[:, None]
+        a[rows] = post @ np.asarray(gmm.means_invvars, np.float64)
+        b[rows] = post @ np.asarray(gmm.inv_vars, np.float64)
+    used = w_all > 0
+    xplus = np.concatenate([x_all[used], np.ones((used.sum(), 1))], axis=1)
+    beta = float(w_all[used].sum())
+    k = a[used].T @ xplus
+    g = np.einsum("tj,ta,tb->jab", b[used], xplus, xplus, optimize=True)
+    return beta, k, g
+
+
+def _auxf(w: np.ndarray, beta: float, k: np.ndarray, g: np.ndarray) -> float:
+    """FmllrAuxFuncDiagGmm: β log|det A| + Σ_j (w_j·k_j - ½ w_j G_j w_jᵀ)."""
+    dim = len(w)
+    return float(beta * np.log(abs(np.linalg.det(w[:, :dim]))) + (w * k).sum()
+                 - 0.5 * np.einsum("ja,jab,jb->", w, g, w))
+
+
+def estimate_fmllr(beta: float, k: np.ndarray, g: np.ndarray, num_iters: int = 40) -> np.ndarray:
+    """ComputeFmllrMatrixDiagGmmFull from the identity: row by row, each row set to the maximiser of the auxiliary
+    function given the others (the root of a quadratic along the cofactor), `num_iters` sweeps; the identity stays if
+    the objective did not rise."""
+    dim = len(k)
+    w = np.concatenate([np.eye(dim), np.zeros((dim, 1))], axis=1)
+    g_inv = np.linalg.inv(g)
+    before = _auxf(w, beta, k, g)
+    for _ in range(num_iters):
+        for i in range(dim):
+            cofactor = np.append(np.linalg.inv(w[:, :dim].T)[i], 0.0)
+            c_g = g_inv[i] @ cofactor
+            e1, e2 = c_g @ cofactor, c_g @ k[i]
+            discr = np.sqrt(e2 * e2 + 4 * e1 * beta)
+            roots = ((-e2 + discr) / (2 * e1), (-e2 - discr) / (2 * e1))
+            auxf = [beta * np.log(abs(a * e1 + e2)) - 0.5 * a * a * e1 for a in roots]
+            alpha = roots[0] if auxf[0] > auxf[1] else roots[1]
+            w[i] = g_inv[i] @ (alpha * cofactor + k[i])
+    after = _auxf(w, beta, k, g)
+    if after < before and not np.isclose(after, before):
+        return np.concatenate([np.eye(dim), np.zeros((dim, 1))], axis=1).astype(np.float32)
+    return w.astype(np.float32)
+
+
+def apply_fmllr(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """transform-feats with an affine matrix: x ↦ Ax + b, rows of `x` are frames."""
+    dim = w.shape[0]
+    return (x @ w[:, :dim].T.astype(np.float64) + w[:, dim]).astype(np.float32)
+
+
+def compose(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """compose-transforms --b-is-affine=true NEW OLD: the transform applying OLD then NEW."""
+    dim = new.shape[0]
+    a = new[:, :dim].astype(np.float64)
+    return np.concatenate([a @ old[:, :dim], (a @ old[:, dim] + new[:, dim])[:, None]], axis=1).astype(np.float32)
+
+
+def estimate_speaker_transforms(system: GmmSystem, feats: Mapping[str, np.ndarray],
+                                weights: Mapping[str, tuple[np.ndarray, np.ndarray]], spk2utt: Mapping[str, list[str]],
+                                cfg: SatConfig, report: Report) -> dict[str, np.ndarray]:
+    """gmm-est-fmllr --spk2utt: one transform per speaker (the identity below `fmllr_min_count` frames, counted)."""
+    out = {}
+    for spk, utts in spk2utt.items():
+        utts = [u for u in utts if u in weights and u in feats]
+        dim = next(iter(feats.values())).shape[1]
+        if utts:
+            beta, k, g = fmllr_stats(system, [feats[u] for u in utts], [weights[u] for u in utts])
+        else:
+            beta = 0.0
+        if beta > cfg.fmllr_min_count:
+            out[spk] = estimate_fmllr(beta, k, g, cfg.fmllr_num_iters)
+        else:
+            out[spk] = np.concatenate([np.eye(dim), np.zeros((dim, 1))], axis=1).astype(np.float32)
+            report.counts["speakers with too little data for fMLLR (identity kept)"] = (
+                report.counts.get("speakers with too little data for fMLLR (identity kept)", 0) + 1)
+            report.note(f"speaker {spk}: {beta:.0f} weighted frames, below --fmllr-min-count {cfg.fmllr_min_count:g}: "
+                        f"its fMLLR transform is the identity")
+    return out
+
+
+def speaker_independent_features(feats: Mapping[str, np.ndarray], ali_dir: Path) -> dict[str, np.ndarray]:
+    """The features of the system in `ali_dir`: its LDA+MLLT transform of the spliced static cepstra when it has a
+    final.mat, else the GMM features themselves (cepstra + Δ+ΔΔ)."""
+    mat_path = ali_dir / "final.mat"
+    if not mat_path.is_file():
+        return dict(feats)
+    import kaldiio
+
+    mat = kaldiio.load_mat(str(mat_path))
+    context = (mat.shape[1] // NUM_CEPS - 1) // 2
+    return {u: (splice(np.asarray(f[:, :NUM_CEPS], np.float32), context) @ mat.T).astype(np.float32)
+            for u, f in feats.items()}
+
+
+def train_sat(feats: Mapping[str, np.ndarray], text: Mapping[str, str], utt2spk: Mapping[str, str], lang: Lang,
+              ali_dir: str | Path, out_dir: str | Path, cfg: SatConfig | None = None) -> tuple[GmmSystem, Report]:
+    """Train a speaker-adapted system (steps/train_sat.sh) from the alignments in `ali_dir` (e.g. of an LDA+MLLT
+    system, whose final.mat it keeps) on the GMM features `feats`; `utt2spk` groups utterances by speaker."""
+    cfg = cfg or SatConfig()
+    cfg.validate()
+    ali_dir = Path(ali_dir)
+    sil = lang.phones[lang.silence_phone]
+    si_feats = speaker_independent_features(feats, ali_dir)
+    spk2utt: dict[str, list[str]] = {}
+    for utt in sorted(si_feats):
+        spk2utt.setdefault(utt2spk.get(utt, utt), []).append(utt)
+    first = Report("fmllr")
+    old = GmmSystem.load(ali_dir / "final.mdl")
+    old_alis = {labels.utt: labels.values for labels in read_alignments(ali_dir)}
+    transforms = estimate_speaker_transforms(old, si_feats, frame_weights(old.transition_model(), old_alis, [sil],
+                                                                          cfg.silence_weight), spk2utt, cfg, first)
+    speaker_of = {u: s for s, utts in spk2utt.items() for u in utts}
+
+    def adapted() -> dict[str, np.ndarray]:
+        return {u: apply_fmllr(transforms[speaker_of[u]], x) for u, x in si_feats.items()}
+
+    def refit(it: int, system: GmmSystem, alis: Mapping[str, list[int]]) -> dict[str, np.ndarray] | None:
+        if it not in cfg.fmllr_iters:
+            return None
+        current = adapted()
+        new = estimate_speaker_transforms(system, current, frame_weights(system.transition_model(), alis, [sil],
+                                                                         cfg.silence_weight), spk2utt, cfg, Report("fmllr"))
+        for spk in transforms:
+            transforms[spk] = compose(new[spk], transforms[spk])
+        return adapted()
+
+    def write_extra(out: Path, system: GmmSystem, alis: Mapping[str, list[int]], current: Mapping[str, np.ndarray]) -> None:
+        import kaldiio
+
+        with atomic_open(out / "trans.1", "wb", encoding=None) as f:
+            kaldiio.save_ark(f, {s: transforms[s] for s in sorted(transforms)})
+        for name in ("final.mat", "splice_opts"):
+            if (ali_dir / name).is_file():
+                shutil.copyfile(ali_dir / name, out / name)
+        with atomic_open(out / "final.alimdl", "wb", encoding=None) as f:
+            f.write(_alignment_model(system, alis, current, si_feats))
+
+    system, report = train_tree_system("train_sat", adapted(), text, lang, ali_dir, out_dir, cfg, on_iteration=refit,
+                                       extra_config={"fmllr_iters": list(cfg.fmllr_iters)}, write_extra=write_extra)
+    for key, value in first.counts.items():
+        report.counts[f"{key} (first pass)"] = value
+    return system, report
+
+
+def _alignment_model(system: GmmSystem, alis: Mapping[str, list[int]], adapted: Mapping[str, np.ndarray],
+                     si_feats: Mapping[str, np.ndarray]) -> bytes:
+    """final.alimdl (gmm-acc-stats-twofeats + gmm-est --remove-low-count-gaussians=false): the model re-estimated on
+    the speaker-independent features with the adapted model's posteriors, for first-pass alignment and decoding."""
+    tid2pdf = np.asarray(system.trans_model.transition_id_to_pdf_array(), dtype=np.int64)
+    acc = khg.AccumAmDiagGmm()
+    acc.init(system.am, int(khg.GmmUpdateFlags.kGmmAll))
+    for utt, ali in alis.items():
+        for x1, x2, pdf in zip(adapted[utt], si_feats[utt], tid2pdf[np.asarray(ali)].tolist()):
+            acc.accumulate_for_gmm_two_feats(system.am, x1, x2, pdf, 1.0)
+    am = khg.AmDiagGmm()
+    am.copy_from_am_diag_gmm(system.am)
+    opts = khg.MleDiagGmmOptions()
+    opts.remove_low_count_gaussians = False
+    khg.mle_am_diag_gmm_update(opts, acc, int(khg.str_to_gmm_flags("mvw")), am)
+    return system.transition_model().to_kaldi(binary=True) + _am_bytes(am)
