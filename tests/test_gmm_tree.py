@@ -446,19 +446,30 @@ def test_fmllr_is_gmm_est_fmllrs(synth: Setup, synth_tri1, synth_tri2, tmp_path:
         np.testing.assert_allclose(ours[spk], kaldi[spk], atol=1e-5)
 
 
-def test_sat_exp_dir_against_kaldi(synth: Setup, synth_tri1, synth_tri2, tmp_path: Path) -> None:  # noqa: ANN001
+@pytest.fixture(scope="module")
+def synth_tri3(synth_tri1, synth_tri2, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201
+    """A short train_sat run from the LDA+MLLT system's alignments: (system, exp dir, report)."""
+    from asr_bn.gmm.sat import SatConfig, train_sat
+
+    _, feats, text, lang, _, _, prep = synth_tri1
+    _, tri2, _ = synth_tri2
+    cfg = SatConfig(num_leaves=100, tot_gauss=400, num_iters=6, max_iter_inc=4, realign_iters=(3,), fmllr_iters=(2,))
+    out = tmp_path_factory.mktemp("tri3") / "tri3"
+    system, report = train_sat(feats, text, _speakers(prep), lang, tri2, out, cfg)
+    return system, out, report
+
+
+def test_sat_exp_dir_against_kaldi(synth: Setup, synth_tri1, synth_tri2, synth_tri3, tmp_path: Path) -> None:  # noqa: ANN001
     """train_sat: trans.1 applied by Kaldi's transform-feats --utt2spk gives the features asr-bn trained on; Kaldi
     reads final.mdl, final.alimdl, tree and alignments; a speaker under --fmllr-min-count keeps the identity, counted."""
     import kaldiio
 
-    from asr_bn.gmm.sat import SatConfig, apply_fmllr, speaker_independent_features, train_sat
+    from asr_bn.gmm.sat import SatConfig, apply_fmllr, speaker_independent_features
 
     _, feats, text, lang, _, _, prep = synth_tri1
     _, tri2, _ = synth_tri2
+    system, tri3, report = synth_tri3
     utt2spk = _speakers(prep)
-    cfg = SatConfig(num_leaves=100, tot_gauss=400, num_iters=6, max_iter_inc=4, realign_iters=(3,), fmllr_iters=(2,))
-    system, report = train_sat(feats, text, utt2spk, lang, tri2, tmp_path / "tri3", cfg)
-    tri3 = tmp_path / "tri3"
     assert report.num_skipped == 0 and (tri3 / "final.mat").read_bytes() == (tri2 / "final.mat").read_bytes()
     si = speaker_independent_features(feats, tri2)
     kaldiio.save_ark(str(tmp_path / "si.ark"), si)
@@ -485,3 +496,56 @@ def test_sat_exp_dir_against_kaldi(synth: Setup, synth_tri1, synth_tri2, tmp_pat
     assert few.counts["speakers with too little data for fMLLR (identity kept)"] == 4 and len(few.notes) == 4
     identity = np.concatenate([np.eye(40), np.zeros((40, 1))], axis=1)
     assert all(np.array_equal(m, identity) for m in kept.values())
+
+
+def test_align_fmllr_is_kaldis(synth: Setup, synth_tri1, synth_tri3, tmp_path: Path) -> None:  # noqa: ANN001
+    """align_fmllr against Kaldi's align_fmllr.sh pipeline on the same SAT system, features and graphs:
+    gmm-align-compiled with final.alimdl, ali-to-post | weight-silence-post | gmm-post-to-gpost | gmm-est-fmllr-gpost,
+    then gmm-align-compiled with final.mdl on the adapted features: the same transforms, >= 99 % of frames agree."""
+    import kaldiio
+
+    from asr_bn.gmm.sat import align_fmllr, speaker_independent_features
+    from asr_bn.lang import lexicon_fst
+
+    _, feats, text, lang, _, _, prep = synth_tri1
+    _, tri3, _ = synth_tri3
+    utt2spk = _speakers(prep)
+    report = align_fmllr(tri3, feats, text, utt2spk, lang, tmp_path / "ali")
+    assert report.counts["aligned"] == 40 and report.num_skipped == 0
+    ours = {labels.utt: labels.values for labels in read_alignments(tmp_path / "ali")}
+    k = synth.bundle
+    si = tmp_path / "si.ark"
+    kaldiio.save_ark(str(si), speaker_independent_features(feats, tri3))
+    lexicon_fst(lang, 0.5).write(str(tmp_path / "L.fst"))
+    (tmp_path / "disambig.int").write_text("".join(f"{i}\n" for i in lang.disambig_phone_ids))
+    (tmp_path / "text.int").write_text("".join(f"{u} {' '.join(str(lang.words[w]) for w in text[u].split())}\n"
+                                               for u in sorted(text)))
+    spk2utt: dict[str, list[str]] = {}
+    for utt, spk in sorted(utt2spk.items()):
+        spk2utt.setdefault(spk, []).append(utt)
+    (tmp_path / "spk2utt").write_text("".join(f"{s} {' '.join(u)}\n" for s, u in spk2utt.items()))
+    (tmp_path / "utt2spk").write_text("".join(f"{u} {s}\n" for u, s in sorted(utt2spk.items())))
+    g, scales = f"ark:{tmp_path / 'g.fsts'}", ["--transition-scale=1.0", "--acoustic-scale=0.1", "--self-loop-scale=0.1",
+                                               "--beam=10", "--retry-beam=40"]
+    run_kaldi(k, "compile-train-graphs", f"--read-disambig-syms={tmp_path / 'disambig.int'}", tri3 / "tree",
+              tri3 / "final.mdl", tmp_path / "L.fst", f"ark:{tmp_path / 'text.int'}", g)
+    run_kaldi(k, "gmm-align-compiled", *scales, tri3 / "final.alimdl", g, f"ark:{si}", f"ark:{tmp_path / 'pre.ali'}")
+    sil = str(lang.phones[lang.silence_phone])
+    run_kaldi(k, "ali-to-post", f"ark:{tmp_path / 'pre.ali'}", f"ark:{tmp_path / 'post'}")
+    run_kaldi(k, "weight-silence-post", "0.0", sil, tri3 / "final.alimdl", f"ark:{tmp_path / 'post'}",
+              f"ark:{tmp_path / 'wpost'}")
+    run_kaldi(k, "gmm-post-to-gpost", tri3 / "final.alimdl", f"ark:{si}", f"ark:{tmp_path / 'wpost'}",
+              f"ark:{tmp_path / 'gpost'}")
+    run_kaldi(k, "gmm-est-fmllr-gpost", "--fmllr-update-type=full", f"--spk2utt=ark:{tmp_path / 'spk2utt'}",
+              tri3 / "final.mdl", f"ark:{si}", f"ark:{tmp_path / 'gpost'}", f"ark:{tmp_path / 'trans'}")
+    kaldi_trans = dict(kaldiio.load_ark(str(tmp_path / "trans")))
+    our_trans = dict(kaldiio.load_ark(str(tmp_path / "ali" / "trans.1")))
+    for spk in kaldi_trans:
+        np.testing.assert_allclose(our_trans[spk], kaldi_trans[spk], atol=1e-4)
+    run_kaldi(k, "transform-feats", f"--utt2spk=ark:{tmp_path / 'utt2spk'}", f"ark:{tmp_path / 'trans'}", f"ark:{si}",
+              f"ark:{tmp_path / 'adapted.ark'}")
+    text_ali = run_kaldi(k, "gmm-align-compiled", *scales, tri3 / "final.mdl", g, f"ark:{tmp_path / 'adapted.ark'}",
+                         "ark,t:-")
+    kaldi = {line.split()[0]: np.array(line.split()[1:], int) for line in text_ali.splitlines()}
+    same = sum(int((np.asarray(ours[u]) == kaldi[u]).sum()) for u in kaldi)
+    assert set(kaldi) == set(ours) and same / sum(len(a) for a in kaldi.values()) >= 0.99

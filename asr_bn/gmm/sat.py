@@ -21,8 +21,9 @@ import numpy as np
 from asr_bn.alignments import TransitionModel, read_alignments
 from asr_bn.gmm.lda_mllt import NUM_CEPS, splice
 from asr_bn.gmm.train_deltas import DeltasConfig, train_tree_system
-from asr_bn.hmm_gmm import GmmSystem, _am_bytes
-from asr_bn.io import atomic_open
+from asr_bn.hmm_gmm import (AlignConfig, GmmSystem, _align_all, _am_bytes, _boosted, _check_inputs, _compile_graphs,
+                            _gmm_scorer, write_alignments)
+from asr_bn.io import OutputLock, atomic_open
 from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
 from asr_bn.lang import Lang
 from asr_bn.report import Report
@@ -58,10 +59,11 @@ def frame_weights(tm: TransitionModel, alis: Mapping[str, Sequence[int]], silenc
     return out
 
 
-def fmllr_stats(system: GmmSystem, feats: Sequence[np.ndarray], weights: Sequence[tuple[np.ndarray, np.ndarray]]
-                ) -> tuple[float, np.ndarray, np.ndarray]:
+def fmllr_stats(system: GmmSystem, feats: Sequence[np.ndarray], weights: Sequence[tuple[np.ndarray, np.ndarray]],
+                posterior_am: "khg.AmDiagGmm | None" = None) -> tuple[float, np.ndarray, np.ndarray]:
     """FmllrDiagGmmAccs (full): β = Σγ, K = Σ γ Σ⁻¹μ x⁺ᵀ (d×(d+1)), G[j] = Σ γ/σ²_j x⁺x⁺ᵀ, with x⁺ = (x, 1) and γ
-    the component posteriors of each frame's pdf times the frame's weight."""
+    the component posteriors of each frame's pdf times the frame's weight (gmm-est-fmllr); with `posterior_am`, the
+    posteriors come from that model's Gaussians (gmm-post-to-gpost | gmm-est-fmllr-gpost, as align_fmllr.sh)."""
     dim = feats[0].shape[1]
     x_all = np.concatenate(feats).astype(np.float64)
     pdf_all = np.concatenate([p for p, _ in weights])
@@ -70,7 +72,8 @@ def fmllr_stats(system: GmmSystem, feats: Sequence[np.ndarray], weights: Sequenc
     for pdf in np.unique(pdf_all[w_all > 0]):
         rows = np.flatnonzero((pdf_all == pdf) & (w_all > 0))
         gmm = system.am.get_pdf(int(pdf))
-        loglikes = np.asarray(gmm.log_likelihoods_matrix(np.ascontiguousarray(x_all[rows], np.float32)), np.float64)
+        scorer = (posterior_am or system.am).get_pdf(int(pdf))
+        loglikes = np.asarray(scorer.log_likelihoods_matrix(np.ascontiguousarray(x_all[rows], np.float32)), np.float64)
         post = np.exp(loglikes - loglikes.max(1, keepdims=True))
         post *= (w_all[rows] / post.sum(1))[:, None]
         a[rows] = post @ np.asarray(gmm.means_invvars, np.float64)
@@ -129,14 +132,15 @@ def compose(new: np.ndarray, old: np.ndarray) -> np.ndarray:
 
 def estimate_speaker_transforms(system: GmmSystem, feats: Mapping[str, np.ndarray],
                                 weights: Mapping[str, tuple[np.ndarray, np.ndarray]], spk2utt: Mapping[str, list[str]],
-                                cfg: SatConfig, report: Report) -> dict[str, np.ndarray]:
+                                cfg: SatConfig, report: Report,
+                                posterior_am: "khg.AmDiagGmm | None" = None) -> dict[str, np.ndarray]:
     """gmm-est-fmllr --spk2utt: one transform per speaker (the identity below `fmllr_min_count` frames, counted)."""
     out = {}
     for spk, utts in spk2utt.items():
         utts = [u for u in utts if u in weights and u in feats]
         dim = next(iter(feats.values())).shape[1]
         if utts:
-            beta, k, g = fmllr_stats(system, [feats[u] for u in utts], [weights[u] for u in utts])
+            beta, k, g = fmllr_stats(system, [feats[u] for u in utts], [weights[u] for u in utts], posterior_am)
         else:
             beta = 0.0
         if beta > cfg.fmllr_min_count:
@@ -173,9 +177,7 @@ def train_sat(feats: Mapping[str, np.ndarray], text: Mapping[str, str], utt2spk:
     ali_dir = Path(ali_dir)
     sil = lang.phones[lang.silence_phone]
     si_feats = speaker_independent_features(feats, ali_dir)
-    spk2utt: dict[str, list[str]] = {}
-    for utt in sorted(si_feats):
-        spk2utt.setdefault(utt2spk.get(utt, utt), []).append(utt)
+    spk2utt = _spk2utt(si_feats, utt2spk)
     first = Report("fmllr")
     old = GmmSystem.load(ali_dir / "final.mdl")
     old_alis = {labels.utt: labels.values for labels in read_alignments(ali_dir)}
@@ -197,13 +199,7 @@ def train_sat(feats: Mapping[str, np.ndarray], text: Mapping[str, str], utt2spk:
         return adapted()
 
     def write_extra(out: Path, system: GmmSystem, alis: Mapping[str, list[int]], current: Mapping[str, np.ndarray]) -> None:
-        import kaldiio
-
-        with atomic_open(out / "trans.1", "wb", encoding=None) as f:
-            kaldiio.save_ark(f, {s: transforms[s] for s in sorted(transforms)})
-        for name in ("final.mat", "splice_opts"):
-            if (ali_dir / name).is_file():
-                shutil.copyfile(ali_dir / name, out / name)
+        _write_transforms(out, ali_dir, transforms)
         with atomic_open(out / "final.alimdl", "wb", encoding=None) as f:
             f.write(_alignment_model(system, alis, current, si_feats))
 
@@ -230,3 +226,63 @@ def _alignment_model(system: GmmSystem, alis: Mapping[str, list[int]], adapted: 
     opts.remove_low_count_gaussians = False
     khg.mle_am_diag_gmm_update(opts, acc, int(khg.str_to_gmm_flags("mvw")), am)
     return system.transition_model().to_kaldi(binary=True) + _am_bytes(am)
+
+
+def _spk2utt(utts: Mapping[str, object], utt2spk: Mapping[str, str]) -> dict[str, list[str]]:
+    """Speaker → its utterances (sorted); an utterance without a speaker is its own speaker."""
+    out: dict[str, list[str]] = {}
+    for utt in sorted(utts):
+        out.setdefault(utt2spk.get(utt, utt), []).append(utt)
+    return out
+
+
+def _write_transforms(out: Path, src: Path, transforms: Mapping[str, np.ndarray]) -> None:
+    """trans.1 (per-speaker fMLLR matrices, a Kaldi archive) and the source system's final.mat and splice_opts."""
+    import kaldiio
+
+    with atomic_open(out / "trans.1", "wb", encoding=None) as f:
+        kaldiio.save_ark(f, {s: transforms[s] for s in sorted(transforms)})
+    for name in ("final.mat", "splice_opts"):
+        if (src / name).is_file():
+            shutil.copyfile(src / name, out / name)
+
+
+def align_fmllr(src_dir: str | Path, feats: Mapping[str, np.ndarray], text: Mapping[str, str],
+                utt2spk: Mapping[str, str], lang: Lang, out_dir: str | Path, cfg: AlignConfig | None = None,
+                sat: SatConfig | None = None) -> Report:
+    """Kaldi's steps/align_fmllr.sh with a speaker-adapted system in `src_dir`: align with final.alimdl on the
+    speaker-independent features, estimate each speaker's fMLLR from that alignment, align again with final.mdl on
+    the adapted features. Writes ali.N.gz, num_jobs, trans.1, final.mdl, tree, final.mat, report.json (last)."""
+    cfg, sat = cfg or AlignConfig(), sat or SatConfig()
+    src_dir, out_dir = Path(src_dir), Path(out_dir)
+    report = Report("align_fmllr")
+    system = GmmSystem.load(src_dir / "final.mdl")
+    alimdl = GmmSystem.load(src_dir / "final.alimdl") if (src_dir / "final.alimdl").is_file() else system
+    sil = lang.phones[lang.silence_phone]
+    si_feats = speaker_independent_features(feats, src_dir)
+    utts = _check_inputs(si_feats, text, report)
+    with OutputLock(out_dir):
+        (out_dir / "report.json").unlink(missing_ok=True)  # written last: it marks a complete run
+        graphs = _compile_graphs(system, lang, text, utts, cfg.sil_prob, report)
+        scorer = _gmm_scorer(alimdl, _boosted(alimdl, [sil], cfg.boost_silence), si_feats, cfg.acoustic_scale)
+        first, _, _, _ = _align_all(alimdl, scorer, graphs, si_feats, cfg.beam, cfg.retry_beam, cfg)
+        weights = frame_weights(alimdl.transition_model(), first, [sil], sat.silence_weight)
+        spk2utt = _spk2utt(first, utt2spk)
+        transforms = estimate_speaker_transforms(system, si_feats, weights, spk2utt, sat, report,
+                                                 posterior_am=alimdl.am if alimdl is not system else None)
+        speaker_of = {u: s for s, us in spk2utt.items() for u in us}
+        adapted = {u: apply_fmllr(transforms[speaker_of[u]], si_feats[u]) for u in first}
+        scorer = _gmm_scorer(system, _boosted(system, [sil], cfg.boost_silence), adapted, cfg.acoustic_scale)
+        alis, failed, tot_like, frames = _align_all(system, scorer, {u: graphs[u] for u in first}, adapted, cfg.beam,
+                                                    cfg.retry_beam, cfg)
+        for utt in sorted(set(graphs) - set(first)) + failed:
+            report.skip(utt, "no alignment within the retry beam")
+        report.counts.update({"utterances": len(utts), "aligned": len(alis), "speakers": len(spk2utt),
+                              "frames": sum(len(a) for a in alis.values())})
+        if frames:
+            report.note(f"log-likelihood per frame as gmm-align-compiled reports it: {tot_like / frames:.4f}")
+        system.save(out_dir, lang.phones)
+        write_alignments(out_dir, alis, cfg.num_jobs)
+        _write_transforms(out_dir, src_dir, transforms)
+        report.save(out_dir / "report.json")
+    return report
