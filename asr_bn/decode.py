@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 import numpy as np
 
 from asr_bn.alignments import read_transition_model, transition_id_scores
+from asr_bn.config import DecodeConfig
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.io import OutputLock, atomic_open, atomic_path, error_detail, write_text
 from asr_bn.progress import progress_bar
@@ -39,31 +40,6 @@ __all__ = [
     "DecodeConfig", "Graph", "Hypothesis", "load_graph", "decode_matrix", "decode", "read_loglikes", "read_tree",
     "build_graph",
 ]
-
-
-@dataclass
-class DecodeConfig:
-    """Decoder options, with the defaults of Kaldi's steps/nnet/decode.sh."""
-
-    acoustic_scale: float = 0.1  # scale on the log-likelihoods (Kaldi --acoustic-scale / acwt)
-    beam: float = 13.0  # decoding beam (cost units)
-    max_active: int = 7000  # most active states per frame (one-best decoder only)
-    lattice_beam: float = 8.0  # lattice pruning beam (lattice decoding only)
-    lattices: bool = False  # decode with lattices (Kaldi-readable lat.ark, and hyp_LMWT files with `lmwt`)
-    lmwt: tuple[int, ...] = ()  # LM weights to rescore the lattices with (needs lattices), e.g. 7..17
-
-    def check(self) -> None:
-        """Reject impossible values with a one-line fix."""
-        if not self.acoustic_scale > 0:
-            raise UsageError(f"--acoustic-scale must be > 0, got {self.acoustic_scale}")
-        if not self.beam > 0 or not self.lattice_beam > 0:
-            raise UsageError(f"--beam and --lattice-beam must be > 0, got {self.beam} and {self.lattice_beam}")
-        if self.max_active < 1:
-            raise UsageError(f"--max-active must be >= 1, got {self.max_active}")
-        if self.lmwt and not self.lattices:
-            raise UsageError("--lmwt rescoring needs lattices: add --lattices")
-        if any(w <= 0 for w in self.lmwt):
-            raise UsageError(f"--lmwt weights must be positive, got {list(self.lmwt)}")
 
 
 # --------------------------------------------------------------------------------------------------------------

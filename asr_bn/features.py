@@ -23,6 +23,7 @@ from typing import Any, Iterable, Literal, Sequence
 import numpy as np
 import torch
 
+from asr_bn.config import FbankConfig
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.io import write_text
 
@@ -36,209 +37,9 @@ __all__ = [
     "FeaturePipeline",
 ]
 
-WINDOW_TYPES = ("povey", "hamming", "hanning", "rectangular", "blackman", "sine")
 _FLT_EPSILON = float(np.finfo(np.float32).eps)  # Kaldi's std::numeric_limits<float>::epsilon()
 _GROUP_FRAMES = 8192  # frames framed at once (bounds memory: 16384 x 400 floats = 26 MB)
 _BLOCK_FRAMES = {"cpu": 1024, "cuda": 16384}  # rows per FFT/matmul pass: on CPU small enough to stay in cache
-
-
-def _option(default: Any, kaldi_name: str, help_text: str) -> Any:
-    """A FbankConfig field that knows its Kaldi option name and help text (read by conf parsing and the CLI)."""
-    return dataclasses.field(default=default, metadata={"kaldi": kaldi_name, "help": help_text})
-
-
-@dataclass
-class FbankConfig:
-    """Kaldi's fbank options (`compute-fbank-feats`), Kaldi's defaults except num_mel_bins = 40 (the paper's)."""
-
-    sample_frequency: float = _option(16000.0, "sample-frequency", "Sample rate of the audio in Hz (never resampled).")
-    frame_length_ms: float = _option(25.0, "frame-length", "Frame length in milliseconds.")
-    frame_shift_ms: float = _option(10.0, "frame-shift", "Frame shift in milliseconds.")
-    dither: float = _option(
-        1.0, "dither", "Dithering constant (0 = none); seeded per utterance, so runs are reproducible."
-    )
-    preemphasis_coefficient: float = _option(0.97, "preemphasis-coefficient", "Pre-emphasis coefficient.")
-    remove_dc_offset: bool = _option(True, "remove-dc-offset", "Subtract the mean of each frame before processing.")
-    window_type: str = _option("povey", "window-type", "Window: povey, hamming, hanning, rectangular, blackman, sine.")
-    blackman_coeff: float = _option(0.42, "blackman-coeff", "Constant of the blackman window.")
-    round_to_power_of_two: bool = _option(True, "round-to-power-of-two", "Round the FFT size up to a power of two.")
-    snip_edges: bool = _option(True, "snip-edges", "Only frames that fit in the audio (else reflect at the edges).")
-    num_mel_bins: int = _option(40, "num-mel-bins", "Number of mel bins (the paper uses 40).")
-    low_freq: float = _option(20.0, "low-freq", "Low cut-off of the mel bins in Hz.")
-    high_freq: float = _option(0.0, "high-freq", "High cut-off in Hz (<= 0: offset from Nyquist).")
-    use_energy: bool = _option(False, "use-energy", "Add the log-energy as an extra first feature.")
-    raw_energy: bool = _option(True, "raw-energy", "Compute the energy before pre-emphasis and windowing.")
-    energy_floor: float = _option(0.0, "energy-floor", "Floor on the energy (absolute, not relative).")
-    use_log_fbank: bool = _option(True, "use-log-fbank", "Log of the mel energies (else linear).")
-    use_power: bool = _option(True, "use-power", "Power spectrum (else magnitude).")
-    htk_compat: bool = _option(False, "htk-compat", "HTK order: the energy goes last.")
-    vtln_low: float = _option(100.0, "vtln-low", "Low inflection point of the VTLN warp in Hz.")
-    vtln_high: float = _option(
-        -500.0, "vtln-high", "High inflection point of the VTLN warp in Hz (< 0: offset from Nyquist)."
-    )
-    vtln_warp: float = _option(1.0, "vtln-warp", "VTLN warp factor (1 = none).")
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise UsageError for options Kaldi would reject (bad window type, empty frame, mel range outside Nyquist)."""
-        if self.window_type not in WINDOW_TYPES:
-            raise UsageError(f"window_type {self.window_type!r} is not one of {', '.join(WINDOW_TYPES)}")
-        if self.window_size < 2 or self.window_shift < 1:
-            raise UsageError(
-                f"frame_length_ms={self.frame_length_ms} / frame_shift_ms={self.frame_shift_ms} give "
-                f"{self.window_size} / {self.window_shift} samples at {self.sample_frequency} Hz; use longer frames"
-            )
-        if self.num_mel_bins < 3:
-            raise UsageError(f"num_mel_bins={self.num_mel_bins} must be at least 3 (as in Kaldi)")
-        nyquist = 0.5 * self.sample_frequency
-        high = self.high_freq if self.high_freq > 0 else nyquist + self.high_freq
-        if not (0.0 <= self.low_freq < nyquist and 0.0 < high <= nyquist and high > self.low_freq):
-            raise UsageError(
-                f"bad mel range low_freq={self.low_freq} high_freq={self.high_freq} for sample_frequency="
-                f"{self.sample_frequency} (need 0 <= low < high <= Nyquist {nyquist:g}; "
-                "high <= 0 is an offset from Nyquist)"
-            )
-        if self.vtln_warp != 1.0:
-            _mel_banks_np(self, self.vtln_warp)  # raises UsageError for cut-offs the warp moves out of range
-
-    @property
-    def window_size(self) -> int:
-        """Frame length in samples (Kaldi's WindowSize)."""
-        return int(self.sample_frequency * 0.001 * self.frame_length_ms)
-
-    @property
-    def window_shift(self) -> int:
-        """Frame shift in samples (Kaldi's WindowShift)."""
-        return int(self.sample_frequency * 0.001 * self.frame_shift_ms)
-
-    @property
-    def padded_window_size(self) -> int:
-        """FFT length: the frame length, rounded up to a power of two when round_to_power_of_two."""
-        n = self.window_size
-        return 1 << (n - 1).bit_length() if self.round_to_power_of_two else n
-
-    @property
-    def dim(self) -> int:
-        """Feature dimension: num_mel_bins, plus one for the log-energy when use_energy."""
-        return self.num_mel_bins + int(self.use_energy)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-data form (JSON-safe)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FbankConfig":
-        """Inverse of to_dict; an unknown key is a UsageError naming it."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise UsageError(f"unknown fbank option(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
-        return cls(**d)
-
-    @classmethod
-    def from_kaldi_conf(cls, path: str | Path, **overrides: Any) -> "FbankConfig":
-        """Read a Kaldi conf file (`--num-mel-bins=40` per line, `#` comments), as `compute-fbank-feats --config`.
-
-        Options of compute-fbank-feats that do not change the features (e.g. --verbose) are ignored; ones asr-bn
-        does not implement (resampling, --subtract-mean, MFCC options) are a UsageError naming file and line.
-        `overrides` (snake_case field names) are applied on top, as later command-line options are in Kaldi.
-        """
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"cannot read fbank config {path}: {e}") from e
-        values: dict[str, Any] = {}
-        for lineno, raw in enumerate(text.splitlines(), 1):
-            line = raw.split("#", 1)[0].strip()
-            if not line:
-                continue
-            where = f"{path}:{lineno}"
-            if not line.startswith("--"):
-                raise UsageError(f"{where}: {line!r} is not an option (Kaldi conf lines look like --num-mel-bins=40)")
-            name, has_value, value = line[2:].partition("=")
-            name, value = name.strip(), value.strip()
-            key = name.replace("_", "-")
-            if key in _KALDI_NAMES:
-                field = _KALDI_NAMES[key]
-                values[field] = _parse_kaldi_value(where, name, value if has_value else None, _FIELD_TYPES[field])
-            elif key in _KALDI_IGNORED:
-                continue
-            elif key in _KALDI_DEFAULT_ONLY:
-                default = _KALDI_DEFAULT_ONLY[key]
-                given = _parse_kaldi_value(where, name, value if has_value else None, type(default))
-                if given != default:
-                    raise UsageError(
-                        f"{where}: --{name}={value} is not supported by asr-bn (only {default!r}); "
-                        f"{_KALDI_DEFAULT_ONLY_WHY[key]}"
-                    )
-            elif key in _MFCC_PLP_OPTIONS:
-                raise UsageError(f"{where}: --{name} is an MFCC/PLP option; asr-bn computes fbank, remove the line")
-            else:
-                raise UsageError(
-                    f"{where}: unknown option --{name} (not a compute-fbank-feats option; check the spelling)"
-                )
-        values.update(overrides)
-        return cls.from_dict(values)
-
-    def to_kaldi_conf(self) -> str:
-        """The options as a Kaldi conf file's text (every option, one per line), readable by compute-fbank-feats."""
-        lines = []
-        for kaldi_name, field in _KALDI_NAMES.items():
-            v = getattr(self, field)
-            lines.append(f"--{kaldi_name}={str(v).lower() if isinstance(v, bool) else v}")
-        return "\n".join(lines) + "\n"
-
-
-# Kaldi option name → FbankConfig field (the only spellings Kaldi accepts besides '_' for '-').
-_KALDI_NAMES = {f.metadata["kaldi"]: f.name for f in dataclasses.fields(FbankConfig)}
-_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(FbankConfig)}
-# compute-fbank-feats options that never change the features of a whole utterance.
-_KALDI_IGNORED = {"verbose", "print-args", "debug-mel", "output-format", "write-utt2dur", "utt2spk"}
-# Options accepted only at their default value, and why.
-_KALDI_DEFAULT_ONLY: dict[str, Any] = {
-    "allow-downsample": False,
-    "allow-upsample": False,
-    "subtract-mean": False,
-    "htk-mode": False,
-    "max-feature-vectors": -1,
-    "channel": -1,
-    "min-duration": 0.0,
-    "vtln-map": "",
-}
-_KALDI_DEFAULT_ONLY_WHY = {
-    "allow-downsample": "asr-bn never resamples; resample the audio (e.g. sox in wav.scp) to --sample-frequency",
-    "allow-upsample": "asr-bn never resamples; resample the audio (e.g. sox in wav.scp) to --sample-frequency",
-    "subtract-mean": "use CMVN instead (the pipeline's cmvn mode)",
-    "htk-mode": "HTK-mode mel banks are not implemented",
-    "max-feature-vectors": "it only matters for online decoding",
-    "channel": "pass --channel to the asr-bn command instead",
-    "min-duration": "short utterances are skipped and named in the report already",
-    "vtln-map": "pass per-utterance warps to compute_fbank(vtln_warp=...) instead",
-}
-_MFCC_PLP_OPTIONS = {"num-ceps", "cepstral-lifter", "lpc-order", "compress-factor", "cepstral-scale"}
-
-
-def _parse_kaldi_value(where: str, name: str, value: str | None, typ: Any) -> Any:
-    """Parse one option value the way Kaldi's ParseOptions does (bools: true/false/t/f/1/0, bare flag = true)."""
-    typ = {"float": float, "int": int, "bool": bool, "str": str}.get(typ, typ) if isinstance(typ, str) else typ
-    if typ is bool:
-        v = "true" if value is None else value.lower()
-        if v in ("true", "t", "1"):
-            return True
-        if v in ("false", "f", "0"):
-            return False
-        raise UsageError(f"{where}: --{name}={value} is not a boolean (use true or false)")
-    if value is None or value == "":
-        if typ is str:
-            return ""
-        raise UsageError(f"{where}: --{name} needs a value, e.g. --{name}=...")
-    try:
-        return typ(value)
-    except ValueError as e:
-        raise UsageError(f"{where}: --{name}={value} is not a valid {typ.__name__}") from e
 
 
 def num_frames(num_samples: int, cfg: FbankConfig) -> int:
@@ -343,7 +144,14 @@ def _mel_banks_np(cfg: FbankConfig, vtln_warp: float) -> np.ndarray:
     mel = _mel_scale(np.arange(num_fft_bins, dtype=np.float64) * (cfg.sample_frequency / padded))[None, :]
     up = (mel - left) / (center - left)
     down = (right - mel) / (right - center)
-    weights = np.where((mel > left) & (mel < right), np.where(mel <= center, up, down), 0.0)
+    active = (mel > left) & (mel < right)
+    if not active.any(axis=1).all():  # Kaldi's MelBanks asserts that every bin covers an FFT bin
+        empty = int(np.argmin(active.any(axis=1)))
+        raise UsageError(
+            f"--num-mel-bins {num_bins} is too large for a {padded}-point FFT at {cfg.sample_frequency:g} Hz (mel "
+            f"bin {empty} covers no FFT bin, as Kaldi refuses); use fewer mel bins or longer frames"
+        )
+    weights = np.where(active, np.where(mel <= center, up, down), 0.0)
     out = np.zeros((num_fft_bins + 1, num_bins), dtype=np.float32)
     out[:num_fft_bins] = weights.T
     return out

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, BinaryIO, Iterator
 
 import numpy as np
 
+from asr_bn.config import ForwardConfig
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.report import Report
 
@@ -30,30 +31,6 @@ if TYPE_CHECKING:
     from asr_bn.score import FrameScores
 
 __all__ = ["ForwardConfig", "AcousticModel", "load_acoustic_model", "forward_batches", "forward", "score_frames"]
-
-
-@dataclass
-class ForwardConfig:
-    """How `forward` and `score_frames` run the network."""
-
-    posteriors: bool = False  # write log-posteriors log p(s|x) instead of scaled log-likelihoods
-    prior_scale: float = 1.0  # scale on log p(s) (Kaldi nnet-forward --prior-scale)
-    prior_floor: float = 1e-10  # pdfs rarer than this never win (Kaldi --prior-floor)
-    max_frames: int = 20000  # padded frames (B × T_max) per batch; a longer utterance goes alone
-    window: int = 256  # consecutive utterances sorted by length together (output stays in input order)
-    device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:N
-    num_workers: int = 0  # DataLoader processes reading features
-
-    def check(self) -> None:
-        """Reject impossible values with a one-line fix."""
-        if self.max_frames < 1 or self.window < 1:
-            raise UsageError(f"--max-frames and --window must be >= 1, got {self.max_frames} and {self.window}")
-        if self.prior_scale < 0 or not 0 < self.prior_floor < 1:
-            raise UsageError(
-                f"--prior-scale must be >= 0 and --prior-floor in (0, 1), got {self.prior_scale}, {self.prior_floor}"
-            )
-        if self.num_workers < 0:
-            raise UsageError(f"--num-workers must be >= 0, got {self.num_workers}")
 
 
 @dataclass

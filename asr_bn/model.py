@@ -50,10 +50,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from asr_bn.config import BN_MODES
+
 __all__ = ["ModelConfig", "BnBlstm", "BnBlstmLayer", "reestimate_population_stats"]
 
 BnMode = Literal["none", "frame", "sequence"]
-_BN_MODES = ("none", "frame", "sequence")
 
 
 @dataclass
@@ -76,8 +77,8 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
-        if self.bn not in _BN_MODES:
-            raise ValueError(f"ModelConfig.bn must be one of {_BN_MODES}, got {self.bn!r}")
+        if self.bn not in BN_MODES:
+            raise ValueError(f"ModelConfig.bn must be one of {BN_MODES}, got {self.bn!r}")
         if self.bn_hidden and self.bn == "none":
             raise ValueError("ModelConfig.bn_hidden needs bn='frame' or bn='sequence' (it adds BN on W_h·h to them)")
         if not 0.0 <= self.dropout < 1.0:

@@ -51,6 +51,7 @@ from asr_bn.batching import (
     make_loader,
     read_targets,
 )
+from asr_bn.config import PRESETS, TrainConfig
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.features import FeaturePipeline
 from asr_bn.io import OutputLock, atomic_path, error_detail, write_text
@@ -74,132 +75,6 @@ __all__ = [
     "read_metrics",
     "plot_runs",
 ]
-
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("constant", "newbob", "exponential")
-AMP_MODES = ("none", "bf16", "fp16")
-
-
-# -- options ------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainConfig:
-    """Every option of a training run; saved as EXP_DIR/config.json and in each checkpoint."""
-
-    data: str
-    dev: str
-    exp_dir: str
-    # model (with the data's feature dim and pdf count this fixes the shapes; on --resume it comes from the checkpoint)
-    layers: int = 5
-    units: int = 250
-    bn: str = "sequence"
-    bn_hidden: bool = False
-    dropout: float = 0.0
-    forget_bias: float = 0.0
-    num_pdfs: int | None = None  # None: the largest pdf-id of train/dev targets + 1
-    # optimisation
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9  # SGD only
-    weight_decay: float = 0.0
-    clip_norm: float = 5.0  # gradient-norm clipping; 0 = off
-    schedule: str = "newbob"
-    lr_decay: float = 0.5  # newbob: factor per halving; exponential: factor per epoch
-    min_improvement: float = 0.0  # relative dev-CE gain below which an evaluation counts as "no improvement"
-    epochs: int = 20
-    patience: int = 3  # stop after this many evaluations in a row without improvement; 0 = never
-    # batches
-    batch_size: int | None = 24
-    max_frames: int | None = None  # padded frames per global batch (exclusive with batch_size)
-    max_train_frames: int | None = 1300  # drop longer training utterances (named in report.json)
-    drop_last: bool = False  # drop each epoch's last training batch when it is short (with batch_size)
-    # evaluation, logging, checkpoints
-    eval_every: int = 0  # also evaluate on dev every N updates; 0 = once per epoch
-    # BN statistics of dev scores and final.pt: 0 = the running averages; N = population statistics re-estimated
-    # before each evaluation over the same N training batches (the paper's alternative)
-    population_batches: int = 0
-    log_every: int = 20
-    checkpoint_every: int = 200
-    # system (may change on --resume)
-    device: str = "auto"
-    amp: str = "none"
-    num_workers: int = 2
-    cache: bool = False
-    seed: int = 0
-    tensorboard: bool = False
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise UsageError(f"--optimizer {self.optimizer} is not one of {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            raise UsageError(f"--schedule {self.schedule} is not one of {', '.join(SCHEDULES)}")
-        if self.amp not in AMP_MODES:
-            raise UsageError(f"--amp {self.amp} is not one of {', '.join(AMP_MODES)}")
-        if (self.batch_size is None) == (self.max_frames is None):
-            raise UsageError("give exactly one of --batch-size and --max-frames")
-        if self.lr <= 0 or self.epochs < 1 or self.log_every < 1 or self.checkpoint_every < 1:
-            raise UsageError("--lr, --epochs, --log-every and --checkpoint-every must be positive")
-        if self.population_batches < 0:
-            raise UsageError(f"--population-batches must be >= 0, got {self.population_batches}")
-        self.model_config(input_dim=1, num_pdfs=1)  # the model options are checked before anything is read
-        if self.tensorboard:
-            try:
-                import torch.utils.tensorboard  # noqa: F401
-            except ImportError as e:
-                raise UsageError("--tensorboard needs the tensorboard package (pip install tensorboard)") from e
-
-    def model_config(self, input_dim: int, num_pdfs: int) -> ModelConfig:
-        """The model these options describe, for features of `input_dim` and `num_pdfs` outputs."""
-        try:
-            return ModelConfig(
-                input_dim=input_dim, num_pdfs=num_pdfs, layers=self.layers, units=self.units, bn=self.bn,
-                bn_hidden=self.bn_hidden, dropout=self.dropout, forget_bias=self.forget_bias,
-            )  # fmt: skip
-        except ValueError as e:
-            raise UsageError(f"bad model option: {e}") from e
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-data form (JSON-safe)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """Inverse of to_dict; unknown keys are a UsageError."""
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise UsageError(f"unknown training option(s) {', '.join(unknown)}")
-        return cls(**d)
-
-    @classmethod
-    def from_options(cls, preset: str = "default", **options: Any) -> "TrainConfig":
-        """Defaults, then the preset, then the options given on the command line (pass only those)."""
-        if preset not in PRESETS:
-            raise UsageError(f"--preset {preset} is not one of {', '.join(PRESETS)}")
-        given = dict(options)
-        if "max_frames" in given:
-            if "batch_size" in given:
-                raise UsageError("give exactly one of --batch-size and --max-frames")
-            given["batch_size"] = None
-        return cls(**{**PRESETS[preset], **given})
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "default": {},
-    # Laurent et al. 2016: 5 x 250 BLSTM (Glorot init, zero biases: the model's defaults), SGD lr 1e-4 with
-    # momentum 0.9, 24 utterances per batch, training utterances of at most 1300 frames.
-    "paper": dict(
-        layers=5, units=250, optimizer="sgd", lr=1e-4, momentum=0.9, clip_norm=0.0, schedule="constant",
-        batch_size=24, max_train_frames=1300,
-    ),
-}
-
-# What --resume may change; everything else (shapes, optimiser, batches, seed) comes from the checkpoint.
-RUNTIME_KEYS = (
-    "data", "dev", "exp_dir", "epochs", "patience", "eval_every", "log_every", "checkpoint_every",
-    "device", "amp", "num_workers", "cache", "tensorboard",
-)
-
 
 @dataclass
 class TrainState:
@@ -327,8 +202,11 @@ def train_one_epoch(run: "_Run") -> None:
 # -- the whole run ------------------------------------------------------------------------------------------------
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> TrainState:
+def train(cfg: TrainConfig, resume: bool = False, given: set[str] | None = None) -> TrainState:
     """Train (or with `resume`, continue from EXP_DIR/checkpoint.pt) until `cfg.epochs` or early stop.
+
+    On resume the checkpoint's options hold, but for the options named in `given` (None: all of `cfg`), which
+    apply where TrainConfig.resumed allows (each change is printed) and are refused otherwise.
 
     SIGTERM / SIGINT save a checkpoint and return early (`is_finished` False); under torchrun, all ranks take part and
     only rank 0 writes. Returns the final state (best dev CE and its update).
@@ -336,12 +214,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainState:
     dist = _Dist.from_env()
     lock = OutputLock(cfg.exp_dir) if dist.main else contextlib.nullcontext()
     with lock, dist.group(cfg.device), _StopSignals() as stop:
-        return _train(cfg, resume, dist, stop)  # the run (and its DDP wrapper) is gone before the group ends
+        return _train(cfg, resume, given, dist, stop)  # the run (and its DDP wrapper) is gone before the group ends
 
 
-def _train(cfg: TrainConfig, resume: bool, dist: _Dist, stop: _StopSignals) -> TrainState:
+def _train(cfg: TrainConfig, resume: bool, given: set[str] | None, dist: _Dist, stop: _StopSignals) -> TrainState:
     """Epochs until done or stopped by a signal, then the learning curve and the closing line."""
-    run = _Run.setup(cfg, resume, dist, stop)
+    run = _Run.setup(cfg, resume, given, dist, stop)
     try:
         while not is_finished(run.cfg, run.state) and not run.stop_requested():
             train_one_epoch(run)
@@ -598,12 +476,16 @@ class _Run:
     # ---- set-up
 
     @classmethod
-    def setup(cls, cfg: TrainConfig, resume: bool, dist: _Dist, stop: _StopSignals) -> "_Run":
+    def setup(cls, cfg: TrainConfig, resume: bool, given: set[str] | None, dist: _Dist, stop: _StopSignals) -> "_Run":
         exp = Path(cfg.exp_dir)
         ckpt = None
+        changes: list[str] = []
         if resume:
             ckpt = load_checkpoint(exp / "checkpoint.pt")
-            cfg = _resumed_config(ckpt, cfg)
+            try:
+                cfg, changes = cfg.resumed(ckpt["train_config"], given)
+            except (TypeError, ValueError) as e:
+                raise AsrBnError(f"{exp / 'checkpoint.pt'} holds an invalid training config ({e}); train again") from e
         elif (exp / "checkpoint.pt").exists():
             raise UsageError(f"{exp} already holds a training run; continue it with --resume, or choose a new EXP_DIR")
         device = _pick_device(cfg.device, dist)
@@ -671,10 +553,12 @@ class _Run:
             raw_model, optimizer, scaler, state, model_config, pipeline, priors, exp,
         )  # fmt: skip
         if dist.main:
-            run._write_run_files(report, resumed=ckpt is not None)
+            run._write_run_files(report, resumed=changes if ckpt is not None else None)
         return run
 
-    def _write_run_files(self, report: Report, resumed: bool) -> None:
+    def _write_run_files(self, report: Report, resumed: list[str] | None) -> None:
+        """config.json, pipeline.json, priors.vec, report.json and the metrics log; `resumed`: the options the
+        resume changed (None for a new run)."""
         from asr_bn.alignments import write_counts
 
         self.exp.mkdir(parents=True, exist_ok=True)
@@ -685,10 +569,11 @@ class _Run:
         for line in report.lines():
             self.say(line)
         metrics = self.exp / "metrics.jsonl"
-        if resumed:  # rows logged after the checkpoint are redone: drop them
+        if resumed is not None:  # rows logged after the checkpoint are redone: drop them
             rows = [r for r in read_metrics(self.exp) if r["update"] <= self.state.update] if metrics.exists() else []
             write_text(metrics, "".join(json.dumps(r) + "\n" for r in rows))
-            self.say(f"resuming at epoch {self.state.epoch}, update {self.state.update}")
+            changed = f"; changed: {', '.join(resumed)}" if resumed else ""
+            self.say(f"resuming at epoch {self.state.epoch + 1}, update {self.state.update}{changed}")
         else:
             write_text(metrics, "")
             self.say(
@@ -807,7 +692,9 @@ class _Run:
             self.progress.start()
         if self.task is not None:
             self.progress.remove_task(self.task)
-        self.task = self.progress.add_task(f"epoch {self.state.epoch}", total=total, completed=done, info="")
+        self.task = self.progress.add_task(
+            f"epoch {self.state.epoch + 1}/{self.cfg.epochs}", total=total, completed=done, info=""
+        )
 
     def plot(self) -> None:
         if self.dist.main:
@@ -907,12 +794,6 @@ def _make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opt
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def _resumed_config(ckpt: dict[str, Any], given: TrainConfig) -> TrainConfig:
-    """The checkpoint's config with only the RUNTIME_KEYS taken from the command line."""
-    saved = TrainConfig.from_dict(ckpt["train_config"])
-    return dataclasses.replace(saved, **{k: getattr(given, k) for k in RUNTIME_KEYS})
 
 
 # -- learning curves ----------------------------------------------------------------------------------------------
