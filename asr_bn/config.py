@@ -320,7 +320,7 @@ class TrainConfig:
     clip_norm: float = option(5.0, _AT_LEAST_0)  # gradient-norm clipping; 0 = off
     schedule: str = option("newbob", choices=SCHEDULES)
     lr_decay: float = option(0.5, Range(0, 1, low_open=True))  # newbob: factor per halving; exponential: per epoch
-    min_improvement: float = option(0.0, _FRACTION)  # relative dev-CE gain below which an evaluation is "no improvement"
+    min_improvement: float = option(0.0, _FRACTION)  # relative dev-CE gain below which an evaluation does not improve
     epochs: int = option(20, _AT_LEAST_1)
     patience: int = option(3, _AT_LEAST_0)  # stop after this many evaluations in a row without improvement; 0 = never
     # batches
@@ -440,7 +440,7 @@ RESUMABLE = (
 )  # fmt: skip
 
 
-# -- forward and decode -------------------------------------------------------------------------------------------
+# -- forward, decode and score -------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -458,6 +458,10 @@ class ForwardConfig:
     def check(self) -> None:
         """Reject impossible values with a one-line fix."""
         check_options(self)
+
+
+SIL_PROB = Range(0, 1, low_open=True, high_open=True)  # mkgraph --sil-prob: both -log p and -log(1 - p) are costs
+SCORE_MODES = ("all", "present", "strict")  # score wer --mode: missing hypotheses count as empty / are left out / fail
 
 
 @dataclass

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from asr_bn.errors import AsrBnError
+from asr_bn.config import SIL_PROB
+from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.io import write_text
 
 if TYPE_CHECKING:
@@ -171,8 +172,8 @@ def lexicon_fst(lang: Lang, sil_prob: float = 0.5) -> "kaldifst.StdVectorFst":
     """
     from asr_bn.kaldi_ext import kaldifst
 
-    if not 0.0 < sil_prob < 1.0:
-        raise AsrBnError(f"sil_prob must lie strictly between 0 and 1, got {sil_prob}")
+    if sil_prob not in SIL_PROB:
+        raise UsageError(f"--sil-prob must be {SIL_PROB}, got {sil_prob:g}")
     sil_cost, no_sil_cost = -math.log(sil_prob), -math.log(1.0 - sil_prob)
     sil = lang.phones[lang.silence_phone]
     fst = kaldifst.StdVectorFst()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from asr_bn.config import SCORE_MODES
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.io import write_text
 
@@ -255,9 +256,6 @@ class WerResult:
         ]
 
 
-_MODES = ("all", "present", "strict")
-
-
 def score_wer(
     ref: dict[str, list[str]],
     hyp_path: str | Path,
@@ -270,8 +268,8 @@ def score_wer(
     :param mode: `all` (a missing hypothesis counts as empty), `present` (score only utterances with a hypothesis),
         `strict` (a missing hypothesis is an error) — Kaldi's `--mode`.
     """
-    if mode not in _MODES:
-        raise UsageError(f"--mode {mode!r}: use one of {', '.join(_MODES)}")
+    if mode not in SCORE_MODES:
+        raise UsageError(f"--mode {mode!r}: use one of {', '.join(SCORE_MODES)}")
     hyp_path = Path(hyp_path)
     hyp = read_text(hyp_path, "hypotheses")
     ignored = set(ignore)

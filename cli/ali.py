@@ -7,6 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from asr_bn.config import Range
+from asr_bn_cli.options import in_range
+
 app = typer.Typer(
     help="Inspect Kaldi transition models and alignments: hmm-info, phone segments with times.",
     no_args_is_help=True,
@@ -30,7 +33,8 @@ def show(
     ali: Annotated[Path, typer.Argument(help="Alignment dir (ali.N.gz) or one archive of transition-ids.")],
     utt: Annotated[Optional[str], typer.Argument(help="Only this utterance (default: all).")] = None,
     phones: Annotated[Optional[Path], typer.Option(help="Kaldi phones.txt, to print names instead of ids.")] = None,
-    frame_shift_ms: Annotated[float, typer.Option(help="Frame shift of the alignment, in milliseconds.")] = 10.0,
+    frame_shift_ms: Annotated[float, typer.Option(help="Frame shift of the alignment, in milliseconds.",
+                                                  callback=in_range(Range(0, low_open=True)))] = 10.0,
 ) -> None:
     """Print one line `utt start end phone` (seconds) per phone instance of each utterance."""
     from asr_bn.alignments import describe_alignments

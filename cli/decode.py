@@ -6,6 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from asr_bn.config import SIL_PROB, DecodeConfig, Range
+from asr_bn_cli.options import field_range, in_range
+
 _D = "Decoder (Kaldi's steps/nnet/decode.sh defaults)"
 
 
@@ -31,26 +34,26 @@ def decode(
                                          "exp dir): transition-id → pdf-id.")],
     loglikes: Annotated[str, typer.Argument(help="Log-likelihoods from asr-bn forward: ark:-, ark:FILE, scp:FILE, "
                                             "or a .ark/.scp path.")],
-    out_dir: Annotated[str, typer.Argument(help="Output dir: text (hypotheses), report.json, [lat.ark/.scp, "
-                                           "hyp_LMWT].")],
-    acoustic_scale: Annotated[float, typer.Option(help="Scale on the acoustic log-likelihoods.",
-                                                  rich_help_panel=_D)] = 0.1,
-    beam: Annotated[float, typer.Option(help="Decoding beam.", rich_help_panel=_D)] = 13.0,
-    max_active: Annotated[int, typer.Option(help="Most active states per frame (one-best decoder).",
-                                            rich_help_panel=_D)] = 7000,
-    lattice_beam: Annotated[float, typer.Option(help="Lattice pruning beam (with --lattices).",
-                                                rich_help_panel=_D)] = 8.0,
+    out_dir: Annotated[str, typer.Argument(help="Output dir: text (hypotheses), report.json; with "
+                                           "--lattices lat.ark/.scp and hyp_LMWT.")],
+    acoustic_scale: Annotated[float, typer.Option(help="Scale on the acoustic log-likelihoods.", rich_help_panel=_D,
+                                                  callback=field_range(DecodeConfig, "acoustic_scale"))] = 0.1,
+    beam: Annotated[float, typer.Option(help="Decoding beam.", rich_help_panel=_D,
+                                        callback=field_range(DecodeConfig, "beam"))] = 13.0,
+    max_active: Annotated[int, typer.Option(help="Most active states per frame (one-best decoder).", rich_help_panel=_D,
+                                            callback=field_range(DecodeConfig, "max_active"))] = 7000,
+    lattice_beam: Annotated[float, typer.Option(help="Lattice pruning beam (with --lattices).", rich_help_panel=_D,
+                                                callback=field_range(DecodeConfig, "lattice_beam"))] = 8.0,
     lattices: Annotated[bool, typer.Option(help="Decode with lattices and write lat.ark/lat.scp (state-level, "
                                            "readable by Kaldi's lattice tools); slower: no --max-active.")] = False,
     lmwt: Annotated[Optional[str], typer.Option(help="With --lattices: also write hyp_LMWT for each LM weight of "
                                                 "this range, e.g. 7:17 (score.sh's sweep).")] = None,
-    nj: Annotated[int, typer.Option(help="Parallel decoding processes.")] = 1,
+    nj: Annotated[int, typer.Option(help="Parallel decoding processes.", callback=in_range(Range(1)))] = 1,
 ) -> None:
     """Decode log-likelihoods with a Kaldi graph, without Kaldi binaries, into Kaldi `text` hypotheses.
 
     e.g. asr-bn forward exp/blstm data/test ark:- | asr-bn decode exp/tri4b/graph_tgpr exp/tri4b_ali ark:- exp/blstm/decode
     """
-    from asr_bn.decode import DecodeConfig
     from asr_bn.decode import decode as run
 
     config = DecodeConfig(acoustic_scale, beam, max_active, lattice_beam, lattices, _lmwt_range(lmwt))
@@ -68,9 +71,12 @@ def mkgraph(
                                               "words.")] = None,
     tree: Annotated[Optional[str], typer.Option(help="Decision tree; default: `tree` beside final.mdl, else "
                                                 "monophone.")] = None,
-    sil_prob: Annotated[float, typer.Option(help="Probability of optional silence between words.")] = 0.5,
-    self_loop_scale: Annotated[float, typer.Option(help="Scale on HMM self-loop probabilities.")] = 0.1,
-    transition_scale: Annotated[float, typer.Option(help="Scale on the other HMM transition probabilities.")] = 1.0,
+    sil_prob: Annotated[float, typer.Option(help="Probability of optional silence between words.",
+                                            callback=in_range(SIL_PROB))] = 0.5,
+    self_loop_scale: Annotated[float, typer.Option(help="Scale on HMM self-loop probabilities.",
+                                                   callback=in_range(Range(0)))] = 0.1,
+    transition_scale: Annotated[float, typer.Option(help="Scale on the other HMM transition probabilities.",
+                                                    callback=in_range(Range(0)))] = 1.0,
 ) -> None:
     """Build a decoding graph HCLG for a word loop or an ARPA LM over a lexicon (Kaldi's utils/mkgraph.sh).
 

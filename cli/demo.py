@@ -7,15 +7,19 @@ from typing import Annotated
 
 import typer
 
+from asr_bn.config import TrainConfig
+from asr_bn_cli.options import DEVICE_HELP, check_device, field_range
+
 
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Output dir (corpus, prepared dirs, models, graph, results); "
                                       "a rerun reuses its finished stages.")] = Path("asr-bn-demo"),
-    seed: Annotated[int, typer.Option(help="Seed of the corpus, the weights and the batch order.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the corpus, the weights and the batch order.",
+                                      callback=field_range(TrainConfig, "seed"))] = 0,
     small: Annotated[bool, typer.Option("--small", help="A tiny corpus and model (about a minute; for "
                                         "tests).")] = False,
-    device: Annotated[str, typer.Option(help="cpu (reproducible), cuda, cuda:N or auto: where training and "
-                                        "forward run.")] = "cpu",
+    device: Annotated[str, typer.Option(help="Where training and forward run: " + DEVICE_HELP + " cpu is "
+                                        "reproducible.", callback=check_device)] = "cpu",
 ) -> None:
     """The whole hybrid pipeline on an espeak-ng corpus: synth → prep → train (baseline, sequence BN) →
     forward → mkgraph → decode → score; prints train CE, dev CE, dev FER and WER per model, e.g.

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
+
+from asr_bn.config import ForwardConfig, Range
+from asr_bn_cli.options import DEVICE_HELP, THREADS_HELP, check_device, field_range, in_range, set_threads
 
 _RUN = "Run"
 
@@ -17,19 +20,24 @@ def forward(
                                               "ark:FILE.ark, or ark,scp:FILE.ark,FILE.scp.")],
     posteriors: Annotated[bool, typer.Option(help="Write log-posteriors log p(s|x) instead of log-likelihoods "
                                              "log p(s|x) - prior_scale * log p(s).")] = False,
-    prior_scale: Annotated[float, typer.Option(help="Scale on the log-priors (Kaldi nnet-forward --prior-scale).")] = 1.0,
-    prior_floor: Annotated[float, typer.Option(help="Pdfs rarer than this in the training targets never win.")] = 1e-10,
+    prior_scale: Annotated[float, typer.Option(help="Scale on the log-priors (Kaldi nnet-forward --prior-scale).",
+                                               callback=field_range(ForwardConfig, "prior_scale"))] = 1.0,
+    prior_floor: Annotated[float, typer.Option(help="Pdfs rarer than this in the training targets never win.",
+                                               callback=field_range(ForwardConfig, "prior_floor"))] = 1e-10,
     max_frames: Annotated[int, typer.Option(help="Padded frames per batch (lower it when a batch runs out of memory).",
+                                            callback=field_range(ForwardConfig, "max_frames"),
                                             rich_help_panel=_RUN)] = 20000,
-    device: Annotated[str, typer.Option(help="auto (cuda when available), cpu, cuda, cuda:N.",
-                                        rich_help_panel=_RUN)] = "auto",
-    num_workers: Annotated[int, typer.Option(help="Processes reading features.", rich_help_panel=_RUN)] = 0,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP, callback=check_device, rich_help_panel=_RUN)] = "auto",
+    num_workers: Annotated[int, typer.Option(help="Processes reading features.", rich_help_panel=_RUN,
+                                             callback=field_range(ForwardConfig, "num_workers"))] = 0,
+    threads: Annotated[Optional[int], typer.Option(help=THREADS_HELP, callback=in_range(Range(1)),
+                                                   rich_help_panel=_RUN, show_default="1")] = None,
 ) -> None:
     """Run a trained model over a prepared dir and write Kaldi float matrices in the dir's order, e.g.
     asr-bn forward exp/blstm prep/test ark:- | latgen-faster-mapped --acoustic-scale=0.1 … final.mdl HCLG.fst ark:- …"""
-    from asr_bn.forward import ForwardConfig
     from asr_bn.forward import forward as run
 
+    set_threads(threads)
     config = ForwardConfig(posteriors, prior_scale, prior_floor, max_frames, device=device, num_workers=num_workers)
     report = run(model, data_dir, wspecifier, config)
     for line in report.lines():

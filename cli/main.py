@@ -2,23 +2,58 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer._click.exceptions import NoArgsIsHelpError
+from typer._click.exceptions import UsageError as ClickUsageError
 from typer.core import TyperGroup
 
 from asr_bn import __version__
 from asr_bn.errors import AsrBnError
+from asr_bn_cli.options import tidy_help
+
+
+def _error(message: str, exit_code: int) -> typer.Exit:
+    """Print `error: MESSAGE` as one red line on stderr; the Exit to raise."""
+    Console(stderr=True).print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(exit_code)
 
 
 class _Root(TyperGroup):
-    """Root group: an AsrBnError from any command prints `error: …` in red and exits 1 (data) or 2 (usage)."""
+    """Root group: an AsrBnError from any command, or a bad command line (click's usage errors: an unknown option, a
+    value out of range), prints `error: …` as one red line and exits 1 (data) or 2 (usage); every command's --help
+    shows flags and lists as asr_bn_cli.options.tidy_help does."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        tidy_help(self)
+
+    def parse_args(self, ctx, args):  # noqa: ANN001, ANN201 - click's signature
+        try:
+            return super().parse_args(ctx, args)
+        except NoArgsIsHelpError:
+            raise
+        except ClickUsageError as e:
+            raise _usage_error(e) from None
 
     def invoke(self, ctx):  # noqa: ANN001, ANN201 - click's signature
         try:
             return super().invoke(ctx)
         except AsrBnError as e:
-            Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True, markup=True)
-            raise typer.Exit(e.exit_code) from None
+            raise _error(str(e), e.exit_code) from None
+        except NoArgsIsHelpError:
+            raise
+        except ClickUsageError as e:
+            raise _usage_error(e) from None
+
+
+def _usage_error(e: ClickUsageError) -> typer.Exit:
+    """One line for a click usage error, with the command whose --help explains it."""
+    where = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
+    return _error(e.format_message().replace("Value error, ", "") + where, e.exit_code)
 
 
 app = typer.Typer(

@@ -7,12 +7,13 @@ import functools
 import inspect
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, Literal, Optional
 
 import typer
 from rich.console import Console
 
-from asr_bn.features import FbankConfig
+from asr_bn.config import FbankConfig, Range
+from asr_bn_cli.options import THREADS_HELP, in_range
 
 app = typer.Typer(
     help="Compute features of Kaldi data dirs (fbank, CMVN stats) into prepared dirs for training and decoding.",
@@ -46,8 +47,11 @@ def _with_fbank_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for field in _FBANK_FIELDS:
         name, default = field.metadata["kaldi"], field.default
         flag = f"--{name}/--no-{name}" if isinstance(default, bool) else f"--{name}"
-        option = typer.Option(flag, help=field.metadata["help"], rich_help_panel=_FBANK_PANEL)
-        annotation = Annotated[type(default), option]  # type: ignore[misc]
+        valid, choices = field.metadata.get("range"), field.metadata.get("choices")
+        option = typer.Option(flag, help=field.metadata["help"], rich_help_panel=_FBANK_PANEL,
+                              callback=None if valid is None else in_range(valid))
+        kind = type(default) if choices is None else Literal[choices]
+        annotation = Annotated[kind, option]  # type: ignore[misc,valid-type]
         extra.append(
             inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
         )

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
+
+from asr_bn.config import SCORE_MODES, ForwardConfig, Range
+from asr_bn_cli.options import DEVICE_HELP, THREADS_HELP, check_device, field_range, in_range, set_threads
 
 app = typer.Typer(help="Score hypotheses (WER, SER) or a model's frames (cross-entropy, frame error rate).",
                   no_args_is_help=True)
@@ -19,8 +22,9 @@ def wer(
                                                "else their `text`). With several, each is scored and the best shown.")],
     ignore: Annotated[str, typer.Option(help="Comma-separated non-scored words, removed from both sides, e.g. "
                                         "'<NOISE>,<SIL>,<SPOKEN_NOISE>'.", show_default="none")] = "",
-    mode: Annotated[str, typer.Option(help="all: a missing hypothesis counts as empty; present: score only "
-                                      "utterances with one; strict: a missing one is an error.")] = "all",
+    mode: Annotated[Literal[SCORE_MODES], typer.Option(
+        help="all: a missing hypothesis counts as empty; present: score only utterances with one; strict: a missing "
+        "one is an error.")] = "all",
     utt2spk: Annotated[Optional[Path], typer.Option(help="utt2spk for the per-speaker table (default: REF's, when "
                                                     "REF is a data dir).")] = None,
     details: Annotated[Optional[Path], typer.Option(help="Write per_utt and per_spk (Kaldi's wer_details) of the "
@@ -48,13 +52,17 @@ def wer(
 def frames(
     model: Annotated[str, typer.Argument(help="Model dir of `asr-bn train` (final.pt) or a .pt file.")],
     data_dir: Annotated[str, typer.Argument(help="Prepared dir with alignments (pdf.scp from asr-bn prep --ali-dir).")],
-    max_frames: Annotated[int, typer.Option(help="Padded frames per batch.")] = 20000,
-    device: Annotated[str, typer.Option(help="auto (cuda when available), cpu, cuda, cuda:N.")] = "auto",
+    max_frames: Annotated[int, typer.Option(help="Padded frames per batch.",
+                                            callback=field_range(ForwardConfig, "max_frames"))] = 20000,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP, callback=check_device)] = "auto",
+    threads: Annotated[Optional[int], typer.Option(help=THREADS_HELP, callback=in_range(Range(1)),
+                                                   show_default="1")] = None,
 ) -> None:
     """Frame cross-entropy and frame error rate against the alignments (masked, over all frames), e.g.
     asr-bn score frames exp/blstm_bn prep/test_dev93"""
-    from asr_bn.forward import ForwardConfig, score_frames
+    from asr_bn.forward import score_frames
 
+    set_threads(threads)
     scores = score_frames(model, data_dir, ForwardConfig(max_frames=max_frames, device=device))
     typer.echo(f"frame CE {scores.ce:.4f} nats, FER {100 * scores.fer:.2f} % over {scores.frames} frames")
 

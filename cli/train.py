@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
-from asr_bn.train import TrainConfig
+from asr_bn.config import AMP_MODES, BN_MODES, OPTIMIZERS, PRESETS, RESUMABLE, SCHEDULES, Range, TrainConfig
+from asr_bn_cli.options import DEVICE_HELP, THREADS_HELP, check_device, field_range, in_range, set_threads
 
 _MODEL = "Model"
 _OPT = "Optimisation"
 _BATCH = "Batches"
 _RUN = "Run"
 
-# The options that map one to one onto TrainConfig fields (the rest: preset, resume, nproc), and their defaults.
+# The options that map one to one onto TrainConfig fields (the rest: preset, resume, nproc, threads), their defaults
+# and range checks.
 _FIELDS = {f for f in TrainConfig.__dataclass_fields__} - {"data", "dev", "exp_dir"}
 _D = {name: f.default for name, f in TrainConfig.__dataclass_fields__.items()}
+
+
+def _opt(name: str, help: str, panel: str) -> typer.models.OptionInfo:
+    """The option of TrainConfig's field `name`, with the field's range checked where it is parsed."""
+    ranged = TrainConfig.__dataclass_fields__[name].metadata.get("range") is not None
+    return typer.Option(help=help, rich_help_panel=panel, callback=field_range(TrainConfig, name) if ranged else None)
 
 
 def train(
@@ -25,69 +33,65 @@ def train(
     data: Annotated[str, typer.Argument(help="Prepared training dir (asr-bn prep, with pdf.scp).")],
     dev: Annotated[str, typer.Argument(help="Prepared dev dir: frame CE/FER each epoch, best model, schedule.")],
     exp_dir: Annotated[str, typer.Argument(help="Output model dir (final.pt, checkpoint.pt, metrics.jsonl, …).")],
-    preset: Annotated[str, typer.Option(help="default, or paper: 5x250, SGD lr 1e-4 momentum 0.9, batch 24, "
-                                        "<=1300 frames, constant LR, no clipping. Options given win.")] = "default",
-    resume: Annotated[bool, typer.Option(help="Continue EXP_DIR/checkpoint.pt; shapes, optimiser, batches and "
-                                         "seed come from it.")] = False,
-    nproc: Annotated[int, typer.Option(help="Processes (GPUs) on this machine, launched through torchrun.")] = 1,
-    layers: Annotated[int, typer.Option(help="BLSTM layers.", rich_help_panel=_MODEL)] = _D["layers"],
-    units: Annotated[int, typer.Option(help="Cells per direction and layer.", rich_help_panel=_MODEL)] = _D["units"],
-    bn: Annotated[str, typer.Option(help="Batch norm of W·x: none, frame or sequence.",
-                                    rich_help_panel=_MODEL)] = _D["bn"],
-    bn_hidden: Annotated[bool, typer.Option(help="Also normalise the hidden-to-hidden product.",
-                                            rich_help_panel=_MODEL)] = _D["bn_hidden"],
-    dropout: Annotated[float, typer.Option(help="Dropout between layers.", rich_help_panel=_MODEL)] = _D["dropout"],
-    forget_bias: Annotated[float, typer.Option(help="Initial forget-gate bias.",
-                                               rich_help_panel=_MODEL)] = _D["forget_bias"],
-    num_pdfs: Annotated[Optional[int], typer.Option(help="Outputs; default: the alignment model's pdf count "
-                                                    "(targets_report.json) or the largest pdf-id + 1.",
-                                                    rich_help_panel=_MODEL)] = None,
-    optimizer: Annotated[str, typer.Option(help="sgd (with momentum) or adam.",
-                                           rich_help_panel=_OPT)] = _D["optimizer"],
-    lr: Annotated[float, typer.Option(help="Learning rate.", rich_help_panel=_OPT)] = _D["lr"],
-    momentum: Annotated[float, typer.Option(help="SGD momentum.", rich_help_panel=_OPT)] = _D["momentum"],
-    weight_decay: Annotated[float, typer.Option(help="L2 weight decay.", rich_help_panel=_OPT)] = _D["weight_decay"],
-    clip_norm: Annotated[float, typer.Option(help="Clip the gradient norm at this value; 0 = off.",
-                                             rich_help_panel=_OPT)] = _D["clip_norm"],
-    schedule: Annotated[str, typer.Option(help="constant; newbob (x lr-decay when dev CE stops improving); "
-                                          "exponential (x lr-decay per epoch).",
-                                          rich_help_panel=_OPT)] = _D["schedule"],
-    lr_decay: Annotated[float, typer.Option(help="Factor of newbob / exponential decay.",
-                                            rich_help_panel=_OPT)] = _D["lr_decay"],
-    min_improvement: Annotated[float, typer.Option(help="Relative dev-CE gain that counts as improving.",
-                                                   rich_help_panel=_OPT)] = _D["min_improvement"],
-    epochs: Annotated[int, typer.Option(help="Maximum epochs.", rich_help_panel=_OPT)] = _D["epochs"],
-    patience: Annotated[int, typer.Option(help="Stop after this many evaluations without improvement; 0 = never.",
-                                          rich_help_panel=_OPT)] = _D["patience"],
-    batch_size: Annotated[int, typer.Option(help="Utterances per (global) batch.",
-                                            rich_help_panel=_BATCH)] = _D["batch_size"],
-    max_frames: Annotated[int, typer.Option(help="Instead of --batch-size: padded frames B x T_max per (global) "
-                                            "batch; 0 = unused.", rich_help_panel=_BATCH)] = 0,
-    max_train_frames: Annotated[int, typer.Option(help="Drop longer training utterances (named in report.json); "
-                                                  "0 = keep all.", rich_help_panel=_BATCH)] = _D["max_train_frames"],
-    drop_last: Annotated[bool, typer.Option(help="Drop each epoch's last batch when it has fewer than "
-                                            "--batch-size utterances.", rich_help_panel=_BATCH)] = _D["drop_last"],
-    eval_every: Annotated[int, typer.Option(help="Also evaluate on dev every N updates; 0 = per epoch only.",
-                                            rich_help_panel=_RUN)] = _D["eval_every"],
-    population_batches: Annotated[int, typer.Option(help="BN statistics for dev scores and final.pt: population "
-                                                    "statistics over N training batches, re-estimated before each "
-                                                    "evaluation (the paper's alternative); 0 = running averages.",
-                                                    rich_help_panel=_MODEL)] = _D["population_batches"],
-    log_every: Annotated[int, typer.Option(help="Updates per metrics line.", rich_help_panel=_RUN)] = _D["log_every"],
-    checkpoint_every: Annotated[int, typer.Option(help="Updates per checkpoint.pt (also at each epoch end).",
-                                                  rich_help_panel=_RUN)] = _D["checkpoint_every"],
-    device: Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda, cuda:N.",
-                                        rich_help_panel=_RUN)] = _D["device"],
-    amp: Annotated[str, typer.Option(help="Mixed precision: none, bf16, fp16 (CUDA).",
-                                     rich_help_panel=_RUN)] = _D["amp"],
-    num_workers: Annotated[int, typer.Option(help="DataLoader processes reading features.",
-                                             rich_help_panel=_RUN)] = _D["num_workers"],
-    cache: Annotated[bool, typer.Option(help="Hold all features in RAM (small corpora).",
-                                        rich_help_panel=_RUN)] = _D["cache"],
-    seed: Annotated[int, typer.Option(help="Seed of weights, dropout and batch order.",
-                                      rich_help_panel=_RUN)] = _D["seed"],
-    tensorboard: Annotated[bool, typer.Option(help="Also log to EXP_DIR/tensorboard (needs tensorboard).",
-                                              rich_help_panel=_RUN)] = _D["tensorboard"],
+    preset: Annotated[Literal[tuple(PRESETS)], typer.Option(
+        help="paper: 5x250, SGD lr 1e-4 momentum 0.9, batch 24, <=1300 frames, constant LR, no clipping. Options "
+        "given win.")] = "default",
+    resume: Annotated[bool, typer.Option(
+        help="Continue EXP_DIR/checkpoint.pt with its options. Options given that may change (--"
+        + ", --".join(k.replace("_", "-") for k in RESUMABLE) + ") apply and are noted; others are refused.")] = False,
+    nproc: Annotated[int, typer.Option(help="Processes (GPUs) on this machine, launched through torchrun.",
+                                       callback=in_range(Range(1)))] = 1,
+    layers: Annotated[int, _opt("layers", "BLSTM layers.", _MODEL)] = _D["layers"],
+    units: Annotated[int, _opt("units", "Cells per direction and layer.", _MODEL)] = _D["units"],
+    bn: Annotated[Literal[BN_MODES], _opt("bn", "Batch norm of W·x.", _MODEL)] = _D["bn"],
+    bn_hidden: Annotated[bool, _opt("bn_hidden", "Also normalise the hidden-to-hidden product.",
+                                    _MODEL)] = _D["bn_hidden"],
+    dropout: Annotated[float, _opt("dropout", "Dropout between layers.", _MODEL)] = _D["dropout"],
+    forget_bias: Annotated[float, _opt("forget_bias", "Initial forget-gate bias.", _MODEL)] = _D["forget_bias"],
+    num_pdfs: Annotated[Optional[int], _opt("num_pdfs", "Outputs; default: the alignment model's pdf count "
+                                            "(targets_report.json) or the largest pdf-id + 1.", _MODEL)] = None,
+    population_batches: Annotated[int, _opt(
+        "population_batches", "BN statistics for dev scores and final.pt: population statistics over N training "
+        "batches, re-estimated before each evaluation (the paper's alternative); 0 = running averages.",
+        _MODEL)] = _D["population_batches"],
+    optimizer: Annotated[Literal[OPTIMIZERS], _opt("optimizer", "SGD (with --momentum) or Adam.",
+                                                   _OPT)] = _D["optimizer"],
+    lr: Annotated[float, _opt("lr", "Learning rate.", _OPT)] = _D["lr"],
+    momentum: Annotated[float, _opt("momentum", "SGD momentum.", _OPT)] = _D["momentum"],
+    weight_decay: Annotated[float, _opt("weight_decay", "L2 weight decay.", _OPT)] = _D["weight_decay"],
+    clip_norm: Annotated[float, _opt("clip_norm", "Clip the gradient norm at this value; 0 = off.",
+                                     _OPT)] = _D["clip_norm"],
+    schedule: Annotated[Literal[SCHEDULES], _opt("schedule", "constant; newbob (x lr-decay when dev CE stops "
+                                                 "improving); exponential (x lr-decay per epoch).",
+                                                 _OPT)] = _D["schedule"],
+    lr_decay: Annotated[float, _opt("lr_decay", "Factor of newbob / exponential decay.", _OPT)] = _D["lr_decay"],
+    min_improvement: Annotated[float, _opt("min_improvement", "Relative dev-CE gain that counts as improving.",
+                                           _OPT)] = _D["min_improvement"],
+    epochs: Annotated[int, _opt("epochs", "Maximum epochs.", _OPT)] = _D["epochs"],
+    patience: Annotated[int, _opt("patience", "Stop after this many evaluations without improvement; 0 = never.",
+                                  _OPT)] = _D["patience"],
+    batch_size: Annotated[int, _opt("batch_size", "Utterances per (global) batch.", _BATCH)] = _D["batch_size"],
+    max_frames: Annotated[int, _opt("max_frames", "Instead of --batch-size: padded frames B x T_max per (global) "
+                                    "batch; 0 = unused.", _BATCH)] = 0,
+    max_train_frames: Annotated[int, _opt("max_train_frames", "Drop longer training utterances (named in "
+                                          "report.json); 0 = keep all.", _BATCH)] = _D["max_train_frames"],
+    drop_last: Annotated[bool, _opt("drop_last", "Drop each epoch's last batch when it has fewer than --batch-size "
+                                    "utterances.", _BATCH)] = _D["drop_last"],
+    eval_every: Annotated[int, _opt("eval_every", "Also evaluate on dev every N updates; 0 = per epoch only.",
+                                    _RUN)] = _D["eval_every"],
+    log_every: Annotated[int, _opt("log_every", "Updates per metrics line.", _RUN)] = _D["log_every"],
+    checkpoint_every: Annotated[int, _opt("checkpoint_every", "Updates per checkpoint.pt (also at each epoch end).",
+                                          _RUN)] = _D["checkpoint_every"],
+    device: Annotated[str, typer.Option(help=DEVICE_HELP, callback=check_device, rich_help_panel=_RUN)] = _D["device"],
+    amp: Annotated[Literal[AMP_MODES], _opt("amp", "Mixed precision (fp16: CUDA only).", _RUN)] = _D["amp"],
+    num_workers: Annotated[int, _opt("num_workers", "DataLoader processes reading features.",
+                                     _RUN)] = _D["num_workers"],
+    cache: Annotated[bool, _opt("cache", "Hold all features in RAM (small corpora).", _RUN)] = _D["cache"],
+    seed: Annotated[int, _opt("seed", "Seed of weights, dropout and batch order.", _RUN)] = _D["seed"],
+    tensorboard: Annotated[bool, _opt("tensorboard", "Also log to EXP_DIR/tensorboard (needs tensorboard).",
+                                      _RUN)] = _D["tensorboard"],
+    threads: Annotated[Optional[int], typer.Option(help=THREADS_HELP, callback=in_range(Range(1)),
+                                                   rich_help_panel=_RUN, show_default="1")] = None,
 ) -> None:
     """Train a BLSTM acoustic model with frame cross-entropy; keep the best model by dev CE as EXP_DIR/final.pt.
 
@@ -103,16 +107,16 @@ def train(
         for name, value in ctx.params.items()
         if name in _FIELDS and ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")
     }
-    for name in ("max_frames", "max_train_frames"):
-        if given.get(name) == 0:
-            given[name] = None
-    if given.get("max_frames") is None:
-        given.pop("max_frames", None)
+    if ctx.get_parameter_source("preset").name not in ("DEFAULT", "DEFAULT_MAP"):
+        given = {**PRESETS[preset], **given}
+    if given.get("max_frames") == 0:  # 0 = unused: --batch-size stays in effect
+        del given["max_frames"]
+    set_threads(threads)
     from asr_bn.train import is_finished
     from asr_bn.train import train as run_training
 
     cfg = TrainConfig.from_options(preset, data=data, dev=dev, exp_dir=exp_dir, **given)
-    state = run_training(cfg, resume=resume)
+    state = run_training(cfg, resume=resume, given={"data", "dev", "exp_dir", *given})
     if not is_finished(cfg, state):
         raise typer.Exit(143)  # stopped by SIGTERM/SIGINT: checkpoint saved, the run is not complete
 

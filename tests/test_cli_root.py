@@ -124,7 +124,7 @@ def test_bad_options_and_bad_data_are_one_error_line(tmp_path: Path) -> None:
     (data / "wav.scp").write_text(f"utt1 {tmp_path / 'missing.wav'}\n")
     (data / "utt2spk").write_text("utt1 spk1\n")
     code, out = cli("prep", "kaldi", data, tmp_path / "out", "--window-type", "kaiser")
-    assert code == 2 and "window_type 'kaiser' is not one of povey" in error_line(out)
+    assert code == 2 and "'--window-type': 'kaiser' is not one of 'povey'" in error_line(out)
     code, out = cli("prep", "kaldi", data, tmp_path / "out")
     line = error_line(out)
     assert code == 1 and all(s in line for s in ("utt1", str(tmp_path / "missing.wav"), "--skip-bad")), line

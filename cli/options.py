@@ -1,0 +1,82 @@
+"""Shared pieces of the commands' options: range checks where an option is parsed (exit 2, one line), the
+--device and --threads options, and how --help shows flags and lists. Torch-free: `asr-bn --help` stays fast."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Optional, get_args
+
+import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
+
+from asr_bn.config import Range
+
+__all__ = ["in_range", "field_range", "check_device", "DEVICE_HELP", "THREADS_HELP", "tidy_help", "set_threads"]
+
+
+def in_range(valid: Range) -> Callable[[Any], Any]:
+    """A Typer option callback that refuses a value outside `valid` as a usage error (exit 2) naming the range."""
+
+    def check(value: Any) -> Any:
+        if value is not None and not isinstance(value, bool) and value not in valid:
+            raise typer.BadParameter(f"must be {valid}, got {value:g}")
+        return value
+
+    return check
+
+
+def field_range(cls: type, name: str) -> Callable[[Any], Any]:
+    """in_range of the Range a config dataclass (asr_bn.config) gives its field `name`: one rule, checked by the
+    CLI where it parses the option and by the library's check."""
+    valid = cls.__dataclass_fields__[name].metadata["range"]
+    return in_range(valid)
+
+
+DEVICE_HELP = "auto (cuda when available), cpu, cuda or cuda:N."
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device(value: str) -> str:
+    """Typer callback: --device is one of auto, cpu, cuda, cuda:N."""
+    if not _DEVICE.fullmatch(value):
+        raise typer.BadParameter(f"{value!r} is not one of auto, cpu, cuda, cuda:N")
+    return value
+
+
+THREADS_HELP = "Torch CPU threads; default 1: the recurrences' small matrices run faster on one (bench/threads.py)."
+
+
+def set_threads(threads: Optional[int]) -> None:
+    """Set torch's CPU threads once for the whole command (intra-op; the default 1 as measured in bench/threads.py)."""
+    import torch
+
+    torch.set_num_threads(threads or 1)
+
+
+class _Option(TyperOption):
+    """An option as --help shows it: a flag (--x/--no-x) without a type column, since it takes no value."""
+
+    def display_type_rich(self, ctx: Any) -> Optional[str]:  # noqa: D102 - typer's hook
+        return None if self.is_flag else super().display_type_rich(ctx)
+
+
+class _Argument(TyperArgument):
+    """An argument as --help shows it: a list shows its element's type (`hyps... <path>`, not `<list[Path]>`)."""
+
+    def display_type_rich(self, ctx: Any) -> Optional[str]:  # noqa: D102 - typer's hook
+        desc = self.type_descriptor
+        if desc.is_list and not desc.is_choice:
+            (element,) = get_args(desc.annotation)
+            return f"<{element.__name__.lower()}>"
+        return super().display_type_rich(ctx)
+
+
+def tidy_help(cmd: TyperCommand | TyperGroup) -> None:
+    """Give every parameter under `cmd` the --help display above."""
+    for param in cmd.params:
+        if type(param) is TyperOption:
+            param.__class__ = _Option
+        elif type(param) is TyperArgument:
+            param.__class__ = _Argument
+    for sub in getattr(cmd, "commands", {}).values():
+        tidy_help(sub)
