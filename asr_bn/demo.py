@@ -291,7 +291,7 @@ def _train(
     if resume and (exp / "final.pt").exists() and is_finished(cfg, TrainState(**load_checkpoint(checkpoint)["state"])):
         timer.reuse(f"train {exp.name}")
         return exp
-    state = train(cfg, resume=resume)
+    cfg, state = train(cfg, resume=resume)
     if not is_finished(cfg, state):  # SIGINT / SIGTERM: train saved a checkpoint and returned
         raise AsrBnError(f"training of {exp} stopped by a signal at update {state.update}; run the same "
                          "`asr-bn demo` again to continue from its checkpoint")

@@ -202,14 +202,15 @@ def train_one_epoch(run: "_Run") -> None:
 # -- the whole run ------------------------------------------------------------------------------------------------
 
 
-def train(cfg: TrainConfig, resume: bool = False, given: set[str] | None = None) -> TrainState:
+def train(cfg: TrainConfig, resume: bool = False, given: set[str] | None = None) -> tuple[TrainConfig, TrainState]:
     """Train (or with `resume`, continue from EXP_DIR/checkpoint.pt) until `cfg.epochs` or early stop.
 
     On resume the checkpoint's options hold, but for the options named in `given` (None: all of `cfg`), which
     apply where TrainConfig.resumed allows (each change is printed) and are refused otherwise.
 
     SIGTERM / SIGINT save a checkpoint and return early (`is_finished` False); under torchrun, all ranks take part and
-    only rank 0 writes. Returns the final state (best dev CE and its update).
+    only rank 0 writes. Returns the run's options (on resume, the checkpoint's with the changes applied) and its
+    final state (best dev CE and its update).
     """
     dist = _Dist.from_env()
     lock = OutputLock(cfg.exp_dir) if dist.main else contextlib.nullcontext()
@@ -217,7 +218,9 @@ def train(cfg: TrainConfig, resume: bool = False, given: set[str] | None = None)
         return _train(cfg, resume, given, dist, stop)  # the run (and its DDP wrapper) is gone before the group ends
 
 
-def _train(cfg: TrainConfig, resume: bool, given: set[str] | None, dist: _Dist, stop: _StopSignals) -> TrainState:
+def _train(
+    cfg: TrainConfig, resume: bool, given: set[str] | None, dist: _Dist, stop: _StopSignals
+) -> tuple[TrainConfig, TrainState]:
     """Epochs until done or stopped by a signal, then the learning curve and the closing line."""
     run = _Run.setup(cfg, resume, given, dist, stop)
     try:
@@ -232,7 +235,7 @@ def _train(cfg: TrainConfig, resume: bool, given: set[str] | None, dist: _Dist, 
             run.say(f"done: best dev CE {best.best_dev_ce:.4f} at update {best.best_update} → {run.exp / 'final.pt'}")
     finally:
         run.close()
-    return run.state
+    return run.cfg, run.state
 
 
 def launch(nproc: int, argv: list[str]) -> int:

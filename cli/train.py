@@ -116,7 +116,7 @@ def train(
     from asr_bn.train import train as run_training
 
     cfg = TrainConfig.from_options(preset, data=data, dev=dev, exp_dir=exp_dir, **given)
-    state = run_training(cfg, resume=resume, given={"data", "dev", "exp_dir", *given})
+    cfg, state = run_training(cfg, resume=resume, given={"data", "dev", "exp_dir", *given})
     if not is_finished(cfg, state):
         raise typer.Exit(143)  # stopped by SIGTERM/SIGINT: checkpoint saved, the run is not complete
 

@@ -287,6 +287,31 @@ def test_second_run_on_the_same_dir_is_refused(dirs: tuple[Path, Path], tmp_path
     assert snapshot(train, dev, exp) == before  # nothing written, the holder's lock kept
 
 
+def test_resume_keeps_the_saved_options_and_refuses_what_it_cannot_change(
+    dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A plain --resume continues with the run's own options (not the defaults); a resumable option given applies
+    and is noted; one that would change the model or the optimisation is refused, nothing written."""
+    train, dev = dirs
+    exp = tmp_path / "exp"
+    assert cli("train", train, dev, exp, *TINY, "--epochs", "1", "--checkpoint-every", "3")[0] == 0
+    code, out = cli("train", train, dev, exp, "--resume")  # no options: --epochs 20 etc. are defaults, not given
+    assert code == 0 and "done:" in out, out
+    saved = json.loads((exp / "config.json").read_text())
+    assert (saved["epochs"], saved["checkpoint_every"], saved["units"], saved["log_every"]) == (1, 3, 8, 1)
+    assert load_checkpoint(exp / "checkpoint.pt")["state"]["epoch"] == 1  # no epoch trained beyond --epochs 1
+    for options, refused in ((["--units", "64"], "--units 64 (the run has 8)"), (["--lr", "0.1"], "--lr 0.1")):
+        before = snapshot(exp)
+        code, out = cli("train", train, dev, exp, *options, "--resume")
+        line = error_line(out)
+        assert code == 2 and "--resume cannot change" in line and refused in line, out
+        assert snapshot(exp) == before
+    code, out = cli("train", train, dev, exp, *TINY, "--epochs", "2", "--resume")  # TINY: the run's own values
+    assert code == 0 and "changed: --epochs 1 → 2" in out, out
+    assert json.loads((exp / "config.json").read_text())["epochs"] == 2
+    assert load_checkpoint(exp / "checkpoint.pt")["state"]["epoch"] == 2
+
+
 def test_out_of_memory_names_the_batch_and_the_flag(
     dirs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -347,7 +372,7 @@ def test_bad_options_are_usage_errors(dirs: tuple[Path, Path], tmp_path: Path) -
         (["--bn", "none", "--bn-hidden"], "bad model option: ModelConfig.bn_hidden needs bn='frame'"),
         (["--amp", "fp16"], "--amp fp16 needs a CUDA device"),
         (["--max-frames", "400"], "give exactly one of --batch-size and --max-frames"),
-        (["--schedule", "cosine"], "--schedule cosine is not one of constant, newbob, exponential"),
+        (["--schedule", "cosine"], "'--schedule': 'cosine' is not one of 'constant', 'newbob', 'exponential'"),
     ):
         code, out = cli("train", train, dev, tmp_path / "exp", *TINY, *options)
         assert code == 2 and message in error_line(out), (options, out)
