@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import typer
+from asr_bn_cli.options import tidy_help
 from rich.console import Console
 from rich.markup import escape
 from typer._click.exceptions import NoArgsIsHelpError
@@ -13,7 +14,6 @@ from typer.core import TyperGroup
 
 from asr_bn import __version__
 from asr_bn.errors import AsrBnError
-from asr_bn_cli.options import tidy_help
 
 
 def _error(message: str, exit_code: int) -> typer.Exit:

@@ -53,30 +53,44 @@ def set_threads(threads: Optional[int]) -> None:
     torch.set_num_threads(threads or 1)
 
 
-class _Option(TyperOption):
-    """An option as --help shows it: a flag (--x/--no-x) without a type column, since it takes no value."""
+def _display_type(param: TyperOption | TyperArgument, ctx: Any) -> Optional[str]:
+    """The type column of --help: none for a flag (it takes no value), a list's element type (`<path>` after
+    `hyps...`; a repeatable option's `<str>`), else typer's."""
+    desc = param.type_descriptor
+    if isinstance(param, TyperOption) and param.is_flag:
+        return None
+    if desc.is_list and not desc.is_choice:
+        (element,) = get_args(desc.annotation)
+        return f"<{element.__name__.lower()}>"
+    typer_class = TyperOption if isinstance(param, TyperOption) else TyperArgument
+    return typer_class.display_type_rich(param, ctx)
 
-    def display_type_rich(self, ctx: Any) -> Optional[str]:  # noqa: D102 - typer's hook
-        return None if self.is_flag else super().display_type_rich(ctx)
+
+class _Option(TyperOption):
+    """An option as --help shows it (see _display_type)."""
+
+    display_type_rich = _display_type
 
 
 class _Argument(TyperArgument):
-    """An argument as --help shows it: a list shows its element's type (`hyps... <path>`, not `<list[Path]>`)."""
+    """An argument as --help shows it (see _display_type)."""
 
-    def display_type_rich(self, ctx: Any) -> Optional[str]:  # noqa: D102 - typer's hook
-        desc = self.type_descriptor
-        if desc.is_list and not desc.is_choice:
-            (element,) = get_args(desc.annotation)
-            return f"<{element.__name__.lower()}>"
-        return super().display_type_rich(ctx)
+    display_type_rich = _display_type
 
 
 def tidy_help(cmd: TyperCommand | TyperGroup) -> None:
-    """Give every parameter under `cmd` the --help display above."""
-    for param in cmd.params:
-        if type(param) is TyperOption:
-            param.__class__ = _Option
-        elif type(param) is TyperArgument:
-            param.__class__ = _Argument
+    """Give every parameter under `cmd` the --help display above, including those click adds per call (--help)."""
+    params_of = cmd.get_params
+
+    def get_params(ctx: Any) -> list:
+        params = params_of(ctx)
+        for param in params:
+            if type(param) is TyperOption:
+                param.__class__ = _Option
+            elif type(param) is TyperArgument:
+                param.__class__ = _Argument
+        return params
+
+    cmd.get_params = get_params  # type: ignore[method-assign]
     for sub in getattr(cmd, "commands", {}).values():
         tidy_help(sub)

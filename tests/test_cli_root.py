@@ -4,18 +4,21 @@ exit 2 for bad usage, exit 1 for bad data with one `error: …` line naming the 
 from __future__ import annotations
 
 import itertools
+import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import typer
+from asr_bn_cli.main import app
 from test_train import error_line
 from typer.core import TyperCommand, TyperGroup, TyperOption
 from typer.testing import CliRunner
 
 from asr_bn import __version__
-from asr_bn_cli.main import app
 
 runner = CliRunner()
 COMMANDS = ["prep", "ali", "train", "plot", "forward", "mkgraph", "decode", "score", "demo"]
@@ -112,6 +115,32 @@ def test_every_help_shows_every_default(path: tuple[str, ...]) -> None:
     assert not missing, f"`asr-bn {' '.join(path)} --help`: no default shown for {missing}"
 
 
+# Options with a fixed set of values: --help lists them (`<a|b|c>`) and any other value is a usage error.
+ENUMERATED = {"--bn", "--optimizer", "--schedule", "--amp", "--preset", "--cmvn", "--mode", "--window-type"}
+
+
+@pytest.mark.parametrize("path", ALL_COMMANDS, ids=lambda p: " ".join(p) or "asr-bn")
+def test_help_reads_well(path: tuple[str, ...]) -> None:
+    """Every row of every --help: its help text whole (no rich markup eaten, as `[lat.ark/.scp, hyp_LMWT]` was);
+    flags without a type (they take no value); lists by their element type, not `<list[Path]>`; enumerated options
+    with their choices; --device checked (auto, cpu, cuda, cuda:N)."""
+    code, out = cli(*path, "--help")
+    rows = _rows(out)
+    cmd = _command(path)
+    assert "<list[" not in out and "<bool>" not in out, out
+    for param in cmd.params:
+        name = param.opts[0] if isinstance(param, TyperOption) else param.name
+        if param.help and name in rows:
+            assert " ".join(param.help.split()) in rows[name], (name, param.help, rows[name])
+        if name in ENUMERATED:
+            choices = [str(getattr(c, "value", c)) for c in param.type_descriptor.choices]
+            assert f"<{'|'.join(choices)}>" in rows[name], rows[name]
+    if path in LEAVES and any(p.opts[0] == "--device" for p in cmd.params if isinstance(p, TyperOption)):
+        args = ["x"] * sum(isinstance(p, typer.core.TyperArgument) and p.required for p in cmd.params)
+        code, out = cli(*path, *args, "--device", "gpu")
+        assert code == 2 and "--device" in error_line(out), out
+
+
 @pytest.mark.parametrize("path", ALL_COMMANDS, ids=lambda p: " ".join(p) or "asr-bn")
 def test_unknown_option_is_a_usage_error(path: tuple[str, ...]) -> None:
     code, out = cli(*path, "--no-such-option")
@@ -128,3 +157,88 @@ def test_bad_options_and_bad_data_are_one_error_line(tmp_path: Path) -> None:
     code, out = cli("prep", "kaldi", data, tmp_path / "out")
     line = error_line(out)
     assert code == 1 and all(s in line for s in ("utt1", str(tmp_path / "missing.wav"), "--skip-bad")), line
+
+
+# -- every numeric option refuses what makes no sense, where it is parsed ----------------------------------------
+
+# A value outside each numeric option's range (the same value is bad in every command that has the option), and the
+# options with no range, with the reason. A new numeric option must be added to one of the two.
+OUT_OF_RANGE = {
+    "--frame-shift-ms": "0", "--acoustic-scale": "0", "--beam": "0", "--max-active": "0", "--lattice-beam": "-1",
+    "--nj": "0", "--seed": "-1", "--prior-scale": "-1", "--prior-floor": "0", "--max-frames": "-1",
+    "--num-workers": "-1", "--threads": "0", "--sil-prob": "1", "--self-loop-scale": "-0.5",
+    "--transition-scale": "-1", "--channel": "-1", "--length-tolerance": "-1", "--num-pdfs": "0",
+    "--sample-frequency": "0", "--frame-length": "0", "--frame-shift": "-10", "--dither": "-1",
+    "--preemphasis-coefficient": "1.5", "--num-mel-bins": "2", "--low-freq": "-1", "--high-freq": "9000",
+    "--vtln-warp": "0", "--nproc": "0", "--layers": "0", "--units": "0", "--dropout": "1",
+    "--population-batches": "-1", "--lr": "nan", "--momentum": "1", "--weight-decay": "-1e-4", "--clip-norm": "-1",
+    "--lr-decay": "1.5", "--min-improvement": "-0.1", "--epochs": "0", "--patience": "-1", "--batch-size": "0",
+    "--max-train-frames": "-1", "--eval-every": "-1", "--log-every": "0", "--checkpoint-every": "0",
+}  # fmt: skip
+UNBOUNDED = {
+    "--forget-bias": "any initial forget-gate bias",
+    "--blackman-coeff": "Kaldi takes any (the window's constant)",
+    "--energy-floor": "Kaldi: <= 0 is no floor",
+    "--vtln-low": "checked against the mel range only with --vtln-warp != 1, as in Kaldi",
+    "--vtln-high": "checked against the mel range only with --vtln-warp != 1, as in Kaldi",
+}
+LEAVES = [path for path in ALL_COMMANDS if path and not isinstance(_command(path), TyperGroup)]
+
+
+def _numeric_options(path: tuple[str, ...]) -> list[str]:
+    return [p.opts[0] for p in _command(path).params
+            if isinstance(p, TyperOption) and p.type_descriptor.annotation in (int, float)]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", LEAVES, ids=" ".join)
+def test_every_numeric_option_refuses_out_of_range_values(path: tuple[str, ...], tmp_path: Path) -> None:
+    """Each numeric option of each command, given a value outside its range: exit 2 with one `error:` line naming
+    the option, before anything is read or written (the positional arguments do not exist)."""
+    cmd = _command(path)
+    args = [str(tmp_path / p.name) for p in cmd.params if isinstance(p, typer.core.TyperArgument) and p.required]
+    for option in _numeric_options(path):
+        assert option in OUT_OF_RANGE or option in UNBOUNDED, f"{option} of {path}: give its range a test value"
+        if option in UNBOUNDED:
+            continue
+        code, out = cli(*path, *args, option, OUT_OF_RANGE[option])
+        assert code == 2 and option in error_line(out), (path, option, out)
+    assert not any(tmp_path.iterdir())
+
+
+def test_kaldi_fbank_checks() -> None:
+    """Kaldi's own refusals, the same limits (checked with compute-fbank-feats: at 8 kHz, 95 mel bins are taken and
+    96 refused, "You may have set --num-mel-bins too large"; at 16 kHz 126 and 127)."""
+    for rate, largest in ((8000, 95), (16000, 126)):
+        code, out = cli("prep", "kaldi", "d", "o", "--sample-frequency", rate, "--num-mel-bins", largest + 1)
+        assert code == 2 and f"--num-mel-bins {largest + 1} is too large" in error_line(out), out
+    from asr_bn.config import FbankConfig
+
+    assert FbankConfig(sample_frequency=8000, num_mel_bins=95).num_mel_bins == 95
+    assert FbankConfig(num_mel_bins=126).num_mel_bins == 126
+    code, out = cli("prep", "kaldi", "d", "o", "--no-round-to-power-of-two", "--frame-length", "25.0625")
+    assert code == 2 and "odd FFT size of 401 samples" in error_line(out)  # Kaldi asserts an even FFT size
+
+
+# -- start-up: help and usage errors load neither torch nor the Kaldi extensions ------------------------------------
+
+_HEAVY = ("torch", "numpy", "kaldi_hmm_gmm", "kaldifst", "kaldi_decoder", "kaldilm", "kaldiio", "scipy", "matplotlib")
+_PROBE = """
+import json, sys
+from typer.testing import CliRunner
+from asr_bn_cli.main import app
+paths = json.loads(sys.argv[1])
+codes = [CliRunner().invoke(app, [*path, "--help"]).exit_code for path in paths]
+codes += [CliRunner().invoke(app, [*path, "--no-such-option"]).exit_code for path in paths]
+codes.append(CliRunner().invoke(app, ["train", "a", "b", "c", "--clip-norm", "-1"]).exit_code)
+print(json.dumps({"codes": codes, "loaded": sorted({m.split(".")[0] for m in sys.modules})}))
+"""
+
+
+def test_help_and_usage_errors_import_no_heavy_module() -> None:
+    """`asr-bn --help`, every command's --help and usage errors, in a fresh process: none of torch, numpy or the
+    Kaldi extensions is imported (they took 2-3 s before; bench/cli_start.py measures the start-up)."""
+    paths = [list(p) for p in ALL_COMMANDS]
+    out = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(paths)], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["codes"] == [0] * len(paths) + [2] * (len(paths) + 1)
+    assert not set(_HEAVY) & set(result["loaded"]), sorted(set(_HEAVY) & set(result["loaded"]))
