@@ -358,7 +358,8 @@ def decode(
             by_lmwt = {w: files.enter_context(atomic_open(out_dir / f"hyp_{w}")) for w in config.lmwt}
             lat_ark = files.enter_context(atomic_open(out_dir / "lat.ark", "wb")) if config.lattices else None
             scp_lines: list[str] = []
-            task = bar.add_task("decode", total=_count_scp(rspecifier), info="")
+            name = f"decode {out_dir.parent.name}/{out_dir.name}"  # the model's dir and the set's, e.g. blstm/decode_dev
+            task = bar.add_task(name, total=_count_scp(rspecifier), info="")
             for utt, hyp in _hypotheses(graph, items, config, nj):
                 counts["utterances"] += 1
                 bar.advance(task)

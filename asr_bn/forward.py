@@ -182,12 +182,11 @@ def forward_batches(
 
 
 def _in_order(
-    model: AcousticModel, data_dir: Path, config: ForwardConfig, report: Report
+    model: AcousticModel, dataset: "UtteranceDataset", config: ForwardConfig, report: Report
 ) -> Iterator[tuple[str, np.ndarray]]:
     """(utt, (T, P) float32 matrix) in the data dir's order: log-posteriors or prior-scaled log-likelihoods."""
     import torch
 
-    dataset = _dataset(model, data_dir, targets=False)
     offset = None if config.posteriors else torch.from_numpy(config.prior_scale * model.log_priors).to(model.device)
     pending: dict[str, np.ndarray] = {}
     done = frames = 0
@@ -248,9 +247,10 @@ def forward(
     report = Report("forward")
     for note in acoustic.notes:
         report.note(note)
+    dataset = _dataset(acoustic, data_dir, targets=False)
     with progress_bar() as bar:
-        items = _in_order(acoustic, data_dir, config, report)
-        task = bar.add_task("forward", total=None, info=str(acoustic.device))
+        items = _in_order(acoustic, dataset, config, report)
+        task = bar.add_task(f"forward {data_dir.name}", total=len(dataset.utts), info=str(acoustic.device))
 
         def counted() -> Iterator[tuple[str, np.ndarray]]:
             for item in items:

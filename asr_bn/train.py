@@ -226,6 +226,7 @@ def _train(
     try:
         while not is_finished(run.cfg, run.state) and not run.stop_requested():
             train_one_epoch(run)
+        run.progress_stop()  # the last epoch's bar ends before the closing line
         run.plot()
         if not is_finished(run.cfg, run.state):
             run.save_checkpoint()
@@ -699,13 +700,18 @@ class _Run:
             f"epoch {self.state.epoch + 1}/{self.cfg.epochs}", total=total, completed=done, info=""
         )
 
+    def progress_stop(self) -> None:
+        """End the epoch bar (what is said next goes below it)."""
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress, self.task = None, None
+
     def plot(self) -> None:
         if self.dist.main:
             plot_runs([self.exp], self.exp / "learning_curve.png")
 
     def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+        self.progress_stop()
         if self.tb is not None:
             self.tb.close()
 

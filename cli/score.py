@@ -36,11 +36,12 @@ def wer(
 
     words = [w for w in ignore.split(",") if w]
     results, best = score_hyps(ref, hyps, words, mode)
-    for result in results:
-        for line in result.lines():
-            typer.echo(line)
-    if len(results) > 1:
-        typer.echo(f"best: {best.lines()[0]}")
+    if len(results) == 1:
+        lines = best.lines()
+    else:  # a sweep (several files, or a decode dir's hyp_LMWT): one %WER line each, then the best's summary
+        lines = [result.lines()[0] for result in results] + [f"best: {best.lines()[0]}", *best.lines()[1:]]
+    for line in lines:
+        typer.echo(line)
     if details is not None:
         if utt2spk is None and ref.is_dir() and (ref / "utt2spk").is_file():
             utt2spk = ref / "utt2spk"

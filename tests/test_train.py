@@ -175,7 +175,7 @@ def test_population_statistics_are_what_final_pt_holds_and_scores(dirs: tuple[Pa
     code, out = cli("score", "frames", exp, dev, "--device", "cpu")
     assert code == 0 and f"frame CE {final['dev_ce']:.4f} nats" in out, (out, final["dev_ce"])
     code, out = cli("train", train, dev, tmp_path / "e2", *TINY, "--population-batches", "-1")
-    assert code == 2 and "--population-batches must be >= 0" in out
+    assert code == 2 and "'--population-batches': must be >= 0" in out
 
 
 def test_length_filter_drops_are_named(dirs: tuple[Path, Path], tmp_path: Path) -> None:
