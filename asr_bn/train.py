@@ -629,7 +629,7 @@ class _Run:
         self.state, best = after_eval(self.cfg, self.state, scores.ce)
         self.log(kind="dev", ce=scores.ce, fer=scores.fer, frames=scores.frames)
         self.say(
-            f"update {self.state.update} (epoch {self.state.epoch}): dev CE {scores.ce:.4f} FER {scores.fer:.2%}"
+            f"update {self.state.update} (epoch {self.state.epoch + 1}): dev CE {scores.ce:.4f} FER {scores.fer:.2%}"
             + (" (best)" if best else f" (best {self.state.best_dev_ce:.4f})")
             + (" — early stop" if self.cfg.patience and self.state.bad_evals >= self.cfg.patience else "")
         )

@@ -85,6 +85,19 @@ def test_stdout_stream_is_the_same_binary_archive(trained: tuple[Path, Path], tm
     assert b"forward:" not in stream  # the report goes to stderr, never into the archive
 
 
+def test_progress_names_the_set_and_its_total_and_stays_plain_off_a_terminal(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The bar says which set it runs on and how many utterances it will do; off a terminal (here: captured),
+    rich prints it once, without cursor or colour codes."""
+    exp, test = trained
+    result = runner.invoke(app, ["forward", str(exp), str(test), f"ark:{tmp_path}/ll.ark", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    bar = [line for line in result.output.splitlines() if line.startswith("forward test")]
+    assert len(bar) == 1 and " 9/9 " in bar[0], result.output
+    assert "\x1b" not in result.output and "\r" not in result.output
+
+
 def test_posteriors_and_prior_scale(trained: tuple[Path, Path], tmp_path: Path) -> None:
     exp, test = trained
     forward(exp, test, f"ark:{tmp_path}/post.ark", ForwardConfig(posteriors=True, device="cpu"))

@@ -126,6 +126,11 @@ def test_train_learns_and_writes_the_model_dir(dirs: tuple[Path, Path], tmp_path
     exp = tmp_path / "exp"
     code, out = cli("train", train, dev, exp, *TINY, "--epochs", "4", "--eval-every", "3", "--optimizer", "adam")
     assert code == 0, out
+    lines = out.splitlines()  # the progress off a terminal: plain lines, epochs counted from 1, done: below the bar
+    bars = [i for i, line in enumerate(lines) if line.startswith("epoch ")]
+    assert [lines[i].split()[1] for i in bars][-1] == "4/4" and "epoch 0" not in out and "\x1b" not in out
+    done = [i for i, line in enumerate(lines) if line.startswith("done: best dev CE")]
+    assert len(done) == 1 and bars[-1] < done[0], out
     for name in ("final.pt", "checkpoint.pt", "config.json", "pipeline.json", "priors.vec", "metrics.jsonl",
                  "learning_curve.png", "report.json"):  # fmt: skip
         assert (exp / name).exists(), name
