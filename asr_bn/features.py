@@ -236,12 +236,14 @@ def compute_fbank(
     device: str | torch.device = "cpu",
     seed: int = 0,
     vtln_warp: float | Sequence[float] | None = None,
+    threads: int = 1,
 ) -> list[torch.Tensor]:
     """Kaldi's compute-fbank-feats on many utterances at once: returns float32 CPU tensors (T_i, cfg.dim).
 
     The frames of a group of utterances are stacked into one matrix (frames are independent, so no padding is
     needed) and go through the FFT and the mel matmul in blocks of rows. On CPU, groups run in parallel on
-    torch.get_num_threads() threads, each op single-threaded (torch's per-op threading stalls on a busy machine).
+    `threads` threads; their ops use torch's own threads, which the caller sets once (the CLI: 1, since torch's
+    per-op threading stalls on a busy machine).
     Audio shorter than one frame gives a (0, dim) tensor (the caller skips it, named). `vtln_warp` (one factor, or
     one per utterance) overrides cfg.vtln_warp. Dither is reproducible from `seed` and independent of batching.
     """
@@ -252,7 +254,7 @@ def compute_fbank(
             raise UsageError(f"compute_fbank: wave {i} has shape {tuple(w.shape)}; expected 1-D samples (one channel)")
     counts = [num_frames(int(w.shape[0]), cfg) for w in waves]
     out = [torch.zeros((0, cfg.dim), dtype=torch.float32) for _ in waves]
-    threads = torch.get_num_threads() if device.type == "cpu" else 1
+    threads = threads if device.type == "cpu" else 1
     group_frames = max(1, min(_GROUP_FRAMES, -(-sum(counts) // threads)))
     groups: list[list[int]] = []
     for warp in sorted(set(warps)):
@@ -274,9 +276,8 @@ def compute_fbank(
             out[i] = f
 
     if threads > 1 and len(groups) > 1:
-        with ThreadPoolExecutor(min(threads, len(groups)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        with ThreadPoolExecutor(min(threads, len(groups))) as pool:
             list(pool.map(run, groups))
-        torch.set_num_threads(threads)  # the workers' set_num_threads(1) also changed torch's process-wide default
     else:
         for group in groups:
             run(group)

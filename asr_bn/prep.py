@@ -61,6 +61,7 @@ def prepare_kaldi(
     *,
     compress: bool = False,
     nj: int = 1,
+    threads: int = 1,
     device: str = "cpu",
     skip_bad: bool = False,
     channel: int | None = None,
@@ -74,9 +75,9 @@ def prepare_kaldi(
 ) -> PrepResult:
     """Compute raw fbank and CMVN stats of a Kaldi data dir into `out_dir` (layout in docs/ARCHITECTURE.md).
 
-    Audio is loaded by `nj` threads and fbank runs in batches on `device`. Unreadable audio is an AsrBnError
-    unless `skip_bad` (then a named skip); audio shorter than one frame is always a named skip. `sph2pipe`
-    replaces the program of wav.scp's sph2pipe pipes. With `force` a complete output is redone. With `ali_dir`
+    Audio is loaded by `nj` threads and fbank runs in batches on `device` (on the CPU, `threads` groups at once).
+    Unreadable audio is an AsrBnError unless `skip_bad` (then a named skip); audio shorter than one frame is always
+    a named skip. `sph2pipe` replaces the program of wav.scp's sph2pipe pipes. With `force` a complete output is redone. With `ali_dir`
     (Kaldi ali.N.gz + final.mdl) the pdf-id targets are joined to the features (`join_targets`, every run):
     `model` replaces ALI_DIR/final.mdl; with `pdf_ids` the labels are pdf-ids already, bounded by `num_pdfs` or
     the model's pdf count when given.
@@ -120,6 +121,7 @@ def prepare_kaldi(
                 report,
                 compress=compress,
                 nj=nj,
+                threads=threads,
                 device=device,
                 skip_bad=skip_bad,
                 channel=channel,
@@ -346,6 +348,7 @@ def _write_outputs(
     *,
     compress: bool,
     nj: int,
+    threads: int,
     device: str,
     skip_bad: bool,
     channel: int | None,
@@ -363,7 +366,7 @@ def _write_outputs(
             for batch in _batches(
                 _waves(data, cfg, nj, skip_bad, channel, report, lambda: bar.advance(task)), _BATCH_SAMPLES
             ):
-                feats = compute_fbank([w for _, w in batch], cfg, device=device)
+                feats = compute_fbank([w for _, w in batch], cfg, device=device, threads=threads)
                 for (utt, wave), f in zip(batch, feats):
                     bar.advance(task)
                     mat = f.numpy()

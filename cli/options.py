@@ -47,7 +47,7 @@ THREADS_HELP = "Torch CPU threads; default 1: the recurrences' small matrices ru
 
 
 def set_threads(threads: Optional[int]) -> None:
-    """Set torch's CPU threads once for the whole command (intra-op; the default 1 as measured in bench/threads.py)."""
+    """Set torch's CPU threads once for the whole command: `threads`, by default 1 (bench/threads.py)."""
     import torch
 
     torch.set_num_threads(threads or 1)

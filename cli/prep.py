@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from asr_bn.config import FbankConfig, Range
-from asr_bn_cli.options import THREADS_HELP, in_range
+from asr_bn_cli.options import in_range
 
 app = typer.Typer(
     help="Compute features of Kaldi data dirs (fbank, CMVN stats) into prepared dirs for training and decoding.",
@@ -106,6 +106,10 @@ CompressOpt = Annotated[
     ),
 ]
 NjOpt = Annotated[int, typer.Option("--nj", min=1, help="Threads loading audio (files and pipes).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", callback=in_range(Range(1)), show_default="the CPU cores",
+    help="Fbank on the CPU: groups of utterances computed at once, each op on one torch thread (bench/features.py).",
+)]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="Device for fbank.")]
 SkipBadOpt = Annotated[
     bool,
@@ -143,6 +147,16 @@ NumPdfsOpt = Annotated[Optional[int], typer.Option(
 )]
 
 
+def _fbank_threads(threads: Optional[int]) -> int:
+    """Fbank's parallel groups (`threads`, by default torch's default thread count: the CPU cores); torch's own
+    threads are set to 1 once, so that each group's ops run on one."""
+    import torch
+
+    groups = threads or torch.get_num_threads()
+    torch.set_num_threads(1)
+    return groups
+
+
 def _print(result: Any) -> None:  # result: asr_bn.prep.PrepResult
     console = Console(highlight=False, soft_wrap=True)
     if result.already_done:
@@ -172,6 +186,7 @@ def kaldi(
     norm_vars: NormVarsOpt = False,
     compress: CompressOpt = False,
     nj: NjOpt = 1,
+    threads: ThreadsOpt = None,
     device: DeviceOpt = Device.cpu,
     skip_bad: SkipBadOpt = False,
     channel: ChannelOpt = None,
@@ -200,6 +215,7 @@ def kaldi(
             pipeline,
             compress=compress,
             nj=nj,
+            threads=_fbank_threads(threads),
             device=device.value,
             skip_bad=skip_bad,
             channel=channel,
@@ -229,6 +245,7 @@ def wsj(
     norm_vars: NormVarsOpt = False,
     compress: CompressOpt = False,
     nj: NjOpt = 1,
+    threads: ThreadsOpt = None,
     device: DeviceOpt = Device.cpu,
     skip_bad: SkipBadOpt = False,
     channel: ChannelOpt = None,
@@ -266,6 +283,7 @@ def wsj(
         num_pdfs=num_pdfs,
         compress=compress,
         nj=nj,
+        threads=_fbank_threads(threads),
         device=device.value,
         skip_bad=skip_bad,
         channel=channel,

@@ -89,13 +89,19 @@ def test_progress_names_the_set_and_its_total_and_stays_plain_off_a_terminal(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """The bar says which set it runs on and how many utterances it will do; off a terminal (here: captured),
-    rich prints it once, without cursor or colour codes."""
+    rich prints it once, without cursor or colour codes. Torch's threads: 1 unless --threads says otherwise."""
     exp, test = trained
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
     result = runner.invoke(app, ["forward", str(exp), str(test), f"ark:{tmp_path}/ll.ark", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     bar = [line for line in result.output.splitlines() if line.startswith("forward test")]
     assert len(bar) == 1 and " 9/9 " in bar[0], result.output
     assert "\x1b" not in result.output and "\r" not in result.output
+    assert torch.get_num_threads() == 1  # the command's default --threads, set once for the process
+    threads = runner.invoke(app, ["forward", str(exp), str(test), f"ark:{tmp_path}/ll.ark", "--threads", "2"])
+    assert threads.exit_code == 0 and torch.get_num_threads() == 2
+    torch.set_num_threads(before)
 
 
 def test_posteriors_and_prior_scale(trained: tuple[Path, Path], tmp_path: Path) -> None:
