@@ -21,12 +21,11 @@ an unfinished training run continues from its checkpoint. Deterministic for a se
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.io import OutputLock, write_text
@@ -128,7 +127,7 @@ def run_demo(
     budget = BUDGETS[size]
     say = on_stage or (lambda _stage: None)
     timer = _Timer()
-    with OutputLock(out), _one_torch_thread():
+    with OutputLock(out):
         _check_settings(out, seed, size)
         with timer("synth", say):
             corpus = _synth(out / "corpus", seed, size, budget.num_speakers, timer)
@@ -188,23 +187,6 @@ class _Timer:
     def reuse(self, what: str) -> None:
         """Note that `what` (a stage's output) was complete and reused."""
         self.reused.append(what)
-
-
-@contextlib.contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """Run torch ops on one thread each, then restore the setting.
-
-    The demo's matrices are small (16 x 128 per recurrent step): torch's per-op threads burn ~10x the CPU time
-    in their waits and, on a busy machine, run 8x slower than one thread (docs/RESULTS.md, "Demo").
-    """
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _check_settings(out: Path, seed: int, size: str) -> None:

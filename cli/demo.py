@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
+from asr_bn_cli.options import (
+    DEVICE_HELP,
+    THREADS_HELP,
+    check_device,
+    field_range,
+    in_range,
+    set_threads,
+)
 
-from asr_bn.config import TrainConfig
-from asr_bn_cli.options import DEVICE_HELP, check_device, field_range
+from asr_bn.config import Range, TrainConfig
 
 
 def demo(
@@ -20,6 +27,8 @@ def demo(
                                         "tests).")] = False,
     device: Annotated[str, typer.Option(help="Where training and forward run: " + DEVICE_HELP + " cpu is "
                                         "reproducible.", callback=check_device)] = "cpu",
+    threads: Annotated[Optional[int], typer.Option(help=THREADS_HELP, callback=in_range(Range(1)),
+                                                   show_default="1")] = None,
 ) -> None:
     """The whole hybrid pipeline on an espeak-ng corpus: synth → prep → train (baseline, sequence BN) →
     forward → mkgraph → decode → score; prints train CE, dev CE, dev FER and WER per model, e.g.
@@ -29,6 +38,7 @@ def demo(
 
     from asr_bn.demo import run_demo
 
+    set_threads(threads)
     err = Console(stderr=True, highlight=False)
     result = run_demo(out, seed=seed, size="small" if small else "full", device=device,
                       on_stage=lambda stage: err.rule(f"[bold]{stage}"))
