@@ -174,6 +174,8 @@ OUT_OF_RANGE = {
     "--population-batches": "-1", "--lr": "nan", "--momentum": "1", "--weight-decay": "-1e-4", "--clip-norm": "-1",
     "--lr-decay": "1.5", "--min-improvement": "-0.1", "--epochs": "0", "--patience": "-1", "--batch-size": "0",
     "--max-train-frames": "-1", "--eval-every": "-1", "--log-every": "0", "--checkpoint-every": "0",
+    "--context-width": "0", "--central-position": "-1", "--var-floor": "-1", "--max-leaves": "-1", "--thresh": "-1",
+    "--cluster-thresh": "-2",
 }  # fmt: skip
 UNBOUNDED = {
     "--forget-bias": "any initial forget-gate bias",
