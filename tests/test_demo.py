@@ -75,7 +75,7 @@ def test_training_stopped_by_a_signal_stops_the_demo(
     out, _ = first
     shutil.rmtree(out / "exp" / "baseline")
     # asr_bn.train.train returns early (checkpoint saved) on SIGINT/SIGTERM; the demo must not go on
-    monkeypatch.setattr("asr_bn.train.train", lambda cfg, resume=False: TrainState(update=3))
+    monkeypatch.setattr("asr_bn.train.train", lambda cfg, resume=False: (cfg, TrainState(update=3)))
     code, output = run("--small", "--out", out, "--seed", "0")
     assert code == 1
     last = output.strip().splitlines()[-1]
