@@ -78,7 +78,7 @@ def main() -> None:
                 bn=args.bn, batch_size=batch, max_train_frames=None, epochs=1, log_every=log_every,
                 checkpoint_every=10**9, device=args.device, amp=args.amp, num_workers=workers, patience=0,
             )  # fmt: skip
-            if not is_finished(cfg, train(cfg)):
+            if not is_finished(*train(cfg)):
                 raise SystemExit("interrupted")
             rows = [json.loads(x) for x in (root / f"exp{workers}" / "metrics.jsonl").read_text().splitlines()]
             rows = [r for r in rows if r["kind"] == "train"][1:]
