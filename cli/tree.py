@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -27,7 +27,7 @@ def stats(
     feats: Annotated[Path, typer.Argument(help="An `asr-bn prep` dir (GMM features: cepstra, CMVN, Δ+ΔΔ) or a .scp of ready features.")],
     ali: Annotated[Path, typer.Argument(help="Alignment dir (ali.N.gz) or one archive of transition-ids.")],
     out: Annotated[Path, typer.Argument(help="Output treeacc file (Kaldi's format; build-tree reads it).")],
-    ci_phones: Annotated[str, typer.Option(help="Context-independent phones, colon-separated (phones/context_indep.csl).")] = "",
+    ci_phones: Annotated[Optional[str], typer.Option(help="Context-independent phones, colon-separated (phones/context_indep.csl); none by default.")] = None,
     context_width: Annotated[int, typer.Option(min=1, help="Phones in the context window.")] = 3,
     central_position: Annotated[int, typer.Option(min=0, help="Position of the central phone in the window.")] = 1,
     var_floor: Annotated[float, typer.Option(min=0.0, help="Variance floor of the Gaussian objective.")] = 0.01,
@@ -41,7 +41,7 @@ def stats(
     report = Report("tree stats")
     tm = read_transition_model(model)
     alis = {labels.utt: labels.values for labels in read_alignments(ali)}
-    acc = accumulate_tree_stats(tm, read_features(feats), alis, _phone_list(ci_phones), context_width,
+    acc = accumulate_tree_stats(tm, read_features(feats), alis, _phone_list(ci_phones or ""), context_width,
                                 central_position, var_floor, report)
     write_tree_stats(out, acc, binary)
     report.counts["events"] = len(acc.events)
