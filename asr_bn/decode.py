@@ -1,14 +1,10 @@
-"""Decoding with a Kaldi HCLG graph and kaldi-decoder (no Kaldi binaries), and a small Kaldi-style graph builder.
+"""Decoding with a Kaldi HCLG graph and kaldi-decoder (no Kaldi binaries).
 
 `decode` reads a graph dir (HCLG.fst, words.txt, as Kaldi's utils/mkgraph.sh writes it), the alignment model
 (final.mdl, for transition-id → pdf-id) and log-likelihood matrices (utterance → (T, num_pdfs), `asr-bn forward`'s
 output) and writes hypotheses in Kaldi `text` format, like `latgen-faster-mapped` + `lattice-best-path`. With
 lattices it also writes Kaldi-readable state-level lattices and, for a range of LM weights, one hypothesis file
 per weight (`hyp_LMWT`, what Kaldi's score.sh scores).
-
-`build_graph` is mkgraph.sh for a word loop or an ARPA language model over a lexicon: L (with disambiguation
-symbols) ∘ G, determinized and minimized, composed with the context (trivial for monophones) and kaldi-hmm-gmm's
-H transducer, disambiguation symbols removed, self-loops added with the transition model.
 """
 
 from __future__ import annotations
@@ -27,18 +23,15 @@ import numpy as np
 from asr_bn.alignments import read_transition_model, transition_id_scores
 from asr_bn.config import DecodeConfig
 from asr_bn.errors import AsrBnError, UsageError
-from asr_bn.io import OutputLock, atomic_open, atomic_path, error_detail, write_text
+from asr_bn.io import OutputLock, atomic_open, error_detail, write_text
 from asr_bn.progress import progress_bar
 from asr_bn.report import Report
 
 if TYPE_CHECKING:
-    from asr_bn.kaldi_ext import kaldi_hmm_gmm, kaldifst
-
-    from asr_bn.lang import Lang
+    from asr_bn.kaldi_ext import kaldifst
 
 __all__ = [
-    "DecodeConfig", "Graph", "Hypothesis", "load_graph", "decode_matrix", "decode", "read_loglikes", "read_tree",
-    "build_graph",
+    "DecodeConfig", "Graph", "Hypothesis", "load_graph", "decode_matrix", "decode", "read_loglikes", "model_file",
 ]
 
 
@@ -73,8 +66,8 @@ class Graph:
         return self._decoders[key]
 
 
-def _model_file(model: str | Path) -> Path:
-    """final.mdl itself, or a directory holding it (a Kaldi exp dir)."""
+def model_file(model: str | Path) -> Path:
+    """The alignment model: final.mdl itself, or a directory holding it (a Kaldi exp dir)."""
     model = Path(model)
     path = model / "final.mdl" if model.is_dir() else model
     if not path.is_file():
@@ -106,7 +99,7 @@ def load_graph(graph_dir: str | Path, model: str | Path) -> Graph:
             raise AsrBnError(
                 f"{path}: no such file ({what}; give a graph dir made by Kaldi's utils/mkgraph.sh or `asr-bn mkgraph`)"
             )
-    model_path = _model_file(model)
+    model_path = model_file(model)
     tm = read_transition_model(model_path)
     tid2pdf = tm.tid_pdf.astype(np.int64)
     num_pdfs = int(tm.num_pdfs)
@@ -392,240 +385,3 @@ def decode(
             report.note(f"average log-likelihood per frame {total_log_like / counts['frames']:.4f}")
         report.save(out_dir / "report.json")
     return report
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Graph building (Kaldi's utils/mkgraph.sh for a word loop or an ARPA LM)
-
-
-def read_tree(path: str | Path) -> "kaldi_hmm_gmm.ContextDependency":
-    """Read a Kaldi binary decision tree (`exp/*/tree`, as `build-tree` or kaldi-hmm-gmm write it)."""
-    from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
-
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise AsrBnError(f"cannot read tree {path}: {e.strerror or e} (give the tree of the model's exp dir)") from e
-    if not raw.startswith(b"\0BContextDependency "):
-        raise AsrBnError(f"{path}: not a binary Kaldi tree (convert it with Kaldi's `copy-tree --binary=true`)")
-    tree = khg.ContextDependency.__new__(khg.ContextDependency)
-    try:
-        tree.__setstate__((np.frombuffer(raw[2:], dtype=np.int8).tolist(),))
-    except RuntimeError as e:
-        raise AsrBnError(f"{path}: cannot parse the Kaldi tree: {e} (is the file truncated?)") from e
-    return tree
-
-
-def _hmm_objects(model_path: Path, tree_path: Path | None):  # noqa: ANN202 - (khg tree, khg TransitionModel, tm)
-    """kaldi-hmm-gmm's tree and TransitionModel for a Kaldi model: structure from the tree and the model's
-    topology, transition probabilities from the model (read by asr_bn.alignments)."""
-    from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
-
-    tm = read_transition_model(model_path)
-    topo = khg.HmmTopology()
-    topo.read(tm.topology_text())
-    if tree_path is not None:
-        tree = read_tree(tree_path)
-    else:
-        tree = khg.monophone_context_dependency(topo.phones, topo.get_phone_to_num_pdf_classes())
-    ktm = khg.TransitionModel(tree, topo)
-    tids = range(1, tm.num_transition_ids + 1)
-    same = ktm.num_transition_ids == tm.num_transition_ids and all(
-        ktm.transition_id_to_pdf(t) == tm.tid_pdf[t] and ktm.transition_id_to_phone(t) == tm.tid_phone[t] for t in tids
-    )
-    if not same:
-        fix = "pass the tree of its exp dir" if tree_path is None else f"use the tree made with {model_path}"
-        raise AsrBnError(f"{model_path}: its transition-ids do not match the tree's pdfs ({fix})")
-    # Kaldi's TransitionModel::ComputeDerivedOfProbs: the non-self-loop log-prob of each transition-state.
-    non_loop = np.zeros(tm.num_transition_states + 1)
-    loops = np.flatnonzero(tm.tid_is_self_loop)
-    non_loop[tm.tid_tstate[loops]] = np.log1p(-np.exp(tm.log_probs[loops].astype(np.float64)))
-    state = list(ktm.__getstate__())
-    state[6], state[7] = tm.log_probs.astype(np.float64).tolist(), non_loop.tolist()
-    ktm.__setstate__(tuple(state))
-    return tree, ktm, tm
-
-
-def _rebuild(fst, arcs_of) -> "kaldifst.StdVectorFst":  # noqa: ANN001 - kaldifst FSTs and a callable
-    """A copy of `fst` whose arcs from state s are `arcs_of(s, arc)` for each arc (a list of StdArc)."""
-    from asr_bn.kaldi_ext import kaldifst
-
-    out = kaldifst.StdVectorFst()
-    for _ in range(fst.num_states):
-        out.add_state()
-    out.start = fst.start
-    for s in range(fst.num_states):
-        out.set_final(s, fst.final(s))
-        for arc in kaldifst.ArcIterator(fst, s):
-            for new in arcs_of(s, arc):
-                out.add_arc(s, new)
-    return out
-
-
-def _lexicon_disambig_fst(lang: "Lang", sil_prob: float) -> tuple["kaldifst.StdVectorFst", dict[str, int], dict[str, int]]:
-    """L_disambig as Kaldi's prepare_lang.sh makes it: lexicon #n symbols, a silence disambiguation symbol after
-    the optional silence, and #0:#0 self-loops where words leave (for G's back-off arcs).
-    Returns L (olabel-sorted) and the phone and word tables including the disambiguation symbols."""
-    from asr_bn.kaldi_ext import kaldifst
-
-    from asr_bn.lang import Lang, add_lex_disambig, lexicon_fst
-
-    lexicon, top = add_lex_disambig(lang.lexicon)
-    phones = dict(lang.phones)
-    for n in range(top + 2):  # #0 (G back-off), #1..#top (lexicon), #top+1 (silence)
-        phones.setdefault(f"#{n}", max(phones.values()) + 1)
-    words = dict(lang.words)
-    for w in ("#0", "<s>", "</s>"):
-        words.setdefault(w, max(words.values()) + 1)
-    L = lexicon_fst(Lang(lexicon, phones, words, lang.silence_phone), sil_prob)
-    sil, sil_disambig = phones[lang.silence_phone], phones[f"#{top + 1}"]
-    # lexicon_fst: start → silence state, whose single arc reads the optional silence and returns to the loop.
-    after_start = {arc.nextstate for arc in kaldifst.ArcIterator(L, L.start)}
-    sil_states = [
-        s for s in after_start
-        if [(a.ilabel, a.olabel) for a in kaldifst.ArcIterator(L, s)] == [(sil, 0)]
-    ]
-    if len(sil_states) != 1:
-        raise RuntimeError("lexicon_fst no longer has a single optional-silence state")  # a contract, not input
-    extra = L.num_states  # the state between the silence phone and its disambiguation symbol
-
-    def arcs_of(s: int, arc):  # noqa: ANN001, ANN202
-        if s == sil_states[0]:
-            return [kaldifst.StdArc(arc.ilabel, 0, arc.weight, extra)]
-        return [arc]
-
-    L2 = _rebuild(L, arcs_of)
-    loop = next(a.nextstate for a in kaldifst.ArcIterator(L, sil_states[0]))
-    L2.add_state()
-    L2.add_arc(extra, kaldifst.StdArc(sil_disambig, 0, 0.0, loop))
-    # fstaddselfloops: #0:#0 on every final state and every state with a word-output arc.
-    for s in range(L2.num_states):
-        final = L2.final(s).value != float("inf")
-        if final or any(a.olabel != 0 for a in kaldifst.ArcIterator(L2, s)):
-            L2.add_arc(s, kaldifst.StdArc(phones["#0"], words["#0"], 0.0, s))
-    kaldifst.arcsort(L2, sort_type="olabel")
-    return L2, phones, words
-
-
-def _scored_words(lang: "Lang") -> list[str]:
-    """Lexicon words that a word loop offers: all but those pronounced as silence only (<SIL>, !SIL …)."""
-    prons = lang.pronunciations()
-    return sorted(w for w, ps in prons.items() if any(p != [lang.silence_phone] for p in ps))
-
-
-def _grammar_fst(grammar: str | Path, lang: "Lang", words: dict[str, int], words_txt: Path) -> "kaldifst.StdVectorFst":
-    """G: a uniform word loop over the scored lexicon words (`loop`), or an ARPA LM through kaldilm's arpa2fst."""
-    from asr_bn.kaldi_ext import kaldifst
-
-    if str(grammar) == "loop":
-        loop_words = _scored_words(lang)
-        if not loop_words:
-            raise AsrBnError("the lexicon has no words besides silence; a word loop needs at least one")
-        cost = math.log(len(loop_words) + 1)  # each word and the end share the probability mass equally
-        G = kaldifst.StdVectorFst()
-        state = G.add_state()
-        G.start = state
-        G.set_final(state, cost)
-        for w in loop_words:
-            G.add_arc(state, kaldifst.StdArc(words[w], words[w], cost, state))
-    else:
-        from asr_bn.kaldi_ext import kaldilm
-
-        arpa = Path(grammar)
-        if not arpa.is_file():
-            raise AsrBnError(f"{arpa}: no such ARPA language model (give an ARPA file, or `loop` for a word loop)")
-        try:
-            text = kaldilm.arpa2fst(input_arpa=str(arpa), disambig_symbol="#0", read_symbol_table=str(words_txt))
-        except RuntimeError as e:
-            raise AsrBnError(f"{arpa}: arpa2fst failed: {e} (is it an ARPA file over the lexicon's words?)") from e
-        G = kaldifst.compile(s=text, acceptor=False)
-    kaldifst.arcsort(G, sort_type="ilabel")
-    return G
-
-
-def _make_hclg(L, G, phones: dict[str, int], ctx, ktm, transition_scale: float, self_loop_scale: float):  # noqa: ANN001, ANN202
-    """mkgraph.sh's FST steps: (HCLG, sorted disambiguation transition-ids removed from it)."""
-    from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg, kaldifst
-
-    LG = kaldifst.compose(L, G)
-    kaldifst.determinize_star(LG, use_log=True)
-    kaldifst.minimize_encoded(LG)
-    disambig_phones = sorted(i for p, i in phones.items() if p.startswith("#"))
-    CLG, ilabels = kaldifst.compose_context(
-        disambig_syms=disambig_phones,
-        context_width=ctx.context_width,
-        central_position=ctx.central_position,
-        ifst=LG,
-    )
-    kaldifst.arcsort(CLG, sort_type="ilabel")
-    Ha, disambig_tids = khg.get_h_transducer(
-        ilabel_info=ilabels, ctx_dep=ctx, trans_model=ktm, config=khg.HTransducerConfig(transition_scale)
-    )
-    HCLGa = kaldifst.compose(Ha, CLG)
-    kaldifst.determinize_star(HCLGa, use_log=True)
-    drop = set(disambig_tids)  # fstrmsymbols: disambiguation transition-ids become epsilons
-    HCLGa = _rebuild(
-        HCLGa,
-        lambda s, a: [kaldifst.StdArc(0 if a.ilabel in drop else a.ilabel, a.olabel, a.weight, a.nextstate)],
-    )
-    kaldifst.minimize_encoded(HCLGa)
-    HCLG = khg.add_self_loops(self_loop_scale=self_loop_scale, disambig_syms=[], reorder=True, trans_model=ktm, ifst=HCLGa)
-    return HCLG, sorted(drop)
-
-
-def build_graph(
-    lang: "str | Path | Lang",
-    model: str | Path,
-    out_dir: str | Path,
-    grammar: str | Path = "loop",
-    tree: str | Path | None = None,
-    sil_prob: float = 0.5,
-    transition_scale: float = 1.0,
-    self_loop_scale: float = 0.1,
-) -> Path:
-    """Build HCLG.fst for a lexicon and grammar, as Kaldi's utils/mkgraph.sh, into a graph dir `decode` reads.
-
-    :param lang: a lang folder (`asr_bn.lang.read_lang`: lexicon.txt, phones.txt, words.txt) or a loaded `Lang`.
-    :param model: the alignment model final.mdl (or its exp dir); its phones must be the lang's phone ids.
-    :param grammar: `loop` (uniform loop over the lexicon's non-silence words) or an ARPA file.
-    :param tree: the model's tree; default: `tree` beside final.mdl, else the monophone tree of its topology.
-    :return: `out_dir`, holding HCLG.fst, words.txt, phones.txt (with #n symbols), num_pdfs, disambig_tid.int.
-    """
-    from asr_bn.lang import Lang, read_lang
-
-    out_dir = Path(out_dir)
-    lang = lang if isinstance(lang, Lang) else read_lang(lang)
-    model_path = _model_file(model)
-    tree_path = Path(tree) if tree is not None else model_path.parent / "tree"
-    if tree is not None and not tree_path.is_file():
-        raise AsrBnError(f"{tree_path}: no such tree (give the tree of the model's exp dir, or leave --tree out)")
-    ctx, ktm, tm = _hmm_objects(model_path, tree_path if tree_path.is_file() else None)
-    modelled = set(tm.phones)
-    for word, pron in lang.lexicon:
-        missing = [p for p in pron if lang.phones[p] not in modelled]
-        if missing:
-            raise AsrBnError(
-                f"word {word!r}: phones {missing} have no HMM in {model_path} (the lang folder's phones.txt does not "
-                "match the model's; build the graph with the lang the model was trained with)"
-            )
-    L, phones, words = _lexicon_disambig_fst(lang, sil_prob)
-    words_text = "".join(f"{w} {i}\n" for w, i in sorted(words.items(), key=lambda x: x[1]))
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "words.txt").write_text(words_text, encoding="utf-8")  # arpa2fst reads the symbols from a file
-        G = _grammar_fst(grammar, lang, words, Path(tmp) / "words.txt")
-    HCLG, disambig_tids = _make_hclg(L, G, phones, ctx, ktm, transition_scale, self_loop_scale)
-    if HCLG.num_states == 0:
-        raise AsrBnError(f"the graph for {grammar} is empty (do the grammar's words appear in the lexicon?)")
-    with OutputLock(out_dir):
-        # disambig_tid.int is written last: while it is missing the dir is incomplete (and never mixes two builds)
-        for name in ("disambig_tid.int", "HCLG.fst", "num_pdfs"):
-            (out_dir / name).unlink(missing_ok=True)
-        write_text(out_dir / "words.txt", words_text)
-        write_text(out_dir / "phones.txt", "".join(f"{p} {i}\n" for p, i in sorted(phones.items(), key=lambda x: x[1])))
-        with atomic_path(out_dir / "HCLG.fst") as tmp_fst:
-            if not HCLG.write(str(tmp_fst)):
-                raise AsrBnError(f"could not write {out_dir / 'HCLG.fst'} (free disk space)")
-        write_text(out_dir / "num_pdfs", f"{tm.num_pdfs}\n")
-        write_text(out_dir / "disambig_tid.int", "".join(f"{t}\n" for t in disambig_tids))
-    return out_dir

@@ -304,7 +304,7 @@ def _forward(exp: Path, prep: dict[str, Path], device: str, timer: _Timer) -> di
 
 def _graph(corpus: "CorpusPaths", out: Path, timer: _Timer) -> Path:
     """HCLG of a word loop over the corpus lexicon with the synth's monophone final.mdl (built once)."""
-    from asr_bn.decode import build_graph
+    from asr_bn.mkgraph import build_graph
 
     if (out / "disambig_tid.int").exists():  # build_graph's last file
         timer.reuse("mkgraph")

@@ -82,7 +82,7 @@ def mkgraph(
 
     e.g. asr-bn mkgraph data/lang exp/mono exp/mono/graph --lm data/local/lm.arpa
     """
-    from asr_bn.decode import build_graph
+    from asr_bn.mkgraph import build_graph
 
     out = build_graph(lang, model, out_dir, lm or "loop", tree, sil_prob, transition_scale, self_loop_scale)
     typer.echo(f"wrote {out}/HCLG.fst")

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from asr_bn.alignments import read_alignments, read_transition_model
-from asr_bn.decode import DecodeConfig, build_graph, decode, load_graph, read_loglikes, read_tree
+from asr_bn.decode import DecodeConfig, decode, load_graph, read_loglikes
+from asr_bn.mkgraph import build_graph, read_tree
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.io import write_ark_scp
 from asr_bn.kaldi_ext import kaldifst
