@@ -23,6 +23,7 @@ import numpy as np
 from asr_bn.alignments import read_transition_model, transition_id_scores
 from asr_bn.config import DecodeConfig
 from asr_bn.errors import AsrBnError, UsageError
+from asr_bn.fst import FstArrays, read_std_fst, to_vector_fst
 from asr_bn.io import OutputLock, atomic_open, error_detail, write_text
 from asr_bn.progress import progress_bar
 from asr_bn.report import Report
@@ -84,14 +85,52 @@ def _read_words(path: Path) -> dict[int, str]:
     return {i: w for w, i in read_symbol_table(path).items()}
 
 
+def _first_bad(fst: FstArrays, bad: np.ndarray) -> tuple[int, int]:
+    """(arc index, its source state) of the first arc flagged in `bad`."""
+    arc = int(np.flatnonzero(bad)[0])
+    return arc, int(np.searchsorted(fst.first, arc, side="right")) - 1
+
+
+def check_graph(fst_path: Path, fst: FstArrays, num_tids: int, words: dict[int, str], model_path: Path) -> None:
+    """Refuse a graph the decoder would crash on or decode wrongly: a missing start state, an arc to a state that does
+    not exist, an input label that is no transition-id of the model (disambiguation symbols included), an output
+    label missing from words.txt. Vectorised over the arcs; one AsrBnError naming the graph, the arc and the fix."""
+    arcs, n = fst.arcs, fst.num_states
+    if n == 0 or not 0 <= fst.start < n:
+        raise AsrBnError(f"{fst_path}: the graph has {n} states and start state {fst.start} (an empty or corrupt "
+                         "graph: rebuild it)")
+    bad = (arcs["nextstate"] < 0) | (arcs["nextstate"] >= n)
+    if bad.any():
+        arc, state = _first_bad(fst, bad)
+        raise AsrBnError(f"{fst_path}: an arc from state {state} goes to state {arcs['nextstate'][arc]}, but the graph "
+                         f"has {n} states (a corrupt graph: rebuild it)")
+    bad = (arcs["ilabel"] < 0) | (arcs["ilabel"] > num_tids)
+    if bad.any():
+        arc, state = _first_bad(fst, bad)
+        raise AsrBnError(
+            f"{fst_path}: an arc from state {state} reads input label {arcs['ilabel'][arc]}, but {model_path} has "
+            f"transition-ids 1..{num_tids} (a graph of another model, or with disambiguation symbols left in: "
+            "rebuild it from this model with `asr-bn mkgraph` or Kaldi's utils/mkgraph.sh)"
+        )
+    top = max(words, default=0)
+    known = np.zeros(top + 1, bool)
+    known[list(words)] = True
+    known[0] = True  # epsilon
+    olabels = arcs["olabel"]
+    bad = (olabels < 0) | (olabels > top)
+    bad |= ~known[np.where(bad, 0, olabels)]
+    if bad.any():
+        arc, state = _first_bad(fst, bad)
+        raise AsrBnError(
+            f"{fst_path}: an arc from state {state} writes word id {olabels[arc]}, which is not in "
+            f"{fst_path.parent / 'words.txt'} (put the words.txt the graph was built with beside it)"
+        )
+
+
 def load_graph(graph_dir: str | Path, model: str | Path) -> Graph:
-    """Load HCLG.fst and words.txt from a graph dir and transition-id → pdf-id from the alignment model.
-
-    The graph must have been built for this model: a graph dir's `num_pdfs` file (written by Kaldi's
-    mkgraph.sh and by `build_graph`) must match; without it, the graph's transition-ids are checked instead.
-    """
-    from asr_bn.kaldi_ext import kaldifst
-
+    """Load HCLG.fst (an OpenFst vector or const FST, as Kaldi's mkgraph.sh writes it) and words.txt from a graph
+    dir, and transition-id → pdf-id from the alignment model; the graph is checked against both (`check_graph`),
+    and a graph dir's `num_pdfs` file (written by mkgraph.sh and `build_graph`) must match the model."""
     graph_dir = Path(graph_dir)
     fst_path, words_path = graph_dir / "HCLG.fst", graph_dir / "words.txt"
     for path, what in ((fst_path, "the decoding graph"), (words_path, "the graph's word table")):
@@ -103,12 +142,6 @@ def load_graph(graph_dir: str | Path, model: str | Path) -> Graph:
     tm = read_transition_model(model_path)
     tid2pdf = tm.tid_pdf.astype(np.int64)
     num_pdfs = int(tm.num_pdfs)
-    fst = kaldifst.StdVectorFst.read(str(fst_path))
-    if fst is None or fst.num_states == 0:
-        raise AsrBnError(
-            f"{fst_path}: not a readable, non-empty OpenFst vector FST (a const FST? convert it with Kaldi's "
-            "`fstconvert --fst_type=vector`; else rebuild the graph)"
-        )
     num_pdfs_file = graph_dir / "num_pdfs"
     if num_pdfs_file.is_file():
         graph_pdfs = int(num_pdfs_file.read_text().split()[0])
@@ -117,16 +150,10 @@ def load_graph(graph_dir: str | Path, model: str | Path) -> Graph:
                 f"{graph_dir} was built for a model with {graph_pdfs} pdfs but {model_path} has {num_pdfs} "
                 "(decode with the graph built from this model, or rebuild the graph with it)"
             )
-    else:
-        top = max(
-            (arc.ilabel for s in kaldifst.StateIterator(fst) for arc in kaldifst.ArcIterator(fst, s)), default=0
-        )
-        if top >= len(tid2pdf):
-            raise AsrBnError(
-                f"{fst_path} uses transition-id {top} but {model_path} has only {len(tid2pdf) - 1} "
-                "(the graph was built from another model; rebuild it with this one)"
-            )
-    return Graph(graph_dir, fst, _read_words(words_path), tid2pdf, num_pdfs, model_path)
+    arrays = read_std_fst(fst_path)
+    words = _read_words(words_path)
+    check_graph(fst_path, arrays, tm.num_transition_ids, words, model_path)
+    return Graph(graph_dir, to_vector_fst(arrays, fst_path), words, tid2pdf, num_pdfs, model_path)
 
 
 # --------------------------------------------------------------------------------------------------------------

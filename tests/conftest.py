@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -55,3 +58,51 @@ def run_kaldi(bundle: Path, *args: str | Path, cwd: Path | None = None) -> str:
 def rng() -> np.random.Generator:
     """A seeded numpy generator, so every test is reproducible."""
     return np.random.default_rng(0)
+
+
+KALDI_BUNDLE = REPO.parent / "shared" / "kaldi"
+
+
+@pytest.fixture(scope="session")
+def kaldi_bundle() -> Path:
+    """The real Kaldi + OpenFst binaries (../shared/kaldi, see its README); tests using it skip when absent."""
+    if not (KALDI_BUNDLE / "bin").is_dir():
+        pytest.skip(f"Kaldi bundle {KALDI_BUNDLE} is absent (CI always has ../shared/kaldi beside the repo)")
+    return KALDI_BUNDLE
+
+
+def run_kaldi(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
+    """Run a binary of ../shared/kaldi/bin (args[0] its name) single-threaded, raising with its stderr on failure."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "LC_ALL": "C"}
+    result = subprocess.run([str(KALDI_BUNDLE / "bin" / args[0]), *map(str, args[1:])], capture_output=True,
+                            env=env, **kwargs)  # fmt: skip
+    if result.returncode != 0:
+        raise AssertionError(f"{args[0]} exited {result.returncode}: {result.stderr.decode(errors='replace')[-2000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def yesno_net_loglikes(yesno_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real network log-likelihoods: a tiny BN-BLSTM trained (a few seconds, CPU, seeded) on Kaldi's yesno
+    alignments, forwarded on the yesno train and test sets. Returns {"train": ll.ark, "test": ll.ark} (each with
+    its .scp beside it); their margins, unlike oracle 0/-20 scores, make a wrongly weighted graph decode differently."""
+    from asr_bn.features import FbankConfig, FeaturePipeline
+    from asr_bn.forward import ForwardConfig, forward
+    from asr_bn.prep import prepare_kaldi
+    from asr_bn.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("yesno_net")
+    pipeline = FeaturePipeline(FbankConfig(sample_frequency=8000, num_mel_bins=23, dither=0.0), cmvn="utterance",
+                               delta_order=0)  # fmt: skip
+    prepare_kaldi(yesno_root / "data/train_yesno", root / "train", pipeline, ali_dir=yesno_root / "exp/mono")
+    prepare_kaldi(yesno_root / "data/test_yesno", root / "test", pipeline)
+    cfg = TrainConfig(str(root / "train"), str(root / "train"), str(root / "exp"), layers=1, units=16,
+                      bn="sequence", lr=0.02, epochs=2, batch_size=4, num_workers=0, device="cpu", patience=0,
+                      max_train_frames=None, cache=True, log_every=100, seed=0)  # fmt: skip
+    train(cfg)
+    out = {}
+    for part in ("train", "test"):
+        ark, scp = root / f"ll_{part}.ark", root / f"ll_{part}.scp"
+        forward(root / "exp", root / part, f"ark,scp:{ark},{scp}", ForwardConfig(device="cpu"))
+        out[part] = ark
+    return out

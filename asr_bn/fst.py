@@ -1,0 +1,223 @@
+"""OpenFst binary files of the standard (tropical) arc type as numpy arrays, vector or const, as OpenFst writes them.
+
+Kaldi's utils/mkgraph.sh writes HCLG.fst as a const FST, which kaldifst cannot read (its OpenFst registers no
+const type) although kaldi-decoder decodes any FST. `read_std_fst` parses either layout with numpy into
+`FstArrays` (what a graph check needs, vectorised), and `to_vector_fst` hands the same graph to kaldifst as a
+vector FST: a vector file is read by kaldifst directly, a const one is rewritten in vector layout (no per-arc loop).
+
+OpenFst's binary layout (little-endian): a header — magic, fst type and arc type (length-prefixed strings),
+version, flags, properties, start state, state and arc counts — then optional symbol tables, then the body.
+Vector: per state its final weight, arc count (int64) and arcs. Const: one array of state records (final weight,
+first arc, arc and epsilon counts, uint32), one array of arcs, each 16-byte aligned when the header says so.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from asr_bn.errors import AsrBnError
+
+if TYPE_CHECKING:
+    from asr_bn.kaldi_ext import kaldifst
+
+__all__ = ["FstArrays", "read_std_fst", "to_vector_fst"]
+
+_MAGIC = 2125659606
+_HAS_ISYMBOLS, _HAS_OSYMBOLS, _IS_ALIGNED = 1, 2, 4
+_SYMBOL_TABLE_MAGIC = 2125658996
+_MUTABLE = 0x2  # OpenFst's kMutable property bit (a vector FST has it, a const one does not)
+_ALIGN = 16
+_ARC = np.dtype([("ilabel", "<i4"), ("olabel", "<i4"), ("weight", "<f4"), ("nextstate", "<i4")])
+_CONST_STATE = np.dtype([("final", "<f4"), ("pos", "<u4"), ("narcs", "<u4"), ("niepsilons", "<u4"), ("noepsilons", "<u4")])
+_VECTOR_STATE = np.dtype([("final", "<f4"), ("narcs", "<i8")])  # packed: 12 bytes, as VectorFst writes it
+_I32, _I64 = struct.Struct("<i"), struct.Struct("<q")
+_HEAD = struct.Struct("<iiQqqq")  # version, flags, properties, start, states, arcs
+
+
+class _Corrupt(Exception):
+    """The bytes are not the layout the header promises (reported by read_std_fst as one AsrBnError)."""
+
+
+@dataclass
+class FstArrays:
+    """An FST over standard arcs as arrays: arcs of state s are arcs[first[s]:first[s + 1]]."""
+
+    fst_type: str  # "vector" or "const"
+    start: int  # -1 for an empty FST
+    final: np.ndarray  # (num_states,) float32 final weights (inf: not final)
+    first: np.ndarray  # (num_states + 1,) int64 offsets into arcs
+    arcs: np.ndarray  # (num_arcs,) structured: ilabel, olabel, weight, nextstate
+    properties: int  # the header's OpenFst property bits
+    raw: bytes  # the file's bytes (a vector file is handed to kaldifst as is)
+
+    @property
+    def num_states(self) -> int:
+        return len(self.final)
+
+
+def _string(buf: bytes, pos: int) -> tuple[str, int]:
+    (n,) = _I32.unpack_from(buf, pos)
+    if not 0 <= n <= 256 or pos + 4 + n > len(buf):
+        raise _Corrupt("a header string is cut off or implausible")
+    return buf[pos + 4 : pos + 4 + n].decode("ascii", "replace"), pos + 4 + n
+
+
+def _skip_symbol_table(buf: bytes, pos: int) -> int:
+    """The offset after an OpenFst symbol table (kept by fstcompile --keep_isymbols; decoding ignores it)."""
+    (magic,) = _I32.unpack_from(buf, pos)
+    if magic != _SYMBOL_TABLE_MAGIC:
+        raise _Corrupt("the header announces a symbol table that is not there")
+    _, pos = _string(buf, pos + 4)
+    (size,) = _I64.unpack_from(buf, pos + 8)
+    pos += 16
+    for _ in range(size):
+        (n,) = _I32.unpack_from(buf, pos)
+        pos += 4 + n + 8
+    return pos
+
+
+def _parse(buf: bytes) -> FstArrays:
+    try:
+        if len(buf) < 4 or _I32.unpack_from(buf, 0)[0] != _MAGIC:
+            raise _Corrupt("no OpenFst magic number at its start")
+        fst_type, pos = _string(buf, 4)
+        arc_type, pos = _string(buf, pos)
+        version, flags, props, start, num_states, num_arcs = _HEAD.unpack_from(buf, pos)
+        pos += _HEAD.size
+        for flag in (_HAS_ISYMBOLS, _HAS_OSYMBOLS):
+            if flags & flag:
+                pos = _skip_symbol_table(buf, pos)
+    except struct.error:
+        raise _Corrupt("its header is cut off") from None
+    if arc_type != "standard":
+        raise _Corrupt(f"arc type {arc_type!r}, not the tropical 'standard' arcs of a decoding graph")
+    if num_states < 0:
+        raise _Corrupt(f"its header gives {num_states} states")
+    if fst_type == "const":
+        return _parse_const(buf, pos, flags & _IS_ALIGNED, start, num_states, num_arcs, props)
+    if fst_type == "vector":
+        return _parse_vector(buf, pos, start, num_states, props)
+    raise _Corrupt(f"FST type {fst_type!r}, not vector or const (convert it with OpenFst's `fstconvert --fst_type=const`)")
+
+
+def _aligned(pos: int, aligned: int) -> int:
+    return -(-pos // _ALIGN) * _ALIGN if aligned else pos
+
+
+def _parse_const(buf: bytes, pos: int, aligned: int, start: int, num_states: int, num_arcs: int, props: int) -> FstArrays:
+    pos = _aligned(pos, aligned)
+    end = pos + num_states * _CONST_STATE.itemsize
+    arcs_at = _aligned(end, aligned)
+    if num_arcs < 0 or arcs_at + num_arcs * _ARC.itemsize != len(buf):
+        raise _Corrupt(f"{len(buf)} bytes do not hold the {num_states} states and {num_arcs} arcs its header gives")
+    states = np.frombuffer(buf, _CONST_STATE, num_states, pos)
+    first = np.zeros(num_states + 1, np.int64)
+    np.cumsum(states["narcs"], out=first[1:])
+    if first[-1] != num_arcs or not np.array_equal(states["pos"], first[:-1]):
+        raise _Corrupt("its states' arc ranges do not tile its arcs")
+    arcs = np.frombuffer(buf, _ARC, num_arcs, arcs_at)
+    return FstArrays("const", start, states["final"], first, arcs, props, buf)
+
+
+def _record_words(first: np.ndarray) -> np.ndarray:
+    """A mask over the int32 words of a vector FST's body: True on the 3 words of each state's record (final weight,
+    int64 arc count), which precede that state's arcs (4 words each)."""
+    num_states = len(first) - 1
+    at = 3 * np.arange(num_states) + 4 * first[:-1]
+    mask = np.zeros(3 * num_states + 4 * int(first[-1]), bool)
+    for k in range(3):
+        mask[at + k] = True
+    return mask
+
+
+def _parse_vector(buf: bytes, pos: int, start: int, num_states: int, props: int) -> FstArrays:
+    # Each state's record (final weight, arc count) precedes its arcs, so finding the records takes one pass over
+    # the states (not the arcs); the arcs are then gathered in one go.
+    counts: list[int] = []
+    unpack, at, size = _I64.unpack_from, pos, len(buf)
+    try:
+        for _ in range(num_states):
+            n = unpack(buf, at + 4)[0]
+            counts.append(n)
+            at += 12 + 16 * n
+    except struct.error:
+        raise _Corrupt(f"its body is cut off at state {len(counts) - 1} of {num_states}") from None
+    if at != size or min(counts, default=0) < 0:
+        raise _Corrupt(f"its states' records do not end at its last byte ({at} of {size})")
+    first = np.zeros(num_states + 1, np.int64)
+    np.cumsum(counts, out=first[1:])
+    body = np.frombuffer(buf, np.int32, (size - pos) // 4, pos)
+    records = _record_words(first)
+    final = body[records].reshape(-1, 3)[:, 0].copy().view("<f4")
+    arcs = body[~records].view(_ARC)
+    return FstArrays("vector", start, final, first, arcs, props, buf)
+
+
+def read_std_fst(path: str | Path) -> FstArrays:
+    """Parse an OpenFst vector or const FST file of standard arcs; anything else is one AsrBnError naming it."""
+    path = Path(path)
+    try:
+        buf = path.read_bytes()
+    except OSError as e:
+        raise AsrBnError(f"cannot read {path}: {e.strerror or e}") from e
+    try:
+        return _parse(buf)
+    except _Corrupt as e:
+        raise AsrBnError(
+            f"{path}: not an OpenFst vector or const FST of standard arcs ({e}); rebuild it, or convert it with "
+            "OpenFst's `fstconvert --fst_type=vector`"
+        ) from None
+
+
+def _header_bytes(fst_type: str, version: int, props: int, start: int, num_states: int, num_arcs: int) -> bytes:
+    def string(s: str) -> bytes:
+        return _I32.pack(len(s)) + s.encode()
+
+    head = _HEAD.pack(version, 0, props, start, num_states, num_arcs)
+    return _I32.pack(_MAGIC) + string(fst_type) + string("standard") + head
+
+
+def vector_bytes(fst: FstArrays) -> bytes:
+    """The FST in OpenFst's vector layout (what VectorFst writes), without symbol tables."""
+    if fst.fst_type == "vector":
+        return fst.raw
+    records = np.empty(fst.num_states, _VECTOR_STATE)
+    records["final"] = fst.final
+    records["narcs"] = np.diff(fst.first)
+    mask = _record_words(fst.first)
+    body = np.empty(len(mask), np.int32)
+    body[mask] = records.view(np.int32)
+    body[~mask] = fst.arcs.view(np.int32)
+    header = _header_bytes("vector", 2, fst.properties | _MUTABLE, fst.start, fst.num_states, len(fst.arcs))
+    return header + body.tobytes()
+
+
+def to_vector_fst(fst: FstArrays, path: Path) -> "kaldifst.StdVectorFst":
+    """The FST as a kaldifst StdVectorFst (for kaldi-decoder); `path` names the file in errors."""
+    from asr_bn.kaldi_ext import kaldifst
+
+    if fst.fst_type == "vector":
+        out = kaldifst.StdVectorFst.read(str(path))
+    else:
+        fd, tmp = tempfile.mkstemp(suffix=".fst")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(vector_bytes(fst))
+            out = kaldifst.StdVectorFst.read(tmp)
+        except OSError as e:
+            raise AsrBnError(
+                f"could not stage {path} for the decoder in {tempfile.gettempdir()}: {e.strerror or e} "
+                "(free space there, or point TMPDIR elsewhere)"
+            ) from e
+        finally:
+            os.unlink(tmp)
+    if out is None:
+        raise AsrBnError(f"{path}: kaldifst could not read the graph (rebuild it)")
+    return out
