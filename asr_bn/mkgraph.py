@@ -73,8 +73,13 @@ def _hmm_objects(model_path: Path, tree_path: Path | None):  # noqa: ANN202 - (k
     non_loop[tm.tid_tstate[loops]] = np.log1p(-np.exp(tm.log_probs[loops].astype(np.float64)))
     state = list(ktm.__getstate__())
     state[6], state[7] = tm.log_probs.astype(np.float64).tolist(), non_loop.tolist()
-    ktm.__setstate__(tuple(state))
-    return tree, ktm, tm
+    # __setstate__ (pybind11's pickle constructor) only fills a fresh instance: on `ktm` it changed nothing, and
+    # graphs had the topology's initial probabilities instead of the model's.
+    trained = khg.TransitionModel.__new__(khg.TransitionModel)
+    trained.__setstate__(tuple(state))
+    if not np.allclose(trained.log_probs, tm.log_probs, atol=1e-6):
+        raise RuntimeError("kaldi-hmm-gmm ignored the model's transition probabilities")  # a library contract
+    return tree, trained, tm
 
 
 def _rebuild(fst, arcs_of) -> "kaldifst.StdVectorFst":  # noqa: ANN001 - kaldifst FSTs and a callable
