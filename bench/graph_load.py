@@ -1,12 +1,12 @@
 """Graph load time: HCLG.fst as an OpenFst const FST (what Kaldi's utils/mkgraph.sh writes) against the same graph
 as a vector FST, through `asr_bn.decode.load_graph` (parse, checks, kaldifst object), in one run.
 
-    python bench/graph_load.py                 # ~40 k synthetic words: a graph of a few million arcs
+    python bench/graph_load.py                 # 150 k synthetic words: a graph of about 3 M arcs
     python bench/graph_load.py --words 2000    # a quick smoke run
 
-The graph is `asr_bn.mkgraph.build_graph` of a word loop over a synthetic lexicon of random Y/N pronunciations
-(6-14 phones) on the yesno model (../shared/data/yesno); the const copy is asr-bn's own const writer's layout
-checked by OpenFst: it is made with OpenFst's `fstconvert --fst_type=const` from ../shared/kaldi when present.
+The graph is `asr_bn.mkgraph.build_graph` of a word loop over a synthetic lexicon (random words of 4-12 of 40
+phones) with a monophone model from Kaldi's gmm-init-mono; its const copy is made by OpenFst's
+`fstconvert --fst_type=const` (both from ../shared/kaldi, which this bench needs).
 Prints the arcs, the best of --repeats load times of each, and the ratio const / vector (target <= 1.5).
 """
 
@@ -44,13 +44,13 @@ TOPO = """<Topology>
 
 
 def synthetic_lang_and_model(num_words: int, out: Path, seed: int = 0) -> tuple[Lang, Path]:
-    """A lang of `num_words` random words of 3-8 phones over 40 phones (+ SIL), and a monophone model for those
+    """A lang of `num_words` random words of 4-12 phones over 40 phones (+ SIL), and a monophone model for those
     phones made by Kaldi's gmm-init-mono (3-state left-to-right phones, 2-state silence)."""
     rng = np.random.default_rng(seed)
     names = ["SIL", *(f"P{i}" for i in range(1, NUM_PHONES + 1))]
     phones = {"<eps>": 0, **{p: i + 1 for i, p in enumerate(names)}}
     lexicon = [("<SIL>", ["SIL"])]
-    lexicon += [(f"W{i}", list(rng.choice(names[1:], rng.integers(3, 9)))) for i in range(num_words)]
+    lexicon += [(f"W{i}", list(rng.choice(names[1:], rng.integers(4, 13)))) for i in range(num_words)]
     words = {"<eps>": 0, **{w: i + 1 for i, (w, _) in enumerate(lexicon)}}
     (out / "topo").write_text(TOPO.format(phones=" ".join(str(i) for i in range(2, NUM_PHONES + 2))))
     subprocess.run([str(KALDI_BIN / "gmm-init-mono"), str(out / "topo"), "13", str(out / "final.mdl"), str(out / "tree")],
@@ -69,7 +69,7 @@ def best_time(fn, repeats: int) -> float:  # noqa: ANN001 - a callable
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--words", type=int, default=40000)
+    ap.add_argument("--words", type=int, default=150000)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     if not KALDI_BIN.is_dir():

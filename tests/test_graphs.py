@@ -6,8 +6,10 @@ log-likelihoods (the `yesno_net_loglikes` fixture), whose margins make a wrongly
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +102,124 @@ def test_bad_graph_is_one_line_exit_1(
     assert re.search(message, errors[0]), errors[0]
     assert not (tmp_path / "d" / "text").exists()
 
+
+
+def _kaldi_mkgraph(kaldi_bundle: Path, yesno_root: Path, g_text: str, work: Path) -> Path:
+    """Kaldi's own utils/mkgraph.sh on yesno's lang (G.fst replaced by `g_text`, OpenFst text) and model."""
+    work.mkdir()
+    (work / "utils").symlink_to(kaldi_bundle / "egs/utils")
+    (work / "path.sh").write_text(f". {kaldi_bundle}/path.sh\n")
+    shutil.copytree(yesno_root / "data/lang", work / "lang")
+    (work / "G.txt").write_text(g_text)
+    run_kaldi(["fstcompile", work / "G.txt", work / "G.unsorted"])
+    run_kaldi(["fstarcsort", "--sort_type=ilabel", work / "G.unsorted", work / "lang/G.fst"])
+    script = f". ./path.sh && utils/mkgraph.sh lang {yesno_root / 'exp/mono'} graph"
+    result = subprocess.run(["bash", "-c", script], cwd=work, capture_output=True, env={**os.environ, "LC_ALL": "C"})
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    return work / "graph"
+
+
+def _loop_g(words: dict[str, int]) -> str:
+    cost = math.log(3)  # YES, NO and the end share the probability mass equally
+    return "".join(f"0 0 {words[w]} {words[w]} {cost}\n" for w in ("YES", "NO")) + f"0 {cost}\n"
+
+
+def _arpa_g(words_txt: Path, arpa: Path) -> str:
+    from asr_bn.kaldi_ext import kaldilm
+
+    return kaldilm.arpa2fst(input_arpa=str(arpa), disambig_symbol="#0", read_symbol_table=str(words_txt))
+
+
+def _one_best(graph: Path, model: Path, loglikes: Path) -> dict[str, tuple[list[str], float]]:
+    """asr-bn's one-best words and log-likelihood (-(graph + acoustic cost), unscaled) per utterance."""
+    loaded, config = load_graph(graph, model), DecodeConfig()
+    return {u: ((h := decode_matrix(loaded, u, m, config)).words, h.log_like) for u, m in read_loglikes(loglikes)}
+
+
+def _kaldi_one_best(graph: Path, model: Path, loglikes: Path, work: Path) -> dict[str, tuple[list[str], float]]:
+    """latgen-faster-mapped (steps/nnet/decode.sh's beams) then lattice-1best: words and -(graph + acoustic);
+    lattice-best-path's words checked equal."""
+    words = {line.split()[1]: line.split()[0] for line in (graph / "words.txt").read_text().splitlines()}
+    lat = work / "lat.ark"
+    # state-level lattices: determinizing them takes Kaldi minutes on this tiny network's flat scores
+    run_kaldi(["latgen-faster-mapped", "--acoustic-scale=0.1", "--beam=13", "--lattice-beam=8", "--max-active=7000",
+               "--determinize-lattice=false", model, graph / "HCLG.fst", f"ark:{loglikes}", f"ark:{lat}"])  # fmt: skip
+    run_kaldi(["lattice-1best", "--acoustic-scale=0.1", f"ark:{lat}", f"ark:{work / 'best.ark'}"])
+    text = run_kaldi(["lattice-copy", f"ark:{work / 'best.ark'}", "ark,t:-"]).stdout.decode()
+    out = {}
+    for block in text.strip().split("\n\n"):
+        utt, *lines = block.strip().splitlines()
+        cost, hyp = 0.0, []
+        for line in lines:  # "src dst word graph,acoustic,tids" or a final "state graph,acoustic,"
+            fields = line.split()
+            if len(fields) == 4 and fields[2] != "0":
+                hyp.append(words[fields[2]])
+            g, a = fields[-1].split(",")[:2]
+            cost += float(g) + float(a)
+        out[utt.strip()] = (hyp, -cost)
+    best_path = run_kaldi(["lattice-best-path", "--acoustic-scale=0.1", f"ark:{lat}", "ark,t:-"]).stdout.decode()
+    for line in best_path.splitlines():
+        utt, *ids = line.split()
+        assert [words[i] for i in ids] == out[utt][0]
+    return out
+
+
+def _assert_same(ours: dict, theirs: dict) -> None:
+    assert ours.keys() == theirs.keys()
+    for utt in ours:
+        assert ours[utt][0] == theirs[utt][0], utt
+        assert ours[utt][1] == pytest.approx(theirs[utt][1], rel=1e-5), utt
+
+
+@pytest.mark.parametrize("grammar", ["loop", "arpa"])
+def test_mkgraph_matches_kaldi(
+    yesno_root: Path, kaldi_bundle: Path, yesno_net_loglikes: dict[str, Path], tmp_path: Path, grammar: str
+) -> None:
+    """`asr-bn mkgraph`'s graph (word loop, ARPA) against Kaldi's utils/mkgraph.sh on the same lang, model and G:
+    the same words and best-path costs on every utterance for real network scores, with asr-bn's decoder on both
+    graphs and with Kaldi's latgen-faster-mapped + lattice-best-path on asr-bn's graph; fstinfo reads it."""
+    model, lang = yesno_root / "exp/mono/final.mdl", yesno_root / "data/lang"
+    words = {w: int(i) for w, i in (line.split() for line in (lang / "words.txt").read_text().splitlines())}
+    args = ["mkgraph", str(lang), str(yesno_root / "exp/mono"), str(tmp_path / "ours")]
+    if grammar == "loop":
+        g_text = _loop_g(words)
+    else:
+        (tmp_path / "lm.arpa").write_text(ARPA)
+        g_text = _arpa_g(lang / "words.txt", tmp_path / "lm.arpa")
+        args += ["--lm", str(tmp_path / "lm.arpa")]
+    made = runner.invoke(app, args)
+    assert made.exit_code == 0, made.output
+    ours = tmp_path / "ours"
+    info = run_kaldi(["fstinfo", ours / "HCLG.fst"]).stdout.decode()
+    assert "# of states" in info and "fst type                                          vector" in info
+    kaldi = _kaldi_mkgraph(kaldi_bundle, yesno_root, g_text, tmp_path / "kaldi")
+    assert read_std_fst(kaldi / "HCLG.fst").fst_type == "const"  # what mkgraph.sh writes, read as it is
+    (tmp_path / "k").mkdir()
+    for part in ("train", "test"):
+        ll = yesno_net_loglikes[part]
+        mine = _one_best(ours, model, ll)
+        _assert_same(mine, _one_best(kaldi, model, ll))
+        _assert_same(mine, _kaldi_one_best(ours, model, ll, tmp_path / "k"))
+
+
+def test_lmwt_sweep_matches_kaldi_score_sh(
+    yesno_root: Path, kaldi_bundle: Path, yesno_net_loglikes: dict[str, Path], tmp_path: Path
+) -> None:
+    """`decode --lattices --lmwt` hypotheses against Kaldi's score.sh sweep on latgen-faster-mapped's lattices of the
+    same graph and log-likelihoods (lattice-scale --inv-acoustic-scale=LMWT | lattice-best-path), every weight."""
+    graph, model, ll = yesno_root / "exp/mono/graph", yesno_root / "exp/mono/final.mdl", yesno_net_loglikes["test"]
+    weights = (1, 4, 12)
+    _decode_cli(graph, model, ll, tmp_path / "d", "--lattices", "--lmwt", f"{weights[0]}:{weights[-1]}")
+    lat = tmp_path / "lat.ark"
+    run_kaldi(["latgen-faster-mapped", "--acoustic-scale=0.1", "--beam=13", "--lattice-beam=8",
+               "--determinize-lattice=false", model, graph / "HCLG.fst", f"ark:{ll}", f"ark:{lat}"])  # fmt: skip
+    words = {line.split()[1]: line.split()[0] for line in (graph / "words.txt").read_text().splitlines()}
+    differ = set()
+    for lmwt in weights:
+        run_kaldi(["lattice-scale", f"--inv-acoustic-scale={lmwt}", f"ark:{lat}", f"ark:{tmp_path / 'scaled.ark'}"])
+        best = run_kaldi(["lattice-best-path", f"ark:{tmp_path / 'scaled.ark'}", "ark,t:-"]).stdout.decode()
+        kaldi = {u: [words[i] for i in ids] for u, *ids in (line.split() for line in best.splitlines())}
+        ours = {u: hyp for u, *hyp in (line.split() for line in (tmp_path / "d" / f"hyp_{lmwt}").read_text().splitlines())}
+        assert ours == kaldi, lmwt
+        differ.add(tuple(sorted((u, tuple(h)) for u, h in kaldi.items())))
+    assert len(differ) > 1  # the weights matter on these scores, so a wrong scale would show
