@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_kaldi
+from conftest import KALDI_BUNDLE, run_kaldi
 from typer.testing import CliRunner
 
 from asr_bn.decode import DecodeConfig, decode_matrix, load_graph, read_loglikes
@@ -119,6 +119,21 @@ def _kaldi_mkgraph(kaldi_bundle: Path, yesno_root: Path, g_text: str, work: Path
     return work / "graph"
 
 
+def _equivalent(a: Path, b: Path, work: Path) -> bool:
+    """OpenFst's fstequivalent on two HCLGs made comparable: eps:eps arcs removed (mkgraph.sh's fstrmepslocal removes
+    some), (transition-id, word) pairs encoded by one shared table into acceptors, determinized. Weights agree to
+    0.01, not 0.0001, with an ARPA G: mkgraph.sh's fstpushspecial (which asr-bn skips) moves weight in float32."""
+    work.mkdir()
+    for name, fst in (("a", a), ("b", b)):
+        run_kaldi(["fstrmepsilon", fst, work / f"{name}.noeps"])
+        reuse = ["--encode_reuse"] if name == "b" else []
+        run_kaldi(["fstencode", "--encode_labels", *reuse, work / f"{name}.noeps", work / "codex", work / f"{name}.enc"])
+        run_kaldi(["fstdeterminize", work / f"{name}.enc", work / f"{name}.det"])
+    result = subprocess.run([KALDI_BUNDLE / "bin/fstequivalent", "--delta=0.01", work / "a.det", work / "b.det"],
+                            capture_output=True)  # fmt: skip
+    return result.returncode == 0  # 2: not equivalent
+
+
 def _loop_g(words: dict[str, int]) -> str:
     cost = math.log(3)  # YES, NO and the end share the probability mass equally
     return "".join(f"0 0 {words[w]} {words[w]} {cost}\n" for w in ("YES", "NO")) + f"0 {cost}\n"
@@ -194,6 +209,7 @@ def test_mkgraph_matches_kaldi(
     assert "# of states" in info and "fst type                                          vector" in info
     kaldi = _kaldi_mkgraph(kaldi_bundle, yesno_root, g_text, tmp_path / "kaldi")
     assert read_std_fst(kaldi / "HCLG.fst").fst_type == "const"  # what mkgraph.sh writes, read as it is
+    assert _equivalent(kaldi / "HCLG.fst", ours / "HCLG.fst", tmp_path / "equivalent")
     (tmp_path / "k").mkdir()
     for part in ("train", "test"):
         ll = yesno_net_loglikes[part]
