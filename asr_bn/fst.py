@@ -27,7 +27,7 @@ from asr_bn.errors import AsrBnError
 if TYPE_CHECKING:
     from asr_bn.kaldi_ext import kaldifst
 
-__all__ = ["FstArrays", "read_std_fst", "to_vector_fst"]
+__all__ = ["FstArrays", "read_std_fst", "vector_bytes", "to_vector_fst"]
 
 _MAGIC = 2125659606
 _HAS_ISYMBOLS, _HAS_OSYMBOLS, _IS_ALIGNED = 1, 2, 4

@@ -65,6 +65,25 @@ def test_const_graph_loads_and_decodes_like_vector(
 
 
 @pytest.mark.parametrize("fst_type", ["vector", "const"])
+def test_symbol_tables_in_the_file_are_skipped(yesno_root: Path, kaldi_bundle: Path, tmp_path: Path, fst_type: str) -> None:
+    """fstcompile --keep_isymbols/--keep_osymbols writes both tables into the header; the arcs read the same."""
+    hclg, words = yesno_root / "exp/mono/graph/HCLG.fst", yesno_root / "exp/mono/graph/words.txt"
+    tids = tmp_path / "tids.txt"
+    tids.write_text("".join(f"t{i} {i}\n" for i in range(int(read_std_fst(hclg).arcs["ilabel"].max()) + 1)))
+    (tmp_path / "num.txt").write_bytes(run_kaldi(["fstprint", hclg]).stdout)
+    (tmp_path / "sym.txt").write_bytes(run_kaldi(["fstprint", f"--isymbols={tids}", f"--osymbols={words}", hclg]).stdout)
+    run_kaldi(["fstcompile", f"--fst_type={fst_type}", tmp_path / "num.txt", tmp_path / "num.fst"])
+    run_kaldi(["fstcompile", f"--fst_type={fst_type}", f"--isymbols={tids}", f"--osymbols={words}", "--keep_isymbols",
+               "--keep_osymbols", tmp_path / "sym.txt", tmp_path / "sym.fst"])  # fmt: skip
+    plain = read_std_fst(tmp_path / "num.fst")
+    assert b"YES" in (tmp_path / "sym.fst").read_bytes()  # the tables are in the file
+    got = read_std_fst(tmp_path / "sym.fst")
+    assert got.fst_type == fst_type
+    for name in ("final", "first", "arcs"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(plain, name))
+
+
+@pytest.mark.parametrize("fst_type", ["vector", "const"])
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
