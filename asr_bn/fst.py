@@ -35,7 +35,9 @@ _SYMBOL_TABLE_MAGIC = 2125658996
 _MUTABLE = 0x2  # OpenFst's kMutable property bit (a vector FST has it, a const one does not)
 _ALIGN = 16
 _ARC = np.dtype([("ilabel", "<i4"), ("olabel", "<i4"), ("weight", "<f4"), ("nextstate", "<i4")])
-_CONST_STATE = np.dtype([("final", "<f4"), ("pos", "<u4"), ("narcs", "<u4"), ("niepsilons", "<u4"), ("noepsilons", "<u4")])
+_CONST_STATE = np.dtype(
+    [("final", "<f4"), ("pos", "<u4"), ("narcs", "<u4"), ("niepsilons", "<u4"), ("noepsilons", "<u4")]
+)
 _VECTOR_STATE = np.dtype([("final", "<f4"), ("narcs", "<i8")])  # packed: 12 bytes, as VectorFst writes it
 _I32, _I64 = struct.Struct("<i"), struct.Struct("<q")
 _HEAD = struct.Struct("<iiQqqq")  # version, flags, properties, start, states, arcs
@@ -104,14 +106,16 @@ def _parse(buf: bytes) -> FstArrays:
         return _parse_const(buf, pos, flags & _IS_ALIGNED, start, num_states, num_arcs, props)
     if fst_type == "vector":
         return _parse_vector(buf, pos, start, num_states, props)
-    raise _Corrupt(f"FST type {fst_type!r}, not vector or const (convert it with OpenFst's `fstconvert --fst_type=const`)")
+    raise _Corrupt(f"FST type {fst_type!r}, not vector or const (convert it with `fstconvert --fst_type=const`)")
 
 
 def _aligned(pos: int, aligned: int) -> int:
     return -(-pos // _ALIGN) * _ALIGN if aligned else pos
 
 
-def _parse_const(buf: bytes, pos: int, aligned: int, start: int, num_states: int, num_arcs: int, props: int) -> FstArrays:
+def _parse_const(
+    buf: bytes, pos: int, aligned: int, start: int, num_states: int, num_arcs: int, props: int
+) -> FstArrays:
     pos = _aligned(pos, aligned)
     end = pos + num_states * _CONST_STATE.itemsize
     arcs_at = _aligned(end, aligned)

@@ -55,8 +55,8 @@ def synthetic_lang_and_model(num_words: int, out: Path, seed: int = 0) -> tuple[
     lexicon += [(f"W{i}", list(rng.choice(names[1:], rng.integers(4, 13)))) for i in range(num_words)]
     words = {"<eps>": 0, **{w: i + 1 for i, (w, _) in enumerate(lexicon)}}
     (out / "topo").write_text(TOPO.format(phones=" ".join(str(i) for i in range(2, NUM_PHONES + 2))))
-    subprocess.run([str(KALDI_BIN / "gmm-init-mono"), str(out / "topo"), "13", str(out / "final.mdl"), str(out / "tree")],
-                   check=True, capture_output=True)
+    init = [str(KALDI_BIN / "gmm-init-mono"), str(out / "topo"), "13", str(out / "final.mdl"), str(out / "tree")]
+    subprocess.run(init, check=True, capture_output=True)
     return Lang(lexicon, phones, words, "SIL"), out / "final.mdl"
 
 
@@ -84,9 +84,11 @@ def main() -> None:
         build_s = time.perf_counter() - t
         const = Path(tmp) / "const"
         shutil.copytree(vec, const)
-        subprocess.run([str(KALDI_BIN / "fstconvert"), "--fst_type=const", str(vec / "HCLG.fst"), str(const / "HCLG.fst")], check=True)
+        convert = [str(KALDI_BIN / "fstconvert"), "--fst_type=const", str(vec / "HCLG.fst"), str(const / "HCLG.fst")]
+        subprocess.run(convert, check=True)
         arrays = read_std_fst(const / "HCLG.fst")
-        print(f"graph: {args.words} words, {arrays.num_states} states, {len(arrays.arcs)} arcs (built in {build_s:.1f} s)")
+        print(f"graph: {args.words} words, {arrays.num_states} states, {len(arrays.arcs)} arcs "
+              f"(built in {build_s:.1f} s)")
         vec_s = best_time(lambda: load_graph(vec, model), args.repeats)
         const_s = best_time(lambda: load_graph(const, model), args.repeats)
         read_s = best_time(lambda: kaldifst.StdVectorFst.read(str(vec / "HCLG.fst")), args.repeats)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -58,27 +55,6 @@ def run_kaldi(bundle: Path, *args: str | Path, cwd: Path | None = None) -> str:
 def rng() -> np.random.Generator:
     """A seeded numpy generator, so every test is reproducible."""
     return np.random.default_rng(0)
-
-
-KALDI_BUNDLE = REPO.parent / "shared" / "kaldi"
-
-
-@pytest.fixture(scope="session")
-def kaldi_bundle() -> Path:
-    """The real Kaldi + OpenFst binaries (../shared/kaldi, see its README); tests using it skip when absent."""
-    if not (KALDI_BUNDLE / "bin").is_dir():
-        pytest.skip(f"Kaldi bundle {KALDI_BUNDLE} is absent (CI always has ../shared/kaldi beside the repo)")
-    return KALDI_BUNDLE
-
-
-def run_kaldi(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
-    """Run a binary of ../shared/kaldi/bin (args[0] its name) single-threaded, raising with its stderr on failure."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "LC_ALL": "C"}
-    result = subprocess.run([str(KALDI_BUNDLE / "bin" / args[0]), *map(str, args[1:])], capture_output=True,
-                            env=env, **kwargs)  # fmt: skip
-    if result.returncode != 0:
-        raise AssertionError(f"{args[0]} exited {result.returncode}: {result.stderr.decode(errors='replace')[-2000:]}")
-    return result
 
 
 @pytest.fixture(scope="session")

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import KALDI_BUNDLE, run_kaldi
+from conftest import run_kaldi
 from typer.testing import CliRunner
 
 from asr_bn.decode import DecodeConfig, decode_matrix, load_graph, read_loglikes
 from asr_bn.fst import read_std_fst, vector_bytes
 from asr_bn.io import write_ark_scp
-from asr_bn.mkgraph import build_graph
 from asr_bn_cli.main import app
 
 runner = CliRunner()
@@ -37,7 +36,7 @@ def _graph_copy(yesno_root: Path, dest: Path) -> Path:
 
 def _to_const(kaldi_bundle: Path, graph: Path, *flags: str) -> None:
     fst = graph / "HCLG.fst"
-    run_kaldi(["fstconvert", "--fst_type=const", *flags, fst, f"{fst}.const"])
+    run_kaldi(kaldi_bundle, "fstconvert", "--fst_type=const", *flags, fst, f"{fst}.const")
     Path(f"{fst}.const").replace(fst)
 
 
@@ -65,16 +64,19 @@ def test_const_graph_loads_and_decodes_like_vector(
 
 
 @pytest.mark.parametrize("fst_type", ["vector", "const"])
-def test_symbol_tables_in_the_file_are_skipped(yesno_root: Path, kaldi_bundle: Path, tmp_path: Path, fst_type: str) -> None:
+def test_symbol_tables_in_the_file_are_skipped(
+    yesno_root: Path, kaldi_bundle: Path, tmp_path: Path, fst_type: str
+) -> None:
     """fstcompile --keep_isymbols/--keep_osymbols writes both tables into the header; the arcs read the same."""
     hclg, words = yesno_root / "exp/mono/graph/HCLG.fst", yesno_root / "exp/mono/graph/words.txt"
     tids = tmp_path / "tids.txt"
     tids.write_text("".join(f"t{i} {i}\n" for i in range(int(read_std_fst(hclg).arcs["ilabel"].max()) + 1)))
-    (tmp_path / "num.txt").write_bytes(run_kaldi(["fstprint", hclg]).stdout)
-    (tmp_path / "sym.txt").write_bytes(run_kaldi(["fstprint", f"--isymbols={tids}", f"--osymbols={words}", hclg]).stdout)
-    run_kaldi(["fstcompile", f"--fst_type={fst_type}", tmp_path / "num.txt", tmp_path / "num.fst"])
-    run_kaldi(["fstcompile", f"--fst_type={fst_type}", f"--isymbols={tids}", f"--osymbols={words}", "--keep_isymbols",
-               "--keep_osymbols", tmp_path / "sym.txt", tmp_path / "sym.fst"])  # fmt: skip
+    (tmp_path / "num.txt").write_text(run_kaldi(kaldi_bundle, "fstprint", hclg))
+    tables = [f"--isymbols={tids}", f"--osymbols={words}"]
+    (tmp_path / "sym.txt").write_text(run_kaldi(kaldi_bundle, "fstprint", *tables, hclg))
+    run_kaldi(kaldi_bundle, "fstcompile", f"--fst_type={fst_type}", tmp_path / "num.txt", tmp_path / "num.fst")
+    run_kaldi(kaldi_bundle, "fstcompile", f"--fst_type={fst_type}", *tables, "--keep_isymbols",
+               "--keep_osymbols", tmp_path / "sym.txt", tmp_path / "sym.fst")  # fmt: skip
     plain = read_std_fst(tmp_path / "num.fst")
     assert b"YES" in (tmp_path / "sym.fst").read_bytes()  # the tables are in the file
     got = read_std_fst(tmp_path / "sym.fst")
@@ -130,25 +132,26 @@ def _kaldi_mkgraph(kaldi_bundle: Path, yesno_root: Path, g_text: str, work: Path
     (work / "path.sh").write_text(f". {kaldi_bundle}/path.sh\n")
     shutil.copytree(yesno_root / "data/lang", work / "lang")
     (work / "G.txt").write_text(g_text)
-    run_kaldi(["fstcompile", work / "G.txt", work / "G.unsorted"])
-    run_kaldi(["fstarcsort", "--sort_type=ilabel", work / "G.unsorted", work / "lang/G.fst"])
+    run_kaldi(kaldi_bundle, "fstcompile", work / "G.txt", work / "G.unsorted")
+    run_kaldi(kaldi_bundle, "fstarcsort", "--sort_type=ilabel", work / "G.unsorted", work / "lang/G.fst")
     script = f". ./path.sh && utils/mkgraph.sh lang {yesno_root / 'exp/mono'} graph"
     result = subprocess.run(["bash", "-c", script], cwd=work, capture_output=True, env={**os.environ, "LC_ALL": "C"})
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     return work / "graph"
 
 
-def _equivalent(a: Path, b: Path, work: Path) -> bool:
+def _equivalent(kaldi_bundle: Path, a: Path, b: Path, work: Path) -> bool:
     """OpenFst's fstequivalent on two HCLGs made comparable: eps:eps arcs removed (mkgraph.sh's fstrmepslocal removes
     some), (transition-id, word) pairs encoded by one shared table into acceptors, determinized. Weights agree to
     0.01, not 0.0001, with an ARPA G: mkgraph.sh's fstpushspecial (which asr-bn skips) moves weight in float32."""
     work.mkdir()
     for name, fst in (("a", a), ("b", b)):
-        run_kaldi(["fstrmepsilon", fst, work / f"{name}.noeps"])
+        run_kaldi(kaldi_bundle, "fstrmepsilon", fst, work / f"{name}.noeps")
         reuse = ["--encode_reuse"] if name == "b" else []
-        run_kaldi(["fstencode", "--encode_labels", *reuse, work / f"{name}.noeps", work / "codex", work / f"{name}.enc"])
-        run_kaldi(["fstdeterminize", work / f"{name}.enc", work / f"{name}.det"])
-    result = subprocess.run([KALDI_BUNDLE / "bin/fstequivalent", "--delta=0.01", work / "a.det", work / "b.det"],
+        codex, noeps = work / "codex", work / f"{name}.noeps"
+        run_kaldi(kaldi_bundle, "fstencode", "--encode_labels", *reuse, noeps, codex, work / f"{name}.enc")
+        run_kaldi(kaldi_bundle, "fstdeterminize", work / f"{name}.enc", work / f"{name}.det")
+    result = subprocess.run([kaldi_bundle / "bin/fstequivalent", "--delta=0.01", work / "a.det", work / "b.det"],
                             capture_output=True)  # fmt: skip
     return result.returncode == 0  # 2: not equivalent
 
@@ -170,16 +173,19 @@ def _one_best(graph: Path, model: Path, loglikes: Path) -> dict[str, tuple[list[
     return {u: ((h := decode_matrix(loaded, u, m, config)).words, h.log_like) for u, m in read_loglikes(loglikes)}
 
 
-def _kaldi_one_best(graph: Path, model: Path, loglikes: Path, work: Path) -> dict[str, tuple[list[str], float]]:
+def _kaldi_one_best(
+    kaldi_bundle: Path, graph: Path, model: Path, loglikes: Path, work: Path
+) -> dict[str, tuple[list[str], float]]:
     """latgen-faster-mapped (steps/nnet/decode.sh's beams) then lattice-1best: words and -(graph + acoustic);
     lattice-best-path's words checked equal."""
     words = {line.split()[1]: line.split()[0] for line in (graph / "words.txt").read_text().splitlines()}
     lat = work / "lat.ark"
     # state-level lattices: determinizing them takes Kaldi minutes on this tiny network's flat scores
-    run_kaldi(["latgen-faster-mapped", "--acoustic-scale=0.1", "--beam=13", "--lattice-beam=8", "--max-active=7000",
-               "--determinize-lattice=false", model, graph / "HCLG.fst", f"ark:{loglikes}", f"ark:{lat}"])  # fmt: skip
-    run_kaldi(["lattice-1best", "--acoustic-scale=0.1", f"ark:{lat}", f"ark:{work / 'best.ark'}"])
-    text = run_kaldi(["lattice-copy", f"ark:{work / 'best.ark'}", "ark,t:-"]).stdout.decode()
+    run_kaldi(kaldi_bundle, "latgen-faster-mapped", "--acoustic-scale=0.1", "--beam=13", "--lattice-beam=8",
+              "--max-active=7000", "--determinize-lattice=false", model, graph / "HCLG.fst", f"ark:{loglikes}",
+              f"ark:{lat}")  # fmt: skip
+    run_kaldi(kaldi_bundle, "lattice-1best", "--acoustic-scale=0.1", f"ark:{lat}", f"ark:{work / 'best.ark'}")
+    text = run_kaldi(kaldi_bundle, "lattice-copy", f"ark:{work / 'best.ark'}", "ark,t:-")
     out = {}
     for block in text.strip().split("\n\n"):
         utt, *lines = block.strip().splitlines()
@@ -191,7 +197,7 @@ def _kaldi_one_best(graph: Path, model: Path, loglikes: Path, work: Path) -> dic
             g, a = fields[-1].split(",")[:2]
             cost += float(g) + float(a)
         out[utt.strip()] = (hyp, -cost)
-    best_path = run_kaldi(["lattice-best-path", "--acoustic-scale=0.1", f"ark:{lat}", "ark,t:-"]).stdout.decode()
+    best_path = run_kaldi(kaldi_bundle, "lattice-best-path", "--acoustic-scale=0.1", f"ark:{lat}", "ark,t:-")
     for line in best_path.splitlines():
         utt, *ids = line.split()
         assert [words[i] for i in ids] == out[utt][0]
@@ -224,17 +230,17 @@ def test_mkgraph_matches_kaldi(
     made = runner.invoke(app, args)
     assert made.exit_code == 0, made.output
     ours = tmp_path / "ours"
-    info = run_kaldi(["fstinfo", ours / "HCLG.fst"]).stdout.decode()
+    info = run_kaldi(kaldi_bundle, "fstinfo", ours / "HCLG.fst")
     assert "# of states" in info and "fst type                                          vector" in info
     kaldi = _kaldi_mkgraph(kaldi_bundle, yesno_root, g_text, tmp_path / "kaldi")
     assert read_std_fst(kaldi / "HCLG.fst").fst_type == "const"  # what mkgraph.sh writes, read as it is
-    assert _equivalent(kaldi / "HCLG.fst", ours / "HCLG.fst", tmp_path / "equivalent")
+    assert _equivalent(kaldi_bundle, kaldi / "HCLG.fst", ours / "HCLG.fst", tmp_path / "equivalent")
     (tmp_path / "k").mkdir()
     for part in ("train", "test"):
         ll = yesno_net_loglikes[part]
         mine = _one_best(ours, model, ll)
         _assert_same(mine, _one_best(kaldi, model, ll))
-        _assert_same(mine, _kaldi_one_best(ours, model, ll, tmp_path / "k"))
+        _assert_same(mine, _kaldi_one_best(kaldi_bundle, ours, model, ll, tmp_path / "k"))
 
 
 def test_lmwt_sweep_matches_kaldi_score_sh(
@@ -246,15 +252,17 @@ def test_lmwt_sweep_matches_kaldi_score_sh(
     weights = (1, 4, 12)
     _decode_cli(graph, model, ll, tmp_path / "d", "--lattices", "--lmwt", f"{weights[0]}:{weights[-1]}")
     lat = tmp_path / "lat.ark"
-    run_kaldi(["latgen-faster-mapped", "--acoustic-scale=0.1", "--beam=13", "--lattice-beam=8",
-               "--determinize-lattice=false", model, graph / "HCLG.fst", f"ark:{ll}", f"ark:{lat}"])  # fmt: skip
+    run_kaldi(kaldi_bundle, "latgen-faster-mapped", "--acoustic-scale=0.1", "--beam=13", "--lattice-beam=8",
+               "--determinize-lattice=false", model, graph / "HCLG.fst", f"ark:{ll}", f"ark:{lat}")  # fmt: skip
     words = {line.split()[1]: line.split()[0] for line in (graph / "words.txt").read_text().splitlines()}
     differ = set()
     for lmwt in weights:
-        run_kaldi(["lattice-scale", f"--inv-acoustic-scale={lmwt}", f"ark:{lat}", f"ark:{tmp_path / 'scaled.ark'}"])
-        best = run_kaldi(["lattice-best-path", f"ark:{tmp_path / 'scaled.ark'}", "ark,t:-"]).stdout.decode()
+        scaled = tmp_path / "scaled.ark"
+        run_kaldi(kaldi_bundle, "lattice-scale", f"--inv-acoustic-scale={lmwt}", f"ark:{lat}", f"ark:{scaled}")
+        best = run_kaldi(kaldi_bundle, "lattice-best-path", f"ark:{scaled}", "ark,t:-")
         kaldi = {u: [words[i] for i in ids] for u, *ids in (line.split() for line in best.splitlines())}
-        ours = {u: hyp for u, *hyp in (line.split() for line in (tmp_path / "d" / f"hyp_{lmwt}").read_text().splitlines())}
+        lines = (tmp_path / "d" / f"hyp_{lmwt}").read_text().splitlines()
+        ours = {u: hyp for u, *hyp in (line.split() for line in lines)}
         assert ours == kaldi, lmwt
         differ.add(tuple(sorted((u, tuple(h)) for u, h in kaldi.items())))
     assert len(differ) > 1  # the weights matter on these scores, so a wrong scale would show
