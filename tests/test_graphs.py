@@ -125,6 +125,17 @@ def test_bad_graph_is_one_line_exit_1(
 
 
 
+
+def test_empty_graph_is_one_line_exit_1(yesno_root: Path, kaldi_bundle: Path, tmp_path: Path) -> None:
+    graph = _graph_copy(yesno_root, tmp_path / "g")
+    (tmp_path / "empty.txt").write_text("")
+    run_kaldi(kaldi_bundle, "fstcompile", tmp_path / "empty.txt", graph / "HCLG.fst")
+    write_ark_scp(tmp_path / "ll.ark", None, [("u", np.zeros((20, 11), np.float32))])
+    result = runner.invoke(app, ["decode", str(graph), str(yesno_root / "exp/mono"), str(tmp_path / "ll.ark"),
+                                 str(tmp_path / "d")])  # fmt: skip
+    assert result.exit_code == 1
+    assert "HCLG.fst: the graph has 0 states and start state -1 (an empty or corrupt graph: rebuild it)" in result.output
+
 def _kaldi_mkgraph(kaldi_bundle: Path, yesno_root: Path, g_text: str, work: Path) -> Path:
     """Kaldi's own utils/mkgraph.sh on yesno's lang (G.fst replaced by `g_text`, OpenFst text) and model."""
     work.mkdir()
