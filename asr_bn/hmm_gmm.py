@@ -323,7 +323,7 @@ class GmmSystem:
         Transition probabilities are restored through Kaldi's own MLE update fed with the model's probabilities.
         The `tree` beside the model gives its pdfs (context-dependent systems); without one, the monophone tree.
         """
-        from asr_bn.decode import read_tree
+        from asr_bn.mkgraph import read_tree
 
         path = Path(model_path)
         tm = read_transition_model(path)

@@ -152,7 +152,7 @@ def test_cli_tree_pipeline_is_kaldis(yesno: Setup, tmp_path: Path) -> None:
 
 
 def test_tree_files_read_by_kaldi_and_kaldi_hmm_gmm(yesno: Setup, tmp_path: Path) -> None:
-    from asr_bn.decode import read_tree
+    from asr_bn.mkgraph import read_tree
 
     kaldi = yesno.kaldi_tree(yesno.kaldi_questions, "--max-leaves=100")
     tree, width, central = read_tree_map(kaldi)

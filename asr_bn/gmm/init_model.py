@@ -33,7 +33,7 @@ def _gaussian(count: float, sums: np.ndarray, var_floor: float) -> "khg.DiagGmm"
 
 def init_model(tree_path: str | Path, stats: TreeStats, topology: Topology, var_floor: float = 0.01) -> GmmSystem:
     """Kaldi's `gmm-init-model TREE TREEACC TOPO`: the transition model of the tree and one Gaussian per pdf."""
-    from asr_bn.decode import read_tree
+    from asr_bn.mkgraph import read_tree
 
     tree, _, _ = read_tree_map(tree_path)
     system = GmmSystem._build(topology, read_tree(tree_path))
