@@ -699,8 +699,13 @@ def _read_maybe_gzip(path: Path) -> bytes:
 
 
 def _parse_int_archive(data: bytes, path: Path) -> Iterator[tuple[str, np.ndarray]]:
-    """(key, int32 vector) pairs of a Kaldi archive; each entry may be binary (`key \\0B…`) or a text line."""
+    """(key, int32 vector) pairs of a Kaldi archive; each entry may be binary (`key \\0B…`) or a text line.
+
+    A text line must end with a newline, as every writer ends it: without one the file was cut off (a truncated
+    copy, a full disk), and reading on would give its utterance fewer frames without a word.
+    """
     pos, end = 0, len(data)
+    last = None  # the last complete utterance, for the error of a cut-off file
     while (m := _WORD.match(data, pos)) is not None:
         start, pos = m.start(1), m.end()
         if pos < end and data[pos] not in _WS:
@@ -713,9 +718,16 @@ def _parse_int_archive(data: bytes, path: Path) -> Iterator[tuple[str, np.ndarra
             values, pos = _binary_int_vector(data, pos + 3, path, utt)
         else:
             eol = data.find(b"\n", pos)
-            eol = end if eol < 0 else eol
+            if eol < 0:
+                after = f" (the last complete one is {last})" if last is not None else ""
+                raise AsrBnError(
+                    f"{path}: byte {start}: the file ends inside the line of utterance {utt}{after}, without its "
+                    "newline: the archive is cut off; re-run the alignment (or end the file with a newline if the "
+                    "line is whole)"
+                )
             values = _text_ints(data[pos:eol], path, pos, utt)
             pos = eol + 1
+        last = utt
         yield utt, values
 
 

@@ -67,10 +67,10 @@ class DataDir:
 
 
 class AudioError(AsrBnError):
-    """Audio of one recording could not be read (missing, corrupt, truncated, failing pipe).
+    """Audio of one recording could not be used (missing, corrupt, truncated, failing pipe, another sample rate).
 
-    `prep --skip-bad` turns it into a named skip with `reason`; other audio problems (sample rate, channels) are
-    configuration errors and always stop the run.
+    `prep --skip-bad` turns it into a named skip with `reason`; multi-channel audio without a channel is a
+    configuration error and always stops the run.
     """
 
     def __init__(self, message: str, reason: str) -> None:
@@ -336,8 +336,8 @@ def load_recording(
 ) -> np.ndarray:
     """The samples of one recording as float32 in the int16 range (as Kaldi's wave reader gives them).
 
-    `utt` only names the utterance in error messages. Raises AudioError for missing/corrupt/truncated audio or a
-    failing pipe, AsrBnError for a sample-rate mismatch (never resampled) or multi-channel audio without `channel`.
+    `utt` only names the utterance in error messages. Raises AudioError for missing/corrupt/truncated audio, a
+    failing pipe or another sample rate (never resampled), AsrBnError for multi-channel audio without `channel`.
     """
     entry = data.recordings[rec_id]
     who = f"utterance {utt or rec_id}" + (f" (recording {rec_id})" if utt and utt != rec_id else "")
@@ -362,9 +362,10 @@ def load_recording(
             raise AudioError(f"{who}: cannot read {file}: {e.strerror or e}", "audio unreadable") from e
         samples, rate = _decode(raw, source, who)
     if rate != sample_rate:
-        raise AsrBnError(
+        raise AudioError(
             f"{who}: {source} is sampled at {rate} Hz but the feature config says {sample_rate} Hz; "
-            f"pass --sample-frequency {rate} (asr-bn never resamples)"
+            f"pass --sample-frequency {rate} (asr-bn never resamples), or --skip-bad to skip such audio",
+            "sampled at another rate than --sample-frequency",
         )
     if samples.ndim == 2 and samples.shape[1] == 1:
         samples = samples[:, 0]

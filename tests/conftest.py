@@ -1,7 +1,10 @@
-"""Shared fixtures: the real-data folder ../shared/data (tests needing it skip with a reason when absent)."""
+"""Shared fixtures: the real-data folder ../shared/data and the real Kaldi bundle ../shared/kaldi (tests needing
+them skip with a reason when absent)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -38,17 +41,20 @@ def kaldi_bundle() -> Path:
     return path
 
 
-def run_kaldi(bundle: Path, *args: str | Path, cwd: Path | None = None) -> str:
-    """Run one Kaldi binary of the bundle (its libraries found on their own) and return its stdout; a failure
-    fails the test with Kaldi's stderr."""
-    import os
-    import subprocess
-
+def run_kaldi_bytes(bundle: Path, *args: str | Path, stdin: bytes | None = None, cwd: Path | None = None) -> bytes:
+    """Run one Kaldi binary of the bundle (its libraries found on their own), `stdin` fed to it, and return its
+    stdout as bytes (binary archives); a failure fails the test with Kaldi's stderr."""
     env = {**os.environ, "PATH": f"{bundle / 'bin'}:{os.environ['PATH']}", "LC_ALL": "C", "OPENBLAS_NUM_THREADS": "1"}
-    done = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True)
+    done = subprocess.run([str(a) for a in args], input=stdin, cwd=cwd, env=env, capture_output=True)
     if done.returncode != 0:
-        pytest.fail(f"{' '.join(map(str, args))} failed ({done.returncode}): {done.stderr[-2000:]}")
+        stderr = done.stderr.decode(errors="replace")[-2000:]
+        pytest.fail(f"{' '.join(map(str, args))} failed ({done.returncode}): {stderr}")
     return done.stdout
+
+
+def run_kaldi(bundle: Path, *args: str | Path, cwd: Path | None = None) -> str:
+    """`run_kaldi_bytes` for text output: Kaldi's stdout as a string."""
+    return run_kaldi_bytes(bundle, *args, cwd=cwd).decode()
 
 
 @pytest.fixture

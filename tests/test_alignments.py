@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import bisect
 import gzip
 import hashlib
 import io
+import itertools
 import re
 import struct
 from pathlib import Path
@@ -473,16 +475,36 @@ def test_fuzz_alignment_and_counts_readers(tmp_path: Path, data: bytes, gz: bool
 
 
 def test_truncated_gzip_and_archive(yesno_root: Path, tmp_path: Path) -> None:
-    data = (_mono(yesno_root) / "ali.1.gz").read_bytes()
-    binary = _binary_ark([(e.utt, e.values) for e in read_alignments(_mono(yesno_root) / "ali.1.gz")])
+    """A gzip cut anywhere is an error naming the file. An archive (binary, or text as Kaldi's `ark,t` writes it:
+    `utt 1 2 3 \\n`) cut anywhere but between two entries is an error naming the file and the utterance it cuts
+    (a text line without its newline included: once read as a shorter utterance); a cut between entries, which no
+    reader can tell from a shorter archive, reads exactly the entries before it."""
     path = tmp_path / "ali.1.gz"
-    for blob, step in ((data, 97), (binary, 61)):
-        for cut in range(1, len(blob), step):
+    gz = (_mono(yesno_root) / "ali.1.gz").read_bytes()
+    for cut in range(1, len(gz), 97):
+        path.write_bytes(gz[:cut])
+        with pytest.raises(AsrBnError, match=re.escape(str(path))):
+            list(read_alignments(path))
+    entries = [(e.utt, e.values[:20]) for e in read_alignments(_mono(yesno_root) / "ali.1.gz")][:3]  # every cut
+    text_lines = [f"{u} {' '.join(map(str, v))} \n".encode() for u, v in entries]
+    for form, blobs in (("binary", [_binary_ark([e]) for e in entries]), ("text", text_lines)):
+        blob, ends = b"".join(blobs), list(itertools.accumulate(map(len, blobs)))
+        for cut in range(1, len(blob) + 1):
             path.write_bytes(blob[:cut])
-            try:
+            whole = bisect.bisect_right(ends, cut)  # entries complete before the cut
+            if cut in ends:
+                assert [(e.utt, e.values.tolist()) for e in read_alignments(path)] == [
+                    (u, v.tolist()) for u, v in entries[:whole]
+                ], (form, cut)
+                continue
+            with pytest.raises(AsrBnError) as error:
                 list(read_alignments(path))
-            except AsrBnError as e:
-                assert str(path) in str(e)
+            message = str(error.value)
+            assert message.startswith(f"{path}: byte ") and ("cut off" in message or "truncated" in message), message
+            named = re.search(r"utterance (\S+?)[ ),]", message)
+            assert named and entries[whole][0].startswith(named.group(1)), (form, cut, message)
+            if whole and "cut off" in message:
+                assert f"the last complete one is {entries[whole - 1][0]}" in message
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -330,15 +330,36 @@ def test_multichannel_needs_channel(an4_dir: Path, tmp_path: Path) -> None:
 
 
 def test_sample_rate_mismatch(an4_dir: Path, tmp_path: Path) -> None:
-    before = inputs(an4_dir)
-    result = prep("kaldi", an4_dir, tmp_path / "out", *FAST, "--sample-frequency", "8000", "--skip-bad")
-    assert result.exit_code == 1  # a config error, not skippable
+    """Audio at another rate than --sample-frequency is an error naming it, both rates and both fixes; with
+    --skip-bad a named skip like other bad audio (never resampled); every file at that rate skipped is an error."""
+    good = Path((an4_dir / "wav.scp").read_text().splitlines()[1].split()[1])
+    sf.write(tmp_path / "8k.wav", sf.read(good, dtype="int16")[0], 8000, subtype="PCM_16")
+    data_dir, utt = _with_bad_entry(an4_dir, str(tmp_path / "8k.wav"))
+    before = inputs(data_dir)
+    result = prep("kaldi", data_dir, tmp_path / "out", *FAST)
+    assert result.exit_code == 1
     assert (
-        "is sampled at 16000 Hz but the feature config says 8000 Hz; pass --sample-frequency 16000"
-        in one_line_error(result)
-    )
+        f"utterance {utt}: {tmp_path / '8k.wav'} is sampled at 8000 Hz but the feature config says 16000 Hz; "
+        "pass --sample-frequency 8000 (asr-bn never resamples), or --skip-bad to skip such audio"
+    ) in one_line_error(result)
     complete_or_absent(tmp_path / "out")
-    assert inputs(an4_dir) == before
+    assert inputs(data_dir) == before
+
+    reason = "sampled at another rate than --sample-frequency"
+    skipped = prep("kaldi", data_dir, tmp_path / "out", *FAST, "--skip-bad")
+    assert skipped.exit_code == 0, skipped.output
+    assert f"skipped 1 ({reason}): {utt}" in skipped.output and "written 3" in skipped.output
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["skipped"] == {reason: [utt]}
+    assert utt not in kaldiio.load_scp(str(tmp_path / "out" / "feats.scp"))
+    complete_or_absent(tmp_path / "out")
+    assert inputs(data_dir) == before
+
+    every = prep("kaldi", data_dir, tmp_path / "out2", *FAST, "--sample-frequency", "8000", "--skip-bad")
+    assert every.exit_code == 0 and f"skipped 3 ({reason})" in every.output and "written 1" in every.output
+    result = prep("kaldi", an4_dir, tmp_path / "out3", *FAST, "--sample-frequency", "22050", "--skip-bad")
+    assert result.exit_code == 1
+    assert f"could be prepared ({reason}: 4)" in one_line_error(result)
+    complete_or_absent(tmp_path / "out3")
 
 
 @pytest.mark.parametrize(
