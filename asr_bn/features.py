@@ -388,12 +388,13 @@ def add_deltas(
 def compute_cmvn_stats(feats: Iterable[np.ndarray | torch.Tensor]) -> np.ndarray:
     """Kaldi's compute-cmvn-stats over all given (T, D) matrices: a 2 × (D+1) float64 matrix.
 
-    Row 0 holds the per-dimension sums then the frame count; row 1 the sums of squares then 0.
+    Row 0 holds the per-dimension sums then the frame count; row 1 the sums of squares then 0. As Kaldi's
+    AccCmvnStats, values are float32 (Kaldi's features), each square is rounded to float32, the sums are in double.
     """
     stats: np.ndarray | None = None
     for f in feats:
         a = f.detach().cpu().numpy() if isinstance(f, torch.Tensor) else np.asarray(f)
-        a = a.astype(np.float64, copy=False)
+        a = a.astype(np.float32, copy=False)
         if a.ndim != 2:
             raise UsageError(f"compute_cmvn_stats: expected (T, D) matrices, got shape {a.shape}")
         if stats is None:
@@ -402,8 +403,8 @@ def compute_cmvn_stats(feats: Iterable[np.ndarray | torch.Tensor]) -> np.ndarray
             raise AsrBnError(
                 f"compute_cmvn_stats: feature dimension {a.shape[1]} differs from {stats.shape[1] - 1} seen before"
             )
-        stats[0, :-1] += a.sum(axis=0)
-        stats[1, :-1] += np.square(a).sum(axis=0)
+        stats[0, :-1] += a.sum(axis=0, dtype=np.float64)
+        stats[1, :-1] += np.square(a).sum(axis=0, dtype=np.float64)
         stats[0, -1] += a.shape[0]
     if stats is None:
         raise AsrBnError("compute_cmvn_stats: no feature matrices given (nothing to normalize with)")

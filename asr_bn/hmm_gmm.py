@@ -31,7 +31,7 @@ import numpy as np
 
 from asr_bn.alignments import HmmState, Topology, TransitionModel, read_transition_model, transition_id_scores
 from asr_bn.errors import AsrBnError, UsageError
-from asr_bn.io import OutputLock, atomic_open, atomic_path, write_text
+from asr_bn.io import OutputLock, atomic_open, atomic_path, read_matrix, write_text
 from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg, kaldifst
 from asr_bn.lang import Lang, lexicon_fst
 from asr_bn.progress import progress_bar
@@ -397,19 +397,19 @@ def prepared_gmm_features(prep_dir: str | Path, num_ceps: int = 13) -> tuple[dic
 
     Returns (features, text, report); `text` is empty when the dir has no transcripts (enough for likelihoods).
     """
-    import kaldiio
-
     from asr_bn.data import load_data_dir
 
     prep_dir = Path(prep_dir)
     report = Report("gmm features")
-    if not (prep_dir / "feats.scp").is_file():
-        raise AsrBnError(f"{prep_dir}/feats.scp not found; run `asr-bn prep kaldi DATA_DIR {prep_dir}` first")
+    scp = prep_dir / "feats.scp"
+    if not scp.is_file():
+        raise AsrBnError(f"{scp} not found; run `asr-bn prep kaldi DATA_DIR {prep_dir}` first")
     data = load_data_dir(prep_dir, report)
     fbank = {}
-    for utt, mat in kaldiio.load_scp_sequential(str(prep_dir / "feats.scp")):
+    for line in scp.read_text(encoding="utf-8").splitlines():
+        utt, _, location = line.partition(" ")
         if utt in data.utterances:
-            fbank[utt] = np.asarray(mat, dtype=np.float32)
+            fbank[utt] = np.asarray(read_matrix(location.strip(), scp, utt), dtype=np.float32)
     for utt in data.utterances:
         if utt not in fbank:
             report.skip(utt, "no features in feats.scp")

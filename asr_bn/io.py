@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 import tempfile
 from pathlib import Path
 from typing import IO, Iterable, Iterator
@@ -138,13 +139,59 @@ def error_detail(error: BaseException, limit: int | None = None) -> str:
     return f"{type(error).__name__}: {' '.join(str(error).split())}"[:limit]
 
 
+_CM = b"\0BCM "  # a Kaldi binary matrix in the speech-feature compression (`copy-feats --compress`, `prep --compress`)
+_CM_SCALE = np.float32(1.52590218966964e-05)  # 1/65535 as the float Kaldi uses
+
+
+def read_compressed(f: IO[bytes]) -> np.ndarray | None:
+    """The matrix at `f`'s position if it is Kaldi-compressed with per-column headers (`\\0BCM `), expanded with
+    Kaldi's own arithmetic (CompressedMatrix::CopyToMat: float, the last step in double), so every value is the bit
+    Kaldi's tools read (kaldiio's float32 arithmetic differs by up to a few ulp); None, `f` where it was, for any
+    other matrix. A truncated one raises ValueError."""
+    start = f.tell()
+    if f.read(len(_CM)) != _CM:
+        f.seek(start)
+        return None
+    head = f.read(16)
+    if len(head) != 16:
+        raise ValueError("truncated compressed matrix header")
+    low, span, rows, cols = struct.unpack("<ffii", head)
+    if rows < 0 or cols < 0:
+        raise ValueError(f"compressed matrix of {rows} x {cols}")
+    body = f.read(cols * (8 + rows))
+    if len(body) != cols * (8 + rows):
+        raise ValueError(f"truncated compressed matrix ({len(body)} of {cols * (8 + rows)} bytes)")
+    # per column: the 0th, 25th, 75th, 100th percentiles as uint16 steps of the global range
+    pct = np.float32(low) + np.float32(span) * _CM_SCALE * np.frombuffer(body, "<u2", 4 * cols).reshape(cols, 4)
+    p0, p25, p75, p100 = (pct[:, i : i + 1] for i in range(4))
+    byte = np.frombuffer(body, np.uint8, offset=8 * cols).reshape(cols, rows).astype(np.float32)
+
+    def piece(base: np.ndarray, top: np.ndarray, steps: np.ndarray, per_step: float) -> np.ndarray:
+        return base.astype(np.float64) + ((top - base) * steps).astype(np.float64) * per_step
+
+    mat = np.where(
+        byte <= 64,
+        piece(p0, p25, byte, 1 / 64.0),
+        np.where(byte <= 192, piece(p25, p75, byte - 64, 1 / 128.0), piece(p75, p100, byte - 192, 1 / 63.0)),
+    )
+    return np.ascontiguousarray(mat.T, dtype=np.float32)
+
+
 def read_matrix(location: str, table: str | Path, key: str) -> np.ndarray:
-    """Load one matrix an scp line points at (`file.ark:offset`); a missing, truncated or corrupt archive is an
-    AsrBnError naming the scp table, the utterance and the fix instead of kaldiio's own exception."""
+    """Load one matrix an scp line points at (`file.ark:offset`), a compressed one as Kaldi expands it
+    (`read_compressed`); a missing, truncated or corrupt archive is an AsrBnError naming the scp table, the
+    utterance and the fix instead of kaldiio's own exception."""
     import kaldiio
 
     try:
-        mat = kaldiio.load_mat(location)
+        path, _, offset = location.rpartition(":")
+        mat = None
+        if path and offset.isdigit():
+            with open(path, "rb") as f:
+                f.seek(int(offset))
+                mat = read_compressed(f)
+        if mat is None:
+            mat = kaldiio.load_mat(location)
     except Exception as e:  # kaldiio raises whatever its parser hits on bad bytes (ValueError, struct.error, …)
         raise AsrBnError(
             f"{table}: cannot read {key} at {location} ({error_detail(e)}); "

@@ -27,7 +27,7 @@ from asr_bn.alignments import alignment_files, check_num_pdfs, join_targets
 from asr_bn.data import AudioError, DataDir, cut_segment, load_data_dir, load_recording, write_data_dir
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.features import FbankConfig, FeaturePipeline, compute_cmvn_stats, compute_fbank
-from asr_bn.io import OutputLock, write_ark_scp, write_text
+from asr_bn.io import OutputLock, read_compressed, write_ark_scp, write_text
 from asr_bn.progress import progress_bar
 from asr_bn.report import Report
 
@@ -415,16 +415,20 @@ def _write_outputs(
 
 
 def _as_stored(mat: np.ndarray, compression_method: int | None) -> np.ndarray:
-    """The matrix as a reader of the archive will see it (after Kaldi compression), so CMVN stats match Kaldi's
-    compute-cmvn-stats run on feats.scp."""
+    """The matrix as a reader of the archive will see it (after Kaldi compression, expanded as Kaldi and
+    `read_matrix` do), so CMVN stats match Kaldi's compute-cmvn-stats run on feats.scp."""
     if compression_method is None:
         return mat
     import kaldiio
 
     buf = io.BytesIO()
     kaldiio.save_ark(buf, {"x": mat}, compression_method=compression_method)
-    buf.seek(0)
-    return next(iter(kaldiio.load_ark(buf)))[1]
+    buf.seek(2)  # past the key "x "
+    stored = read_compressed(buf)
+    if stored is None:
+        buf.seek(0)
+        stored = next(iter(kaldiio.load_ark(buf)))[1]
+    return stored
 
 
 def _cmvn_stats(mode: str, data: DataDir, written: list[str], stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

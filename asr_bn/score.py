@@ -248,9 +248,11 @@ class WerResult:
     extra: list[str] = field(default_factory=list)  # hypotheses without a reference (not scored)
 
     def lines(self) -> list[str]:
-        """Kaldi's three summary lines (`%WER`, `%SER`, `Scored …`), the first tagged with the hypothesis file."""
+        """Kaldi's three summary lines (`%WER`, `%SER`, `Scored …`), the first tagged with the hypothesis file; as
+        compute-wer, `%WER` ends with `[PARTIAL]` when a reference utterance has no hypothesis (in any mode)."""
+        partial = " [PARTIAL]" if self.missing else ""
         return [
-            f"{self.counts.wer_line()} {self.hyp_path}",
+            f"{self.counts.wer_line()}{partial} {self.hyp_path}",
             self.counts.ser_line(),
             f"Scored {self.counts.sentences} sentences, {len(self.missing)} not present in hyp.",
         ]

@@ -355,6 +355,9 @@ def test_cmvn_stats_hand_worked_and_kaldi_readable(tmp_path: Path) -> None:
     np.testing.assert_array_equal(kaldiio.load_ark(str(tmp_path / "cmvn.ark")).__next__()[1], stats)
     feats = np.array([[1.0, 2.0], [3.0, 6.0]], np.float32)
     np.testing.assert_array_equal(compute_cmvn_stats([feats]), knf.compute_cmvn_stats(feats))
+    # Kaldi's AccCmvnStats squares in float (knf in double): 0.1f² rounded to float, then summed in double
+    tenth = np.float32(0.1)
+    assert compute_cmvn_stats([np.array([[tenth]])])[1, 0] == float(tenth * tenth) != float(tenth) ** 2
     with pytest.raises(AsrBnError, match="no feature matrices"):
         compute_cmvn_stats([])
 

@@ -75,10 +75,12 @@ def test_stale_lock_is_taken_over_with_the_killed_runs_temporary_files(tmp_path:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzz_feature_archive_reading(tmp_path: Path, data: st.DataObject) -> None:
-    """Random byte flips and truncations of a feats.ark never give anything but AsrBnError (or a matrix)."""
+    """Random byte flips and truncations of a feats.ark (plain or Kaldi-compressed) never give anything but
+    AsrBnError (or a matrix)."""
     rng = np.random.default_rng(0)
     ark, scp = tmp_path / "f.ark", tmp_path / "f.scp"
-    write_ark_scp(ark, scp, [("u1", rng.standard_normal((5, 3)).astype(np.float32)), ("u2", np.ones((2, 3), np.float32))])
+    mats = [("u1", rng.standard_normal((5, 3)).astype(np.float32)), ("u2", np.ones((2, 3), np.float32))]
+    write_ark_scp(ark, scp, mats, compression_method=data.draw(st.sampled_from([None, 2])))
     good = ark.read_bytes()
     bad = bytearray(good[: data.draw(st.integers(0, len(good)))])
     for _ in range(data.draw(st.integers(0, 4))):
