@@ -923,7 +923,8 @@ def _pdf_bound(num_pdfs: int | None, tm: TransitionModel | None, model: str | Pa
 
 
 def count_pdfs(targets: Iterable[np.ndarray], num_pdfs: int = 0) -> np.ndarray:
-    """Frames per pdf-id over all `targets`, like Kaldi's `analyze-counts --counts-dim=num_pdfs` (float64).
+    """Frames per pdf-id over all `targets` (float64): what Kaldi's `analyze-counts --counts-dim=num_pdfs` writes
+    less the half frame it adds to every pdf, so a pdf never seen stays 0 and `log_priors` floors it as nnet1 does.
 
     The vector grows past `num_pdfs` when a larger pdf-id appears, as analyze-counts does.
     """

@@ -18,7 +18,7 @@ from test_data import an4_wavs, kaldi_files, write_dir
 from test_features import _assert_log_close
 from typer.testing import CliRunner
 
-from asr_bn.alignments import read_alignments, read_transition_model
+from asr_bn.alignments import count_pdfs, read_alignments, read_transition_model, write_counts
 from asr_bn.batching import UtteranceDataset
 from asr_bn.data import load_audio, load_data_dir
 from asr_bn.features import FbankConfig, compute_fbank
@@ -53,6 +53,12 @@ def an4_dir(tmp_path: Path, an4_root: Path) -> Path:
 def synth(tmp_path_factory: pytest.TempPathFactory) -> CorpusPaths:
     """The demo's synthetic corpus, smallest form: data dirs, lang, Kaldi alignment dirs (final.mdl, tree, ali)."""
     return synthesize_corpus(tmp_path_factory.mktemp("synth") / "corpus", seed=3, size="small", num_speakers=3)
+
+
+@pytest.fixture(scope="module")
+def synth_targets(synth: CorpusPaths, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synth's training set through `asr-bn prep kaldi --ali-dir exp/ali_train` (features + pdf.ark/.scp)."""
+    return _prep(synth.data["train"], tmp_path_factory.mktemp("synth_prep") / "train", "--ali-dir", synth.ali["train"])
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +162,7 @@ def _ali_to_pdf(model: Path, ali: list[Path]) -> dict[str, np.ndarray]:
 
 
 def test_ali_to_pdf_reads_every_alignment_asr_bn_writes(
-    kaldi_bundle: Path, synth: CorpusPaths, mono: tuple, tmp_path: Path
+    kaldi_bundle: Path, synth: CorpusPaths, synth_targets: Path, mono: tuple
 ) -> None:
     """ali-to-pdf on the synth's exp/ali_{train,dev} and the monophone aligner's ali.{1,2}.gz gives the pdfs of
     asr-bn's own reading; `prep --ali-dir`'s pdf.scp holds exactly ali-to-pdf's output (read by copy-int-vector)."""
@@ -169,12 +175,35 @@ def test_ali_to_pdf_reads_every_alignment_asr_bn_writes(
         assert sorted(theirs) == sorted(ours) and ours
         for utt in ours:
             np.testing.assert_array_equal(theirs[utt], ours[utt], err_msg=f"{ali_dir} {utt}")
-    out = _prep(synth.data["train"], tmp_path / "prep", "--ali-dir", synth.ali["train"])
-    targets = _ark(run_kaldi(["copy-int-vector", f"scp:{out / 'pdf.scp'}", "ark:-"]))
+    targets = _ark(run_kaldi(["copy-int-vector", f"scp:{synth_targets / 'pdf.scp'}", "ark:-"]))
     kaldi = _ali_to_pdf(synth.ali["train"] / "final.mdl", [synth.ali["train"] / "ali.1.gz"])
     assert sorted(targets) == sorted(kaldi)
     for utt in kaldi:
         np.testing.assert_array_equal(targets[utt], kaldi[utt], err_msg=utt)
+
+
+def _text_vector(data: bytes) -> np.ndarray:
+    """A Kaldi text vector `[ 1 2 3 ]` written by a Kaldi binary."""
+    words = data.decode().split()
+    assert words[0] == "[" and words[-1] == "]", data[:80]
+    return np.array(words[1:-1], dtype=np.float64)
+
+
+def test_pdf_counts_are_analyze_counts_and_read_by_kaldi(
+    kaldi_bundle: Path, synth: CorpusPaths, synth_targets: Path, tmp_path: Path
+) -> None:
+    """count_pdfs over prep's pdf targets equals `analyze-counts --counts-dim` on pdf.scp but for the half frame
+    analyze-counts adds to every pdf; the priors.vec write_counts makes (what training saves) is read back by
+    Kaldi's copy-vector as the same counts."""
+    num_pdfs = read_transition_model(synth.ali["train"] / "final.mdl").num_pdfs
+    scp = f"scp:{synth_targets / 'pdf.scp'}"
+    kaldi = _text_vector(run_kaldi(["analyze-counts", "--binary=false", f"--counts-dim={num_pdfs}", scp, "-"]))
+    ours = count_pdfs(_ark(run_kaldi(["copy-int-vector", scp, "ark:-"])).values(), num_pdfs)
+    np.testing.assert_array_equal(ours + 0.5, kaldi)
+    assert (ours == 0).any() and ours.sum() > 0  # some pdfs never seen: the vector still has every pdf
+    write_counts(tmp_path / "priors.vec", ours)
+    np.testing.assert_array_equal(_text_vector(run_kaldi(["copy-vector", "--binary=false", tmp_path / "priors.vec",
+                                                          "-"])), ours)
 
 
 def _info(program: str, path: Path) -> dict[str, int]:
