@@ -164,17 +164,18 @@ def read_compressed(f: IO[bytes]) -> np.ndarray | None:
     # per column: the 0th, 25th, 75th, 100th percentiles as uint16 steps of the global range
     pct = np.float32(low) + np.float32(span) * _CM_SCALE * np.frombuffer(body, "<u2", 4 * cols).reshape(cols, 4)
     p0, p25, p75, p100 = (pct[:, i : i + 1] for i in range(4))
-    byte = np.frombuffer(body, np.uint8, offset=8 * cols).reshape(cols, rows).astype(np.float32)
 
     def piece(base: np.ndarray, top: np.ndarray, steps: np.ndarray, per_step: float) -> np.ndarray:
         return base.astype(np.float64) + ((top - base) * steps).astype(np.float64) * per_step
 
-    mat = np.where(
-        byte <= 64,
-        piece(p0, p25, byte, 1 / 64.0),
-        np.where(byte <= 192, piece(p25, p75, byte - 64, 1 / 128.0), piece(p75, p100, byte - 192, 1 / 63.0)),
-    )
-    return np.ascontiguousarray(mat.T, dtype=np.float32)
+    v = np.arange(256, dtype=np.float32)  # every byte value, expanded once per column: (cols, 256)
+    table = np.where(
+        v <= 64,
+        piece(p0, p25, v, 1 / 64.0),
+        np.where(v <= 192, piece(p25, p75, v - 64, 1 / 128.0), piece(p75, p100, v - 192, 1 / 63.0)),
+    ).astype(np.float32)
+    byte = np.frombuffer(body, np.uint8, offset=8 * cols).reshape(cols, rows)  # column by column
+    return np.ascontiguousarray(np.take_along_axis(table, byte.astype(np.intp), axis=1).T)
 
 
 def read_matrix(location: str, table: str | Path, key: str) -> np.ndarray:
@@ -185,12 +186,13 @@ def read_matrix(location: str, table: str | Path, key: str) -> np.ndarray:
 
     try:
         path, _, offset = location.rpartition(":")
-        mat = None
         if path and offset.isdigit():
             with open(path, "rb") as f:
                 f.seek(int(offset))
                 mat = read_compressed(f)
-        if mat is None:
+                if mat is None:
+                    mat = kaldiio.load_mat(location, fd_dict={path: f})
+        else:
             mat = kaldiio.load_mat(location)
     except Exception as e:  # kaldiio raises whatever its parser hits on bad bytes (ValueError, struct.error, …)
         raise AsrBnError(
