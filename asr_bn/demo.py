@@ -78,7 +78,7 @@ class ModelResult:
     dev_fer: float
     dev_wer: float
     test_wer: float
-    test_wer_line: str  # Kaldi's `%WER … [ errors / words, ins, del, sub ]`
+    test_wer_line: str  # Kaldi's `%WER … [ errors / words, ins, del, sub ]` (`[PARTIAL]` when some went undecoded)
     best_update: int  # the update of final.pt (best dev CE)
 
 
@@ -149,7 +149,7 @@ def run_demo(
             rows.append(ModelResult(
                 name=name, bn=bn, train_ce=scores["train"]["ce"], train_fer=scores["train"]["fer"],
                 dev_ce=scores["dev"]["ce"], dev_fer=scores["dev"]["fer"], dev_wer=wers["dev"].counts.wer,
-                test_wer=wers["test"].counts.wer, test_wer_line=wers["test"].counts.wer_line(),
+                test_wer=wers["test"].counts.wer, test_wer_line=wers["test"].wer_line(),
                 best_update=scores["best_update"],
             ))  # fmt: skip
         with timer("plot", say):

@@ -247,12 +247,15 @@ class WerResult:
     missing: list[str] = field(default_factory=list)  # reference utterances without a hypothesis
     extra: list[str] = field(default_factory=list)  # hypotheses without a reference (not scored)
 
+    def wer_line(self) -> str:
+        """compute-wer's `%WER` line: the counts, then `[PARTIAL]` when a reference utterance has no hypothesis
+        (in any mode)."""
+        return self.counts.wer_line() + (" [PARTIAL]" if self.missing else "")
+
     def lines(self) -> list[str]:
-        """Kaldi's three summary lines (`%WER`, `%SER`, `Scored …`), the first tagged with the hypothesis file; as
-        compute-wer, `%WER` ends with `[PARTIAL]` when a reference utterance has no hypothesis (in any mode)."""
-        partial = " [PARTIAL]" if self.missing else ""
+        """Kaldi's three summary lines (`%WER`, `%SER`, `Scored …`), the first tagged with the hypothesis file."""
         return [
-            f"{self.counts.wer_line()}{partial} {self.hyp_path}",
+            f"{self.wer_line()} {self.hyp_path}",
             self.counts.ser_line(),
             f"Scored {self.counts.sentences} sentences, {len(self.missing)} not present in hyp.",
         ]

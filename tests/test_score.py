@@ -73,6 +73,9 @@ def test_modes_and_ignored_words(tmp_path: Path) -> None:
     present = score_wer(ref, hyp, ignore=["<NOISE>", "<SIL>"], mode="present")
     assert (present.counts.sentences, present.counts.words) == (2, 5)
     assert present.lines()[2] == "Scored 2 sentences, 1 not present in hyp."
+    # as compute-wer (tests/test_kaldi_formats.py runs it): a missing hypothesis marks %WER [PARTIAL], in any mode
+    assert present.lines()[0] == f"%WER 20.00 [ 1 / 5, 0 ins, 0 del, 1 sub ] [PARTIAL] {hyp}"
+    assert all_.wer_line().endswith("sub ] [PARTIAL]") and all_.wer_line() in all_.lines()[0]
     with pytest.raises(AsrBnError, match="no hypothesis for 1 reference utterance"):
         score_wer(ref, hyp, mode="strict")
     with pytest.raises(UsageError, match="--mode"):
