@@ -799,6 +799,15 @@ def test_cli_prep_pdf_id_archives(yesno_root: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "already done" in result.output and "written 31, trimmed_or_padded 0, num_pdfs 11" in result.output
     assert {n: (out / n).stat().st_mtime_ns for n in features} == features  # features kept, targets joined again
+    whole, last = text.read_bytes(), list(pdfs)[-1]
+    text.write_bytes(whole[: whole.rindex(b" ")])  # cut inside the last line, as a partial copy or a full disk does
+    result, _ = _prep_yesno(yesno_root, tmp_path, "--ali-dir", str(text), "--pdf-ids", *model_option)
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 1 and len(errors) == 1, result.output
+    at = whole.rindex(last.encode())
+    assert f"other_aligner.txt: byte {at}: the file ends inside the line of utterance {last}" in errors[0]
+    assert "cut off" in errors[0]
+    assert np.array_equal(kaldiio.load_scp(str(out / "pdf.scp"))[last], pdfs[last])  # the earlier targets stay
     for options, message in ((["--pdf-ids"], "give --ali-dir too"),
                              (["--ali-dir", str(text), "--num-pdfs", "11"], "with --pdf-ids")):  # fmt: skip
         result, _ = _prep_yesno(yesno_root, tmp_path, *options)
