@@ -109,16 +109,18 @@ def test_copy_feats_reads_prep_features(kaldi_bundle: Path, an4_dir: Path, tmp_p
 
 
 @pytest.mark.parametrize("norm_vars", [False, True], ids=["means", "norm-vars"])
-@pytest.mark.parametrize("mode", ["speaker", "utterance"])
+@pytest.mark.parametrize("mode", ["speaker", "utterance", "global"])
 def test_apply_cmvn_and_add_deltas_equal_the_pipeline(
     kaldi_bundle: Path, an4_dir: Path, tmp_path: Path, mode: str, norm_vars: bool
 ) -> None:
     """Kaldi's `apply-cmvn [--norm-vars] [--utt2spk] scp:cmvn.scp scp:feats.scp | add-deltas` on a prepared dir gives
-    the features asr-bn trains and decodes on (its FeaturePipeline through UtteranceDataset)."""
+    the features asr-bn trains and decodes on (its FeaturePipeline through UtteranceDataset); global stats are
+    given to apply-cmvn as the one matrix cmvn.scp points at (`cmvn.ark:offset`)."""
     out = _prep(an4_dir, tmp_path / "prep", "--cmvn", mode, *(["--norm-vars"] if norm_vars else []))
     apply = ["apply-cmvn", *(["--norm-vars=true"] if norm_vars else [])]
     apply += [f"--utt2spk=ark:{out / 'utt2spk'}"] if mode == "speaker" else []
-    apply += [f"scp:{out / 'cmvn.scp'}", f"scp:{out / 'feats.scp'}", "ark:-"]
+    stats = f"scp:{out / 'cmvn.scp'}" if mode != "global" else (out / "cmvn.scp").read_text().split()[1]
+    apply += [stats, f"scp:{out / 'feats.scp'}", "ark:-"]
     theirs = _ark(run_kaldi(["add-deltas", f"ark:{' '.join(apply)} |", "ark:-"]))
     dataset = UtteranceDataset(out, num_pdfs=1, targets=False)
     assert dataset.utts == list(theirs)
