@@ -248,6 +248,7 @@ WER_CASES = {
     "insertions-deletions": ("u1 A B C D\nu2 E F G\nu3 H\n", "u1 A C D X Y\nu2 E F G\nu3\n"),
     "empty-hyp-and-extra": ("u1 A B\nu2 C D E\n", "u1\nu2 C D E\nu9 Z\n"),
     "missing-hyp": ("u1 A B C D\nu2 E F G\nu3 H I\nu4 J K L\n", "u1 A X C D E\nu2 F G\nu4 J K L\n"),
+    "empty-ref-over-100": ("u1\nu2 A\nu3 C\n", "u1 X Y\nu2 B C D\nu3 C\n"),
 }
 
 
