@@ -214,9 +214,12 @@ def _info(program: str, path: Path) -> dict[str, int]:
     return {line.rsplit(" ", 1)[0]: int(line.rsplit(" ", 1)[1]) for line in lines}
 
 
-def test_models_and_trees_are_read_by_kaldi(kaldi_bundle: Path, synth: CorpusPaths, mono: tuple) -> None:
+def test_models_and_trees_are_read_by_kaldi(
+    kaldi_bundle: Path, synth: CorpusPaths, mono: tuple, tmp_path: Path
+) -> None:
     """hmm-info equals `asr-bn ali info`'s lines, gmm-info the GMM's sizes, gmm-compute-likes the log-likelihoods
-    asr-bn computes with the same model (synth's final.mdl, the monophone trainer's and aligner's); tree-info
+    asr-bn computes with the same model (synth's final.mdl, the monophone trainer's and aligner's);
+    copy-transition-model writes the TransitionModel back as asr-bn does, also from asr-bn's text form; tree-info
     agrees with the model and copy-tree writes the tree back byte for byte."""
     mono_dir, ali_dir, feats = mono
     utt = next(iter(feats))
@@ -224,6 +227,9 @@ def test_models_and_trees_are_read_by_kaldi(kaldi_bundle: Path, synth: CorpusPat
         model = exp / "final.mdl"
         tm = read_transition_model(model)
         assert [f"{k} {v}" for k, v in _info("hmm-info", model).items()] == tm.info_lines()[:4]
+        (tmp_path / "text.mdl").write_bytes(tm.to_kaldi(binary=False))
+        for source in (model, tmp_path / "text.mdl"):
+            assert run_kaldi(["copy-transition-model", "--binary=true", source, "-"]) == tm.to_kaldi(binary=True)
         system = GmmSystem.load(model)
         gmm = _info("gmm-info", model)
         assert gmm["number of gaussians"] == system.am.num_gauss and gmm["number of pdfs"] == tm.num_pdfs
