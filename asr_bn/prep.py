@@ -76,11 +76,11 @@ def prepare_kaldi(
     """Compute raw fbank and CMVN stats of a Kaldi data dir into `out_dir` (layout in docs/ARCHITECTURE.md).
 
     Audio is loaded by `nj` threads and fbank runs in batches on `device` (on the CPU, `threads` groups at once).
-    Unreadable audio is an AsrBnError unless `skip_bad` (then a named skip); audio shorter than one frame is always
-    a named skip. `sph2pipe` replaces the program of wav.scp's sph2pipe pipes. With `force` a complete output is redone. With `ali_dir`
-    (Kaldi ali.N.gz + final.mdl) the pdf-id targets are joined to the features (`join_targets`, every run):
-    `model` replaces ALI_DIR/final.mdl; with `pdf_ids` the labels are pdf-ids already, bounded by `num_pdfs` or
-    the model's pdf count when given.
+    Unreadable audio, or audio at another sample rate, is an AsrBnError unless `skip_bad` (then a named skip); audio
+    shorter than one frame is always a named skip. `sph2pipe` replaces the program of wav.scp's sph2pipe pipes. With
+    `force` a complete output is redone. With `ali_dir` (Kaldi ali.N.gz + final.mdl) the pdf-id targets are joined
+    to the features (`join_targets`, every run): `model` replaces ALI_DIR/final.mdl; with `pdf_ids` the labels are
+    pdf-ids already, bounded by `num_pdfs` or the model's pdf count when given.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if nj < 1:

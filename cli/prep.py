@@ -115,7 +115,8 @@ SkipBadOpt = Annotated[
     bool,
     typer.Option(
         "--skip-bad",
-        help="Skip utterances with missing, corrupt or failing audio (named in the report) instead of stopping.",
+        help="Skip utterances with missing, corrupt or failing audio, or audio at another sample rate (named in the "
+        "report) instead of stopping.",
     ),
 ]
 ChannelOpt = Annotated[
