@@ -156,11 +156,12 @@ def read_compressed(f: IO[bytes]) -> np.ndarray | None:
     if len(head) != 16:
         raise ValueError("truncated compressed matrix header")
     low, span, rows, cols = struct.unpack("<ffii", head)
-    if rows < 0 or cols < 0:
-        raise ValueError(f"compressed matrix of {rows} x {cols}")
-    body = f.read(cols * (8 + rows))
-    if len(body) != cols * (8 + rows):
-        raise ValueError(f"truncated compressed matrix ({len(body)} of {cols * (8 + rows)} bytes)")
+    size, here = cols * (8 + rows), f.tell()
+    left = f.seek(0, os.SEEK_END) - here
+    f.seek(here)
+    if rows < 0 or cols < 0 or size > left:  # checked before reading: a corrupt header must not allocate gigabytes
+        raise ValueError(f"compressed {rows} x {cols} matrix needs {size} bytes, the file has {left} left (truncated?)")
+    body = f.read(size)
     # per column: the 0th, 25th, 75th, 100th percentiles as uint16 steps of the global range
     pct = np.float32(low) + np.float32(span) * _CM_SCALE * np.frombuffer(body, "<u2", 4 * cols).reshape(cols, 4)
     p0, p25, p75, p100 = (pct[:, i : i + 1] for i in range(4))

@@ -133,3 +133,19 @@ def test_fuzz_feature_scp_text(tmp_path: Path, data: st.DataObject) -> None:
             assert mat.ndim in (1, 2)
             if loc in good:
                 np.testing.assert_array_equal(mat, good[loc])
+
+
+def test_compressed_matrix_is_expanded_as_kaldi_and_a_bad_header_is_one_error(tmp_path: Path) -> None:
+    """A Kaldi-compressed matrix comes back within its quantization step (Kaldi's own binary checks the exact bits:
+    tests/test_kaldi_formats.py); a header claiming more rows than the file holds is one error, nothing allocated."""
+    mat = np.random.default_rng(0).standard_normal((50, 4)).astype(np.float32)
+    ark, scp = tmp_path / "f.ark", tmp_path / "f.scp"
+    write_ark_scp(ark, scp, [("u1", mat)], compression_method=2)
+    location = scp.read_text().split()[1]
+    np.testing.assert_allclose(read_matrix(location, scp, "u1"), mat, atol=0.05 * np.ptp(mat))
+    data = bytearray(ark.read_bytes())
+    offset = int(location.rsplit(":", 1)[1])
+    data[offset + 13 : offset + 17] = (2**30).to_bytes(4, "little")  # rows, after `\0BCM `, min and range
+    ark.write_bytes(bytes(data))
+    with pytest.raises(AsrBnError, match=r"u1 at .*compressed 1073741824 x 4 matrix needs \d+ bytes, the file has"):
+        read_matrix(location, scp, "u1")
