@@ -183,7 +183,8 @@ class FbankConfig:
 
     @classmethod
     def from_kaldi_conf(cls, path: str | Path, **overrides: Any) -> "FbankConfig":
-        """Read a Kaldi conf file (`--num-mel-bins=40` per line, `#` comments), as `compute-fbank-feats --config`.
+        """Read a Kaldi conf file (`--num-mel-bins=40` per line, `#` comments), as `compute-fbank-feats --config`:
+        an option the file does not set has Kaldi's default, so 23 mel bins unless it says otherwise.
 
         Options of compute-fbank-feats that do not change the features (e.g. --verbose) are ignored; ones asr-bn
         does not implement (resampling, --subtract-mean, MFCC options) are a UsageError naming file and line.
@@ -194,7 +195,7 @@ class FbankConfig:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise UsageError(f"cannot read fbank config {path}: {e}") from e
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = {"num_mel_bins": _KALDI_NUM_MEL_BINS}  # the one default asr-bn changes
         for lineno, raw in enumerate(text.splitlines(), 1):
             line = raw.split("#", 1)[0].strip()
             if not line:
@@ -236,6 +237,7 @@ class FbankConfig:
         return "\n".join(lines) + "\n"
 
 
+_KALDI_NUM_MEL_BINS = 23  # compute-fbank-feats' default (FbankConfig's 40 is the paper's)
 # Kaldi option name → FbankConfig field (the only spellings Kaldi accepts besides '_' for '-').
 _KALDI_NAMES = {f.metadata["kaldi"]: f.name for f in dataclasses.fields(FbankConfig)}
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(FbankConfig)}

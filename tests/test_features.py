@@ -401,6 +401,8 @@ def test_kaldi_conf_round_trip_and_errors(tmp_path: Path) -> None:
     got = FbankConfig.from_kaldi_conf(conf)
     assert (got.num_mel_bins, got.use_energy, got.snip_edges, got.dim) == (40, True, False, 41)
     assert FbankConfig.from_kaldi_conf(conf, dither=0.0).dither == 0.0
+    conf.write_text("--use-energy=true\n")  # no --num-mel-bins: compute-fbank-feats' 23, not FbankConfig's 40
+    assert (FbankConfig.from_kaldi_conf(conf).num_mel_bins, FbankConfig.from_kaldi_conf(conf).dim) == (23, 24)
     for line, pattern in [
         ("--num-mel-bin=40", r"fbank\.conf:2: unknown option --num-mel-bin"),
         ("--num-ceps=13", "MFCC"),

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import run_kaldi
 from test_data import an4_wavs, kaldi_files, write_dir
-from test_features import _assert_log_close
+from test_features import _assert_linear_close, _assert_log_close
 from typer.testing import CliRunner
 
 from asr_bn.alignments import count_pdfs, read_alignments, read_transition_model, write_counts
@@ -130,19 +130,24 @@ def test_apply_cmvn_and_add_deltas_equal_the_pipeline(
         np.testing.assert_allclose(ours, theirs[utt], rtol=0, atol=1e-5, err_msg=utt)  # float32 rounding: ~2e-6
 
 
-@pytest.mark.parametrize("corpus", ["yesno-8k", "an4-16k"])
+@pytest.mark.parametrize("corpus", ["yesno-8k", "an4-16k", "an4-16k-linear"])
 def test_compute_fbank_feats_agrees_with_prep(
     kaldi_bundle: Path, yesno_root: Path, an4_root: Path, tmp_path: Path, corpus: str
 ) -> None:
-    """Kaldi's compute-fbank-feats and `asr-bn prep` on the same real audio and Kaldi fbank.conf (dither 0, energy,
-    HTK order, no snip-edges: the options that move frames and columns), by the feature tests' criterion."""
+    """Kaldi's compute-fbank-feats and `asr-bn prep` on the same real audio and Kaldi fbank.conf (dither 0; energy,
+    HTK order, no snip-edges: the options that move frames and columns; linear mel energies), by the feature tests'
+    criteria against kaldi-native-fbank (log values near each frame's maximum and the energy; linear ones relative
+    to the frame's total)."""
     if corpus == "yesno-8k":
         waves = sorted((yesno_root / "waves_yesno").glob("*.wav"))[:3]
         data_dir = write_dir(tmp_path / "yesno", kaldi_files([(w.stem, "global", w) for w in waves]))
         conf = "--sample-frequency=8000\n--num-mel-bins=23\n"
-    else:
+    elif corpus == "an4-16k":
         data_dir = write_dir(tmp_path / "an4", kaldi_files(an4_wavs(an4_root, 3)))
         conf = "--num-mel-bins=40\n--use-energy=true\n--htk-compat=true\n--snip-edges=false\n"
+    else:
+        data_dir = write_dir(tmp_path / "an4", kaldi_files(an4_wavs(an4_root, 3)))
+        conf = "--use-log-fbank=false\n--use-power=false\n--use-energy=true\n"
     (tmp_path / "fbank.conf").write_text(conf + "--dither=0\n")
     out = _prep(data_dir, tmp_path / "prep", "--config", tmp_path / "fbank.conf")
     theirs = _ark(run_kaldi(["compute-fbank-feats", f"--config={tmp_path / 'fbank.conf'}",
@@ -151,7 +156,8 @@ def test_compute_fbank_feats_agrees_with_prep(
     cfg = FbankConfig.from_kaldi_conf(tmp_path / "fbank.conf")
     assert sorted(theirs) == sorted(ours) and len(ours) == 3
     for utt in ours:
-        _assert_log_close(torch.from_numpy(np.array(ours[utt])), theirs[utt], cfg)
+        close = _assert_log_close if cfg.use_log_fbank else _assert_linear_close
+        close(torch.from_numpy(np.array(ours[utt])), theirs[utt], cfg)
 
 
 # ---------------------------------------------------------------------------------------------------------------
