@@ -1,8 +1,9 @@
 """Every file asr-bn writes for Kaldi, read by the real Kaldi binary that reads it (../shared/kaldi): features
 (copy-feats, feat-to-len), CMVN stats (compute-cmvn-stats, apply-cmvn + add-deltas against asr-bn's own pipeline),
-alignments and pdf targets (ali-to-pdf), models and trees (hmm-info, gmm-info, gmm-compute-likes, tree-info,
-copy-tree), hypotheses (compute-wer); and the other direction, Kaldi's compute-fbank-feats against `asr-bn prep` on
-real 8 kHz and 16 kHz speech. Each test skips with a reason when the Kaldi bundle or the real data is absent."""
+alignments, pdf targets and counts (ali-to-pdf, copy-int-vector, analyze-counts, copy-vector), models and trees
+(hmm-info, gmm-info, gmm-compute-likes, copy-transition-model, tree-info, copy-tree), hypotheses (compute-wer); and
+the other direction, Kaldi's compute-fbank-feats against `asr-bn prep` on real 8 kHz and 16 kHz speech. Each test
+skips with a reason when the Kaldi bundle or the real data is absent."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from asr_bn.alignments import count_pdfs, read_alignments, read_transition_model
 from asr_bn.batching import UtteranceDataset
 from asr_bn.data import load_audio, load_data_dir
 from asr_bn.features import FbankConfig, compute_fbank
-from asr_bn.io import read_matrix
 from asr_bn.hmm_gmm import AlignConfig, GmmSystem, MonoConfig, align, gmm_features, train_mono
+from asr_bn.io import read_matrix
 from asr_bn.lang import read_lang
 from asr_bn.report import Report
 from asr_bn.synth import CorpusPaths, synthesize_corpus
