@@ -2,7 +2,9 @@
 
 `frame_scores` is the metric of the paper's table (and of training's dev pass); `score_wer` is Kaldi's
 `compute-wer` (same Levenshtein tie-breaking, same `%WER` / `%SER` lines) with `score.sh`'s choice of the best of
-several hypothesis files (one per LM weight) and its per-utterance / per-speaker details.
+several hypothesis files (one per LM weight) and its per-utterance / per-speaker details; `bootstrap_wer` is
+Kaldi's `compute-wer-bootci` (Bisani & Ney's bootstrap over utterances: a 95 % interval of each WER and the
+probability that one system makes fewer errors than another), seeded so that it prints the same on every machine.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from asr_bn.config import SCORE_MODES
 from asr_bn.errors import AsrBnError, UsageError
@@ -26,8 +28,13 @@ __all__ = [
     "read_text",
     "score_wer",
     "score_hyps",
+    "best_of",
     "hyp_files",
     "write_details",
+    "read_per_utt",
+    "WerInterval",
+    "Bootstrap",
+    "bootstrap_wer",
 ]
 
 EPS = "***"  # the filler Kaldi's per-utterance details print for a missing word
@@ -260,6 +267,10 @@ class WerResult:
             f"Scored {self.counts.sentences} sentences, {len(self.missing)} not present in hyp.",
         ]
 
+    def per_utt(self) -> dict[str, ErrorCounts]:
+        """Counts per scored utterance (what `bootstrap_wer` resamples)."""
+        return {utt: ali.counts for utt, ali in self.utts.items()}
+
 
 def score_wer(
     ref: dict[str, list[str]],
@@ -341,8 +352,12 @@ def score_hyps(
     ref = read_text(ref_path / "text" if ref_path.is_dir() else ref_path, "reference transcripts")
     ignore = list(ignore)
     results = [score_wer(ref, h, ignore, mode) for h in hyp_files(hyps)]
-    best = min(results, key=lambda res: (res.counts.wer, res.counts.ser))
-    return results, best
+    return results, best_of(results)
+
+
+def best_of(results: Sequence[WerResult]) -> WerResult:
+    """The result with the lowest WER (then SER), as Kaldi's `utils/best_wer.sh` picks over LM weights."""
+    return min(results, key=lambda res: (res.counts.wer, res.counts.ser))
 
 
 def write_details(result: WerResult, out_dir: str | Path, utt2spk: str | Path | None = None) -> list[Path]:
@@ -395,3 +410,107 @@ def _columns(items: list[str], widths: list[int]) -> str:
 
 def _percent(n: int, d: int) -> float:
     return 100.0 * n / d if d else 0.0
+
+
+def read_per_utt(path: str | Path) -> dict[str, ErrorCounts]:
+    """Per-utterance counts from the `#csid` rows of a Kaldi `per_utt` file (`write_details`, or Kaldi's
+    score_kaldi.sh `wer_details/per_utt`): what `bootstrap_wer` resamples, without scoring again."""
+    path = Path(path)
+    if not path.is_file():
+        raise AsrBnError(f"{path}: no such file (write it with `asr-bn score wer … --details DIR`)")
+    out: dict[str, ErrorCounts] = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            fields = line.split()
+            if len(fields) < 2 or fields[1] != "#csid":
+                continue
+            if len(fields) != 6 or not all(x.isdigit() for x in fields[2:]):
+                raise AsrBnError(f"{path}:{n}: expected `utt-id #csid C S I D` with 4 counts >= 0, got {line.strip()!r}")
+            corr, subs, ins, dels = (int(x) for x in fields[2:])
+            words = corr + subs + dels
+            out[fields[0]] = ErrorCounts(words, ins, dels, subs, 1, int(subs + ins + dels > 0))
+    if not out:
+        raise AsrBnError(f"{path}: no `utt-id #csid C S I D` rows (is it a Kaldi per_utt file?)")
+    return out
+
+
+@dataclass(frozen=True)
+class WerInterval:
+    """A bootstrap estimate of one WER, in percent: the mean over the replications and its 95 % interval
+    (mean ± 1.96 standard deviations, as compute-wer-bootci)."""
+
+    mean: float
+    low: float
+    high: float
+
+    def line(self, name: str) -> str:
+        """`Set1: %WER 6.21 95% Conf Interval [ 3.50, 8.92 ]`, as compute-wer-bootci prints it."""
+        return f"{name}: %WER {self.mean:.2f} 95% Conf Interval [ {self.low:.2f}, {self.high:.2f} ]"
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """compute-wer-bootci's result for one or two systems scored on the same utterances."""
+
+    intervals: list[WerInterval]
+    p_improve: float | None  # P(Set2 makes fewer errors than Set1), 0..1; None for one system
+    p_worse: float | None  # P(Set2 makes more errors than Set1); 1 - p_improve - p_worse is P(a tie)
+    utterances: int
+    replications: int
+    seed: int
+
+    def lines(self) -> list[str]:
+        """compute-wer-bootci's output lines (Set1, [Set2, Probability of Set2 improving Set1 in percent])."""
+        out = [iv.line(f"Set{i}") for i, iv in enumerate(self.intervals, 1)]
+        if self.p_improve is not None:
+            out.append(f"Probability of Set2 improving Set1: {100 * self.p_improve:.2f}")
+        return out
+
+
+def bootstrap_wer(
+    systems: Sequence[Mapping[str, ErrorCounts]], replications: int = 10000, seed: int = 0
+) -> Bootstrap:
+    """Kaldi's compute-wer-bootci on per-utterance counts (`WerResult.utts` values' counts, or `read_per_utt`).
+
+    Each replication draws as many utterances as there are, with replacement; the WER of a replication is its
+    errors over its reference words. With two systems the same draws score both (a paired comparison), and
+    `p_improve` counts the replications where Set2 has strictly fewer errors. Utterances scored for only one of
+    the systems are left out (compute-wer-bootci's --mode present). Deterministic for a seed.
+    """
+    import numpy as np
+
+    if len(systems) not in (1, 2):
+        raise UsageError(f"bootstrap_wer compares one or two systems, got {len(systems)}")
+    if replications < 1:
+        raise UsageError(f"--replications {replications}: give a number of replications >= 1 (Kaldi's: 10000)")
+    utts = [u for u in systems[0] if all(u in s for s in systems[1:])]
+    words = np.array([systems[0][u].words for u in utts], dtype=np.int64)
+    if not utts or words.sum() == 0:
+        raise AsrBnError("bootstrap: no utterance with reference words is scored for every system")
+    errors = np.array([[s[u].errors for u in utts] for s in systems], dtype=np.int64)  # (systems, utts)
+    if any(s[u].words != w for s in systems[1:] for u, w in zip(utts, words)):
+        raise AsrBnError("bootstrap: the systems were scored against different references (word counts differ)")
+    rng = np.random.default_rng(seed)
+    n = len(utts)
+    rep_words, rep_errors = [], []
+    block = max(1, 2_000_000 // n)  # replications per draw: bounded memory for large test sets
+    for start in range(0, replications, block):
+        draw = rng.integers(0, n, size=(min(block, replications - start), n))
+        rep_words.append(words[draw].sum(axis=1))
+        rep_errors.append(errors[:, draw].sum(axis=2))
+    total_words = np.concatenate(rep_words)
+    total_errors = np.concatenate(rep_errors, axis=1)  # (systems, replications)
+    if (total_words == 0).any():
+        raise AsrBnError(
+            "bootstrap: a replication drew only utterances with empty references; too few scored words for a bootstrap"
+        )
+    intervals = []
+    for errs in total_errors:
+        wer = errs / total_words
+        mean, half = wer.mean(), 1.96 * wer.std()
+        intervals.append(WerInterval(100 * mean, 100 * (mean - half), 100 * (mean + half)))
+    p_improve = p_worse = None
+    if len(systems) == 2:
+        diff = total_errors[0] - total_errors[1]
+        p_improve, p_worse = float((diff > 0).mean()), float((diff < 0).mean())
+    return Bootstrap(intervals, p_improve, p_worse, n, replications, seed)

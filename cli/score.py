@@ -29,19 +29,39 @@ def wer(
                                                     "REF is a data dir).")] = None,
     details: Annotated[Optional[Path], typer.Option(help="Write per_utt and per_spk (Kaldi's wer_details) of the "
                                                     "best hypotheses into this dir.")] = None,
+    bootstrap: Annotated[bool, typer.Option("--bootstrap", help="Also Kaldi's compute-wer-bootci: the 95 % interval "
+                                            "of each WER and the probability that HYP2 beats HYP1, by resampling "
+                                            "utterances (give one or two HYP: files, or decode dirs for their best "
+                                            "file).")] = False,
+    replications: Annotated[int, typer.Option(help="Bootstrap replications (compute-wer-bootci's --replications).",
+                                              callback=in_range(Range(1)))] = 10000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap draws: the same lines on every machine.")] = 0,
 ) -> None:
     """Word and sentence error rates in Kaldi's format, e.g.
-    asr-bn score wer data/test exp/blstm/decode --ignore '<SIL>'"""
-    from asr_bn.score import score_hyps, write_details
+    asr-bn score wer data/test exp/blstm/decode --ignore '<SIL>'
+    asr-bn score wer data/test exp/blstm/decode_test/text exp/blstm_bn/decode_test/text --bootstrap"""
+    from asr_bn.errors import UsageError
+    from asr_bn.score import best_of, bootstrap_wer, score_hyps, write_details
 
+    if bootstrap and len(hyps) not in (1, 2):
+        raise UsageError(f"--bootstrap compares one or two systems; got {len(hyps)} HYP arguments")
     words = [w for w in ignore.split(",") if w]
-    results, best = score_hyps(ref, hyps, words, mode)
+    scored = [score_hyps(ref, [h], words, mode) for h in hyps] if bootstrap else [score_hyps(ref, hyps, words, mode)]
+    results = [r for system, _ in scored for r in system]
+    best = best_of([b for _, b in scored])
     if len(results) == 1:
         lines = best.lines()
     else:  # a sweep (several files, or a decode dir's hyp_LMWT): one %WER line each, then the best's summary
         lines = [result.lines()[0] for result in results] + [f"best: {best.lines()[0]}", *best.lines()[1:]]
     for line in lines:
         typer.echo(line)
+    if bootstrap:
+        systems = [b for _, b in scored]
+        boot = bootstrap_wer([s.per_utt() for s in systems], replications, seed)
+        names = ", ".join(f"Set{i} = {s.hyp_path}" for i, s in enumerate(systems, 1))
+        typer.echo(f"bootstrap over {boot.utterances} utterances, {replications} replications, seed {seed}: {names}")
+        for line in boot.lines():
+            typer.echo(line)
     if details is not None:
         if utt2spk is None and ref.is_dir() and (ref / "utt2spk").is_file():
             utt2spk = ref / "utt2spk"

@@ -1,8 +1,10 @@
 """WER/SER exactly as Kaldi's compute-wer (cross-checked against kaldialign, k2-fsa's port of Kaldi's
-edit distance), score.sh's best-of-LMWT, Kaldi's per_utt / per_spk details, and frame CE / FER."""
+edit distance), score.sh's best-of-LMWT, Kaldi's per_utt / per_spk details, frame CE / FER, and
+compute-wer-bootci's bootstrap (statistically against the real binary, exactly by hand on a tiny case)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,8 @@ from typer.testing import CliRunner
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.score import (
     ErrorCounts,
+    bootstrap_wer,
+    read_per_utt,
     FrameScores,
     align_words,
     frame_scores,
@@ -23,6 +27,7 @@ from asr_bn.score import (
     write_details,
 )
 from asr_bn_cli.main import app
+from conftest import run_kaldi
 
 runner = CliRunner()
 
@@ -216,3 +221,88 @@ def test_cli_wer_data_dir_ignore_and_per_speaker(tmp_path: Path) -> None:
     ]
     plain = runner.invoke(app, ["score", "wer", str(data), str(dec / "hyp_10")])  # <NOISE> scored: 2 more words
     assert plain.exit_code == 0 and "%WER 45.45 [ 5 / 11," in plain.output
+
+
+# --------------------------------------------------------------------------------------------------------------
+# compute-wer-bootci
+
+
+def _noisy_corpus(tmp_path: Path, rng: np.random.Generator, rates: tuple[float, float]) -> tuple[Path, Path, Path]:
+    """A reference of 300 utterances and two hypothesis files with about `rates` word errors (the second misses one
+    utterance: an empty hypothesis in --mode all)."""
+    vocab = list("abcdef")
+    refs, hyps = [], ([], [])
+    for i in range(300):
+        ref = list(rng.choice(vocab, rng.integers(1, 10)))
+        refs.append(f"u{i:03d} " + " ".join(ref))
+        for rate, out in zip(rates, hyps):
+            words = [str(rng.choice(vocab)) if rng.random() < rate else w for w in ref if rng.random() >= rate / 2]
+            if i != 7 or out is hyps[0]:
+                out.append(f"u{i:03d} " + " ".join(words))
+    return _write(tmp_path / "ref", refs), _write(tmp_path / "h1", hyps[0]), _write(tmp_path / "h2", hyps[1])
+
+
+def _bootci_numbers(lines: list[str]) -> list[float]:
+    """Set1 mean, low, high, Set2 mean, low, high, P(Set2 better) in percent, from compute-wer-bootci lines."""
+    text = "\n".join(line for line in lines if line.startswith(("Set", "Probability")))
+    return [float(x) for x in re.findall(r"-?\d+\.\d\d", text)]
+
+
+def test_bootstrap_agrees_with_kaldi_compute_wer_bootci(
+    tmp_path: Path, rng: np.random.Generator, kaldi_bundle: Path
+) -> None:
+    ref, h1, h2 = _noisy_corpus(tmp_path, rng, (0.12, 0.11))
+    reps = "20000"
+    kaldi = run_kaldi(kaldi_bundle, ["compute-wer-bootci", "--mode=all", f"--replications={reps}",
+                                     f"ark:{ref}", f"ark:{h1}", f"ark:{h2}"]).stdout.splitlines()  # fmt: skip
+    ours = runner.invoke(app, ["score", "wer", str(ref), str(h1), str(h2), "--bootstrap", "--replications", reps])
+    assert ours.exit_code == 0, ours.output
+    lines = ours.output.splitlines()
+    assert [re.sub(r"[\d.]+", "N", line) for line in lines[-3:]] == [re.sub(r"[\d.]+", "N", line) for line in kaldi]
+    k, o = _bootci_numbers(kaldi), _bootci_numbers(lines)
+    assert len(k) == len(o) == 7, (kaldi, lines)
+    # Kaldi draws with its own RNG: with 20000 replications each bound's Monte-Carlo error is below 0.03 points
+    # (σ_WER ≈ 1 %, /√20000 and /√40000) and that of P about 0.35 points (√(p(1-p)/20000)); allow 4-5 σ of both
+    assert max(abs(a - b) for a, b in zip(k[:6], o[:6])) < 0.15, (kaldi, lines)
+    assert 5 < k[6] < 95 and abs(k[6] - o[6]) < 2.5, (kaldi, lines)  # a close comparison, not a certain one
+    # the deterministic part, exactly: each point WER is compute-wer's
+    for hyp in (h1, h2):
+        expected = run_kaldi(kaldi_bundle, ["compute-wer", "--mode=all", f"ark:{ref}", f"ark:{hyp}"]).stdout
+        assert f"{expected.splitlines()[0].removesuffix(' [PARTIAL]')} {hyp}" in lines  # h2 misses one
+
+
+def test_bootstrap_by_hand_and_seeded() -> None:
+    one, zero = ErrorCounts(words=1, subs=1, sentences=1), ErrorCounts(words=1, sentences=1)
+    a, b = {"u1": one, "u2": zero}, {"u1": zero, "u2": zero}
+    boot = bootstrap_wer([a, b], replications=40000, seed=3)
+    # a's WER in a draw of 2 is k/2, k ~ Binomial(2, 1/2): mean 50 %, σ 35.36 %; b never errs, so b is better
+    # whenever u1 is drawn: P = 1 - 1/4
+    assert boot.intervals[0].mean == pytest.approx(50, abs=0.5)
+    assert boot.intervals[0].high - boot.intervals[0].mean == pytest.approx(1.96 * 35.355, abs=0.5)
+    assert boot.intervals[1] == type(boot.intervals[1])(0.0, 0.0, 0.0)
+    assert boot.p_improve == pytest.approx(0.75, abs=0.01) and boot.p_worse == 0.0
+    assert boot.lines()[2].startswith("Probability of Set2 improving Set1: 7")
+    assert bootstrap_wer([a, b], 1000, seed=3) == bootstrap_wer([a, b], 1000, seed=3)
+    assert bootstrap_wer([a, b], 1000, seed=3) != bootstrap_wer([a, b], 1000, seed=4)
+    same = bootstrap_wer([a, a], 1000)
+    assert same.p_improve == same.p_worse == 0.0 and len(same.lines()) == 3  # ties improve nothing
+    assert len(bootstrap_wer([a], 10).lines()) == 1
+    with pytest.raises(AsrBnError, match="different references"):
+        bootstrap_wer([a, {"u1": ErrorCounts(words=2, sentences=1), "u2": zero}])
+    with pytest.raises(UsageError, match="replications"):
+        bootstrap_wer([a], replications=0)
+
+
+def test_per_utt_round_trip_and_bootstrap_cli_errors(tmp_path: Path) -> None:
+    ref = _write(tmp_path / "ref", ["u1 A B C", "u2 D E", "u3 F"])
+    hyp = _write(tmp_path / "hyp", ["u1 A X C Y", "u2 E", "u3 F"])
+    result = score_wer(read_text(ref), hyp)
+    write_details(result, tmp_path / "details")
+    assert read_per_utt(tmp_path / "details" / "per_utt") == result.per_utt()
+    _write(tmp_path / "bad", ["u1 #csid 1 2 3"])
+    with pytest.raises(AsrBnError, match="bad:1: expected `utt-id #csid C S I D`"):
+        read_per_utt(tmp_path / "bad")
+    three = runner.invoke(app, ["score", "wer", str(ref), str(hyp), str(hyp), str(hyp), "--bootstrap"])
+    assert three.exit_code == 2 and "one or two systems" in three.output
+    zero = runner.invoke(app, ["score", "wer", str(ref), str(hyp), "--bootstrap", "--replications", "0"])
+    assert zero.exit_code == 2
