@@ -12,29 +12,35 @@ Writes under OUT_DIR (`run_demo`):
                                    loglikes_{dev,test}.ark/.scp, decode_{dev,test}/text
   graph/                           build_graph: HCLG.fst of a word loop
   learning_curves.png              both runs' train/dev CE and FER against updates (asr_bn.train.plot_runs)
-  results.json                     the table's numbers, settings and stage timings
+  results.json                     the table's numbers, the WER bootstraps, settings, CPU kernels, stage timings
   demo.json                        seed and size of this OUT_DIR (a rerun with others is refused)
 
 Every stage skips work whose outputs are complete, so a rerun (or a run after a crash) only does what is missing;
-an unfinished training run continues from its checkpoint. Deterministic for a seed on the CPU.
+an unfinished training run continues from its checkpoint. Deterministic for a seed on the CPU, and the same on
+every x86-64 CPU with AVX2 for the same library versions (`pin_cpu_kernels`). `conclusions` states only what the
+numbers carry beyond noise: WER differences come with compute-wer-bootci's P(BN better) (asr_bn.score).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.io import OutputLock, write_text
 
 if TYPE_CHECKING:
-    from asr_bn.score import WerResult
+    from asr_bn.score import Bootstrap, WerResult
     from asr_bn.synth import CorpusPaths
 
-__all__ = ["DemoBudget", "BUDGETS", "MODELS", "ModelResult", "DemoResult", "run_demo"]
+__all__ = [
+    "DemoBudget", "BUDGETS", "MODELS", "ModelResult", "DemoResult", "run_demo", "conclusions", "pin_cpu_kernels",
+]  # fmt: skip
 
 Size = Literal["full", "small"]
 
@@ -64,6 +70,11 @@ BUDGETS: dict[str, DemoBudget] = {
 }
 MODELS: tuple[tuple[str, str], ...] = (("baseline", "none"), ("bn-sequence", "sequence"))  # (name, bn)
 SPLITS = ("train", "dev", "test")
+REPLICATIONS = 10000  # bootstrap replications of the WER comparison (compute-wer-bootci's default)
+LEVEL = 0.95  # a WER difference is claimed only when one model is better in this share of the replications
+# torch's CPU kernels, the same on every x86-64 CPU with AVX2: ATen's own dispatch picks AVX-512 kernels where the
+# CPU has them and MKL its own GEMM code path, and either changes the demo's numbers (docs/RESULTS.md).
+CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
 
 
 @dataclass
@@ -80,6 +91,7 @@ class ModelResult:
     test_wer: float
     test_wer_line: str  # Kaldi's `%WER … [ errors / words, ins, del, sub ]` (`[PARTIAL]` when some went undecoded)
     best_update: int  # the update of final.pt (best dev CE)
+    dev_ce_by_epoch: list[float] = field(default_factory=list)  # dev CE after each epoch (metrics.jsonl)
 
 
 @dataclass
@@ -93,8 +105,14 @@ class DemoResult:
     models: list[ModelResult]
     curves: Path
     results: Path
+    wer_bootstrap: dict[str, "Bootstrap"] = field(default_factory=dict)  # dev/test: Set1 baseline, Set2 BN
+    cpu_kernels: str = ""  # what torch ran on (pin_cpu_kernels)
     seconds: dict[str, float] = field(default_factory=dict)  # this run's wall-clock time per stage (~0 if reused)
     reused: list[str] = field(default_factory=list)  # stages whose outputs were already complete
+
+    def conclusions(self) -> list[str]:
+        """What this run shows beyond noise (see `conclusions`)."""
+        return conclusions(self.models[0], self.models[1], self.wer_bootstrap)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (results.json)."""
@@ -103,10 +121,50 @@ class DemoResult:
             "size": self.size,
             "budget": asdict(self.budget),
             "models": [asdict(m) for m in self.models],
+            "wer_bootstrap": {split: asdict(b) for split, b in self.wer_bootstrap.items()},
+            "conclusions": self.conclusions(),
+            "cpu_kernels": self.cpu_kernels,
             "curves": str(self.curves),
             "seconds": self.seconds,
             "reused": self.reused,
         }
+
+
+def conclusions(baseline: ModelResult, bn: ModelResult, wer: Mapping[str, "Bootstrap"]) -> list[str]:
+    """The demo's findings, each stated as far as the numbers carry it: the dev CE of every epoch, and per split a
+    WER difference only where the bootstrap (Set1 the baseline, Set2 BN) finds it in at least `LEVEL` of the
+    replications; otherwise the difference is called noise, with P(BN better)."""
+    pairs = list(zip(baseline.dev_ce_by_epoch, bn.dev_ce_by_epoch))
+    lower = sum(b < a for a, b in pairs)
+    final = f"best {baseline.dev_ce:.3f} vs {bn.dev_ce:.3f}"
+    if pairs and lower == len(pairs):
+        lines = [f"BN lowers the dev CE at every epoch ({lower} of {len(pairs)}; {final})"]
+    elif pairs and lower == 0:
+        lines = [f"BN raises the dev CE at every epoch ({len(pairs)} of {len(pairs)}; {final})"]
+    else:
+        lines = [f"BN's dev CE is lower at {lower} of {len(pairs)} epochs ({final})"]
+    for split, boot in wer.items():
+        a, b = (f"{m.dev_wer if split == 'dev' else m.test_wer:.1f} %" for m in (baseline, bn))
+        odds = f"P(BN better) = {boot.p_improve:.2f} over {boot.utterances} utterances"
+        if boot.p_improve is not None and boot.p_improve >= LEVEL:
+            lines.append(f"{split} WER: BN lower ({a} vs {b}), {odds}")
+        elif boot.p_worse is not None and boot.p_worse >= LEVEL:
+            lines.append(f"{split} WER: baseline lower ({a} vs {b}), {odds}")
+        else:
+            lines.append(f"{split} WER: difference within noise ({a} vs {b}), {odds}")
+    return lines
+
+
+def pin_cpu_kernels() -> str:
+    """Ask torch for the CPU kernels of `CPU_KERNELS` (x86-64 only; settings already in the environment win) and
+    return what it uses, e.g. "AVX2, MKL_CBWR=AVX2". Takes effect only before the process's first torch op."""
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        for name, value in CPU_KERNELS.items():
+            os.environ.setdefault(name, value)
+    import torch
+
+    mkl = f", MKL_CBWR={os.environ['MKL_CBWR']}" if "MKL_CBWR" in os.environ else ""
+    return f"{torch.backends.cpu.get_cpu_capability()}{mkl}, torch {torch.__version__}"
 
 
 def run_demo(
@@ -127,6 +185,7 @@ def run_demo(
     budget = BUDGETS[size]
     say = on_stage or (lambda _stage: None)
     timer = _Timer()
+    kernels = pin_cpu_kernels()
     with OutputLock(out):
         _check_settings(out, seed, size)
         with timer("synth", say):
@@ -140,7 +199,7 @@ def run_demo(
             models.append((name, bn, exp))
         with timer("mkgraph", say):
             graph = _graph(corpus, out / "graph", timer)
-        rows = []
+        rows, decoded = [], []
         for name, bn, exp in models:
             with timer(f"forward {name}", say):
                 scores = _forward(exp, prep, device, timer)
@@ -150,14 +209,19 @@ def run_demo(
                 name=name, bn=bn, train_ce=scores["train"]["ce"], train_fer=scores["train"]["fer"],
                 dev_ce=scores["dev"]["ce"], dev_fer=scores["dev"]["fer"], dev_wer=wers["dev"].counts.wer,
                 test_wer=wers["test"].counts.wer, test_wer_line=wers["test"].wer_line(),
-                best_update=scores["best_update"],
+                best_update=scores["best_update"], dev_ce_by_epoch=_dev_ce_by_epoch(exp),
             ))  # fmt: skip
+            decoded.append(wers)
         with timer("plot", say):
             from asr_bn.train import plot_runs
 
             curves = plot_runs([exp for _, _, exp in models], out / "learning_curves.png",
                                [name for name, _, _ in models])  # fmt: skip
-        result = DemoResult(out, seed, size, budget, rows, curves, out / "results.json", timer.seconds, timer.reused)
+        from asr_bn.score import bootstrap_wer
+
+        boot = {split: bootstrap_wer([w[split].per_utt() for w in decoded], REPLICATIONS, seed) for split in ("dev", "test")}
+        result = DemoResult(out, seed, size, budget, rows, curves, out / "results.json", boot, kernels, timer.seconds,
+                            timer.reused)  # fmt: skip
         write_text(result.results, json.dumps(result.to_dict(), indent=2) + "\n")
     return result
 
@@ -300,6 +364,13 @@ def _forward(exp: Path, prep: dict[str, Path], device: str, timer: _Timer) -> di
         forward(exp, prep[split], f"ark,scp:{exp / f'loglikes_{split}.ark'},{exp / f'loglikes_{split}.scp'}", config)
     write_text(marker, json.dumps(scores, indent=2) + "\n")
     return scores
+
+
+def _dev_ce_by_epoch(exp: Path) -> list[float]:
+    """The dev CE of each epoch's end (the last evaluation of each epoch in metrics.jsonl)."""
+    from asr_bn.train import read_metrics
+
+    return list({row["epoch"]: row["ce"] for row in read_metrics(exp) if row.get("kind") == "dev"}.values())
 
 
 def _graph(corpus: "CorpusPaths", out: Path, timer: _Timer) -> Path:

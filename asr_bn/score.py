@@ -447,6 +447,10 @@ class WerInterval:
         """`Set1: %WER 6.21 95% Conf Interval [ 3.50, 8.92 ]`, as compute-wer-bootci prints it."""
         return f"{name}: %WER {self.mean:.2f} 95% Conf Interval [ {self.low:.2f}, {self.high:.2f} ]"
 
+    def span(self, digits: int = 1) -> str:
+        """`(3.8, 40.6)`: the interval as the demo's and the recipes' tables print it."""
+        return f"({self.low:.{digits}f}, {self.high:.{digits}f})"
+
 
 @dataclass(frozen=True)
 class Bootstrap:

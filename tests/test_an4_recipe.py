@@ -225,7 +225,8 @@ def test_train_lm_names_unknown_words(tmp_path: Path) -> None:
 
 
 def test_report_table_has_every_seed_and_their_means(tmp_path: Path) -> None:
-    """Stage 8's table: a row per model and seed (LMWT beside the test WER), then the mean of each label's seeds."""
+    """Stage 8's table: a row per model and seed (LMWT and the bootstrap interval beside the test WER), then the
+    mean of each label's seeds, then P(sequence better than none) for the seed both have."""
     exps = []
     for name, seed, ce, wer in (("a", 0, 0.5, 8.0), ("a1", 1, 0.7, 6.0), ("b", 0, 0.4, 5.0)):
         exp = tmp_path / name
@@ -237,11 +238,23 @@ def test_report_table_has_every_seed_and_their_means(tmp_path: Path) -> None:
             (exp / f"frames_{part}").write_text(f"frame CE {ce:.4f} nats, FER 20.00 % over 100 frames\n")
         (exp / "decode_dev_tg" / "wer").write_text(f"best: %WER {wer + 1:.2f} [ 1 / 10, 0 ins, 0 del, 1 sub ] x/hyp_3\n")
         (exp / "decode_test_tg" / "wer").write_text(f"%WER {wer:.2f} [ 1 / 10, 0 ins, 0 del, 1 sub ] x/hyp_3\n")
+        # 10 one-word test utterances; b (sequence) gets all right, a and a1 miss u0
+        (exp / "decode_test_tg" / "details").mkdir()
+        (exp / "decode_test_tg" / "details" / "per_utt").write_text(
+            "".join(f"u{i} #csid {int(i > 0 or name == 'b')} {int(i == 0 and name != 'b')} 0 0\n" for i in range(10)))
         exps.append(exp)
-    rows = [r.split(" | ") for r in _local("report").table(exps, ["none", "none", "sequence"]).splitlines()[2:]]
+    lines = _local("report").table(exps, ["none", "none", "sequence"]).splitlines()
+    rows = [r.split(" | ") for r in lines[2:6]]
     assert [r[:3] for r in rows] == [["| none", "0", "0.500"], ["| none", "1", "0.700"], ["| sequence", "0", "0.400"],
                                      ["| none, mean", "2 seeds", "0.600"]]
-    assert rows[0][5:] == ["5 / 9", "9.00", "8.00 (3) |"] and rows[3][5:] == ["", "8.00", "7.00 |"]
+    # one error in 10 words: the bootstrap's WER has σ = 100·√(0.1·0.9/10) = 9.5 points, the interval 10 ± 18.6
+    low, high = (float(x) for x in rows[0][7].removeprefix("8.00 (3) (").removesuffix(") |").split(", "))
+    assert low == pytest.approx(10 - 18.6, abs=1.0) and high == pytest.approx(10 + 18.6, abs=1.0), rows[0]
+    assert rows[2][7] == "5.00 (3) (0.00, 0.00) |" and rows[3][5:] == ["", "8.00", "7.00 |"]
+    # b is better whenever u0 is drawn: P = 1 - 0.9^10 = 0.65; seed 1 has no sequence model to compare with
+    assert lines[6:] == ["", "P(sequence better than none) on test (paired bootstrap over 10 utterances, 10000 "
+                         f"replications): seed 0: tg {float(lines[-1].split()[-1].rstrip('.')):.2f}."]
+    assert float(lines[-1].split()[-1].rstrip(".")) == pytest.approx(1 - 0.9**10, abs=0.02)
 
 
 def test_run_sh_refuses_bad_targets_with_one_line(an4_root: Path, tmp_path: Path) -> None:

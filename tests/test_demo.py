@@ -1,6 +1,7 @@
 """`asr-bn demo --small`: the whole pipeline end to end through the CLI; a rerun reuses every finished stage and
 prints the same table; a model trained again from scratch with the same seed gives the same numbers; an
-interrupted training run or another seed for the same output dir stops with one error line."""
+interrupted training run or another seed for the same output dir stops with one error line. The printed
+conclusion claims a WER difference only where the bootstrap finds it (unit tests on fixed numbers)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from asr_bn.demo import ModelResult, conclusions
+from asr_bn.score import Bootstrap, WerInterval
 from asr_bn.train import TrainState
 from asr_bn_cli.main import app
 
@@ -54,7 +57,16 @@ def test_table_curves_and_results(first: tuple[Path, str]) -> None:
         # chance is about 100 % WER (a word loop of ~45 words); the tiny models get well under it
         assert m["test_wer"] < 60.0, m
         assert m["dev_fer"] < 0.6 and m["train_ce"] < m["dev_ce"] + 0.5, m
-        assert f"{m['test_wer']:.1f}" == rows[m["name"]][4]
+        assert rows[m["name"]][4].startswith(f"{m['test_wer']:.1f} (")
+    for split in ("dev", "test"):  # Set1 the baseline, Set2 BN: an interval around each WER, P(BN better)
+        boot = results["wer_bootstrap"][split]
+        assert boot["utterances"] == 12 and 0 <= boot["p_improve"] <= 1 - boot["p_worse"]
+        for model, interval in zip(results["models"], boot["intervals"]):
+            assert interval["low"] <= model[f"{split}_wer"] <= interval["high"], (split, model, interval)
+    conclusion = output[output.index("conclusion:"):].splitlines()[1:4]
+    assert conclusion == [f"  {line}" for line in results["conclusions"]], output
+    assert conclusion[2].startswith("  test WER: ") and "P(BN better) = " in conclusion[2]
+    assert results["cpu_kernels"] in output and "torch" in results["cpu_kernels"]
     for name in ("baseline", "bn-sequence"):
         exp = out / "exp" / name
         assert (exp / "final.pt").is_file() and (exp / "decode_test" / "text").is_file()
@@ -97,3 +109,31 @@ def test_other_seed_in_the_same_out_dir_is_refused(first: tuple[Path, str]) -> N
     code, output = run("--small", "--out", out, "--seed", "1")
     assert code == 2
     assert output.strip().splitlines()[-1].startswith("error: ") and "--out" in output
+
+
+def _model(name: str, dev_wer: float, test_wer: float, dev_ce: list[float]) -> ModelResult:
+    return ModelResult(name, name, 0.5, 0.2, min(dev_ce), 0.2, dev_wer, test_wer, "", 10, dev_ce)
+
+
+def _boot(p_improve: float, p_worse: float) -> Bootstrap:
+    interval = WerInterval(10.0, 5.0, 15.0)
+    return Bootstrap([interval, interval], p_improve, p_worse, 150, 10000, 0)
+
+
+def test_conclusions_claim_only_what_the_bootstrap_carries() -> None:
+    base, bn = _model("baseline", 19.3, 6.2, [1.5, 1.0, 0.82]), _model("bn", 11.9, 8.5, [1.2, 0.8, 0.56])
+    lines = conclusions(base, bn, {"dev": _boot(0.99, 0.005), "test": _boot(0.22, 0.70)})
+    assert lines == [
+        "BN lowers the dev CE at every epoch (3 of 3; best 0.820 vs 0.560)",
+        "dev WER: BN lower (19.3 % vs 11.9 %), P(BN better) = 0.99 over 150 utterances",
+        "test WER: difference within noise (6.2 % vs 8.5 %), P(BN better) = 0.22 over 150 utterances",
+    ]
+    # the level is 0.95 either way; P(tie) counts for neither model
+    worse = conclusions(base, bn, {"test": _boot(0.01, 0.96)})
+    assert worse[1] == "test WER: baseline lower (6.2 % vs 8.5 %), P(BN better) = 0.01 over 150 utterances"
+    assert "within noise" in conclusions(base, bn, {"test": _boot(0.94, 0.0)})[1]
+    assert "BN lower" in conclusions(base, bn, {"test": _boot(0.95, 0.0)})[1]
+    mixed = _model("bn", 11.9, 8.5, [1.2, 1.1, 0.56])
+    assert conclusions(base, mixed, {})[0] == "BN's dev CE is lower at 2 of 3 epochs (best 0.820 vs 0.560)"
+    higher = _model("bn", 11.9, 8.5, [1.6, 1.1, 0.9])
+    assert conclusions(base, higher, {})[0].startswith("BN raises the dev CE at every epoch (3 of 3")

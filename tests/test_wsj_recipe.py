@@ -260,3 +260,29 @@ def test_usage_and_bad_inputs(yesno_root: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
     bad = run("--stage", "5", s5, tmp_path / "out")
     assert bad.returncode == 1 and "final.pt: run stage 2 first" in one_error(bad)
+
+
+def test_report_wer_noise_lines(tmp_path: Path) -> None:
+    """Stage 5's report: per WER column with per-utterance errors, each model's bootstrap interval and
+    P(model better than blstm); a column without per_utt files gets no line."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("wsj_report", RUN.parent / "local" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    for model, wrong in (("blstm", 3), ("blstm_bn_sequence", 0)):
+        details = tmp_path / model / "decode_tgpr_eval92" / "wer_details"
+        details.mkdir(parents=True)
+        # 20 utterances of 2 words; blstm substitutes one word in the first `wrong`
+        (details / "per_utt").write_text("".join(f"u{i} #csid {1 if i < wrong else 2} {int(i < wrong)} 0 0\n"
+                                                 for i in range(20)))  # fmt: skip
+    columns = [("decode_tgpr_eval92", "wer_details/per_utt", "WER eval92 (asr-bn decode)"),
+               ("decode_tgpr_eval92_kaldi", "scoring_kaldi/wer_details/per_utt", "WER eval92 (Kaldi latgen)")]
+    lines = report.wer_noise(tmp_path, ["blstm", "blstm_bn_sequence"], columns)
+    assert len(lines) == 1 and lines[0].startswith(
+        "- WER eval92 (asr-bn decode), 95 % intervals (compute-wer-bootci's bootstrap over 20 utterances, 10000 "
+        "replications): blstm ("
+    ), lines
+    assert "blstm_bn_sequence (0.00, 0.00); P(blstm_bn_sequence better than blstm) = " in lines[0]
+    # BN is better unless none of the 3 wrong utterances is drawn: P = 1 - (17/20)^20 = 0.96
+    assert float(lines[0].rstrip(".").split()[-1]) == pytest.approx(1 - 0.85**20, abs=0.02)

@@ -5,9 +5,12 @@
 
 Reads  EXP/config.json (the seed), EXP/frames_train, EXP/frames_dev (`asr-bn score frames` lines),
        EXP/metrics.jsonl (the best update, the updates run), EXP/decode_test_<graph>/wer and
-       EXP/decode_dev_<graph>/wer (`asr-bn score wer` lines), and the LM weight chosen on dev (the hyp_<LMWT> file
-       scored on test)
-Writes a Markdown table on stdout; a missing input is an error naming the file and the stage that writes it.
+       EXP/decode_dev_<graph>/wer (`asr-bn score wer` lines), the LM weight chosen on dev (the hyp_<LMWT> file
+       scored on test), and EXP/decode_test_<graph>/details/per_utt (the per-utterance errors on test)
+Writes a Markdown table on stdout, each test WER with the 95 % interval of compute-wer-bootci's bootstrap over the
+       test utterances, then P(better) of the same-seed models of each pair of labels (labels compared two by two
+       in their order: the first of a pair is Set1, e.g. none, sequence); a missing input is an error naming the
+       file and the stage that writes it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import sys
 from pathlib import Path
 
 from asr_bn.errors import AsrBnError
+from asr_bn.score import ErrorCounts, bootstrap_wer, read_per_utt
+
+REPLICATIONS = 10000  # compute-wer-bootci's default
 
 _FRAMES = re.compile(r"frame CE (?P<ce>[\d.]+) nats, FER (?P<fer>[\d.]+) %")
 _WER = re.compile(r"%WER (?P<wer>[\d.]+) \[.*\] (?P<hyp>\S+)$")
@@ -63,17 +69,21 @@ def table(exps: list[Path], labels: list[str], graphs: list[str] | None = None) 
     if graphs is None:
         graphs = sorted({d.name.removeprefix("decode_test_") for e in exps for d in e.glob("decode_test_*")})
     head = ["model", "seed", "train CE", "dev CE", "dev FER %", "best update / updates",
-            *(f"{g}: dev WER %" for g in graphs), *(f"{g}: test WER % (LMWT)" for g in graphs)]
+            *(f"{g}: dev WER %" for g in graphs), *(f"{g}: test WER % (LMWT) (95 % CI)" for g in graphs)]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(head) - 2)]
     numbers: dict[str, list[list[float]]] = {}  # label -> per seed: train CE, dev CE, dev FER, dev WERs, test WERs
+    per_utt: dict[tuple[str, int], list[dict[str, ErrorCounts]]] = {}  # (label, seed) -> per graph: test errors
     for exp, label in zip(exps, labels):
         train_ce, _ = frame_scores(exp / "frames_train")
         dev_ce, dev_fer = frame_scores(exp / "frames_dev")
         dev_wers = [wer(exp / f"decode_dev_{g}" / "wer")[0] for g in graphs]
         tests = [wer(exp / f"decode_test_{g}" / "wer") for g in graphs]
         numbers.setdefault(label, []).append([train_ce, dev_ce, dev_fer, *dev_wers, *(w for w, _ in tests)])
+        errors = per_utt[label, seed(exp)] = [_per_utt(exp / f"decode_test_{g}") for g in graphs]
+        spans = [bootstrap_wer([e], REPLICATIONS).intervals[0].span(2) for e in errors]
         cells = [label, str(seed(exp)), f"{train_ce:.3f}", f"{dev_ce:.3f}", f"{dev_fer:.1f}", training_summary(exp),
-                 *(f"{w:.2f}" for w in dev_wers), *(f"{w:.2f} ({hyp.rsplit('_', 1)[-1]})" for w, hyp in tests)]
+                 *(f"{w:.2f}" for w in dev_wers),
+                 *(f"{w:.2f} ({hyp.rsplit('_', 1)[-1]}) {span}" for (w, hyp), span in zip(tests, spans))]
         lines.append("| " + " | ".join(cells) + " |")
     for label, runs in numbers.items():
         if len(runs) > 1:
@@ -81,7 +91,32 @@ def table(exps: list[Path], labels: list[str], graphs: list[str] | None = None) 
             cells = [f"{label}, mean", f"{len(runs)} seeds", f"{mean[0]:.3f}", f"{mean[1]:.3f}", f"{mean[2]:.1f}", "",
                      *(f"{w:.2f}" for w in mean[3:])]
             lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + comparisons(per_utt, list(dict.fromkeys(labels)), graphs))
+
+
+def comparisons(
+    per_utt: dict[tuple[str, int], list[dict[str, ErrorCounts]]], labels: list[str], graphs: list[str]
+) -> list[str]:
+    """Lines of P(B better than A) on test per seed and graph, for the labels taken two by two (A, B), from
+    compute-wer-bootci's paired bootstrap over the test utterances: a WER gap with P below 0.95 is noise."""
+    lines = []
+    for a, b in zip(labels[::2], labels[1::2]):
+        seeds = sorted(s for la, s in per_utt if la == a and (b, s) in per_utt)
+        runs = []
+        for s in seeds:
+            boots = [bootstrap_wer([x, y], REPLICATIONS) for x, y in zip(per_utt[a, s], per_utt[b, s])]
+            runs.append(f"seed {s}: " + ", ".join(f"{g} {boot.p_improve:.2f}" for g, boot in zip(graphs, boots)))
+        if runs:
+            lines.append(f"\nP({b} better than {a}) on test (paired bootstrap over {boots[0].utterances} utterances, "
+                         f"{REPLICATIONS} replications): " + "; ".join(runs) + ".")
+    return lines
+
+
+def _per_utt(decode_dir: Path) -> dict[str, ErrorCounts]:
+    path = decode_dir / "details" / "per_utt"
+    if not path.is_file():
+        raise AsrBnError(f"{path} is missing (rerun stage 7 after removing {decode_dir}/.done)")
+    return read_per_utt(path)
 
 
 def _read(path: Path, stage: str) -> str:

@@ -6,9 +6,11 @@
 
 Reads  OUT_DIR/exp/<model>/config.json and metrics.jsonl (asr-bn train), frames_<set> (asr-bn score frames output,
        train and dev sets), decode_<graph>_<set>/wer (asr-bn score wer) and decode_<graph>_<set>_kaldi/
-       scoring_kaldi/best_wer (Kaldi's steps/score_kaldi.sh), and OUT_DIR/prep/<set>/utt2num_frames.
+       scoring_kaldi/best_wer (Kaldi's steps/score_kaldi.sh), their per-utterance errors (wer_details/per_utt and
+       scoring_kaldi/wer_details/per_utt) and OUT_DIR/prep/<set>/utt2num_frames.
 Writes OUT_DIR/report.md: frame cross-entropy and frame error rate of each model's best checkpoint (by dev CE) on
-       the training and dev sets, where it was reached, the WERs of each decoder, and the training setting.
+       the training and dev sets, where it was reached, the WERs of each decoder with the 95 % intervals of
+       compute-wer-bootci's bootstrap and P(model better than blstm), and the training setting.
 A missing score is an error naming the file and the stage that makes it; a missing decode is shown as "–".
 """
 
@@ -22,13 +24,18 @@ from pathlib import Path
 
 from asr_bn.errors import AsrBnError
 from asr_bn.io import write_text
+from asr_bn.score import bootstrap_wer, read_per_utt
 from asr_bn.train import read_metrics
 
 _WER = re.compile(r"%WER\s+([0-9.]+)\s+\[\s*(\d+)\s*/\s*(\d+)")
 _CE = re.compile(r"\bCE\s+([0-9.]+|nan|inf)", re.IGNORECASE)
 _FER = re.compile(r"\bFER\s+([0-9.]+)\s*%", re.IGNORECASE)
-# (suffix of the decode dir, file holding its %WER lines, column name)
-_DECODERS = (("", "wer", "asr-bn decode"), ("_kaldi", "scoring_kaldi/best_wer", "Kaldi latgen"))
+# (suffix of the decode dir, file holding its %WER lines, column name, per-utterance errors of the best LM weight)
+_DECODERS = (
+    ("", "wer", "asr-bn decode", "wer_details/per_utt"),
+    ("_kaldi", "scoring_kaldi/best_wer", "Kaldi latgen", "scoring_kaldi/wer_details/per_utt"),
+)
+REPLICATIONS = 10000  # compute-wer-bootci's default
 
 
 def frame_scores(path: Path) -> tuple[float, float]:
@@ -75,10 +82,10 @@ def report(out: Path, models: list[str], train_set: str, dev_set: str, test_sets
     graph_name = Path(graph).name.removeprefix("graph_")
     wer_columns = []  # (set, suffix, file, name) of the decodes that exist for some model
     for name in test_sets:
-        for suffix, file, decoder in _DECODERS:
+        for suffix, file, decoder, details in _DECODERS:
             short = name.removeprefix("test_")
             if any((exp / m / f"decode_{graph_name}_{short}{suffix}" / file).is_file() for m in models):
-                wer_columns.append((short, suffix, file, f"WER {short} ({decoder})"))
+                wer_columns.append((short, suffix, file, f"WER {short} ({decoder})", details))
     head = ["model", "BN", "train CE", "train FER", "dev CE", "dev FER", "best at update (epoch)"]
     head += [c[3] for c in wer_columns]
     rows, dev_ce = [], {}
@@ -89,7 +96,7 @@ def report(out: Path, models: list[str], train_set: str, dev_set: str, test_sets
         ce, fer = frame_scores(run / f"frames_{dev_set}")
         dev_ce[model] = ce
         update, epoch = best_dev(run)
-        wers = [best_wer(run / f"decode_{graph_name}_{short}{suffix}" / file) for short, suffix, file, _ in wer_columns]
+        wers = [best_wer(run / f"decode_{graph_name}_{short}{suffix}" / file) for short, suffix, file, *_ in wer_columns]
         rows.append(
             [model, config["bn"], f"{train_ce:.3f}", f"{train_fer:.2f} %", f"{ce:.3f}", f"{fer:.2f} %",
              f"{update} ({epoch})"] + ["–" if w is None else f"{w:.2f} %" for w in wers]
@@ -113,6 +120,7 @@ def report(out: Path, models: list[str], train_set: str, dev_set: str, test_sets
             if model != "blstm":
                 change = 100 * (dev_ce[model] - dev_ce["blstm"]) / dev_ce["blstm"]
                 lines.append(f"- {model} vs blstm: dev CE {dev_ce['blstm']:.3f} → {dev_ce[model]:.3f} ({change:+.1f} %)")
+    lines += wer_noise(exp, models, [(f"decode_{graph_name}_{c[0]}{c[1]}", c[4], c[3]) for c in wer_columns])
     lines += [
         f"- Setting (config.json): {cfg['layers']} x {cfg['units']} BLSTM, {cfg['optimizer']} lr {cfg['lr']:g}"
         + (f" momentum {cfg['momentum']:g}" if cfg["optimizer"] == "sgd" else "")
@@ -123,6 +131,23 @@ def report(out: Path, models: list[str], train_set: str, dev_set: str, test_sets
         "",
     ]
     return "\n".join(lines)
+
+
+def wer_noise(exp: Path, models: list[str], columns: list[tuple[str, str, str]]) -> list[str]:
+    """One line per WER column (decode dir name, per_utt file in it, column name) whose per-utterance errors exist:
+    each model's 95 % interval and P(model better than blstm), compute-wer-bootci's bootstrap over utterances."""
+    lines = []
+    for decode, details, name in columns:
+        errors = {m: read_per_utt(p) for m in models if (p := exp / m / decode / details).is_file()}
+        if not errors:
+            continue
+        spans = ", ".join(f"{m} {bootstrap_wer([e], REPLICATIONS).intervals[0].span(2)}" for m, e in errors.items())
+        odds = [f"P({m} better than blstm) = {bootstrap_wer([errors['blstm'], e], REPLICATIONS).p_improve:.2f}"
+                for m, e in errors.items() if m != "blstm" and "blstm" in errors]  # fmt: skip
+        n = len(next(iter(errors.values())))
+        lines.append(f"- {name}, 95 % intervals (compute-wer-bootci's bootstrap over {n} utterances, {REPLICATIONS} "
+                     f"replications): {spans}" + (f"; {'; '.join(odds)}" if odds else "") + ".")
+    return lines
 
 
 def main() -> None:
