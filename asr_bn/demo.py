@@ -155,12 +155,18 @@ def conclusions(baseline: ModelResult, bn: ModelResult, wer: Mapping[str, "Boots
     return lines
 
 
+def cpu_kernel_env() -> dict[str, str]:
+    """The environment that pins torch's CPU kernels: `CPU_KERNELS` on x86-64 (nothing elsewhere), where settings
+    already in the environment win (recipes/demo/run.sh exports the same)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return {}
+    return {name: os.environ.get(name, value) for name, value in CPU_KERNELS.items()}
+
+
 def pin_cpu_kernels() -> str:
-    """Ask torch for the CPU kernels of `CPU_KERNELS` (x86-64 only; settings already in the environment win) and
-    return what it uses, e.g. "AVX2, MKL_CBWR=AVX2". Takes effect only before the process's first torch op."""
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        for name, value in CPU_KERNELS.items():
-            os.environ.setdefault(name, value)
+    """Ask torch for the CPU kernels of `cpu_kernel_env` and return what it uses, e.g. "AVX2, MKL_CBWR=AVX2, torch
+    2.13.0+cpu". Takes effect only before the process's first torch op (a fresh `asr-bn demo` process)."""
+    os.environ.update(cpu_kernel_env())
     import torch
 
     mkl = f", MKL_CBWR={os.environ['MKL_CBWR']}" if "MKL_CBWR" in os.environ else ""

@@ -6,7 +6,7 @@
 #   3 forward frame CE/FER on train and dev; log-likelihoods (priors from the model dir) of dev and test
 #   4 mkgraph word-loop HCLG over the lexicon with the synth's final.mdl
 #   5 decode  dev and test
-#   6 score   WER, and the learning curves of both runs on one PNG
+#   6 score   WER, the bootstrap comparison of the two (compute-wer-bootci's), and the learning curves on one PNG
 #
 # Usage: recipes/demo/run.sh [--stage N] [--stop-stage N] [--seed N] [--small] [OUT_DIR]   (default OUT_DIR demo)
 # e.g.   recipes/demo/run.sh --stage 2 --stop-stage 2 demo      # (re)train only
@@ -39,13 +39,16 @@ log() { echo "$(date '+%F %T') (${BASH_SOURCE[0]##*/}:${BASH_LINENO[0]}) $*"; }
 corpus=$out/corpus
 models="baseline:none bn-sequence:sequence"
 
-# The training budget and corpus size of `asr-bn demo` (asr_bn/demo.py BUDGETS), so both give the same models.
+# The training budget and corpus size of `asr-bn demo` (asr_bn/demo.py BUDGETS), so both give the same models, and
+# the CPU kernels it pins (cpu_kernel_env: ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 on x86-64, the same numbers on
+# every CPU with AVX2; ATen's own choice of AVX-512 kernels changes them).
 eval "$(python - "$size" <<'EOF'
 import sys
-from asr_bn.demo import BUDGETS
+from asr_bn.demo import BUDGETS, cpu_kernel_env
 b = BUDGETS[sys.argv[1]]
 print(f"num_speakers={b.num_speakers or ''} layers={b.layers} units={b.units} epochs={b.epochs} lr={b.lr} "
       f"batch_size={b.batch_size} optimizer={b.optimizer} momentum={b.momentum} log_every={b.log_every}")
+print("".join(f"export {name}={value}\n" for name, value in cpu_kernel_env().items()))
 EOF
 )"
 
@@ -142,6 +145,10 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
     for split in dev test; do
       asr-bn score wer "$out/prep/$split" "$exp/decode_$split" --details "$exp/decode_$split"
     done
+  done
+  for split in dev test; do  # the intervals and P(BN better) that `asr-bn demo` prints
+    asr-bn score wer "$out/prep/$split" "$out/exp/baseline/decode_$split/text" "$out/exp/bn-sequence/decode_$split/text" \
+      --bootstrap --seed "$seed" | tail -n 4
   done
   asr-bn plot $(for m in $models; do echo "$out/exp/${m%%:*}"; done) -o "$out/learning_curves.png" \
     --labels baseline,bn-sequence
