@@ -268,7 +268,7 @@ def test_bootstrap_agrees_with_kaldi_compute_wer_bootci(
     # the deterministic part, exactly: each point WER is compute-wer's
     for hyp in (h1, h2):
         expected = run_kaldi(kaldi_bundle, ["compute-wer", "--mode=all", f"ark:{ref}", f"ark:{hyp}"]).stdout
-        assert f"{expected.splitlines()[0].removesuffix(' [PARTIAL]')} {hyp}" in lines  # h2 misses one
+        assert f"{expected.splitlines()[0]} {hyp}" in lines  # h2 misses one: "[PARTIAL]" too
 
 
 def test_bootstrap_by_hand_and_seeded() -> None:
