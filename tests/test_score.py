@@ -253,8 +253,8 @@ def test_bootstrap_agrees_with_kaldi_compute_wer_bootci(
 ) -> None:
     ref, h1, h2 = _noisy_corpus(tmp_path, rng, (0.12, 0.11))
     reps = "20000"
-    kaldi = run_kaldi(kaldi_bundle, ["compute-wer-bootci", "--mode=all", f"--replications={reps}",
-                                     f"ark:{ref}", f"ark:{h1}", f"ark:{h2}"]).stdout.splitlines()  # fmt: skip
+    kaldi = run_kaldi(kaldi_bundle, "compute-wer-bootci", "--mode=all", f"--replications={reps}",
+                      f"ark:{ref}", f"ark:{h1}", f"ark:{h2}").splitlines()  # fmt: skip
     ours = runner.invoke(app, ["score", "wer", str(ref), str(h1), str(h2), "--bootstrap", "--replications", reps])
     assert ours.exit_code == 0, ours.output
     lines = ours.output.splitlines()
@@ -267,7 +267,7 @@ def test_bootstrap_agrees_with_kaldi_compute_wer_bootci(
     assert 5 < k[6] < 95 and abs(k[6] - o[6]) < 2.5, (kaldi, lines)  # a close comparison, not a certain one
     # the deterministic part, exactly: each point WER is compute-wer's
     for hyp in (h1, h2):
-        expected = run_kaldi(kaldi_bundle, ["compute-wer", "--mode=all", f"ark:{ref}", f"ark:{hyp}"]).stdout
+        expected = run_kaldi(kaldi_bundle, "compute-wer", "--mode=all", f"ark:{ref}", f"ark:{hyp}")
         assert f"{expected.splitlines()[0]} {hyp}" in lines  # h2 misses one: "[PARTIAL]" too
 
 
