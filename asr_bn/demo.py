@@ -16,20 +16,21 @@ Writes under OUT_DIR (`run_demo`):
   demo.json                        seed and size of this OUT_DIR (a rerun with others is refused)
 
 Every stage skips work whose outputs are complete, so a rerun (or a run after a crash) only does what is missing;
-an unfinished training run continues from its checkpoint. Deterministic for a seed on the CPU, and the same on
-every x86-64 CPU with AVX2 for the same library versions (`pin_cpu_kernels`). `conclusions` states only what the
-numbers carry beyond noise: WER differences come with compute-wer-bootci's P(BN better) (asr_bn.score).
+an unfinished training run continues from its checkpoint. Deterministic for a seed on the CPU; across machines
+the CPU kernels are pinned (`pinned_cpu_kernels`: what is reproducible where is in docs/RESULTS.md). `conclusions`
+states only what the numbers carry beyond noise: WER differences come with compute-wer-bootci's P(BN better).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Mapping
 
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.io import OutputLock, write_text
@@ -39,7 +40,8 @@ if TYPE_CHECKING:
     from asr_bn.synth import CorpusPaths
 
 __all__ = [
-    "DemoBudget", "BUDGETS", "MODELS", "ModelResult", "DemoResult", "run_demo", "conclusions", "pin_cpu_kernels",
+    "DemoBudget", "BUDGETS", "MODELS", "CPU_KERNELS", "ModelResult", "DemoResult", "run_demo", "conclusions",
+    "cpu_kernel_env", "pinned_cpu_kernels",
 ]  # fmt: skip
 
 Size = Literal["full", "small"]
@@ -72,8 +74,9 @@ MODELS: tuple[tuple[str, str], ...] = (("baseline", "none"), ("bn-sequence", "se
 SPLITS = ("train", "dev", "test")
 REPLICATIONS = 10000  # bootstrap replications of the WER comparison (compute-wer-bootci's default)
 LEVEL = 0.95  # a WER difference is claimed only when one model is better in this share of the replications
-# torch's CPU kernels, the same on every x86-64 CPU with AVX2: ATen's own dispatch picks AVX-512 kernels where the
-# CPU has them and MKL its own GEMM code path, and either changes the demo's numbers (docs/RESULTS.md).
+# torch's CPU kernels: ATen's AVX2 kernels on every x86-64 CPU with AVX2, MKL's AVX2 branch on Intel CPUs (non-Intel
+# ones get MKL's AUTO branch). Left to themselves, ATen picks AVX-512 kernels where the CPU has them and MKL its own
+# GEMM code path, and either changes the demo's numbers (docs/RESULTS.md, "Reproducibility").
 CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
 
 
@@ -106,7 +109,7 @@ class DemoResult:
     curves: Path
     results: Path
     wer_bootstrap: dict[str, "Bootstrap"] = field(default_factory=dict)  # dev/test: Set1 baseline, Set2 BN
-    cpu_kernels: str = ""  # what torch ran on (pin_cpu_kernels)
+    cpu_kernels: str = ""  # what torch ran on (pinned_cpu_kernels)
     seconds: dict[str, float] = field(default_factory=dict)  # this run's wall-clock time per stage (~0 if reused)
     reused: list[str] = field(default_factory=list)  # stages whose outputs were already complete
 
@@ -163,14 +166,21 @@ def cpu_kernel_env() -> dict[str, str]:
     return {name: os.environ.get(name, value) for name, value in CPU_KERNELS.items()}
 
 
-def pin_cpu_kernels() -> str:
-    """Ask torch for the CPU kernels of `cpu_kernel_env` and return what it uses, e.g. "AVX2, MKL_CBWR=AVX2, torch
-    2.13.0+cpu". Takes effect only before the process's first torch op (a fresh `asr-bn demo` process)."""
+@contextlib.contextmanager
+def pinned_cpu_kernels() -> Iterator[str]:
+    """Ask torch for the CPU kernels of `cpu_kernel_env` and yield what it uses, e.g. "AVX2, MKL_CBWR=AVX2, torch
+    2.13.0+cpu"; the environment is restored on exit. Takes effect only before the process's first torch op (a
+    fresh `asr-bn demo` process): torch keeps the kernels it chose then."""
+    saved = dict(os.environ)
     os.environ.update(cpu_kernel_env())
-    import torch
+    try:
+        import torch
 
-    mkl = f", MKL_CBWR={os.environ['MKL_CBWR']}" if "MKL_CBWR" in os.environ else ""
-    return f"{torch.backends.cpu.get_cpu_capability()}{mkl}, torch {torch.__version__}"
+        mkl = f", MKL_CBWR={os.environ['MKL_CBWR']}" if "MKL_CBWR" in os.environ else ""
+        yield f"{torch.backends.cpu.get_cpu_capability()}{mkl}, torch {torch.__version__}"
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def run_demo(
@@ -191,8 +201,7 @@ def run_demo(
     budget = BUDGETS[size]
     say = on_stage or (lambda _stage: None)
     timer = _Timer()
-    kernels = pin_cpu_kernels()
-    with OutputLock(out):
+    with pinned_cpu_kernels() as kernels, OutputLock(out):
         _check_settings(out, seed, size)
         with timer("synth", say):
             corpus = _synth(out / "corpus", seed, size, budget.num_speakers, timer)

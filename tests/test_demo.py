@@ -139,7 +139,7 @@ def test_conclusions_claim_only_what_the_bootstrap_carries() -> None:
     assert conclusions(base, higher, {})[0].startswith("BN raises the dev CE at every epoch (3 of 3")
 
 
-def test_cpu_kernels_are_pinned_in_a_fresh_process() -> None:
+def test_cpu_kernels_are_pinned_in_a_fresh_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """ATen's own dispatch picks AVX-512 kernels where the CPU has them, which changes the demo's numbers
     (docs/RESULTS.md): the demo asks for AVX2 + MKL_CBWR=AVX2 on x86-64, and a user's own setting wins."""
     import os
@@ -151,10 +151,18 @@ def test_cpu_kernels_are_pinned_in_a_fresh_process() -> None:
 
     if platform.machine().lower() not in ("x86_64", "amd64") or torch.backends.cpu.get_cpu_capability() == "DEFAULT":
         pytest.skip("pinning applies to x86-64 CPUs with AVX2")
-    code = "from asr_bn.demo import pin_cpu_kernels; print(pin_cpu_kernels())"
+    code = "from asr_bn.demo import pinned_cpu_kernels\nwith pinned_cpu_kernels() as kernels: print(kernels)"
     env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR")}
     pinned = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert pinned.stdout.startswith(f"AVX2, MKL_CBWR=AVX2, torch {torch.__version__}"), pinned.stdout
     own = subprocess.run([sys.executable, "-c", code], env={**env, "ATEN_CPU_CAPABILITY": "default"},
                          capture_output=True, text=True, check=True)  # fmt: skip
     assert own.stdout.startswith("DEFAULT, MKL_CBWR=AVX2"), own.stdout
+    from asr_bn.demo import pinned_cpu_kernels
+
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    with pinned_cpu_kernels():
+        assert (os.environ["ATEN_CPU_CAPABILITY"], os.environ["MKL_CBWR"]) == ("avx2", "AVX2")
+    # subprocesses of later code in this process see the environment as it was
+    assert "ATEN_CPU_CAPABILITY" not in os.environ and "MKL_CBWR" not in os.environ
