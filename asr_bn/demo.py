@@ -234,7 +234,9 @@ def run_demo(
                                [name for name, _, _ in models])  # fmt: skip
         from asr_bn.score import bootstrap_wer
 
-        boot = {split: bootstrap_wer([w[split].per_utt() for w in decoded], REPLICATIONS, seed) for split in ("dev", "test")}
+        boot = {
+            split: bootstrap_wer([w[split].per_utt() for w in decoded], REPLICATIONS, seed) for split in ("dev", "test")
+        }
         result = DemoResult(out, seed, size, budget, rows, curves, out / "results.json", boot, kernels, timer.seconds,
                             timer.reused)  # fmt: skip
         write_text(result.results, json.dumps(result.to_dict(), indent=2) + "\n")

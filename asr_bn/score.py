@@ -425,7 +425,9 @@ def read_per_utt(path: str | Path) -> dict[str, ErrorCounts]:
             if len(fields) < 2 or fields[1] != "#csid":
                 continue
             if len(fields) != 6 or not all(x.isdigit() for x in fields[2:]):
-                raise AsrBnError(f"{path}:{n}: expected `utt-id #csid C S I D` with 4 counts >= 0, got {line.strip()!r}")
+                raise AsrBnError(
+                    f"{path}:{n}: expected `utt-id #csid C S I D` with 4 counts >= 0, got {line.strip()!r}"
+                )
             corr, subs, ins, dels = (int(x) for x in fields[2:])
             words = corr + subs + dels
             out[fields[0]] = ErrorCounts(words, ins, dels, subs, 1, int(subs + ins + dels > 0))

@@ -262,7 +262,8 @@ def test_bootstrap_agrees_with_kaldi_compute_wer_bootci(
     k, o = _bootci_numbers(kaldi), _bootci_numbers(lines)
     assert len(k) == len(o) == 7, (kaldi, lines)
     # Kaldi draws with its own RNG: with 20000 replications each bound's Monte-Carlo error is below 0.03 points
-    # (σ_WER ≈ 1 %, /√20000 and /√40000) and that of P about 0.35 points (√(p(1-p)/20000)); allow 4-5 σ of both
+    # (σ_WER ≈ 1 %, /√20000 and /√40000) and that of P about 0.35 points (√(p(1-p)/20000)); allow 4-5 σ of
+    # both
     assert max(abs(a - b) for a, b in zip(k[:6], o[:6])) < 0.15, (kaldi, lines)
     assert 5 < k[6] < 95 and abs(k[6] - o[6]) < 2.5, (kaldi, lines)  # a close comparison, not a certain one
     # the deterministic part, exactly: each point WER is compute-wer's

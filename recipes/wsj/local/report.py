@@ -96,7 +96,9 @@ def report(out: Path, models: list[str], train_set: str, dev_set: str, test_sets
         ce, fer = frame_scores(run / f"frames_{dev_set}")
         dev_ce[model] = ce
         update, epoch = best_dev(run)
-        wers = [best_wer(run / f"decode_{graph_name}_{short}{suffix}" / file) for short, suffix, file, *_ in wer_columns]
+        wers = [
+            best_wer(run / f"decode_{graph_name}_{short}{suffix}" / file) for short, suffix, file, *_ in wer_columns
+        ]
         rows.append(
             [model, config["bn"], f"{train_ce:.3f}", f"{train_fer:.2f} %", f"{ce:.3f}", f"{fer:.2f} %",
              f"{update} ({epoch})"] + ["–" if w is None else f"{w:.2f} %" for w in wers]
