@@ -489,6 +489,8 @@ def bootstrap_wer(
         raise UsageError(f"bootstrap_wer compares one or two systems, got {len(systems)}")
     if replications < 1:
         raise UsageError(f"--replications {replications}: give a number of replications >= 1 (Kaldi's: 10000)")
+    if seed < 0:
+        raise UsageError(f"--seed {seed}: give a seed >= 0")
     utts = [u for u in systems[0] if all(u in s for s in systems[1:])]
     words = np.array([systems[0][u].words for u in utts], dtype=np.int64)
     if not utts or words.sum() == 0:

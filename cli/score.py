@@ -35,7 +35,8 @@ def wer(
                                             "file).")] = False,
     replications: Annotated[int, typer.Option(help="Bootstrap replications (compute-wer-bootci's --replications).",
                                               callback=in_range(Range(1)))] = 10000,
-    seed: Annotated[int, typer.Option(help="Seed of the bootstrap draws: the same lines on every machine.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap draws: the same lines on every machine.",
+                                      callback=in_range(Range(0)))] = 0,
 ) -> None:
     """Word and sentence error rates in Kaldi's format, e.g.
     asr-bn score wer data/test exp/blstm/decode --ignore '<SIL>'

@@ -175,7 +175,7 @@ OUT_OF_RANGE = {
     "--lr-decay": "1.5", "--min-improvement": "-0.1", "--epochs": "0", "--patience": "-1", "--batch-size": "0",
     "--max-train-frames": "-1", "--eval-every": "-1", "--log-every": "0", "--checkpoint-every": "0",
     "--context-width": "0", "--central-position": "-1", "--var-floor": "-1", "--max-leaves": "-1", "--thresh": "-1",
-    "--cluster-thresh": "-2",
+    "--cluster-thresh": "-2", "--replications": "0",
 }  # fmt: skip
 UNBOUNDED = {
     "--forget-bias": "any initial forget-gate bias",

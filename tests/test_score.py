@@ -292,6 +292,8 @@ def test_bootstrap_by_hand_and_seeded() -> None:
         bootstrap_wer([a, {"u1": ErrorCounts(words=2, sentences=1), "u2": zero}])
     with pytest.raises(UsageError, match="replications"):
         bootstrap_wer([a], replications=0)
+    with pytest.raises(UsageError, match="--seed -1"):
+        bootstrap_wer([a], seed=-1)
 
 
 def test_per_utt_round_trip_and_bootstrap_cli_errors(tmp_path: Path) -> None:
