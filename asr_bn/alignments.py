@@ -34,6 +34,7 @@ __all__ = [
     "read_transition_model",
     "Labels",
     "alignment_files",
+    "alignment_model",
     "read_alignments",
     "describe_alignments",
     "join_targets",
@@ -675,6 +676,20 @@ def alignment_files(source: str | Path) -> list[Path]:
     return [p for _, p in sorted(numbered)]
 
 
+def alignment_model(source: str | Path, model: str | Path | None, pdf_ids: bool) -> Path | None:
+    """The model of the alignments in `source`: `model`, else the ali dir's final.mdl; None for pdf-ids without
+    one. Transition-ids without a model are a UsageError (prep checks this before computing features)."""
+    source = Path(source)
+    if model is None and source.is_dir() and (source / "final.mdl").exists():
+        model = source / "final.mdl"
+    if model is None and not pdf_ids:
+        raise UsageError(
+            f"{source}: transition-id alignments need the final.mdl they were made with (none found); "
+            "give --model, or --pdf-ids for pdf-id labels"
+        )
+    return None if model is None else Path(model)
+
+
 def read_alignments(source: str | Path) -> Iterator[Labels]:
     """Every utterance of an alignment dir (`ali.N.gz` by number) or archive, as int32 labels with their file.
 
@@ -848,10 +863,7 @@ def join_targets(
     if length_tolerance < 0:
         raise UsageError(f"--length-tolerance must be 0 or more, not {length_tolerance}")
     frames = _read_num_frames(data_dir / "utt2num_frames")
-    if model is None and source.is_dir() and (source / "final.mdl").exists():
-        model = source / "final.mdl"
-    if model is None and not pdf_ids:
-        raise UsageError(f"{source}: transition-id alignments need the final.mdl they were made with (none found)")
+    model = alignment_model(source, model, pdf_ids)
     check_num_pdfs(pdf_ids, num_pdfs)
     tm = read_transition_model(model) if model is not None else None
     if num_pdfs is not None and tm is not None and tm.num_pdfs != num_pdfs:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from asr_bn.errors import AsrBnError, UsageError
-from asr_bn.io import read_matrix
+from asr_bn.io import error_detail, read_matrix, require_dir
 from asr_bn.report import Report
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "Batch",
     "UtteranceDataset",
     "filter_by_length",
+    "prepared_dir",
     "read_targets",
     "make_loader",
     "padding_waste",
@@ -78,10 +79,11 @@ class BucketingSampler:
         self.lengths = np.asarray(lengths, dtype=np.int64)
         if (batch_size is None) == (max_frames is None):
             raise UsageError("give exactly one of --batch-size and --max-frames")
+        which = f"--batch-size {batch_size}" if batch_size is not None else f"--max-frames {max_frames}"
+        if (batch_size if batch_size is not None else max_frames) < 1:  # before the process count is compared
+            raise UsageError(f"{which}: must be at least 1")
         if batch_size is not None and batch_size < world_size:
             raise UsageError(f"--batch-size {batch_size} is smaller than the number of processes {world_size}")
-        if max_frames is not None and max_frames <= 0 or batch_size is not None and batch_size <= 0:
-            raise UsageError("--batch-size / --max-frames must be positive")
         if len(self.lengths) < world_size:
             raise AsrBnError(f"{len(self.lengths)} utterances cannot be shared by {world_size} processes")
         if not 0 <= rank < world_size:
@@ -251,12 +253,27 @@ class Batch:
         )
 
 
+_MISSING_FIX = {  # what to do when a file of a prepared dir is missing
+    "pdf.scp": "it holds the training targets, which `asr-bn prep` writes when given the alignments: "
+    "`asr-bn prep kaldi DATA OUT --ali-dir ALI_DIR` (with --pdf-ids for pdf-id labels)",
+}
+
+
+def prepared_dir(path: str | Path, role: str = "prepared dir") -> Path:
+    """A prepared dir of `asr-bn prep` given as input (`role` names it: train, dev, DATA_DIR …); a missing path or
+    a file is a UsageError saying which."""
+    return require_dir(path, role, "a prepared dir of `asr-bn prep`: feats.scp, pipeline.json, …")
+
+
 def _read_table(path: Path) -> dict[str, str]:
     """A Kaldi two-column text table (key value) as a dict."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError as e:
-        raise AsrBnError(f"{path} is missing (a prepared data dir from `asr-bn prep` has it)") from e
+        fix = _MISSING_FIX.get(path.name, "a prepared data dir from `asr-bn prep` has it")
+        raise AsrBnError(f"{path} is missing; {fix}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise AsrBnError(f"cannot read {path} ({error_detail(e)}); re-run `asr-bn prep`") from e
     table = {}
     for number, line in enumerate(lines, 1):
         fields = line.split(maxsplit=1)
@@ -291,7 +308,7 @@ class UtteranceDataset(torch.utils.data.Dataset):
 
         from asr_bn.features import FeaturePipeline
 
-        self.dir = Path(data_dir)
+        self.dir = prepared_dir(data_dir)
         self.num_pdfs = num_pdfs
         self.pipeline = FeaturePipeline.load(self.dir / "pipeline.json")
         self.feats_scp = _read_table(self.dir / "feats.scp")
@@ -434,7 +451,7 @@ def filter_by_length(
     Every dropped utterance is named in `report` under a reason starting with `role` (no targets; longer than
     --max-train-frames); an empty result is an AsrBnError that names the filter.
     """
-    data_dir = Path(data_dir)
+    data_dir = prepared_dir(data_dir, f"{role} dir")
     feats = _read_table(data_dir / "feats.scp")
     pdfs = _read_table(data_dir / "pdf.scp")
     num_frames = _read_table(data_dir / "utt2num_frames")

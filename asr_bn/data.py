@@ -20,14 +20,26 @@ import struct
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Collection
 
 import numpy as np
 
-from asr_bn.errors import AsrBnError, UsageError
-from asr_bn.io import write_text
+from asr_bn.errors import AsrBnError
+from asr_bn.io import require_dir, write_text
 from asr_bn.report import Report
 
-__all__ = ["AudioError", "DataDir", "Utterance", "load_data_dir", "load_audio", "load_recording", "write_data_dir"]
+__all__ = [
+    "AudioError",
+    "DataDir",
+    "Utterance",
+    "load_data_dir",
+    "load_audio",
+    "load_recording",
+    "read_lines",
+    "read_speakers",
+    "read_utt2spk",
+    "write_data_dir",
+]
 
 _ARK_OFFSET = re.compile(r"^.+:\d+$")  # file.ark:byte-offset
 _AUDIO_SUFFIXES = {".wav", ".flac", ".sph", ".wv1", ".wv2", ".nist", ".ark"}
@@ -82,8 +94,9 @@ class AudioError(AsrBnError):
 # Reading the text files
 
 
-def _read_lines(path: Path) -> list[tuple[int, str]]:
+def read_lines(path: str | Path) -> list[tuple[int, str]]:
     """Non-blank lines of a Kaldi text file with their 1-based line numbers; non-UTF-8 is an error naming the line."""
+    path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -105,7 +118,7 @@ def _read_lines(path: Path) -> list[tuple[int, str]]:
 def _rows(path: Path, min_fields: int = 2, max_fields: int | None = 2) -> list[tuple[int, str, str]]:
     """(line number, key, rest of line) for each line of a Kaldi table file, checking the number of fields."""
     rows = []
-    for number, line in _read_lines(path):
+    for number, line in read_lines(path):
         parts = line.split(None, 1)
         key, rest = parts[0], (parts[1] if len(parts) > 1 else "")
         nfields = 1 + len(rest.split())
@@ -143,9 +156,11 @@ def _read_table(
     return _index(path, _rows(path, min_fields, max_fields), report)
 
 
-def _read_utt2spk(path: Path, utt_ids: set[str], report: Report) -> dict[str, str]:
+def read_utt2spk(path: str | Path, utt_ids: Collection[str], report: Report) -> dict[str, str]:
     """utt2spk as utterance → speaker. A file written reversed (`<spk> <utt>`, as in some tutorials) is
-    recognized when that reading is unambiguous (every second field an utterance, no first field one), and noted."""
+    recognized when that reading is unambiguous (every second field one of `utt_ids`, no first field one), and
+    noted in `report`. Malformed lines and duplicate utterances are errors naming the file and line."""
+    path, utt_ids = Path(path), set(utt_ids)
     rows = _rows(path)
     firsts = [key for _, key, _ in rows]
     if (
@@ -158,6 +173,31 @@ def _read_utt2spk(path: Path, utt_ids: set[str], report: Report) -> dict[str, st
         )
         rows = [(n, utt, spk) for n, spk, utt in rows]
     return {utt: spk for utt, (_, spk) in _index(path, rows, report).items()}
+
+
+def read_speakers(data_dir: str | Path, utt_ids: Collection[str], report: Report) -> dict[str, str]:
+    """Utterance → speaker of a Kaldi data dir: its utt2spk (see `read_utt2spk`), checked against spk2utt when both
+    exist, or spk2utt alone (noted); neither, or the two disagreeing, is an error naming the files and the fix."""
+    path = Path(data_dir)
+    utt2spk_path, spk2utt_path = path / "utt2spk", path / "spk2utt"
+    if utt2spk_path.is_file():
+        utt2spk = read_utt2spk(utt2spk_path, utt_ids, report)
+        if spk2utt_path.is_file():
+            for utt, spk in _read_spk2utt(spk2utt_path, report).items():
+                if utt in utt2spk and utt2spk[utt] != spk:
+                    raise AsrBnError(
+                        f"{spk2utt_path} puts utterance {utt} under speaker {spk} but {utt2spk_path} says "
+                        f"{utt2spk[utt]}; delete spk2utt (asr-bn derives it from utt2spk) or fix one of them"
+                    )
+        return utt2spk
+    if spk2utt_path.is_file():
+        utt2spk = _read_spk2utt(spk2utt_path, report)
+        report.note("no utt2spk: derived it from spk2utt")
+        return utt2spk
+    raise AsrBnError(
+        f"{path} has neither utt2spk nor spk2utt; write utt2spk (`<utt> <speaker>` per line, "
+        f"or `<utt> <utt>` when speakers are unknown)"
+    )
 
 
 def _read_spk2utt(path: Path, report: Report) -> dict[str, str]:
@@ -191,9 +231,7 @@ def load_data_dir(path: str | Path, report: Report) -> DataDir:
     Errors (AsrBnError, one line naming file and line): missing wav.scp, no utt2spk nor spk2utt, duplicate keys,
     malformed lines, non-UTF-8 bytes, utt2spk and spk2utt disagreeing; UsageError when `path` is no directory.
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise UsageError(f"data dir {path} does not exist (expected a Kaldi data dir holding wav.scp, utt2spk, text)")
+    path = require_dir(path, "data dir", "a Kaldi data dir holding wav.scp, utt2spk, text")
     wav_scp = path / "wav.scp"
     if not wav_scp.is_file():
         raise AsrBnError(f"no {wav_scp}: a Kaldi data dir needs wav.scp (`<recording> <path or cmd |>` per line)")
@@ -219,25 +257,7 @@ def load_data_dir(path: str | Path, report: Report) -> DataDir:
     else:
         spans = {rec: (rec, None, None) for rec in recordings}
 
-    utt2spk_path, spk2utt_path = path / "utt2spk", path / "spk2utt"
-    if utt2spk_path.is_file():
-        utt2spk = _read_utt2spk(utt2spk_path, set(spans), report)
-        if spk2utt_path.is_file():
-            for utt, spk in _read_spk2utt(spk2utt_path, report).items():
-                if utt in utt2spk and utt2spk[utt] != spk:
-                    raise AsrBnError(
-                        f"{spk2utt_path} puts utterance {utt} under speaker {spk} but {utt2spk_path} says "
-                        f"{utt2spk[utt]}; delete spk2utt (asr-bn derives it from utt2spk) or fix one of them"
-                    )
-    elif spk2utt_path.is_file():
-        utt2spk = _read_spk2utt(spk2utt_path, report)
-        report.note("no utt2spk: derived it from spk2utt")
-    else:
-        raise AsrBnError(
-            f"{path} has neither utt2spk nor spk2utt; write utt2spk (`<utt> <speaker>` per line, "
-            f"or `<utt> <utt>` when speakers are unknown)"
-        )
-
+    utt2spk = read_speakers(path, spans, report)
     text: dict[str, str] | None = None
     if (path / "text").is_file():
         text = {
@@ -467,8 +487,11 @@ def _decode(raw: bytes, source: str, who: str) -> tuple[np.ndarray, int]:
             io.BytesIO(raw), dtype="int16" if info.subtype == "PCM_16" else "float64", always_2d=False
         )
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        detail = getattr(e, "error_string", None) or str(e)  # libsndfile's words, without "Error opening <BytesIO …>"
         raise AudioError(
-            f"{who}: {source} is not readable audio ({e}); re-create it or pass --skip-bad", "audio unreadable"
+            f"{who}: {source} is not readable audio (libsndfile: {detail.rstrip('.')}); re-create it or pass "
+            "--skip-bad",
+            "audio unreadable",
         ) from e
     return _to_int16_range(samples), int(rate)
 

@@ -24,7 +24,15 @@ from asr_bn.alignments import read_transition_model, transition_id_scores
 from asr_bn.config import DecodeConfig
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.fst import FstArrays, read_std_fst, to_vector_fst
-from asr_bn.io import OutputLock, atomic_open, error_detail, write_text
+from asr_bn.io import (
+    OutputLock,
+    archive_problem,
+    atomic_open,
+    check_output_dir,
+    error_detail,
+    require_dir,
+    write_text,
+)
 from asr_bn.progress import progress_bar
 from asr_bn.report import Report
 
@@ -131,7 +139,7 @@ def load_graph(graph_dir: str | Path, model: str | Path) -> Graph:
     """Load HCLG.fst (an OpenFst vector or const FST, as Kaldi's mkgraph.sh writes it) and words.txt from a graph
     dir, and transition-id → pdf-id from the alignment model; the graph is checked against both (`check_graph`),
     and a graph dir's `num_pdfs` file (written by mkgraph.sh and `build_graph`) must match the model."""
-    graph_dir = Path(graph_dir)
+    graph_dir = require_dir(graph_dir, "graph dir", "HCLG.fst and words.txt of Kaldi's mkgraph.sh or `asr-bn mkgraph`")
     fst_path, words_path = graph_dir / "HCLG.fst", graph_dir / "words.txt"
     for path, what in ((fst_path, "the decoding graph"), (words_path, "the graph's word table")):
         if not path.is_file():
@@ -263,12 +271,20 @@ def _worker_decode(utt: str, loglikes: np.ndarray, config: DecodeConfig) -> Hypo
     return _decode_or_reason(_WORKER_GRAPH, utt, loglikes, config)
 
 
+_LOGLIKES_FORMS = "ark:FILE, scp:FILE or ark:- on stdin"
+
+
 def _rspecifier(loglikes: str | Path) -> str:
-    """Accept Kaldi rspecifiers (`ark:-`, `scp:x.scp`, `ark:x.ark`) and plain .ark / .scp paths."""
+    """Accept Kaldi rspecifiers (`ark:-`, `scp:x.scp`, `ark:x.ark`) and plain .ark / .scp paths; a file that is
+    missing or a directory is a UsageError before any work (a large graph takes long to load)."""
     spec = str(loglikes)
-    if spec.split(":", 1)[0].split(",")[0] in ("ark", "scp"):
-        return spec
-    return ("scp:" if spec.endswith(".scp") else "ark:") + spec
+    if spec.split(":", 1)[0].split(",")[0] not in ("ark", "scp"):
+        spec = ("scp:" if spec.endswith(".scp") else "ark:") + spec
+    path = spec.split(":", 1)[1]
+    if path != "-" and not path.rstrip().endswith("|") and not Path(path).is_file():
+        kind = "is a directory" if Path(path).is_dir() else "does not exist"
+        raise UsageError(f"log-likelihoods {spec}: {path} {kind}; give the output of `asr-bn forward` as {_LOGLIKES_FORMS}")
+    return spec
 
 
 def _read_matrices(rspecifier: str) -> Iterator[tuple[str, np.ndarray]]:
@@ -277,7 +293,7 @@ def _read_matrices(rspecifier: str) -> Iterator[tuple[str, np.ndarray]]:
     killed mid-pipe leaves one) becomes one AsrBnError naming the source, where it broke and the fix."""
     import kaldiio
 
-    fix = "re-run `asr-bn forward` and give its output as ark:FILE, scp:FILE or ark:- on stdin"
+    fix = f"re-run `asr-bn forward` and give its output as {_LOGLIKES_FORMS}"
     last = None
     try:
         with kaldiio.ReadHelper(rspecifier) as reader:
@@ -290,10 +306,26 @@ def _read_matrices(rspecifier: str) -> Iterator[tuple[str, np.ndarray]]:
         raise
     except Exception as e:  # kaldiio raises whatever its parser hits on bad bytes
         where = f"after utterance {last}" if last is not None else "at its first utterance"
+        location = _scp_location_after(rspecifier, last)
+        detail = archive_problem(location, e) if location else error_detail(e)
         raise AsrBnError(
-            f"cannot read log-likelihoods from {rspecifier} {where} ({error_detail(e)}); "
+            f"cannot read log-likelihoods from {rspecifier} {where} ({detail}); "
             f"the archive is missing, truncated or corrupt: {fix}"
         ) from e
+
+
+def _scp_location_after(rspecifier: str, last: str | None) -> str | None:
+    """The `file:offset` of the scp entry after utterance `last` (the first without it), or None for an archive."""
+    kinds, _, path = rspecifier.partition(":")
+    if "scp" not in kinds.split(","):
+        return None
+    try:
+        lines = [line.split(None, 1) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError):
+        return None
+    keys = [fields[0] for fields in lines]
+    i = keys.index(last) + 1 if last in keys else 0
+    return lines[i][1].strip() if i < len(lines) and len(lines[i]) == 2 else None
 
 
 def read_loglikes(source: str | Path) -> Iterator[tuple[str, np.ndarray]]:
@@ -362,7 +394,7 @@ def decode(
     config.check()
     if nj < 1:
         raise UsageError(f"--nj must be >= 1, got {nj}")
-    out_dir = Path(out_dir)
+    out_dir = check_output_dir(out_dir, "OUT_DIR")
     rspecifier = _rspecifier(loglikes)
     report = Report("decode")
     with OutputLock(out_dir):

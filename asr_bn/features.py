@@ -503,6 +503,33 @@ class FeaturePipeline:
         """Write the pipeline as JSON, atomically."""
         write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
+    def mismatch(self, other: "FeaturePipeline") -> str:
+        """How `other` differs from this pipeline, key by key (`dither 1 (not 0)`), and the `asr-bn prep` options
+        that give this one; for the error of a data dir prepared unlike a model or another data dir."""
+        differ, options, extra = [], [], ""
+        fbank = {f.name: f for f in dataclasses.fields(FbankConfig)}
+        ours, theirs = self.to_dict(), other.to_dict()
+        pairs = [(k, v, theirs["fbank"].get(k)) for k, v in ours.pop("fbank").items()]
+        pairs += [(k, v, theirs.get(k)) for k, v in ours.items()]
+        for key, want, got in pairs:
+            if want == got:
+                continue
+            differ.append(f"{key} {got} (not {want})")
+            if key in fbank:
+                flag = fbank[key].metadata["kaldi"]
+                options.append(f"--{flag}" if want is True else f"--no-{flag}" if want is False else f"--{flag} {want}")
+            elif key == "cmvn":
+                options.append(f"--cmvn {want}")
+            elif key == "norm_vars" and want:
+                options.append("--norm-vars")
+            elif key == "norm_vars":
+                extra += " without --norm-vars"
+            else:
+                extra += f" (asr-bn prep writes {key} {want}: re-run it)"
+        if any(key in fbank for key, want, got in pairs if want != got):
+            extra += " (or with a --config that has these)"
+        return f"{', '.join(differ)}; prepare it with `asr-bn prep … {' '.join(options)}`{extra}"
+
     @classmethod
     def load(cls, path: str | Path) -> "FeaturePipeline":
         """Read a pipeline saved by `save`; a missing or corrupt file is an AsrBnError naming it."""

@@ -120,11 +120,8 @@ def _check_pipeline(model: AcousticModel, data_dir: Path) -> None:
 
     ours, theirs = FeaturePipeline.load(model.pipeline_path), FeaturePipeline.load(data_dir / "pipeline.json")
     if ours != theirs:
-        a, b = ours.to_dict(), theirs.to_dict()
-        keys = [k for k in a if a[k] != b.get(k)]
         raise AsrBnError(
-            f"{data_dir}/pipeline.json differs from the model's {model.pipeline_path} in {', '.join(keys)} "
-            f"(prepare the data with the model's pipeline: asr-bn prep … --config matching it)"
+            f"{data_dir}/pipeline.json differs from the model's {model.pipeline_path} in {ours.mismatch(theirs)}"
         )
 
 
@@ -236,13 +233,17 @@ def forward(
 ) -> Report:
     """Write the model's log-likelihoods (or log-posteriors) for every utterance of `data_dir` to `wspecifier`
     (`ark:-` streams binary matrices to stdout; file archives are written atomically), in the dir's order."""
-    from asr_bn.io import write_ark_scp
+    from asr_bn.batching import prepared_dir
+    from asr_bn.io import check_output_file, write_ark_scp
     from asr_bn.progress import progress_bar
 
     config = config or ForwardConfig()
     config.check()
     ark, scp = _parse_wspecifier(wspecifier)
-    data_dir = Path(data_dir)
+    for path in (ark, scp) if ark != "-" else ():
+        if path is not None:
+            check_output_file(path, "wspecifier file")
+    data_dir = prepared_dir(data_dir, "DATA_DIR")
     acoustic = load_acoustic_model(model, config)
     report = Report("forward")
     for note in acoustic.notes:
@@ -271,13 +272,15 @@ def score_frames(
 ) -> "FrameScores":
     """Frame cross-entropy and frame error rate of the model (a model dir / .pt file, or one already loaded) on a
     prepared dir with alignments (pdf.scp), masked and micro-averaged over all frames (the paper's table)."""
+    from asr_bn.batching import prepared_dir
     from asr_bn.score import FrameScores, frame_scores
 
     config = config or ForwardConfig()
     config.check()
+    data_dir = prepared_dir(data_dir, "DATA_DIR")
     acoustic = model if isinstance(model, AcousticModel) else load_acoustic_model(model, config)
     total = FrameScores()
-    dataset = _dataset(acoustic, Path(data_dir), targets=True)
+    dataset = _dataset(acoustic, data_dir, targets=True)
     for _, log_probs, targets, lengths in forward_batches(acoustic, dataset, config):
         total = total + frame_scores(log_probs.float(), targets.to(log_probs.device), lengths)
     return total

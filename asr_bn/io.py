@@ -1,8 +1,10 @@
-"""Crash-safe file output: atomic writes (temp name, fsync, rename), Kaldi ark/scp pairs, output-dir locks."""
+"""Crash-safe file output: atomic writes (temp name, fsync, rename), Kaldi ark/scp pairs, output-dir locks; checks
+of input dirs and output paths; reading one matrix of an scp with a one-line error."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import struct
 import tempfile
@@ -11,7 +13,7 @@ from typing import IO, Iterable, Iterator
 
 import numpy as np
 
-from asr_bn.errors import AsrBnError
+from asr_bn.errors import AsrBnError, UsageError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -37,7 +39,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, path)
     except BaseException as e:
         tmp_path.unlink(missing_ok=True)
-        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+        ours = isinstance(e, OSError) and e.filename in (None, str(tmp_path), str(path))  # not an input's error
+        if ours and not isinstance(e, FileNotFoundError):
             raise AsrBnError(f"could not write {path}: {e.strerror or e} (free disk space or choose another output)") from e
         raise
 
@@ -86,18 +89,57 @@ def write_ark_scp(
     return len(scp_lines)
 
 
+def check_output_dir(directory: str | Path, what: str = "output dir") -> Path:
+    """Refuse an output dir that cannot be one: it, or its nearest existing ancestor, is not a directory. Missing
+    dirs are fine (OutputLock creates them, as Kaldi's scripts `mkdir -p` theirs); call this before the work."""
+    directory = Path(directory)
+    existing = next((p for p in (directory, *directory.parents) if p.exists() or p.is_symlink()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is" if existing == directory else f"is inside {existing}, which is"
+        raise UsageError(f"{what} {directory} {where} a file, not a directory; choose a directory")
+    return directory
+
+
+def check_output_file(path: str | Path, what: str = "output file") -> Path:
+    """Refuse an output file whose folder does not exist, or that is a directory (Kaldi's binaries fail on those
+    too, and never create folders); call this before the work."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a directory; give a file name")
+    if not path.parent.is_dir():
+        kind = "is not a directory" if path.parent.exists() else "does not exist"
+        raise UsageError(f"{what} {path}: its folder {path.parent} {kind}; create it first (e.g. mkdir -p)")
+    return path
+
+
+def require_dir(directory: str | Path, what: str, expected: str) -> Path:
+    """An input directory that must exist: missing or a file is a UsageError saying which, and what was `expected`
+    (e.g. "a prepared dir of `asr-bn prep`")."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        kind = "is a file, not a directory" if directory.exists() else "does not exist"
+        raise UsageError(f"{what} {directory} {kind} (expected {expected})")
+    return directory
+
+
 class OutputLock:
     """An exclusive lock file in an output directory, so two runs never write the same directory.
 
     >>> with OutputLock(out_dir):  # a second process entering here gets an AsrBnError naming the holder
     ...     ...
+
+    The directory (and missing parents) is created on entry; on exit those this lock created are removed again
+    when they are empty, so a run that fails before writing anything leaves nothing behind.
     """
 
     def __init__(self, directory: str | Path) -> None:
         self.path = Path(directory) / ".asr-bn.lock"
+        self._created: list[Path] = []
 
     def __enter__(self) -> "OutputLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        directory = check_output_dir(self.path.parent)
+        self._created = [p for p in (directory, *directory.parents) if not p.exists()]
+        directory.mkdir(parents=True, exist_ok=True)
         took_over = False
         while True:
             try:
@@ -121,6 +163,11 @@ class OutputLock:
 
     def __exit__(self, *exc: object) -> None:
         self.path.unlink(missing_ok=True)
+        for created in self._created:  # deepest first; a dir holding anything stays
+            try:
+                created.rmdir()
+            except OSError:
+                break
 
 
 def _pid_alive(pid: int) -> bool:
@@ -197,9 +244,47 @@ def read_matrix(location: str, table: str | Path, key: str) -> np.ndarray:
             mat = kaldiio.load_mat(location)
     except Exception as e:  # kaldiio raises whatever its parser hits on bad bytes (ValueError, struct.error, …)
         raise AsrBnError(
-            f"{table}: cannot read {key} at {location} ({error_detail(e)}); "
+            f"{table}: cannot read {key} at {location} ({archive_problem(location, e)}); "
             "the archive is missing, truncated or corrupt: re-run the stage that wrote it"
         ) from e
     if not isinstance(mat, np.ndarray) or mat.ndim not in (1, 2):
         raise AsrBnError(f"{table}: {key} at {location} is not a Kaldi matrix or vector; re-run the stage that wrote it")
     return mat
+
+
+def archive_problem(location: str, error: BaseException) -> str:
+    """What is wrong at `file:offset` (an scp entry) that kaldiio failed to read with `error`, in words: the file
+    missing or ending before the offset, no Kaldi binary header there (kaldiio's bare assertions), else the error."""
+    file, _, offset = location.rpartition(":")
+    if offset.isdigit() and file:
+        try:
+            size = os.path.getsize(file)
+        except OSError as e:
+            return f"{file}: {e.strerror or e}"
+        if int(offset) >= size:
+            return f"{file} has {size} bytes, it ends before byte {offset}"
+        end = _matrix_end(file, int(offset))
+        if end is not None and end > size:
+            return f"{file} has {size} bytes, the matrix at byte {offset} ends at byte {end}"
+    if isinstance(error, AssertionError) and not str(error):
+        return f"no Kaldi binary matrix header at {location}"
+    return error_detail(error)
+
+
+_FULL_MATRIX = {b"FM ": 4, b"DM ": 8, b"FV ": 4, b"DV ": 8}  # Kaldi binary token → bytes per element
+
+
+def _matrix_end(file: str, offset: int) -> int | None:
+    """Where the uncompressed Kaldi binary matrix or vector at `offset` ends, from its header (bytes 0 and 'B', the
+    token, then for each dimension the byte 4 and an int32); None when the bytes there are no such header."""
+    with open(file, "rb") as f:
+        f.seek(offset)
+        head = f.read(15)
+    size = _FULL_MATRIX.get(head[2:5])
+    if head[:2] != b"\0B" or size is None:
+        return None
+    dims = 1 if head[3:4] == b"V" else 2
+    if len(head) < 5 + 5 * dims or any(head[5 + 5 * i] != 4 for i in range(dims)):
+        return None
+    shape = [int.from_bytes(head[6 + 5 * i : 10 + 5 * i], "little", signed=True) for i in range(dims)]
+    return offset + 5 + 5 * dims + size * math.prod(shape) if min(shape) >= 0 else None

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from asr_bn.config import SIL_PROB
 from asr_bn.errors import AsrBnError, UsageError
-from asr_bn.io import write_text
+from asr_bn.io import require_dir, write_text
 
 if TYPE_CHECKING:
     from asr_bn.kaldi_ext import kaldifst
@@ -139,7 +139,7 @@ def read_symbol_table(path: str | Path) -> dict[str, int]:
 
 def read_lang(lang_dir: str | Path) -> Lang:
     """Read a lang folder written by `write_lang` (or Kaldi's, position-independent) and check it is consistent."""
-    lang_dir = Path(lang_dir)
+    lang_dir = require_dir(lang_dir, "lang dir", "lexicon.txt, phones.txt, words.txt")
     lexicon_path = lang_dir / "lexicon.txt"
     if not lexicon_path.exists() and (lang_dir / "../local/dict/lexicon.txt").exists():
         lexicon_path = lang_dir / "../local/dict/lexicon.txt"  # a Kaldi data/lang beside data/local/dict

@@ -8,6 +8,8 @@ transition model; it writes a graph dir that `asr_bn.decode` (and Kaldi's decode
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +19,7 @@ import numpy as np
 from asr_bn.alignments import read_transition_model
 from asr_bn.decode import model_file
 from asr_bn.errors import AsrBnError
-from asr_bn.io import OutputLock, atomic_path, write_text
+from asr_bn.io import OutputLock, atomic_path, check_output_dir, write_text
 
 if TYPE_CHECKING:
     from asr_bn.kaldi_ext import kaldi_hmm_gmm, kaldifst
@@ -165,18 +167,33 @@ def _grammar_fst(grammar: str | Path, lang: "Lang", words: dict[str, int], words
         for w in loop_words:
             G.add_arc(state, kaldifst.StdArc(words[w], words[w], cost, state))
     else:
-        from asr_bn.kaldi_ext import kaldilm
-
         arpa = Path(grammar)
         if not arpa.is_file():
             raise AsrBnError(f"{arpa}: no such ARPA language model (give an ARPA file, or `loop` for a word loop)")
-        try:
-            text = kaldilm.arpa2fst(input_arpa=str(arpa), disambig_symbol="#0", read_symbol_table=str(words_txt))
-        except RuntimeError as e:
-            raise AsrBnError(f"{arpa}: arpa2fst failed: {e} (is it an ARPA file over the lexicon's words?)") from e
-        G = kaldifst.compile(s=text, acceptor=False)
+        G = kaldifst.compile(s=_arpa2fst(arpa, words_txt), acceptor=False)
     kaldifst.arcsort(G, sort_type="ilabel")
     return G
+
+
+_ARPA2FST = """import sys
+from asr_bn.kaldi_ext import kaldilm
+arpa, words, out = sys.argv[1:]
+text = kaldilm.arpa2fst(input_arpa=arpa, disambig_symbol="#0", read_symbol_table=words)
+open(out, "w", encoding="utf-8").write(text)
+"""
+
+
+def _arpa2fst(arpa: Path, words_txt: Path) -> str:
+    """G as OpenFst text, from kaldilm's arpa2fst run in a child process: on a malformed ARPA file kaldilm aborts
+    the whole process (C++ abort), so the child's death becomes one AsrBnError quoting kaldilm's `[E]` line."""
+    out = words_txt.with_name("G.txt")
+    proc = subprocess.run([sys.executable, "-c", _ARPA2FST, str(arpa), str(words_txt), str(out)],
+                          capture_output=True, text=True, errors="replace")  # fmt: skip
+    if proc.returncode != 0:
+        said = [line for line in proc.stderr.splitlines() if line.startswith("[E]")] or proc.stderr.splitlines()[-1:]
+        detail = " ".join(said[-1].split())[:200] if said else f"exit status {proc.returncode}"
+        raise AsrBnError(f"{arpa}: not an ARPA language model that arpa2fst reads ({detail})")
+    return out.read_text(encoding="utf-8")
 
 
 def _make_hclg(L, G, phones: dict[str, int], ctx, ktm, transition_scale: float, self_loop_scale: float):  # noqa: ANN001, ANN202
@@ -229,7 +246,7 @@ def build_graph(
     """
     from asr_bn.lang import Lang, read_lang
 
-    out_dir = Path(out_dir)
+    out_dir = check_output_dir(out_dir, "OUT_DIR")
     lang = lang if isinstance(lang, Lang) else read_lang(lang)
     model_path = model_file(model)
     tree_path = Path(tree) if tree is not None else model_path.parent / "tree"

@@ -23,11 +23,11 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from asr_bn.alignments import alignment_files, check_num_pdfs, join_targets
+from asr_bn.alignments import alignment_files, alignment_model, check_num_pdfs, join_targets
 from asr_bn.data import AudioError, DataDir, cut_segment, load_data_dir, load_recording, write_data_dir
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.features import FbankConfig, FeaturePipeline, compute_cmvn_stats, compute_fbank
-from asr_bn.io import OutputLock, read_compressed, write_ark_scp, write_text
+from asr_bn.io import OutputLock, check_output_dir, read_compressed, write_ark_scp, write_text
 from asr_bn.progress import progress_bar
 from asr_bn.report import Report
 
@@ -92,6 +92,7 @@ def prepare_kaldi(
             raise UsageError(f"--device {device}: torch sees no CUDA GPU (torch {torch.__version__}); use --device cpu")
     if data_dir.resolve() == out_dir.resolve():
         raise UsageError(f"OUT_DIR {out_dir} is the data dir itself; choose another output directory")
+    check_output_dir(out_dir, "OUT_DIR")
     report = Report("prep")
     data = load_data_dir(data_dir, report)  # validation first: a bad data dir leaves OUT_DIR untouched
     if sph2pipe is not None:
@@ -153,6 +154,7 @@ class _Targets:
             return
         check_num_pdfs(self.pdf_ids, self.num_pdfs)
         alignment_files(self.ali_dir)
+        alignment_model(self.ali_dir, self.model, self.pdf_ids)
         if self.model is not None and not Path(self.model).is_file():
             raise UsageError(f"--model {self.model}: no such file (give the final.mdl the alignments were made with)")
 
@@ -190,7 +192,7 @@ def prepare_wsj(
     (e.g. to print its report). `ali_dirs` maps sets to the alignment dirs joined to them; by default the
     `WSJ_ALI_DIRS` of s5 that exist; `pdf_ids` and `num_pdfs` (prepare_kaldi's) apply to each of them.
     """
-    s5_dir, out_dir = Path(s5_dir), Path(out_dir)
+    s5_dir, out_dir = Path(s5_dir), check_output_dir(out_dir, "OUT_DIR")
     pipeline = pipeline or wsj_pipeline()
     if not sets:
         raise UsageError("--sets is empty; name at least one data set, e.g. --sets train_si284,test_dev93")

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from asr_bn.config import SCORE_MODES
+from asr_bn.data import read_lines, read_speakers, read_utt2spk
 from asr_bn.errors import AsrBnError, UsageError
-from asr_bn.io import write_text
+from asr_bn.io import check_output_dir, write_text
+from asr_bn.report import Report
 
 __all__ = [
     "FrameScores",
@@ -217,30 +219,11 @@ def read_text(path: str | Path, what: str = "transcripts") -> dict[str, list[str
     if not path.is_file():
         raise AsrBnError(f"{path}: no such file (give a Kaldi `text` file of {what}: `utt-id word …` per line)")
     out: dict[str, list[str]] = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if fields[0] in out:
-                raise AsrBnError(f"{path}:{n}: utterance {fields[0]} appears twice (keep one line per utterance)")
-            out[fields[0]] = fields[1:]
-    return out
-
-
-def _read_utt2spk(path: str | Path) -> dict[str, str]:
-    path = Path(path)
-    if not path.is_file():
-        raise AsrBnError(f"{path}: no such file (give a Kaldi utt2spk file, or leave out --utt2spk)")
-    out = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2:
-                raise AsrBnError(f"{path}:{n}: expected `utt-id speaker-id`, got {line.strip()!r}")
-            out[fields[0]] = fields[1]
+    for n, line in read_lines(path):  # the data-dir reader: non-UTF-8 is an error naming the line and the fix
+        fields = line.split()
+        if fields[0] in out:
+            raise AsrBnError(f"{path}:{n}: utterance {fields[0]} appears twice (keep one line per utterance)")
+        out[fields[0]] = fields[1:]
     return out
 
 
@@ -360,11 +343,29 @@ def best_of(results: Sequence[WerResult]) -> WerResult:
     return min(results, key=lambda res: (res.counts.wer, res.counts.ser))
 
 
-def write_details(result: WerResult, out_dir: str | Path, utt2spk: str | Path | None = None) -> list[Path]:
+_SPK_FILES = ("utt2spk", "spk2utt")
+
+
+def write_details(
+    result: WerResult, out_dir: str | Path, utt2spk: str | Path | None = None, report: Report | None = None
+) -> list[Path]:
     """Write Kaldi's `per_utt` (ref / hyp / op / #csid rows per utterance) and `per_spk` (speaker table) files
-    for one result into `out_dir`; speakers come from `utt2spk` (without it, all utterances count as speaker
-    `all`). Returns the two paths."""
-    out_dir = Path(out_dir)
+    for one result into `out_dir` (created, as score.sh's wer_details). Speakers come from `utt2spk`: a file, or a
+    data dir (its utt2spk or spk2utt), read as `asr-bn prep` reads them (a reversed utt2spk is recognised and
+    noted in `report`); without it all utterances count as speaker `all`. Returns the two paths."""
+    out_dir = check_output_dir(out_dir, "--details")
+    report = report if report is not None else Report("score")
+    spk_of: dict[str, str] = {}
+    if utt2spk is not None and Path(utt2spk).is_dir() and not any(Path(utt2spk, n).is_file() for n in _SPK_FILES):
+        report.note(f"{utt2spk} has neither utt2spk nor spk2utt: all utterances count as speaker `all`")
+        utt2spk = None
+    if utt2spk is not None:
+        read = read_speakers if Path(utt2spk).is_dir() else read_utt2spk
+        spk_of = read(utt2spk, result.utts, report)
+        unknown = [utt for utt in result.utts if utt not in spk_of]
+        if unknown:
+            report.note(f"{len(unknown)} scored utterances have no speaker in {utt2spk} (e.g. {unknown[0]}): "
+                        "counted under speaker `unknown`")
     rows = []
     for utt, ali in result.utts.items():
         ops = ali.ops()
@@ -381,10 +382,9 @@ def write_details(result: WerResult, out_dir: str | Path, utt2spk: str | Path | 
     per_utt = out_dir / "per_utt"
     write_text(per_utt, "\n".join(rows) + "\n")
 
-    spk_of = _read_utt2spk(utt2spk) if utt2spk is not None else {}
     by_spk: dict[str, ErrorCounts] = {}
     for utt, ali in result.utts.items():
-        spk = spk_of.get(utt, "unknown") if spk_of else "all"
+        spk = spk_of.get(utt, "unknown") if utt2spk is not None else "all"
         by_spk[spk] = by_spk.get(spk, ErrorCounts()) + ali.counts
     table = [
         f"{'SPEAKER':<15} {'id':<4} {'#SENT':>6} {'#WORD':>7} {'Corr':>7} {'Sub':>7} {'Ins':>7} {'Del':>7} "

@@ -54,7 +54,7 @@ from asr_bn.batching import (
 from asr_bn.config import PRESETS, TrainConfig
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.features import FeaturePipeline
-from asr_bn.io import OutputLock, atomic_path, error_detail, write_text
+from asr_bn.io import OutputLock, atomic_path, check_output_dir, check_output_file, error_detail, write_text
 from asr_bn.model import BnBlstm, ModelConfig, reestimate_population_stats
 from asr_bn.report import Report
 from asr_bn.score import FrameScores, frame_scores
@@ -213,6 +213,7 @@ def train(cfg: TrainConfig, resume: bool = False, given: set[str] | None = None)
     final state (best dev CE and its update).
     """
     dist = _Dist.from_env()
+    check_output_dir(cfg.exp_dir, "EXP_DIR")
     lock = OutputLock(cfg.exp_dir) if dist.main else contextlib.nullcontext()
     with lock, dist.group(cfg.device), _StopSignals() as stop:
         return _train(cfg, resume, given, dist, stop)  # the run (and its DDP wrapper) is gone before the group ends
@@ -261,6 +262,8 @@ def launch(nproc: int, argv: list[str]) -> int:
 
 # -- checkpoints --------------------------------------------------------------------------------------------------
 
+_ZIP_MAGIC = b"PK\x03\x04"  # the first bytes of every file torch.save writes
+_UNPICKLER = "WeightsUnpickler error:"
 CHECKPOINT_FORMAT = "asr-bn checkpoint"
 MODEL_FORMAT = "asr-bn model"
 _MODEL_KEYS = ("version", "model", "model_config", "pipeline", "priors", "train_config")
@@ -275,11 +278,23 @@ def load_checkpoint(path: str | Path, expect: str = CHECKPOINT_FORMAT) -> dict[s
     one-line AsrBnError naming the file."""
     path = Path(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:
+            magic = f.read(4)
     except FileNotFoundError as e:
         raise AsrBnError(f"{path} does not exist (train a model first, or drop --resume)") from e
+    except OSError as e:
+        raise AsrBnError(f"cannot read {path}: {e.strerror or e}") from e
+    if magic != _ZIP_MAGIC:  # torch.save writes zip files; a JSON, text or empty file is no checkpoint at all
+        raise AsrBnError(
+            f"{path} is not an asr-bn model or checkpoint (not a PyTorch zip file); give a model dir of "
+            "`asr-bn train` or its final.pt (a damaged checkpoint.pt: delete it or train again)"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for damaged files (pickle, zip, EOF, runtime)
-        detail = error_detail(e, 160)
+        text = str(e)  # weights_only failures: a paragraph of advice, then what was found after this marker
+        found = text.split(_UNPICKLER)[-1].strip().splitlines()[0].split(". ")[0] if _UNPICKLER in text else ""
+        detail = found or error_detail(e, 160)
         raise AsrBnError(f"{path} is corrupt or not an asr-bn file ({detail}); delete it or train again") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != expect:
         raise AsrBnError(f"{path} is not an {expect} file; delete it or train again")
@@ -503,7 +518,7 @@ class _Run:
         dev_pipeline = FeaturePipeline.load(Path(cfg.dev) / "pipeline.json")
         if dev_pipeline != pipeline:
             raise AsrBnError(
-                f"{cfg.dev}/pipeline.json differs from {cfg.data}/pipeline.json; prepare both the same way"
+                f"{cfg.dev}/pipeline.json differs from {cfg.data}/pipeline.json in {pipeline.mismatch(dev_pipeline)}"
             )
         priors = [int(c) for c in ckpt["priors"]] if ckpt else [int(c) for c in _pdf_counts(cfg, utts)]
         train_set = UtteranceDataset(cfg.data, len(priors), utts, cache=cfg.cache)
@@ -524,8 +539,10 @@ class _Run:
 
         if ckpt:
             if ckpt["pipeline"] != pipeline.to_dict():
+                trained_on = FeaturePipeline.from_dict(ckpt["pipeline"]).mismatch(pipeline)
                 raise AsrBnError(
-                    f"{cfg.data}/pipeline.json differs from the features {exp / 'checkpoint.pt'} was trained on"
+                    f"{cfg.data}/pipeline.json differs from the features {exp / 'checkpoint.pt'} was trained on "
+                    f"in {trained_on}"
                 )
             model_config = _saved_model_config(ckpt, exp / "checkpoint.pt")
         else:
@@ -707,7 +724,7 @@ class _Run:
             self.progress, self.task = None, None
 
     def plot(self) -> None:
-        if self.dist.main:
+        if self.dist.main and read_metrics(self.exp):  # none yet when a signal stopped the run before its first row
             plot_runs([self.exp], self.exp / "learning_curve.png")
 
     def close(self) -> None:
@@ -814,7 +831,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         raise AsrBnError(f"{path} is missing: {run_dir} is not an `asr-bn train` directory")
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():  # bad bytes: a bad line, skipped
         with contextlib.suppress(ValueError):
             rows.append(json.loads(line))
     return rows
@@ -828,10 +845,14 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, labels: list[str] | N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    out = check_output_file(out, "--out")
     labels = labels or [Path(d).name for d in run_dirs]
     fig, (ax_ce, ax_fer) = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, (run_dir, label) in enumerate(zip(run_dirs, labels)):
         rows = read_metrics(run_dir)
+        if not rows:
+            raise AsrBnError(f"{Path(run_dir) / 'metrics.jsonl'} holds no metrics rows (a run stopped before its first "
+                             "--log-every updates, or not a metrics file); train further or leave it out")
         color = f"C{i}"
         for kind, style in (("train", "--"), ("dev", "-")):
             pts = [r for r in rows if r.get("kind") == kind]
@@ -845,7 +866,6 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, labels: list[str] | N
         ax.grid(alpha=0.3)
     ax_ce.legend(fontsize="small")
     fig.tight_layout()
-    out = Path(out)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)

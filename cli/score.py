@@ -42,10 +42,14 @@ def wer(
     asr-bn score wer data/test exp/blstm/decode --ignore '<SIL>'
     asr-bn score wer data/test exp/blstm/decode_test/text exp/blstm_bn/decode_test/text --bootstrap"""
     from asr_bn.errors import UsageError
+    from asr_bn.io import check_output_dir
+    from asr_bn.report import Report
     from asr_bn.score import best_of, bootstrap_wer, score_hyps, write_details
 
     if bootstrap and len(hyps) not in (1, 2):
         raise UsageError(f"--bootstrap compares one or two systems; got {len(hyps)} HYP arguments")
+    if details is not None:
+        check_output_dir(details, "--details")
     words = [w for w in ignore.split(",") if w]
     scored = [score_hyps(ref, [h], words, mode) for h in hyps] if bootstrap else [score_hyps(ref, hyps, words, mode)]
     results = [r for system, _ in scored for r in system]
@@ -64,10 +68,11 @@ def wer(
         for line in boot.lines():
             typer.echo(line)
     if details is not None:
-        if utt2spk is None and ref.is_dir() and (ref / "utt2spk").is_file():
-            utt2spk = ref / "utt2spk"
-        for path in write_details(best, details, utt2spk):
+        report = Report("score")
+        for path in write_details(best, details, utt2spk or (ref if ref.is_dir() else None), report):
             typer.echo(f"wrote {path}", err=True)
+        for note in report.notes:
+            typer.echo(f"note: {note}", err=True)
 
 
 @app.command("frames")

@@ -154,7 +154,7 @@ def test_mismatches_are_one_line_errors(yesno_root: Path, oracle: Path, tmp_path
     (other / "HCLG.fst").write_bytes(b"not an fst")
     with pytest.raises(AsrBnError, match="not an OpenFst vector or const FST"):
         load_graph(other, model)
-    with pytest.raises(AsrBnError, match="cannot read log-likelihoods"):
+    with pytest.raises(UsageError, match="missing.ark does not exist; give the output of `asr-bn forward`"):
         decode(graph, model, tmp_path / "missing.ark", tmp_path / "d")
     with pytest.raises(UsageError, match="needs lattices"):
         decode(graph, model, oracle / "ll.ark", tmp_path / "d", DecodeConfig(lmwt=(10,)))
@@ -235,4 +235,4 @@ def test_cli_mkgraph_decode_score(yesno_root: Path, oracle: Path, tmp_path: Path
                               "--lattices", "--lmwt", "x"])
     assert bad.exit_code == 2 and "--lmwt" in bad.output
     missing = runner.invoke(app, ["mkgraph", str(tmp_path / "nolang"), str(yesno_root / "exp/mono"), str(tmp_path / "h")])
-    assert missing.exit_code == 1 and "lexicon" in missing.output
+    assert missing.exit_code == 2 and f"lang dir {tmp_path / 'nolang'} does not exist" in missing.output
