@@ -419,18 +419,15 @@ def read_per_utt(path: str | Path) -> dict[str, ErrorCounts]:
     if not path.is_file():
         raise AsrBnError(f"{path}: no such file (write it with `asr-bn score wer … --details DIR`)")
     out: dict[str, ErrorCounts] = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            fields = line.split()
-            if len(fields) < 2 or fields[1] != "#csid":
-                continue
-            if len(fields) != 6 or not all(x.isdigit() for x in fields[2:]):
-                raise AsrBnError(
-                    f"{path}:{n}: expected `utt-id #csid C S I D` with 4 counts >= 0, got {line.strip()!r}"
-                )
-            corr, subs, ins, dels = (int(x) for x in fields[2:])
-            words = corr + subs + dels
-            out[fields[0]] = ErrorCounts(words, ins, dels, subs, 1, int(subs + ins + dels > 0))
+    for n, line in read_lines(path):  # non-UTF-8 is an error naming the line
+        fields = line.split()
+        if len(fields) < 2 or fields[1] != "#csid":
+            continue
+        if len(fields) != 6 or not all(x.isdigit() for x in fields[2:]):
+            raise AsrBnError(f"{path}:{n}: expected `utt-id #csid C S I D` with 4 counts >= 0, got {line!r}")
+        corr, subs, ins, dels = (int(x) for x in fields[2:])
+        words = corr + subs + dels
+        out[fields[0]] = ErrorCounts(words, ins, dels, subs, 1, int(subs + ins + dels > 0))
     if not out:
         raise AsrBnError(f"{path}: no `utt-id #csid C S I D` rows (is it a Kaldi per_utt file?)")
     return out

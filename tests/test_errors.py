@@ -18,6 +18,7 @@ from asr_bn.batching import BucketingSampler
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.features import FbankConfig, FeaturePipeline
 from asr_bn.io import OutputLock, atomic_path, read_matrix, write_ark_scp
+from asr_bn.score import read_per_utt
 from asr_bn.train import TrainConfig, train
 from asr_bn_cli.main import app
 
@@ -276,6 +277,9 @@ def test_non_utf8_text_and_metrics_are_one_line(model: tuple[Path, Path], tmp_pa
     code, out = cli("score", "wer", tmp_path / "ref", tmp_path / "ref")
     line = error_line(out)
     assert code == 1 and f"{tmp_path}/ref line 1: not valid UTF-8 (byte 0xe9 at column 7)" in line and "iconv" in line
+    with pytest.raises(AsrBnError, match=r"per_utt line 1: not valid UTF-8 \(byte 0xe9"):  # bootstrap's reader
+        (tmp_path / "per_utt").write_bytes(b"u1 #csid 1 0 0 0 caf\xe9\n")
+        read_per_utt(tmp_path / "per_utt")
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_bytes(b"\xc6\x01garbage\n")
