@@ -476,6 +476,8 @@ class DecodeConfig:
     lattice_beam: float = option(8.0, _POSITIVE)  # lattice pruning beam (lattice decoding only)
     lattices: bool = False  # decode with lattices (Kaldi-readable lat.ark, and hyp_LMWT files with `lmwt`)
     lmwt: tuple[int, ...] = ()  # LM weights to rescore the lattices with (needs lattices), e.g. 7..17
+    ctm: bool = False  # also write word times of the one-best path (Kaldi `ctm`)
+    frame_shift: float = option(0.01, _POSITIVE)  # seconds per frame of the log-likelihoods (features'), for the ctm
 
     def check(self) -> None:
         """Reject impossible values with a one-line fix."""

@@ -175,20 +175,21 @@ class Hypothesis:
     utt: str
     words: list[str]
     frames: int
-    log_like: float  # -(graph cost + acoustic cost), acoustic costs unscaled (Kaldi's "log-like")
+    log_like: float  # -(graph cost + acoustic-scale × acoustic cost) of the best path, as Kaldi's decoders report
     reached_final: bool
+    alignment: list[int] = field(default_factory=list)  # the best path's transition-id per frame
     lattice: bytes | None = None  # OpenFst binary of the state-level Lattice (Kaldi's binary lattice holder)
     by_lmwt: dict[int, list[str]] = field(default_factory=dict)
 
 
-def _best_path(graph: Graph, path) -> tuple[list[str], float, float]:  # noqa: ANN001 - linear kaldifst.Lattice
-    """Words, graph cost and acoustic cost of a linear lattice (a best path)."""
+def _best_path(graph: Graph, path) -> tuple[list[str], list[int], float, float]:  # noqa: ANN001 - kaldifst.Lattice
+    """Words, transition-ids, graph cost and acoustic cost of a linear lattice (a best path)."""
     from asr_bn.kaldi_ext import kaldifst
 
-    ok, _tids, word_ids, weight = kaldifst.get_linear_symbol_sequence(path)
+    ok, tids, word_ids, weight = kaldifst.get_linear_symbol_sequence(path)
     if not ok:
         raise RuntimeError("kaldifst returned a best path that is not linear")  # a library contract, not user input
-    return [graph.words.get(w, f"<unk:{w}>") for w in word_ids], weight.value1, weight.value2
+    return [graph.words.get(w, f"<unk:{w}>") for w in word_ids], list(tids), weight.value1, weight.value2
 
 
 def decode_matrix(graph: Graph, utt: str, loglikes: np.ndarray, config: DecodeConfig) -> Hypothesis:
@@ -211,19 +212,17 @@ def decode_matrix(graph: Graph, utt: str, loglikes: np.ndarray, config: DecodeCo
         ok, best = decoder.get_best_path()
         if not ok or best.num_states == 0:
             raise AsrBnError(f"utterance {utt}: no path survived the beam (raise --beam or --max-active)")
-        words, graph_cost, am_cost = _best_path(graph, best)
-        log_like = -(graph_cost + am_cost / config.acoustic_scale)
-        return Hypothesis(utt, words, frames, log_like, decoder.reached_final())
+        words, tids, graph_cost, am_cost = _best_path(graph, best)  # acoustic cost at the decoding scale
+        return Hypothesis(utt, words, frames, -(graph_cost + am_cost), decoder.reached_final(), tids)
     ok, lat = decoder.get_raw_lattice()
     if not ok or lat.num_states == 0:
         raise AsrBnError(f"utterance {utt}: no path survived the beam (raise --beam)")
     # Kaldi keeps unscaled acoustic costs in lattices; rescoring applies 1/LMWT to them.
     kaldifst.scale_lattice(kaldifst.lattice_scale(1.0, 1.0 / config.acoustic_scale), lat)
     best = kaldifst.lattice_to_nbest(lat, acoustic_scale=config.acoustic_scale, lm_scale=1.0, n=1)[0]
-    words, graph_cost, am_cost = _best_path(graph, best)
-    hyp = Hypothesis(
-        utt, words, frames, -(graph_cost + am_cost), math.isfinite(decoder.final_relative_cost()), _fst_bytes(lat)
-    )
+    words, tids, graph_cost, am_cost = _best_path(graph, best)  # lattice_to_nbest leaves the costs scaled
+    reached_final = math.isfinite(decoder.final_relative_cost())
+    hyp = Hypothesis(utt, words, frames, -(graph_cost + am_cost), reached_final, tids, _fst_bytes(lat))
     for lmwt in config.lmwt:
         path = kaldifst.lattice_to_nbest(lat, acoustic_scale=1.0 / lmwt, lm_scale=1.0, n=1)[0]
         hyp.by_lmwt[lmwt] = _best_path(graph, path)[0]
@@ -382,13 +381,16 @@ def decode(
     out_dir: str | Path,
     config: DecodeConfig | None = None,
     nj: int = 1,
+    lang: str | Path | None = None,
 ) -> Report:
     """Decode every utterance of `loglikes` (rspecifier or ark/scp path) into `out_dir`.
 
     Writes `text` (one-best words per utterance, input order), `report.json`, and with `config.lattices`
     `lat.ark`/`lat.scp` (state-level lattices, transition-ids in, word ids out, unscaled acoustic costs: Kaldi's
-    lattice tools read them) plus `hyp_LMWT` for each of `config.lmwt`. Utterances that cannot be decoded are
-    skipped and named in the report; those that reach no final state keep their partial output, as Kaldi does.
+    lattice tools read them) plus `hyp_LMWT` for each of `config.lmwt`; with `config.ctm` a Kaldi `ctm` of the
+    one-best words, word boundaries from `lang`'s lexicon (default: the graph dir's phones/align_lexicon.int).
+    Utterances that cannot be decoded are skipped and named in the report; those that reach no final state keep
+    their partial output, as Kaldi does.
     """
     config = config or DecodeConfig()
     config.check()
@@ -399,7 +401,13 @@ def decode(
     report = Report("decode")
     with OutputLock(out_dir):
         graph = load_graph(graph_dir, model)
-        for stale in [*out_dir.glob("hyp_*"), out_dir / "lat.ark", out_dir / "lat.scp"]:
+        if config.ctm:
+            from asr_bn.ctm import ctm_lines, load_word_lexicon, word_segments
+
+            lexicon = load_word_lexicon(graph.path, graph.words, lang)
+            tm = read_transition_model(graph.model_path)
+            no_ctm: list[str] = []
+        for stale in [*out_dir.glob("hyp_*"), out_dir / "lat.ark", out_dir / "lat.scp", out_dir / "ctm"]:
             stale.unlink(missing_ok=True)  # outputs of an earlier run with other options must not be scored
         items = ((utt, _check_shape(graph, utt, mat, rspecifier)) for utt, mat in _read_matrices(rspecifier))
         counts = {"utterances": 0, "decoded": 0, "partial": 0, "frames": 0}
@@ -409,6 +417,7 @@ def decode(
             text = files.enter_context(atomic_open(out_dir / "text"))
             by_lmwt = {w: files.enter_context(atomic_open(out_dir / f"hyp_{w}")) for w in config.lmwt}
             lat_ark = files.enter_context(atomic_open(out_dir / "lat.ark", "wb")) if config.lattices else None
+            ctm = files.enter_context(atomic_open(out_dir / "ctm")) if config.ctm else None
             scp_lines: list[str] = []
             name = f"decode {out_dir.parent.name}/{out_dir.name}"  # the model's dir and the set's, e.g. blstm/decode_dev
             task = bar.add_task(name, total=_count_scp(rspecifier), info="")
@@ -427,9 +436,17 @@ def decode(
                 for w, f in by_lmwt.items():
                     f.write(" ".join([utt, *hyp.by_lmwt[w]]) + "\n")
                 if lat_ark is not None and hyp.lattice is not None:
+                    # Kaldi's lattice holders write no binary "\0B" marker: the OpenFst header follows the key.
                     lat_ark.write(utt.encode() + b" ")
                     scp_lines.append(f"{utt} {(out_dir / 'lat.ark').resolve()}:{lat_ark.tell()}\n")
-                    lat_ark.write(b"\0B" + hyp.lattice)
+                    lat_ark.write(hyp.lattice)
+                if ctm is not None:
+                    phones = tm.phone_segments(np.asarray(hyp.alignment, dtype=np.int64), f"utterance {utt}")
+                    segments = word_segments(phones, hyp.words, lexicon)
+                    if segments is None:
+                        no_ctm.append(utt)
+                    else:
+                        ctm.write(ctm_lines(utt, segments, config.frame_shift))
                 bar.update(task, info=f"partial {len(partial)}, skipped {report.num_skipped}")
         if config.lattices:
             write_text(out_dir / "lat.scp", "".join(scp_lines))
@@ -439,6 +456,11 @@ def decode(
             report.note(
                 f"{len(partial)} utterance(s) reached no final state; their partial output is kept "
                 f"(raise --beam): {' '.join(partial[:5])}{' …' if len(partial) > 5 else ''}"
+            )
+        if config.ctm and no_ctm:
+            report.note(
+                f"{len(no_ctm)} utterance(s) have no ctm lines: their phones do not spell their words with the "
+                f"lexicon (is it the graph's lexicon?): {' '.join(no_ctm[:5])}{' …' if len(no_ctm) > 5 else ''}"
             )
         if counts["frames"]:
             report.note(f"average log-likelihood per frame {total_log_like / counts['frames']:.4f}")

@@ -35,7 +35,7 @@ def decode(
     loglikes: Annotated[str, typer.Argument(help="Log-likelihoods from asr-bn forward: ark:-, ark:FILE, scp:FILE, "
                                             "or a .ark/.scp path.")],
     out_dir: Annotated[str, typer.Argument(help="Output dir: text (hypotheses), report.json; with "
-                                           "--lattices lat.ark/.scp and hyp_LMWT.")],
+                                           "--lattices lat.ark/.scp and hyp_LMWT; with --ctm ctm.")],
     acoustic_scale: Annotated[float, typer.Option(help="Scale on the acoustic log-likelihoods.", rich_help_panel=_D,
                                                   callback=field_range(DecodeConfig, "acoustic_scale"))] = 0.1,
     beam: Annotated[float, typer.Option(help="Decoding beam.", rich_help_panel=_D,
@@ -48,6 +48,12 @@ def decode(
                                            "readable by Kaldi's lattice tools); slower: no --max-active.")] = False,
     lmwt: Annotated[Optional[str], typer.Option(help="With --lattices: also write hyp_LMWT for each LM weight of "
                                                 "this range, e.g. 7:17 (score.sh's sweep).")] = None,
+    ctm: Annotated[bool, typer.Option(help="Also write `ctm`: word times of the one-best path (Kaldi's "
+                                      "utt channel start duration word), word boundaries from the lexicon.")] = False,
+    lang: Annotated[Optional[str], typer.Option(help="With --ctm: the lang folder the graph was built from "
+                                                "(default: the graph dir's phones/align_lexicon.int).")] = None,
+    frame_shift: Annotated[float, typer.Option(help="With --ctm: seconds per frame (the features' frame shift).",
+                                               callback=field_range(DecodeConfig, "frame_shift"))] = 0.01,
     nj: Annotated[int, typer.Option(help="Parallel decoding processes.", callback=in_range(Range(1)))] = 1,
 ) -> None:
     """Decode log-likelihoods with a Kaldi graph, without Kaldi binaries, into Kaldi `text` hypotheses.
@@ -55,9 +61,14 @@ def decode(
     e.g. asr-bn forward exp/blstm data/test ark:- | asr-bn decode exp/tri4b/graph_tgpr exp/tri4b_ali ark:- exp/blstm/decode
     """
     from asr_bn.decode import decode as run
+    from asr_bn.errors import UsageError
 
-    config = DecodeConfig(acoustic_scale, beam, max_active, lattice_beam, lattices, _lmwt_range(lmwt))
-    report = run(graph_dir, model, loglikes, out_dir, config, nj)
+    if lang is not None and not ctm:
+        raise UsageError("--lang is only read for word times: add --ctm")
+    config = DecodeConfig(
+        acoustic_scale, beam, max_active, lattice_beam, lattices, _lmwt_range(lmwt), ctm, frame_shift
+    )
+    report = run(graph_dir, model, loglikes, out_dir, config, nj, lang)
     for line in report.lines():
         typer.echo(line, err=True)
 
