@@ -1,0 +1,162 @@
+"""asr-bn decode against Kaldi's own binaries (../shared/kaldi) on real GMM log-likelihoods of the yesno test set:
+Kaldi's lattice tools read asr-bn's lattices, the log-likelihood per frame is the one Kaldi's decoders report, and
+the ctm has Kaldi's words and times (lattice-align-words + nbest-to-ctm) to the frame."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from conftest import run_kaldi
+
+from asr_bn.decode import DecodeConfig, decode
+from asr_bn.score import read_text
+
+
+@pytest.fixture(scope="module")
+def gmm_loglikes(yesno_root: Path, kaldi_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Kaldi's GMM log-likelihoods (gmm-compute-likes with exp/mono/final.mdl) of the 29 yesno test utterances:
+    MFCCs as the yesno run made them (8 kHz, no energy), per-speaker CMVN, deltas. Returns ll.ark."""
+    out = tmp_path_factory.mktemp("gmm_ll")
+    data = yesno_root / "data/test_yesno"
+    wav = "".join(f"{u} {yesno_root / p}\n" for u, p in (line.split() for line in (data / "wav.scp").open()))
+    (out / "wav.scp").write_text(wav)
+    run_kaldi(["compute-mfcc-feats", "--use-energy=false", "--sample-frequency=8000", "--dither=0",
+               f"scp:{out / 'wav.scp'}", f"ark:{out / 'mfcc.ark'}"])  # fmt: skip
+    run_kaldi(["compute-cmvn-stats", f"ark:{out / 'mfcc.ark'}", f"ark:{out / 'cmvn.ark'}"])  # one global speaker
+    feats = run_kaldi(["apply-cmvn", f"ark:{out / 'cmvn.ark'}", f"ark:{out / 'mfcc.ark'}", "ark:-"]).stdout
+    feats = run_kaldi(["add-deltas", "ark:-", "ark:-"], input=feats).stdout
+    run_kaldi(["gmm-compute-likes", yesno_root / "exp/mono/final.mdl", "ark:-", f"ark:{out / 'll.ark'}"], input=feats)
+    return out / "ll.ark"
+
+
+@pytest.fixture(scope="module")
+def decoded(yesno_root: Path, gmm_loglikes: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """asr-bn decode of the GMM log-likelihoods, one-best and with lattices, both with a ctm."""
+    out = tmp_path_factory.mktemp("decoded")
+    graph, model = yesno_root / "exp/mono/graph", yesno_root / "exp/mono/final.mdl"
+    dirs = {"onebest": out / "onebest", "lattices": out / "lattices"}
+    decode(graph, model, gmm_loglikes, dirs["onebest"], DecodeConfig(ctm=True))
+    decode(graph, model, gmm_loglikes, dirs["lattices"], DecodeConfig(lattices=True, ctm=True))
+    return dirs
+
+
+def _ints_to_words(text: str, words_txt: Path) -> dict[str, list[str]]:
+    words = {i: w for w, i in (line.split() for line in words_txt.read_text().splitlines())}
+    return {utt: [words[i] for i in ids] for utt, *ids in (line.split() for line in text.splitlines())}
+
+
+def _avg_log_like(decode_dir: Path) -> float:
+    notes = json.loads((decode_dir / "report.json").read_text())["notes"]
+    return float(next(re.search(r"per frame (\S+)", n).group(1) for n in notes if "per frame" in n))
+
+
+def _kaldi_log_like(stderr: bytes) -> float:
+    return float(re.search(rb"Overall log-likelihood per frame is (\S+) over (\d+) frames", stderr).group(1))
+
+
+def test_kaldi_lattice_tools_read_asr_bn_lattices(
+    yesno_root: Path, decoded: dict[str, Path], tmp_path: Path
+) -> None:
+    lat_dir, words_txt = decoded["lattices"], yesno_root / "exp/mono/graph/words.txt"
+    model = yesno_root / "exp/mono/final.mdl"
+    text = read_text(lat_dir / "text")
+    assert len(text) == 29
+    for rspec in (f"ark:{lat_dir / 'lat.ark'}", f"scp:{lat_dir / 'lat.scp'}"):
+        copied = run_kaldi(["lattice-copy", rspec, "ark,t:-"], text=True).stdout
+        assert sum(1 for line in copied.splitlines() if line.strip() in text) == 29  # a text lattice per key
+        best = run_kaldi(["lattice-best-path", "--acoustic-scale=0.1", rspec, "ark,t:-"], text=True).stdout
+        assert _ints_to_words(best, words_txt) == text
+    lat = f"ark:{lat_dir / 'lat.ark'}"
+    done = re.compile(rb"Done 29 lattices")
+    assert done.search(run_kaldi(["lattice-scale", "--acoustic-scale=0.1", lat, "ark:/dev/null"]).stderr)
+    pruned = tmp_path / "det.ark"
+    det = run_kaldi(["lattice-determinize-pruned", "--acoustic-scale=0.1", lat, f"ark:{pruned}"]).stderr
+    assert done.search(det)
+    best = run_kaldi(["lattice-best-path", "--acoustic-scale=0.1", f"ark:{pruned}", "ark,t:-"], text=True).stdout
+    assert _ints_to_words(best, words_txt) == text  # determinized by Kaldi, same words
+    assert done.search(run_kaldi(["lattice-to-post", "--acoustic-scale=0.1", lat, "ark:/dev/null"]).stderr)
+    # yesno's phones are word-position independent and each word is one phone: SIL no word, Y and N whole words
+    boundary = tmp_path / "word_boundary.int"
+    boundary.write_text("1 nonword\n2 singleton\n3 singleton\n")
+    # state-level lattices, as latgen-faster-mapped --determinize-lattice=false writes: Kaldi determinizes first
+    aligned = run_kaldi(["lattice-align-words", boundary, model, f"ark:{pruned}", "ark:/dev/null"], timeout=60).stderr
+    assert re.search(rb"Successfully aligned 29 lattices", aligned), aligned.decode()[-500:]
+
+
+def test_log_likelihood_per_frame_is_kaldis(
+    yesno_root: Path, gmm_loglikes: Path, decoded: dict[str, Path], tmp_path: Path
+) -> None:
+    graph, model = yesno_root / "exp/mono/graph", yesno_root / "exp/mono/final.mdl"
+    common = ["--acoustic-scale=0.1", "--beam=13", f"--word-symbol-table={graph / 'words.txt'}", model,
+              graph / "HCLG.fst", f"ark:{gmm_loglikes}"]  # fmt: skip
+    faster = run_kaldi(["decode-faster-mapped", "--max-active=7000", *common, "ark,t:-"], text=False)
+    latgen = run_kaldi(["latgen-faster-mapped", "--lattice-beam=8", *common, "ark:/dev/null"])
+    kaldi_words = _ints_to_words(faster.stdout.decode(), graph / "words.txt")
+    ours = {mode: _avg_log_like(d) for mode, d in decoded.items()}
+    assert ours["onebest"] == pytest.approx(ours["lattices"], abs=1e-4)  # the same quantity with and without
+    assert ours["onebest"] == pytest.approx(_kaldi_log_like(faster.stderr), abs=1e-3)
+    assert ours["lattices"] == pytest.approx(_kaldi_log_like(latgen.stderr), abs=1e-3)
+    assert ours["onebest"] < -1  # real GMM scores: far from the 0 of oracle scores
+    for d in decoded.values():
+        assert read_text(d / "text") == kaldi_words
+
+
+def _ctm(lines: str) -> list[tuple[str, int, int, str]]:
+    """(utt, first frame, frames, word) per ctm line, times in 10 ms frames."""
+    out = []
+    for line in lines.splitlines():
+        utt, channel, start, dur, word, *_ = line.split()
+        assert channel == "1"
+        out.append((utt, round(float(start) / 0.01), round(float(dur) / 0.01), word))
+    return out
+
+
+def test_ctm_matches_kaldi_word_alignment(
+    yesno_root: Path, gmm_loglikes: Path, decoded: dict[str, Path], tmp_path: Path
+) -> None:
+    graph, model = yesno_root / "exp/mono/graph", yesno_root / "exp/mono/final.mdl"
+    words = {i: w for w, i in (line.split() for line in (graph / "words.txt").read_text().splitlines())}
+    lat = f"ark:{decoded['lattices'] / 'lat.ark'}"
+    best = run_kaldi(["lattice-1best", "--acoustic-scale=0.1", lat, "ark:-"]).stdout
+    aligned = run_kaldi(
+        ["lattice-align-words-lexicon", graph / "phones/align_lexicon.int", model, "ark:-", "ark:-"], input=best
+    ).stdout
+    kaldi = run_kaldi(["nbest-to-ctm", "ark:-", "-"], input=aligned).stdout.decode()
+    expected = [(u, s, d, words[w]) for u, s, d, w in _ctm(kaldi)]
+    assert len(expected) == 29 * 8  # eight words per utterance
+    for d in decoded.values():
+        assert _ctm((d / "ctm").read_text()) == expected
+    # the lang folder's lexicon.txt gives the same word times as the graph dir's align_lexicon.int; 30 ms frames
+    decode(graph, model, gmm_loglikes, tmp_path, DecodeConfig(ctm=True, frame_shift=0.03), lang=yesno_root / "data/lang")
+    assert [(u, round(s / 3), round(d / 3), w) for u, s, d, w in _ctm((tmp_path / "ctm").read_text())] == expected
+
+
+def test_ctm_needs_a_lexicon_that_spells_the_words(yesno_root: Path, gmm_loglikes: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from asr_bn.errors import AsrBnError
+    from asr_bn_cli.main import app
+
+    graph, model = tmp_path / "graph", yesno_root / "exp/mono/final.mdl"
+    graph.mkdir()
+    for name in ("HCLG.fst", "words.txt", "num_pdfs"):
+        (graph / name).write_bytes((yesno_root / "exp/mono/graph" / name).read_bytes())
+    with pytest.raises(AsrBnError, match="align_lexicon.int: no such file.*--lang"):
+        decode(graph, model, gmm_loglikes, tmp_path / "dec", DecodeConfig(ctm=True))
+    lexicon = graph / "phones/align_lexicon.int"
+    lexicon.parent.mkdir()
+    lexicon.write_text("0 0 1\n1 1 1\n2 2 3\n3 3 3\n")  # YES (3) spelled N: no YES has word times
+    report = decode(graph, model, gmm_loglikes, tmp_path / "dec", DecodeConfig(ctm=True))
+    ctm = (tmp_path / "dec/ctm").read_text()
+    texts = read_text(tmp_path / "dec/text")
+    assert {line.split()[0] for line in ctm.splitlines()} == {u for u, ws in texts.items() if "YES" not in ws}
+    assert any("no ctm lines" in n for n in report.notes)
+    lexicon.write_text("2 2 x\n")
+    with pytest.raises(AsrBnError, match=r"align_lexicon.int:1: expected"):
+        decode(graph, model, gmm_loglikes, tmp_path / "dec", DecodeConfig(ctm=True))
+    result = CliRunner().invoke(app, ["decode", str(graph), str(model), str(gmm_loglikes), str(tmp_path / "d2"),
+                                      "--lang", str(yesno_root / "data/lang")])  # fmt: skip
+    assert result.exit_code == 2 and "add --ctm" in result.output
