@@ -9,6 +9,7 @@ per weight (`hyp_LMWT`, what Kaldi's score.sh scores).
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import tempfile
@@ -208,19 +209,19 @@ def decode_matrix(graph: Graph, utt: str, loglikes: np.ndarray, config: DecodeCo
     decoder = graph.decoder(config)
     decoder.decode(kaldi_decoder.DecodableCtc(transition_id_scores(loglikes, graph.tid2pdf, config.acoustic_scale)))
     frames = loglikes.shape[0]
+    # The decoder's best path, acoustic costs at the decoding scale: Kaldi's decoders take words and the
+    # log-likelihood they report from it, with or without lattices.
+    ok, best = decoder.get_best_path()
+    if not ok or best.num_states == 0:
+        raise AsrBnError(f"utterance {utt}: no path survived the beam (raise --beam or --max-active)")
+    words, tids, graph_cost, am_cost = _best_path(graph, best)
     if not config.lattices:
-        ok, best = decoder.get_best_path()
-        if not ok or best.num_states == 0:
-            raise AsrBnError(f"utterance {utt}: no path survived the beam (raise --beam or --max-active)")
-        words, tids, graph_cost, am_cost = _best_path(graph, best)  # acoustic cost at the decoding scale
         return Hypothesis(utt, words, frames, -(graph_cost + am_cost), decoder.reached_final(), tids)
     ok, lat = decoder.get_raw_lattice()
     if not ok or lat.num_states == 0:
         raise AsrBnError(f"utterance {utt}: no path survived the beam (raise --beam)")
     # Kaldi keeps unscaled acoustic costs in lattices; rescoring applies 1/LMWT to them.
     kaldifst.scale_lattice(kaldifst.lattice_scale(1.0, 1.0 / config.acoustic_scale), lat)
-    best = kaldifst.lattice_to_nbest(lat, acoustic_scale=config.acoustic_scale, lm_scale=1.0, n=1)[0]
-    words, tids, graph_cost, am_cost = _best_path(graph, best)  # lattice_to_nbest leaves the costs scaled
     reached_final = math.isfinite(decoder.final_relative_cost())
     hyp = Hypothesis(utt, words, frames, -(graph_cost + am_cost), reached_final, tids, _fst_bytes(lat))
     for lmwt in config.lmwt:
@@ -229,16 +230,23 @@ def decode_matrix(graph: Graph, utt: str, loglikes: np.ndarray, config: DecodeCo
     return hyp
 
 
+_SCRATCH: list[Path] = []  # this process's scratch file for lattices, made on first use
+
+
 def _fst_bytes(lat) -> bytes:  # noqa: ANN001 - kaldifst.Lattice
-    """The OpenFst binary form (with header) of a lattice: what Kaldi's LatticeHolder writes in binary mode."""
-    fd, tmp = tempfile.mkstemp(suffix=".fst")
-    os.close(fd)
-    try:
-        if not lat.write(tmp):
-            raise AsrBnError(f"could not write a lattice to {tmp} (free space in {tempfile.gettempdir()})")
-        return Path(tmp).read_bytes()
-    finally:
-        os.unlink(tmp)
+    """The OpenFst binary form (with header) of a lattice: what Kaldi's LatticeHolder writes in binary mode.
+
+    kaldifst writes FSTs only to files: one scratch file per process, in memory (/dev/shm) where there is one
+    (a file made and removed per lattice cost more than decoding on a busy disk), removed at exit."""
+    if not _SCRATCH:
+        shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        fd, tmp = tempfile.mkstemp(prefix="asr-bn-lattice-", suffix=".fst", dir=shm)
+        os.close(fd)
+        _SCRATCH.append(Path(tmp))
+        atexit.register(_SCRATCH[0].unlink, missing_ok=True)
+    if not lat.write(str(_SCRATCH[0])):
+        raise AsrBnError(f"could not write a lattice to {_SCRATCH[0]} (free space in {_SCRATCH[0].parent})")
+    return _SCRATCH[0].read_bytes()
 
 
 # --------------------------------------------------------------------------------------------------------------
