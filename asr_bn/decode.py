@@ -209,17 +209,14 @@ def decode_matrix(graph: Graph, utt: str, loglikes: np.ndarray, config: DecodeCo
     decoder = graph.decoder(config)
     decoder.decode(kaldi_decoder.DecodableCtc(transition_id_scores(loglikes, graph.tid2pdf, config.acoustic_scale)))
     frames = loglikes.shape[0]
-    # The decoder's best path, acoustic costs at the decoding scale: Kaldi's decoders take words and the
-    # log-likelihood they report from it, with or without lattices.
-    ok, best = decoder.get_best_path()
-    if not ok or best.num_states == 0:
+    # The best path, acoustic costs at the decoding scale: Kaldi's decoders take the words and the log-likelihood
+    # they report from it, with or without lattices (the raw lattice's shortest path is the decoder's best path).
+    ok, lat = decoder.get_raw_lattice() if config.lattices else decoder.get_best_path()
+    if not ok or lat.num_states == 0:
         raise AsrBnError(f"utterance {utt}: no path survived the beam (raise --beam or --max-active)")
-    words, tids, graph_cost, am_cost = _best_path(graph, best)
+    words, tids, graph_cost, am_cost = _best_path(graph, kaldifst.shortest_path(lat, n=1) if config.lattices else lat)
     if not config.lattices:
         return Hypothesis(utt, words, frames, -(graph_cost + am_cost), decoder.reached_final(), tids)
-    ok, lat = decoder.get_raw_lattice()
-    if not ok or lat.num_states == 0:
-        raise AsrBnError(f"utterance {utt}: no path survived the beam (raise --beam)")
     # Kaldi keeps unscaled acoustic costs in lattices; rescoring applies 1/LMWT to them.
     kaldifst.scale_lattice(kaldifst.lattice_scale(1.0, 1.0 / config.acoustic_scale), lat)
     reached_final = math.isfinite(decoder.final_relative_cost())
