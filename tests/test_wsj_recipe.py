@@ -5,9 +5,8 @@ exp/tri4b_ali_si284 and exp/tri4b_ali_dev93 with ali.1.gz + final.mdl, exp/tri4b
 and Kaldi's own yesno files in it: 24 of the 31 aligned training utterances are "si284", the other 7 "dev93" (their
 lines of exp/mono/ali.1.gz), test_yesno is "eval92"; the model, alignments and HCLG graph are exp/mono's. The audio
 is 8 kHz, so prep gets `--sample-frequency 8000`. The recipe runs all five stages in fast mode (a 1 x 32 BLSTM, 3
-epochs); without Kaldi binaries stage 4 says it skips the Kaldi decode. The Kaldi branch is checked with stand-ins
-for latgen-faster-mapped and steps/score_kaldi.sh that record what the recipe hands them.
-"""
+epochs); without Kaldi binaries stage 4 says it skips the Kaldi decode. The Kaldi branch runs Kaldi's real
+latgen-faster-mapped and steps/score_kaldi.sh (../shared/kaldi; skipped when absent)."""
 
 from __future__ import annotations
 
@@ -25,6 +24,7 @@ import kaldiio
 import pytest
 
 from asr_bn.features import FeaturePipeline
+from conftest import run_kaldi
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = REPO / "recipes" / "wsj" / "run.sh"
@@ -160,76 +160,71 @@ def test_rerun_skips_every_stage(recipe: tuple[Path, Path, str]) -> None:
     assert other.returncode == 1 and "was made with other options" in one_error(other)
 
 
-_LATGEN = """#!{python}
-# Stand-in for Kaldi's latgen-faster-mapped: records its arguments and what it read, writes a "lattice" archive.
-import subprocess, sys
-import kaldiio
-mats = list(kaldiio.load_ark(sys.stdin.buffer))
-with open({log!r}, "w") as f:
-    f.write("\\n".join(sys.argv[1:]) + "\\n")
-    f.write(" ".join(f"{{k}}:{{m.shape[0]}}x{{m.shape[1]}}" for k, m in mats) + "\\n")
-out = sys.argv[-1]
-assert out.startswith("ark:|"), out
-subprocess.run(out[len("ark:|"):], shell=True, input=b"".join(k.encode() + b" lattice\\n" for k, _ in mats), check=True)
-"""
-_SCORE_KALDI = """#!/bin/sh
-# Stand-in for Kaldi's steps/score_kaldi.sh: records where it ran and its arguments, writes best_wer.
-echo "$PWD $*" > {log}
-eval dir=\\${{$#}}
-mkdir -p "$dir/scoring_kaldi"
-echo "%WER 1.23 [ 3 / 232, 0 ins, 3 del, 0 sub ] $dir/wer_10_0.0" > "$dir/scoring_kaldi/best_wer"
-"""
+def kaldi_s5_scripts(s5: Path, bundle: Path) -> None:
+    """Give s5 what a Kaldi egs dir has: steps/ and utils/ (links into the bundle's egs; links the bundle stores as
+    one-line files naming their target, e.g. steps/score_kaldi.sh and utils/run.pl, point at that target) and a
+    path.sh that puts the bundle's binaries and these utils/steps on PATH, as Kaldi's egs path.sh does."""
+    for name in ("steps", "utils"):
+        for src in (bundle / "egs" / name).rglob("*"):
+            dst = s5 / name / src.relative_to(bundle / "egs" / name)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if src.is_dir() and not src.is_symlink():
+                dst.mkdir(exist_ok=True)
+                continue
+            target = src
+            if src.is_file() and src.stat().st_size < 100:
+                named = (src.parent / src.read_text().strip()) if "\n" not in src.read_text().strip() else None
+                target = named if named is not None and named.exists() else src
+            dst.symlink_to(target.resolve())
+    (s5 / "path.sh").write_text(
+        f"export KALDI_BUNDLE={shlex.quote(str(bundle))}\n. $KALDI_BUNDLE/path.sh\n"
+        f"export PATH={shlex.quote(str(s5 / 'utils'))}:{shlex.quote(str(s5 / 'steps'))}:$PATH\n"
+    )
 
 
 @pytest.mark.slow
-def test_kaldi_branch_hands_forward_output_to_latgen(recipe: tuple[Path, Path, str], tmp_path: Path) -> None:
+def test_kaldi_branch_decodes_with_latgen_and_scores_with_score_kaldi(
+    recipe: tuple[Path, Path, str], kaldi_bundle: Path, tmp_path: Path
+) -> None:
+    """Stage 4's Kaldi branch with Kaldi's real binaries and scripts: asr-bn forward | latgen-faster-mapped, then
+    steps/score_kaldi.sh; first with a partial Kaldi on PATH (no scoring binaries), then found through s5/path.sh."""
     s5, out = (shutil.copytree(d, tmp_path / d.name, symlinks=True) for d in recipe[:2])  # the others' stay as made
-    bin_dir = tmp_path / "kaldi_bin"
-    bin_dir.mkdir()
-    tools = {
-        "latgen-faster-mapped": _LATGEN.format(python=sys.executable, log=str(tmp_path / "latgen.log")),
-        "lattice-scale": "#!/bin/sh\n",
-        "lattice-best-path": "#!/bin/sh\n",
-        "lattice-add-penalty": "#!/bin/sh\n",  # the rest of what steps/score_kaldi.sh runs
-        "compute-wer": "#!/bin/sh\n",
-        "align-text": "#!/bin/sh\n",
-    }
-    steps = s5 / "steps"
-    steps.mkdir()
-    (steps / "score_kaldi.sh").write_text(_SCORE_KALDI.format(log=tmp_path / "score.log"))
-    (steps / "score_kaldi.sh").chmod(0o755)
-    stage4 = [*FAST, "--stage", "4", "--decoder", "kaldi", "--bn-modes", "", s5, out]  # the baseline only
+    kaldi_s5_scripts(s5, kaldi_bundle)
+    (s5 / "path.sh").rename(s5 / "path.sh.whole")
+    partial = tmp_path / "partial_bin"
+    partial.mkdir()
+    for name in ("latgen-faster-mapped", "lattice-scale", "lattice-best-path"):  # latbin only half built, no src/bin
+        (partial / name).symlink_to(kaldi_bundle / "bin" / name)
+    # the baseline only; a narrow lattice beam: the tiny model's flat scores make Kaldi's lattice determinization slow
+    stage4 = [*FAST, "--stage", "4", "--decoder", "kaldi", "--bn-modes", "", "--lattice-beam", "2", s5, out]
     decode = out / "exp/blstm/decode_tgpr_eval92_kaldi"
-    for partial in (True, False):  # a partial Kaldi build (latbin only half there, no src/bin), then a whole one
-        for name, text in list(tools.items())[: 3 if partial else None]:
-            (bin_dir / name).write_text(text)
-            (bin_dir / name).chmod(0o755)
-        result = run(*stage4, path=[bin_dir])
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        if partial:
-            assert not (tmp_path / "score.log").exists()  # score_kaldi.sh never started
-            assert (
-                f"lattices in {decode}/lat.1.gz not scored: Kaldi's lattice-add-penalty compute-wer align-text not "
-                "found (build Kaldi's src); with them in place, score in"
-            ) in result.stdout
-            (decode / ".done").unlink()
-    *args, shapes = (tmp_path / "latgen.log").read_text().splitlines()
-    assert "--acoustic-scale=0.1" in args and "--beam=13.0" in args and "--lattice-beam=8.0" in args
-    assert args[-4:] == [
-        str(s5 / "exp/tri4b/final.mdl"), str(s5 / "exp/tri4b/graph_tgpr/HCLG.fst"), "ark:-",
-        f"ark:|gzip -c > {decode}/lat.1.gz",
-    ]  # fmt: skip
-    assert len(shapes.split()) == 29 and all(s.endswith("x11") for s in shapes.split())  # forward's matrices
-    assert gzip.decompress((decode / "lat.1.gz").read_bytes()).count(b" lattice\n") == 29
+    result = run(*stage4, path=[partial])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (
+        f"lattices in {decode}/lat.1.gz not scored: Kaldi's lattice-add-penalty compute-wer align-text not "
+        "found (build Kaldi's src); with them in place, score in"
+    ) in result.stdout
+    assert not (decode / "scoring_kaldi").exists()
+    (decode / ".done").unlink()
+    (s5 / "path.sh.whole").rename(s5 / "path.sh")
+    result = run(*stage4)  # no Kaldi on PATH: found through s5/path.sh, as Kaldi's own scripts find it
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    log = (decode / "log/decode.1.log").read_text()
+    assert re.search(r"Done 29 utterances, failed for 0", log), log[-2000:]
+    assert "--acoustic-scale=0.1" in log and "--beam=13.0" in log and "--lattice-beam=2" in log
+    lattices = run_kaldi(["lattice-copy", f"ark:gunzip -c {decode}/lat.1.gz|", "ark,t:-"], text=True).stdout
+    assert sum(1 for line in lattices.splitlines() if len(line.split()) == 1) == 29  # 29 keys, 29 lattices
     assert (decode / "num_jobs").read_text().strip() == "1"
-    where, *score_args = (tmp_path / "score.log").read_text().split()
-    assert where == str(s5) and score_args[-3] == "data/test_eval92" and score_args[-1] == str(decode)
-    assert score_args[:-3] == ["--cmd", "run.pl", "--min-lmwt", "9", "--max-lmwt", "20"]
-    assert "%WER 1.23" in result.stdout
+    best = (decode / "scoring_kaldi/best_wer").read_text()
+    wer = re.match(r"%WER ([0-9.]+) \[ \d+ / 232,", best)  # 29 utterances of 8 words, scored by compute-wer
+    assert wer, best
+    assert (decode / "scoring_kaldi/wer_details/per_utt").is_file()
+    assert f"%WER {wer.group(1)}" in result.stdout
     report = (out / "report.md").read_text().splitlines()
     head = next(line for line in report if line.startswith("| model |"))
     row = next(line for line in report if line.startswith("| blstm |"))
-    assert head.endswith("| WER eval92 (asr-bn decode) | WER eval92 (Kaldi latgen) |") and row.endswith("| 1.23 % |")
+    assert head.endswith("| WER eval92 (asr-bn decode) | WER eval92 (Kaldi latgen) |")
+    assert row.endswith(f"| {float(wer.group(1)):.2f} % |")
 
 
 def test_kaldi_decoder_asked_for_but_absent(yesno_root: Path, tmp_path: Path) -> None:
