@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -23,12 +24,11 @@ def gmm_loglikes(yesno_root: Path, kaldi_bundle: Path, tmp_path_factory: pytest.
     data = yesno_root / "data/test_yesno"
     wav = "".join(f"{u} {yesno_root / p}\n" for u, p in (line.split() for line in (data / "wav.scp").open()))
     (out / "wav.scp").write_text(wav)
-    run_kaldi(["compute-mfcc-feats", "--use-energy=false", "--sample-frequency=8000", "--dither=0",
-               f"scp:{out / 'wav.scp'}", f"ark:{out / 'mfcc.ark'}"])  # fmt: skip
-    run_kaldi(["compute-cmvn-stats", f"ark:{out / 'mfcc.ark'}", f"ark:{out / 'cmvn.ark'}"])  # one global speaker
-    feats = run_kaldi(["apply-cmvn", f"ark:{out / 'cmvn.ark'}", f"ark:{out / 'mfcc.ark'}", "ark:-"]).stdout
-    feats = run_kaldi(["add-deltas", "ark:-", "ark:-"], input=feats).stdout
-    run_kaldi(["gmm-compute-likes", yesno_root / "exp/mono/final.mdl", "ark:-", f"ark:{out / 'll.ark'}"], input=feats)
+    run_kaldi(kaldi_bundle, "compute-mfcc-feats", "--use-energy=false", "--sample-frequency=8000", "--dither=0",
+              f"scp:{out / 'wav.scp'}", f"ark:{out / 'mfcc.ark'}")  # fmt: skip
+    run_kaldi(kaldi_bundle, "compute-cmvn-stats", f"ark:{out / 'mfcc.ark'}", f"ark:{out / 'cmvn.ark'}")  # one speaker
+    feats = f"ark:apply-cmvn ark:{out / 'cmvn.ark'} ark:{out / 'mfcc.ark'} ark:- | add-deltas ark:- ark:- |"
+    run_kaldi(kaldi_bundle, "gmm-compute-likes", yesno_root / "exp/mono/final.mdl", feats, f"ark:{out / 'll.ark'}")
     return out / "ll.ark"
 
 
@@ -48,57 +48,63 @@ def _ints_to_words(text: str, words_txt: Path) -> dict[str, list[str]]:
     return {utt: [words[i] for i in ids] for utt, *ids in (line.split() for line in text.splitlines())}
 
 
+def _kaldi_log(bundle: Path, *args: str | Path) -> str:
+    """What a Kaldi binary logs (its stderr; its stdout thrown away)."""
+    return run_kaldi(bundle, "sh", "-c", shlex.join(map(str, args)) + " 2>&1 >/dev/null")
+
+
 def _avg_log_like(decode_dir: Path) -> float:
     notes = json.loads((decode_dir / "report.json").read_text())["notes"]
     return float(next(re.search(r"per frame (\S+)", n).group(1) for n in notes if "per frame" in n))
 
 
-def _kaldi_log_like(stderr: bytes) -> float:
-    return float(re.search(rb"Overall log-likelihood per frame is (\S+) over (\d+) frames", stderr).group(1))
+def _kaldi_log_like(log: str) -> float:
+    return float(re.search(r"Overall log-likelihood per frame is (\S+) over (\d+) frames", log).group(1))
 
 
 def test_kaldi_lattice_tools_read_asr_bn_lattices(
-    yesno_root: Path, decoded: dict[str, Path], tmp_path: Path
+    yesno_root: Path, kaldi_bundle: Path, decoded: dict[str, Path], tmp_path: Path
 ) -> None:
     lat_dir, words_txt = decoded["lattices"], yesno_root / "exp/mono/graph/words.txt"
     model = yesno_root / "exp/mono/final.mdl"
     text = read_text(lat_dir / "text")
     assert len(text) == 29
     for rspec in (f"ark:{lat_dir / 'lat.ark'}", f"scp:{lat_dir / 'lat.scp'}"):
-        copied = run_kaldi(["lattice-copy", rspec, "ark,t:-"], text=True).stdout
+        copied = run_kaldi(kaldi_bundle, "lattice-copy", rspec, "ark,t:-")
         assert sum(1 for line in copied.splitlines() if line.strip() in text) == 29  # a text lattice per key
-        best = run_kaldi(["lattice-best-path", "--acoustic-scale=0.1", rspec, "ark,t:-"], text=True).stdout
+        best = run_kaldi(kaldi_bundle, "lattice-best-path", "--acoustic-scale=0.1", rspec, "ark,t:-")
         assert _ints_to_words(best, words_txt) == text
     lat = f"ark:{lat_dir / 'lat.ark'}"
-    done = re.compile(rb"Done 29 lattices")
-    assert done.search(run_kaldi(["lattice-scale", "--acoustic-scale=0.1", lat, "ark:/dev/null"]).stderr)
+    done = re.compile(r"Done 29 lattices")
+    assert done.search(_kaldi_log(kaldi_bundle, "lattice-scale", "--acoustic-scale=0.1", lat, "ark:/dev/null"))
     pruned = tmp_path / "det.ark"
-    det = run_kaldi(["lattice-determinize-pruned", "--acoustic-scale=0.1", lat, f"ark:{pruned}"]).stderr
-    assert done.search(det)
-    best = run_kaldi(["lattice-best-path", "--acoustic-scale=0.1", f"ark:{pruned}", "ark,t:-"], text=True).stdout
+    assert done.search(_kaldi_log(kaldi_bundle, "lattice-determinize-pruned", "--acoustic-scale=0.1", lat,
+                                  f"ark:{pruned}"))  # fmt: skip
+    best = run_kaldi(kaldi_bundle, "lattice-best-path", "--acoustic-scale=0.1", f"ark:{pruned}", "ark,t:-")
     assert _ints_to_words(best, words_txt) == text  # determinized by Kaldi, same words
-    assert done.search(run_kaldi(["lattice-to-post", "--acoustic-scale=0.1", lat, "ark:/dev/null"]).stderr)
+    assert done.search(_kaldi_log(kaldi_bundle, "lattice-to-post", "--acoustic-scale=0.1", lat, "ark:/dev/null"))
     # yesno's phones are word-position independent and each word is one phone: SIL no word, Y and N whole words
     boundary = tmp_path / "word_boundary.int"
     boundary.write_text("1 nonword\n2 singleton\n3 singleton\n")
     # state-level lattices, as latgen-faster-mapped --determinize-lattice=false writes: Kaldi determinizes first
-    aligned = run_kaldi(["lattice-align-words", boundary, model, f"ark:{pruned}", "ark:/dev/null"], timeout=60).stderr
-    assert re.search(rb"Successfully aligned 29 lattices", aligned), aligned.decode()[-500:]
+    aligned = _kaldi_log(kaldi_bundle, "lattice-align-words", boundary, model, f"ark:{pruned}", "ark:/dev/null")
+    assert re.search(r"Successfully aligned 29 lattices", aligned), aligned[-500:]
 
 
 def test_log_likelihood_per_frame_is_kaldis(
-    yesno_root: Path, gmm_loglikes: Path, decoded: dict[str, Path], tmp_path: Path
+    yesno_root: Path, kaldi_bundle: Path, gmm_loglikes: Path, decoded: dict[str, Path], tmp_path: Path
 ) -> None:
     graph, model = yesno_root / "exp/mono/graph", yesno_root / "exp/mono/final.mdl"
     common = ["--acoustic-scale=0.1", "--beam=13", f"--word-symbol-table={graph / 'words.txt'}", model,
               graph / "HCLG.fst", f"ark:{gmm_loglikes}"]  # fmt: skip
-    faster = run_kaldi(["decode-faster-mapped", "--max-active=7000", *common, "ark,t:-"], text=False)
-    latgen = run_kaldi(["latgen-faster-mapped", "--lattice-beam=8", *common, "ark:/dev/null"])
-    kaldi_words = _ints_to_words(faster.stdout.decode(), graph / "words.txt")
+    text = tmp_path / "kaldi.txt"
+    faster = _kaldi_log(kaldi_bundle, "decode-faster-mapped", "--max-active=7000", *common, f"ark,t:{text}")
+    latgen = _kaldi_log(kaldi_bundle, "latgen-faster-mapped", "--lattice-beam=8", *common, "ark:/dev/null")
+    kaldi_words = _ints_to_words(text.read_text(), graph / "words.txt")
     ours = {mode: _avg_log_like(d) for mode, d in decoded.items()}
     assert ours["onebest"] == pytest.approx(ours["lattices"], abs=1e-4)  # the same quantity with and without
-    assert ours["onebest"] == pytest.approx(_kaldi_log_like(faster.stderr), abs=1e-3)
-    assert ours["lattices"] == pytest.approx(_kaldi_log_like(latgen.stderr), abs=1e-3)
+    assert ours["onebest"] == pytest.approx(_kaldi_log_like(faster), abs=1e-3)
+    assert ours["lattices"] == pytest.approx(_kaldi_log_like(latgen), abs=1e-3)
     assert ours["onebest"] < -1  # real GMM scores: far from the 0 of oracle scores
     for d in decoded.values():
         assert read_text(d / "text") == kaldi_words
@@ -115,16 +121,13 @@ def _ctm(lines: str) -> list[tuple[str, int, int, str]]:
 
 
 def test_ctm_matches_kaldi_word_alignment(
-    yesno_root: Path, gmm_loglikes: Path, decoded: dict[str, Path], tmp_path: Path
+    yesno_root: Path, kaldi_bundle: Path, gmm_loglikes: Path, decoded: dict[str, Path], tmp_path: Path
 ) -> None:
     graph, model = yesno_root / "exp/mono/graph", yesno_root / "exp/mono/final.mdl"
     words = {i: w for w, i in (line.split() for line in (graph / "words.txt").read_text().splitlines())}
-    lat = f"ark:{decoded['lattices'] / 'lat.ark'}"
-    best = run_kaldi(["lattice-1best", "--acoustic-scale=0.1", lat, "ark:-"]).stdout
-    aligned = run_kaldi(
-        ["lattice-align-words-lexicon", graph / "phones/align_lexicon.int", model, "ark:-", "ark:-"], input=best
-    ).stdout
-    kaldi = run_kaldi(["nbest-to-ctm", "ark:-", "-"], input=aligned).stdout.decode()
+    best = f"ark:lattice-1best --acoustic-scale=0.1 ark:{decoded['lattices'] / 'lat.ark'} ark:- |"
+    aligned = f"ark:lattice-align-words-lexicon {graph / 'phones/align_lexicon.int'} {model} '{best}' ark:- |"
+    kaldi = run_kaldi(kaldi_bundle, "nbest-to-ctm", aligned, "-")
     expected = [(u, s, d, words[w]) for u, s, d, w in _ctm(kaldi)]
     assert len(expected) == 29 * 8  # eight words per utterance
     for d in decoded.values():

@@ -212,7 +212,7 @@ def test_kaldi_branch_decodes_with_latgen_and_scores_with_score_kaldi(
     log = (decode / "log/decode.1.log").read_text()
     assert re.search(r"Done 29 utterances, failed for 0", log), log[-2000:]
     assert "--acoustic-scale=0.1" in log and "--beam=13.0" in log and "--lattice-beam=2" in log
-    lattices = run_kaldi(["lattice-copy", f"ark:gunzip -c {decode}/lat.1.gz|", "ark,t:-"], text=True).stdout
+    lattices = run_kaldi(kaldi_bundle, "lattice-copy", f"ark:gunzip -c {decode}/lat.1.gz|", "ark,t:-")
     assert sum(1 for line in lattices.splitlines() if len(line.split()) == 1) == 29  # 29 keys, 29 lattices
     assert (decode / "num_jobs").read_text().strip() == "1"
     best = (decode / "scoring_kaldi/best_wer").read_text()
