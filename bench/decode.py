@@ -101,7 +101,8 @@ def main() -> None:
     try:
         ll = args.loglikes or yesno_loglikes(tmp, args.repeat)
         graph, words_txt = args.graph, args.graph / "words.txt"
-        common = ["--acoustic-scale=0.1", "--allow-partial=true", f"--beam={args.beam}", str(args.model), str(graph / "HCLG.fst"), f"ark:{ll}"]
+        common = ["--acoustic-scale=0.1", "--allow-partial=true", f"--beam={args.beam}", str(args.model),
+                  str(graph / "HCLG.fst"), f"ark:{ll}"]  # fmt: skip
         ours = [asr_bn, "decode", str(graph), str(args.model), str(ll), "--acoustic-scale", "0.1", "--beam",
                 str(args.beam)]  # fmt: skip
         rows = {
@@ -127,7 +128,8 @@ def main() -> None:
         }  # fmt: skip
         print(f"graph {graph}, log-likelihoods {ll}, {args.rounds} rounds, beam {args.beam}, "
               f"max-active {args.max_active}, lattice-beam {args.lattice_beam}")  # fmt: skip
-        print("| run | asr-bn wall s | Kaldi wall s | ratio (wall) | asr-bn CPU s | Kaldi CPU s | ratio (CPU) | words |")
+        print("| run | asr-bn wall s | Kaldi wall s | ratio (wall) | asr-bn CPU s | Kaldi CPU s | ratio (CPU) "
+              "| words |")  # fmt: skip
         print("|---|---:|---:|---:|---:|---:|---:|---|")
         for name, (ours_cmd, kaldi_cmd, ours_text, kaldi_text) in rows.items():
             times: dict[str, list[tuple[float, float]]] = {"ours": [], "kaldi": []}
@@ -142,9 +144,12 @@ def main() -> None:
             ours_words, kaldi_words = words_of(ours_text), words_of(kaldi_text, words_txt)
             differ = sum(ours_words[u] != kaldi_words.get(u) for u in ours_words) + len(kaldi_words.keys() - ours_words)
             same = "same words" if not differ else f"WORDS DIFFER in {differ} utterances"
-            med = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in times.items()}
-            (ow, oc), (kw, kc) = med["ours"], med["kaldi"]
-            print(f"| {name} | {ow:.2f} | {kw:.2f} | {ow / kw:.2f}× | {oc:.2f} | {kc:.2f} | {oc / kc:.2f}× | {same} |")
+            (ow, oc), (kw, kc) = (
+                (statistics.median(w for w, _ in times[k]), statistics.median(c for _, c in times[k]))
+                for k in ("ours", "kaldi")
+            )
+            ratios = f"{ow / kw:.2f}× | {oc:.2f} | {kc:.2f} | {oc / kc:.2f}×"
+            print(f"| {name} | {ow:.2f} | {kw:.2f} | {ratios} | {same} |")
         print(f"{len(words_of(tmp / 'ours1/text'))} utterances")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

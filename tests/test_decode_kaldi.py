@@ -133,7 +133,8 @@ def test_ctm_matches_kaldi_word_alignment(
     for d in decoded.values():
         assert _ctm((d / "ctm").read_text()) == expected
     # the lang folder's lexicon.txt gives the same word times as the graph dir's align_lexicon.int; 30 ms frames
-    decode(graph, model, gmm_loglikes, tmp_path, DecodeConfig(ctm=True, frame_shift=0.03), lang=yesno_root / "data/lang")
+    config = DecodeConfig(ctm=True, frame_shift=0.03)
+    decode(graph, model, gmm_loglikes, tmp_path, config, lang=yesno_root / "data/lang")
     assert [(u, round(s / 3), round(d / 3), w) for u, s, d, w in _ctm((tmp_path / "ctm").read_text())] == expected
 
 
