@@ -195,8 +195,10 @@ def test_kaldi_branch_decodes_with_latgen_and_scores_with_score_kaldi(
     partial.mkdir()
     for name in ("latgen-faster-mapped", "lattice-scale", "lattice-best-path"):  # latbin only half built, no src/bin
         (partial / name).symlink_to(kaldi_bundle / "bin" / name)
-    # the baseline only; a narrow lattice beam: the tiny model's flat scores make Kaldi's lattice determinization slow
-    stage4 = [*FAST, "--stage", "4", "--decoder", "kaldi", "--bn-modes", "", "--lattice-beam", "2", s5, out]
+    # the baseline only; a narrow lattice beam (the tiny model's flat scores make Kaldi's lattice determinization
+    # slow) and two LM weights (score_kaldi.sh scores each with three insertion penalties)
+    stage4 = [*FAST, "--stage", "4", "--decoder", "kaldi", "--bn-modes", "", "--lattice-beam", "2", "--lmwt", "9:10",
+              s5, out]  # fmt: skip
     decode = out / "exp/blstm/decode_tgpr_eval92_kaldi"
     result = run(*stage4, path=[partial])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -219,6 +221,7 @@ def test_kaldi_branch_decodes_with_latgen_and_scores_with_score_kaldi(
     wer = re.match(r"%WER ([0-9.]+) \[ \d+ / 232,", best)  # 29 utterances of 8 words, scored by compute-wer
     assert wer, best
     assert (decode / "scoring_kaldi/wer_details/per_utt").is_file()
+    assert sorted(p.name for p in (decode / "scoring_kaldi/penalty_0.5").glob("*.txt")) == ["10.txt", "9.txt"]
     assert f"%WER {wer.group(1)}" in result.stdout
     report = (out / "report.md").read_text().splitlines()
     head = next(line for line in report if line.startswith("| model |"))
