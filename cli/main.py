@@ -56,68 +56,60 @@ def _usage_error(e: ClickUsageError) -> typer.Exit:
     return _error(e.format_message().replace("Value error, ", "") + where, e.exit_code)
 
 
+app = typer.Typer(
+    name="asr-bn",
+    cls=_Root,
+    help="Batch-normalized BLSTM acoustic models for Kaldi hybrid speech recognition.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+)
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"asr-bn {__version__}")
         raise typer.Exit()
 
 
+@app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """asr-bn: prep → train → forward → decode → score, Kaldi formats in and out."""
 
 
-# Commands: one module each under cli/ (module, attribute, a sub-app or one command), registered in this order.
-_COMMANDS = {
-    "prep": ("prep", "app", True),
-    "ali": ("ali", "app", True),
-    "train": ("train", "train", False),
-    "plot": ("plot", "plot", False),
-    "decode": ("decode", "decode", False),
-    "mkgraph": ("decode", "mkgraph", False),
-    "forward": ("forward", "forward", False),
-    "score": ("score", "app", True),
-    "tree": ("tree", "app", True),
-    "demo": ("demo", "demo", False),
-}
+# Commands: one module each under cli/, registered here.
+from asr_bn_cli import prep as _prep  # noqa: E402
 
+app.add_typer(_prep.app, name="prep")
+from asr_bn_cli import ali as _ali  # noqa: E402
 
-def _register(names: list[str]) -> typer.Typer:
-    """A root app with the commands `names`: every command for help and tests, one for a run of that command,
-    so that `asr-bn decode` or `score` never imports what others need (torch: a second or more per process)."""
-    import importlib
+app.add_typer(_ali.app, name="ali")
+from asr_bn_cli import train as _train  # noqa: E402
 
-    root = typer.Typer(
-        name="asr-bn",
-        cls=_Root,
-        help="Batch-normalized BLSTM acoustic models for Kaldi hybrid speech recognition.",
-        no_args_is_help=True,
-        pretty_exceptions_show_locals=False,
-        context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
-    )
-    root.callback()(_root)
-    for name in names:
-        module, attr, is_app = _COMMANDS[name]
-        obj = getattr(importlib.import_module(f"asr_bn_cli.{module}"), attr)
-        if is_app:
-            root.add_typer(obj, name=name)
-        else:
-            root.command(name)(obj)
-    return root
+app.command("train")(_train.train)
+from asr_bn_cli import plot as _plot  # noqa: E402
 
+app.command("plot")(_plot.plot)
+from asr_bn_cli import decode as _decode  # noqa: E402
 
-def __getattr__(name: str) -> typer.Typer:
-    """`app`: the root with every command, built on first use (PEP 562)."""
-    if name == "app":
-        globals()["app"] = _register(list(_COMMANDS))
-        return globals()["app"]
-    raise AttributeError(name)
+app.command("decode")(_decode.decode)
+app.command("mkgraph")(_decode.mkgraph)
+from asr_bn_cli import forward as _forward  # noqa: E402
+
+app.command("forward")(_forward.forward)
+from asr_bn_cli import score as _score  # noqa: E402
+
+app.add_typer(_score.app, name="score")
+from asr_bn_cli import tree as _tree  # noqa: E402
+
+app.add_typer(_tree.app, name="tree")
+from asr_bn_cli import demo as _demo  # noqa: E402
+
+app.command("demo")(_demo.demo)
 
 
 def main() -> None:
-    """Console-script entry point: a known command loads only its own module; anything else gets the whole app."""
-    import sys
-
-    command = sys.argv[1] if len(sys.argv) > 1 else None
-    (_register([command]) if command in _COMMANDS else __getattr__("app"))()
+    """Console-script entry point."""
+    app()

@@ -244,15 +244,3 @@ def test_help_and_usage_errors_import_no_heavy_module() -> None:
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["codes"] == [0] * len(paths) + [2] * (len(paths) + 1)
     assert not set(_HEAVY) & set(result["loaded"]), sorted(set(_HEAVY) & set(result["loaded"]))
-def test_a_command_loads_only_its_own_module() -> None:
-    """`asr-bn decode` / `score` start without torch (about a second of every decode process otherwise)."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys; from asr_bn_cli.main import main; sys.argv = ['asr-bn', '{}', '--help']\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
-    )
-    for command in ("decode", "score"):
-        out = subprocess.run([sys.executable, "-c", code.format(command)], capture_output=True, text=True, check=True)
-        assert out.stdout.strip().splitlines()[-1] == "False", (command, out.stdout[-500:])
