@@ -179,7 +179,7 @@ def _arpa_g(words_txt: Path, arpa: Path) -> str:
 
 
 def _one_best(graph: Path, model: Path, loglikes: Path) -> dict[str, tuple[list[str], float]]:
-    """asr-bn's one-best words and log-likelihood (-(graph + acoustic cost), unscaled) per utterance."""
+    """asr-bn's one-best words and log-likelihood (-(graph + 0.1 × acoustic cost), Kaldi's decoders') per utterance."""
     loaded, config = load_graph(graph, model), DecodeConfig()
     return {u: ((h := decode_matrix(loaded, u, m, config)).words, h.log_like) for u, m in read_loglikes(loglikes)}
 
@@ -187,8 +187,8 @@ def _one_best(graph: Path, model: Path, loglikes: Path) -> dict[str, tuple[list[
 def _kaldi_one_best(
     kaldi_bundle: Path, graph: Path, model: Path, loglikes: Path, work: Path
 ) -> dict[str, tuple[list[str], float]]:
-    """latgen-faster-mapped (steps/nnet/decode.sh's beams) then lattice-1best: words and -(graph + acoustic);
-    lattice-best-path's words checked equal."""
+    """latgen-faster-mapped (steps/nnet/decode.sh's beams) then lattice-1best: words and -(graph + 0.1 × acoustic)
+    (lattices keep unscaled acoustic costs); lattice-best-path's words checked equal."""
     words = {line.split()[1]: line.split()[0] for line in (graph / "words.txt").read_text().splitlines()}
     lat = work / "lat.ark"
     # state-level lattices: determinizing them takes Kaldi minutes on this tiny network's flat scores
@@ -206,7 +206,7 @@ def _kaldi_one_best(
             if len(fields) == 4 and fields[2] != "0":
                 hyp.append(words[fields[2]])
             g, a = fields[-1].split(",")[:2]
-            cost += float(g) + float(a)
+            cost += float(g) + 0.1 * float(a)
         out[utt.strip()] = (hyp, -cost)
     best_path = run_kaldi(kaldi_bundle, "lattice-best-path", "--acoustic-scale=0.1", f"ark:{lat}", "ark,t:-")
     for line in best_path.splitlines():
@@ -219,7 +219,9 @@ def _assert_same(ours: dict, theirs: dict) -> None:
     assert ours.keys() == theirs.keys()
     for utt in ours:
         assert ours[utt][0] == theirs[utt][0], utt
-        assert ours[utt][1] == pytest.approx(theirs[utt][1], rel=1e-5), utt
+        # log-likelihoods of ~60 (graph + 0.1 x acoustic, Kaldi's decoders'): float32 sums of the graphs' costs and
+        # Kaldi's text lattices (6 significant digits per arc) differ by up to ~5e-3 per utterance
+        assert ours[utt][1] == pytest.approx(theirs[utt][1], abs=1e-2), utt
 
 
 @pytest.mark.parametrize("grammar", ["loop", "arpa"])
