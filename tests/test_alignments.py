@@ -115,6 +115,15 @@ def test_yesno_model_matches_kaldi_hmm_gmm(yesno_root: Path) -> None:
     _assert_same_as_khg(model, ref)
 
 
+@pytest.mark.parametrize("method", ["to_pdfs", "to_phones", "to_hmm_states", "is_self_loop", "phone_segments"])
+@pytest.mark.parametrize("tid", [0, -1, 31])
+def test_transition_ids_outside_1_to_n_are_refused(yesno_root: Path, method: str, tid: int) -> None:
+    """Index 0 of the tables is a placeholder (pdf -1): both bounds are checked by every accessor."""
+    model = read_transition_model(_mono(yesno_root) / "final.mdl")
+    with pytest.raises(AsrBnError, match=rf"u1: transition-id {tid} at frame 2 is outside 1\.\.30"):
+        getattr(model, method)(np.array([1, 2, tid, 3]), "u1")
+
+
 def test_yesno_binary_text_round_trip(yesno_root: Path, tmp_path: Path) -> None:
     path = _mono(yesno_root) / "final.mdl"
     model = read_transition_model(path)
@@ -564,6 +573,9 @@ def test_join_errors(yesno_root: Path, tmp_path: Path) -> None:
         join_targets(data_dir, tmp_path / "pdf.txt", model=mono / "final.mdl", pdf_ids=True)
     (tmp_path / "ali.txt").write_text("u1 4 1 31\n")
     with pytest.raises(AsrBnError, match=r"ali\.txt, utterance u1: transition-id 31 at frame 2 is outside 1\.\.30"):
+        join_targets(data_dir, tmp_path / "ali.txt", model=mono / "final.mdl")
+    (tmp_path / "ali.txt").write_text("u1 4 0 1\n")  # transition-ids count from 1: 0 would map to pdf -1
+    with pytest.raises(AsrBnError, match=r"ali\.txt, utterance u1: transition-id 0 at frame 1 is outside 1\.\.30"):
         join_targets(data_dir, tmp_path / "ali.txt", model=mono / "final.mdl")
     with pytest.raises(UsageError, match="need the final.mdl"):
         join_targets(data_dir, tmp_path / "ali.txt")

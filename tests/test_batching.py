@@ -74,6 +74,18 @@ def test_padding_waste_at_most_3_percent_on_wsj_like_lengths() -> None:
     assert padding_waste(lengths, random_batches) > 0.2  # what bucketing saves
 
 
+def test_padding_waste_is_exact_on_hand_worked_batches() -> None:
+    """Worked by hand: the figures in README and docs/PERFORMANCE.md come from this function."""
+    assert padding_waste(np.array([1, 3]), [[0, 1]]) == pytest.approx(1 / 3)  # 4 real frames of 2 x 3
+    assert padding_waste(np.array([1, 3]), [[0], [1]]) == 0.0  # every utterance alone: nothing padded
+    lengths = np.array([5, 2, 2, 7, 1])
+    batches = [[3, 0], [1, 2, 4]]  # padded 2 x 7 + 3 x 2 = 20 frames, 17 of them real
+    assert padding_waste(lengths, batches) == pytest.approx(3 / 20)
+    # the same figure from the padded arrays themselves, as a batch of the loader holds them
+    masks = [np.arange(lengths[b].max())[None, :] < lengths[b][:, None] for b in map(np.array, batches)]
+    assert padding_waste(lengths, batches) == pytest.approx(1 - sum(m.sum() for m in masks) / sum(m.size for m in masks))
+
+
 def test_frame_budget_is_respected_and_long_utterances_get_their_own_batch() -> None:
     lengths = np.array([50, 60, 70, 400, 80, 90, 100, 110] * 5)
     sampler = BucketingSampler(lengths, batch_size=None, max_frames=300, seed=0)
