@@ -8,6 +8,7 @@ import errno
 import json
 import math
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from asr_bn.train import (
 )
 from asr_bn_cli.main import app
 
+KILL_SEED_ENV = "ASR_BN_TEST_KILL_SEED"  # the SIGKILL test's kill point: printed each run, replayed when set
 TINY = ["--layers", "1", "--units", "8", "--batch-size", "4", "--num-workers", "0", "--device", "cpu",
         "--lr", "0.02", "--log-every", "1"]  # fmt: skip
 
@@ -454,28 +456,31 @@ def test_sigkill_then_resume_is_bitwise_and_sigterm_saves(dirs: tuple[Path, Path
     args = [*TINY, "--layers", "2", "--units", "16", "--dropout", "0.3", "--optimizer", "sgd", "--lr", "0.2",
             "--epochs", "6", "--patience", "0", "--checkpoint-every", "3", "--eval-every", "5", "--num-workers", "1",
             "--schedule", "newbob"]  # fmt: skip
-    kill_at = int(np.random.default_rng().integers(4, 18))  # a random update among the 24
+    seed = int(os.environ.get(KILL_SEED_ENV) or secrets.randbits(32))
+    kill_at = int(np.random.default_rng(seed).integers(4, 18))  # a random update among the 24
+    replay = f"kill at update {kill_at}: replay with {KILL_SEED_ENV}={seed}"
+    print(replay)  # pytest shows it with a failure
     ref, killed, termed = (tmp_path / n for n in ("ref", "killed", "termed"))
     inputs = snapshot(train, dev)
     procs = [_start(train, dev, d, *args) for d in (killed, termed)]
     _signal_at([(procs[0], killed, kill_at, signal.SIGKILL), (procs[1], termed, 7, signal.SIGTERM)])
     outs = [p.communicate(timeout=120)[0] for p in procs]
-    assert procs[0].returncode == -signal.SIGKILL
+    assert procs[0].returncode == -signal.SIGKILL, replay
     assert procs[1].returncode == 143 and "stopped by a signal at update" in outs[1], outs[1][-3000:]
     assert not (termed / ".asr-bn.lock").exists()
     assert load_checkpoint(termed / "checkpoint.pt")["state"]["update"] >= 7
     assert cli("train", train, dev, ref, *args)[0] == 0
     for d in (killed, termed):
         code, out = cli("train", train, dev, d, *args, "--resume")
-        assert code == 0, out
+        assert code == 0, (replay, out)
     reference = _weights(ref)
     for d in (killed, termed):
         for name, value in _weights(d).items():
-            assert torch.equal(value, reference[name]), (d.name, name, kill_at)
+            assert torch.equal(value, reference[name]), (d.name, name, replay)
         for kind in ("train", "dev"):  # the metrics log is whole again: the rows of the lost updates are redone
             assert [(r["update"], r["ce"], r["fer"]) for r in rows(d, kind)] == [
                 (r["update"], r["ce"], r["fer"]) for r in rows(ref, kind)
-            ]
+            ], (d.name, kind, replay)
         no_partial_files(d)
     assert snapshot(train, dev) == inputs
 
