@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, BinaryIO, Iterator
 import numpy as np
 
 from asr_bn.config import ForwardConfig
+from asr_bn.device import parse_device
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.report import Report
 
@@ -54,31 +55,17 @@ def _model_file(model: str | Path) -> Path:
     return path
 
 
-def _device(name: str) -> "torch.device":
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise UsageError(f"--device {name!r}: use auto, cpu, cuda or cuda:N") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available here (use --device cpu or auto)")
-    return device
-
-
 def load_acoustic_model(model: str | Path, config: ForwardConfig) -> AcousticModel:
     """Load final.pt (BN folded into the weights, eval mode) and the log-priors of its training targets: the model
     dir's priors.vec, else the counts final.pt keeps (noted); the two disagreeing is an error naming both."""
     from asr_bn.alignments import log_priors
     from asr_bn.train import load_model
 
+    device = parse_device(config.device)  # a usage error before any file is read
     path = _model_file(model)
     net, ckpt = load_model(path)
     if getattr(net, "cfg", None) is not None and net.cfg.bn != "none":
         net = net.fold_bn()
-    device = _device(config.device)
     net = net.to(device).eval()
     num_pdfs = int(ckpt["model_config"]["num_pdfs"])
     counts, notes = _prior_counts(path, np.asarray(ckpt["priors"], dtype=np.float64), num_pdfs)

@@ -25,6 +25,7 @@ import numpy as np
 
 from asr_bn.alignments import alignment_files, alignment_model, check_num_pdfs, join_targets
 from asr_bn.data import AudioError, DataDir, cut_segment, load_data_dir, load_recording, write_data_dir
+from asr_bn.device import parse_device
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.features import FbankConfig, FeaturePipeline, compute_cmvn_stats, compute_fbank
 from asr_bn.io import OutputLock, check_output_dir, read_compressed, write_ark_scp, write_text
@@ -85,11 +86,7 @@ def prepare_kaldi(
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if nj < 1:
         raise UsageError(f"--nj {nj}: need at least 1 job")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: torch sees no CUDA GPU (torch {torch.__version__}); use --device cpu")
+    device = str(parse_device(device))
     if data_dir.resolve() == out_dir.resolve():
         raise UsageError(f"OUT_DIR {out_dir} is the data dir itself; choose another output directory")
     check_output_dir(out_dir, "OUT_DIR")

@@ -52,6 +52,7 @@ from asr_bn.batching import (
     read_targets,
 )
 from asr_bn.config import PRESETS, TrainConfig
+from asr_bn.device import parse_device
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.features import FeaturePipeline
 from asr_bn.io import OutputLock, atomic_path, check_output_dir, check_output_file, error_detail, write_text
@@ -396,9 +397,10 @@ class _Dist:
         # the group for good, and destroy_process_group could not free it.
         import torch.distributed.nn.functional  # noqa: F401
 
-        on_gpu = _pick_device(device, self).type == "cuda"
+        chosen = parse_device(device, self.local_rank)
+        on_gpu = chosen.type == "cuda"
         if on_gpu:
-            torch.cuda.set_device(_pick_device(device, self))  # NCCL's communicator lives on this rank's GPU
+            torch.cuda.set_device(chosen)  # NCCL's communicator lives on this rank's GPU
         td.init_process_group("nccl" if on_gpu else "gloo")
         # Free the group on the way out, joining its threads: one left to interpreter exit may still release a
         # tensor, and a thread that takes the GIL during finalization aborts the process (SIGABRT, seen in CI).
@@ -430,18 +432,6 @@ class _StopSignals:
     def __exit__(self, *exc: object) -> None:
         for s, handler in self._old.items():
             signal.signal(s, handler)
-
-
-def _pick_device(name: str, dist: _Dist) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda, but no CUDA GPU is visible (use --device cpu)")
-        if device.index is None:
-            device = torch.device("cuda", dist.local_rank)
-    return device
 
 
 def _pdf_counts(cfg: TrainConfig, utts: list[str]) -> np.ndarray:
@@ -507,7 +497,7 @@ class _Run:
                 raise AsrBnError(f"{exp / 'checkpoint.pt'} holds an invalid training config ({e}); train again") from e
         elif (exp / "checkpoint.pt").exists():
             raise UsageError(f"{exp} already holds a training run; continue it with --resume, or choose a new EXP_DIR")
-        device = _pick_device(cfg.device, dist)
+        device = parse_device(cfg.device, dist.local_rank)
         if cfg.amp == "fp16" and device.type != "cuda":
             raise UsageError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
 
