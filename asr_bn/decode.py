@@ -250,10 +250,6 @@ def _fst_bytes(lat) -> bytes:  # noqa: ANN001 - kaldifst.Lattice
 # Decoding many utterances
 
 
-class _UttFailed(Exception):
-    """One utterance could not be decoded (carried back from a worker as a skip reason)."""
-
-
 def _decode_or_reason(graph: Graph, utt: str, loglikes: np.ndarray, config: DecodeConfig) -> Hypothesis | str:
     try:
         return decode_matrix(graph, utt, loglikes, config)

@@ -343,42 +343,29 @@ def _delta_scales(order: int, window: int) -> list[np.ndarray]:
     return scales
 
 
-def add_deltas(
-    feats: torch.Tensor, order: int = 2, window: int = 2, lengths: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Kaldi's add-deltas: append `order` delta orders (window `window`), replicating edge frames.
-
-    feats: (T, D), or padded (B, T, D) with `lengths` (B,) — each utterance replicates its own last real frame and
-    its padding frames come out zero. Returns (T, D*(order+1)) or (B, T, D*(order+1)).
-    """
+def add_deltas(feats: torch.Tensor, order: int = 2, window: int = 2) -> torch.Tensor:
+    """Kaldi's add-deltas: append `order` delta orders (window `window`) to (T, D) features, frames outside the
+    utterance replicating its first / last frame. Returns (T, D*(order+1))."""
     if order < 0 or window < 1:
         raise UsageError(f"add_deltas: order={order} must be >= 0 and window={window} >= 1")
-    single = feats.dim() == 2
-    x = feats.unsqueeze(0) if single else feats
-    b, t, d = x.shape
+    if feats.dim() != 2:
+        raise UsageError(f"add_deltas: expected (T, D) features of one utterance, got shape {tuple(feats.shape)}")
+    t, d = feats.shape
     if order == 0:
         return feats.clone()
     if t == 0:
-        return feats.new_zeros(feats.shape[:-1] + (d * (order + 1),))
-    if lengths is None:
-        lengths = torch.full((b,), t, dtype=torch.long)
-    lengths = lengths.to(device=x.device, dtype=torch.long)
+        return feats.new_zeros((0, d * (order + 1)))
     m = order * window
-    pos = torch.arange(-m, t + m, device=x.device)[None, :]  # (1, T + 2m)
-    idx = torch.minimum(pos.clamp(min=0), (lengths[:, None] - 1).clamp(min=0))  # (B, T + 2m)
-    padded = torch.gather(x, 1, idx[:, :, None].expand(b, t + 2 * m, d))
-    outs = [x]
+    padded = feats[torch.arange(-m, t + m, device=feats.device).clamp(0, t - 1)]  # (T + 2m, D), edges replicated
+    outs = [feats]
     for scales in _delta_scales(order, window)[1:]:
         off = (len(scales) - 1) // 2
-        acc = torch.zeros_like(x)
+        acc = torch.zeros_like(feats)
         for j, s in enumerate(scales):
             if s != 0.0:
-                acc += float(s) * padded[:, m - off + j : m - off + j + t]
+                acc += float(s) * padded[m - off + j : m - off + j + t]
         outs.append(acc)
-    out = torch.cat(outs, dim=2)
-    valid = torch.arange(t, device=x.device)[None, :] < lengths[:, None]
-    out = out * valid[:, :, None]
-    return out[0] if single else out
+    return torch.cat(outs, dim=1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -555,29 +542,6 @@ class FeaturePipeline:
         """
         x = self._cmvn(raw, self._stats_for(raw, cmvn_stats))
         return add_deltas(x, self.delta_order, self.delta_window)
-
-    def transform_batch(
-        self, raw: torch.Tensor, lengths: torch.Tensor, cmvn_stats: Sequence[np.ndarray | None] | np.ndarray | None
-    ) -> torch.Tensor:
-        """Batched `transform`: padded raw (B, T, D), lengths (B,), one stats matrix per utterance (or (B, 2, D+1))
-        → (B, T, output_dim) with zero padding; the same numbers as `transform` on each utterance."""
-        b, t, d = raw.shape
-        if self.cmvn != "none":
-            if cmvn_stats is None:
-                cmvn_stats = [None] * b
-            offsets = np.zeros((b, d), dtype=np.float32)
-            scales = np.ones((b, d), dtype=np.float32)
-            for i in range(b):
-                stats = self._stats_for(raw[i, : int(lengths[i])], cmvn_stats[i])
-                offset, scale = _cmvn_offset_scale(stats, self.norm_vars)
-                offsets[i] = offset
-                if scale is not None:
-                    scales[i] = scale
-            off = torch.from_numpy(offsets).to(raw.device, raw.dtype)[:, None, :]
-            if self.norm_vars:
-                raw = raw * torch.from_numpy(scales).to(raw.device, raw.dtype)[:, None, :]
-            raw = raw + off
-        return add_deltas(raw, self.delta_order, self.delta_window, lengths=lengths)
 
     def _stats_for(self, raw: torch.Tensor, stats: np.ndarray | None) -> np.ndarray | None:
         if self.cmvn == "none":

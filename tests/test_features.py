@@ -327,17 +327,12 @@ def test_add_deltas_hand_worked() -> None:
     assert add_deltas(torch.zeros(0, 5)).shape == (0, 15)
 
 
-def test_add_deltas_matches_knf_and_batched_form(rng: np.random.Generator) -> None:
+def test_add_deltas_matches_knf(rng: np.random.Generator) -> None:
     opts = knf.DeltaOptions()
     a = rng.normal(size=(37, 5)).astype(np.float32)
     np.testing.assert_allclose(add_deltas(torch.from_numpy(a)).numpy(), knf.compute_deltas(opts, a), atol=1e-5)
-    utts = [torch.from_numpy(rng.normal(size=(t, 3)).astype(np.float32)) for t in (7, 1, 12)]
-    padded = torch.nn.utils.rnn.pad_sequence(utts, batch_first=True, padding_value=99.0)
-    lengths = torch.tensor([7, 1, 12])
-    out = add_deltas(padded, lengths=lengths)
-    for i, u in enumerate(utts):
-        torch.testing.assert_close(out[i, : len(u)], add_deltas(u))
-        assert (out[i, len(u) :] == 0).all()
+    with pytest.raises(UsageError, match=r"expected \(T, D\) features of one utterance, got shape \(2, 37, 5\)"):
+        add_deltas(torch.from_numpy(np.stack([a, a])))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -442,10 +437,6 @@ def test_pipeline_save_load_transform(tmp_path: Path, rng: np.random.Generator) 
     stats = compute_cmvn_stats(raws)  # one speaker
     one = pipe.transform(raws[0], stats)
     torch.testing.assert_close(one, add_deltas(apply_cmvn(raws[0], stats, norm_vars=True)))
-    padded = torch.nn.utils.rnn.pad_sequence(raws, batch_first=True)
-    batched = pipe.transform_batch(padded, torch.tensor([9, 4]), [stats, stats])
-    torch.testing.assert_close(batched[0], one)
-    torch.testing.assert_close(batched[1, :4], pipe.transform(raws[1], stats))
     with pytest.raises(UsageError, match="needs CMVN stats"):
         pipe.transform(raws[0], None)
     per_utt = FeaturePipeline(cmvn="utterance", delta_order=0, fbank=FbankConfig(use_energy=True))
