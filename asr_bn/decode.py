@@ -26,11 +26,13 @@ from asr_bn.config import DecodeConfig
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.fst import FstArrays, read_std_fst, to_vector_fst
 from asr_bn.io import (
+    KALDIIO_READ_ERRORS,
     OutputLock,
     archive_problem,
     atomic_open,
     check_output_dir,
     error_detail,
+    out_of_memory_reading,
     require_dir,
     write_text,
 )
@@ -288,9 +290,9 @@ def _rspecifier(loglikes: str | Path) -> str:
 
 
 def _read_matrices(rspecifier: str) -> Iterator[tuple[str, np.ndarray]]:
-    """(key, matrix) pairs of a Kaldi rspecifier. As in `asr_bn.io.read_matrix`, whatever kaldiio's parser raises
-    on a missing, cut-off or corrupt archive (struct.error, ValueError, UnicodeDecodeError, …: `asr-bn forward`
-    killed mid-pipe leaves one) becomes one AsrBnError naming the source, where it broke and the fix."""
+    """(key, matrix) pairs of a Kaldi rspecifier. As in `asr_bn.io.read_matrix`, what kaldiio's parser raises on a
+    missing, cut-off or corrupt archive (`asr_bn.io.KALDIIO_READ_ERRORS`: `asr-bn forward` killed mid-pipe leaves
+    one) becomes one AsrBnError naming the source, where it broke and the fix; a MemoryError says so."""
     import kaldiio
 
     fix = f"re-run `asr-bn forward` and give its output as {_LOGLIKES_FORMS}"
@@ -302,10 +304,10 @@ def _read_matrices(rspecifier: str) -> Iterator[tuple[str, np.ndarray]]:
                     raise AsrBnError(f"{rspecifier}: utterance {utt} is not a Kaldi matrix; {fix}")
                 yield utt, mat
                 last = utt
-    except AsrBnError:
-        raise
-    except Exception as e:  # kaldiio raises whatever its parser hits on bad bytes
+    except (MemoryError, *KALDIIO_READ_ERRORS) as e:  # what kaldiio's parser raises on bad bytes
         where = f"after utterance {last}" if last is not None else "at its first utterance"
+        if isinstance(e, MemoryError):
+            raise AsrBnError(out_of_memory_reading(f"{rspecifier} {where}", e)) from e
         location = _scp_location_after(rspecifier, last)
         detail = archive_problem(location, e) if location else error_detail(e)
         raise AsrBnError(

@@ -226,6 +226,14 @@ def read_compressed(f: IO[bytes]) -> np.ndarray | None:
     return np.ascontiguousarray(np.take_along_axis(table, byte.astype(np.intp), axis=1).T)
 
 
+# What kaldiio's parser raises on a missing, cut-off or corrupt archive (seen by fuzzing truncated and byte-flipped
+# binary, compressed and text archives: FileNotFoundError and other OSErrors, ValueError and UnicodeDecodeError,
+# struct.error, AssertionError from its format checks, RuntimeError "is not a digit"). A corrupt size in a header
+# can also make it ask for more memory than exists (MemoryError), which callers report on its own: that message
+# must not call a machine out of memory a corrupt archive.
+KALDIIO_READ_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, ValueError, struct.error, AssertionError, RuntimeError)
+
+
 def read_matrix(location: str, table: str | Path, key: str) -> np.ndarray:
     """Load one matrix an scp line points at (`file.ark:offset`), a compressed one as Kaldi expands it
     (`read_compressed`); a missing, truncated or corrupt archive is an AsrBnError naming the scp table, the
@@ -242,7 +250,9 @@ def read_matrix(location: str, table: str | Path, key: str) -> np.ndarray:
                     mat = kaldiio.load_mat(location, fd_dict={path: f})
         else:
             mat = kaldiio.load_mat(location)
-    except Exception as e:  # kaldiio raises whatever its parser hits on bad bytes (ValueError, struct.error, …)
+    except MemoryError as e:
+        raise AsrBnError(out_of_memory_reading(f"{table}: {key} at {location}", e)) from e
+    except KALDIIO_READ_ERRORS as e:
         raise AsrBnError(
             f"{table}: cannot read {key} at {location} ({archive_problem(location, e)}); "
             "the archive is missing, truncated or corrupt: re-run the stage that wrote it"
@@ -288,3 +298,12 @@ def _matrix_end(file: str, offset: int) -> int | None:
         return None
     shape = [int.from_bytes(head[6 + 5 * i : 10 + 5 * i], "little", signed=True) for i in range(dims)]
     return offset + 5 + 5 * dims + size * math.prod(shape) if min(shape) >= 0 else None
+
+
+def out_of_memory_reading(what: str, error: MemoryError) -> str:
+    """The one line for a MemoryError while kaldiio reads `what`: either the machine is short of memory or a
+    corrupt header claims a huge matrix; both are named, neither is asserted."""
+    return (
+        f"{what}: out of memory reading the matrix ({error_detail(error)}): free memory, or, if the matrix is not "
+        "that large, its header is corrupt: re-run the stage that wrote it"
+    )

@@ -149,3 +149,25 @@ def test_compressed_matrix_is_expanded_as_kaldi_and_a_bad_header_is_one_error(tm
     ark.write_bytes(bytes(data))
     with pytest.raises(AsrBnError, match=r"u1 at .*compressed 1073741824 x 4 matrix needs \d+ bytes, the file has"):
         read_matrix(location, scp, "u1")
+
+
+@pytest.mark.parametrize("raised", [MemoryError(), KeyError("a bug, not bad bytes")])
+def test_read_matrix_reports_only_what_reading_raises(tmp_path: Path, raised: Exception) -> None:
+    """A MemoryError is no corrupt archive, and an exception kaldiio does not raise on bad bytes is a bug."""
+    import kaldiio
+
+    write_ark_scp(tmp_path / "f.ark", tmp_path / "f.scp", [("u1", np.zeros((2, 3), np.float32))])
+    location = (tmp_path / "f.scp").read_text().split()[1]
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise raised
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kaldiio.matio, "read_kaldi", fail)
+        if isinstance(raised, MemoryError):
+            with pytest.raises(AsrBnError, match=r"f\.scp: u1 at .*: out of memory reading the matrix") as e:
+                read_matrix(location, tmp_path / "f.scp", "u1")
+            assert "missing, truncated or corrupt" not in str(e.value)
+        else:
+            with pytest.raises(KeyError, match="a bug"):
+                read_matrix(location, tmp_path / "f.scp", "u1")
