@@ -24,7 +24,8 @@ from typing import BinaryIO, Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from asr_bn.errors import AsrBnError, UsageError
-from asr_bn.io import write_ark_scp, write_text
+from asr_bn.io import read_table, write_ark_scp, write_text
+from asr_bn.lang import read_symbol_table
 from asr_bn.report import Report
 
 __all__ = [
@@ -775,23 +776,6 @@ def _text_ints(line: bytes, path: Path, pos: int, utt: str) -> np.ndarray:
     return values.astype(np.int32)
 
 
-def _read_symbols(path: Path) -> dict[int, str]:
-    """Kaldi symbol table (`phones.txt`: `name id` per line) as id → name."""
-    table = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise AsrBnError(f"cannot read phone table {path}: {e} (give data/lang/phones.txt)") from e
-    for number, line in enumerate(lines, start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 2 or not fields[1].isdigit():
-            raise AsrBnError(f"{path}:{number}: expected `name id`, found {line[:40]!r} (give data/lang/phones.txt)")
-        table[int(fields[1])] = fields[0]
-    return table
-
-
 def describe_alignments(
     model: str | Path,
     alignments: str | Path,
@@ -805,7 +789,7 @@ def describe_alignments(
     utterance; an `utt` absent from the archives is an error.
     """
     tm = read_transition_model(model)
-    names = _read_symbols(Path(phones)) if phones is not None else {}
+    names = {i: name for name, i in read_symbol_table(phones).items()} if phones is not None else {}
     shift = frame_shift_ms / 1000.0
     found = False
     for entry in read_alignments(alignments):
@@ -825,18 +809,11 @@ def describe_alignments(
 
 
 def _read_num_frames(path: Path) -> dict[str, int]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise AsrBnError(f"cannot read {path}: {e} (run `asr-bn prep` on this data dir first)") from e
     frames: dict[str, int] = {}
-    for number, line in enumerate(lines, start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 2 or not fields[1].isdigit():
-            raise AsrBnError(f"{path}:{number}: expected `utt-id num-frames`, found {line[:60]!r} (re-run asr-bn prep)")
-        frames[fields[0]] = int(fields[1])
+    for utt, row in read_table(path, "run `asr-bn prep` on this data dir first").items():
+        if not row.rest.isdigit():
+            raise AsrBnError(f"{path} line {row.line}: {row.rest!r} is not a frame count (re-run asr-bn prep)")
+        frames[utt] = int(row.rest)
     return frames
 
 

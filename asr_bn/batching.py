@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from asr_bn.errors import AsrBnError, UsageError
-from asr_bn.io import error_detail, read_matrix, require_dir
+from asr_bn.io import read_matrix, read_table, require_dir
 from asr_bn.report import Report
 
 __all__ = [
@@ -266,23 +266,9 @@ def prepared_dir(path: str | Path, role: str = "prepared dir") -> Path:
 
 
 def _read_table(path: Path) -> dict[str, str]:
-    """A Kaldi two-column text table (key value) as a dict."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError as e:
-        fix = _MISSING_FIX.get(path.name, "a prepared data dir from `asr-bn prep` has it")
-        raise AsrBnError(f"{path} is missing; {fix}") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise AsrBnError(f"cannot read {path} ({error_detail(e)}); re-run `asr-bn prep`") from e
-    table = {}
-    for number, line in enumerate(lines, 1):
-        fields = line.split(maxsplit=1)
-        if not fields:
-            continue
-        if len(fields) != 2:
-            raise AsrBnError(f"{path}:{number}: expected 'key value', got {line!r}")
-        table[fields[0]] = fields[1].strip()
-    return table
+    """A table of a prepared data dir (feats.scp, pdf.scp, utt2num_frames, utt2spk) as key → value."""
+    rows = read_table(path, _MISSING_FIX.get(path.name, "a prepared data dir from `asr-bn prep` has it"))
+    return {key: row.rest for key, row in rows.items()}
 
 
 class UtteranceDataset(torch.utils.data.Dataset):

@@ -25,7 +25,7 @@ from typing import Collection
 import numpy as np
 
 from asr_bn.errors import AsrBnError
-from asr_bn.io import require_dir, write_text
+from asr_bn.io import TableRow, index_rows, read_rows, require_dir, write_text
 from asr_bn.report import Report
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
     "load_data_dir",
     "load_audio",
     "load_recording",
-    "read_lines",
     "read_speakers",
     "read_utt2spk",
     "write_data_dir",
@@ -94,66 +93,20 @@ class AudioError(AsrBnError):
 # Reading the text files
 
 
-def read_lines(path: str | Path) -> list[tuple[int, str]]:
-    """Non-blank lines of a Kaldi text file with their 1-based line numbers; non-UTF-8 is an error naming the line."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise AsrBnError(f"cannot read {path}: {e.strerror or e}") from e
-    out = []
-    for number, line in enumerate(raw.split(b"\n"), start=1):
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise AsrBnError(
-                f"{path} line {number}: not valid UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1}); "
-                f"re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`"
-            ) from e
-        if text.strip():
-            out.append((number, text.strip()))
-    return out
+_FIX = "check the data dir with Kaldi's utils/validate_data_dir.sh"
 
 
-def _rows(path: Path, min_fields: int = 2, max_fields: int | None = 2) -> list[tuple[int, str, str]]:
-    """(line number, key, rest of line) for each line of a Kaldi table file, checking the number of fields."""
-    rows = []
-    for number, line in read_lines(path):
-        parts = line.split(None, 1)
-        key, rest = parts[0], (parts[1] if len(parts) > 1 else "")
-        nfields = 1 + len(rest.split())
-        if nfields < min_fields or (max_fields is not None and nfields > max_fields):
-            want = (
-                str(min_fields)
-                if max_fields == min_fields
-                else f"at least {min_fields}" if max_fields is None else f"{min_fields}-{max_fields}"
-            )
-            raise AsrBnError(f"{path} line {number}: expected {want} fields, found {nfields}: {line[:80]!r}")
-        rows.append((number, key, rest))
-    return rows
+def _data_table(path: Path, report: Report, *, fields: tuple[int, int | None] = (2, 2)) -> dict[str, TableRow]:
+    """Key → row of a data dir file (io.read_table's rules), with a note when it is not sorted."""
+    return _indexed(path, read_rows(path, _FIX, fields=fields), report)
 
 
-def _index(path: Path, rows: list[tuple[int, str, str]], report: Report) -> dict[str, tuple[int, str]]:
-    """Key → (line number, value); a duplicate key is an error naming both lines, unsorted keys get a note."""
-    table: dict[str, tuple[int, str]] = {}
-    unsorted = False
-    for i, (number, key, value) in enumerate(rows):
-        if key in table:
-            raise AsrBnError(
-                f"{path}: key {key!r} appears twice (lines {table[key][0]} and {number}); keep one of the two lines"
-            )
-        unsorted = unsorted or (i > 0 and key < rows[i - 1][1])
-        table[key] = (number, value)
-    if unsorted:
+def _indexed(path: Path, rows: list[TableRow], report: Report) -> dict[str, TableRow]:
+    """io.index_rows (a duplicate key is an error naming both lines), noting keys out of C-locale order."""
+    table = index_rows(path, rows)
+    if any(b.key < a.key for a, b in zip(rows, rows[1:])):
         report.note(f"{path.name} was not sorted in C-locale order; sorted it (Kaldi tools expect LC_ALL=C sort)")
     return table
-
-
-def _read_table(
-    path: Path, report: Report, *, min_fields: int = 2, max_fields: int | None = 2
-) -> dict[str, tuple[int, str]]:
-    """Key → (line number, rest of line) of a Kaldi table file (see `_rows`, `_index`)."""
-    return _index(path, _rows(path, min_fields, max_fields), report)
 
 
 def read_utt2spk(path: str | Path, utt_ids: Collection[str], report: Report) -> dict[str, str]:
@@ -161,18 +114,18 @@ def read_utt2spk(path: str | Path, utt_ids: Collection[str], report: Report) -> 
     recognized when that reading is unambiguous (every second field one of `utt_ids`, no first field one), and
     noted in `report`. Malformed lines and duplicate utterances are errors naming the file and line."""
     path, utt_ids = Path(path), set(utt_ids)
-    rows = _rows(path)
-    firsts = [key for _, key, _ in rows]
+    rows = read_rows(path, _FIX, fields=(2, 2))
+    firsts = [row.key for row in rows]
     if (
         len(set(firsts)) < len(firsts)
-        and all(v in utt_ids for _, _, v in rows)
+        and all(row.rest in utt_ids for row in rows)
         and not any(f in utt_ids for f in firsts)
     ):
         report.note(
             f"{path.name} is written `<speaker> <utterance>` (reversed); read it that way (fix the file for Kaldi)"
         )
-        rows = [(n, utt, spk) for n, spk, utt in rows]
-    return {utt: spk for utt, (_, spk) in _index(path, rows, report).items()}
+        rows = [TableRow(row.line, row.rest, row.key) for row in rows]
+    return {utt: row.rest for utt, row in _indexed(path, rows, report).items()}
 
 
 def read_speakers(data_dir: str | Path, utt_ids: Collection[str], report: Report) -> dict[str, str]:
@@ -203,8 +156,9 @@ def read_speakers(data_dir: str | Path, utt_ids: Collection[str], report: Report
 def _read_spk2utt(path: Path, report: Report) -> dict[str, str]:
     """spk2utt inverted to utterance → speaker; an utterance listed twice is an error naming both lines."""
     utt2spk: dict[str, tuple[int, str]] = {}
-    for spk, (number, rest) in _read_table(path, report, max_fields=None).items():
-        for utt in rest.split():
+    for spk, row in _data_table(path, report, fields=(2, None)).items():
+        number = row.line
+        for utt in row.fields:
             if utt in utt2spk:
                 raise AsrBnError(
                     f"{path}: utterance {utt!r} is listed twice (lines {utt2spk[utt][0]} and {number}); "
@@ -235,14 +189,15 @@ def load_data_dir(path: str | Path, report: Report) -> DataDir:
     wav_scp = path / "wav.scp"
     if not wav_scp.is_file():
         raise AsrBnError(f"no {wav_scp}: a Kaldi data dir needs wav.scp (`<recording> <path or cmd |>` per line)")
-    recordings = {rec: entry for rec, (_, entry) in sorted(_read_table(wav_scp, report, max_fields=None).items())}
+    recordings = {rec: row.rest for rec, row in sorted(_data_table(wav_scp, report, fields=(2, None)).items())}
 
     # Utterance → (recording, start, end), from segments or one utterance per recording.
     spans: dict[str, tuple[str, float | None, float | None]] = {}
     segments = path / "segments"
     if segments.is_file():
-        for utt, (number, rest) in _read_table(segments, report, min_fields=4, max_fields=4).items():
-            rec, start, end = rest.split()
+        for utt, row in _data_table(segments, report, fields=(4, 4)).items():
+            number = row.line
+            rec, start, end = row.fields
             s, e = _parse_float(segments, number, start, "start"), _parse_float(segments, number, end, "end")
             if s < 0 or (e != -1 and e <= s):
                 raise AsrBnError(
@@ -260,14 +215,12 @@ def load_data_dir(path: str | Path, report: Report) -> DataDir:
     utt2spk = read_speakers(path, spans, report)
     text: dict[str, str] | None = None
     if (path / "text").is_file():
-        text = {
-            utt: rest for utt, (_, rest) in _read_table(path / "text", report, min_fields=1, max_fields=None).items()
-        }
+        text = {utt: row.rest for utt, row in _data_table(path / "text", report, fields=(1, None)).items()}
     durations: dict[str, float] | None = None
     if (path / "utt2dur").is_file():
         durations = {
-            utt: _parse_float(path / "utt2dur", n, rest, "duration")
-            for utt, (n, rest) in _read_table(path / "utt2dur", report).items()
+            utt: _parse_float(path / "utt2dur", row.line, row.rest, "duration")
+            for utt, row in _data_table(path / "utt2dur", report).items()
         }
 
     # Consistent sets: every utterance must be in wav.scp (via segments), utt2spk, and text/utt2dur when present.

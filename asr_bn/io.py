@@ -1,5 +1,6 @@
 """Crash-safe file output: atomic writes (temp name, fsync, rename), Kaldi ark/scp pairs, output-dir locks; checks
-of input dirs and output paths; reading one matrix of an scp with a one-line error."""
+of input dirs and output paths; reading one matrix of an scp with a one-line error; the one reader of Kaldi text
+tables (`key rest-of-line` per line)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 import os
 import struct
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
@@ -307,3 +309,81 @@ def out_of_memory_reading(what: str, error: MemoryError) -> str:
         f"{what}: out of memory reading the matrix ({error_detail(error)}): free memory, or, if the matrix is not "
         "that large, its header is corrupt: re-run the stage that wrote it"
     )
+
+
+# -- Kaldi text tables (scp files, utt2spk, text, utt2num_frames, lexicon.txt, symbol tables ...) -----------------
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One non-blank line of a Kaldi text table: its 1-based line number, its first field and the rest of it."""
+
+    line: int
+    key: str
+    rest: str  # stripped; "" when the key is alone on its line
+
+    @property
+    def fields(self) -> list[str]:
+        """The rest of the line split on whitespace (a transcript's words, a speaker's utterances, ...)."""
+        return self.rest.split()
+
+
+def read_lines(path: str | Path, fix: str) -> list[tuple[int, str]]:
+    """Non-blank lines of a text file, stripped, with their 1-based numbers. A missing file is one AsrBnError
+    `PATH is missing; FIX`, an unreadable one `cannot read PATH (error); FIX`; a line that is not UTF-8 one naming
+    the line, byte and column."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as e:
+        raise AsrBnError(f"{path} is missing; {fix}") from e
+    except OSError as e:
+        raise AsrBnError(f"cannot read {path} ({error_detail(e)}); {fix}") from e
+    out = []
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise AsrBnError(
+                f"{path} line {number}: not valid UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1}); "
+                f"re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`"
+            ) from e
+        if text.strip():
+            out.append((number, text.strip()))
+    return out
+
+
+def read_rows(path: str | Path, fix: str, *, fields: tuple[int, int | None] = (1, None)) -> list[TableRow]:
+    """Every non-blank line of a Kaldi text table as a TableRow, in file order, keys repeating as they may (a
+    lexicon lists a word once per pronunciation). `fields` = (fewest, most or None) fields a line may have;
+    outside that is one AsrBnError naming the file and line. Reading errors as in `read_lines`."""
+    low, high = fields
+    rows = []
+    for number, line in read_lines(path, fix):
+        parts = line.split(None, 1)
+        key, rest = parts[0], (parts[1].strip() if len(parts) > 1 else "")
+        count = 1 + len(rest.split())
+        if count < low or (high is not None and count > high):
+            want = str(low) if high == low else f"at least {low}" if high is None else f"{low}-{high}"
+            raise AsrBnError(f"{path} line {number}: expected {want} fields, found {count}: {line[:80]!r} ({fix})")
+        rows.append(TableRow(number, key, rest))
+    return rows
+
+
+def index_rows(path: str | Path, rows: Iterable[TableRow]) -> dict[str, TableRow]:
+    """Key → row, in file order; a key on two lines is one AsrBnError naming both (Kaldi tables key each item once)."""
+    table: dict[str, TableRow] = {}
+    for row in rows:
+        if row.key in table:
+            raise AsrBnError(
+                f"{path}: key {row.key!r} appears twice (lines {table[row.key].line} and {row.line}); "
+                "keep one of the two lines"
+            )
+        table[row.key] = row
+    return table
+
+
+def read_table(path: str | Path, fix: str, *, fields: tuple[int, int | None] = (2, 2)) -> dict[str, TableRow]:
+    """A Kaldi table with one line per key (scp files, utt2spk, text, ...): key → TableRow (`.rest` the rest of
+    the line as written, `.fields` its tokens). Errors as in `read_rows` and `index_rows`."""
+    return index_rows(path, read_rows(path, fix, fields=fields))

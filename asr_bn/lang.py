@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from asr_bn.config import SIL_PROB
 from asr_bn.errors import AsrBnError, UsageError
-from asr_bn.io import require_dir, write_text
+from asr_bn.io import read_rows, require_dir, write_text
 
 if TYPE_CHECKING:
     from asr_bn.kaldi_ext import kaldifst
@@ -55,25 +55,14 @@ class Lang:
         return out
 
 
-def _fields(path: Path, what: str, fix: str) -> Iterator[tuple[int, str, list[str]]]:
-    """(line number, line, its fields) of each non-blank line of a text file; an unreadable file is one line."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise AsrBnError(f"cannot read {what} {path}: {e.strerror or e} ({fix})") from e
-    for n, line in enumerate(lines, 1):
-        if fields := line.split():
-            yield n, line, fields
-
-
 def read_lexicon(path: str | Path) -> list[tuple[str, list[str]]]:
     """Read a Kaldi lexicon.txt (`WORD PH1 PH2 …` per line) into (word, phones) pairs, in file order."""
     path = Path(path)
     lexicon: list[tuple[str, list[str]]] = []
-    for n, line, fields in _fields(path, "lexicon", "check the path"):
-        if len(fields) < 2:
-            raise AsrBnError(f"{path}:{n}: word {fields[0]!r} has no phones (a lexicon line is `WORD PH1 PH2 …`)")
-        lexicon.append((fields[0], fields[1:]))
+    for row in read_rows(path, "check the path"):
+        if not row.rest:
+            raise AsrBnError(f"{path}:{row.line}: word {row.key!r} has no phones (a lexicon line is `WORD PH1 PH2 …`)")
+        lexicon.append((row.key, row.fields))
     if not lexicon:
         raise AsrBnError(f"{path} is empty (a lexicon needs at least one `WORD PH1 …` line)")
     return lexicon
@@ -130,10 +119,10 @@ def read_symbol_table(path: str | Path) -> dict[str, int]:
     """Read a Kaldi symbol table (`SYMBOL ID` per line) such as phones.txt or words.txt."""
     path = Path(path)
     table: dict[str, int] = {}
-    for n, line, fields in _fields(path, "symbol table", "check the lang folder"):
-        if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
-            raise AsrBnError(f"{path}:{n}: expected `SYMBOL ID`, got {line!r}")
-        table[fields[0]] = int(fields[1])
+    for row in read_rows(path, "check the lang folder"):
+        if len(row.fields) != 1 or not row.rest.lstrip("-").isdigit():
+            raise AsrBnError(f"{path}:{row.line}: expected `SYMBOL ID`, got {f'{row.key} {row.rest}'.strip()!r}")
+        table[row.key] = int(row.rest)
     return table
 
 

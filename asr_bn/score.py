@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from asr_bn.config import SCORE_MODES
-from asr_bn.data import read_lines, read_speakers, read_utt2spk
+from asr_bn.data import read_speakers, read_utt2spk
 from asr_bn.errors import AsrBnError, UsageError
-from asr_bn.io import check_output_dir, write_text
+from asr_bn.io import check_output_dir, read_rows, read_table, write_text
 from asr_bn.report import Report
 
 __all__ = [
@@ -215,16 +215,8 @@ def align_words(ref: Sequence[str], hyp: Sequence[str]) -> UttAlignment:
 
 def read_text(path: str | Path, what: str = "transcripts") -> dict[str, list[str]]:
     """Read a Kaldi `text` file (`utt-id word word …` per line; an id alone is an empty transcript)."""
-    path = Path(path)
-    if not path.is_file():
-        raise AsrBnError(f"{path}: no such file (give a Kaldi `text` file of {what}: `utt-id word …` per line)")
-    out: dict[str, list[str]] = {}
-    for n, line in read_lines(path):  # the data-dir reader: non-UTF-8 is an error naming the line and the fix
-        fields = line.split()
-        if fields[0] in out:
-            raise AsrBnError(f"{path}:{n}: utterance {fields[0]} appears twice (keep one line per utterance)")
-        out[fields[0]] = fields[1:]
-    return out
+    fix = f"give a Kaldi `text` file of {what}: `utt-id word …` per line, one line per utterance"
+    return {utt: row.fields for utt, row in read_table(path, fix, fields=(1, None)).items()}
 
 
 @dataclass
@@ -416,18 +408,19 @@ def read_per_utt(path: str | Path) -> dict[str, ErrorCounts]:
     """Per-utterance counts from the `#csid` rows of a Kaldi `per_utt` file (`write_details`, or Kaldi's
     score_kaldi.sh `wer_details/per_utt`): what `bootstrap_wer` resamples, without scoring again."""
     path = Path(path)
-    if not path.is_file():
-        raise AsrBnError(f"{path}: no such file (write it with `asr-bn score wer … --details DIR`)")
     out: dict[str, ErrorCounts] = {}
-    for n, line in read_lines(path):  # non-UTF-8 is an error naming the line
-        fields = line.split()
-        if len(fields) < 2 or fields[1] != "#csid":
+    for row in read_rows(path, "write it with `asr-bn score wer … --details DIR`"):  # non-UTF-8: one line
+        fields = row.fields
+        if not fields or fields[0] != "#csid":
             continue
-        if len(fields) != 6 or not all(x.isdigit() for x in fields[2:]):
-            raise AsrBnError(f"{path}:{n}: expected `utt-id #csid C S I D` with 4 counts >= 0, got {line!r}")
-        corr, subs, ins, dels = (int(x) for x in fields[2:])
+        if len(fields) != 5 or not all(x.isdigit() for x in fields[1:]):
+            raise AsrBnError(
+                f"{path}:{row.line}: expected `utt-id #csid C S I D` with 4 counts >= 0, "
+                f"got {row.key + ' ' + row.rest!r}"
+            )
+        corr, subs, ins, dels = (int(x) for x in fields[1:])
         words = corr + subs + dels
-        out[fields[0]] = ErrorCounts(words, ins, dels, subs, 1, int(subs + ins + dels > 0))
+        out[row.key] = ErrorCounts(words, ins, dels, subs, 1, int(subs + ins + dels > 0))
     if not out:
         raise AsrBnError(f"{path}: no `utt-id #csid C S I D` rows (is it a Kaldi per_utt file?)")
     return out

@@ -224,3 +224,12 @@ def test_empty_after_filter_names_the_filter(tmp_path: Path) -> None:
     d = make_prepared_dir(tmp_path / "data", [50, 60])
     with pytest.raises(AsrBnError, match="2 longer than --max-train-frames 10.*raise --max-train-frames"):
         filter_by_length(d, 10, Report("train"))
+
+
+def test_a_key_twice_in_a_prepared_table_is_an_error(tmp_path: Path) -> None:
+    """pdf.scp listing an utterance twice took the last line silently; the one table reader names both lines."""
+    d = make_prepared_dir(tmp_path / "data", [5, 6])
+    lines = (d / "pdf.scp").read_text().splitlines()
+    (d / "pdf.scp").write_text("\n".join([*lines, lines[0]]) + "\n")
+    with pytest.raises(AsrBnError, match=rf"pdf\.scp: key '{lines[0].split()[0]}' appears twice \(lines 1 and 3\)"):
+        filter_by_length(d, None, Report("train"))

@@ -171,3 +171,31 @@ def test_read_matrix_reports_only_what_reading_raises(tmp_path: Path, raised: Ex
         else:
             with pytest.raises(KeyError, match="a bug"):
                 read_matrix(location, tmp_path / "f.scp", "u1")
+
+
+def test_table_reader_rules(tmp_path: Path) -> None:
+    """The one reader of Kaldi text tables: file order, blank lines skipped, field counts, duplicates, bad bytes
+    and missing files each one line naming the file (and the line)."""
+    from asr_bn.io import TableRow, read_rows, read_table
+
+    path = tmp_path / "text"
+    path.write_bytes(b"u2  hello   world \n\n u1\n\r\nu3 x\n")
+    rows = read_rows(path, "fix it")
+    assert rows == [TableRow(1, "u2", "hello   world"), TableRow(3, "u1", ""), TableRow(5, "u3", "x")]
+    assert rows[0].fields == ["hello", "world"] and rows[1].fields == []
+    assert list(read_table(path, "fix it", fields=(1, None))) == ["u2", "u1", "u3"]
+    with pytest.raises(AsrBnError, match=r"text line 1: expected 2 fields, found 3: 'u2  hello   world' \(fix it\)"):
+        read_table(path, "fix it")
+    with pytest.raises(AsrBnError, match=r"text line 3: expected at least 2 fields, found 1: 'u1'"):
+        read_rows(path, "fix it", fields=(2, None))
+    path.write_text("a 1\nb 2\na 3\n")
+    assert [r.key for r in read_rows(path, "fix it")] == ["a", "b", "a"]  # rows may repeat keys
+    with pytest.raises(AsrBnError, match=r"text: key 'a' appears twice \(lines 1 and 3\); keep one of the two lines"):
+        read_table(path, "fix it")
+    path.write_bytes(b"a 1\nb \xe9t\xe9\n")
+    with pytest.raises(AsrBnError, match=r"text line 2: not valid UTF-8 \(byte 0xe9 at column 3\)"):
+        read_rows(path, "fix it")
+    with pytest.raises(AsrBnError, match=r"^\S+nope is missing; fix it$"):
+        read_rows(tmp_path / "nope", "fix it")
+    with pytest.raises(AsrBnError, match=r"^cannot read \S+ \(IsADirectoryError: .*\); fix it$"):
+        read_rows(tmp_path, "fix it")

@@ -92,6 +92,7 @@ def test_text_errors(tmp_path: Path) -> None:
         read_text(tmp_path / "nope")
     with pytest.raises(AsrBnError, match="appears twice"):
         read_text(_write(tmp_path / "dup", ["u1 a", "u1 b"]))
+    assert read_text(_write(tmp_path / "ids", ["u1", "u2  a  b "])) == {"u1": [], "u2": ["a", "b"]}
     empty_ref = {"u1": []}
     with pytest.raises(AsrBnError, match="no reference words"):
         score_wer(empty_ref, _write(tmp_path / "h", ["u1 a"]))
