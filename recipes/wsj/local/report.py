@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from asr_bn.errors import AsrBnError
-from asr_bn.io import write_text
+from asr_bn.io import read_table, write_text
 from asr_bn.score import bootstrap_wer, read_per_utt
 from asr_bn.train import read_metrics
 
@@ -72,7 +72,7 @@ def set_size(prep_dir: Path) -> str:
     path = prep_dir / "utt2num_frames"
     if not path.is_file():
         return "not prepared"
-    frames = [int(line.split()[1]) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    frames = [int(row.rest) for row in read_table(path, "frame counts", "re-run stage 2 (prep)").values()]
     return f"{len(frames)} utterances, {sum(frames) / 360000:.2f} h"
 
 
