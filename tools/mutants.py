@@ -7,7 +7,7 @@ file (`pytest -x -q`, with a timeout) in a copy of the committed tree (git archi
 touched. A mutant survives when that file still passes: each survivor is killed by a new test or explained in
 docs/RELIABILITY.md ("Mutation testing").
 
-    python tools/mutants.py                         # all five modules, 25 mutants each, seed 0
+    python tools/mutants.py                         # all five modules, 12 mutants each, seed 0
     python tools/mutants.py --modules batching --per-module 40 --seed 3
     python tools/mutants.py --only score:112:22     # replay one mutant (module:line:column)
     python tools/mutants.py --list                  # print the sampled mutants without running them
@@ -21,7 +21,7 @@ import io
 import json
 import os
 import random
-import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -163,12 +163,13 @@ def _run_tests(tree: Path, module: str, timeout: float) -> tuple[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--modules", nargs="+", default=list(FUNCTIONS), choices=list(FUNCTIONS))
-    ap.add_argument("--per-module", type=int, default=25)
+    ap.add_argument("--per-module", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="+", default=None, help="module:line:column of the mutants to run")
     ap.add_argument("--list", action="store_true", help="print the sampled mutants, run nothing")
     ap.add_argument("--json", type=Path, default=None, help="write every mutant and its outcome here")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # kill: the running pytest and the copy are cleaned up
 
     rng = random.Random(args.seed)
     chosen: list[Mutant] = []
