@@ -39,9 +39,10 @@ Shapes: B batch, T frames, D input dim, H units per direction, P pdfs, N = Σ T_
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -499,7 +500,7 @@ class BnBlstmLayer(nn.Module):
             self.hidden_bn_weight = nn.Parameter(torch.ones(2, four_h))
             self.register_buffer("hidden_running_mean", torch.zeros(2, four_h))
             self.register_buffer("hidden_running_var", torch.ones(2, four_h))
-        self.population: dict[str, _PopulationStats] | None = None  # set by reestimate_population_stats
+        self._population: dict[str, _PopulationStats] | None = None  # inside population_statistics() only
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -518,10 +519,28 @@ class BnBlstmLayer(nn.Module):
         return f"{self.input_dim}, {self.units}, bn={self.bn!r}, bn_hidden={self.bn_hidden}"
 
     # -- statistics bookkeeping --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def population_statistics(self) -> Iterator[None]:
+        """Within the block, training-mode forwards pool this layer's BN statistics exactly instead of moving the
+        running averages; leaving it normally makes the pooled statistics the running ones (an error: unchanged)."""
+        self._population = {}
+        try:
+            yield
+            if self.bn_hidden and "hidden_" not in self._population:
+                raise ValueError("population statistics: every utterance has 1 frame, so there are no W_h·h "
+                                 "statistics for bn_hidden (steps >= 1); pass batches with longer utterances")
+            with torch.no_grad():
+                for prefix, stats in self._population.items():
+                    mean, var = stats.result()
+                    getattr(self, prefix + "running_mean").copy_(mean)
+                    getattr(self, prefix + "running_var").copy_(var)
+        finally:
+            self._population = None
+
     def _record(self, prefix: str, mean: Tensor, var: Tensor, n: int) -> None:
         """Fold a batch's biased statistics (2, 4H) over ``n`` frames into the running or population statistics."""
-        if self.population is not None:
-            self.population.setdefault(prefix, _PopulationStats()).add(mean, var, n)
+        if self._population is not None:
+            self._population.setdefault(prefix, _PopulationStats()).add(mean, var, n)
             return
         rm, rv = getattr(self, prefix + "running_mean"), getattr(self, prefix + "running_var")
         with torch.no_grad():
@@ -675,7 +694,7 @@ class BnBlstm(nn.Module):
         self.output = nn.Linear(2 * cfg.units, cfg.num_pdfs)
         nn.init.xavier_uniform_(self.output.weight)
         nn.init.zeros_(self.output.bias)
-        self.dropout_active = True  # reestimate_population_stats turns dropout off while BN uses batch statistics
+        self._dropout_active = True  # off inside population_statistics(), where BN uses batch statistics
         self.backend: Backend = "auto"  # recurrence: "kernel" (torch's fused LSTM), "loop" (hand-written), "auto"
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
@@ -699,9 +718,26 @@ class BnBlstm(nn.Module):
         h = packed.data
         for i, layer in enumerate(self.layers):
             if i > 0 and self.cfg.dropout > 0.0:
-                h = F.dropout(h, self.cfg.dropout, self.training and self.dropout_active)
+                h = F.dropout(h, self.cfg.dropout, self.training and self._dropout_active)
             h = layer(h, packing, self.backend)
         return h
+
+    @contextlib.contextmanager
+    def population_statistics(self) -> Iterator[None]:
+        """Within the block, forwards run with batch statistics (training-mode BN) and without dropout, and every
+        BN layer pools its statistics exactly; leaving it normally makes the pooled statistics the running ones.
+        The train/eval mode is restored either way."""
+        was_training = self.training
+        self.train()
+        self._dropout_active = False
+        try:
+            with contextlib.ExitStack() as layers:
+                for layer in self.layers:
+                    layers.enter_context(layer.population_statistics())
+                yield
+        finally:
+            self._dropout_active = True
+            self.train(was_training)
 
     def fold_bn(self) -> BnBlstm:
         """A plain (bn='none') copy whose weights absorb BN with running statistics: same output as ``eval()``."""
@@ -728,30 +764,12 @@ def reestimate_population_stats(model: BnBlstm, batches: Iterable[tuple[Tensor, 
     """
     if model.cfg.bn == "none":
         return 0
-    was_training = model.training
-    model.train()
-    model.dropout_active = False
-    for layer in model.layers:
-        layer.population = {}
     count = 0
-    try:
+    with model.population_statistics():
         for x, lengths in batches:
             model(x, lengths)
             count += 1
         if count == 0:
             raise ValueError("reestimate_population_stats got no batches")
-        for layer in model.layers:
-            if layer.bn_hidden and "hidden_" not in (layer.population or {}):
-                raise ValueError("reestimate_population_stats: every utterance has 1 frame, so there are no W_h·h "
-                                 "statistics for bn_hidden (steps >= 1); pass batches with longer utterances")
-            for prefix, stats in (layer.population or {}).items():
-                mean, var = stats.result()
-                getattr(layer, prefix + "running_mean").copy_(mean)
-                getattr(layer, prefix + "running_var").copy_(var)
-    finally:
-        for layer in model.layers:
-            layer.population = None
-        model.dropout_active = True
-        model.train(was_training)
     return count
 

@@ -345,3 +345,22 @@ def test_cuda_autocast_close_to_float32(bn: str, bn_hidden: bool, backend: str, 
     x, lens = _inputs([6, 4, 2], t_max=7)
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # full float32 for the float32 side
         _check_autocast(model, x.float().cuda().requires_grad_(True), lens.cuda(), dtype)
+
+
+def test_population_statistics_is_the_models_own_mode() -> None:
+    """model.population_statistics(): batch statistics without dropout inside (two forwards agree), the mode and,
+    after an error inside, the running statistics as they were."""
+    model = _model("sequence", dropout=0.5).eval()
+    x, lens = _inputs([4, 3], seed=5)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(RuntimeError, match="stop"), torch.no_grad(), model.population_statistics():
+        assert model.training
+        torch.testing.assert_close(model(x, lens), model(x, lens), rtol=0, atol=0)  # dropout off
+        raise RuntimeError("stop")
+    assert not model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with torch.no_grad(), model.population_statistics():
+        model(x, lens)
+    assert not torch.equal(model.layers[0].running_mean, before["layers.0.running_mean"])
+    model.train()
+    with torch.no_grad():
+        assert not torch.equal(model(x, lens), model(x, lens))  # dropout is back on in training mode
