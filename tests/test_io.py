@@ -151,13 +151,22 @@ def test_compressed_matrix_is_expanded_as_kaldi_and_a_bad_header_is_one_error(tm
         read_matrix(location, scp, "u1")
 
 
+@pytest.mark.parametrize("reader", ["read_matrix", "read_loglikes"])
 @pytest.mark.parametrize("raised", [MemoryError(), KeyError("a bug, not bad bytes")])
-def test_read_matrix_reports_only_what_reading_raises(tmp_path: Path, raised: Exception) -> None:
-    """A MemoryError is no corrupt archive, and an exception kaldiio does not raise on bad bytes is a bug."""
+def test_kaldiio_readers_report_only_what_reading_raises(tmp_path: Path, reader: str, raised: Exception) -> None:
+    """io.read_matrix (features) and decode's read_loglikes: a MemoryError is no corrupt archive, and what
+    kaldiio does not raise on bad bytes (io.KALDIIO_READ_ERRORS) is a bug that escapes."""
     import kaldiio
+
+    from asr_bn.decode import read_loglikes
 
     write_ark_scp(tmp_path / "f.ark", tmp_path / "f.scp", [("u1", np.zeros((2, 3), np.float32))])
     location = (tmp_path / "f.scp").read_text().split()[1]
+    read = {
+        "read_matrix": lambda: read_matrix(location, tmp_path / "f.scp", "u1"),
+        "read_loglikes": lambda: list(read_loglikes(tmp_path / "f.ark")),
+    }[reader]
+    message = {"read_matrix": r"f\.scp: u1 at ", "read_loglikes": r"^ark:\S+f\.ark at its first utterance"}[reader]
 
     def fail(*args: object, **kwargs: object) -> None:
         raise raised
@@ -165,12 +174,12 @@ def test_read_matrix_reports_only_what_reading_raises(tmp_path: Path, raised: Ex
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(kaldiio.matio, "read_kaldi", fail)
         if isinstance(raised, MemoryError):
-            with pytest.raises(AsrBnError, match=r"f\.scp: u1 at .*: out of memory reading the matrix") as e:
-                read_matrix(location, tmp_path / "f.scp", "u1")
-            assert "missing, truncated or corrupt" not in str(e.value)
+            with pytest.raises(AsrBnError, match=message + r".*: out of memory reading the matrix") as e:
+                read()
+            assert "missing, truncated or corrupt" not in str(e.value) and "\n" not in str(e.value)
         else:
             with pytest.raises(KeyError, match="a bug"):
-                read_matrix(location, tmp_path / "f.scp", "u1")
+                read()
 
 
 def test_table_reader_rules(tmp_path: Path) -> None:
