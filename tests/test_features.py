@@ -416,6 +416,11 @@ def test_kaldi_conf_round_trip_and_errors(tmp_path: Path) -> None:
         FbankConfig(sample_frequency=8000.0, high_freq=5000.0)
     with pytest.raises(UsageError, match="VTLN cut-offs"):
         FbankConfig(vtln_warp=1.1, vtln_low=10.0)
+    # the boundary as Kaldi's compute-fbank-feats draws it (8 kHz, --vtln-warp=1.1 --low-freq=100): --vtln-low=100
+    # is "Bad values in options: vtln-low 100 ... versus low-freq 100", --vtln-low=101 computes
+    with pytest.raises(UsageError, match="VTLN cut-offs"):
+        FbankConfig(sample_frequency=8000.0, vtln_warp=1.1, low_freq=100.0, vtln_low=100.0)
+    FbankConfig(sample_frequency=8000.0, vtln_warp=1.1, low_freq=100.0, vtln_low=101.0)
 
 
 def test_pipeline_save_load_transform(tmp_path: Path, rng: np.random.Generator) -> None:
