@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from asr_bn.batching import PAD_TARGET, BucketingSampler, UtteranceDataset, filter_by_length, make_loader, padding_waste
+from asr_bn.batching import (
+    PAD_TARGET,
+    BucketingSampler,
+    UtteranceDataset,
+    filter_by_length,
+    make_loader,
+    padding_waste,
+    read_targets,
+)
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.features import FbankConfig, FeaturePipeline, compute_cmvn_stats
 from asr_bn.io import write_ark_scp, write_text
@@ -110,6 +118,7 @@ def test_drop_last_and_exclusive_options() -> None:
     lengths = np.arange(1, 51)
     assert all(len(b) == 24 for b in BucketingSampler(lengths, batch_size=24, drop_last=True, pool_batches=1))
     assert sum(map(len, BucketingSampler(lengths, batch_size=24))) == 50
+    assert list(BucketingSampler(np.arange(1, 4), batch_size=24, drop_last=True)) != []  # the only batch stays
     with pytest.raises(UsageError, match="exactly one"):
         BucketingSampler(lengths, batch_size=24, max_frames=100)
 
@@ -136,7 +145,12 @@ def test_state_dict_resumes_mid_epoch_and_refuses_other_data() -> None:
     state = sampler.state_dict()
     fresh = BucketingSampler(lengths, seed=7)
     fresh.load_state_dict(state)
+    fresh.set_epoch(2)  # the loop selects the epoch it resumes: the position stays
     assert list(fresh) == full[5:]
+    fresh.set_epoch(3)  # the next epoch starts at its first batch
+    sampler.set_epoch(3)
+    sampler.position = 0
+    assert list(fresh) == list(sampler) and len(list(fresh)) == len(full)
     with pytest.raises(UsageError, match="num_utts"):
         BucketingSampler(lengths[:-1], seed=7).load_state_dict(state)
 
@@ -224,6 +238,10 @@ def test_empty_after_filter_names_the_filter(tmp_path: Path) -> None:
     d = make_prepared_dir(tmp_path / "data", [50, 60])
     with pytest.raises(AsrBnError, match="2 longer than --max-train-frames 10.*raise --max-train-frames"):
         filter_by_length(d, 10, Report("train"))
+    report = Report("train")  # one skip under the same reason already, from another dir
+    assert filter_by_length(make_prepared_dir(tmp_path / "other", [5, 70]), 10, report)[0] == ["spk0-utt000"]
+    with pytest.raises(AsrBnError, match=r"left to train on \(2 longer than"):  # this call's skips, not 3
+        filter_by_length(d, 10, report)
 
 
 def test_a_key_twice_in_a_prepared_table_is_an_error(tmp_path: Path) -> None:
@@ -233,3 +251,11 @@ def test_a_key_twice_in_a_prepared_table_is_an_error(tmp_path: Path) -> None:
     (d / "pdf.scp").write_text("\n".join([*lines, lines[0]]) + "\n")
     with pytest.raises(AsrBnError, match=rf"pdf\.scp: key '{lines[0].split()[0]}' appears twice \(lines 1 and 3\)"):
         filter_by_length(d, None, Report("train"))
+
+
+def test_targets_of_a_dir_whose_path_has_a_colon(tmp_path: Path) -> None:
+    """pdf.scp's `ark:offset` splits at the last colon only, as Kaldi's does (a path may hold colons)."""
+    d = make_prepared_dir(tmp_path / "run:1" / "data", [5, 6])
+    utts = [line.split()[0] for line in (d / "pdf.scp").read_text().splitlines()]
+    targets = read_targets(d, utts)
+    assert [len(targets[u]) for u in utts] == [5, 6]
