@@ -25,6 +25,7 @@ from asr_bn.alignments import (
     Topology,
     TransitionModel,
     alignment_files,
+    check_num_pdfs,
     count_pdfs,
     join_targets,
     log_priors,
@@ -583,6 +584,14 @@ def test_join_errors(yesno_root: Path, tmp_path: Path) -> None:
     with pytest.raises(AsrBnError, match="no utterance of .* got targets"):
         join_targets(data_dir, tmp_path / "other.txt", pdf_ids=True)
     assert not (data_dir / "pdf.ark").exists() and not (data_dir / "pdf.scp").exists()
+
+
+def test_num_pdfs_bound_needs_pdf_ids_and_at_least_one() -> None:
+    check_num_pdfs(True, 1)  # the smallest bound there is
+    check_num_pdfs(False, None)
+    for pdf_ids, num_pdfs in ((True, 0), (True, -3), (False, 11)):
+        with pytest.raises(UsageError, match=rf"--num-pdfs {num_pdfs} bounds pdf-id targets: give a count >= 1"):
+            check_num_pdfs(pdf_ids, num_pdfs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
