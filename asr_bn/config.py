@@ -466,13 +466,17 @@ SIL_PROB = Range(0, 1, low_open=True, high_open=True)  # mkgraph --sil-prob: bot
 SCORE_MODES = ("all", "present", "strict")  # score wer --mode: missing hypotheses count as empty / are left out / fail
 
 
+FASTER_DECODER_MIN_ACTIVE = 20  # kaldi-decoder's FasterDecoderOptions.min_active (Kaldi's --min-active default)
+
+
 @dataclass
 class DecodeConfig:
     """Decoder options, with the defaults of Kaldi's steps/nnet/decode.sh."""
 
     acoustic_scale: float = option(0.1, _POSITIVE)  # scale on the log-likelihoods (Kaldi --acoustic-scale / acwt)
     beam: float = option(13.0, _POSITIVE)  # decoding beam (cost units)
-    max_active: int = option(7000, _AT_LEAST_1)  # most active states per frame (one-best decoder only)
+    max_active: int = option(7000, Range(FASTER_DECODER_MIN_ACTIVE, low_open=True))  # most active states per frame
+    # (one-best decoder only); Kaldi's FasterDecoder asserts min_active < max_active and aborts the process
     lattice_beam: float = option(8.0, _POSITIVE)  # lattice pruning beam (lattice decoding only)
     lattices: bool = False  # decode with lattices (Kaldi-readable lat.ark, and hyp_LMWT files with `lmwt`)
     lmwt: tuple[int, ...] = ()  # LM weights to rescore the lattices with (needs lattices), e.g. 7..17

@@ -32,7 +32,9 @@ def parse_device(name: str, local_rank: int = 0) -> "torch.device":
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise UsageError(f"--device {name}: torch sees no CUDA GPU here (torch {torch.__version__}); use --device cpu")
+            raise UsageError(
+                f"--device {name}: torch sees no CUDA GPU here (torch {torch.__version__}); use --device cpu"
+            )
         index = local_rank if device.index is None else device.index
         if index >= count:
             raise UsageError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")

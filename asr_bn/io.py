@@ -233,7 +233,9 @@ def read_compressed(f: IO[bytes]) -> np.ndarray | None:
 # struct.error, AssertionError from its format checks, RuntimeError "is not a digit"). A corrupt size in a header
 # can also make it ask for more memory than exists (MemoryError), which callers report on its own: that message
 # must not call a machine out of memory a corrupt archive.
-KALDIIO_READ_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, ValueError, struct.error, AssertionError, RuntimeError)
+KALDIIO_READ_ERRORS: tuple[type[Exception], ...] = (
+    OSError, EOFError, ValueError, struct.error, AssertionError, RuntimeError
+)
 
 
 def read_matrix(location: str, table: str | Path, key: str) -> np.ndarray:
@@ -371,7 +373,8 @@ def read_rows(path: str | Path, fix: str, *, fields: tuple[int, int | None] = (1
 
 
 def index_rows(path: str | Path, rows: Iterable[TableRow]) -> dict[str, TableRow]:
-    """Key → row, in file order; a key on two lines is one AsrBnError naming both (Kaldi tables key each item once)."""
+    """Key → row, in file order; a key on two lines is one AsrBnError naming both (a Kaldi table keys each item
+    once)."""
     table: dict[str, TableRow] = {}
     for row in rows:
         if row.key in table:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from asr_bn.alignments import read_alignments, read_transition_model
+from asr_bn.config import FASTER_DECODER_MIN_ACTIVE
 from asr_bn.decode import DecodeConfig, decode, load_graph, read_loglikes
 from asr_bn.mkgraph import build_graph, read_tree
 from asr_bn.errors import AsrBnError, UsageError
@@ -236,3 +238,27 @@ def test_cli_mkgraph_decode_score(yesno_root: Path, oracle: Path, tmp_path: Path
     assert bad.exit_code == 2 and "--lmwt" in bad.output
     missing = runner.invoke(app, ["mkgraph", str(tmp_path / "nolang"), str(yesno_root / "exp/mono"), str(tmp_path / "h")])
     assert missing.exit_code == 2 and f"lang dir {tmp_path / 'nolang'} does not exist" in missing.output
+
+
+def test_max_active_must_exceed_the_decoders_min_active() -> None:
+    """Kaldi's FasterDecoder asserts min_active < max_active and aborts the process (decode-faster-mapped
+    --max-active=20 does the same): 20 and below are refused up front, 21 makes a decoder."""
+    with pytest.raises(UsageError, match=r"^--max-active must be > 20, got 20$"):
+        DecodeConfig(max_active=FASTER_DECODER_MIN_ACTIVE).check()
+    DecodeConfig(max_active=FASTER_DECODER_MIN_ACTIVE + 1).check()
+    code = (
+        "import sys\nfrom asr_bn.kaldi_ext import kaldi_decoder, kaldifst\n"
+        "opts = kaldi_decoder.FasterDecoderOptions(beam=13.0, max_active=int(sys.argv[1]))\n"
+        "assert opts.min_active == int(sys.argv[2])\n"
+        "fst = kaldifst.StdVectorFst()\nfst.add_state()\nfst.start = 0\n"
+        "kaldi_decoder.FasterDecoder(fst, opts)\nprint('made')"
+    )
+    runs = {
+        n: subprocess.run([sys.executable, "-c", code, str(n), str(FASTER_DECODER_MIN_ACTIVE)], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+        for n in (FASTER_DECODER_MIN_ACTIVE, FASTER_DECODER_MIN_ACTIVE + 1)
+    }
+    assert runs[FASTER_DECODER_MIN_ACTIVE + 1].stdout == "made\n", runs[FASTER_DECODER_MIN_ACTIVE + 1].stderr
+    assert runs[FASTER_DECODER_MIN_ACTIVE].returncode != 0 and "min_active < config_.max_active" in (
+        runs[FASTER_DECODER_MIN_ACTIVE].stdout + runs[FASTER_DECODER_MIN_ACTIVE].stderr
+    )

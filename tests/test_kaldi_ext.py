@@ -49,7 +49,7 @@ def test_the_module_order_loads_where_the_avoided_orders_deadlock() -> None:
         assert out.strip() == str(order)  # loaded in the module's order, nothing else first
         time.sleep(max(0.0, max(2.0, 3 * took) - (time.monotonic() - t0)))  # three times what the good order needed
         finished = {pair: p.returncode for pair, p in bad.items() if p.poll() is not None}
-        assert finished == {}, f"these orders no longer deadlock; kaldi_ext's doc and this test need updating: {finished}"
+        assert finished == {}, f"these orders no longer deadlock (update kaldi_ext's doc and this test): {finished}"
     finally:
         for p in bad.values():
             p.kill()
