@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from asr_bn.alignments import read_alignments, read_transition_model
+from asr_bn.alignments import TransitionModel, read_alignments, read_transition_model
 from asr_bn.config import FASTER_DECODER_MIN_ACTIVE
 from asr_bn.decode import DecodeConfig, decode, load_graph, read_loglikes
 from asr_bn.mkgraph import build_graph, read_tree
@@ -262,3 +262,18 @@ def test_max_active_must_exceed_the_decoders_min_active() -> None:
     assert runs[FASTER_DECODER_MIN_ACTIVE].returncode != 0 and "min_active < config_.max_active" in (
         runs[FASTER_DECODER_MIN_ACTIVE].stdout + runs[FASTER_DECODER_MIN_ACTIVE].stderr
     )
+
+
+def test_a_model_disagreeing_with_the_tree_only_in_its_last_state_is_refused(yesno_root: Path, tmp_path: Path) -> None:
+    """Every transition-id is compared with the tree's pdfs, the last transition-state's too."""
+    from asr_bn.mkgraph import _hmm_objects
+
+    mono = yesno_root / "exp/mono"
+    tm = read_transition_model(mono / "final.mdl")
+    *rest, (phone, state, forward_pdf, _) = tm.tuples
+    assert forward_pdf != 0
+    other = TransitionModel(tm.topology, [*rest, (phone, state, 0, 0)], tm.log_probs)
+    (tmp_path / "final.mdl").write_bytes(other.to_kaldi(binary=True))
+    _hmm_objects(mono / "final.mdl", mono / "tree")  # the real pair agrees
+    with pytest.raises(AsrBnError, match=r"final\.mdl: its transition-ids do not match the tree's pdfs"):
+        _hmm_objects(tmp_path / "final.mdl", mono / "tree")
