@@ -16,7 +16,7 @@ import numpy as np
 
 from asr_bn.alignments import TransitionModel, _kaldi_object, _KaldiReader
 from asr_bn.errors import AsrBnError
-from asr_bn.io import atomic_open, read_matrix
+from asr_bn.io import atomic_open, read_matrix, read_table
 from asr_bn.report import Report
 
 _CHUNK_FRAMES = 100_000  # frames summed at once: large enough to amortise numpy calls, small enough for memory
@@ -169,11 +169,8 @@ def read_features(source: str | Path) -> Iterator[tuple[str, np.ndarray]]:
         return
     if source.suffix != ".scp" or not source.is_file():
         raise AsrBnError(f"{source}: give an `asr-bn prep` output dir or a Kaldi .scp of features")
-    for n, line in enumerate(source.read_text().splitlines(), 1):
-        parts = line.split(maxsplit=1)
-        if len(parts) != 2:
-            raise AsrBnError(f"{source} line {n}: expected `utterance location`, got {line!r}")
-        yield parts[0], read_matrix(parts[1], source, parts[0])
+    for utt, row in read_table(source, "feature scp", "give a Kaldi .scp of features: `utterance location`").items():
+        yield utt, read_matrix(row.rest, source, utt)
 
 
 # ---------------------------------------------------------------------------------------------------------------
