@@ -265,7 +265,7 @@ def prepared_dir(path: str | Path, role: str = "prepared dir") -> Path:
     return require_dir(path, role, "a prepared dir of `asr-bn prep`: feats.scp, pipeline.json, …")
 
 
-def _read_table(path: Path) -> dict[str, str]:
+def _prepared_table(path: Path) -> dict[str, str]:
     """A table of a prepared data dir (feats.scp, pdf.scp, utt2num_frames, utt2spk) as key → value."""
     rows = read_table(path, _MISSING_FIX.get(path.name, "a prepared data dir from `asr-bn prep` has it"))
     return {key: row.rest for key, row in rows.items()}
@@ -297,9 +297,9 @@ class UtteranceDataset(torch.utils.data.Dataset):
         self.dir = prepared_dir(data_dir)
         self.num_pdfs = num_pdfs
         self.pipeline = FeaturePipeline.load(self.dir / "pipeline.json")
-        self.feats_scp = _read_table(self.dir / "feats.scp")
-        pdf_scp = _read_table(self.dir / "pdf.scp") if targets else {}
-        num_frames = _read_table(self.dir / "utt2num_frames")
+        self.feats_scp = _prepared_table(self.dir / "feats.scp")
+        pdf_scp = _prepared_table(self.dir / "pdf.scp") if targets else {}
+        num_frames = _prepared_table(self.dir / "utt2num_frames")
         if utts is not None:
             self.utts = list(utts)
         else:
@@ -346,7 +346,7 @@ class UtteranceDataset(torch.utils.data.Dataset):
     def _cmvn_keys(self) -> dict[str, str]:
         mode = self.pipeline.cmvn
         if mode == "speaker":
-            utt2spk = _read_table(self.dir / "utt2spk")
+            utt2spk = _prepared_table(self.dir / "utt2spk")
             missing = [u for u in self.utts if u not in utt2spk]
             if missing:
                 raise AsrBnError(f"{self.dir / 'utt2spk'} has no speaker for {missing[0]} ({len(missing)} utterances)")
@@ -412,7 +412,7 @@ def read_targets(data_dir: str | Path, utts: Sequence[str]) -> dict[str, np.ndar
     from asr_bn.alignments import read_alignments
 
     scp_path = Path(data_dir) / "pdf.scp"
-    scp = _read_table(scp_path)
+    scp = _prepared_table(scp_path)
     missing = [u for u in utts if u not in scp]
     if missing:
         raise AsrBnError(f"{scp_path} has no targets for {missing[0]} ({len(missing)} utterances); re-run prep")
@@ -438,9 +438,9 @@ def filter_by_length(
     --max-train-frames); an empty result is an AsrBnError that names the filter.
     """
     data_dir = prepared_dir(data_dir, f"{role} dir")
-    feats = _read_table(data_dir / "feats.scp")
-    pdfs = _read_table(data_dir / "pdf.scp")
-    num_frames = _read_table(data_dir / "utt2num_frames")
+    feats = _prepared_table(data_dir / "feats.scp")
+    pdfs = _prepared_table(data_dir / "pdf.scp")
+    num_frames = _prepared_table(data_dir / "utt2num_frames")
     kept, lengths = [], []
     skipped_before = {k: len(v) for k, v in report.skipped.items()}
     for utt in feats:
