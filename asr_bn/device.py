@@ -6,6 +6,7 @@ when a device is actually chosen.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from asr_bn.errors import UsageError
@@ -13,22 +14,25 @@ from asr_bn.errors import UsageError
 if TYPE_CHECKING:
     import torch
 
-DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N"
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def is_device_name(name: str) -> bool:
+    """Whether `name` is one of DEVICE_NAMES (torch-free: the CLI checks it where it parses --device)."""
+    return _DEVICE.fullmatch(name) is not None
 
 
 def parse_device(name: str, local_rank: int = 0) -> "torch.device":
     """The torch device `--device name` means; `auto` is cuda when a GPU is visible, else cpu, and a bare cuda is
     the GPU of this process's torchrun rank (`local_rank`)."""
+    if not is_device_name(name):
+        raise UsageError(f"--device {name!r} is not one of {DEVICE_NAMES}")
     import torch
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError, TypeError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
-        raise UsageError(f"--device {name!r}: use {DEVICE_CHOICES}")
+    device = torch.device(name)
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, Callable, Optional, get_args
 
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from asr_bn.config import Range
+from asr_bn.device import DEVICE_NAMES, is_device_name
 
 __all__ = ["in_range", "field_range", "check_device", "DEVICE_HELP", "THREADS_HELP", "tidy_help", "set_threads"]
 
@@ -33,13 +33,13 @@ def field_range(cls: type, name: str) -> Callable[[Any], Any]:
 
 
 DEVICE_HELP = "auto (cuda when available), cpu, cuda or cuda:N."
-_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def check_device(value: str) -> str:
-    """Typer callback: --device is one of auto, cpu, cuda, cuda:N."""
-    if not _DEVICE.fullmatch(value):
-        raise typer.BadParameter(f"{value!r} is not one of auto, cpu, cuda, cuda:N")
+    """Typer callback: --device is one of auto, cpu, cuda, cuda:N (asr_bn.device's rule; whether the GPU exists
+    is checked when the command picks it)."""
+    if not is_device_name(value):
+        raise typer.BadParameter(f"{value!r} is not one of {DEVICE_NAMES}")
     return value
 
 

@@ -3,6 +3,7 @@ know, a device type we do not run on, or a GPU this machine lacks is one UsageEr
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -27,9 +28,9 @@ def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
 
 
-@pytest.mark.parametrize("name", ["gpu", "GPU", "cuda:x", "cuda:-1", "", "meta", "mps", "cpu:1", "cpu,cuda"])
+@pytest.mark.parametrize("name", ["gpu", "GPU", "cuda:x", "cuda:-1", "", "meta", "mps", "cpu:1", "cpu,cuda", "cuda "])
 def test_unknown_devices_are_one_usage_line(name: str) -> None:
-    with pytest.raises(UsageError, match=rf"^--device {name!r}: use auto, cpu, cuda or cuda:N$"):
+    with pytest.raises(UsageError, match=rf"^--device {re.escape(repr(name))} is not one of auto, cpu, cuda, cuda:N$"):
         parse_device(name)
 
 
@@ -51,7 +52,7 @@ def test_cuda_picks_the_rank_gpu_and_checks_the_index(two_gpus: None) -> None:
 @pytest.mark.parametrize("command", ["train", "forward", "score frames"])
 def test_commands_print_one_line_for_a_bad_device(command: str, tmp_path: Path) -> None:
     """The same line from every command (train's helper and forward's had drifted apart: `train --device gpu`
-    printed a traceback box)."""
+    printed a traceback box); the CLI checks the name with asr_bn.device's rule where it parses the option."""
     from test_batching import make_prepared_dir
     from test_train import error_line
 
@@ -62,4 +63,4 @@ def test_commands_print_one_line_for_a_bad_device(command: str, tmp_path: Path) 
         model = tmp_path / "model"  # the device is chosen before the model is read
         args = [*command.split(), model, data] + (["ark:" + str(tmp_path / "x.ark")] if command == "forward" else [])
     result = CliRunner().invoke(app, [*map(str, args), "--device", "gpu"])
-    assert result.exit_code == 2 and error_line(result.output) == "error: --device 'gpu': use auto, cpu, cuda or cuda:N"
+    assert result.exit_code == 2 and "'gpu' is not one of auto, cpu, cuda, cuda:N" in error_line(result.output)
