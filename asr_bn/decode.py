@@ -33,6 +33,7 @@ from asr_bn.io import (
     check_output_dir,
     error_detail,
     out_of_memory_reading,
+    read_rows,
     require_dir,
     write_text,
 )
@@ -322,12 +323,12 @@ def _scp_location_after(rspecifier: str, last: str | None) -> str | None:
     if "scp" not in kinds.split(","):
         return None
     try:
-        lines = [line.split(None, 1) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError):
+        rows = read_rows(path, "")
+    except AsrBnError:
         return None
-    keys = [fields[0] for fields in lines]
+    keys = [row.key for row in rows]
     i = keys.index(last) + 1 if last in keys else 0
-    return lines[i][1].strip() if i < len(lines) and len(lines[i]) == 2 else None
+    return rows[i].rest if i < len(rows) and rows[i].rest else None
 
 
 def read_loglikes(source: str | Path) -> Iterator[tuple[str, np.ndarray]]:

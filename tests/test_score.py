@@ -88,7 +88,7 @@ def test_modes_and_ignored_words(tmp_path: Path) -> None:
 
 
 def test_text_errors(tmp_path: Path) -> None:
-    with pytest.raises(AsrBnError, match="no such file"):
+    with pytest.raises(AsrBnError, match=r"nope is missing; give a Kaldi `text` file of transcripts"):
         read_text(tmp_path / "nope")
     with pytest.raises(AsrBnError, match="appears twice"):
         read_text(_write(tmp_path / "dup", ["u1 a", "u1 b"]))

@@ -169,7 +169,7 @@ def read_features(source: str | Path) -> Iterator[tuple[str, np.ndarray]]:
         return
     if source.suffix != ".scp" or not source.is_file():
         raise AsrBnError(f"{source}: give an `asr-bn prep` output dir or a Kaldi .scp of features")
-    for utt, row in read_table(source, "feature scp", "give a Kaldi .scp of features: `utterance location`").items():
+    for utt, row in read_table(source, "give a Kaldi .scp of features: `utterance location`").items():
         yield utt, read_matrix(row.rest, source, utt)
 
 

@@ -72,7 +72,7 @@ def set_size(prep_dir: Path) -> str:
     path = prep_dir / "utt2num_frames"
     if not path.is_file():
         return "not prepared"
-    frames = [int(row.rest) for row in read_table(path, "frame counts", "re-run stage 2 (prep)").values()]
+    frames = [int(row.rest) for row in read_table(path, "re-run stage 2 (prep)").values()]
     return f"{len(frames)} utterances, {sum(frames) / 360000:.2f} h"
 
 
