@@ -441,9 +441,7 @@ class TransitionModel:
     def topology_text(self) -> str:
         """Kaldi's text form of the topology alone (a lang dir's `topo`, what kaldi-hmm-gmm's HmmTopology.read
         parses)."""
-        w = _KaldiWriter(False)
-        _write_topology(w, self.topology)
-        return b"".join(w.parts).decode().strip() + "\n"
+        return topology_text(self.topology)
 
     def to_kaldi(self, binary: bool = False) -> bytes:
         """The model in Kaldi's format (text as `gmm-copy --binary=false` writes, or binary), up to
@@ -527,6 +525,13 @@ def _read_topology(r: _KaldiReader) -> Topology:
         return Topology(tuple(phones), tuple(phone2entry), tuple(entries))
     except ValueError as e:
         raise r.fail(str(e)) from None
+
+
+def topology_text(topology: Topology) -> str:
+    """Kaldi's text form of a topology (a lang dir's `topo`, as utils/gen_topo.pl writes it)."""
+    w = _KaldiWriter(False)
+    _write_topology(w, topology)
+    return b"".join(w.parts).decode().strip() + "\n"
 
 
 def _read_text_states(r: _KaldiReader) -> tuple[HmmState, ...]:

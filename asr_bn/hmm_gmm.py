@@ -257,14 +257,19 @@ class GmmSystem:
     am: "khg.AmDiagGmm"
 
     @classmethod
-    def _build(cls, topology: Topology, tree: "khg.ContextDependency | None" = None) -> "GmmSystem":
+    def _build(cls, topology: Topology, tree: "khg.ContextDependency | None" = None,
+               shared: Sequence[Sequence[int]] | None = None) -> "GmmSystem":
         """kaldi-hmm-gmm TransitionModel (probabilities from the topology) for `topology` and `tree` (default: the
-        monophone tree), as Kaldi's TransitionModel(ctx_dep, topo) builds it; no GMMs yet."""
+        monophone tree, each set of `shared` phones sharing one phone's pdfs as gmm-init-mono --shared-phones), as
+        Kaldi's TransitionModel(ctx_dep, topo) builds it; no GMMs yet."""
         if tree is None:
             num_classes = [-1] * (max(topology.phones) + 1)
             for p in topology.phones:
                 num_classes[p] = 1 + max(s.forward_pdf_class for s in topology.entry(p))
-            tree = khg.monophone_context_dependency(list(topology.phones), num_classes)
+            if shared:
+                tree = khg.monophone_context_dependency_shared([sorted(s) for s in shared], num_classes)
+            else:
+                tree = khg.monophone_context_dependency(list(topology.phones), num_classes)
         tuples = _monophone_tuples(topology, tree)
         initial = TransitionModel(topology, tuples, np.zeros(1 + sum(
             len(topology.entry(phone)[state].transitions) for phone, state, _, _ in tuples)))
@@ -280,9 +285,11 @@ class GmmSystem:
         return system
 
     @classmethod
-    def init_mono(cls, topology: Topology, feats: Sequence[np.ndarray]) -> "GmmSystem":
-        """Kaldi's gmm-init-mono: one Gaussian per pdf with the global mean and variance of `feats`."""
-        system = cls._build(topology)
+    def init_mono(cls, topology: Topology, feats: Sequence[np.ndarray],
+                  shared: Sequence[Sequence[int]] | None = None) -> "GmmSystem":
+        """Kaldi's gmm-init-mono (--shared-phones `shared`): one Gaussian per pdf with the global mean and variance
+        of `feats`."""
+        system = cls._build(topology, shared=shared)
         count = sum(f.shape[0] for f in feats)
         mean = sum(f.sum(axis=0, dtype=np.float64) for f in feats) / count
         var = sum(np.square(f, dtype=np.float64).sum(axis=0) for f in feats) / count - mean * mean
@@ -321,7 +328,8 @@ class GmmSystem:
         """Load a Kaldi GMM final.mdl (Kaldi's or ours, binary) into kaldi-hmm-gmm objects, e.g. to realign.
 
         Transition probabilities are restored through Kaldi's own MLE update fed with the model's probabilities.
-        The `tree` beside the model gives its pdfs (context-dependent systems); without one, the monophone tree.
+        The `tree` beside the model gives its pdfs (context-dependent systems, or position-dependent phones sharing
+        a monophone's pdfs); without one, the monophone tree.
         """
         from asr_bn.mkgraph import read_tree
 
@@ -658,9 +666,9 @@ def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: 
     utts = _check_inputs(feats, text, report)
     if not utts:
         raise AsrBnError("no utterance has both features and a transcript; nothing to train on")
-    sil = lang.phones[lang.silence_phone]
-    phones = lang.real_phone_ids
-    system = GmmSystem.init_mono(make_topology([p for p in phones if p != sil], [sil]), [feats[u] for u in utts])
+    sil = lang.silence_phone_ids
+    topology = make_topology([p for p in lang.real_phone_ids if p not in sil], sil)
+    system = GmmSystem.init_mono(topology, [feats[u] for u in utts], lang.shared_phone_sets)
     num_gauss = system.am.num_gauss
     inc_gauss = (cfg.total_gauss - num_gauss) // max(cfg.max_iter_inc, 1)
     history: list[dict[str, Any]] = []
@@ -682,7 +690,7 @@ def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: 
                 beam = cfg.first_beam if it == 1 else cfg.beam
                 bar.update(task, info=f"iter {it}: aligning")
                 scales = AlignConfig()
-                scorer = _gmm_scorer(system, _boosted(system, [sil], cfg.boost_silence), feats, scales.acoustic_scale)
+                scorer = _gmm_scorer(system, _boosted(system, sil, cfg.boost_silence), feats, scales.acoustic_scale)
                 alis, failed, _, _ = _align_all(system, scorer, graphs, feats, beam, beam * cfg.retry_beam_factor,
                                                 scales)
             stats = _Stats(system, feats, alis)
@@ -714,12 +722,12 @@ def align(system: GmmSystem, feats: Mapping[str, np.ndarray], text: Mapping[str,
     out_dir = Path(out_dir)
     report = Report("align")
     utts = _check_inputs(feats, text, report)
-    sil = lang.phones[lang.silence_phone]
+    sil = lang.silence_phone_ids
     if network:
         utts = _check_loglikes(feats, utts, system.trans_model.num_pdfs, report)
         scorer = _network_scorer(system, feats, cfg.acoustic_scale)
     else:
-        scorer = _gmm_scorer(system, _boosted(system, [sil], cfg.boost_silence), feats, cfg.acoustic_scale)
+        scorer = _gmm_scorer(system, _boosted(system, sil, cfg.boost_silence), feats, cfg.acoustic_scale)
     with OutputLock(out_dir):
         (out_dir / "report.json").unlink(missing_ok=True)  # written last: it marks a complete run
         graphs = _compile_graphs(system, lang, text, utts, cfg.sil_prob, report)

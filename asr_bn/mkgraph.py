@@ -100,55 +100,11 @@ def _rebuild(fst, arcs_of) -> "kaldifst.StdVectorFst":  # noqa: ANN001 - kaldifs
     return out
 
 
-def _lexicon_disambig_fst(lang: "Lang", sil_prob: float) -> tuple["kaldifst.StdVectorFst", dict[str, int], dict[str, int]]:
-    """L_disambig as Kaldi's prepare_lang.sh makes it: lexicon #n symbols, a silence disambiguation symbol after
-    the optional silence, and #0:#0 self-loops where words leave (for G's back-off arcs).
-    Returns L (olabel-sorted) and the phone and word tables including the disambiguation symbols."""
-    from asr_bn.kaldi_ext import kaldifst
-
-    from asr_bn.lang import Lang, add_lex_disambig, lexicon_fst
-
-    lexicon, top = add_lex_disambig(lang.lexicon)
-    phones = dict(lang.phones)
-    for n in range(top + 2):  # #0 (G back-off), #1..#top (lexicon), #top+1 (silence)
-        phones.setdefault(f"#{n}", max(phones.values()) + 1)
-    words = dict(lang.words)
-    for w in ("#0", "<s>", "</s>"):
-        words.setdefault(w, max(words.values()) + 1)
-    L = lexicon_fst(Lang(lexicon, phones, words, lang.silence_phone), sil_prob)
-    sil, sil_disambig = phones[lang.silence_phone], phones[f"#{top + 1}"]
-    # lexicon_fst: start → silence state, whose single arc reads the optional silence and returns to the loop.
-    after_start = {arc.nextstate for arc in kaldifst.ArcIterator(L, L.start)}
-    sil_states = [
-        s for s in after_start
-        if [(a.ilabel, a.olabel) for a in kaldifst.ArcIterator(L, s)] == [(sil, 0)]
-    ]
-    if len(sil_states) != 1:
-        raise RuntimeError("lexicon_fst no longer has a single optional-silence state")  # a contract, not input
-    extra = L.num_states  # the state between the silence phone and its disambiguation symbol
-
-    def arcs_of(s: int, arc):  # noqa: ANN001, ANN202
-        if s == sil_states[0]:
-            return [kaldifst.StdArc(arc.ilabel, 0, arc.weight, extra)]
-        return [arc]
-
-    L2 = _rebuild(L, arcs_of)
-    loop = next(a.nextstate for a in kaldifst.ArcIterator(L, sil_states[0]))
-    L2.add_state()
-    L2.add_arc(extra, kaldifst.StdArc(sil_disambig, 0, 0.0, loop))
-    # fstaddselfloops: #0:#0 on every final state and every state with a word-output arc.
-    for s in range(L2.num_states):
-        final = L2.final(s).value != float("inf")
-        if final or any(a.olabel != 0 for a in kaldifst.ArcIterator(L2, s)):
-            L2.add_arc(s, kaldifst.StdArc(phones["#0"], words["#0"], 0.0, s))
-    kaldifst.arcsort(L2, sort_type="olabel")
-    return L2, phones, words
-
-
 def _scored_words(lang: "Lang") -> list[str]:
     """Lexicon words that a word loop offers: all but those pronounced as silence only (<SIL>, !SIL …)."""
     prons = lang.pronunciations()
-    return sorted(w for w, ps in prons.items() if any(p != [lang.silence_phone] for p in ps))
+    silence = set(lang.silence_phones or [lang.silence_phone])
+    return sorted(w for w, ps in prons.items() if any(not set(p) <= silence for p in ps))
 
 
 def _grammar_fst(grammar: str | Path, lang: "Lang", words: dict[str, int], words_txt: Path) -> "kaldifst.StdVectorFst":
@@ -244,7 +200,7 @@ def build_graph(
     :param tree: the model's tree; default: `tree` beside final.mdl, else the monophone tree of its topology.
     :return: `out_dir`, holding HCLG.fst, words.txt, phones.txt (with #n symbols), num_pdfs, disambig_tid.int.
     """
-    from asr_bn.lang import Lang, read_lang
+    from asr_bn.lang import Lang, lexicon_disambig_fst, read_lang
 
     out_dir = check_output_dir(out_dir, "OUT_DIR")
     lang = lang if isinstance(lang, Lang) else read_lang(lang)
@@ -261,7 +217,7 @@ def build_graph(
                 f"word {word!r}: phones {missing} have no HMM in {model_path} (the lang folder's phones.txt does not "
                 "match the model's; build the graph with the lang the model was trained with)"
             )
-    L, phones, words = _lexicon_disambig_fst(lang, sil_prob)
+    L, phones, words = lexicon_disambig_fst(lang, sil_prob)
     words_text = "".join(f"{w} {i}\n" for w, i in sorted(words.items(), key=lambda x: x[1]))
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "words.txt").write_text(words_text, encoding="utf-8")  # arpa2fst reads the symbols from a file

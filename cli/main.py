@@ -105,6 +105,10 @@ app.add_typer(_score.app, name="score")
 from asr_bn_cli import tree as _tree  # noqa: E402
 
 app.add_typer(_tree.app, name="tree")
+from asr_bn_cli import lang as _lang  # noqa: E402
+
+app.command("lang")(_lang.lang)
+app.command("lm")(_lang.lm)
 from asr_bn_cli import demo as _demo  # noqa: E402
 
 app.command("demo")(_demo.demo)

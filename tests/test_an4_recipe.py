@@ -183,47 +183,6 @@ def test_run_sh_fast_all_stages(an4_root: Path, tmp_path: Path) -> None:
     assert (work / "exp" / "blstm_bn_seq_nnali" / "decode_test_tg" / "wer").read_text().startswith("%WER")
 
 
-def _arpa_prob(model: list[dict], word: str, history: tuple[str, ...]) -> float:
-    """p(word | history) by ARPA back-off, from train_lm's (log10 p, log10 bow) tables."""
-    gram = history + (word,)
-    if gram in model[len(gram) - 1]:
-        return 10 ** model[len(gram) - 1][gram][0]
-    bow = 10 ** model[len(history) - 1][history][1] if history in model[len(history) - 1] else 1.0
-    return bow * _arpa_prob(model, word, history[1:])
-
-
-def test_train_lm_kneser_ney_is_normalized_and_readable(tmp_path: Path) -> None:
-    """Every history's distribution sums to 1 over the vocabulary (unseen lexicon words included), and the ARPA
-    text is what kaldilm's arpa2fst (the graph builder's reader) accepts."""
-    from asr_bn.kaldi_ext import kaldilm
-
-    lm = _local("train_lm")
-    sentences = [["A", "B", "C"], ["A", "B"], ["B", "C", "C"], ["ONE", "TWO"], ["A"]]
-    vocab = ["A", "B", "C", "ONE", "TWO", "NEVER"]
-    model = lm.kneser_ney(sentences, vocab, order=3)
-    targets = [*vocab, "</s>"]
-    histories = [(), ("<s>",), ("A",), ("NEVER",), ("<s>", "A"), ("A", "B"), ("B", "C"), ("C", "A")]
-    for h in histories:
-        assert sum(_arpa_prob(model, w, h) for w in targets) == pytest.approx(1.0, abs=1e-9), h
-    assert _arpa_prob(model, "NEVER", ("A", "B")) > 0
-    assert _arpa_prob(model, "B", ("<s>", "A")) > _arpa_prob(model, "C", ("<s>", "A"))
-    arpa = tmp_path / "lm.arpa"
-    arpa.write_text(lm.arpa_text(model))
-    words = tmp_path / "words.txt"
-    words.write_text("".join(f"{w} {i}\n" for i, w in enumerate(["<eps>", *vocab, "#0", "<s>", "</s>"])))
-    fst = kaldilm.arpa2fst(input_arpa=str(arpa), disambig_symbol="#0", read_symbol_table=str(words))
-    assert fst.strip()
-
-
-def test_train_lm_names_unknown_words(tmp_path: Path) -> None:
-    from asr_bn.errors import AsrBnError
-
-    text = tmp_path / "text"
-    text.write_text("u1 A B\nu2 A ZEBRA\n")
-    with pytest.raises(AsrBnError, match=r"text:2: utterance u2 .*ZEBRA"):
-        _local("train_lm").read_sentences(text, {"A", "B"})
-
-
 def test_report_table_has_every_seed_and_their_means(tmp_path: Path) -> None:
     """Stage 8's table: a row per model and seed (LMWT and the bootstrap interval beside the test WER), then the
     mean of each label's seeds, then P(sequence better than none) for the seed both have."""

@@ -15,7 +15,7 @@ LEXICON = [("A", ["AH"]), ("A", ["EY"]), ("EIGHT", ["EY", "T"]), ("TWO", ["T", "
 
 
 def test_reads_kaldi_yesno_lang(yesno_root: Path) -> None:
-    lang = read_lang(yesno_root / "data" / "lang")  # lexicon from data/local/dict, silence from phones/
+    lang = read_lang(yesno_root / "data" / "lang")  # lexicon from phones/align_lexicon.txt, silence from phones/
     assert lang.silence_phone == "SIL"
     assert lang.phones["SIL"] == 1 and lang.words["YES"] == 3
     assert lang.real_phone_ids == [1, 2, 3]

@@ -31,7 +31,7 @@
 #   5  baseline       asr-bn train --bn none → exp/blstm (final.pt, priors.vec, metrics.jsonl, learning_curve.png)
 #   6  sequence BN    asr-bn train --bn sequence, same seed and budget → exp/blstm_bn_seq
 #   7  decode         graphs over data/lang: word loop (exp/mono/graph), etc/an4.lm (graph_an4lm) and a trigram of
-#                     the training transcripts (local/train_lm.py → graph_tg); per model: asr-bn forward of dev and
+#                     the training transcripts (asr-bn lm → graph_tg); per model: asr-bn forward of dev and
 #                     test, lattice decoding, the LM weight (acoustic scale 1/LMWT) chosen on dev and applied to
 #                     test, asr-bn score wer → exp/<model>/decode_test_<graph>/wer
 #   8  report         asr-bn plot → exp/learning_curves.png (this seed's two models); exp/results.md: train CE,
@@ -247,7 +247,7 @@ fi
 if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
   log "Stage 7: forward, decode (LM weight chosen on dev), score test"
   if [ ! -f data/local/lm/train_3g.arpa ]; then
-    python "$recipe/local/train_lm.py" data/train/text data/lang data/local/lm/train_3g.arpa --order 3
+    asr-bn lm data/train data/local/lm/train_3g.arpa --lang data/lang --order 3 --heldout data/dev
   fi
   for entry in $graphs; do
     name=${entry%%:*} graph=${entry#*:}
