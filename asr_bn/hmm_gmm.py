@@ -23,6 +23,7 @@ import json
 import struct
 import time
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -33,7 +34,7 @@ from asr_bn.alignments import HmmState, Topology, TransitionModel, read_transiti
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.io import OutputLock, atomic_open, atomic_path, read_matrix, write_text
 from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg, kaldifst
-from asr_bn.lang import Lang, lexicon_fst
+from asr_bn.lang import Lang, lexicon_fst, note_oovs
 from asr_bn.progress import progress_bar
 from asr_bn.report import Report
 
@@ -72,9 +73,11 @@ class MonoConfig:
     sil_prob: float = 0.5  # optional-silence probability between words in the training graphs
     min_gaussian_occupancy_first: float = 3.0  # gmm-est option for the first update only (later: Kaldi's 10)
     seed: int = 0  # for equal alignment and the perturbation of split Gaussians
+    oov_policy: str = "map"  # words outside the lexicon: map (to the lang's oov.txt word) or skip the utterance
 
     def validate(self) -> None:
         """Raise UsageError for inconsistent options."""
+        _check_oov_policy(self.oov_policy)
         if self.num_iters < 1 or self.max_iter_inc < 0 or self.total_gauss < 1:
             raise UsageError(f"MonoConfig: num_iters={self.num_iters} must be >= 1, max_iter_inc >= 0, total_gauss >= 1")
         if any(i < 1 or i >= self.num_iters for i in self.realign_iters):
@@ -97,6 +100,12 @@ class AlignConfig:
     transition_scale: float = 1.0
     acoustic_scale: float = 0.1
     self_loop_scale: float = 0.1
+    oov_policy: str = "map"  # as MonoConfig.oov_policy
+
+
+def _check_oov_policy(policy: str) -> None:
+    if policy not in ("map", "skip"):
+        raise UsageError(f"--oov-policy {policy!r} is not map or skip")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -432,28 +441,35 @@ def prepared_gmm_features(prep_dir: str | Path, num_ceps: int = 13) -> tuple[dic
 
 
 def _compile_graphs(system: GmmSystem, lang: Lang, text: Mapping[str, str], utts: Sequence[str], sil_prob: float,
-                    report: Report) -> dict[str, "kaldifst.StdVectorFst"]:
-    """Kaldi's compile-train-graphs (transition/self-loop scales 0: probabilities are added when aligning)."""
+                    report: Report, oov_policy: str = "map") -> dict[str, "kaldifst.StdVectorFst"]:
+    """Kaldi's compile-train-graphs (transition/self-loop scales 0: probabilities are added when aligning).
+
+    Words outside the lexicon map to the lang's OOV word (oov.txt, e.g. <UNK> pronounced SPN), as Kaldi's
+    sym2int.pl --map-oov, counted per word in `report`; with `oov_policy` "skip" (or a lang without an OOV word) the
+    utterance is skipped instead, named with its words."""
     compiler = khg.TrainingGraphCompiler(
         trans_model=system.trans_model, ctx_dep=system.tree, lex_fst=lexicon_fst(lang, sil_prob),
         disambig_syms=lang.disambig_phone_ids,
         opts=khg.TrainingGraphCompilerOptions(transition_scale=0.0, self_loop_scale=0.0, reorder=True))
     graphs = {}
+    mapped: Counter[str] = Counter()
     for utt in utts:
         words = text[utt].split()
         oov = sorted({w for w in words if w not in lang.words})
-        if oov:
+        if oov and (oov_policy == "skip" or lang.oov is None):
             report.skip(utt, "words not in the lexicon")
             report.note(f"{utt}: words {' '.join(oov)} are not in the lexicon")
             continue
         if not words:
             report.skip(utt, "empty transcript")
             continue
-        graph = compiler.compile_graph_from_text([lang.words[w] for w in words])
+        mapped.update(w for w in words if w not in lang.words)
+        graph = compiler.compile_graph_from_text([lang.words.get(w, lang.words.get(str(lang.oov), 0)) for w in words])
         if graph.num_states == 0:
             report.skip(utt, "empty training graph")
             continue
         graphs[utt] = graph
+    note_oovs(report, lang.oov, mapped)
     return graphs
 
 
@@ -675,7 +691,7 @@ def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: 
     rng = np.random.default_rng(cfg.seed)
     with progress_bar() as bar:
         task = bar.add_task("compile graphs", total=len(utts), info="")
-        graphs = _compile_graphs(system, lang, text, utts, cfg.sil_prob, report)
+        graphs = _compile_graphs(system, lang, text, utts, cfg.sil_prob, report, cfg.oov_policy)
         bar.update(task, completed=len(utts))
         alis = _equal_alignments(graphs, feats, cfg.seed, report)
         if not alis:
@@ -717,6 +733,7 @@ def align(system: GmmSystem, feats: Mapping[str, np.ndarray], text: Mapping[str,
     the frames instead of the GMM, as Kaldi's steps/nnet/align.sh; the system's HMM (final.mdl) is written as is.
     """
     cfg = cfg or AlignConfig()
+    _check_oov_policy(cfg.oov_policy)
     if cfg.num_jobs < 1:
         raise UsageError(f"num_jobs={cfg.num_jobs} must be at least 1")
     out_dir = Path(out_dir)
@@ -730,7 +747,7 @@ def align(system: GmmSystem, feats: Mapping[str, np.ndarray], text: Mapping[str,
         scorer = _gmm_scorer(system, _boosted(system, sil, cfg.boost_silence), feats, cfg.acoustic_scale)
     with OutputLock(out_dir):
         (out_dir / "report.json").unlink(missing_ok=True)  # written last: it marks a complete run
-        graphs = _compile_graphs(system, lang, text, utts, cfg.sil_prob, report)
+        graphs = _compile_graphs(system, lang, text, utts, cfg.sil_prob, report, cfg.oov_policy)
         with progress_bar() as bar:
             task = bar.add_task("align", total=len(graphs), info="")
             alis, failed, tot_like, frames = _align_all(

@@ -9,6 +9,7 @@ make_lexicon_fst.py).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,12 +17,13 @@ from typing import TYPE_CHECKING
 from asr_bn.config import SIL_PROB
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.io import read_rows, require_dir, write_text
+from asr_bn.report import Report
 
 if TYPE_CHECKING:
     from asr_bn.kaldi_ext import kaldifst
 
 __all__ = ["Lang", "read_lexicon", "read_lexiconp", "add_lex_disambig", "write_lang", "read_lang", "lexicon_fst",
-           "lexicon_disambig_fst", "read_symbol_table"]
+           "lexicon_disambig_fst", "read_symbol_table", "note_oovs"]
 
 EPS = "<eps>"
 
@@ -89,6 +91,14 @@ def read_lexicon(path: str | Path) -> list[tuple[str, list[str]]]:
     return lexicon
 
 
+def note_oovs(report: Report, oov: str | None, unknown: Counter[str]) -> None:
+    """Count, and name with their counts, the transcript words outside the lexicon that were mapped to `oov`."""
+    if unknown:
+        report.counts[f"words mapped to {oov}"] = sum(unknown.values())
+        report.note(f"words outside the lexicon, mapped to {oov} (count): "
+                    + ", ".join(f"{w} ({c})" for w, c in sorted(unknown.items(), key=lambda x: (-x[1], x[0]))))
+
+
 def add_lex_disambig(lexicon: list[tuple[str, list[str]]]) -> tuple[list[tuple[str, list[str]]], int]:
     """Kaldi's add_lex_disambig.pl: append #1, #2, … to pronunciations that are homophones or prefixes of another
     pronunciation, so L can be determinized. Returns the new lexicon and the highest #n used (0: none)."""
@@ -152,13 +162,15 @@ def read_lexiconp(path: str | Path) -> tuple[list[tuple[str, list[str]]], list[f
     path = Path(path)
     lexicon: list[tuple[str, list[str]]] = []
     probs: list[float] = []
-    for n, line, fields in _fields(path, "lexicon", "check the path"):
+    for row in read_rows(path, "check the path"):
+        fields = [row.key, *row.fields]
         try:
             prob = float(fields[1]) if len(fields) > 2 else math.nan
         except ValueError:
             prob = math.nan
         if not 0.0 < prob <= 1.0:
-            raise AsrBnError(f"{path}:{n}: expected `WORD PROB PH1 …` with 0 < PROB <= 1, got {line!r}")
+            raise AsrBnError(f"{path}:{row.line}: expected `WORD PROB PH1 …` with 0 < PROB <= 1, got "
+                             f"{' '.join(fields)!r}")
         lexicon.append((fields[0], fields[2:]))
         probs.append(prob)
     if not lexicon:
@@ -168,7 +180,7 @@ def read_lexiconp(path: str | Path) -> tuple[list[tuple[str, list[str]]], list[f
 
 def _lines(path: Path) -> list[list[str]]:
     """The fields of each non-blank line of an optional lang file (phones/sets.txt …); [] when it is absent."""
-    return [fields for _, _, fields in _fields(path, "lang file", "check the lang folder")] if path.exists() else []
+    return [[row.key, *row.fields] for row in read_rows(path, "check the lang folder")] if path.exists() else []
 
 
 def read_lang(lang_dir: str | Path) -> Lang:

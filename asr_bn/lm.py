@@ -21,6 +21,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from asr_bn.errors import AsrBnError
+from asr_bn.lang import note_oovs
 from asr_bn.report import Report
 
 BOS, EOS = "<s>", "</s>"
@@ -52,10 +53,7 @@ def read_sentences(source: str | Path, vocab: set[str], report: Report, oov: str
                              "(add them to the lexicon, drop the utterance, or give a lang with an OOV word)")
         unknown.update(w for w in words if w not in vocab)
         sentences.append([w if w in vocab else str(oov) for w in words])
-    if unknown:
-        report.counts[f"words mapped to {oov}"] = sum(unknown.values())
-        report.note(f"words outside the lexicon, mapped to {oov} (count): "
-                    + ", ".join(f"{w} ({c})" for w, c in unknown.most_common()))
+    note_oovs(report, oov, unknown)
     report.counts["sentences"] = len(sentences)
     return sentences
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asr_bn.errors import AsrBnError
-from asr_bn.io import write_text
-from asr_bn.lang import EPS, Lang, _fields, add_lex_disambig, lexicon_disambig_fst, lexicon_fst, read_lexicon, read_lexiconp
+from asr_bn.io import read_rows, write_text
+from asr_bn.lang import EPS, Lang, add_lex_disambig, lexicon_disambig_fst, lexicon_fst, read_lexicon, read_lexiconp
 from asr_bn.report import Report
 
 __all__ = ["DictDir", "read_dict_dir", "prepare_lang", "POSITIONS"]
@@ -44,7 +44,7 @@ class DictDir:
 
 
 def _phone_lines(path: Path) -> list[list[str]]:
-    return [fields for _, _, fields in _fields(path, "phone list", "a dict dir needs it; see Kaldi's prepare_lang.sh")]
+    return [[row.key, *row.fields] for row in read_rows(path, "a dict dir needs it; see Kaldi's prepare_lang.sh")]
 
 
 def read_dict_dir(source: str | Path, report: Report, silence_phone: str = "SIL") -> DictDir:

@@ -113,7 +113,7 @@ def test_position_dependent_lang_trains_aligns_and_builds_graphs(kaldi_bundle: P
     from asr_bn.data import load_audio, load_data_dir
     from asr_bn.mkgraph import build_graph
     from asr_bn.features import FbankConfig, compute_fbank
-    from asr_bn.hmm_gmm import GmmSystem, MonoConfig, align, gmm_features, train_mono
+    from asr_bn.hmm_gmm import AlignConfig, GmmSystem, MonoConfig, align, gmm_features, train_mono
 
     report = Report("lang")
     prepare_lang(read_dict_dir(yesno_root / "data" / "local" / "dict", report), tmp_path / "lang", report)
@@ -138,6 +138,13 @@ def test_position_dependent_lang_trains_aligns_and_builds_graphs(kaldi_bundle: P
         words = [names[p] for p, _, _ in tm.phone_segments(ali.values) if not names[p].startswith("SIL")]
         assert words == [{"YES": "Y_S", "NO": "N_S"}[w] for w in text[ali.utt].split()], ali.utt
     assert report.counts["aligned"] == len(utts)
+    # words outside the lexicon: mapped to <UNK> (SPN), counted and named per word; or the utterance skipped, named
+    odd = {utts[0]: text[utts[0]] + " MAYBE MAYBE", utts[1]: "PERHAPS " + text[utts[1]]}
+    mapped = align(system, feats, odd, lang, tmp_path / "ali_map")
+    assert mapped.counts["words mapped to <UNK>"] == 3 and "MAYBE (2), PERHAPS (1)" in mapped.notes[0]
+    assert not mapped.skipped.get("words not in the lexicon")
+    skipped = align(system, feats, odd, lang, tmp_path / "ali_skip", AlignConfig(oov_policy="skip"))
+    assert skipped.skipped["words not in the lexicon"] == utts[:2] and "words mapped to <UNK>" not in skipped.counts
     graph = build_graph(tmp_path / "lang", tmp_path / "mono", tmp_path / "graph")
     assert (graph / "HCLG.fst").stat().st_size > 0
     assert np.count_nonzero([w.startswith("#") for w in (graph / "words.txt").read_text().split()[::2]]) == 1
