@@ -20,7 +20,7 @@ import struct
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Collection
+from typing import Collection, Mapping
 
 import numpy as np
 
@@ -38,6 +38,9 @@ __all__ = [
     "read_speakers",
     "read_utt2spk",
     "write_data_dir",
+    "hold_out_speakers",
+    "normalize_text",
+    "copy_data_dir",
 ]
 
 _ARK_OFFSET = re.compile(r"^.+:\d+$")  # file.ark:byte-offset
@@ -130,7 +133,8 @@ def read_utt2spk(path: str | Path, utt_ids: Collection[str], report: Report) -> 
 
 def read_speakers(data_dir: str | Path, utt_ids: Collection[str], report: Report) -> dict[str, str]:
     """Utterance → speaker of a Kaldi data dir: its utt2spk (see `read_utt2spk`), checked against spk2utt when both
-    exist, or spk2utt alone (noted); neither, or the two disagreeing, is an error naming the files and the fix."""
+    exist, or spk2utt alone (noted); neither: each utterance its own speaker (noted); the two disagreeing is an
+    error naming the files and the fix."""
     path = Path(data_dir)
     utt2spk_path, spk2utt_path = path / "utt2spk", path / "spk2utt"
     if utt2spk_path.is_file():
@@ -147,10 +151,10 @@ def read_speakers(data_dir: str | Path, utt_ids: Collection[str], report: Report
         utt2spk = _read_spk2utt(spk2utt_path, report)
         report.note("no utt2spk: derived it from spk2utt")
         return utt2spk
-    raise AsrBnError(
-        f"{path} has neither utt2spk nor spk2utt; write utt2spk (`<utt> <speaker>` per line, "
-        f"or `<utt> <utt>` when speakers are unknown)"
-    )
+    # Kaldi's convention when speakers are unknown: each utterance is its own speaker, said so
+    report.note(f"{path} has neither utt2spk nor spk2utt: each utterance is its own speaker (per-speaker CMVN "
+                "becomes per-utterance); write utt2spk (`<utt> <speaker>` per line) to group them")
+    return {utt: utt for utt in utt_ids}
 
 
 def _read_spk2utt(path: Path, report: Report) -> dict[str, str]:
@@ -517,6 +521,73 @@ def write_data_dir(
         write_text(out_dir / "text", "".join(f"{u.id} {u.text}\n".replace(" \n", "\n") for u in chosen))
     if durations is not None:
         write_text(out_dir / "utt2dur", "".join(f"{u} {durations[u]:.4f}\n" for u in utts))
+
+
+def hold_out_speakers(utts: Mapping[str, Utterance], num_speakers: int) -> tuple[list[str], list[str]]:
+    """(kept, held-out) utterance ids, `num_speakers` speakers held out evenly spaced in sorted order (so a corpus
+    whose speaker ids start with a gender letter, as AN4's, gives both genders): a dev set from training data."""
+    speakers = sorted({u.speaker for u in utts.values()})
+    if not 0 <= num_speakers < len(speakers):
+        raise AsrBnError(f"cannot hold out {num_speakers} speakers: the data has {len(speakers)}; choose fewer")
+    stride = len(speakers) // num_speakers if num_speakers else 1
+    held = set(speakers[::stride][:num_speakers]) if num_speakers else set()
+    return ([u for u, x in utts.items() if x.speaker not in held], [u for u, x in utts.items() if x.speaker in held])
+
+
+PUNCTUATION = '.,;:!?"()'
+
+
+def normalize_text(utts: Mapping[str, Utterance], case: str, strip_punctuation: bool, report: Report) -> None:
+    """Normalise transcripts in place as told (`case`: keep, upper, lower; punctuation stripped or kept): each
+    change counted, the utterances named, so nothing changes silently."""
+    if case not in ("keep", "upper", "lower"):
+        raise UsageError(f"case {case!r} is not keep, upper or lower")
+    removed: dict[str, int] = {}
+    changed: list[str] = []
+    for utt in utts.values():
+        if utt.text is None:
+            continue
+        text = utt.text
+        if strip_punctuation:
+            for ch in PUNCTUATION:
+                if ch in text:
+                    removed[ch] = removed.get(ch, 0) + text.count(ch)
+                    text = text.replace(ch, " ")
+        text = {"upper": text.upper(), "lower": text.lower()}.get(case, text)
+        text = " ".join(text.split())
+        if text != utt.text:
+            changed.append(utt.id)
+            utt.text = text
+    if changed:
+        report.counts["transcripts normalised"] = len(changed)
+        report.note(f"transcripts changed by --case {case}"
+                    f"{' and --strip-punctuation' if strip_punctuation else ''}: {' '.join(changed[:5])}"
+                    f"{' …' if len(changed) > 5 else ''}")
+    if removed:
+        report.note("punctuation removed (count): " + ", ".join(f"{c!r} ({n})" for c, n in sorted(removed.items())))
+    mixed = sorted({w for u in utts.values() for w in (u.text or "").split() if w != w.upper() and w != w.lower()})
+    if case == "keep" and mixed:
+        report.note(f"{len(mixed)} words mix upper and lower case ({' '.join(mixed[:5])}); they must be in the "
+                    "lexicon as written, or use --case upper/lower")
+
+
+def copy_data_dir(src: str | Path, out: str | Path, held_out: str | Path | None = None, num_held_out: int = 0,
+                  case: str = "keep", strip_punctuation: bool = False) -> Report:
+    """Check a data dir and write it to `out` (transcripts normalised as told; `num_held_out` speakers, evenly
+    spaced, to `held_out` instead); report.json in each output names what changed and what was skipped."""
+    report = Report("data copy")
+    data = load_data_dir(src, report)
+    normalize_text(data.utterances, case, strip_punctuation, report)
+    keep, held = hold_out_speakers(data.utterances, num_held_out) if num_held_out else (list(data.utterances), [])
+    for path, ids in ((out, keep), (held_out, held)):
+        if path is not None:
+            write_data_dir(data, path, ids)
+            report.counts[f"utterances in {path}"] = len(ids)
+            report.counts[f"speakers in {path}"] = len({data.utterances[u].speaker for u in ids})
+    for path in (out, held_out):
+        if path is not None:
+            report.save(Path(path) / "report.json")
+    return report
 
 
 def _absolute_entry(entry: str, root: Path) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 from asr_bn.config import ForwardConfig
 from asr_bn.device import parse_device
 from asr_bn.errors import AsrBnError, UsageError
+from asr_bn.io import file_in
 from asr_bn.report import Report
 
 if TYPE_CHECKING:
@@ -48,11 +49,7 @@ class AcousticModel:
 
 def _model_file(model: str | Path) -> Path:
     """final.pt itself, or the model dir holding it."""
-    model = Path(model)
-    path = model / "final.pt" if model.is_dir() else model
-    if not path.is_file():
-        raise AsrBnError(f"{path}: no such model (give a model dir of `asr-bn train`, with final.pt, or a .pt file)")
-    return path
+    return file_in(model, "final.pt", "model", "give a model dir of `asr-bn train`, with final.pt, or a .pt file")
 
 
 def load_acoustic_model(model: str | Path, config: ForwardConfig) -> AcousticModel:

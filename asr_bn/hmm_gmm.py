@@ -88,6 +88,10 @@ class MonoConfig:
         return {**dataclasses.asdict(self), "realign_iters": list(self.realign_iters)}
 
 
+# --fast (CI): a quarter of Kaldi's iterations and Gaussians; alignments are still usable, only rougher.
+FAST_MONO = MonoConfig(num_iters=10, max_iter_inc=8, total_gauss=300, realign_iters=(1, 2, 3, 4, 5, 6, 8))
+
+
 @dataclass
 class AlignConfig:
     """Options of Kaldi's steps/align_si.sh (gmm-align-compiled with its scales)."""

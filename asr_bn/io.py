@@ -55,6 +55,16 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
             yield f
 
 
+def file_in(path: str | Path, name: str, what: str, fix: str) -> Path:
+    """`path` itself, or `path/name` when `path` is a directory (a model dir, a data dir); a missing file is one
+    error line naming `what` it should be and the `fix`."""
+    path = Path(path)
+    found = path / name if path.is_dir() else path
+    if not found.is_file():
+        raise AsrBnError(f"{found}: no such {what} ({fix})")
+    return found
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write a whole text file atomically."""
     with atomic_open(path) as f:

@@ -21,6 +21,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from asr_bn.errors import AsrBnError
+from asr_bn.io import file_in
 from asr_bn.lang import note_oovs
 from asr_bn.report import Report
 
@@ -28,19 +29,10 @@ BOS, EOS = "<s>", "</s>"
 Gram = tuple[str, ...]
 
 
-def text_file(source: str | Path) -> Path:
-    """The Kaldi text of `source`: a data dir's `text`, or the file itself."""
-    source = Path(source)
-    path = source / "text" if source.is_dir() else source
-    if not path.is_file():
-        raise AsrBnError(f"{path} does not exist (give a Kaldi text file or a data dir holding `text`)")
-    return path
-
-
 def read_sentences(source: str | Path, vocab: set[str], report: Report, oov: str | None = None) -> list[list[str]]:
     """The word sequences of a Kaldi text file (or a data dir's text). A word outside `vocab` becomes `oov` (counted
     per word in `report`); without an `oov` it is an error naming the utterance."""
-    text = text_file(source)
+    text = file_in(source, "text", "text file", "give a Kaldi text file or a data dir holding `text`")
     sentences = []
     unknown: Counter[str] = Counter()
     for n, line in enumerate(text.read_text(encoding="utf-8").splitlines(), 1):

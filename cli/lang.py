@@ -44,15 +44,15 @@ def lang(
 def lm(
     text: Annotated[Path, typer.Argument(help="Training transcripts: a Kaldi text file (`utt WORD …`) or a data dir "
                                          "holding `text` (never dev or test).")],
+    lang_dir: Annotated[Path, typer.Argument(help="Lang folder: its lexicon words are the vocabulary (all in the "
+                                             "unigrams); words outside it map to its oov.txt word, counted.")],
     out: Annotated[Path, typer.Argument(help="ARPA file to write (for `asr-bn mkgraph --lm`).")],
-    lang_dir: Annotated[Path, typer.Option("--lang", help="Lang folder: its lexicon words are the vocabulary (all in "
-                                           "the unigrams); words outside it map to its oov.txt word, counted.")],
     order: Annotated[int, typer.Option(help="n-gram order, 1-4.")] = 3,
     heldout: Annotated[Optional[Path], typer.Option(help="Held-out Kaldi text or data dir: print the perplexity "
                                                     "on it (OOV words map as in training).")] = None,
 ) -> None:
     """An interpolated Kneser-Ney n-gram LM of the training transcripts, written as ARPA, e.g.
-    asr-bn lm data/train data/local/lm/3g.arpa --lang data/lang --order 3 --heldout data/dev"""
+    asr-bn lm data/train data/lang data/local/lm/3g.arpa --order 3 --heldout data/dev"""
     from asr_bn.io import write_text
     from asr_bn.lang import read_lang
     from asr_bn.lm import arpa_text, kneser_ney, perplexity, read_sentences

@@ -105,6 +105,12 @@ app.add_typer(_score.app, name="score")
 from asr_bn_cli import tree as _tree  # noqa: E402
 
 app.add_typer(_tree.app, name="tree")
+from asr_bn_cli import data as _data  # noqa: E402
+
+app.add_typer(_data.app, name="data")
+from asr_bn_cli import gmm as _gmm  # noqa: E402
+
+app.add_typer(_gmm.app, name="gmm")
 from asr_bn_cli import lang as _lang  # noqa: E402
 
 app.command("lang")(_lang.lang)

@@ -3,6 +3,7 @@ ark offsets, on small dirs written in tmp_path that point at real AN4 / yesno au
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 
@@ -197,8 +198,10 @@ def test_malformed_lines_and_missing_files_are_errors(tmp_path: Path, four) -> N
     files = kaldi_files(four)
     with pytest.raises(AsrBnError, match="no .*wav.scp"):
         load_data_dir(write_dir(tmp_path / "a", {"utt2spk": files["utt2spk"]}), Report("t"))
-    with pytest.raises(AsrBnError, match="neither utt2spk nor spk2utt"):
-        load_data_dir(write_dir(tmp_path / "b", {"wav.scp": files["wav.scp"]}), Report("t"))
+    report = Report("t")  # no speakers at all: each utterance is its own, said so
+    data = load_data_dir(write_dir(tmp_path / "b", {"wav.scp": files["wav.scp"]}), report)
+    assert {u.id: u.speaker for u in data.utterances.values()} == {u: u for u, *_ in four}
+    assert "neither utt2spk nor spk2utt: each utterance is its own speaker" in report.notes[0]
     with pytest.raises(AsrBnError, match="utt2spk line 1: expected 2 fields, found 3"):
         load_data_dir(write_dir(tmp_path / "c", {**files, "utt2spk": f"{four[0][0]} a b\n"}), Report("t"))
     with pytest.raises(AsrBnError, match="does not exist"):
@@ -278,3 +281,33 @@ def test_write_data_dir_roundtrip(tmp_path: Path, four) -> None:  # noqa: ANN001
     assert back.utterances == {u: data.utterances[u] for u in keep}
     assert (tmp_path / "out" / "spk2utt").read_text().splitlines()[0].startswith("fash ")
     assert (tmp_path / "out" / "utt2dur").read_text().splitlines()[0] == f"{keep[0]} 1.5000"
+
+
+def test_copy_data_dir_normalises_as_told_and_holds_out_speakers(tmp_path: Path) -> None:
+    """Case and punctuation change only when asked, each change counted and named; held-out speakers evenly
+    spaced; a mixed-case word kept as written is named."""
+    from asr_bn.data import copy_data_dir
+
+    src = tmp_path / "src"
+    src.mkdir()
+    utts = [(f"s{i}-u{j}", f"s{i}") for i in range(4) for j in range(2)]
+    (src / "wav.scp").write_text("".join(f"{u} /audio/{u}.wav\n" for u, _ in utts))
+    (src / "utt2spk").write_text("".join(f"{u} {s}\n" for u, s in utts))
+    (src / "text").write_text("".join(f"{u} Hello, World. {'(again)' if u == 's0-u0' else 'YES'}\n" for u, _ in utts))
+    report = copy_data_dir(src, tmp_path / "train", tmp_path / "dev", 2, case="upper", strip_punctuation=True)
+    assert set(_read_text(tmp_path / "dev" / "utt2spk").values()) == {"s0", "s2"}
+    assert _read_text(tmp_path / "train" / "text")["s1-u0"] == "HELLO WORLD YES"
+    assert _read_text(tmp_path / "dev" / "text")["s0-u0"] == "HELLO WORLD AGAIN"
+    assert report.counts["transcripts normalised"] == 8
+    assert "punctuation removed (count): '(' (1), ')' (1), ',' (8), '.' (8)" in report.notes
+    assert json.loads((tmp_path / "dev" / "report.json").read_text())["counts"]["utterances in " + str(tmp_path / "dev")] == 4
+    kept = copy_data_dir(src, tmp_path / "same")
+    assert (tmp_path / "same" / "text").read_text() == (src / "text").read_text()
+    assert "transcripts normalised" not in kept.counts
+    assert any("2 words mix upper and lower case (Hello, World.)" in n for n in kept.notes)
+    with pytest.raises(AsrBnError, match="cannot hold out 4 speakers: the data has 4"):
+        copy_data_dir(src, tmp_path / "x", tmp_path / "y", 4)
+
+
+def _read_text(path: Path) -> dict[str, str]:
+    return dict(line.split(maxsplit=1) for line in path.read_text().splitlines())

@@ -82,7 +82,7 @@ def test_cli_writes_arpa_and_perplexity_matches_an_independent_evaluation(tmp_pa
     train.mkdir()
     (train / "text").write_text("u1 A B C\nu2 A B\nu3 B C C\nu4 C A B\nu5 D A\n")
     (tmp_path / "heldout").write_text("h1 A B D\nh2 C C A Q\n")
-    run = CliRunner().invoke(app, ["lm", str(train), str(tmp_path / "lm.arpa"), "--lang", str(tmp_path / "lang"),
+    run = CliRunner().invoke(app, ["lm", str(train), str(tmp_path / "lang"), str(tmp_path / "lm.arpa"),
                                    "--order", "2", "--heldout", str(tmp_path / "heldout")])
     assert run.exit_code == 0, run.output
     model = _parse_arpa((tmp_path / "lm.arpa").read_text())

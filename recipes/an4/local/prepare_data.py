@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""AN4 (CMU) → Kaldi data dirs and a lang folder.
+"""AN4 (CMU) → Kaldi data dirs and a Kaldi dict dir (the input of recipes/any/run.sh).
 
 Reads  AN4_ROOT/etc/{an4_train,an4_test}.{transcription,fileids}, etc/an4.dic, etc/an4.phone, wav/**.wav (or
        the NIST .sph files of CMU's an4_sphere.tar.gz)
 Writes OUT/train, OUT/dev (held-out training speakers), OUT/test (130 utterances): wav.scp (absolute paths),
        text (uppercase words, Sphinx markers <s> </s> <sil> ++NOISE++ stripped), utt2spk, spk2utt;
-       OUT/lang: lexicon.txt (an4.dic, alternates' "(2)" markers stripped), phones.txt (+ SIL), words.txt;
+       OUT/dict: lexicon.txt (an4.dic, alternates' "(2)" markers stripped), nonsilence_phones.txt (an4.phone but
+       SIL, one set each), silence_phones.txt and optional_silence.txt (SIL);
        OUT/prepare_data.json: the report (utterances skipped, with their reason).
 
 Utterance ids are `<speaker>-<file id without the speaker>` (e.g. fash-an251-b), so sorting by utterance also
@@ -21,14 +22,23 @@ import re
 import sys
 from pathlib import Path
 
-from asr_bn.data import DataDir, Utterance, write_data_dir
+from asr_bn.data import DataDir, Utterance, hold_out_speakers, write_data_dir
 from asr_bn.errors import AsrBnError
-from asr_bn.lang import write_lang
+from asr_bn.io import write_text
 from asr_bn.report import Report
 
 _LINE = re.compile(r"^(?P<words>.*?)\s*\((?P<id>[^()\s]+)\)\s*$")
 _MARKERS = re.compile(r"^(<s>|</s>|<sil>|\+\+.*\+\+)$", re.IGNORECASE)
 _ALTERNATE = re.compile(r"\(\d+\)$")
+
+
+def write_dict_dir(an4_root: Path, lexicon: list[tuple[str, list[str]]], out: Path) -> None:
+    """A Kaldi dict dir of AN4: its lexicon, SIL as the (optional) silence, every other an4.phone phone a set."""
+    phones = sorted(set(_read(an4_root / "etc" / "an4.phone").split()) - {"SIL"})
+    write_text(out / "lexicon.txt", "".join(f"{w} {' '.join(pron)}\n" for w, pron in lexicon))
+    write_text(out / "nonsilence_phones.txt", "".join(f"{p}\n" for p in phones))
+    write_text(out / "silence_phones.txt", "SIL\n")
+    write_text(out / "optional_silence.txt", "SIL\n")
 
 
 def read_dictionary(an4_root: Path) -> list[tuple[str, list[str]]]:
@@ -84,16 +94,6 @@ def read_split(an4_root: Path, split: str, words: set[str], report: Report) -> t
     return utts, wavs
 
 
-def split_dev(utts: dict[str, Utterance], num_dev: int) -> tuple[list[str], list[str]]:
-    """Hold out `num_dev` training speakers, evenly spaced in sorted order (so both genders are represented)."""
-    speakers = sorted({u.speaker for u in utts.values()})
-    if not 0 <= num_dev < len(speakers):
-        raise AsrBnError(f"--dev-speakers {num_dev}: the training set has {len(speakers)} speakers; choose fewer")
-    stride = len(speakers) // num_dev if num_dev else 1
-    dev = set(speakers[::stride][:num_dev]) if num_dev else set()
-    return ([u for u, x in utts.items() if x.speaker not in dev], [u for u, x in utts.items() if x.speaker in dev])
-
-
 def first_speakers(utts: dict[str, Utterance], ids: list[str], n: int | None) -> list[str]:
     """The utterances of the first `n` speakers (sorted) among `ids`; all of them when n is None."""
     if n is None:
@@ -103,17 +103,17 @@ def first_speakers(utts: dict[str, Utterance], ids: list[str], n: int | None) ->
 
 
 def prepare(an4_root: Path, out: Path, num_dev: int = 6, speakers: int | None = None) -> Report:
-    """Write out/{train,dev,test,lang} from an AN4 distribution; returns the report (also saved)."""
+    """Write out/{train,dev,test,dict} from an AN4 distribution; returns the report (also saved)."""
     if not (an4_root / "etc" / "an4.dic").is_file():
         raise AsrBnError(f"{an4_root} is not an AN4 distribution (no etc/an4.dic); download AN4 from CMU Sphinx "
                          f"(http://www.speech.cs.cmu.edu/databases/an4/) and pass its folder")
     report = Report("an4 prepare_data")
     lexicon = read_dictionary(an4_root)
-    lang = write_lang(lexicon, out / "lang", silence_phone="SIL")
-    words = set(lang.words)
+    write_dict_dir(an4_root, lexicon, out / "dict")
+    words = {w for w, _ in lexicon}
     train_all, train_wavs = read_split(an4_root, "train", words, report)
     test, test_wavs = read_split(an4_root, "test", words, report)
-    train, dev = split_dev(train_all, num_dev)
+    train, dev = hold_out_speakers(train_all, num_dev)
     for name, utts, wavs, ids in (("train", train_all, train_wavs, train), ("dev", train_all, train_wavs, dev),
                                   ("test", test, test_wavs, list(test))):
         ids = first_speakers(utts, sorted(ids), speakers)
@@ -144,7 +144,7 @@ def main() -> None:
     """Command-line entry (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("an4_root", type=Path, help="AN4 folder holding etc/ and wav/")
-    parser.add_argument("out", type=Path, help="output folder (gets train/ dev/ test/ lang/)")
+    parser.add_argument("out", type=Path, help="output folder (gets train/ dev/ test/ dict/)")
     parser.add_argument("--dev-speakers", type=int, default=6, help="training speakers held out as dev (default 6)")
     parser.add_argument("--speakers", type=int, default=None,
                         help="keep only the first N speakers of each set (fast runs, tests); default: all")

@@ -1,0 +1,378 @@
+#!/usr/bin/env bash
+# Any corpus: the hybrid HMM/BN-BLSTM recipe of asr-bn from Kaldi data dirs and a dict dir, CLI commands only.
+#
+# Usage: recipes/any/run.sh --train DATA --test DATA --dict DICT [--dev DATA] [--lm ARPA] [options]
+#   --train/--dev/--test DATA  Kaldi data dirs (wav.scp, text; utt2spk optional: without it each utterance is its own
+#                   speaker).
+#   --sample-frequency HZ  the audio's sampling rate (default 16000; e.g. 8000 for telephone speech: asr-bn never
+#                   resamples, a mismatch stops stage 2 with the rate it found).
+#                   Without --dev, --dev-speakers training speakers are held out as dev.
+#   --dict DICT     Kaldi dict dir (lexicon.txt or lexiconp.txt, nonsilence_phones.txt, silence_phones.txt,
+#                   optional_silence.txt, extra_questions.txt), or a bare lexicon file (phone lists derived).
+#   --lm ARPA       an ARPA LM of your own over the lexicon's words: decoded as graph "lm" beside the recipe's trigram
+#                   of the training transcripts (graph "tg") and a word loop ("loop").
+#   --stage N / --stop-stage N   run stages N..M only (default: all); each stage skips work that is already done.
+#   --dir DIR       working directory for data/ prep/ exp/ (default: the current directory).
+#   --dev-speakers N  speakers held out as dev when no --dev is given (default 6; evenly spaced in sorted order).
+#   --case keep|upper|lower, --strip-punctuation   transcript normalisation (changes counted and named).
+#   --oov WORD      the lexicon's word for out-of-lexicon words (default <UNK>, added as `<UNK> SPN` when missing).
+#   --oov-policy map|skip   transcripts with OOV words: map them to WORD (counted, named) or skip the utterance.
+#   --position-dependent-phones true|false   word-position phones _B _E _I _S (Kaldi's default true).
+#   --fast          CI mode: few GMM iterations and Gaussians, a tiny network trained for a few epochs, one graph.
+#   --seed N        seed of both networks (default 0); a seed other than 0 trains and decodes exp/blstm_sN and
+#                   exp/blstm_bn_seq_sN beside the others, and stage 8 reports every seed with their means.
+#   --targets T     mono (default): the networks learn the monophone GMM's alignments; nnet: stage 4 realigns
+#                   train and dev with this seed's sequence-BN network (trained on mono targets first, as Kaldi's
+#                   steps/nnet/align.sh) → exp/nnet_ali*, prep/{train,dev}_nnali, and stages 5-8 train, decode and
+#                   report exp/blstm_nnali*, exp/blstm_bn_seq_nnali* beside the others.
+#   --nj N          parallel jobs for feature extraction, archives of alignments and decoding (default 2).
+#   --net-opts S    the networks' options instead of the recipe's (layers, units, optimizer, epochs …).
+#   --cache         the networks keep all features in memory (faster epochs; default: read from disk each epoch).
+#   --train-opts S  extra `asr-bn train` options for both networks, after the recipe's own (so they win),
+#                   e.g. --train-opts "--epochs 30 --device cuda".
+# e.g. recipes/any/run.sh --train corpus/train --test corpus/test --dict corpus/dict --dir work
+#
+# Stages (each a CLI command; all outputs are Kaldi formats; see README "Your own corpus"):
+#   1  data, lang, LM asr-bn data copy → data/{train,dev,test} (checked, normalised, dev held out if none given);
+#                     asr-bn lang → data/lang; asr-bn lm → data/local/lm/tg.arpa (trigram of data/train's text,
+#                     perplexity on data/dev)
+#   2  features       asr-bn prep kaldi → prep/{train,dev,test} (40 log-mel fbank, per-speaker CMVN stats)
+#   3  alignments     asr-bn gmm mono (steps/train_mono.sh) → exp/mono; asr-bn gmm align (steps/align_si.sh)
+#                     → exp/mono_ali (train), exp/mono_ali_dev (dev); GMM decode of test with a word loop as a
+#                     sanity check of the alignment model → exp/mono/decode_test (WER in its wer file)
+#   4  targets        asr-bn prep kaldi --ali-dir: the alignments' pdf-ids joined to prep/train, prep/dev (pdf.scp);
+#                     with --targets nnet: the sequence-BN network's forced alignments → prep/{train,dev}_nnali
+#   5  baseline       asr-bn train --bn none → exp/blstm (final.pt, priors.vec, metrics.jsonl, learning_curve.png)
+#   6  sequence BN    asr-bn train --bn sequence, same seed and budget → exp/blstm_bn_seq
+#   7  decode         asr-bn mkgraph over data/lang: word loop (exp/mono/graph), the trigram (graph_tg), --lm
+#                     (graph_lm); per model: asr-bn forward of dev and test, lattice decoding, the LM weight
+#                     (acoustic scale 1/LMWT) chosen on dev and applied to test, asr-bn score wer
+#                     → exp/<model>/decode_test_<graph>/wer
+#   8  report         asr-bn plot → exp/learning_curves.png (this seed's two models); exp/results.md: train CE,
+#                     dev CE, dev FER (asr-bn score frames, against the targets each model learned) and test WER
+#                     per model, seed, target source and graph (local/report.py)
+# Stages 5 and 6 may run at the same time (two invocations with --stage 5 --stop-stage 5 and --stage 6
+# --stop-stage 6): on a CPU-bound machine that roughly halves the wall time. An interrupted training resumes.
+# On a shared CPU, OMP_NUM_THREADS=1 keeps torch's per-op threads from stalling: the recurrent steps' small
+# matrices gain nothing from them (docs/RESULTS.md, Demo, "Threads").
+set -euo pipefail
+
+recipe=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+stage=1
+stop_stage=100
+dir=.
+train= dev= test= dict= lm=
+dev_speakers=6
+case=keep
+punct=--keep-punctuation
+oov="<UNK>"
+oov_policy=map
+sample_frequency=16000
+pos_dep=true
+fast=false
+seed=0
+targets=mono
+nj=2
+net_opts=
+cache=
+train_opts=
+
+log() {
+  echo "$(date '+%Y-%m-%d %H:%M:%S') ($(basename "$0"):${BASH_LINENO[0]}) $*"
+}
+die() {
+  echo "$(basename "$0"): error: $*" >&2
+  exit 1
+}
+
+while [ $# -gt 0 ]; do
+  case $1 in
+    --stage) stage=$2; shift 2 ;;
+    --stop-stage) stop_stage=$2; shift 2 ;;
+    --dir) dir=$2; shift 2 ;;
+    --train) train=$2; shift 2 ;;
+    --dev) dev=$2; shift 2 ;;
+    --test) test=$2; shift 2 ;;
+    --dict) dict=$2; shift 2 ;;
+    --lm) lm=$2; shift 2 ;;
+    --dev-speakers) dev_speakers=$2; shift 2 ;;
+    --case) case=$2; shift 2 ;;
+    --strip-punctuation) punct=--strip-punctuation; shift ;;
+    --oov) oov=$2; shift 2 ;;
+    --oov-policy) oov_policy=$2; shift 2 ;;
+    --sample-frequency) sample_frequency=$2; shift 2 ;;
+    --position-dependent-phones) pos_dep=$2; shift 2 ;;
+    --fast) fast=true; shift ;;
+    --seed) seed=$2; shift 2 ;;
+    --targets) targets=$2; shift 2 ;;
+    --nj) nj=$2; shift 2 ;;
+    --net-opts) net_opts=$2; shift 2 ;;
+    --cache) cache=--cache; shift ;;
+    --train-opts) train_opts=$2; shift 2 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument $1 (see --help)" ;;
+  esac
+done
+
+command -v asr-bn >/dev/null || die "asr-bn is not on PATH; activate the environment where asr-bn is installed"
+abspath() { (cd "$(dirname "$1")" && echo "$(pwd)/$(basename "$1")"); }
+if [ "$stage" -le 1 ]; then  # the inputs are read by stage 1 only
+  for pair in train:"$train" test:"$test" dict:"$dict"; do
+    [ -n "${pair#*:}" ] || die "--${pair%%:*} is required (see --help)"
+  done
+  for d in "$train" "$test" ${dev:+"$dev"}; do
+    [ -f "$d/wav.scp" ] || die "$d is not a Kaldi data dir (no wav.scp)"
+  done
+  [ -e "$dict" ] || die "--dict $dict does not exist (a Kaldi dict dir or a lexicon file)"
+  train=$(abspath "$train") test=$(abspath "$test") dict=$(abspath "$dict")
+  [ -z "$dev" ] || dev=$(abspath "$dev")
+fi
+[ -z "$lm" ] || { [ -f "$lm" ] || die "--lm $lm does not exist"; lm=$(abspath "$lm"); }
+mkdir -p "$dir"
+cd "$dir"
+log "$0 $* (working in $(pwd), fast=$fast)"
+
+fast_opt=
+$fast && fast_opt=--fast
+
+# The network of stages 5-6 (both models alike but for --bn). The paper's SGD at lr 1e-4 needs far more updates
+# than a CPU can give here (AN4 is 37 updates of 24 utterances per epoch); Adam at 1e-3 with dropout converges in
+# ~15 epochs. 3 x 256 cells trains in ~25 min per model on 2 CPU cores (docs/RESULTS.md) and is plenty for 104
+# monophone-state targets.
+if [ -z "$net_opts" ]; then
+  net_opts="--layers 3 --units 256 --dropout 0.2 --optimizer adam --lr 1e-3 --batch-size 24 --epochs 15 --patience 3"
+  $fast && net_opts="--layers 2 --units 64 --optimizer adam --lr 5e-3 --batch-size 4 --epochs 6 --patience 0"
+fi
+net_opts="$net_opts --seed $seed --num-workers 0 $cache $train_opts"
+suffix=
+[ "$seed" = 0 ] || suffix=_s$seed
+case $targets in
+  mono) tag= ;;
+  nnet) tag=_nnali ;;
+  *) die "--targets $targets is not mono or nnet" ;;
+esac
+models="blstm$tag$suffix:none blstm_bn_seq$tag$suffix:sequence"  # exp dir : --bn
+graphs="loop:exp/mono/graph${lm:+ lm:exp/mono/graph_lm} tg:exp/mono/graph_tg"  # name : graph dir
+decode_opts=  # asr-bn decode's defaults: beam 13, lattice beam 8 (Kaldi's steps/nnet/decode.sh)
+lmwts=1:15  # LM weights tried on dev: acoustic scale 1/LMWT (BLSTMs on AN4 like 3-4; Kaldi's nnet1 sweeps 4:15)
+if $fast; then  # lattices of a weak model are costly: one graph (the LM one), narrower beams
+  graphs="tg:exp/mono/graph_tg"
+  decode_opts="--beam 8 --lattice-beam 4"
+  lmwts=2:8
+fi
+
+# A stage's options are written into its .done marker; a rerun with other options must not mix outputs.
+check_done() {  # check_done MARKER OPTIONS: 0 when done with these options, 1 when not done, die when different
+  local marker=$1 opts=$2
+  [ -f "$marker" ] || return 1
+  [ "$(cat "$marker")" = "$opts" ] && return 0
+  die "$(dirname "$marker") was made with other options ($(cat "$marker")); remove it or use another --dir"
+}
+
+forward_set() {  # forward_set EXP SET: EXP/forward_SET/loglikes.{ark,scp} of prep/SET, once per trained model
+  local exp=$1 set=$2 out=$1/forward_$2
+  if check_done "$out/.done" "$(cat "$exp/.done")"; then
+    log "$out/.done exists - skipping"
+  else
+    mkdir -p "$out"
+    asr-bn forward "$exp" "prep/$set" "ark,scp:$out/loglikes.ark,$out/loglikes.scp"
+    cat "$exp/.done" > "$out/.done"
+  fi
+}
+
+if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
+  log "Stage 1: data dirs, lang, LM (data/{train,dev,test}, data/lang, data/local/lm/tg.arpa)"
+  opts="train=$train dev=${dev:-hold out $dev_speakers} test=$test dict=$dict case=$case $punct oov=$oov"
+  opts="$opts position-dependent=$pos_dep"
+  if check_done data/.done "$opts"; then
+    log "data/.done exists - skipping"
+  else
+    rm -rf data/train data/dev data/test data/lang data/local/lm
+    norm="--case $case $punct"
+    if [ -n "$dev" ]; then
+      asr-bn data copy "$train" data/train $norm
+      asr-bn data copy "$dev" data/dev $norm
+    else
+      asr-bn data copy "$train" data/train --hold-out-speakers "$dev_speakers" --held-out data/dev $norm
+    fi
+    asr-bn data copy "$test" data/test $norm
+    asr-bn lang "$dict" data/lang --oov "$oov" --position-dependent-phones "$pos_dep"
+    asr-bn lm data/train data/lang data/local/lm/tg.arpa --order 3 --heldout data/dev
+    echo "$opts" > data/.done
+  fi
+fi
+
+if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
+  log "Stage 2: features (asr-bn prep kaldi → prep/{train,dev,test})"
+  for set in train dev test; do
+    # prep skips a complete output with the same inputs
+    asr-bn prep kaldi "data/$set" "prep/$set" --nj "$nj" --sample-frequency "$sample_frequency"
+  done
+fi
+
+if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
+  log "Stage 3: HMM-GMM alignments (exp/mono, exp/mono_ali, exp/mono_ali_dev)"
+  opts="fast=$fast oov-policy=$oov_policy $(cat data/.done)"
+  if check_done exp/mono/.done "$opts"; then
+    log "exp/mono/.done exists - skipping training"
+  else
+    rm -f exp/mono_ali/.done exp/mono_ali_dev/.done exp/mono/decode_test/.done  # they depend on this model
+    rm -rf exp/mono/graph exp/mono/graph_lm exp/mono/graph_tg
+    asr-bn gmm mono prep/train data/lang exp/mono $fast_opt --oov-policy "$oov_policy"
+    echo "$opts" > exp/mono/.done
+  fi
+  for set in train dev; do
+    ali=exp/mono_ali
+    [ "$set" = dev ] && ali=exp/mono_ali_dev
+    if check_done "$ali/.done" "$opts"; then
+      log "$ali/.done exists - skipping"
+    else
+      asr-bn gmm align "prep/$set" data/lang exp/mono "$ali" --nj "$nj" --oov-policy "$oov_policy"
+      echo "$opts" > "$ali/.done"
+    fi
+  done
+  if check_done exp/mono/decode_test/.done "$opts"; then
+    log "exp/mono/decode_test/.done exists - skipping the GMM decode"
+  else
+    log "GMM decode of test (a check of the alignment model, not the system's result)"
+    if ! check_done exp/mono/graph/.done " $(cat exp/mono/.done)"; then  # the word loop, stage 7's "loop" graph
+      asr-bn mkgraph data/lang exp/mono exp/mono/graph
+      echo " $(cat exp/mono/.done)" > exp/mono/graph/.done
+    fi
+    asr-bn gmm likes prep/test exp/mono exp/mono/decode_test
+    asr-bn decode exp/mono/graph exp/mono exp/mono/decode_test/loglikes.scp exp/mono/decode_test
+    asr-bn score wer data/test exp/mono/decode_test/text | tee exp/mono/decode_test/wer
+    echo "$opts" > exp/mono/decode_test/.done
+  fi
+fi
+
+if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
+  log "Stage 4: targets (alignments joined to prep/train$tag, prep/dev$tag → pdf.scp)"
+  if [ "$targets" = nnet ]; then  # realign with the sequence-BN network of this seed (log-likelihoods, GMM's HMM)
+    aligner=exp/blstm_bn_seq$suffix
+    [ -f "$aligner/.done" ] || die "$aligner is not trained yet (run stages 5-6 with --targets mono first)"
+    opts=$(cat "$aligner/.done")
+    for set in train dev; do
+      ali=exp/nnet_ali$suffix
+      [ "$set" = dev ] && ali=exp/nnet_ali${suffix}_dev
+      if check_done "$ali/.done" "$opts"; then
+        log "$ali/.done exists - skipping"
+      else
+        forward_set "$aligner" "$set"  # dev's is stage 7's, reused
+        asr-bn gmm align "prep/$set" data/lang exp/mono "$ali" --nj "$nj" --oov-policy "$oov_policy" \
+          --loglikes "$aligner/forward_$set/loglikes.scp"
+        echo "$opts" > "$ali/.done"
+      fi
+      asr-bn prep kaldi "data/$set" "prep/${set}_nnali" --nj "$nj" --sample-frequency "$sample_frequency" \
+        --ali-dir "$ali"
+    done
+  else
+    asr-bn prep kaldi data/train prep/train --nj "$nj" --sample-frequency "$sample_frequency" --ali-dir exp/mono_ali
+    asr-bn prep kaldi data/dev prep/dev --nj "$nj" --sample-frequency "$sample_frequency" --ali-dir exp/mono_ali_dev
+  fi
+fi
+
+train_net() {  # train_net EXP_DIR BN: one network; an interrupted run with the same options resumes
+  local exp=$1 bn=$2
+  local opts="bn=$bn $net_opts $(cat exp/mono/.done)"
+  [ "$targets" = nnet ] && opts="$opts targets=nnet:$(cat "exp/nnet_ali$suffix/.done")"
+  if check_done "$exp/.done" "$opts"; then
+    log "$exp/.done exists - skipping"
+    return
+  fi
+  local resume=
+  if [ -f "$exp/checkpoint.pt" ] && [ -f "$exp/.started" ]; then
+    [ "$(cat "$exp/.started")" = "$opts" ] ||
+      die "$exp was started with other options ($(cat "$exp/.started")); remove it or use another --dir"
+    log "$exp/checkpoint.pt exists - resuming"
+    resume=--resume
+  else
+    rm -rf "$exp"
+    mkdir -p "$exp"
+    echo "$opts" > "$exp/.started"
+  fi
+  # shellcheck disable=SC2086 # net_opts is a list of options
+  asr-bn train "prep/train$tag" "prep/dev$tag" "$exp" --bn "$bn" $net_opts $resume
+  echo "$opts" > "$exp/.done"
+}
+
+if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
+  log "Stage 5: baseline BLSTM (no batch norm) → exp/blstm$tag$suffix"
+  train_net "exp/blstm$tag$suffix" none
+fi
+
+if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
+  log "Stage 6: sequence-wise batch-normalized BLSTM (same seed and budget) → exp/blstm_bn_seq$tag$suffix"
+  train_net "exp/blstm_bn_seq$tag$suffix" sequence
+fi
+
+if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
+  log "Stage 7: forward, decode (LM weight chosen on dev), score test"
+  for entry in $graphs; do
+    name=${entry%%:*} graph=${entry#*:}
+    lm_opt=
+    [ "$name" = lm ] && lm_opt="--lm $lm"
+    [ "$name" = tg ] && lm_opt="--lm data/local/lm/tg.arpa"
+    if ! check_done "$graph/.done" "$lm_opt $(cat exp/mono/.done)"; then
+      # shellcheck disable=SC2086 # lm_opt is empty or one option with its value
+      asr-bn mkgraph data/lang exp/mono "$graph" $lm_opt
+      echo "$lm_opt $(cat exp/mono/.done)" > "$graph/.done"
+    fi
+  done
+  for entry in $models; do
+    exp=exp/${entry%%:*}
+    [ -f "$exp/.done" ] || die "$exp is not trained yet (run stages 5 and 6 first)"
+    opts=$(cat "$exp/.done")
+    for set in dev test; do
+      forward_set "$exp" "$set"
+    done
+    for entry2 in $graphs; do
+      name=${entry2%%:*} graph=${entry2#*:}
+      dev_dir=$exp/decode_dev_$name test_dir=$exp/decode_test_$name
+      if check_done "$test_dir/.done" "$opts"; then
+        log "$test_dir/.done exists - skipping"
+        continue
+      fi
+      # shellcheck disable=SC2086 # decode_opts is a list of options
+      asr-bn decode "$graph" exp/mono "$exp/forward_dev/loglikes.scp" "$dev_dir" \
+        --lattices --lmwt "$lmwts" --nj "$nj" $decode_opts
+      asr-bn score wer data/dev "$dev_dir" > "$dev_dir/wer_sweep"
+      best=$(sed -n 's/^best: .*hyp_\([0-9]*\)$/\1/p' "$dev_dir/wer_sweep")
+      [ -n "$best" ] || die "no best LM weight in $dev_dir/wer_sweep"
+      tail -n 1 "$dev_dir/wer_sweep" | tee "$dev_dir/wer"
+      asr-bn decode "$graph" exp/mono "$exp/forward_test/loglikes.scp" "$test_dir" \
+        --lattices --lmwt "$best:$best" --nj "$nj" $decode_opts
+      asr-bn score wer data/test "$test_dir/hyp_$best" --details "$test_dir/details" | tee "$test_dir/wer"
+      echo "$opts" > "$test_dir/.done"
+    done
+  done
+fi
+
+if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
+  log "Stage 8: learning curves and the results table (exp/learning_curves$tag$suffix.png, exp/results.md)"
+  exps=() labels=()
+  for entry in $models; do
+    exps+=("exp/${entry%%:*}")
+    labels+=("${entry#*:}")
+  done
+  asr-bn plot "${exps[@]}" -o "exp/learning_curves$tag$suffix.png" --labels "$(IFS=,; echo "${labels[*]}")"
+  last_graph=${graphs##* } last_graph=${last_graph%%:*}
+  exps=() labels=()  # the table: every seed's and target source's models that stage 7 finished
+  for t in "" _nnali; do
+    for entry in blstm:none blstm_bn_seq:sequence; do
+      for exp in "exp/${entry%%:*}$t" "exp/${entry%%:*}$t"_s[0-9]*; do
+        [ -f "$exp/decode_test_$last_graph/.done" ] || continue
+        exps+=("$exp")
+        labels+=("${entry#*:}${t:+ (nnet ali)}")
+        for set in train dev; do  # frame scores against the targets the model learned
+          [ "$exp/frames_$set" -nt "$exp/final.pt" ] || asr-bn score frames "$exp" "prep/$set$t" > "$exp/frames_$set"
+        done
+      done
+    done
+  done
+  names=$(for entry in $graphs; do echo "${entry%%:*}"; done | paste -sd,)
+  python "$recipe/local/report.py" "${exps[@]}" --labels "$(IFS=,; echo "${labels[*]}")" --graphs "$names" \
+    | tee exp/results.md
+fi
+
+log "Done through stage $(( stop_stage < 8 ? stop_stage : 8 ))."

@@ -1,0 +1,133 @@
+"""The generic recipe (recipes/any/run.sh) end to end in --fast mode on a corpus that is not AN4's: the synthesized
+small corpus written as plain Kaldi data dirs and a dict dir, with OOV words, no utt2spk, mixed case and punctuation,
+no dev set (speakers held out)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import kaldiio
+import pytest
+
+from asr_bn.alignments import read_alignments, read_transition_model
+from asr_bn.lang import read_lang
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "any" / "run.sh"
+DROPPED = "SEVEN"  # a lexicon word removed from the dict: its occurrences become <UNK>
+
+
+def _table(path: Path) -> dict[str, str]:
+    return dict(line.split(maxsplit=1) if " " in line else (line, "") for line in path.read_text().splitlines())
+
+
+def make_corpus(out: Path) -> tuple[Path, Path, Path]:
+    """(train, test, dict): the small synthesized corpus as a user's files. train has no utt2spk and transcripts
+    in lower case with commas; the dict dir lacks one word."""
+    from asr_bn.synth import synthesize_corpus
+
+    paths = synthesize_corpus(out / "synth", seed=3, size="small")
+    train, test, dict_dir = out / "corpus" / "train", out / "corpus" / "test", out / "corpus" / "dict"
+    for split, dest in (("train", train), ("test", test)):
+        dest.mkdir(parents=True)
+        (dest / "wav.scp").write_text((paths.data[split] / "wav.scp").read_text())
+        text = _table(paths.data[split] / "text")
+        if split == "train":
+            text = {u: t.lower().replace(" ", ", ", 1) for u, t in text.items()}
+        else:
+            (dest / "utt2spk").write_text((paths.data[split] / "utt2spk").read_text())
+        (dest / "text").write_text("".join(f"{u} {t}\n" for u, t in text.items()))
+    lexicon = [line for line in (paths.lang / "lexicon.txt").read_text().splitlines() if line.split()[0] != DROPPED]
+    phones = sorted({p for line in lexicon for p in line.split()[1:]} - {"SIL"})
+    dict_dir.mkdir()
+    (dict_dir / "lexicon.txt").write_text("\n".join(lexicon) + "\n")
+    (dict_dir / "silence_phones.txt").write_text("SIL\n")
+    (dict_dir / "optional_silence.txt").write_text("SIL\n")
+    (dict_dir / "nonsilence_phones.txt").write_text("".join(f"{p}\n" for p in phones))
+    return train, test, dict_dir
+
+
+@pytest.mark.slow
+def test_any_recipe_fast_end_to_end(tmp_path: Path) -> None:
+    train, test, dict_dir = make_corpus(tmp_path)
+    work = tmp_path / "work"
+    cmd = ["bash", str(RECIPE), "--fast", "--train", str(train), "--test", str(test), "--dict", str(dict_dir),
+           "--dev-speakers", "8", "--case", "upper", "--strip-punctuation", "--nj", "1", "--dir", str(work)]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for stage in range(1, 9):
+        assert f"Stage {stage}:" in run.stdout
+    # stage 1: no utt2spk (each utterance its own speaker), 8 of them held out as dev; case and commas normalised,
+    # SEVEN (not in the dict) counted and named as <UNK> everywhere transcripts are read
+    assert "each utterance is its own speaker" in run.stdout and "punctuation removed (count): ',' (33)" in run.stdout
+    dev_text, train_text = _table(work / "data" / "dev" / "text"), _table(work / "data" / "train" / "text")
+    assert len(dev_text) == 8 and len(train_text) == 32 and not set(dev_text) & set(train_text)
+    assert all(t == t.upper() and "," not in t for t in train_text.values())
+    sevens = sum(t.split().count(DROPPED) for t in train_text.values())
+    assert sevens > 0 and f"words outside the lexicon, mapped to <UNK> (count): {DROPPED} ({sevens})" in run.stdout
+    mono = json.loads((work / "exp" / "mono" / "report.json").read_text())
+    assert mono["counts"]["words mapped to <UNK>"] == sevens and mono["counts"]["aligned"] == 32
+    assert "perplexity" in run.stdout and (work / "data" / "local" / "lm" / "tg.arpa").is_file()
+
+    # stage 3: alignments in word-position phones spell each transcript (<UNK> as SPN_S)
+    lang = read_lang(work / "data" / "lang")
+    names = {i: p for p, i in lang.phones.items()}
+    prons = lang.pronunciations()
+    tm = read_transition_model(work / "exp" / "mono" / "final.mdl")
+    for ali_dir, prep in (("mono_ali", "train"), ("mono_ali_dev", "dev")):
+        frames = {u: int(n) for u, n in _table(work / "prep" / prep / "utt2num_frames").items()}
+        text = _table(work / "data" / prep / "text")
+        labels = {lab.utt: lab.values for lab in read_alignments(work / "exp" / ali_dir)}
+        assert set(labels) == set(frames)
+        for utt, tids in labels.items():
+            phones = [names[p] for p, _, _ in tm.phone_segments(tids) if not names[p].startswith("SIL")]
+            expected = [w if w in prons else "<UNK>" for w in text[utt].split()]
+            assert _spells(phones, expected, prons), (utt, phones, expected)
+        pdfs = dict(kaldiio.load_scp(str(work / "prep" / prep / "pdf.scp")))  # stage 4
+        assert all(len(v) == frames[u] and v.max() < tm.num_pdfs for u, v in pdfs.items()) and set(pdfs) == set(labels)
+    # stages 5-7: two models alike but for --bn; log-likelihoods of every test frame; a test WER per model
+    test_frames = {u: int(n) for u, n in _table(work / "prep" / "test" / "utt2num_frames").items()}
+    configs = {}
+    for exp, bn in (("blstm", "none"), ("blstm_bn_seq", "sequence")):
+        configs[exp] = json.loads((work / "exp" / exp / "config.json").read_text())
+        assert configs[exp]["bn"] == bn and (work / "exp" / exp / "final.pt").is_file()
+        loglikes = dict(kaldiio.load_scp(str(work / "exp" / exp / "forward_test" / "loglikes.scp")))
+        assert {u: m.shape for u, m in loglikes.items()} == {u: (n, tm.num_pdfs) for u, n in test_frames.items()}
+        assert (work / "exp" / exp / "decode_test_tg" / "wer").read_text().startswith("%WER")
+    assert {k: v for k, v in configs["blstm"].items() if k not in ("bn", "exp_dir")} == {
+        k: v for k, v in configs["blstm_bn_seq"].items() if k not in ("bn", "exp_dir")}
+    # stage 8: curves and a table row per model
+    assert (work / "exp" / "learning_curves.png").stat().st_size > 0
+    rows = (work / "exp" / "results.md").read_text().splitlines()
+    assert [r.split("|")[1].strip() for r in rows[2:]] == ["none", "sequence"]
+
+    again = subprocess.run([*cmd, "--stage", "3", "--stop-stage", "7"], capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    # nothing redone: mono, 2 ali dirs, GMM decode, 2 networks, 2 x 2 forwards, 2 test decodes
+    assert again.stdout.count("skipping") == 12, again.stdout
+    other = subprocess.run([*cmd[:-2], "--case", "lower", "--dir", str(work), "--stop-stage", "1"],
+                           capture_output=True, text=True, env=env)
+    assert other.returncode == 1 and "made with other options" in other.stderr, other.stderr
+    # --targets nnet: the sequence-BN network realigns train and dev (steps/nnet/align.sh), targets joined
+    nnet = subprocess.run([*cmd, "--targets", "nnet", "--stage", "4", "--stop-stage", "4"], capture_output=True,
+                          text=True, env=env)
+    assert nnet.returncode == 0, nnet.stdout[-3000:] + nnet.stderr[-3000:]
+    for prep, ali_dir, share in (("train", "nnet_ali", 0.8), ("dev", "nnet_ali_dev", 0.5)):
+        labels = {lab.utt for lab in read_alignments(work / "exp" / ali_dir)}
+        skipped = [u for utts in json.loads((work / "exp" / ali_dir / "report.json").read_text())["skipped"].values()
+                   for u in utts]
+        utts = _table(work / "data" / prep / "text")
+        assert sorted([*labels, *skipped]) == sorted(utts)  # every utterance aligned or named
+        assert len(labels) >= share * len(utts)  # 32 of 32 and 6 of 8 measured (a weak network, unseen dev)
+        assert set(dict(kaldiio.load_scp(str(work / "prep" / f"{prep}_nnali" / "pdf.scp")))) == labels
+
+
+def _spells(phones: list[str], words: list[str], prons: dict[str, list[list[str]]]) -> bool:
+    """Whether `phones` is the concatenation of one pronunciation of each word in turn."""
+    if not words:
+        return not phones
+    return any(phones[: len(p)] == p and _spells(phones[len(p):], words[1:], prons) for p in prons[words[0]])
