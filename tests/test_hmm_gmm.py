@@ -3,6 +3,7 @@ training a monophone system on yesno whose alignments must spell out the transcr
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -161,13 +162,15 @@ def test_unusable_utterances_are_named(yesno: tuple, tmp_path: Path) -> None:
     text[oov] = text[oov] + " MAYBE"
     feats[short] = feats[short][:5]  # 8 words cannot fit into 5 frames
     text[no_feats] = "YES"
-    _, report = train_mono(feats, text, lang, tmp_path / "mono", FAST)
+    # --oov-policy skip: the utterance with a word outside the lexicon is named, not mapped to oov.txt's <SIL>
+    _, report = train_mono(feats, text, lang, tmp_path / "mono", dataclasses.replace(FAST, oov_policy="skip"))
     assert report.skipped["words not in the lexicon"] == [oov]
     assert report.skipped["too few frames for its transcript"] == [short]
     assert report.skipped["no features"] == [no_feats]
     assert report.counts["aligned"] == 4
     saved = (tmp_path / "mono" / "report.json").read_text()
     assert oov in saved and short in saved and "MAYBE" in saved
+    assert lang.oov == "<SIL>" and "words mapped to <SIL>" not in report.counts
 
 
 def test_errors_are_one_line(tmp_path: Path, yesno_root: Path) -> None:
