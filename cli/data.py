@@ -9,6 +9,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from asr_bn.config import Range
+from asr_bn_cli.options import in_range
+
 app = typer.Typer(help="Kaldi data dirs: check and copy, normalise transcripts, hold out speakers.",
                   no_args_is_help=True)
 
@@ -28,7 +31,8 @@ def copy(
     out: Annotated[Path, typer.Argument(help="Data dir to write: wav.scp (absolute paths), text, utt2spk, spk2utt, "
                                         "report.json.")],
     hold_out_speakers: Annotated[int, typer.Option("--hold-out-speakers", help="Speakers (evenly spaced in sorted "
-                                                   "order) moved to --held-out, e.g. a dev set; 0: none.")] = 0,
+                                                   "order) moved to --held-out, e.g. a dev set; 0: none.",
+                                                   callback=in_range(Range(0)))] = 0,
     held_out: Annotated[Optional[Path], typer.Option("--held-out", help="Data dir for the held-out speakers.")] = None,
     case: Annotated[Case, typer.Option("--case", help="Transcript letter case: keep, or map every word to upper or "
                                        "lower case (changed utterances counted and named).")] = Case.keep,
@@ -43,8 +47,6 @@ def copy(
 
     if (hold_out_speakers > 0) != (held_out is not None):
         raise UsageError("--hold-out-speakers N and --held-out DIR go together")
-    if hold_out_speakers < 0:
-        raise UsageError(f"--hold-out-speakers {hold_out_speakers} must be >= 0")
     report = copy_data_dir(src, out, held_out, hold_out_speakers, case.value, strip_punctuation)
     for line in report.lines():
         typer.echo(line)

@@ -7,10 +7,14 @@ Later rungs (deltas, lda-mllt, sat) join this group the same way.
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from asr_bn.config import Range
+from asr_bn_cli.options import in_range
 
 app = typer.Typer(help="HMM-GMM training and forced alignment (Kaldi's steps/train_mono.sh, align_si.sh), no Kaldi "
                        "binaries needed.", no_args_is_help=True)
@@ -19,6 +23,14 @@ _DATA = "An `asr-bn prep` output dir (feats.scp of fbank, text, utt2spk); GMM fe
         "with per-speaker mean normalisation and deltas."
 _OOV = "Transcript words outside the lexicon: map (to the lang's oov.txt word, counted per word) or skip the " \
        "utterance (named)."
+_POSITIVE, _COUNT = Range(0.0, low_open=True), Range(1)
+
+
+class OovPolicy(str, Enum):
+    """What GMM training and alignment do with transcript words outside the lexicon."""
+
+    map = "map"
+    skip = "skip"
 
 
 def _features(data: Path):  # noqa: ANN202 - (features, text)
@@ -41,14 +53,17 @@ def mono(
     lang: Annotated[Path, typer.Argument(help="Lang folder (asr-bn lang, or Kaldi's prepare_lang.sh).")],
     exp_dir: Annotated[Path, typer.Argument(help="Output: final.mdl, tree, phones.txt, topo, iterations.jsonl, "
                                             "config.json, report.json (written last).")],
-    num_iters: Annotated[int, typer.Option("--num-iters", help="Training iterations.")] = 40,
-    max_iter_inc: Annotated[int, typer.Option("--max-iter-inc", help="Gaussians grow until this iteration.")] = 30,
-    totgauss: Annotated[int, typer.Option("--totgauss", help="Target number of Gaussians.")] = 1000,
+    num_iters: Annotated[int, typer.Option("--num-iters", help="Training iterations.",
+                                           callback=in_range(_COUNT))] = 40,
+    max_iter_inc: Annotated[int, typer.Option("--max-iter-inc", help="Gaussians grow until this iteration.",
+                                              callback=in_range(Range(0)))] = 30,
+    totgauss: Annotated[int, typer.Option("--totgauss", help="Target number of Gaussians.",
+                                          callback=in_range(_COUNT))] = 1000,
     boost_silence: Annotated[float, typer.Option("--boost-silence", help="Factor on silence likelihoods while "
-                                                 "aligning.")] = 1.0,
+                                                 "aligning.", callback=in_range(_POSITIVE))] = 1.0,
     fast: Annotated[bool, typer.Option("--fast", help="CI: 10 iterations, 300 Gaussians (rougher alignments); "
                                        "overrides the three options above.")] = False,
-    oov_policy: Annotated[str, typer.Option("--oov-policy", help=_OOV + " [map|skip]")] = "map",
+    oov_policy: Annotated[OovPolicy, typer.Option("--oov-policy", help=_OOV)] = OovPolicy.map,
 ) -> None:
     """Train a monophone HMM-GMM as steps/train_mono.sh, e.g. asr-bn gmm mono prep/train data/lang exp/mono"""
     from dataclasses import replace
@@ -58,7 +73,7 @@ def mono(
 
     cfg = replace(FAST_MONO if fast else MonoConfig(num_iters=num_iters, max_iter_inc=max_iter_inc,
                                                     total_gauss=totgauss),
-                  boost_silence=boost_silence, oov_policy=oov_policy)
+                  boost_silence=boost_silence, oov_policy=oov_policy.value)
     cfg.validate()
     lang_obj = read_lang(lang)
     feats, text = _features(data)
@@ -75,14 +90,16 @@ def align(
     src_dir: Annotated[Path, typer.Argument(help="Model dir (its final.mdl and tree).")],
     ali_dir: Annotated[Path, typer.Argument(help="Output: ali.1.gz … ali.N.gz, num_jobs, final.mdl, tree, "
                                             "phones.txt, topo, report.json (written last).")],
-    nj: Annotated[int, typer.Option("--nj", help="Number of ali.N.gz archives.")] = 1,
-    beam: Annotated[float, typer.Option("--beam", help="Alignment beam.")] = 10.0,
-    retry_beam: Annotated[float, typer.Option("--retry-beam", help="Beam of the retry when the first fails.")] = 40.0,
-    boost_silence: Annotated[float, typer.Option("--boost-silence", help="Factor on silence likelihoods.")] = 1.0,
+    nj: Annotated[int, typer.Option("--nj", help="Number of ali.N.gz archives.", callback=in_range(_COUNT))] = 1,
+    beam: Annotated[float, typer.Option("--beam", help="Alignment beam.", callback=in_range(_POSITIVE))] = 10.0,
+    retry_beam: Annotated[float, typer.Option("--retry-beam", help="Beam of the retry when the first fails.",
+                                              callback=in_range(_POSITIVE))] = 40.0,
+    boost_silence: Annotated[float, typer.Option("--boost-silence", help="Factor on silence likelihoods.",
+                                                 callback=in_range(_POSITIVE))] = 1.0,
     loglikes: Annotated[Optional[str], typer.Option("--loglikes", help="scp of a network's log-likelihoods "
                                                     "(asr-bn forward) to align with instead of the GMM "
                                                     "(steps/nnet/align.sh).")] = None,
-    oov_policy: Annotated[str, typer.Option("--oov-policy", help=_OOV + " [map|skip]")] = "map",
+    oov_policy: Annotated[OovPolicy, typer.Option("--oov-policy", help=_OOV)] = OovPolicy.map,
 ) -> None:
     """Force-align with a trained model as steps/align_si.sh, e.g.
     asr-bn gmm align prep/train data/lang exp/mono exp/mono_ali --nj 4"""
@@ -92,7 +109,7 @@ def align(
     from asr_bn.lang import read_lang
 
     cfg = AlignConfig(beam=beam, retry_beam=retry_beam, boost_silence=boost_silence, num_jobs=nj,
-                      oov_policy=oov_policy)
+                      oov_policy=oov_policy.value)
     lang_obj = read_lang(lang)
     system = GmmSystem.load(src_dir / "final.mdl")
     feats, text = _features(data)

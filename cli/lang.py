@@ -8,6 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from asr_bn.config import Range
+from asr_bn_cli.options import in_range
+
 
 class Flag(str, Enum):
     """A Kaldi-style boolean option value (`--position-dependent-phones false`)."""
@@ -25,7 +28,7 @@ def lang(
                                      "`OOV SPN` when the lexicon lacks it.")] = "<UNK>",
     position_dependent_phones: Annotated[Flag, typer.Option(
         "--position-dependent-phones", help="Word-position phone variants _B _E _I _S (Kaldi's default).")] = Flag.true,
-    sil_prob: Annotated[float, typer.Option("--sil-prob",
+    sil_prob: Annotated[float, typer.Option("--sil-prob", callback=in_range(Range(0.0, 1.0, True, True)),
                                             help="Probability of optional silence between words in L (0 < p < 1).")] = 0.5,
 ) -> None:
     """A Kaldi lang folder from a dict dir, as utils/prepare_lang.sh (validate_lang.pl accepts it), e.g.
@@ -47,7 +50,7 @@ def lm(
     lang_dir: Annotated[Path, typer.Argument(help="Lang folder: its lexicon words are the vocabulary (all in the "
                                              "unigrams); words outside it map to its oov.txt word, counted.")],
     out: Annotated[Path, typer.Argument(help="ARPA file to write (for `asr-bn mkgraph --lm`).")],
-    order: Annotated[int, typer.Option(help="n-gram order, 1-4.")] = 3,
+    order: Annotated[int, typer.Option(help="n-gram order, 1-4.", callback=in_range(Range(1, 4)))] = 3,
     heldout: Annotated[Optional[Path], typer.Option(help="Held-out Kaldi text or data dir: print the perplexity "
                                                     "on it (OOV words map as in training).")] = None,
 ) -> None:

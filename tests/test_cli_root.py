@@ -116,7 +116,8 @@ def test_every_help_shows_every_default(path: tuple[str, ...]) -> None:
 
 
 # Options with a fixed set of values: --help lists them (`<a|b|c>`) and any other value is a usage error.
-ENUMERATED = {"--bn", "--optimizer", "--schedule", "--amp", "--preset", "--cmvn", "--mode", "--window-type"}
+ENUMERATED = {"--bn", "--optimizer", "--schedule", "--amp", "--preset", "--cmvn", "--mode", "--window-type",
+              "--oov-policy", "--position-dependent-phones", "--case"}
 
 
 @pytest.mark.parametrize("path", ALL_COMMANDS, ids=lambda p: " ".join(p) or "asr-bn")
@@ -175,7 +176,8 @@ OUT_OF_RANGE = {
     "--lr-decay": "1.5", "--min-improvement": "-0.1", "--epochs": "0", "--patience": "-1", "--batch-size": "0",
     "--max-train-frames": "-1", "--eval-every": "-1", "--log-every": "0", "--checkpoint-every": "0",
     "--context-width": "0", "--central-position": "-1", "--var-floor": "-1", "--max-leaves": "-1", "--thresh": "-1",
-    "--cluster-thresh": "-2", "--replications": "0",
+    "--cluster-thresh": "-2", "--replications": "0", "--order": "5", "--num-iters": "0", "--max-iter-inc": "-1",
+    "--totgauss": "0", "--boost-silence": "0", "--retry-beam": "0", "--hold-out-speakers": "-1",
 }  # fmt: skip
 UNBOUNDED = {
     "--forget-bias": "any initial forget-gate bias",
