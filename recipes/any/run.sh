@@ -339,7 +339,7 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
       asr-bn score wer data/dev "$dev_dir" > "$dev_dir/wer_sweep"
       best=$(sed -n 's/^best: .*hyp_\([0-9]*\)$/\1/p' "$dev_dir/wer_sweep")
       [ -n "$best" ] || die "no best LM weight in $dev_dir/wer_sweep"
-      tail -n 1 "$dev_dir/wer_sweep" | tee "$dev_dir/wer"
+      grep '^best: ' "$dev_dir/wer_sweep" | tee "$dev_dir/wer"  # the sweep's lines, then best: %WER …
       asr-bn decode "$graph" exp/mono "$exp/forward_test/loglikes.scp" "$test_dir" \
         --lattices --lmwt "$best:$best" --nj "$nj" $decode_opts
       asr-bn score wer data/test "$test_dir/hyp_$best" --details "$test_dir/details" | tee "$test_dir/wer"
