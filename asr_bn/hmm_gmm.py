@@ -317,6 +317,14 @@ class GmmSystem:
             system.am.add_pdf(gmm)
         return system
 
+    def check_features(self, feats: Mapping[str, np.ndarray], model: str | Path) -> None:
+        """Raise a one-line AsrBnError when `feats` are not of the dimension the model's Gaussians have (e.g. an LDA
+        system's alignments without its final.mat)."""
+        dims = {f.shape[1] for f in feats.values()}
+        if self.am.num_pdfs and dims and dims != {self.am.dim}:
+            raise AsrBnError(f"features of dimension {sorted(dims)} but {model} models {self.am.dim}: the system's "
+                             f"feature transform (final.mat) must be in its dir, beside final.mdl")
+
     def log_likelihoods(self, feats: np.ndarray) -> np.ndarray:
         """Per-frame log-likelihood of every pdf, (T, num_pdfs) float32 (Kaldi's gmm-compute-likes), e.g. to
         decode with the GMM through the same decoder as the network's outputs."""

@@ -47,6 +47,7 @@ class Lang:
     phone_sets: list[list[str]] = field(default_factory=list)
     pron_probs: list[float] = field(default_factory=list)
     oov: str | None = None
+    extra_questions: list[list[str]] = field(default_factory=list)  # phones/extra_questions.txt of a Kaldi folder
 
     @property
     def disambig_phone_ids(self) -> list[int]:
@@ -204,6 +205,7 @@ def read_lang(lang_dir: str | Path) -> Lang:
     silence_phone = sil_file.read_text(encoding="utf-8").strip() if sil_file.exists() else "SIL"
     silence_phones = [f[0] for f in _lines(lang_dir / "phones" / "silence.txt")]
     phone_sets = _lines(lang_dir / "phones" / "sets.txt")
+    extra_questions = _lines(lang_dir / "phones" / "extra_questions.txt")
     oov = (lang_dir / "oov.txt").read_text(encoding="utf-8").strip() if (lang_dir / "oov.txt").exists() else None
     for word, pron in lexicon:
         if word not in words:
@@ -211,13 +213,14 @@ def read_lang(lang_dir: str | Path) -> Lang:
         missing = [p for p in pron if p not in phones]
         if missing:
             raise AsrBnError(f"{lang_dir}/phones.txt lacks phones {missing} of word {word!r}; rewrite the lang folder")
-    for p in [silence_phone, *silence_phones, *(p for s in phone_sets for p in s)]:
+    for p in [silence_phone, *silence_phones, *(p for s in phone_sets + extra_questions for p in s)]:
         if p not in phones:
             raise AsrBnError(f"{lang_dir}/phones.txt lacks the phone {p!r} of phones/; rewrite the lang folder")
     if oov is not None and oov not in words:
         raise AsrBnError(f"{lang_dir}/oov.txt names {oov!r}, which words.txt lacks; rewrite the lang folder")
     return Lang(lexicon=lexicon, phones=phones, words=words, silence_phone=silence_phone,
-                silence_phones=silence_phones, phone_sets=phone_sets, pron_probs=probs, oov=oov)
+                silence_phones=silence_phones, phone_sets=phone_sets, pron_probs=probs, oov=oov,
+                extra_questions=extra_questions)
 
 
 def lexicon_fst(lang: Lang, sil_prob: float = 0.5, sil_disambig: int | None = None) -> "kaldifst.StdVectorFst":

@@ -1,8 +1,8 @@
-"""`asr-bn gmm`: the HMM-GMM ladder that gives the networks their targets (Kaldi's steps/train_*.sh, align_si.sh).
+"""`asr-bn gmm`: the HMM-GMM ladder that gives the networks their targets (Kaldi's steps/train_*.sh, align_*.sh).
 
-One subcommand per rung or tool, Kaldi's argument order and option names: `mono` (steps/train_mono.sh), `align`
-(steps/align_si.sh; with --loglikes, steps/nnet/align.sh), `likes` (gmm-compute-likes, to decode with the GMM).
-Later rungs (deltas, lda-mllt, sat) join this group the same way.
+One subcommand per rung or tool, Kaldi's argument order and option names: `mono` (steps/train_mono.sh), `deltas`,
+`lda-mllt`, `sat` (train_deltas.sh, train_lda_mllt.sh, train_sat.sh), `align` (steps/align_si.sh; with --loglikes,
+steps/nnet/align.sh), `align-fmllr` (align_fmllr.sh), `likes` (gmm-compute-likes, to decode with the GMM).
 """
 
 from __future__ import annotations
@@ -83,6 +83,162 @@ def mono(
     _print(report)
 
 
+def _iters(text: str) -> tuple[int, ...]:
+    """A Kaldi-style list of iterations, e.g. "10 20 30" (empty: none)."""
+    try:
+        return tuple(int(w) for w in text.replace(",", " ").split())
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a list of iteration numbers such as '10 20 30'") from None
+
+
+_Leaves = Annotated[int, typer.Argument(help="Most leaves of the tree (Kaldi's <num-leaves>).", callback=in_range(_COUNT))]
+_Gauss = Annotated[int, typer.Argument(help="Gaussians to grow to (Kaldi's <tot-gauss>).", callback=in_range(_COUNT))]
+_Lang = Annotated[Path, typer.Argument(help="Lang folder (asr-bn lang, or Kaldi's prepare_lang.sh).")]
+_AliDir = Annotated[Path, typer.Argument(help="Alignments of the previous rung (final.mdl, tree, ali.*.gz).")]
+_ExpDir = Annotated[Path, typer.Argument(help="Output: final.mdl, tree, ali.N.gz, num_jobs, treeacc, questions.int, "
+                                         "iterations.jsonl, config.json, report.json (written last).")]
+_NumIters = Annotated[int, typer.Option("--num-iters", help="Training passes.", callback=in_range(Range(2)))]
+_MaxIterInc = Annotated[int, typer.Option("--max-iter-inc", help="Last pass that adds Gaussians.",
+                                          callback=in_range(_COUNT))]
+_Realign = Annotated[str, typer.Option("--realign-iters", help="Passes that realign first, e.g. '10 20 30'.")]
+_Boost = Annotated[float, typer.Option("--boost-silence", help="Factor on silence likelihoods while aligning.",
+                                       callback=in_range(_POSITIVE))]
+_Power = Annotated[float, typer.Option("--power", help="Exponent of the occupancy that shares out Gaussians.",
+                                       callback=in_range(_POSITIVE))]
+_Cluster = Annotated[float, typer.Option("--cluster-thresh", help="Merge tree leaves costing less than this (-1: the "
+                                         "smallest split made; 0: none).", callback=in_range(Range(-1.0)))]
+_Fast = Annotated[bool, typer.Option("--fast", help="CI: 8 passes (realign at 3 6, transforms at 2 4); overrides "
+                                     "--num-iters, --max-iter-inc and the iteration lists.")]
+_Oov = Annotated[OovPolicy, typer.Option("--oov-policy", help=_OOV)]
+
+
+def _rung_config(cls: type, fast: bool, num_leaves: int, tot_gauss: int, num_iters: int, max_iter_inc: int,
+                 realign_iters: str, **options: object):  # noqa: ANN202 - a DeltasConfig subclass
+    """The rung's config from the command line (`fast`: the CI schedule), checked."""
+    from dataclasses import fields
+
+    schedule = dict(num_iters=8, max_iter_inc=5, realign_iters=(3, 6)) if fast else dict(
+        num_iters=num_iters, max_iter_inc=max_iter_inc, realign_iters=_iters(realign_iters))
+    names = {f.name for f in fields(cls)}
+    lists = {k: ((2, 4) if fast else _iters(v)) for k, v in options.items() if k.endswith("_iters")}
+    rest = {k: (v.value if isinstance(v, Enum) else v) for k, v in options.items() if not k.endswith("_iters")}
+    cfg = cls(num_leaves=num_leaves, tot_gauss=tot_gauss, **schedule, **{k: v for k, v in {**rest, **lists}.items()
+                                                                          if k in names})
+    cfg.validate()
+    return cfg
+
+
+@app.command("deltas")
+def deltas(num_leaves: _Leaves, tot_gauss: _Gauss, data: Annotated[Path, typer.Argument(help=_DATA)], lang: _Lang,
+           ali_dir: _AliDir, exp_dir: _ExpDir, num_iters: _NumIters = 35, max_iter_inc: _MaxIterInc = 25,
+           realign_iters: _Realign = "10 20 30", boost_silence: _Boost = 1.0, power: _Power = 0.25,
+           cluster_thresh: _Cluster = -1.0, fast: _Fast = False, oov_policy: _Oov = OovPolicy.map) -> None:
+    """Train a triphone system on Δ+ΔΔ features as steps/train_deltas.sh, e.g.
+    asr-bn gmm deltas 2000 10000 prep/train data/lang exp/mono_ali exp/tri1"""
+    from asr_bn.gmm.train_deltas import DeltasConfig, train_deltas
+
+    cfg = _rung_config(DeltasConfig, fast, num_leaves, tot_gauss, num_iters, max_iter_inc, realign_iters,
+                       boost_silence=boost_silence, power=power, cluster_thresh=cluster_thresh, oov_policy=oov_policy)
+    lang_obj, (feats, text) = _lang(lang), _features(data)
+    _print(train_deltas(feats, text, lang_obj, ali_dir, exp_dir, cfg)[1])
+
+
+@app.command("lda-mllt")
+def lda_mllt(num_leaves: _Leaves, tot_gauss: _Gauss, data: Annotated[Path, typer.Argument(help=_DATA)], lang: _Lang,
+             ali_dir: _AliDir, exp_dir: _ExpDir, num_iters: _NumIters = 35, max_iter_inc: _MaxIterInc = 25,
+             realign_iters: _Realign = "10 20 30", boost_silence: _Boost = 1.0, power: _Power = 0.25,
+             cluster_thresh: _Cluster = -1.0, fast: _Fast = False, oov_policy: _Oov = OovPolicy.map,
+             dim: Annotated[int, typer.Option("--dim", help="LDA output dimension.", callback=in_range(_COUNT))] = 40,
+             splice_context: Annotated[int, typer.Option("--splice-context", help="Frames spliced on each side "
+                                                         "(splice-feats --left/right-context).",
+                                                         callback=in_range(Range(0)))] = 3,
+             mllt_iters: Annotated[str, typer.Option("--mllt-iters", help="Passes that re-estimate MLLT.")] = "2 4 6 12",
+             ) -> None:
+    """Train an LDA+MLLT triphone system as steps/train_lda_mllt.sh (writes final.mat), e.g.
+    asr-bn gmm lda-mllt 2500 15000 prep/train data/lang exp/tri1_ali exp/tri2b"""
+    from asr_bn.gmm.lda_mllt import LdaMlltConfig, train_lda_mllt
+
+    cfg = _rung_config(LdaMlltConfig, fast, num_leaves, tot_gauss, num_iters, max_iter_inc, realign_iters,
+                       boost_silence=boost_silence, power=power, cluster_thresh=cluster_thresh, oov_policy=oov_policy,
+                       dim=dim, context=splice_context, mllt_iters=mllt_iters)
+    lang_obj, (feats, text) = _lang(lang), _features(data)
+    _print(train_lda_mllt(feats, text, lang_obj, ali_dir, exp_dir, cfg)[1])
+
+
+@app.command("sat")
+def sat(num_leaves: _Leaves, tot_gauss: _Gauss, data: Annotated[Path, typer.Argument(help=_DATA)], lang: _Lang,
+        ali_dir: _AliDir, exp_dir: _ExpDir, num_iters: _NumIters = 35, max_iter_inc: _MaxIterInc = 25,
+        realign_iters: _Realign = "10 20 30", boost_silence: _Boost = 1.0, power: _Power = 0.2,
+        cluster_thresh: _Cluster = -1.0, fast: _Fast = False, oov_policy: _Oov = OovPolicy.map,
+        fmllr_iters: Annotated[str, typer.Option("--fmllr-iters", help="Passes that re-estimate fMLLR.")] = "2 4 6 12",
+        silence_weight: Annotated[float, typer.Option("--silence-weight", help="Weight of silence frames in fMLLR.",
+                                                      callback=in_range(Range(0.0)))] = 0.0,
+        ) -> None:
+    """Train a speaker-adapted (fMLLR) system as steps/train_sat.sh (writes trans.1, final.alimdl), e.g.
+    asr-bn gmm sat 2500 15000 prep/train data/lang exp/tri2b_ali exp/tri3b"""
+    from asr_bn.gmm.sat import SatConfig, train_sat
+
+    cfg = _rung_config(SatConfig, fast, num_leaves, tot_gauss, num_iters, max_iter_inc, realign_iters,
+                       boost_silence=boost_silence, power=power, cluster_thresh=cluster_thresh, oov_policy=oov_policy,
+                       fmllr_iters=fmllr_iters, silence_weight=silence_weight)
+    lang_obj, (feats, text) = _lang(lang), _features(data)
+    _print(train_sat(feats, text, _utt2spk(data), lang_obj, ali_dir, exp_dir, cfg)[1])
+
+
+@app.command("align-fmllr")
+def align_fmllr(
+    data: Annotated[Path, typer.Argument(help=_DATA)],
+    lang: _Lang,
+    src_dir: Annotated[Path, typer.Argument(help="A speaker-adapted system (asr-bn gmm sat): final.mdl, "
+                                            "final.alimdl, tree, final.mat.")],
+    ali_dir: Annotated[Path, typer.Argument(help="Output: ali.1.gz …, num_jobs, trans.1, final.mdl, tree, "
+                                            "report.json (written last).")],
+    nj: Annotated[int, typer.Option("--nj", help="Number of ali.N.gz archives.", callback=in_range(_COUNT))] = 1,
+    boost_silence: _Boost = 1.0,
+    oov_policy: _Oov = OovPolicy.map,
+) -> None:
+    """Align with a speaker-adapted system as steps/align_fmllr.sh, e.g.
+    asr-bn gmm align-fmllr prep/train data/lang exp/tri3b exp/tri3b_ali"""
+    from asr_bn.gmm.sat import align_fmllr as run
+    from asr_bn.hmm_gmm import AlignConfig
+
+    cfg = AlignConfig(num_jobs=nj, boost_silence=boost_silence, oov_policy=oov_policy.value)
+    lang_obj, (feats, text) = _lang(lang), _features(data)
+    _print(run(src_dir, feats, text, _utt2spk(data), lang_obj, ali_dir, cfg))
+
+
+def _lang(path: Path):  # noqa: ANN202 - asr_bn.lang.Lang
+    from asr_bn.lang import read_lang
+
+    return read_lang(path)
+
+
+def _utt2spk(data: Path) -> dict[str, str]:
+    """Utterance → speaker of a prepared dir (its data-dir files)."""
+    from asr_bn.data import load_data_dir
+    from asr_bn.report import Report
+
+    parsed = load_data_dir(data, Report("speakers"))
+    return {u: parsed.utterances[u].speaker for u in parsed.utterances}
+
+
+def _refuse_adapted(src_dir: Path, command: str) -> None:
+    """A speaker-adapted system (final.alimdl) needs its speakers' fMLLR transforms, which align and likes do not
+    estimate: one usage line pointing to align-fmllr."""
+    if (src_dir / "final.alimdl").is_file():
+        from asr_bn.errors import UsageError
+
+        raise UsageError(f"{src_dir} is speaker-adapted (final.alimdl): `asr-bn gmm {command}` cannot apply its "
+                         f"speakers' fMLLR transforms; use `asr-bn gmm align-fmllr`")
+
+
+def _system_features(feats: dict, src_dir: Path) -> dict:
+    """The features a system in `src_dir` models: its final.mat (LDA+MLLT) applied, else the GMM features."""
+    from asr_bn.gmm.sat import speaker_independent_features
+
+    return speaker_independent_features(feats, src_dir)
+
+
 @app.command("align")
 def align(
     data: Annotated[Path, typer.Argument(help=_DATA)],
@@ -108,6 +264,8 @@ def align(
     from asr_bn.hmm_gmm import align as run
     from asr_bn.lang import read_lang
 
+    if not loglikes:
+        _refuse_adapted(src_dir, "align")
     cfg = AlignConfig(beam=beam, retry_beam=retry_beam, boost_silence=boost_silence, num_jobs=nj,
                       oov_policy=oov_policy.value)
     lang_obj = read_lang(lang)
@@ -115,7 +273,14 @@ def align(
     feats, text = _features(data)
     if loglikes:
         feats = dict(read_loglikes(loglikes))
+    else:
+        feats = _system_features(feats, src_dir)
+        system.check_features(feats, src_dir / "final.mdl")
     _print(run(system, feats, text, lang_obj, ali_dir, cfg, network=bool(loglikes)))
+    if not loglikes:
+        from asr_bn.gmm.lda_mllt import copy_feature_transform
+
+        copy_feature_transform(src_dir, ali_dir)
 
 
 @app.command("likes")
@@ -129,8 +294,10 @@ def likes(
     from asr_bn.hmm_gmm import GmmSystem
     from asr_bn.io import write_ark_scp
 
+    _refuse_adapted(src_dir, "likes")
     system = GmmSystem.load(src_dir / "final.mdl")
-    feats, _ = _features(data)
+    feats = _system_features(_features(data)[0], src_dir)
+    system.check_features(feats, src_dir / "final.mdl")
     n = write_ark_scp(out_dir / "loglikes.ark", out_dir / "loglikes.scp",
                       ((utt, system.log_likelihoods(f)) for utt, f in feats.items()))
     typer.echo(f"wrote log-likelihoods of {n} utterances to {out_dir}/loglikes.scp")

@@ -178,6 +178,7 @@ OUT_OF_RANGE = {
     "--context-width": "0", "--central-position": "-1", "--var-floor": "-1", "--max-leaves": "-1", "--thresh": "-1",
     "--cluster-thresh": "-2", "--replications": "0", "--order": "5", "--num-iters": "0", "--max-iter-inc": "-1",
     "--totgauss": "0", "--boost-silence": "0", "--retry-beam": "0", "--hold-out-speakers": "-1",
+    "--power": "0", "--dim": "0", "--splice-context": "-1", "--silence-weight": "-1",
 }  # fmt: skip
 UNBOUNDED = {
     "--forget-bias": "any initial forget-gate bias",

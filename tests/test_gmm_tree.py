@@ -6,6 +6,7 @@ training set (40 phones with exact alignments), whose trees exercise splitting, 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -549,3 +550,42 @@ def test_align_fmllr_is_kaldis(synth: Setup, synth_tri1, synth_tri3, tmp_path: P
     kaldi = {line.split()[0]: np.array(line.split()[1:], int) for line in text_ali.splitlines()}
     same = sum(int((np.asarray(ours[u]) == kaldi[u]).sum()) for u in kaldi)
     assert set(kaldi) == set(ours) and same / sum(len(a) for a in kaldi.values()) >= 0.99
+
+
+def test_cli_gmm_ladder(synth: Setup, synth_tri1, tmp_path: Path) -> None:  # noqa: ANN001
+    """asr-bn gmm deltas | lda-mllt | sat --fast, align-fmllr, align and likes of an LDA+MLLT system, each with
+    Kaldi's argument order; likes and align refuse a speaker-adapted system with one line."""
+    runner = CliRunner()
+    *_, prep = synth_tri1
+    corpus = synth.work / "corpus"
+    lang, mono_ali = corpus / "lang", corpus / "exp" / "ali_train"
+    for args in (
+        ["deltas", "100", "400", prep, lang, mono_ali, tmp_path / "tri1", "--fast"],
+        ["lda-mllt", "100", "400", prep, lang, tmp_path / "tri1", tmp_path / "tri2", "--fast"],
+        ["align", prep, lang, tmp_path / "tri2", tmp_path / "tri2_ali"],
+        ["sat", "100", "400", prep, lang, tmp_path / "tri2_ali", tmp_path / "tri3", "--fast"],
+        ["align-fmllr", prep, lang, tmp_path / "tri3", tmp_path / "tri3_ali", "--nj", "2"],
+        ["likes", prep, tmp_path / "tri2", tmp_path / "likes"],
+    ):
+        result = runner.invoke(app, ["gmm", *map(str, args)])
+        assert result.exit_code == 0, (args, result.output)
+    assert (tmp_path / "tri3_ali" / "ali.2.gz").is_file() and (tmp_path / "tri3_ali" / "trans.1").is_file()
+    assert json.loads((tmp_path / "tri2" / "config.json").read_text())["train_lda_mllt"]["num_iters"] == 8
+    import kaldiio
+
+    likes = dict(kaldiio.load_scp(str(tmp_path / "likes" / "loglikes.scp")))
+    assert len(likes) == 40 and next(iter(likes.values())).shape[1] == GmmSystemFor(tmp_path / "tri2").am.num_pdfs
+    for cmd in (["likes", prep, tmp_path / "tri3", tmp_path / "likes3"], ["align", prep, lang, tmp_path / "tri3",
+                                                                          tmp_path / "x"]):
+        result = runner.invoke(app, ["gmm", *map(str, cmd)])
+        assert result.exit_code == 2 and "align-fmllr" in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+    result = runner.invoke(app, ["gmm", "deltas", "100", "400", str(prep), str(lang), str(mono_ali), str(tmp_path / "y"),
+                                 "--realign-iters", "5 50"])
+    assert result.exit_code == 2 and "realign_iters" in result.output
+
+
+def GmmSystemFor(exp: Path):  # noqa: ANN201, N802 - the GmmSystem of an exp dir
+    from asr_bn.hmm_gmm import GmmSystem
+
+    return GmmSystem.load(exp / "final.mdl")

@@ -146,6 +146,16 @@ def _alignment_pdfs(ali_dir: Path, silence: Sequence[int]) -> tuple[dict[str, np
     return out, tm.num_pdfs
 
 
+def copy_feature_transform(src_dir: Path, out_dir: Path) -> None:
+    """Carry a system's feature transform (final.mat, splice_opts) into an exp or ali dir made from it, as Kaldi's
+    align_si.sh and train_sat.sh do."""
+    import shutil
+
+    for name in ("final.mat", "splice_opts"):
+        if (src_dir / name).is_file():
+            shutil.copyfile(src_dir / name, out_dir / name)
+
+
 def _write_matrix(path: Path, m: np.ndarray) -> None:
     """A Kaldi binary float matrix (what est-lda and compose-transforms write)."""
     import kaldiio
@@ -161,9 +171,9 @@ def train_lda_mllt(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lan
     cfg = cfg or LdaMlltConfig()
     cfg.validate()
     ali_dir = Path(ali_dir)
-    sil = lang.phones[lang.silence_phone]
+    sil = lang.silence_phone_ids
     spliced = {u: splice(np.asarray(f[:, :NUM_CEPS], np.float32), cfg.context) for u, f in feats.items()}
-    old_pdfs, num_pdfs = _alignment_pdfs(ali_dir, [sil])
+    old_pdfs, num_pdfs = _alignment_pdfs(ali_dir, sil)
     common = {u: x for u, x in spliced.items() if u in old_pdfs and len(old_pdfs[u]) == len(x)}
     lda = estimate_lda(common, old_pdfs, num_pdfs, cfg.dim)
     transform = {"matrix": lda}
@@ -180,7 +190,7 @@ def train_lda_mllt(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lan
         for u, a in alis.items():
             tids = np.asarray(a)
             pdf = tm.to_pdfs(tids).astype(np.int64)
-            pdf[np.isin(tm.to_phones(tids), [sil])] = -1
+            pdf[np.isin(tm.to_phones(tids), sil)] = -1
             pdfs[u] = pdf
         a_mat = estimate_mllt(*mllt_stats(system, {u: current[u] for u in alis}, pdfs))
         transform_means(system, a_mat)

@@ -11,7 +11,6 @@ for first-pass alignment and decoding) and, on LDA+MLLT features, `final.mat` an
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -19,7 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from asr_bn.alignments import TransitionModel, read_alignments
-from asr_bn.gmm.lda_mllt import NUM_CEPS, splice
+from asr_bn.gmm.lda_mllt import NUM_CEPS, copy_feature_transform, splice
 from asr_bn.gmm.train_deltas import DeltasConfig, train_tree_system
 from asr_bn.hmm_gmm import (AlignConfig, GmmSystem, _align_all, _am_bytes, _boosted, _check_inputs, _compile_graphs,
                             _gmm_scorer, write_alignments)
@@ -175,13 +174,14 @@ def train_sat(feats: Mapping[str, np.ndarray], text: Mapping[str, str], utt2spk:
     cfg = cfg or SatConfig()
     cfg.validate()
     ali_dir = Path(ali_dir)
-    sil = lang.phones[lang.silence_phone]
+    sil = lang.silence_phone_ids
     si_feats = speaker_independent_features(feats, ali_dir)
     spk2utt = _spk2utt(si_feats, utt2spk)
     first = Report("fmllr")
     old = GmmSystem.load(ali_dir / "final.mdl")
+    old.check_features(si_feats, ali_dir / "final.mdl")
     old_alis = {labels.utt: labels.values for labels in read_alignments(ali_dir)}
-    transforms = estimate_speaker_transforms(old, si_feats, frame_weights(old.transition_model(), old_alis, [sil],
+    transforms = estimate_speaker_transforms(old, si_feats, frame_weights(old.transition_model(), old_alis, sil,
                                                                           cfg.silence_weight), spk2utt, cfg, first)
     speaker_of = {u: s for s, utts in spk2utt.items() for u in utts}
 
@@ -192,7 +192,7 @@ def train_sat(feats: Mapping[str, np.ndarray], text: Mapping[str, str], utt2spk:
         if it not in cfg.fmllr_iters:
             return None
         current = adapted()
-        new = estimate_speaker_transforms(system, current, frame_weights(system.transition_model(), alis, [sil],
+        new = estimate_speaker_transforms(system, current, frame_weights(system.transition_model(), alis, sil,
                                                                          cfg.silence_weight), spk2utt, cfg, Report("fmllr"))
         for spk in transforms:
             transforms[spk] = compose(new[spk], transforms[spk])
@@ -242,9 +242,7 @@ def _write_transforms(out: Path, src: Path, transforms: Mapping[str, np.ndarray]
 
     with atomic_open(out / "trans.1", "wb", encoding=None) as f:
         kaldiio.save_ark(f, {s: transforms[s] for s in sorted(transforms)})
-    for name in ("final.mat", "splice_opts"):
-        if (src / name).is_file():
-            shutil.copyfile(src / name, out / name)
+    copy_feature_transform(src, out)
 
 
 def align_fmllr(src_dir: str | Path, feats: Mapping[str, np.ndarray], text: Mapping[str, str],
@@ -258,21 +256,22 @@ def align_fmllr(src_dir: str | Path, feats: Mapping[str, np.ndarray], text: Mapp
     report = Report("align_fmllr")
     system = GmmSystem.load(src_dir / "final.mdl")
     alimdl = GmmSystem.load(src_dir / "final.alimdl") if (src_dir / "final.alimdl").is_file() else system
-    sil = lang.phones[lang.silence_phone]
+    sil = lang.silence_phone_ids
     si_feats = speaker_independent_features(feats, src_dir)
+    system.check_features(si_feats, src_dir / "final.mdl")
     utts = _check_inputs(si_feats, text, report)
     with OutputLock(out_dir):
         (out_dir / "report.json").unlink(missing_ok=True)  # written last: it marks a complete run
-        graphs = _compile_graphs(system, lang, text, utts, cfg.sil_prob, report)
-        scorer = _gmm_scorer(alimdl, _boosted(alimdl, [sil], cfg.boost_silence), si_feats, cfg.acoustic_scale)
+        graphs = _compile_graphs(system, lang, text, utts, cfg.sil_prob, report, cfg.oov_policy)
+        scorer = _gmm_scorer(alimdl, _boosted(alimdl, sil, cfg.boost_silence), si_feats, cfg.acoustic_scale)
         first, _, _, _ = _align_all(alimdl, scorer, graphs, si_feats, cfg.beam, cfg.retry_beam, cfg)
-        weights = frame_weights(alimdl.transition_model(), first, [sil], sat.silence_weight)
+        weights = frame_weights(alimdl.transition_model(), first, sil, sat.silence_weight)
         spk2utt = _spk2utt(first, utt2spk)
         transforms = estimate_speaker_transforms(system, si_feats, weights, spk2utt, sat, report,
                                                  posterior_am=alimdl.am if alimdl is not system else None)
         speaker_of = {u: s for s, us in spk2utt.items() for u in us}
         adapted = {u: apply_fmllr(transforms[speaker_of[u]], si_feats[u]) for u in first}
-        scorer = _gmm_scorer(system, _boosted(system, [sil], cfg.boost_silence), adapted, cfg.acoustic_scale)
+        scorer = _gmm_scorer(system, _boosted(system, sil, cfg.boost_silence), adapted, cfg.acoustic_scale)
         alis, failed, tot_like, frames = _align_all(system, scorer, {u: graphs[u] for u in first}, adapted, cfg.beam,
                                                     cfg.retry_beam, cfg)
         for utt in sorted(set(graphs) - set(first)) + failed:

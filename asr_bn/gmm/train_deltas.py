@@ -50,6 +50,7 @@ class DeltasConfig:
     cluster_thresh: float = -1.0
     sil_prob: float = 0.5  # optional silence between words in the training graphs
     seed: int = 0  # for the perturbation of split Gaussians
+    oov_policy: str = "map"  # transcript words outside the lexicon: map to the lang's OOV word, or skip the utterance
 
     def validate(self) -> None:
         """Raise UsageError for values that make no sense."""
@@ -62,12 +63,16 @@ class DeltasConfig:
 
 
 def phone_sets(lang: Lang) -> tuple[list[list[int]], list[Root], list[list[int]]]:
-    """Sets to cluster, tree roots and extra questions of a lang without Kaldi's phones/ dir: one set and one
-    shared, split root per phone; extra questions silence vs the rest (prepare_lang.sh for phones without
-    positions)."""
-    sil = lang.phones[lang.silence_phone]
-    phones = lang.real_phone_ids
-    return [[p] for p in phones], [Root((p,)) for p in phones], [[sil], [p for p in phones if p != sil]]
+    """Sets to cluster, tree roots and extra questions, as prepare_lang.sh makes them: the lang's phone sets
+    (phones/sets.txt; one per phone without one), a shared, split root per set, and phones/extra_questions.txt
+    (without one: silence phones vs the others)."""
+    sets = lang.shared_phone_sets
+    if lang.extra_questions:
+        extra = [sorted(lang.phones[p] for p in q) for q in lang.extra_questions]
+    else:
+        sil = set(lang.silence_phone_ids)
+        extra = [sorted(sil), [p for p in lang.real_phone_ids if p not in sil]]
+    return sets, [Root(tuple(s)) for s in sets], extra
 
 
 def train_deltas(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: Lang, ali_dir: str | Path,
@@ -96,10 +101,10 @@ def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[
     utts = _check_inputs(feats, text, report)
     old_tm = read_transition_model(ali_dir / "final.mdl")
     alis = {labels.utt: labels.values for labels in read_alignments(ali_dir)}
-    sil = lang.phones[lang.silence_phone]
+    sil = lang.silence_phone_ids
     with OutputLock(out_dir):
         (out_dir / "report.json").unlink(missing_ok=True)  # written last: it marks a complete run
-        stats = accumulate_tree_stats(old_tm, ((u, feats[u]) for u in utts), alis, [sil], report=report)
+        stats = accumulate_tree_stats(old_tm, ((u, feats[u]) for u in utts), alis, sil, report=report)
         write_tree_stats(out_dir / "treeacc", stats)
         sets, roots, extra = phone_sets(lang)
         questions = cluster_phones(stats, sets) + extra
@@ -110,7 +115,8 @@ def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[
         system = init_model(out_dir / "tree", stats, old_tm.topology)
         convert = AlignmentConverter(old_tm, system.transition_model(), tree)
         alis = {u: convert(u, alis[u]).tolist() for u in utts if u in alis}
-        graphs = _compile_graphs(system, lang, text, [u for u in utts if u in alis], cfg.sil_prob, report)
+        graphs = _compile_graphs(system, lang, text, [u for u in utts if u in alis], cfg.sil_prob, report,
+                                 cfg.oov_policy)
         alis = {u: a for u, a in alis.items() if u in graphs}
         if not alis:
             raise AsrBnError(f"no utterance of the features has an alignment in {ali_dir} (align this data first)")
@@ -132,7 +138,7 @@ def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[
 
 
 def _iterate(system: GmmSystem, graphs: Mapping[str, Any], feats: Mapping[str, np.ndarray],
-             alis: dict[str, list[int]], sil: int, cfg: DeltasConfig, on_iteration: FeatureHook | None
+             alis: dict[str, list[int]], sil: list[int], cfg: DeltasConfig, on_iteration: FeatureHook | None
              ) -> tuple[list[dict[str, Any]], dict[str, list[int]], list[str], Mapping[str, np.ndarray]]:
     """Passes 1 … num_iters-1 of train_deltas.sh: (one record per pass, the last alignments, the utterances the
     last realignment could not align, the features of the last pass)."""
@@ -148,7 +154,7 @@ def _iterate(system: GmmSystem, graphs: Mapping[str, Any], feats: Mapping[str, n
             if it in cfg.realign_iters:
                 bar.update(task, info=f"iter {it}: aligning")
                 scales = AlignConfig()
-                scorer = _gmm_scorer(system, _boosted(system, [sil], cfg.boost_silence), feats, scales.acoustic_scale)
+                scorer = _gmm_scorer(system, _boosted(system, sil, cfg.boost_silence), feats, scales.acoustic_scale)
                 alis, failed, _, _ = _align_all(system, scorer, graphs, feats, cfg.beam, cfg.retry_beam, scales)
             if on_iteration is not None:
                 feats = on_iteration(it, system, alis) or feats
