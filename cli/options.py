@@ -67,9 +67,21 @@ def _display_type(param: TyperOption | TyperArgument, ctx: Any) -> Optional[str]
 
 
 class _Option(TyperOption):
-    """An option as --help shows it (see _display_type)."""
+    """An option as --help shows it (see _display_type), whose flags take their value as parsed."""
 
     display_type_rich = _display_type
+
+    def get_runtime_param(self) -> Any:
+        """A flag's value is already a bool (or None when absent): typer 0.29 would build a pydantic adapter for it,
+        and importing pydantic is a third of `--help`'s start-up (bench/cli_start.py)."""
+        if self.is_flag and self.type_descriptor.annotation is bool:
+            from typer._coercion import PassThroughRuntimeParam
+
+            if self._runtime_param is None:
+                self._runtime_param = PassThroughRuntimeParam(annotation=bool,
+                                                              parameter_info=self.type_descriptor.parameter_info)
+            return self._runtime_param
+        return super().get_runtime_param()
 
 
 class _Argument(TyperArgument):
