@@ -26,7 +26,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -298,14 +298,18 @@ class GmmSystem:
         return system
 
     @classmethod
-    def init_mono(cls, topology: Topology, feats: Sequence[np.ndarray],
+    def init_mono(cls, topology: Topology, feats: Iterable[np.ndarray],
                   shared: Sequence[Sequence[int]] | None = None) -> "GmmSystem":
         """Kaldi's gmm-init-mono (--shared-phones `shared`): one Gaussian per pdf with the global mean and variance
-        of `feats`."""
+        of `feats` (read once, one matrix at a time)."""
         system = cls._build(topology, shared=shared)
-        count = sum(f.shape[0] for f in feats)
-        mean = sum(f.sum(axis=0, dtype=np.float64) for f in feats) / count
-        var = sum(np.square(f, dtype=np.float64).sum(axis=0) for f in feats) / count - mean * mean
+        count, total, squares = 0, 0.0, 0.0
+        for f in feats:
+            count += f.shape[0]
+            total = total + f.sum(axis=0, dtype=np.float64)
+            squares = squares + np.square(f, dtype=np.float64).sum(axis=0)
+        mean = total / count
+        var = squares / count - mean * mean
         if np.any(var <= 0):
             raise AsrBnError("features have a dimension with zero variance; the GMM cannot be initialized "
                              "(are all utterances silent or identical?)")
@@ -391,22 +395,33 @@ class GmmSystem:
 # Features
 
 
+def _cepstra(utt: str, fbank: "np.ndarray | torch.Tensor", num_ceps: int) -> np.ndarray:
+    """The first `num_ceps` coefficients of the orthonormal DCT-II of one utterance's log-mel fbank, float32."""
+    import scipy.fft
+
+    a = fbank.numpy() if hasattr(fbank, "numpy") else np.asarray(fbank)
+    if a.ndim != 2 or a.shape[1] < num_ceps:
+        raise AsrBnError(f"utterance {utt}: fbank of shape {a.shape} has fewer than {num_ceps} bins; "
+                         f"use more mel bins or fewer cepstra")
+    return scipy.fft.dct(a.astype(np.float64), type=2, norm="ortho", axis=1)[:, :num_ceps].astype(np.float32)
+
+
+def _normalized_with_deltas(ceps: np.ndarray, stats: np.ndarray) -> np.ndarray:
+    """apply-cmvn (means) with a speaker's stats, then add-deltas: the GMM features of one utterance."""
+    import torch
+
+    from asr_bn.features import add_deltas, apply_cmvn
+
+    return add_deltas(torch.from_numpy(np.asarray(apply_cmvn(ceps, stats)))).numpy().astype(np.float32)
+
+
 def gmm_features(fbank: Mapping[str, "np.ndarray | torch.Tensor"], utt2spk: Mapping[str, str],
                  num_ceps: int = 13) -> dict[str, np.ndarray]:
     """MFCC-like GMM features from log-mel fbank: DCT-II (orthonormal) keeping `num_ceps`, per-speaker mean
     normalization, then Δ+ΔΔ. Returns float32 (T, 3*num_ceps) per utterance, same frames as the fbank."""
-    import scipy.fft
-    import torch
+    from asr_bn.features import compute_cmvn_stats
 
-    from asr_bn.features import add_deltas, apply_cmvn, compute_cmvn_stats
-
-    ceps: dict[str, np.ndarray] = {}
-    for utt, f in fbank.items():
-        a = f.numpy() if isinstance(f, torch.Tensor) else np.asarray(f)
-        if a.ndim != 2 or a.shape[1] < num_ceps:
-            raise AsrBnError(f"utterance {utt}: fbank of shape {a.shape} has fewer than {num_ceps} bins; "
-                             f"use more mel bins or fewer cepstra")
-        ceps[utt] = scipy.fft.dct(a.astype(np.float64), type=2, norm="ortho", axis=1)[:, :num_ceps].astype(np.float32)
+    ceps = {utt: _cepstra(utt, f, num_ceps) for utt, f in fbank.items()}
     by_spk: dict[str, list[str]] = {}
     for utt in ceps:
         if utt not in utt2spk:
@@ -416,13 +431,69 @@ def gmm_features(fbank: Mapping[str, "np.ndarray | torch.Tensor"], utt2spk: Mapp
     for utts in by_spk.values():
         stats = compute_cmvn_stats(ceps[u] for u in utts)
         for u in utts:
-            normalized = torch.from_numpy(np.asarray(apply_cmvn(ceps[u], stats)))
-            out[u] = add_deltas(normalized).numpy().astype(np.float32)
+            out[u] = _normalized_with_deltas(ceps[u], stats)
     return out
 
 
-def prepared_gmm_features(prep_dir: str | Path, num_ceps: int = 13) -> tuple[dict[str, np.ndarray], dict[str, str], Report]:
-    """GMM features (`gmm_features`) and transcripts of an `asr-bn prep` output dir (raw fbank in feats.scp).
+class GmmFeatures(Mapping[str, np.ndarray]):
+    """The GMM features (`gmm_features`) of a prepared dir, computed from its feats.scp when an utterance is asked
+    for, so that a corpus of any size trains without holding its features in memory (Kaldi's steps read their
+    feature pipelines the same way). Per-speaker CMVN statistics come from one pass at construction;
+    `in_memory=True` keeps every computed matrix (faster for small corpora)."""
+
+    def __init__(self, scp: Path, locations: Mapping[str, str], utt2spk: Mapping[str, str], num_ceps: int = 13,
+                 in_memory: bool = False) -> None:
+        from asr_bn.features import compute_cmvn_stats
+
+        self._scp, self._locations, self._num_ceps = scp, dict(locations), num_ceps
+        self._speaker = {u: utt2spk[u] for u in self._locations}
+        self._cache: dict[str, np.ndarray] | None = {} if in_memory else None
+        stats: dict[str, np.ndarray] = {}
+        for utt in self._locations:
+            one = compute_cmvn_stats([self._cepstra(utt)])
+            spk = self._speaker[utt]
+            stats[spk] = one if spk not in stats else stats[spk] + one
+        self._stats = stats
+
+    def _cepstra(self, utt: str) -> np.ndarray:
+        return _cepstra(utt, read_matrix(self._locations[utt], self._scp, utt), self._num_ceps)
+
+    def __getitem__(self, utt: str) -> np.ndarray:
+        if self._cache is not None and utt in self._cache:
+            return self._cache[utt]
+        out = _normalized_with_deltas(self._cepstra(utt), self._stats[self._speaker[utt]])
+        if self._cache is not None:
+            self._cache[utt] = out
+        return out
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._locations)
+
+    def __len__(self) -> int:
+        return len(self._locations)
+
+
+class FeatureMap(Mapping[str, np.ndarray]):
+    """`base` seen through `fn(utt, matrix)`, computed when an utterance is asked for (a feature transform applied
+    on the fly, as Kaldi's `transform-feats` in a feature pipeline)."""
+
+    def __init__(self, base: Mapping[str, np.ndarray], fn: Callable[[str, np.ndarray], np.ndarray]) -> None:
+        self._base, self._fn = base, fn
+
+    def __getitem__(self, utt: str) -> np.ndarray:
+        return self._fn(utt, self._base[utt])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._base)
+
+    def __len__(self) -> int:
+        return len(self._base)
+
+
+def prepared_gmm_features(prep_dir: str | Path, num_ceps: int = 13,
+                          in_memory: bool = False) -> tuple[GmmFeatures, dict[str, str], Report]:
+    """GMM features (`GmmFeatures`: computed from the dir's raw fbank when asked for, or kept with `in_memory`) and
+    transcripts of an `asr-bn prep` output dir.
 
     Returns (features, text, report); `text` is empty when the dir has no transcripts (enough for likelihoods).
     """
@@ -434,16 +505,16 @@ def prepared_gmm_features(prep_dir: str | Path, num_ceps: int = 13) -> tuple[dic
     if not scp.is_file():
         raise AsrBnError(f"{scp} not found; run `asr-bn prep kaldi DATA_DIR {prep_dir}` first")
     data = load_data_dir(prep_dir, report)
-    fbank = {}
+    locations = {}
     for line in scp.read_text(encoding="utf-8").splitlines():
         utt, _, location = line.partition(" ")
         if utt in data.utterances:
-            fbank[utt] = np.asarray(read_matrix(location.strip(), scp, utt), dtype=np.float32)
+            locations[utt] = location.strip()
     for utt in data.utterances:
-        if utt not in fbank:
+        if utt not in locations:
             report.skip(utt, "no features in feats.scp")
-    feats = gmm_features(fbank, {u: data.utterances[u].speaker for u in fbank}, num_ceps)
-    text = {u: data.utterances[u].text or "" for u in fbank} if data.has_text else {}
+    feats = GmmFeatures(scp, locations, {u: data.utterances[u].speaker for u in locations}, num_ceps, in_memory)
+    text = {u: data.utterances[u].text or "" for u in locations} if data.has_text else {}
     report.counts["utterances"] = len(feats)
     return feats, text, report
 
@@ -696,7 +767,7 @@ def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: 
         raise AsrBnError("no utterance has both features and a transcript; nothing to train on")
     sil = lang.silence_phone_ids
     topology = make_topology([p for p in lang.real_phone_ids if p not in sil], sil)
-    system = GmmSystem.init_mono(topology, [feats[u] for u in utts], lang.shared_phone_sets)
+    system = GmmSystem.init_mono(topology, (feats[u] for u in utts), lang.shared_phone_sets)
     num_gauss = system.am.num_gauss
     inc_gauss = (cfg.total_gauss - num_gauss) // max(cfg.max_iter_inc, 1)
     history: list[dict[str, Any]] = []

@@ -24,6 +24,8 @@ _DATA = "An `asr-bn prep` output dir (feats.scp of fbank, text, utt2spk); GMM fe
 _OOV = "Transcript words outside the lexicon: map (to the lang's oov.txt word, counted per word) or skip the " \
        "utterance (named)."
 _POSITIVE, _COUNT = Range(0.0, low_open=True), Range(1)
+_Cache = Annotated[bool, typer.Option("--cache", help="Keep the GMM features in memory (faster passes); by default "
+                                      "each pass reads them from feats.scp, for corpora of any size.")]
 
 
 class OovPolicy(str, Enum):
@@ -33,10 +35,11 @@ class OovPolicy(str, Enum):
     skip = "skip"
 
 
-def _features(data: Path):  # noqa: ANN202 - (features, text)
+def _features(data: Path, cache: bool = False):  # noqa: ANN202 - (features, text)
+    """The prepared dir's GMM features, computed per utterance when asked for, or kept in memory with `cache`."""
     from asr_bn.hmm_gmm import prepared_gmm_features
 
-    feats, text, report = prepared_gmm_features(data)
+    feats, text, report = prepared_gmm_features(data, in_memory=cache)
     for line in report.lines():
         typer.echo(line, err=True)
     return feats, text
@@ -64,6 +67,7 @@ def mono(
     fast: Annotated[bool, typer.Option("--fast", help="CI: 10 iterations, 300 Gaussians (rougher alignments); "
                                        "overrides the three options above.")] = False,
     oov_policy: Annotated[OovPolicy, typer.Option("--oov-policy", help=_OOV)] = OovPolicy.map,
+    cache: _Cache = False,
 ) -> None:
     """Train a monophone HMM-GMM as steps/train_mono.sh, e.g. asr-bn gmm mono prep/train data/lang exp/mono"""
     from dataclasses import replace
@@ -76,7 +80,7 @@ def mono(
                   boost_silence=boost_silence, oov_policy=oov_policy.value)
     cfg.validate()
     lang_obj = read_lang(lang)
-    feats, text = _features(data)
+    feats, text = _features(data, cache)
     _, report = train_mono(feats, text, lang_obj, exp_dir, cfg,
                            feature_info={"prep_dir": str(data.resolve()), "num_ceps": 13,
                                          "cmvn": "per-speaker means", "deltas": 2})
@@ -132,14 +136,15 @@ def _rung_config(cls: type, fast: bool, num_leaves: int, tot_gauss: int, num_ite
 def deltas(num_leaves: _Leaves, tot_gauss: _Gauss, data: Annotated[Path, typer.Argument(help=_DATA)], lang: _Lang,
            ali_dir: _AliDir, exp_dir: _ExpDir, num_iters: _NumIters = 35, max_iter_inc: _MaxIterInc = 25,
            realign_iters: _Realign = "10 20 30", boost_silence: _Boost = 1.0, power: _Power = 0.25,
-           cluster_thresh: _Cluster = -1.0, fast: _Fast = False, oov_policy: _Oov = OovPolicy.map) -> None:
+           cluster_thresh: _Cluster = -1.0, fast: _Fast = False, oov_policy: _Oov = OovPolicy.map,
+           cache: _Cache = False) -> None:
     """Train a triphone system on Δ+ΔΔ features as steps/train_deltas.sh, e.g.
     asr-bn gmm deltas 2000 10000 prep/train data/lang exp/mono_ali exp/tri1"""
     from asr_bn.gmm.train_deltas import DeltasConfig, train_deltas
 
     cfg = _rung_config(DeltasConfig, fast, num_leaves, tot_gauss, num_iters, max_iter_inc, realign_iters,
                        boost_silence=boost_silence, power=power, cluster_thresh=cluster_thresh, oov_policy=oov_policy)
-    lang_obj, (feats, text) = _lang(lang), _features(data)
+    lang_obj, (feats, text) = _lang(lang), _features(data, cache)
     _print(train_deltas(feats, text, lang_obj, ali_dir, exp_dir, cfg)[1])
 
 
@@ -148,6 +153,7 @@ def lda_mllt(num_leaves: _Leaves, tot_gauss: _Gauss, data: Annotated[Path, typer
              ali_dir: _AliDir, exp_dir: _ExpDir, num_iters: _NumIters = 35, max_iter_inc: _MaxIterInc = 25,
              realign_iters: _Realign = "10 20 30", boost_silence: _Boost = 1.0, power: _Power = 0.25,
              cluster_thresh: _Cluster = -1.0, fast: _Fast = False, oov_policy: _Oov = OovPolicy.map,
+             cache: _Cache = False,
              dim: Annotated[int, typer.Option("--dim", help="LDA output dimension.", callback=in_range(_COUNT))] = 40,
              splice_context: Annotated[int, typer.Option("--splice-context", help="Frames spliced on each side "
                                                          "(splice-feats --left/right-context).",
@@ -161,7 +167,7 @@ def lda_mllt(num_leaves: _Leaves, tot_gauss: _Gauss, data: Annotated[Path, typer
     cfg = _rung_config(LdaMlltConfig, fast, num_leaves, tot_gauss, num_iters, max_iter_inc, realign_iters,
                        boost_silence=boost_silence, power=power, cluster_thresh=cluster_thresh, oov_policy=oov_policy,
                        dim=dim, context=splice_context, mllt_iters=mllt_iters)
-    lang_obj, (feats, text) = _lang(lang), _features(data)
+    lang_obj, (feats, text) = _lang(lang), _features(data, cache)
     _print(train_lda_mllt(feats, text, lang_obj, ali_dir, exp_dir, cfg)[1])
 
 
@@ -170,6 +176,7 @@ def sat(num_leaves: _Leaves, tot_gauss: _Gauss, data: Annotated[Path, typer.Argu
         ali_dir: _AliDir, exp_dir: _ExpDir, num_iters: _NumIters = 35, max_iter_inc: _MaxIterInc = 25,
         realign_iters: _Realign = "10 20 30", boost_silence: _Boost = 1.0, power: _Power = 0.2,
         cluster_thresh: _Cluster = -1.0, fast: _Fast = False, oov_policy: _Oov = OovPolicy.map,
+        cache: _Cache = False,
         fmllr_iters: Annotated[str, typer.Option("--fmllr-iters", help="Passes that re-estimate fMLLR.")] = "2 4 6 12",
         silence_weight: Annotated[float, typer.Option("--silence-weight", help="Weight of silence frames in fMLLR.",
                                                       callback=in_range(Range(0.0)))] = 0.0,
@@ -181,7 +188,7 @@ def sat(num_leaves: _Leaves, tot_gauss: _Gauss, data: Annotated[Path, typer.Argu
     cfg = _rung_config(SatConfig, fast, num_leaves, tot_gauss, num_iters, max_iter_inc, realign_iters,
                        boost_silence=boost_silence, power=power, cluster_thresh=cluster_thresh, oov_policy=oov_policy,
                        fmllr_iters=fmllr_iters, silence_weight=silence_weight)
-    lang_obj, (feats, text) = _lang(lang), _features(data)
+    lang_obj, (feats, text) = _lang(lang), _features(data, cache)
     _print(train_sat(feats, text, _utt2spk(data), lang_obj, ali_dir, exp_dir, cfg)[1])
 
 
@@ -196,6 +203,7 @@ def align_fmllr(
     nj: Annotated[int, typer.Option("--nj", help="Number of ali.N.gz archives.", callback=in_range(_COUNT))] = 1,
     boost_silence: _Boost = 1.0,
     oov_policy: _Oov = OovPolicy.map,
+    cache: _Cache = False,
 ) -> None:
     """Align with a speaker-adapted system as steps/align_fmllr.sh, e.g.
     asr-bn gmm align-fmllr prep/train data/lang exp/tri3b exp/tri3b_ali"""
@@ -203,7 +211,7 @@ def align_fmllr(
     from asr_bn.hmm_gmm import AlignConfig
 
     cfg = AlignConfig(num_jobs=nj, boost_silence=boost_silence, oov_policy=oov_policy.value)
-    lang_obj, (feats, text) = _lang(lang), _features(data)
+    lang_obj, (feats, text) = _lang(lang), _features(data, cache)
     _print(run(src_dir, feats, text, _utt2spk(data), lang_obj, ali_dir, cfg))
 
 
@@ -256,6 +264,7 @@ def align(
                                                     "(asr-bn forward) to align with instead of the GMM "
                                                     "(steps/nnet/align.sh).")] = None,
     oov_policy: Annotated[OovPolicy, typer.Option("--oov-policy", help=_OOV)] = OovPolicy.map,
+    cache: _Cache = False,
 ) -> None:
     """Force-align with a trained model as steps/align_si.sh, e.g.
     asr-bn gmm align prep/train data/lang exp/mono exp/mono_ali --nj 4"""
@@ -270,7 +279,7 @@ def align(
                       oov_policy=oov_policy.value)
     lang_obj = read_lang(lang)
     system = GmmSystem.load(src_dir / "final.mdl")
-    feats, text = _features(data)
+    feats, text = _features(data, cache)
     if loglikes:
         feats = dict(read_loglikes(loglikes))
     else:

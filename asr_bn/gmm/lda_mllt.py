@@ -18,7 +18,7 @@ import numpy as np
 from asr_bn.alignments import read_alignments, read_transition_model
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.gmm.train_deltas import DeltasConfig, train_tree_system
-from asr_bn.hmm_gmm import GmmSystem
+from asr_bn.hmm_gmm import FeatureMap, GmmSystem
 from asr_bn.io import atomic_open, write_text
 from asr_bn.lang import Lang
 from asr_bn.report import Report
@@ -60,6 +60,8 @@ def estimate_lda(spliced: Mapping[str, np.ndarray], pdfs: Mapping[str, np.ndarra
     first = np.zeros((num_pdfs, d))
     second = np.zeros((d, d))
     for utt, x in spliced.items():
+        if utt not in pdfs or len(pdfs[utt]) != len(x):
+            continue  # acc-lda: no alignment, or one of another length
         keep = pdfs[utt] >= 0
         x64, cls = x[keep].astype(np.float64), pdfs[utt][keep]
         count += np.bincount(cls, minlength=num_pdfs)
@@ -172,16 +174,16 @@ def train_lda_mllt(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lan
     cfg.validate()
     ali_dir = Path(ali_dir)
     sil = lang.silence_phone_ids
-    spliced = {u: splice(np.asarray(f[:, :NUM_CEPS], np.float32), cfg.context) for u, f in feats.items()}
+    spliced = FeatureMap(feats, lambda _, f: splice(np.asarray(f[:, :NUM_CEPS], np.float32), cfg.context))
     old_pdfs, num_pdfs = _alignment_pdfs(ali_dir, sil)
-    common = {u: x for u, x in spliced.items() if u in old_pdfs and len(old_pdfs[u]) == len(x)}
-    lda = estimate_lda(common, old_pdfs, num_pdfs, cfg.dim)
+    lda = estimate_lda(spliced, old_pdfs, num_pdfs, cfg.dim)
     transform = {"matrix": lda}
 
-    def project() -> dict[str, np.ndarray]:
-        return {u: (x @ transform["matrix"].T).astype(np.float32) for u, x in spliced.items()}
+    def project() -> Mapping[str, np.ndarray]:
+        matrix = transform["matrix"]
+        return FeatureMap(spliced, lambda _, x: (x @ matrix.T).astype(np.float32))
 
-    def mllt(it: int, system: GmmSystem, alis: Mapping[str, list[int]]) -> dict[str, np.ndarray] | None:
+    def mllt(it: int, system: GmmSystem, alis: Mapping[str, list[int]]) -> Mapping[str, np.ndarray] | None:
         if it not in cfg.mllt_iters:
             return None
         tm = system.transition_model()
@@ -192,7 +194,7 @@ def train_lda_mllt(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lan
             pdf = tm.to_pdfs(tids).astype(np.int64)
             pdf[np.isin(tm.to_phones(tids), sil)] = -1
             pdfs[u] = pdf
-        a_mat = estimate_mllt(*mllt_stats(system, {u: current[u] for u in alis}, pdfs))
+        a_mat = estimate_mllt(*mllt_stats(system, FeatureMap(pdfs, lambda u, _: current[u]), pdfs))
         transform_means(system, a_mat)
         transform["matrix"] = (a_mat.astype(np.float64) @ transform["matrix"]).astype(np.float32)
         return project()

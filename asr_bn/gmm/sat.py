@@ -20,7 +20,7 @@ import numpy as np
 from asr_bn.alignments import TransitionModel, read_alignments
 from asr_bn.gmm.lda_mllt import NUM_CEPS, copy_feature_transform, splice
 from asr_bn.gmm.train_deltas import DeltasConfig, train_tree_system
-from asr_bn.hmm_gmm import (AlignConfig, GmmSystem, _align_all, _am_bytes, _boosted, _check_inputs, _compile_graphs,
+from asr_bn.hmm_gmm import (AlignConfig, FeatureMap, GmmSystem, _align_all, _am_bytes, _boosted, _check_inputs, _compile_graphs,
                             _gmm_scorer, write_alignments)
 from asr_bn.io import OutputLock, atomic_open
 from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
@@ -153,18 +153,18 @@ def estimate_speaker_transforms(system: GmmSystem, feats: Mapping[str, np.ndarra
     return out
 
 
-def speaker_independent_features(feats: Mapping[str, np.ndarray], ali_dir: Path) -> dict[str, np.ndarray]:
-    """The features of the system in `ali_dir`: its LDA+MLLT transform of the spliced static cepstra when it has a
-    final.mat, else the GMM features themselves (cepstra + Δ+ΔΔ)."""
+def speaker_independent_features(feats: Mapping[str, np.ndarray], ali_dir: Path) -> Mapping[str, np.ndarray]:
+    """The features of the system in `ali_dir` (computed per utterance when asked for): its LDA+MLLT transform of
+    the spliced static cepstra when it has a final.mat, else the GMM features themselves (cepstra + Δ+ΔΔ)."""
     mat_path = ali_dir / "final.mat"
     if not mat_path.is_file():
-        return dict(feats)
+        return feats
     import kaldiio
 
     mat = kaldiio.load_mat(str(mat_path))
     context = (mat.shape[1] // NUM_CEPS - 1) // 2
-    return {u: (splice(np.asarray(f[:, :NUM_CEPS], np.float32), context) @ mat.T).astype(np.float32)
-            for u, f in feats.items()}
+    return FeatureMap(feats, lambda _, f: (splice(np.asarray(f[:, :NUM_CEPS], np.float32), context) @ mat.T)
+                      .astype(np.float32))
 
 
 def train_sat(feats: Mapping[str, np.ndarray], text: Mapping[str, str], utt2spk: Mapping[str, str], lang: Lang,
@@ -185,10 +185,11 @@ def train_sat(feats: Mapping[str, np.ndarray], text: Mapping[str, str], utt2spk:
                                                                           cfg.silence_weight), spk2utt, cfg, first)
     speaker_of = {u: s for s, utts in spk2utt.items() for u in utts}
 
-    def adapted() -> dict[str, np.ndarray]:
-        return {u: apply_fmllr(transforms[speaker_of[u]], x) for u, x in si_feats.items()}
+    def adapted() -> Mapping[str, np.ndarray]:
+        current = dict(transforms)
+        return FeatureMap(si_feats, lambda u, x: apply_fmllr(current[speaker_of[u]], x))
 
-    def refit(it: int, system: GmmSystem, alis: Mapping[str, list[int]]) -> dict[str, np.ndarray] | None:
+    def refit(it: int, system: GmmSystem, alis: Mapping[str, list[int]]) -> Mapping[str, np.ndarray] | None:
         if it not in cfg.fmllr_iters:
             return None
         current = adapted()
@@ -270,7 +271,7 @@ def align_fmllr(src_dir: str | Path, feats: Mapping[str, np.ndarray], text: Mapp
         transforms = estimate_speaker_transforms(system, si_feats, weights, spk2utt, sat, report,
                                                  posterior_am=alimdl.am if alimdl is not system else None)
         speaker_of = {u: s for s, us in spk2utt.items() for u in us}
-        adapted = {u: apply_fmllr(transforms[speaker_of[u]], si_feats[u]) for u in first}
+        adapted = FeatureMap(si_feats, lambda u, x: apply_fmllr(transforms[speaker_of[u]], x))
         scorer = _gmm_scorer(system, _boosted(system, sil, cfg.boost_silence), adapted, cfg.acoustic_scale)
         alis, failed, tot_like, frames = _align_all(system, scorer, {u: graphs[u] for u in first}, adapted, cfg.beam,
                                                     cfg.retry_beam, cfg)

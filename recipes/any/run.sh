@@ -27,7 +27,7 @@
 #                   report exp/blstm_nnali*, exp/blstm_bn_seq_nnali* beside the others.
 #   --nj N          parallel jobs for feature extraction, archives of alignments and decoding (default 2).
 #   --net-opts S    the networks' options instead of the recipe's (layers, units, optimizer, epochs …).
-#   --cache         the networks keep all features in memory (faster epochs; default: read from disk each epoch).
+#   --cache         the networks and the GMM keep all features in memory (faster; default: read from disk each pass).
 #   --train-opts S  extra `asr-bn train` options for both networks, after the recipe's own (so they win),
 #                   e.g. --train-opts "--epochs 30 --device cuda".
 # e.g. recipes/any/run.sh --train corpus/train --test corpus/test --dict corpus/dict --dir work
@@ -218,7 +218,7 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   else
     rm -f exp/mono_ali/.done exp/mono_ali_dev/.done exp/mono/decode_test/.done  # they depend on this model
     rm -rf exp/mono/graph exp/mono/graph_lm exp/mono/graph_tg
-    asr-bn gmm mono prep/train data/lang exp/mono $fast_opt --oov-policy "$oov_policy"
+    asr-bn gmm mono prep/train data/lang exp/mono $fast_opt --oov-policy "$oov_policy" $cache
     echo "$opts" > exp/mono/.done
   fi
   for set in train dev; do
@@ -227,7 +227,7 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
     if check_done "$ali/.done" "$opts"; then
       log "$ali/.done exists - skipping"
     else
-      asr-bn gmm align "prep/$set" data/lang exp/mono "$ali" --nj "$nj" --oov-policy "$oov_policy"
+      asr-bn gmm align "prep/$set" data/lang exp/mono "$ali" --nj "$nj" --oov-policy "$oov_policy" $cache
       echo "$opts" > "$ali/.done"
     fi
   done
