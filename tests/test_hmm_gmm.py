@@ -250,3 +250,35 @@ def test_corrupt_models_only_raise_asr_bn_errors(yesno_root: Path, tmp_path: Pat
             assert str(path) in str(e)
         else:
             assert np.isfinite(system.log_likelihoods(np.zeros((1, 39), np.float32))).all()
+
+
+def test_prepared_features_are_read_when_asked_unless_cached(yesno_root: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prepared dir's GMM features equal gmm_features of its fbank, are computed from feats.scp each time an
+    utterance is asked for (no corpus-sized memory), and once with in_memory=True (--cache)."""
+    import kaldiio
+
+    import asr_bn.hmm_gmm as hmm_gmm
+    from asr_bn.features import FeaturePipeline
+    from asr_bn.hmm_gmm import prepared_gmm_features
+    from asr_bn.prep import prepare_kaldi
+
+    prep = tmp_path / "prep"
+    prepare_kaldi(yesno_root / "data" / "train_yesno", prep,
+                  FeaturePipeline(fbank=FbankConfig(sample_frequency=8000, num_mel_bins=23)))
+    fbank = dict(kaldiio.load_scp(str(prep / "feats.scp")))
+    data = load_data_dir(prep, Report("test"))
+    expected = gmm_features(fbank, {u: data.utterances[u].speaker for u in fbank})
+    reads: list[str] = []
+    real = hmm_gmm.read_matrix
+    monkeypatch.setattr(hmm_gmm, "read_matrix", lambda loc, table, key: reads.append(key) or real(loc, table, key))
+    for in_memory, per_access in ((False, 1), (True, 0)):
+        feats, _, _ = prepared_gmm_features(prep, in_memory=in_memory)
+        assert set(feats) == set(expected) and len(reads) == len(expected)  # one pass for the CMVN statistics
+        utt = next(iter(feats))
+        first = feats[utt]
+        reads.clear()
+        np.testing.assert_allclose(feats[utt], expected[utt], atol=1e-5)
+        np.testing.assert_array_equal(feats[utt], first)
+        assert len(reads) == 2 * per_access
+        reads.clear()
