@@ -66,28 +66,65 @@ def _display_type(param: TyperOption | TyperArgument, ctx: Any) -> Optional[str]
     return typer_class.display_type_rich(param, ctx)
 
 
+_PLAIN_MESSAGES = {
+    int: "Input should be a valid integer, unable to parse string as an integer",
+    float: "Input should be a valid number, unable to parse string as a number",
+}
+
+
+def _plain_runtime_param(param: TyperOption | TyperArgument) -> Any:
+    """Coercion of a flag (its value is already a bool) or of one int, float, str or Path value without typer 0.29's
+    pydantic adapter: importing pydantic is a third of `--help`'s and a usage error's start-up (bench/cli_start.py).
+    Same messages as pydantic's for a value that is not a number; None for anything else (typer's own coercion)."""
+    from pathlib import Path
+
+    from typer._coercion import RuntimeParam
+
+    desc = param.type_descriptor
+    kind, info = desc.annotation, desc.parameter_info
+    flag = isinstance(param, TyperOption) and param.is_flag and kind is bool
+    constrained = (getattr(info, "min", None) is not None or getattr(info, "max", None) is not None
+                   or getattr(info, "exists", False) or not getattr(info, "file_okay", True)
+                   or not getattr(info, "dir_okay", True) or getattr(info, "writable", False)
+                   or getattr(info, "resolve_path", False))
+    if not flag and (kind not in (int, float, str, Path) or constrained or param.multiple or param.nargs != 1):
+        return None  # typer's own coercion checks these constraints
+
+    class Plain(RuntimeParam):
+        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+            if isinstance(value, kind):
+                return value
+            try:
+                return kind(value.strip() if kind in (int, float) and isinstance(value, str) else value)
+            except (TypeError, ValueError):
+                raise typer.BadParameter(_PLAIN_MESSAGES.get(kind, f"{value!r} is not a valid {kind.__name__}"),
+                                         ctx=ctx, param=param) from None
+
+    return Plain(annotation=kind, parameter_info=desc.parameter_info)
+
+
+def _runtime_param(param: Any, typer_class: type) -> Any:
+    if param._runtime_param is None:
+        param._runtime_param = _plain_runtime_param(param) or typer_class.get_runtime_param(param)
+    return param._runtime_param
+
+
 class _Option(TyperOption):
-    """An option as --help shows it (see _display_type), whose flags take their value as parsed."""
+    """An option as --help shows it (see _display_type), coerced without pydantic where it can be."""
 
     display_type_rich = _display_type
 
     def get_runtime_param(self) -> Any:
-        """A flag's value is already a bool (or None when absent): typer 0.29 would build a pydantic adapter for it,
-        and importing pydantic is a third of `--help`'s start-up (bench/cli_start.py)."""
-        if self.is_flag and self.type_descriptor.annotation is bool:
-            from typer._coercion import PassThroughRuntimeParam
-
-            if self._runtime_param is None:
-                self._runtime_param = PassThroughRuntimeParam(annotation=bool,
-                                                              parameter_info=self.type_descriptor.parameter_info)
-            return self._runtime_param
-        return super().get_runtime_param()
+        return _runtime_param(self, TyperOption)
 
 
 class _Argument(TyperArgument):
-    """An argument as --help shows it (see _display_type)."""
+    """An argument as --help shows it (see _display_type), coerced without pydantic where it can be."""
 
     display_type_rich = _display_type
+
+    def get_runtime_param(self) -> Any:
+        return _runtime_param(self, TyperArgument)
 
 
 def tidy_help(cmd: TyperCommand | TyperGroup) -> None:
