@@ -187,9 +187,10 @@ def test_run_sh_refuses_bad_targets_with_one_line(an4_root: Path, tmp_path: Path
     """An unknown --targets, and --targets nnet before the sequence-BN network it aligns with exists: one error line
     naming the fix, nothing run."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    for opts, message in ((["--targets", "gmm"], "--targets gmm is not mono or nnet"),
+    for opts, message in ((["--targets", "tri"], "--targets tri is not gmm or nnet"),
+                          (["--gmm", "tri9"], "--gmm tri9 is not mono, deltas, lda-mllt or sat"),
                           (["--targets", "nnet", "--stage", "4", "--stop-stage", "4"],
-                           "exp/blstm_bn_seq is not trained yet (run stages 5-6 with --targets mono first)")):
+                           "exp/blstm_bn_seq is not trained yet (run stages 5-6 with --targets gmm first)")):
         run = subprocess.run(["bash", str(RECIPE / "run.sh"), *opts, "--dir", str(tmp_path), str(an4_root)],
                              capture_output=True, text=True, env=env)
         assert run.returncode == 1 and run.stderr.strip().splitlines() == [f"run.sh: error: {message}"], run.stderr

@@ -132,3 +132,29 @@ def _spells(phones: list[str], words: list[str], prons: dict[str, list[list[str]
     if not words:
         return not phones
     return any(phones[: len(p)] == p and _spells(phones[len(p):], words[1:], prons) for p in prons[words[0]])
+
+
+@pytest.mark.slow
+def test_any_recipe_climbs_the_gmm_ladder(tmp_path: Path) -> None:
+    """--gmm sat: stage 3 trains mono → deltas → LDA+MLLT → SAT (each rung from the last one's alignments, SAT's
+    aligned with fMLLR) on position-dependent phones; stage 4's targets are the SAT system's pdfs."""
+    train, test, dict_dir = make_corpus(tmp_path)
+    work = tmp_path / "work"
+    cmd = ["bash", str(RECIPE), "--fast", "--gmm", "sat", "--train", str(train), "--test", str(test), "--dict",
+           str(dict_dir), "--dev-speakers", "8", "--case", "upper", "--strip-punctuation", "--nj", "1", "--dir",
+           str(work), "--stop-stage", "4", "--cache"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    exp = work / "exp"
+    for rung in ("tri1", "tri2b", "tri3b"):
+        assert json.loads((exp / rung / "report.json").read_text())["counts"]["aligned"] == 32
+        for ali in (f"{rung}_ali", f"{rung}_ali_dev"):
+            assert len(list(read_alignments(exp / ali))) == (32 if ali.endswith("_ali") else 8)
+    assert (exp / "tri2b" / "final.mat").is_file() and (exp / "tri3b_ali" / "trans.1").is_file()
+    sat = read_transition_model(exp / "tri3b" / "final.mdl")
+    targets = dict(kaldiio.load_scp(str(work / "prep" / "train" / "pdf.scp")))
+    alis = {labels.utt: labels.values for labels in read_alignments(exp / "tri3b_ali")}
+    assert len(targets) == 32 and all((targets[u] == sat.to_pdfs(alis[u])).all() for u in targets)
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert rerun.returncode == 0 and "exp/tri3b/.done exists - skipping training" in rerun.stdout

@@ -21,7 +21,11 @@
 #   --fast          CI mode: few GMM iterations and Gaussians, a tiny network trained for a few epochs, one graph.
 #   --seed N        seed of both networks (default 0); a seed other than 0 trains and decodes exp/blstm_sN and
 #                   exp/blstm_bn_seq_sN beside the others, and stage 8 reports every seed with their means.
-#   --targets T     mono (default): the networks learn the monophone GMM's alignments; nnet: stage 4 realigns
+#   --gmm RUNG      the GMM system whose alignments the networks learn and whose HMM the graphs use: mono
+#                   (default), deltas (exp/tri1), lda-mllt (exp/tri2b) or sat (exp/tri3b); stage 3 climbs the ladder
+#                   to it (asr-bn gmm deltas, lda-mllt, sat; align, align-fmllr), each rung from the last one's
+#                   alignments, with --leaves/--gauss (default 500/4000; --fast: 100/400).
+#   --targets T     gmm (default): the networks learn the GMM's alignments; nnet: stage 4 realigns
 #                   train and dev with this seed's sequence-BN network (trained on mono targets first, as Kaldi's
 #                   steps/nnet/align.sh) → exp/nnet_ali*, prep/{train,dev}_nnali, and stages 5-8 train, decode and
 #                   report exp/blstm_nnali*, exp/blstm_bn_seq_nnali* beside the others.
@@ -39,12 +43,14 @@
 #   2  features       asr-bn prep kaldi → prep/{train,dev,test} (40 log-mel fbank, per-speaker CMVN stats)
 #   3  alignments     asr-bn gmm mono (steps/train_mono.sh) → exp/mono; asr-bn gmm align (steps/align_si.sh)
 #                     → exp/mono_ali (train), exp/mono_ali_dev (dev); GMM decode of test with a word loop as a
-#                     sanity check of the alignment model → exp/mono/decode_test (WER in its wer file)
+#                     sanity check of the alignment model → exp/mono/decode_test (WER in its wer file); with
+#                     --gmm, the ladder up to it: exp/tri1 (deltas), exp/tri2b (lda-mllt), exp/tri3b (sat), each
+#                     with its _ali and _ali_dev (align-fmllr for sat)
 #   4  targets        asr-bn prep kaldi --ali-dir: the alignments' pdf-ids joined to prep/train, prep/dev (pdf.scp);
 #                     with --targets nnet: the sequence-BN network's forced alignments → prep/{train,dev}_nnali
 #   5  baseline       asr-bn train --bn none → exp/blstm (final.pt, priors.vec, metrics.jsonl, learning_curve.png)
 #   6  sequence BN    asr-bn train --bn sequence, same seed and budget → exp/blstm_bn_seq
-#   7  decode         asr-bn mkgraph over data/lang: word loop (exp/mono/graph), the trigram (graph_tg), --lm
+#   7  decode         asr-bn mkgraph over data/lang and the --gmm system: word loop (graph), trigram (graph_tg), --lm
 #                     (graph_lm); per model: asr-bn forward of dev and test, lattice decoding, the LM weight
 #                     (acoustic scale 1/LMWT) chosen on dev and applied to test, asr-bn score wer
 #                     → exp/<model>/decode_test_<graph>/wer
@@ -71,7 +77,10 @@ sample_frequency=16000
 pos_dep=true
 fast=false
 seed=0
-targets=mono
+targets=gmm
+gmm=mono
+leaves=
+gauss=
 nj=2
 net_opts=
 cache=
@@ -105,6 +114,9 @@ while [ $# -gt 0 ]; do
     --fast) fast=true; shift ;;
     --seed) seed=$2; shift 2 ;;
     --targets) targets=$2; shift 2 ;;
+    --gmm) gmm=$2; shift 2 ;;
+    --leaves) leaves=$2; shift 2 ;;
+    --gauss) gauss=$2; shift 2 ;;
     --nj) nj=$2; shift 2 ;;
     --net-opts) net_opts=$2; shift 2 ;;
     --cache) cache=--cache; shift ;;
@@ -147,16 +159,25 @@ net_opts="$net_opts --seed $seed --num-workers 0 $cache $train_opts"
 suffix=
 [ "$seed" = 0 ] || suffix=_s$seed
 case $targets in
-  mono) tag= ;;
+  gmm|mono) tag= ;;
   nnet) tag=_nnali ;;
-  *) die "--targets $targets is not mono or nnet" ;;
+  *) die "--targets $targets is not gmm or nnet" ;;
 esac
+case $gmm in  # the ladder's rungs up to --gmm: asr-bn gmm command : exp dir
+  mono) rungs= sys=exp/mono ;;
+  deltas) rungs="deltas:tri1" sys=exp/tri1 ;;
+  lda-mllt) rungs="deltas:tri1 lda-mllt:tri2b" sys=exp/tri2b ;;
+  sat) rungs="deltas:tri1 lda-mllt:tri2b sat:tri3b" sys=exp/tri3b ;;
+  *) die "--gmm $gmm is not mono, deltas, lda-mllt or sat" ;;
+esac
+[ -n "$leaves" ] || { leaves=500; $fast && leaves=100; }
+[ -n "$gauss" ] || { gauss=4000; $fast && gauss=400; }
 models="blstm$tag$suffix:none blstm_bn_seq$tag$suffix:sequence"  # exp dir : --bn
-graphs="loop:exp/mono/graph${lm:+ lm:exp/mono/graph_lm} tg:exp/mono/graph_tg"  # name : graph dir
+graphs="loop:$sys/graph${lm:+ lm:$sys/graph_lm} tg:$sys/graph_tg"  # name : graph dir
 decode_opts=  # asr-bn decode's defaults: beam 13, lattice beam 8 (Kaldi's steps/nnet/decode.sh)
 lmwts=1:15  # LM weights tried on dev: acoustic scale 1/LMWT (BLSTMs on AN4 like 3-4; Kaldi's nnet1 sweeps 4:15)
 if $fast; then  # lattices of a weak model are costly: one graph (the LM one), narrower beams
-  graphs="tg:exp/mono/graph_tg"
+  graphs="tg:$sys/graph_tg"
   decode_opts="--beam 8 --lattice-beam 4"
   lmwts=2:8
 fi
@@ -244,13 +265,37 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
     asr-bn score wer data/test exp/mono/decode_test/text | tee exp/mono/decode_test/wer
     echo "$opts" > exp/mono/decode_test/.done
   fi
+  prev=exp/mono_ali
+  for rung in $rungs; do  # deltas → lda-mllt → sat, each from the previous rung's alignments
+    cmd=${rung%%:*} exp=exp/${rung#*:}
+    opts="$opts $cmd=$leaves/$gauss"
+    if check_done "$exp/.done" "$opts"; then
+      log "$exp/.done exists - skipping training"
+    else
+      asr-bn gmm "$cmd" "$leaves" "$gauss" prep/train data/lang "$prev" "$exp" $fast_opt --oov-policy "$oov_policy" $cache
+      echo "$opts" > "$exp/.done"
+    fi
+    aligner=align
+    [ "$cmd" = sat ] && aligner=align-fmllr
+    for set in train dev; do
+      ali=${exp}_ali
+      [ "$set" = dev ] && ali=${exp}_ali_dev
+      if check_done "$ali/.done" "$opts"; then
+        log "$ali/.done exists - skipping"
+      else
+        asr-bn gmm "$aligner" "prep/$set" data/lang "$exp" "$ali" --nj "$nj" --oov-policy "$oov_policy" $cache
+        echo "$opts" > "$ali/.done"
+      fi
+    done
+    prev=${exp}_ali
+  done
 fi
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   log "Stage 4: targets (alignments joined to prep/train$tag, prep/dev$tag → pdf.scp)"
   if [ "$targets" = nnet ]; then  # realign with the sequence-BN network of this seed (log-likelihoods, GMM's HMM)
     aligner=exp/blstm_bn_seq$suffix
-    [ -f "$aligner/.done" ] || die "$aligner is not trained yet (run stages 5-6 with --targets mono first)"
+    [ -f "$aligner/.done" ] || die "$aligner is not trained yet (run stages 5-6 with --targets gmm first)"
     opts=$(cat "$aligner/.done")
     for set in train dev; do
       ali=exp/nnet_ali$suffix
@@ -259,7 +304,7 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
         log "$ali/.done exists - skipping"
       else
         forward_set "$aligner" "$set"  # dev's is stage 7's, reused
-        asr-bn gmm align "prep/$set" data/lang exp/mono "$ali" --nj "$nj" --oov-policy "$oov_policy" \
+        asr-bn gmm align "prep/$set" data/lang "$sys" "$ali" --nj "$nj" --oov-policy "$oov_policy" \
           --loglikes "$aligner/forward_$set/loglikes.scp"
         echo "$opts" > "$ali/.done"
       fi
@@ -267,14 +312,14 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
         --ali-dir "$ali"
     done
   else
-    asr-bn prep kaldi data/train prep/train --nj "$nj" --sample-frequency "$sample_frequency" --ali-dir exp/mono_ali
-    asr-bn prep kaldi data/dev prep/dev --nj "$nj" --sample-frequency "$sample_frequency" --ali-dir exp/mono_ali_dev
+    asr-bn prep kaldi data/train prep/train --nj "$nj" --sample-frequency "$sample_frequency" --ali-dir "${sys}_ali"
+    asr-bn prep kaldi data/dev prep/dev --nj "$nj" --sample-frequency "$sample_frequency" --ali-dir "${sys}_ali_dev"
   fi
 fi
 
 train_net() {  # train_net EXP_DIR BN: one network; an interrupted run with the same options resumes
   local exp=$1 bn=$2
-  local opts="bn=$bn $net_opts $(cat exp/mono/.done)"
+  local opts="bn=$bn $net_opts $(cat "$sys/.done")"
   [ "$targets" = nnet ] && opts="$opts targets=nnet:$(cat "exp/nnet_ali$suffix/.done")"
   if check_done "$exp/.done" "$opts"; then
     log "$exp/.done exists - skipping"
@@ -313,10 +358,10 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
     lm_opt=
     [ "$name" = lm ] && lm_opt="--lm $lm"
     [ "$name" = tg ] && lm_opt="--lm data/local/lm/tg.arpa"
-    if ! check_done "$graph/.done" "$lm_opt $(cat exp/mono/.done)"; then
+    if ! check_done "$graph/.done" "$lm_opt $(cat "$sys/.done")"; then
       # shellcheck disable=SC2086 # lm_opt is empty or one option with its value
-      asr-bn mkgraph data/lang exp/mono "$graph" $lm_opt
-      echo "$lm_opt $(cat exp/mono/.done)" > "$graph/.done"
+      asr-bn mkgraph data/lang "$sys" "$graph" $lm_opt
+      echo "$lm_opt $(cat "$sys/.done")" > "$graph/.done"
     fi
   done
   for entry in $models; do
@@ -334,13 +379,13 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
         continue
       fi
       # shellcheck disable=SC2086 # decode_opts is a list of options
-      asr-bn decode "$graph" exp/mono "$exp/forward_dev/loglikes.scp" "$dev_dir" \
+      asr-bn decode "$graph" "$sys" "$exp/forward_dev/loglikes.scp" "$dev_dir" \
         --lattices --lmwt "$lmwts" --nj "$nj" $decode_opts
       asr-bn score wer data/dev "$dev_dir" > "$dev_dir/wer_sweep"
       best=$(sed -n 's/^best: .*hyp_\([0-9]*\)$/\1/p' "$dev_dir/wer_sweep")
       [ -n "$best" ] || die "no best LM weight in $dev_dir/wer_sweep"
       grep '^best: ' "$dev_dir/wer_sweep" | tee "$dev_dir/wer"  # the sweep's lines, then best: %WER …
-      asr-bn decode "$graph" exp/mono "$exp/forward_test/loglikes.scp" "$test_dir" \
+      asr-bn decode "$graph" "$sys" "$exp/forward_test/loglikes.scp" "$test_dir" \
         --lattices --lmwt "$best:$best" --nj "$nj" $decode_opts
       asr-bn score wer data/test "$test_dir/hyp_$best" --details "$test_dir/details" | tee "$test_dir/wer"
       echo "$opts" > "$test_dir/.done"
