@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Optional, get_args
 
 import typer
+from typer._coercion import RuntimeParam
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from asr_bn.config import Range
@@ -72,14 +74,24 @@ _PLAIN_MESSAGES = {
 }
 
 
+class _Plain(RuntimeParam):
+    """A value made by its annotation's constructor (int, float, str, Path; a flag's bool as it is)."""
+
+    def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+        kind = self.annotation
+        if isinstance(value, kind):
+            return value
+        try:
+            return kind(value.strip() if kind in (int, float) and isinstance(value, str) else value)
+        except (TypeError, ValueError):
+            raise typer.BadParameter(_PLAIN_MESSAGES.get(kind, f"{value!r} is not a valid {kind.__name__}"),
+                                     ctx=ctx, param=param) from None
+
+
 def _plain_runtime_param(param: TyperOption | TyperArgument) -> Any:
     """Coercion of a flag (its value is already a bool) or of one int, float, str or Path value without typer 0.29's
     pydantic adapter: importing pydantic is a third of `--help`'s and a usage error's start-up (bench/cli_start.py).
     Same messages as pydantic's for a value that is not a number; None for anything else (typer's own coercion)."""
-    from pathlib import Path
-
-    from typer._coercion import RuntimeParam
-
     desc = param.type_descriptor
     kind, info = desc.annotation, desc.parameter_info
     flag = isinstance(param, TyperOption) and param.is_flag and kind is bool
@@ -90,17 +102,7 @@ def _plain_runtime_param(param: TyperOption | TyperArgument) -> Any:
     if not flag and (kind not in (int, float, str, Path) or constrained or param.multiple or param.nargs != 1):
         return None  # typer's own coercion checks these constraints
 
-    class Plain(RuntimeParam):
-        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
-            if isinstance(value, kind):
-                return value
-            try:
-                return kind(value.strip() if kind in (int, float) and isinstance(value, str) else value)
-            except (TypeError, ValueError):
-                raise typer.BadParameter(_PLAIN_MESSAGES.get(kind, f"{value!r} is not a valid {kind.__name__}"),
-                                         ctx=ctx, param=param) from None
-
-    return Plain(annotation=kind, parameter_info=desc.parameter_info)
+    return _Plain(annotation=kind, parameter_info=desc.parameter_info)
 
 
 def _runtime_param(param: Any, typer_class: type) -> Any:

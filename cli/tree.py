@@ -21,6 +21,13 @@ def _phone_list(text: str) -> list[int]:
         raise typer.BadParameter(f"{text!r} is not a colon-separated list of phone ids (e.g. 1:2:3)") from None
 
 
+# Options shared by the commands (Kaldi's: the statistics, questions and tree must agree on the context).
+_Width = Annotated[int, typer.Option(min=1, help="Phones in the context window (the statistics' and the tree's).")]
+_Central = Annotated[int, typer.Option(min=0, help="Position of the central phone in the window (the statistics' "
+                                       "and the tree's).")]
+_Binary = Annotated[bool, typer.Option("--binary/--text", help="Write Kaldi binary or text.")]
+
+
 @app.command("stats")
 def stats(
     model: Annotated[Path, typer.Argument(help="The final.mdl the alignments were made with.")],
@@ -28,10 +35,10 @@ def stats(
     ali: Annotated[Path, typer.Argument(help="Alignment dir (ali.N.gz) or one archive of transition-ids.")],
     out: Annotated[Path, typer.Argument(help="Output treeacc file (Kaldi's format; build-tree reads it).")],
     ci_phones: Annotated[Optional[str], typer.Option(help="Context-independent phones, colon-separated (phones/context_indep.csl); none by default.")] = None,
-    context_width: Annotated[int, typer.Option(min=1, help="Phones in the context window.")] = 3,
-    central_position: Annotated[int, typer.Option(min=0, help="Position of the central phone in the window.")] = 1,
+    context_width: _Width = 3,
+    central_position: _Central = 1,
     var_floor: Annotated[float, typer.Option(min=0.0, help="Variance floor of the Gaussian objective.")] = 0.01,
-    binary: Annotated[bool, typer.Option("--binary/--text", help="Write Kaldi binary or text.")] = True,
+    binary: _Binary = True,
 ) -> None:
     """Kaldi's acc-tree-stats: Gaussian statistics of every phone-in-context and pdf-class of the alignments."""
     from asr_bn.gmm.tree_stats import accumulate_tree_stats, read_features, write_tree_stats
@@ -56,7 +63,7 @@ def questions(
     sets: Annotated[Path, typer.Argument(help="Kaldi's phones/sets.int: the phone sets to cluster, one per line.")],
     out: Annotated[Path, typer.Argument(help="Output questions.int: one phone set per line.")],
     pdf_class_list: Annotated[str, typer.Option(help="HMM positions whose statistics are clustered, colon-separated (1: the middle of 3 states).")] = "1",
-    central_position: Annotated[int, typer.Option(min=0, help="Position of the central phone (as the statistics).")] = 1,
+    central_position: _Central = 1,
 ) -> None:
     """Kaldi's cluster-phones: phone questions by top-down k-means of the phone sets' statistics."""
     from asr_bn.gmm.build_tree import read_questions
@@ -80,9 +87,9 @@ def build(
     thresh: Annotated[float, typer.Option(min=0.0, help="Smallest likelihood gain worth a split.")] = 300.0,
     cluster_thresh: Annotated[float, typer.Option(min=-1.0, help="Merge leaves costing less than this; -1: the smallest split made; 0: no clustering.")] = -1.0,
     round_num_leaves: Annotated[bool, typer.Option(help="Round the number of leaves down to a multiple of 8 by clustering.")] = True,
-    context_width: Annotated[int, typer.Option(min=1, help="Phones in the context window (as the statistics).")] = 3,
-    central_position: Annotated[int, typer.Option(min=0, help="Position of the central phone (as the statistics).")] = 1,
-    binary: Annotated[bool, typer.Option("--binary/--text", help="Write Kaldi binary or text.")] = True,
+    context_width: _Width = 3,
+    central_position: _Central = 1,
+    binary: _Binary = True,
 ) -> None:
     """Kaldi's compile-questions + build-tree: greedy likelihood splits, clustering, a Kaldi tree file."""
     from asr_bn.alignments import read_topology

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from scipy import sparse
 
 from asr_bn.alignments import Topology
 from asr_bn.errors import AsrBnError
 from asr_bn.gmm.event_map import MISSING, Constant, EventMap, Split, Table, map_events, relabel, renumber
 from asr_bn.gmm.gauss import float_sum, objf
-from asr_bn.gmm.tree_stats import PDF_CLASS, TreeStats
+from asr_bn.gmm.tree_stats import PDF_CLASS, TreeStats, sum_by_group
 
 
 @dataclass(frozen=True)
@@ -101,8 +100,7 @@ class _Stats:
     def __init__(self, stats: TreeStats, questions: Questions | None = None) -> None:
         questions = questions or Questions()
         self.var_floor, self.dim = stats.var_floor, stats.dim
-        keys = sorted({k for e in stats.events for k, _ in e} | set(questions.by_key))
-        self.columns = {k: np.array([dict(e).get(k, MISSING) for e in stats.events], np.int64) for k in keys}
+        self.columns = stats.columns(questions.by_key)
         self.data = np.concatenate([stats.counts[:, None], stats.stats.reshape(len(stats.counts), -1)], axis=1)
         self.qkeys = sorted(questions.by_key)
         widths = [1 + max(int(self.columns[k].max()), max((v for q in questions.by_key[k] for v in q), default=0))
@@ -273,8 +271,7 @@ def _leaf_points(tree: EventMap, st: _Stats, idx: np.ndarray) -> tuple[list[int]
     if (leaf < 0).any():
         raise AsrBnError("tree statistics with a context the tree cannot answer (context width or ci-phones differ)")
     ids, inverse = np.unique(leaf, return_inverse=True)
-    onehot = sparse.csr_matrix((np.ones(len(idx)), (inverse, np.arange(len(idx)))), shape=(len(ids), len(idx)))
-    return ids.tolist(), onehot @ st.data[idx]
+    return ids.tolist(), sum_by_group(inverse, st.data[idx], len(ids), squares=False)
 
 
 def _cluster_within(tree: EventMap, stub: EventMap, st: _Stats, thresh: float, min_total: int | None) -> tuple[EventMap, int]:

@@ -37,8 +37,7 @@ def init_model(tree_path: str | Path, stats: TreeStats, topology: Topology, var_
 
     tree, _, _ = read_tree_map(tree_path)
     system = GmmSystem._build(topology, read_tree(tree_path))
-    columns = {k: np.array([dict(e).get(k, -(2**31)) for e in stats.events], np.int64) for k in (-1, 0, 1, 2)}
-    pdf = map_events(tree, columns)
+    pdf = map_events(tree, stats.columns())
     if (pdf < 0).any():
         raise AsrBnError(f"{tree_path}: the tree cannot place every context of the statistics (were they gathered "
                          f"with another context width or other --ci-phones?)")

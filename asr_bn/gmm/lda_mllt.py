@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from asr_bn.alignments import read_alignments, read_transition_model
+from asr_bn.alignments import TransitionModel, read_alignments, read_transition_model
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.gmm.train_deltas import DeltasConfig, train_tree_system
 from asr_bn.hmm_gmm import FeatureMap, GmmSystem
@@ -135,17 +135,23 @@ def transform_means(system: GmmSystem, a: np.ndarray) -> None:
         gmm.compute_gconsts()
 
 
-def _alignment_pdfs(ali_dir: Path, silence: Sequence[int]) -> tuple[dict[str, np.ndarray], int]:
-    """Per utterance the pdf of every frame of the alignments in `ali_dir`, -1 on silence phones
-    (ali-to-post | weight-silence-post 0.0), and the model's number of pdfs."""
-    tm = read_transition_model(ali_dir / "final.mdl")
+def nonsilence_pdfs(tm: TransitionModel, alis: Mapping[str, Sequence[int]], silence: Sequence[int]
+                    ) -> dict[str, np.ndarray]:
+    """Per utterance the pdf of every aligned frame, -1 on silence phones (ali-to-post | weight-silence-post 0.0)."""
     out = {}
-    for labels in read_alignments(ali_dir):
-        tids = np.asarray(labels.values)
-        pdf = tm.to_pdfs(tids, where=f"{labels.path} {labels.utt}").astype(np.int64)
+    for utt, ali in alis.items():
+        tids = np.asarray(ali)
+        pdf = tm.to_pdfs(tids, where=f"alignment of {utt}").astype(np.int64)
         pdf[np.isin(tm.to_phones(tids), silence)] = -1
-        out[labels.utt] = pdf
-    return out, tm.num_pdfs
+        out[utt] = pdf
+    return out
+
+
+def _alignment_pdfs(ali_dir: Path, silence: Sequence[int]) -> tuple[dict[str, np.ndarray], int]:
+    """`nonsilence_pdfs` of the alignments in `ali_dir` with its model, and the model's number of pdfs."""
+    tm = read_transition_model(ali_dir / "final.mdl")
+    alis = {labels.utt: labels.values for labels in read_alignments(ali_dir)}
+    return nonsilence_pdfs(tm, alis, silence), tm.num_pdfs
 
 
 def copy_feature_transform(src_dir: Path, out_dir: Path) -> None:
@@ -186,14 +192,8 @@ def train_lda_mllt(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lan
     def mllt(it: int, system: GmmSystem, alis: Mapping[str, list[int]]) -> Mapping[str, np.ndarray] | None:
         if it not in cfg.mllt_iters:
             return None
-        tm = system.transition_model()
         current = project()
-        pdfs = {}
-        for u, a in alis.items():
-            tids = np.asarray(a)
-            pdf = tm.to_pdfs(tids).astype(np.int64)
-            pdf[np.isin(tm.to_phones(tids), sil)] = -1
-            pdfs[u] = pdf
+        pdfs = nonsilence_pdfs(system.transition_model(), alis, sil)
         a_mat = estimate_mllt(*mllt_stats(system, FeatureMap(pdfs, lambda u, _: current[u]), pdfs))
         transform_means(system, a_mat)
         transform["matrix"] = (a_mat.astype(np.float64) @ transform["matrix"]).astype(np.float32)

@@ -92,12 +92,17 @@ def _auxf(w: np.ndarray, beta: float, k: np.ndarray, g: np.ndarray) -> float:
                  - 0.5 * np.einsum("ja,jab,jb->", w, g, w))
 
 
+def _identity(dim: int) -> np.ndarray:
+    """The fMLLR transform that changes nothing: [I | 0], float32 (what gmm-est-fmllr starts from)."""
+    return np.concatenate([np.eye(dim), np.zeros((dim, 1))], axis=1).astype(np.float32)
+
+
 def estimate_fmllr(beta: float, k: np.ndarray, g: np.ndarray, num_iters: int = 40) -> np.ndarray:
     """ComputeFmllrMatrixDiagGmmFull from the identity: row by row, each row set to the maximiser of the auxiliary
     function given the others (the root of a quadratic along the cofactor), `num_iters` sweeps; the identity stays if
     the objective did not rise."""
     dim = len(k)
-    w = np.concatenate([np.eye(dim), np.zeros((dim, 1))], axis=1)
+    w = _identity(dim).astype(np.float64)
     g_inv = np.linalg.inv(g)
     before = _auxf(w, beta, k, g)
     for _ in range(num_iters):
@@ -112,7 +117,7 @@ def estimate_fmllr(beta: float, k: np.ndarray, g: np.ndarray, num_iters: int = 4
             w[i] = g_inv[i] @ (alpha * cofactor + k[i])
     after = _auxf(w, beta, k, g)
     if after < before and not np.isclose(after, before):
-        return np.concatenate([np.eye(dim), np.zeros((dim, 1))], axis=1).astype(np.float32)
+        return _identity(dim)
     return w.astype(np.float32)
 
 
@@ -135,9 +140,9 @@ def estimate_speaker_transforms(system: GmmSystem, feats: Mapping[str, np.ndarra
                                 posterior_am: "khg.AmDiagGmm | None" = None) -> dict[str, np.ndarray]:
     """gmm-est-fmllr --spk2utt: one transform per speaker (the identity below `fmllr_min_count` frames, counted)."""
     out = {}
+    dim = None
     for spk, utts in spk2utt.items():
         utts = [u for u in utts if u in weights and u in feats]
-        dim = next(iter(feats.values())).shape[1]
         if utts:
             beta, k, g = fmllr_stats(system, [feats[u] for u in utts], [weights[u] for u in utts], posterior_am)
         else:
@@ -145,7 +150,8 @@ def estimate_speaker_transforms(system: GmmSystem, feats: Mapping[str, np.ndarra
         if beta > cfg.fmllr_min_count:
             out[spk] = estimate_fmllr(beta, k, g, cfg.fmllr_num_iters)
         else:
-            out[spk] = np.concatenate([np.eye(dim), np.zeros((dim, 1))], axis=1).astype(np.float32)
+            dim = dim or next(iter(feats.values())).shape[1]  # computed once (features may be read on demand)
+            out[spk] = _identity(dim)
             report.counts["speakers with too little data for fMLLR (identity kept)"] = (
                 report.counts.get("speakers with too little data for fMLLR (identity kept)", 0) + 1)
             report.note(f"speaker {spk}: {beta:.0f} weighted frames, below --fmllr-min-count {cfg.fmllr_min_count:g}: "

@@ -16,6 +16,7 @@ import numpy as np
 
 from asr_bn.alignments import TransitionModel, _kaldi_object, _KaldiReader
 from asr_bn.errors import AsrBnError
+from asr_bn.gmm.event_map import MISSING
 from asr_bn.io import atomic_open, read_matrix, read_table
 from asr_bn.report import Report
 
@@ -37,14 +38,11 @@ class TreeStats:
     def dim(self) -> int:
         return int(self.stats.shape[-1])
 
-    def values(self, key: int) -> np.ndarray:
-        """The value of `key` in every event (-1 where the event has no such key)."""
-        return np.array([dict(e).get(key, -1) for e in self.events], dtype=np.int64)
-
-    def subset(self, index: np.ndarray) -> "TreeStats":
-        """The statistics of the events at `index` (an integer array or a boolean mask)."""
-        index = np.flatnonzero(index) if np.asarray(index).dtype == bool else np.asarray(index)
-        return TreeStats([self.events[i] for i in index], self.counts[index], self.stats[index], self.var_floor)
+    def columns(self, keys: Iterable[int] = ()) -> dict[int, np.ndarray]:
+        """The value of each key (those of the events and `keys`) in every event, `MISSING` where it has none: the
+        form `event_map.map_events` reads."""
+        wanted = sorted({k for e in self.events for k, _ in e} | set(keys))
+        return {k: np.array([dict(e).get(k, MISSING) for e in self.events], np.int64) for k in wanted}
 
 
 def pdf_classes(tm: TransitionModel) -> np.ndarray:
@@ -120,7 +118,7 @@ def accumulate_tree_stats(
     ids, inverse = np.unique(np.concatenate(codes), return_inverse=True)
     total_counts = np.bincount(inverse, weights=np.concatenate(counts), minlength=len(ids))
     all_sums = np.concatenate(sums)
-    total = _sum_rows(inverse, all_sums.reshape(len(all_sums), -1), len(ids), squares=False).reshape(-1, 2, dim)
+    total = sum_by_group(inverse, all_sums.reshape(len(all_sums), -1), len(ids), squares=False).reshape(-1, 2, dim)
     events = [_decode(int(c), base, context_width) for c in ids]
     order = sorted(range(len(events)), key=events.__getitem__)
     return TreeStats([events[i] for i in order], total_counts[order], total[order], float(var_floor))
@@ -134,11 +132,11 @@ def _flush(pending: list[tuple[np.ndarray, np.ndarray]], codes: list, counts: li
     ids, inverse = np.unique(code, return_inverse=True)
     codes.append(ids)
     counts.append(np.bincount(inverse, minlength=len(ids)).astype(np.float64))
-    sums.append(_sum_rows(inverse, np.concatenate([m for _, m in pending]), len(ids)))
+    sums.append(sum_by_group(inverse, np.concatenate([m for _, m in pending]), len(ids)))
     pending.clear()
 
 
-def _sum_rows(group: np.ndarray, rows: np.ndarray, n: int, squares: bool = True) -> np.ndarray:
+def sum_by_group(group: np.ndarray, rows: np.ndarray, n: int, squares: bool = True) -> np.ndarray:
     """Per group: the sum of `rows` (and, with `squares`, of their squares, as (n, 2, dim))."""
     order = np.argsort(group, kind="stable")
     starts = np.searchsorted(group[order], np.arange(n))
