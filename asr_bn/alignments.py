@@ -25,7 +25,6 @@ import numpy as np
 
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.io import read_table, write_ark_scp, write_text
-from asr_bn.lang import read_symbol_table
 from asr_bn.report import Report
 
 __all__ = [
@@ -793,6 +792,8 @@ def describe_alignments(
     Phones are named from `phones` (a Kaldi phones.txt) when given, else printed as ids. With `utt`, only that
     utterance; an `utt` absent from the archives is an error.
     """
+    from asr_bn.lang import read_symbol_table
+
     tm = read_transition_model(model)
     names = {i: name for name, i in read_symbol_table(phones).items()} if phones is not None else {}
     shift = frame_shift_ms / 1000.0

@@ -14,7 +14,6 @@ import math
 import os
 import tempfile
 from contextlib import ExitStack
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
@@ -41,6 +40,8 @@ from asr_bn.progress import progress_bar
 from asr_bn.report import Report
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from asr_bn.kaldi_ext import kaldifst
 
 __all__ = [
@@ -354,6 +355,7 @@ def _hypotheses(
         return
     import multiprocessing
     from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
 
     # spawn: workers start clean (no forked torch/OpenMP or progress-bar threads) and load the graph themselves.
     ctx = multiprocessing.get_context("spawn")

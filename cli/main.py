@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Iterable
 from typing import Any
 
 import typer
@@ -56,70 +61,58 @@ def _usage_error(e: ClickUsageError) -> typer.Exit:
     return _error(e.format_message().replace("Value error, ", "") + where, e.exit_code)
 
 
-app = typer.Typer(
-    name="asr-bn",
-    cls=_Root,
-    help="Batch-normalized BLSTM acoustic models for Kaldi hybrid speech recognition.",
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
-    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
-)
-
-
 def _version(value: bool) -> None:
     if value:
         print(f"asr-bn {__version__}")
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """asr-bn: prep → train → forward → decode → score, Kaldi formats in and out."""
 
 
-# Commands: one module each under cli/, registered here.
-from asr_bn_cli import prep as _prep  # noqa: E402
+# Every command: its name → (module under cli/, attribute): a command function or a Typer group of commands.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prep": ("prep", "app"), "ali": ("ali", "app"), "train": ("train", "train"), "plot": ("plot", "plot"),
+    "decode": ("decode", "decode"), "mkgraph": ("decode", "mkgraph"), "forward": ("forward", "forward"),
+    "score": ("score", "app"), "tree": ("tree", "app"), "data": ("data", "app"), "gmm": ("gmm", "app"),
+    "lang": ("lang", "lang"), "lm": ("lang", "lm"), "demo": ("demo", "demo"),
+}
 
-app.add_typer(_prep.app, name="prep")
-from asr_bn_cli import ali as _ali  # noqa: E402
 
-app.add_typer(_ali.app, name="ali")
-from asr_bn_cli import train as _train  # noqa: E402
+def _listed() -> None:
+    """Stands for a command in the root's --help: its name and help, without building its options."""
 
-app.command("train")(_train.train)
-from asr_bn_cli import plot as _plot  # noqa: E402
 
-app.command("plot")(_plot.plot)
-from asr_bn_cli import decode as _decode  # noqa: E402
-
-app.command("decode")(_decode.decode)
-app.command("mkgraph")(_decode.mkgraph)
-from asr_bn_cli import forward as _forward  # noqa: E402
-
-app.command("forward")(_forward.forward)
-from asr_bn_cli import score as _score  # noqa: E402
-
-app.add_typer(_score.app, name="score")
-from asr_bn_cli import tree as _tree  # noqa: E402
-
-app.add_typer(_tree.app, name="tree")
-from asr_bn_cli import data as _data  # noqa: E402
-
-app.add_typer(_data.app, name="data")
-from asr_bn_cli import gmm as _gmm  # noqa: E402
-
-app.add_typer(_gmm.app, name="gmm")
-from asr_bn_cli import lang as _lang  # noqa: E402
-
-app.command("lang")(_lang.lang)
-app.command("lm")(_lang.lm)
-from asr_bn_cli import demo as _demo  # noqa: E402
-
-app.command("demo")(_demo.demo)
+def build_app(names: Iterable[str] = COMMANDS, listing: bool = False) -> typer.Typer:
+    """The `asr-bn` app with the commands `names`; with `listing`, each only as its name and help (what the root's
+    --help shows, without importing and converting every option of every command)."""
+    app = typer.Typer(
+        name="asr-bn",
+        cls=_Root,
+        help="Batch-normalized BLSTM acoustic models for Kaldi hybrid speech recognition.",
+        no_args_is_help=True,
+        pretty_exceptions_show_locals=False,
+        context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+    )
+    app.callback()(_root)
+    for name in names:
+        module, attribute = COMMANDS[name]
+        target = getattr(importlib.import_module(f"asr_bn_cli.{module}"), attribute)
+        if isinstance(target, typer.Typer):
+            app.add_typer(typer.Typer(help=target.info.help) if listing else target, name=name)
+        else:
+            app.command(name, help=inspect.getdoc(target) if listing else None)(_listed if listing else target)
+    return app
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: builds only the command the command line names (`asr-bn decode …` neither imports
+    nor converts the other commands' options); the root's --help, an unknown command or shell completion get all."""
+    name = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+    if name in COMMANDS and "_ASR_BN_COMPLETE" not in os.environ:
+        build_app([name])()
+    else:
+        build_app(listing="_ASR_BN_COMPLETE" not in os.environ)()

@@ -36,7 +36,9 @@ from asr_bn.alignments import (
 )
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
-from asr_bn_cli.main import app
+from asr_bn_cli.main import build_app
+
+app = build_app()
 
 runner = CliRunner()
 TEXT_HEAD = b"<TransitionModel> <Topology> <TopologyEntry> "

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 import typer
-from asr_bn_cli.main import app
+from asr_bn_cli.main import build_app
 from test_train import error_line
 from typer.core import TyperCommand, TyperGroup, TyperOption
 from typer.testing import CliRunner
 
 from asr_bn import __version__
+
+app = build_app()
 
 runner = CliRunner()
 COMMANDS = ["prep", "ali", "train", "plot", "forward", "mkgraph", "decode", "score", "demo"]
@@ -230,7 +232,8 @@ _HEAVY = ("torch", "numpy", "kaldi_hmm_gmm", "kaldifst", "kaldi_decoder", "kaldi
 _PROBE = """
 import json, sys
 from typer.testing import CliRunner
-from asr_bn_cli.main import app
+from asr_bn_cli.main import build_app
+app = build_app()
 paths = json.loads(sys.argv[1])
 codes = [CliRunner().invoke(app, [*path, "--help"]).exit_code for path in paths]
 codes += [CliRunner().invoke(app, [*path, "--no-such-option"]).exit_code for path in paths]
@@ -247,3 +250,35 @@ def test_help_and_usage_errors_import_no_heavy_module() -> None:
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["codes"] == [0] * len(paths) + [2] * (len(paths) + 1)
     assert not set(_HEAVY) & set(result["loaded"]), sorted(set(_HEAVY) & set(result["loaded"]))
+
+
+def test_root_help_lists_the_commands_as_the_whole_app_does() -> None:
+    """main() answers the root's --help from each command's name and help alone (build_app(listing=True)): it must
+    print what the whole app prints, commands and groups in their places, help texts the same."""
+    listed = runner.invoke(build_app(listing=True), ["--help"], env=WIDE)
+    assert listed.exit_code == 0
+    assert listed.output == runner.invoke(app, ["--help"], env=WIDE).output
+
+
+_ONLY = """
+import json, sys
+from asr_bn_cli.main import main
+sys.argv = ["asr-bn", *sys.argv[1:]]
+try:
+    main()
+except SystemExit:
+    pass
+print(json.dumps(sorted(m for m in sys.modules if m.startswith("asr_bn_cli."))), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(("args", "modules"), [
+    (["decode", "--help"], ["asr_bn_cli.decode", "asr_bn_cli.main", "asr_bn_cli.options"]),
+    (["gmm", "sat", "--help"], ["asr_bn_cli.gmm", "asr_bn_cli.main", "asr_bn_cli.options"]),
+])
+def test_a_command_line_builds_only_the_command_it_names(args: list[str], modules: list[str]) -> None:
+    """`asr-bn decode …` imports and converts the decode command alone, not the other commands (start-up: issue 13's
+    decoding against Kaldi's whole process, bench/cli_start.py)."""
+    out = subprocess.run([sys.executable, "-c", _ONLY, *args], capture_output=True, text=True, check=True)
+    assert "Usage: asr-bn" in out.stdout
+    assert json.loads(out.stderr.strip().splitlines()[-1]) == modules

@@ -24,7 +24,9 @@ from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.io import write_ark_scp
 from asr_bn.kaldi_ext import kaldifst
 from asr_bn.score import read_text, score_hyps
-from asr_bn_cli.main import app
+from asr_bn_cli.main import build_app
+
+app = build_app()
 
 runner = CliRunner()
 

@@ -142,7 +142,7 @@ def test_ctm_needs_a_lexicon_that_spells_the_words(yesno_root: Path, gmm_loglike
     from typer.testing import CliRunner
 
     from asr_bn.errors import AsrBnError
-    from asr_bn_cli.main import app
+    from asr_bn_cli.main import build_app
 
     graph, model = tmp_path / "graph", yesno_root / "exp/mono/final.mdl"
     graph.mkdir()
@@ -161,6 +161,6 @@ def test_ctm_needs_a_lexicon_that_spells_the_words(yesno_root: Path, gmm_loglike
     lexicon.write_text("2 2 x\n")
     with pytest.raises(AsrBnError, match=r"align_lexicon.int:1: expected"):
         decode(graph, model, gmm_loglikes, tmp_path / "dec", DecodeConfig(ctm=True))
-    result = CliRunner().invoke(app, ["decode", str(graph), str(model), str(gmm_loglikes), str(tmp_path / "d2"),
+    result = CliRunner().invoke(build_app(), ["decode", str(graph), str(model), str(gmm_loglikes), str(tmp_path / "d2"),
                                       "--lang", str(yesno_root / "data/lang")])  # fmt: skip
     assert result.exit_code == 2 and "add --ctm" in result.output

@@ -16,7 +16,9 @@ from typer.testing import CliRunner
 from asr_bn.demo import ModelResult, conclusions
 from asr_bn.score import Bootstrap, WerInterval
 from asr_bn.train import TrainState
-from asr_bn_cli.main import app
+from asr_bn_cli.main import build_app
+
+app = build_app()
 
 ROW = re.compile(r"^\s*│\s*(baseline|bn-sequence)\s*│(.*)$")
 

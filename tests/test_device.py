@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 
 from asr_bn.device import parse_device
 from asr_bn.errors import UsageError
-from asr_bn_cli.main import app
+from asr_bn_cli.main import build_app
+
+app = build_app()
 
 
 @pytest.fixture

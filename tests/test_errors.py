@@ -20,7 +20,9 @@ from asr_bn.features import FbankConfig, FeaturePipeline
 from asr_bn.io import OutputLock, atomic_path, read_matrix, write_ark_scp
 from asr_bn.score import read_per_utt
 from asr_bn.train import TrainConfig, train
-from asr_bn_cli.main import app
+from asr_bn_cli.main import build_app
+
+app = build_app()
 
 runner = CliRunner()
 

@@ -23,7 +23,9 @@ from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.forward import ForwardConfig, _batches, _stream, forward, score_frames
 from asr_bn.score import FrameScores, frame_scores
 from asr_bn.train import TrainConfig, load_model, train
-from asr_bn_cli.main import app
+from asr_bn_cli.main import build_app
+
+app = build_app()
 
 runner = CliRunner()
 

@@ -19,8 +19,10 @@ from asr_bn.gmm.build_tree import Questions, build_tree, objf_given_map, read_qu
 from asr_bn.gmm.event_map import Constant, Split, Table, leaves, read_tree_map, write_tree
 from asr_bn.gmm.questions import CRand, cluster_phones
 from asr_bn.gmm.tree_stats import accumulate_tree_stats, read_features, read_tree_stats, write_tree_stats
-from asr_bn_cli.main import app
+from asr_bn_cli.main import build_app
 from conftest import run_kaldi
+
+app = build_app()
 
 
 class Setup:

@@ -20,7 +20,9 @@ from typer.testing import CliRunner
 from asr_bn.decode import DecodeConfig, decode_matrix, load_graph, read_loglikes
 from asr_bn.fst import read_std_fst, vector_bytes
 from asr_bn.io import write_ark_scp
-from asr_bn_cli.main import app
+from asr_bn_cli.main import build_app
+
+app = build_app()
 
 runner = CliRunner()
 ARPA = (  # a bigram LM over YES / NO

@@ -30,7 +30,9 @@ from asr_bn.io import read_matrix
 from asr_bn.lang import read_lang
 from asr_bn.report import Report
 from asr_bn.synth import CorpusPaths, synthesize_corpus
-from asr_bn_cli.main import app
+from asr_bn_cli.main import build_app
+
+app = build_app()
 
 runner = CliRunner()
 

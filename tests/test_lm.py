@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 from asr_bn.errors import AsrBnError
 from asr_bn.lm import arpa_text, kneser_ney, read_sentences
 from asr_bn.report import Report
-from asr_bn_cli.main import app
+from asr_bn_cli.main import build_app
+
+app = build_app()
 
 
 def _parse_arpa(text: str) -> list[dict[tuple[str, ...], tuple[float, float]]]:

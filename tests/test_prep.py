@@ -18,10 +18,12 @@ from typer.testing import CliRunner
 
 from asr_bn.features import FeaturePipeline
 from asr_bn.io import OutputLock, read_matrix
-from asr_bn_cli.main import app
+from asr_bn_cli.main import build_app
 from test_data import an4_wavs, kaldi_files, write_dir
 from test_train import no_partial_files
 from test_train import snapshot as snapshot_tree
+
+app = build_app()
 
 runner = CliRunner()
 FAST = ["--dither", "0", "--nj", "2"]

@@ -16,7 +16,9 @@ from asr_bn.errors import AsrBnError
 from asr_bn.lang import read_lang
 from asr_bn.prepare_lang import prepare_lang, read_dict_dir
 from asr_bn.report import Report
-from asr_bn_cli.main import app
+from asr_bn_cli.main import build_app
+
+app = build_app()
 
 DICT = {  # stress variants share a line (one set, one root); pronunciation probabilities; an extra question
     "silence_phones.txt": "SIL\nSPN\n",

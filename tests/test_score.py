@@ -26,8 +26,10 @@ from asr_bn.score import (
     score_wer,
     write_details,
 )
-from asr_bn_cli.main import app
+from asr_bn_cli.main import build_app
 from conftest import run_kaldi
+
+app = build_app()
 
 runner = CliRunner()
 

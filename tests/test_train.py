@@ -32,7 +32,9 @@ from asr_bn.train import (
     learning_rate,
     load_checkpoint,
 )
-from asr_bn_cli.main import app
+from asr_bn_cli.main import build_app
+
+app = build_app()
 
 KILL_SEED_ENV = "ASR_BN_TEST_KILL_SEED"  # the SIGKILL test's kill point: printed each run, replayed when set
 TINY = ["--layers", "1", "--units", "8", "--batch-size", "4", "--num-workers", "0", "--device", "cpu",
