@@ -971,4 +971,5 @@ def log_priors(counts: np.ndarray, floor: float = 1e-10) -> tuple[np.ndarray, np
 def transition_id_scores(loglikes: np.ndarray, tid2pdf: np.ndarray, scale: float = 1.0) -> np.ndarray:
     """(T, num_transition_ids) float32 scores of a (T, num_pdfs) log-likelihood matrix for a DecodableCtc (kaldi-decoder,
     kaldi-hmm-gmm), which scores transition-id k at frame t as M[t, k-1]; `tid2pdf[k]` is k's pdf (entry 0 unused)."""
-    return np.ascontiguousarray(loglikes[:, tid2pdf[1:]] * scale, dtype=np.float32)
+    scaled = np.asarray(loglikes, dtype=np.float32) * np.float32(scale)  # scale the smaller matrix, then gather
+    return scaled.take(tid2pdf[1:], axis=1)
