@@ -45,7 +45,8 @@ if TYPE_CHECKING:
     from asr_bn.kaldi_ext import kaldifst
 
 __all__ = [
-    "DecodeConfig", "Graph", "Hypothesis", "load_graph", "decode_matrix", "decode", "read_loglikes", "model_file",
+    "DecodeConfig", "Graph", "Hypothesis", "load_graph", "decode_matrix", "lattice_hypothesis", "decode",
+    "write_decode", "read_loglikes", "model_file",
 ]
 
 
@@ -225,29 +226,65 @@ def decode_matrix(graph: Graph, utt: str, loglikes: np.ndarray, config: DecodeCo
     kaldifst.scale_lattice(kaldifst.lattice_scale(1.0, 1.0 / config.acoustic_scale), lat)
     reached_final = math.isfinite(decoder.final_relative_cost())
     hyp = Hypothesis(utt, words, frames, -(graph_cost + am_cost), reached_final, tids, _fst_bytes(lat))
-    for lmwt in config.lmwt:
-        path = kaldifst.lattice_to_nbest(lat, acoustic_scale=1.0 / lmwt, lm_scale=1.0, n=1)[0]
-        hyp.by_lmwt[lmwt] = _best_path(graph, path)[0]
+    hyp.by_lmwt = _by_lmwt(graph, lat, config.lmwt)
     return hyp
+
+
+def _by_lmwt(graph: Graph, lat, lmwts: Iterable[int]) -> dict[int, list[str]]:  # noqa: ANN001 - kaldifst.Lattice
+    """The best path's words at each LM weight of a lattice with unscaled acoustic costs (score.sh's sweep)."""
+    from asr_bn.kaldi_ext import kaldifst
+
+    return {w: _best_path(graph, kaldifst.lattice_to_nbest(lat, acoustic_scale=1.0 / w, lm_scale=1.0, n=1)[0])[0]
+            for w in lmwts}
+
+
+def lattice_hypothesis(graph: Graph, utt: str, lattice: bytes, frames: int, config: DecodeConfig,
+                       reached_final: bool = True) -> Hypothesis:
+    """The hypothesis of a state-level lattice with unscaled acoustic costs (e.g. after gmm-rescore-lattice): its
+    best path at `config.acoustic_scale` and at each of `config.lmwt`."""
+    from asr_bn.kaldi_ext import kaldifst
+
+    lat = _lattice_from_bytes(lattice)
+    words, tids, graph_cost, am_cost = _best_path(
+        graph, kaldifst.lattice_to_nbest(lat, acoustic_scale=config.acoustic_scale, lm_scale=1.0, n=1)[0])
+    return Hypothesis(utt, words, frames, -(graph_cost + config.acoustic_scale * am_cost), reached_final, tids,
+                      lattice, _by_lmwt(graph, lat, config.lmwt))
 
 
 _SCRATCH: list[Path] = []  # this process's scratch file for lattices, made on first use
 
 
-def _fst_bytes(lat) -> bytes:  # noqa: ANN001 - kaldifst.Lattice
-    """The OpenFst binary form (with header) of a lattice: what Kaldi's LatticeHolder writes in binary mode.
-
-    kaldifst writes FSTs only to files: one scratch file per process, in memory (/dev/shm) where there is one
-    (a file made and removed per lattice cost more than decoding on a busy disk), removed at exit."""
+def _scratch() -> Path:
+    """kaldifst reads and writes FSTs only as files: one scratch file per process, in memory (/dev/shm) where there
+    is one (a file made and removed per lattice cost more than decoding on a busy disk), removed at exit."""
     if not _SCRATCH:
         shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
         fd, tmp = tempfile.mkstemp(prefix="asr-bn-lattice-", suffix=".fst", dir=shm)
         os.close(fd)
         _SCRATCH.append(Path(tmp))
         atexit.register(_SCRATCH[0].unlink, missing_ok=True)
-    if not lat.write(str(_SCRATCH[0])):
-        raise AsrBnError(f"could not write a lattice to {_SCRATCH[0]} (free space in {_SCRATCH[0].parent})")
-    return _SCRATCH[0].read_bytes()
+    return _SCRATCH[0]
+
+
+def _fst_bytes(lat) -> bytes:  # noqa: ANN001 - kaldifst.Lattice
+    """The OpenFst binary form (with header) of a lattice: what Kaldi's LatticeHolder writes in binary mode."""
+    if not lat.write(str(_scratch())):
+        raise AsrBnError(f"could not write a lattice to {_scratch()} (free space in {_scratch().parent})")
+    return _scratch().read_bytes()
+
+
+def _lattice_from_bytes(data: bytes):  # noqa: ANN202 - kaldifst.Lattice
+    """The kaldifst Lattice of OpenFst binary bytes (the inverse of `_fst_bytes`)."""
+    from asr_bn.kaldi_ext import kaldifst
+
+    try:
+        _scratch().write_bytes(data)
+    except OSError as e:
+        raise AsrBnError(f"could not write a lattice to {_scratch()}: {e.strerror or e} (free space there)") from e
+    lat = kaldifst.Lattice.read(str(_scratch()))
+    if lat is None:
+        raise RuntimeError("kaldifst could not read a lattice asr-bn wrote")  # a library contract, not user input
+    return lat
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -407,68 +444,76 @@ def decode(
     report = Report("decode")
     with OutputLock(out_dir):
         graph = load_graph(graph_dir, model)
-        if config.ctm:
-            from asr_bn.ctm import ctm_lines, load_word_lexicon, word_segments
-
-            lexicon = load_word_lexicon(graph.path, graph.words, lang)
-            tm = read_transition_model(graph.model_path)
-            no_ctm: list[str] = []
-        for stale in [*out_dir.glob("hyp_*"), out_dir / "lat.ark", out_dir / "lat.scp", out_dir / "ctm"]:
-            stale.unlink(missing_ok=True)  # outputs of an earlier run with other options must not be scored
         items = ((utt, _check_shape(graph, utt, mat, rspecifier)) for utt, mat in _read_matrices(rspecifier))
-        counts = {"utterances": 0, "decoded": 0, "partial": 0, "frames": 0}
-        partial: list[str] = []
-        total_log_like = 0.0
-        with ExitStack() as files, progress_bar() as bar:
-            text = files.enter_context(atomic_open(out_dir / "text"))
-            by_lmwt = {w: files.enter_context(atomic_open(out_dir / f"hyp_{w}")) for w in config.lmwt}
-            lat_ark = files.enter_context(atomic_open(out_dir / "lat.ark", "wb")) if config.lattices else None
-            ctm = files.enter_context(atomic_open(out_dir / "ctm")) if config.ctm else None
-            scp_lines: list[str] = []
-            name = f"decode {out_dir.parent.name}/{out_dir.name}"  # the model's dir and the set's, e.g. blstm/decode_dev
-            task = bar.add_task(name, total=_count_scp(rspecifier), info="")
-            for utt, hyp in _hypotheses(graph, items, config, nj):
-                counts["utterances"] += 1
-                bar.advance(task)
-                if isinstance(hyp, str):
-                    report.skip(utt, hyp)
-                    continue
-                counts["decoded"] += 1
-                counts["frames"] += hyp.frames
-                total_log_like += hyp.log_like
-                if not hyp.reached_final:
-                    partial.append(utt)
-                text.write(" ".join([utt, *hyp.words]) + "\n")
-                for w, f in by_lmwt.items():
-                    f.write(" ".join([utt, *hyp.by_lmwt[w]]) + "\n")
-                if lat_ark is not None and hyp.lattice is not None:
-                    # Kaldi's lattice holders write no binary "\0B" marker: the OpenFst header follows the key.
-                    lat_ark.write(utt.encode() + b" ")
-                    scp_lines.append(f"{utt} {(out_dir / 'lat.ark').resolve()}:{lat_ark.tell()}\n")
-                    lat_ark.write(hyp.lattice)
-                if ctm is not None:
-                    phones = tm.phone_segments(np.asarray(hyp.alignment, dtype=np.int64), f"utterance {utt}")
-                    segments = word_segments(phones, hyp.words, lexicon)
-                    if segments is None:
-                        no_ctm.append(utt)
-                    else:
-                        ctm.write(ctm_lines(utt, segments, config.frame_shift))
-                bar.update(task, info=f"partial {len(partial)}, skipped {report.num_skipped}")
-        if config.lattices:
-            write_text(out_dir / "lat.scp", "".join(scp_lines))
-        counts["partial"] = len(partial)
-        report.counts = counts
-        if partial:
-            report.note(
-                f"{len(partial)} utterance(s) reached no final state; their partial output is kept "
-                f"(raise --beam): {' '.join(partial[:5])}{' …' if len(partial) > 5 else ''}"
-            )
-        if config.ctm and no_ctm:
-            report.note(
-                f"{len(no_ctm)} utterance(s) have no ctm lines: their phones do not spell their words with the "
-                f"lexicon (is it the graph's lexicon?): {' '.join(no_ctm[:5])}{' …' if len(no_ctm) > 5 else ''}"
-            )
-        if counts["frames"]:
-            report.note(f"average log-likelihood per frame {total_log_like / counts['frames']:.4f}")
-        report.save(out_dir / "report.json")
+        write_decode(out_dir, graph, _hypotheses(graph, items, config, nj), config, report, lang,
+                     _count_scp(rspecifier))
     return report
+
+
+def write_decode(out_dir: Path, graph: Graph, hyps: Iterable[tuple[str, Hypothesis | str]], config: DecodeConfig,
+                 report: Report, lang: str | Path | None = None, total: int | None = None) -> None:
+    """Write what `decode` writes (text, hyp_LMWT, lat.ark/.scp, ctm, report.json last) from (utterance, hypothesis
+    or the reason it has none) pairs, `total` of them if known; the caller holds `out_dir`'s OutputLock."""
+    if config.ctm:
+        from asr_bn.ctm import ctm_lines, load_word_lexicon, word_segments
+
+        lexicon = load_word_lexicon(graph.path, graph.words, lang)
+        tm = read_transition_model(graph.model_path)
+        no_ctm: list[str] = []
+    for stale in [*out_dir.glob("hyp_*"), out_dir / "lat.ark", out_dir / "lat.scp", out_dir / "ctm"]:
+        stale.unlink(missing_ok=True)  # outputs of an earlier run with other options must not be scored
+    counts = {"utterances": 0, "decoded": 0, "partial": 0, "frames": 0}
+    partial: list[str] = []
+    total_log_like = 0.0
+    with ExitStack() as files, progress_bar() as bar:
+        text = files.enter_context(atomic_open(out_dir / "text"))
+        by_lmwt = {w: files.enter_context(atomic_open(out_dir / f"hyp_{w}")) for w in config.lmwt}
+        lat_ark = files.enter_context(atomic_open(out_dir / "lat.ark", "wb")) if config.lattices else None
+        ctm = files.enter_context(atomic_open(out_dir / "ctm")) if config.ctm else None
+        scp_lines: list[str] = []
+        name = f"decode {out_dir.parent.name}/{out_dir.name}"  # the model's dir and the set's, e.g. blstm/decode_dev
+        task = bar.add_task(name, total=total, info="")
+        for utt, hyp in hyps:
+            counts["utterances"] += 1
+            bar.advance(task)
+            if isinstance(hyp, str):
+                report.skip(utt, hyp)
+                continue
+            counts["decoded"] += 1
+            counts["frames"] += hyp.frames
+            total_log_like += hyp.log_like
+            if not hyp.reached_final:
+                partial.append(utt)
+            text.write(" ".join([utt, *hyp.words]) + "\n")
+            for w, f in by_lmwt.items():
+                f.write(" ".join([utt, *hyp.by_lmwt[w]]) + "\n")
+            if lat_ark is not None and hyp.lattice is not None:
+                # Kaldi's lattice holders write no binary "\0B" marker: the OpenFst header follows the key.
+                lat_ark.write(utt.encode() + b" ")
+                scp_lines.append(f"{utt} {(out_dir / 'lat.ark').resolve()}:{lat_ark.tell()}\n")
+                lat_ark.write(hyp.lattice)
+            if ctm is not None:
+                phones = tm.phone_segments(np.asarray(hyp.alignment, dtype=np.int64), f"utterance {utt}")
+                segments = word_segments(phones, hyp.words, lexicon)
+                if segments is None:
+                    no_ctm.append(utt)
+                else:
+                    ctm.write(ctm_lines(utt, segments, config.frame_shift))
+            bar.update(task, info=f"partial {len(partial)}, skipped {report.num_skipped}")
+    if config.lattices:
+        write_text(out_dir / "lat.scp", "".join(scp_lines))
+    counts["partial"] = len(partial)
+    report.counts.update(counts)
+    if partial:
+        report.note(
+            f"{len(partial)} utterance(s) reached no final state; their partial output is kept "
+            f"(raise --beam): {' '.join(partial[:5])}{' …' if len(partial) > 5 else ''}"
+        )
+    if config.ctm and no_ctm:
+        report.note(
+            f"{len(no_ctm)} utterance(s) have no ctm lines: their phones do not spell their words with the "
+            f"lexicon (is it the graph's lexicon?): {' '.join(no_ctm[:5])}{' …' if len(no_ctm) > 5 else ''}"
+        )
+    if counts["frames"]:
+        report.note(f"average log-likelihood per frame {total_log_like / counts['frames']:.4f}")
+    report.save(out_dir / "report.json")

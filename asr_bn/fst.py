@@ -27,7 +27,7 @@ from asr_bn.errors import AsrBnError
 if TYPE_CHECKING:
     from asr_bn.kaldi_ext import kaldifst
 
-__all__ = ["FstArrays", "read_std_fst", "vector_bytes", "to_vector_fst"]
+__all__ = ["FstArrays", "read_std_fst", "parse_lattice", "vector_bytes", "to_vector_fst"]
 
 _MAGIC = 2125659606
 _HAS_ISYMBOLS, _HAS_OSYMBOLS, _IS_ALIGNED = 1, 2, 4
@@ -39,6 +39,11 @@ _CONST_STATE = np.dtype(
     [("final", "<f4"), ("pos", "<u4"), ("narcs", "<u4"), ("niepsilons", "<u4"), ("noepsilons", "<u4")]
 )
 _VECTOR_STATE = np.dtype([("final", "<f4"), ("narcs", "<i8")])  # packed: 12 bytes, as VectorFst writes it
+# Kaldi's state-level Lattice (arc type "lattice4"): the weight is two floats, graph and acoustic cost.
+_LATTICE_ARC = np.dtype([("ilabel", "<i4"), ("olabel", "<i4"), ("graph", "<f4"), ("acoustic", "<f4"),
+                         ("nextstate", "<i4")])
+_LATTICE_STATE = np.dtype([("final", "<f4", (2,)), ("narcs", "<i8")])
+_LAYOUTS = {"standard": (_ARC, _VECTOR_STATE), "lattice4": (_LATTICE_ARC, _LATTICE_STATE)}
 _I32, _I64 = struct.Struct("<i"), struct.Struct("<q")
 _HEAD = struct.Struct("<iiQqqq")  # version, flags, properties, start, states, arcs
 
@@ -53,9 +58,9 @@ class FstArrays:
 
     fst_type: str  # "vector" or "const"
     start: int  # -1 for an empty FST
-    final: np.ndarray  # (num_states,) float32 final weights (inf: not final)
+    final: np.ndarray  # (num_states,) float32 final weights (inf: not final); a lattice's: (num_states, 2)
     first: np.ndarray  # (num_states + 1,) int64 offsets into arcs
-    arcs: np.ndarray  # (num_arcs,) structured: ilabel, olabel, weight, nextstate
+    arcs: np.ndarray  # (num_arcs,) structured: ilabel, olabel, weight (a lattice's: graph, acoustic), nextstate
     properties: int  # the header's OpenFst property bits
     raw: bytes  # the file's bytes (a vector file is handed to kaldifst as is)
 
@@ -85,7 +90,7 @@ def _skip_symbol_table(buf: bytes, pos: int) -> int:
     return pos
 
 
-def _parse(buf: bytes) -> FstArrays:
+def _parse(buf: bytes, want: str = "standard") -> FstArrays:
     try:
         if len(buf) < 4 or _I32.unpack_from(buf, 0)[0] != _MAGIC:
             raise _Corrupt("no OpenFst magic number at its start")
@@ -98,14 +103,15 @@ def _parse(buf: bytes) -> FstArrays:
                 pos = _skip_symbol_table(buf, pos)
     except struct.error:
         raise _Corrupt("its header is cut off") from None
-    if arc_type != "standard":
-        raise _Corrupt(f"arc type {arc_type!r}, not the tropical 'standard' arcs of a decoding graph")
+    if arc_type != want:
+        raise _Corrupt(f"arc type {arc_type!r}, not the {want!r} arcs of a "
+                       f"{'decoding graph' if want == 'standard' else 'Kaldi lattice'}")
     if num_states < 0:
         raise _Corrupt(f"its header gives {num_states} states")
     if fst_type == "const":
         return _parse_const(buf, pos, flags & _IS_ALIGNED, start, num_states, num_arcs, props)
     if fst_type == "vector":
-        return _parse_vector(buf, pos, start, num_states, props)
+        return _parse_vector(buf, pos, start, num_states, props, *_LAYOUTS[arc_type])
     raise _Corrupt(f"FST type {fst_type!r}, not vector or const (convert it with `fstconvert --fst_type=const`)")
 
 
@@ -130,27 +136,29 @@ def _parse_const(
     return FstArrays("const", start, states["final"], first, arcs, props, buf)
 
 
-def _record_words(first: np.ndarray) -> np.ndarray:
-    """A mask over the int32 words of a vector FST's body: True on the 3 words of each state's record (final weight,
-    int64 arc count), which precede that state's arcs (4 words each)."""
+def _record_words(first: np.ndarray, record: int = 3, arc: int = 4) -> np.ndarray:
+    """A mask over the int32 words of a vector FST's body: True on the `record` words of each state's record (final
+    weight, int64 arc count), which precede that state's arcs (`arc` words each)."""
     num_states = len(first) - 1
-    at = 3 * np.arange(num_states) + 4 * first[:-1]
-    mask = np.zeros(3 * num_states + 4 * int(first[-1]), bool)
-    for k in range(3):
+    at = record * np.arange(num_states) + arc * first[:-1]
+    mask = np.zeros(record * num_states + arc * int(first[-1]), bool)
+    for k in range(record):
         mask[at + k] = True
     return mask
 
 
-def _parse_vector(buf: bytes, pos: int, start: int, num_states: int, props: int) -> FstArrays:
+def _parse_vector(buf: bytes, pos: int, start: int, num_states: int, props: int, arc_dtype: np.dtype = _ARC,
+                  state_dtype: np.dtype = _VECTOR_STATE) -> FstArrays:
     # Each state's record (final weight, arc count) precedes its arcs, so finding the records takes one pass over
     # the states (not the arcs); the arcs are then gathered in one go.
     counts: list[int] = []
     unpack, at, size = _I64.unpack_from, pos, len(buf)
+    record, weight = state_dtype.itemsize, state_dtype.itemsize - 8
     try:
         for _ in range(num_states):
-            n = unpack(buf, at + 4)[0]
+            n = unpack(buf, at + weight)[0]
             counts.append(n)
-            at += 12 + 16 * n
+            at += record + arc_dtype.itemsize * n
     except struct.error:
         raise _Corrupt(f"its body is cut off at state {len(counts) - 1} of {num_states}") from None
     if at != size or min(counts, default=0) < 0:
@@ -158,10 +166,10 @@ def _parse_vector(buf: bytes, pos: int, start: int, num_states: int, props: int)
     first = np.zeros(num_states + 1, np.int64)
     np.cumsum(counts, out=first[1:])
     body = np.frombuffer(buf, np.int32, (size - pos) // 4, pos)
-    records = _record_words(first)
-    final = body[records].reshape(-1, 3)[:, 0].copy().view("<f4")
-    arcs = body[~records].view(_ARC)
-    return FstArrays("vector", start, final, first, arcs, props, buf)
+    records = _record_words(first, record // 4, arc_dtype.itemsize // 4)
+    final = body[records].reshape(-1, record // 4)[:, : weight // 4].copy().view("<f4")
+    arcs = body[~records].view(arc_dtype)
+    return FstArrays("vector", start, final[:, 0] if weight == 4 else final, first, arcs, props, buf)
 
 
 def read_std_fst(path: str | Path) -> FstArrays:
@@ -180,26 +188,39 @@ def read_std_fst(path: str | Path) -> FstArrays:
         ) from None
 
 
-def _header_bytes(fst_type: str, version: int, props: int, start: int, num_states: int, num_arcs: int) -> bytes:
+def parse_lattice(buf: bytes, utt: str) -> FstArrays:
+    """A Kaldi state-level lattice in OpenFst's vector layout (what `asr_bn.decode` writes) as arrays; `utt` names
+    it in the one AsrBnError a malformed one gives."""
+    try:
+        return _parse(buf, "lattice4")
+    except (_Corrupt, struct.error) as e:
+        raise AsrBnError(f"utterance {utt}: not a Kaldi state-level lattice ({e}); decode it again") from None
+
+
+def _header_bytes(fst_type: str, version: int, props: int, start: int, num_states: int, num_arcs: int,
+                  arc_type: str = "standard") -> bytes:
     def string(s: str) -> bytes:
         return _I32.pack(len(s)) + s.encode()
 
     head = _HEAD.pack(version, 0, props, start, num_states, num_arcs)
-    return _I32.pack(_MAGIC) + string(fst_type) + string("standard") + head
+    return _I32.pack(_MAGIC) + string(fst_type) + string(arc_type) + head
 
 
-def vector_bytes(fst: FstArrays) -> bytes:
-    """The FST in OpenFst's vector layout (what VectorFst writes), without symbol tables."""
-    if fst.fst_type == "vector":
+def vector_bytes(fst: FstArrays, changed: bool = False) -> bytes:
+    """The FST (standard arcs or a lattice's) in OpenFst's vector layout (what VectorFst writes), without symbol
+    tables; `changed`: the arrays were edited, so a vector file's own bytes are not reused."""
+    if fst.fst_type == "vector" and not changed:
         return fst.raw
-    records = np.empty(fst.num_states, _VECTOR_STATE)
+    arc_type = "lattice4" if fst.arcs.dtype == _LATTICE_ARC else "standard"
+    arc_dtype, state_dtype = _LAYOUTS[arc_type]
+    records = np.empty(fst.num_states, state_dtype)
     records["final"] = fst.final
     records["narcs"] = np.diff(fst.first)
-    mask = _record_words(fst.first)
+    mask = _record_words(fst.first, state_dtype.itemsize // 4, arc_dtype.itemsize // 4)
     body = np.empty(len(mask), np.int32)
     body[mask] = records.view(np.int32)
-    body[~mask] = fst.arcs.view(np.int32)
-    header = _header_bytes("vector", 2, fst.properties | _MUTABLE, fst.start, fst.num_states, len(fst.arcs))
+    body[~mask] = np.ascontiguousarray(fst.arcs).view(np.int32)
+    header = _header_bytes("vector", 2, fst.properties | _MUTABLE, fst.start, fst.num_states, len(fst.arcs), arc_type)
     return header + body.tobytes()
 
 

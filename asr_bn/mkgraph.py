@@ -198,7 +198,8 @@ def build_graph(
     :param model: the alignment model final.mdl (or its exp dir); its phones must be the lang's phone ids.
     :param grammar: `loop` (uniform loop over the lexicon's non-silence words) or an ARPA file.
     :param tree: the model's tree; default: `tree` beside final.mdl, else the monophone tree of its topology.
-    :return: `out_dir`, holding HCLG.fst, words.txt, phones.txt (with #n symbols), num_pdfs, disambig_tid.int.
+    :return: `out_dir`, holding HCLG.fst, words.txt, phones.txt (with #n symbols), num_pdfs, phones/silence.csl,
+        disambig_tid.int.
     """
     from asr_bn.lang import Lang, lexicon_disambig_fst, read_lang
 
@@ -235,5 +236,7 @@ def build_graph(
             if not HCLG.write(str(tmp_fst)):
                 raise AsrBnError(f"could not write {out_dir / 'HCLG.fst'} (free disk space)")
         write_text(out_dir / "num_pdfs", f"{tm.num_pdfs}\n")
+        (out_dir / "phones").mkdir(exist_ok=True)  # as mkgraph.sh copies it: decode_fmllr's silence phones
+        write_text(out_dir / "phones" / "silence.csl", ":".join(map(str, lang.silence_phone_ids)) + "\n")
         write_text(out_dir / "disambig_tid.int", "".join(f"{t}\n" for t in disambig_tids))
     return out_dir

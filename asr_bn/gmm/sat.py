@@ -47,26 +47,40 @@ class SatConfig(DeltasConfig):
                              f"fmllr_num_iters >= 1")
 
 
+# Per utterance, a posterior over pdfs as parallel arrays (frame, pdf, weight): one entry per frame for an
+# alignment, any number for a lattice (Kaldi's Posterior after weight-silence-post, transition-ids mapped to pdfs).
+Posterior = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def weight_silence(tm: TransitionModel, frames: np.ndarray, tids: np.ndarray, weights: np.ndarray,
+                   silence: Sequence[int], silence_weight: float) -> Posterior:
+    """weight-silence-post on (frame, transition-id, weight) entries: silence phones' weights scaled by
+    `silence_weight`, transition-ids mapped to their pdfs, the weights of one frame's pdf summed (statistics are
+    linear in them)."""
+    tids = np.asarray(tids)
+    scale = np.where(np.isin(tm.to_phones(tids), silence), silence_weight, 1.0)
+    key = np.asarray(frames, np.int64) * tm.num_pdfs + tm.to_pdfs(tids)
+    unique, inverse = np.unique(key, return_inverse=True)
+    summed = np.bincount(inverse, np.asarray(weights, np.float64) * scale, len(unique))
+    return unique // tm.num_pdfs, unique % tm.num_pdfs, summed
+
+
 def frame_weights(tm: TransitionModel, alis: Mapping[str, Sequence[int]], silence: Sequence[int],
-                  silence_weight: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per utterance (pdf of each frame, its weight): ali-to-post | weight-silence-post."""
-    out = {}
-    for utt, ali in alis.items():
-        tids = np.asarray(ali)
-        weight = np.where(np.isin(tm.to_phones(tids), silence), silence_weight, 1.0)
-        out[utt] = (tm.to_pdfs(tids).astype(np.int64), weight)
-    return out
+                  silence_weight: float) -> dict[str, Posterior]:
+    """Per utterance its alignment as a posterior (each frame's pdf, weight 1): ali-to-post | weight-silence-post."""
+    return {utt: weight_silence(tm, np.arange(len(ali)), np.asarray(ali), np.ones(len(ali)), silence, silence_weight)
+            for utt, ali in alis.items()}
 
 
-def fmllr_stats(system: GmmSystem, feats: Sequence[np.ndarray], weights: Sequence[tuple[np.ndarray, np.ndarray]],
+def fmllr_stats(system: GmmSystem, feats: Sequence[np.ndarray], weights: Sequence[Posterior],
                 posterior_am: "khg.AmDiagGmm | None" = None) -> tuple[float, np.ndarray, np.ndarray]:
     """FmllrDiagGmmAccs (full): β = Σγ, K = Σ γ Σ⁻¹μ x⁺ᵀ (d×(d+1)), G[j] = Σ γ/σ²_j x⁺x⁺ᵀ, with x⁺ = (x, 1) and γ
-    the component posteriors of each frame's pdf times the frame's weight (gmm-est-fmllr); with `posterior_am`, the
+    the component posteriors of each entry's pdf times its weight (gmm-est-fmllr); with `posterior_am`, the
     posteriors come from that model's Gaussians (gmm-post-to-gpost | gmm-est-fmllr-gpost, as align_fmllr.sh)."""
     dim = feats[0].shape[1]
-    x_all = np.concatenate(feats).astype(np.float64)
-    pdf_all = np.concatenate([p for p, _ in weights])
-    w_all = np.concatenate([w for _, w in weights])
+    x_all = np.concatenate([np.asarray(f)[frames] for f, (frames, _, _) in zip(feats, weights)]).astype(np.float64)
+    pdf_all = np.concatenate([p for _, p, _ in weights])
+    w_all = np.concatenate([w for _, _, w in weights])
     a, b = np.zeros((len(x_all), dim)), np.zeros((len(x_all), dim))
     for pdf in np.unique(pdf_all[w_all > 0]):
         rows = np.flatnonzero((pdf_all == pdf) & (w_all > 0))
@@ -81,8 +95,12 @@ def fmllr_stats(system: GmmSystem, feats: Sequence[np.ndarray], weights: Sequenc
     xplus = np.concatenate([x_all[used], np.ones((used.sum(), 1))], axis=1)
     beta = float(w_all[used].sum())
     k = a[used].T @ xplus
-    g = np.einsum("tj,ta,tb->jab", b[used], xplus, xplus, optimize=True)
-    return beta, k, g
+    b = b[used]
+    g = np.zeros((dim, (dim + 1) ** 2))
+    for start in range(0, len(xplus), 4096):  # G as one matrix product per block of rows (bounded memory)
+        x = xplus[start:start + 4096]
+        g += b[start:start + 4096].T @ (x[:, :, None] * x[:, None, :]).reshape(len(x), -1)
+    return beta, k, g.reshape(dim, dim + 1, dim + 1)
 
 
 def _auxf(w: np.ndarray, beta: float, k: np.ndarray, g: np.ndarray) -> float:
@@ -135,7 +153,7 @@ def compose(new: np.ndarray, old: np.ndarray) -> np.ndarray:
 
 
 def estimate_speaker_transforms(system: GmmSystem, feats: Mapping[str, np.ndarray],
-                                weights: Mapping[str, tuple[np.ndarray, np.ndarray]], spk2utt: Mapping[str, list[str]],
+                                weights: Mapping[str, Posterior], spk2utt: Mapping[str, list[str]],
                                 cfg: SatConfig, report: Report,
                                 posterior_am: "khg.AmDiagGmm | None" = None) -> dict[str, np.ndarray]:
     """gmm-est-fmllr --spk2utt: one transform per speaker (the identity below `fmllr_min_count` frames, counted)."""
@@ -243,12 +261,17 @@ def _spk2utt(utts: Mapping[str, object], utt2spk: Mapping[str, str]) -> dict[str
     return out
 
 
-def _write_transforms(out: Path, src: Path, transforms: Mapping[str, np.ndarray]) -> None:
-    """trans.1 (per-speaker fMLLR matrices, a Kaldi archive) and the source system's final.mat and splice_opts."""
+def write_transforms(path: Path, transforms: Mapping[str, np.ndarray]) -> None:
+    """Per-speaker fMLLR matrices as a Kaldi archive (trans.N, what transform-feats --utt2spk reads)."""
     import kaldiio
 
-    with atomic_open(out / "trans.1", "wb", encoding=None) as f:
+    with atomic_open(path, "wb", encoding=None) as f:
         kaldiio.save_ark(f, {s: transforms[s] for s in sorted(transforms)})
+
+
+def _write_transforms(out: Path, src: Path, transforms: Mapping[str, np.ndarray]) -> None:
+    """trans.1 and the source system's final.mat and splice_opts."""
+    write_transforms(out / "trans.1", transforms)
     copy_feature_transform(src, out)
 
 
