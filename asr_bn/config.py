@@ -26,6 +26,7 @@ __all__ = [
     "RESUMABLE",
     "ForwardConfig",
     "DecodeConfig",
+    "DecodeFmllrConfig",
 ]
 
 
@@ -490,3 +491,22 @@ class DecodeConfig:
             raise UsageError("--lmwt rescoring needs lattices: add --lattices")
         if any(w <= 0 for w in self.lmwt):
             raise UsageError(f"--lmwt weights must be positive, got {list(self.lmwt)}")
+
+
+@dataclass
+class DecodeFmllrConfig:
+    """steps/decode_fmllr.sh's options (names and defaults), with gmm-est-fmllr's --fmllr-min-count."""
+
+    acwt: float = option(0.083333, _POSITIVE)  # acoustic scale of decoding and of the lattice posteriors
+    first_beam: float = option(10.0, _POSITIVE)  # beam of the speaker-independent pass
+    beam: float = option(13.0, _POSITIVE)  # beam of the adapted pass
+    lattice_beam: float = option(6.0, _POSITIVE)
+    silence_weight: float = option(0.01, Range(0.0))  # weight of silence frames in the fMLLR statistics
+    fmllr_min_count: float = option(500.0, Range(0.0))  # a speaker with fewer weighted frames keeps the identity
+    determinize_beam: float = option(4.0, _POSITIVE)  # pass 2's lattice-determinize-pruned --beam (pruning only)
+    lmwt: tuple[int, ...] = ()  # LM weights of the hyp_LMWT sweep (score.sh's), e.g. 7..17
+
+    def decoding(self, beam: float) -> DecodeConfig:
+        """The lattice decoder's options for a pass with `beam`."""
+        return DecodeConfig(acoustic_scale=self.acwt, beam=beam, lattice_beam=self.lattice_beam, lattices=True,
+                            lmwt=self.lmwt)

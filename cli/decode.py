@@ -12,7 +12,7 @@ from asr_bn_cli.options import field_range, in_range
 _D = "Decoder (Kaldi's steps/nnet/decode.sh defaults)"
 
 
-def _lmwt_range(text: Optional[str]) -> tuple[int, ...]:
+def lmwt_range(text: Optional[str]) -> tuple[int, ...]:
     from asr_bn.errors import UsageError
 
     if not text:
@@ -66,7 +66,7 @@ def decode(
     if lang is not None and not ctm:
         raise UsageError("--lang is only read for word times: add --ctm")
     config = DecodeConfig(
-        acoustic_scale, beam, max_active, lattice_beam, lattices, _lmwt_range(lmwt), ctm, frame_shift
+        acoustic_scale, beam, max_active, lattice_beam, lattices, lmwt_range(lmwt), ctm, frame_shift
     )
     report = run(graph_dir, model, loglikes, out_dir, config, nj, lang)
     for line in report.lines():

@@ -2,7 +2,8 @@
 
 One subcommand per rung or tool, Kaldi's argument order and option names: `mono` (steps/train_mono.sh), `deltas`,
 `lda-mllt`, `sat` (train_deltas.sh, train_lda_mllt.sh, train_sat.sh), `align` (steps/align_si.sh; with --loglikes,
-steps/nnet/align.sh), `align-fmllr` (align_fmllr.sh), `likes` (gmm-compute-likes, to decode with the GMM).
+steps/nnet/align.sh), `align-fmllr` (align_fmllr.sh), `likes` (gmm-compute-likes, to decode with the GMM),
+`decode-fmllr` (decode_fmllr.sh: a speaker-adapted system's two-pass decoding).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from asr_bn.config import Range
-from asr_bn_cli.options import in_range
+from asr_bn.config import DecodeFmllrConfig, Range
+from asr_bn_cli.options import field_range, in_range
 
 app = typer.Typer(help="HMM-GMM training and forced alignment (Kaldi's steps/train_mono.sh, align_si.sh), no Kaldi "
                        "binaries needed.", no_args_is_help=True)
@@ -230,14 +231,14 @@ def _utt2spk(data: Path) -> dict[str, str]:
     return {u: parsed.utterances[u].speaker for u in parsed.utterances}
 
 
-def _refuse_adapted(src_dir: Path, command: str) -> None:
+def _refuse_adapted(src_dir: Path, command: str, instead: str) -> None:
     """A speaker-adapted system (final.alimdl) needs its speakers' fMLLR transforms, which align and likes do not
-    estimate: one usage line pointing to align-fmllr."""
+    estimate: one usage line pointing to the command that does (`instead`)."""
     if (src_dir / "final.alimdl").is_file():
         from asr_bn.errors import UsageError
 
-        raise UsageError(f"{src_dir} is speaker-adapted (final.alimdl): `asr-bn gmm {command}` cannot apply its "
-                         f"speakers' fMLLR transforms; use `asr-bn gmm align-fmllr`")
+        raise UsageError(f"{src_dir} is speaker-adapted (final.alimdl): `asr-bn gmm {command}` cannot estimate its "
+                         f"speakers' fMLLR transforms; use {instead}")
 
 
 def _system_features(feats: dict, src_dir: Path) -> dict:
@@ -274,7 +275,7 @@ def align(
     from asr_bn.lang import read_lang
 
     if not loglikes:
-        _refuse_adapted(src_dir, "align")
+        _refuse_adapted(src_dir, "align", "`asr-bn gmm align-fmllr`")
     cfg = AlignConfig(beam=beam, retry_beam=retry_beam, boost_silence=boost_silence, num_jobs=nj,
                       oov_policy=oov_policy.value)
     lang_obj = read_lang(lang)
@@ -297,16 +298,68 @@ def likes(
     data: Annotated[Path, typer.Argument(help=_DATA)],
     src_dir: Annotated[Path, typer.Argument(help="Model dir (its final.mdl).")],
     out_dir: Annotated[Path, typer.Argument(help="Output: loglikes.ark, loglikes.scp.")],
+    transform_dir: Annotated[Optional[Path], typer.Option("--transform-dir", help="Apply the speakers' fMLLR "
+                                                          "transforms trans.* of this dir (asr-bn gmm decode-fmllr "
+                                                          "or align-fmllr on these utterances), as Kaldi's decode.sh "
+                                                          "--transform-dir.")] = None,
 ) -> None:
     """Per-frame log-likelihoods of every pdf (gmm-compute-likes), for `asr-bn decode` with the GMM, e.g.
     asr-bn gmm likes prep/test exp/mono exp/mono/decode_test"""
     from asr_bn.hmm_gmm import GmmSystem
     from asr_bn.io import write_ark_scp
 
-    _refuse_adapted(src_dir, "likes")
+    if transform_dir is None:
+        _refuse_adapted(src_dir, "likes", "`asr-bn gmm decode-fmllr`, or give --transform-dir (the trans.* of a "
+                        "decode-fmllr or align-fmllr dir)")
     system = GmmSystem.load(src_dir / "final.mdl")
     feats = _system_features(_features(data)[0], src_dir)
     system.check_features(feats, src_dir / "final.mdl")
+    if transform_dir is not None:
+        from asr_bn.gmm.sat import speaker_adapted_features
+
+        feats = speaker_adapted_features(feats, transform_dir, _utt2spk(data))
     n = write_ark_scp(out_dir / "loglikes.ark", out_dir / "loglikes.scp",
                       ((utt, system.log_likelihoods(f)) for utt, f in feats.items()))
     typer.echo(f"wrote log-likelihoods of {n} utterances to {out_dir}/loglikes.scp")
+
+
+_F = "Decoding (steps/decode_fmllr.sh's defaults)"
+
+
+@app.command("decode-fmllr")
+def decode_fmllr(
+    graph_dir: Annotated[Path, typer.Argument(help="Graph dir of this system (asr-bn mkgraph or Kaldi's mkgraph.sh): "
+                                              "HCLG.fst, words.txt, phones/silence.csl.")],
+    data: Annotated[Path, typer.Argument(help=_DATA)],
+    src_dir: Annotated[Path, typer.Argument(help="The speaker-adapted system (asr-bn gmm sat): final.mdl, "
+                                            "final.alimdl, tree, final.mat (Kaldi takes the decode dir's parent).")],
+    out_dir: Annotated[Path, typer.Argument(help="Output: trans.1, num_jobs, lat.ark/.scp, text, hyp_LMWT, "
+                                            "report.json (last); the speaker-independent pass goes to OUT_DIR.si.")],
+    acwt: Annotated[float, typer.Option("--acwt", help="Acoustic scale of decoding and of the fMLLR posteriors.",
+                                        rich_help_panel=_F, callback=field_range(DecodeFmllrConfig, "acwt"))] = 0.083333,
+    first_beam: Annotated[float, typer.Option("--first-beam", help="Beam of the speaker-independent pass.",
+                                              rich_help_panel=_F,
+                                              callback=field_range(DecodeFmllrConfig, "first_beam"))] = 10.0,
+    beam: Annotated[float, typer.Option("--beam", help="Beam of the adapted pass.", rich_help_panel=_F,
+                                        callback=field_range(DecodeFmllrConfig, "beam"))] = 13.0,
+    lattice_beam: Annotated[float, typer.Option("--lattice-beam", help="Lattice pruning beam.", rich_help_panel=_F,
+                                                callback=field_range(DecodeFmllrConfig, "lattice_beam"))] = 6.0,
+    silence_weight: Annotated[float, typer.Option("--silence-weight", help="Weight of silence frames in the fMLLR "
+                                                  "statistics.", rich_help_panel=_F,
+                                                  callback=field_range(DecodeFmllrConfig, "silence_weight"))] = 0.01,
+    fmllr_min_count: Annotated[float, typer.Option("--fmllr-min-count", help="A speaker with fewer weighted frames "
+                                                   "keeps the identity transform (counted).", rich_help_panel=_F,
+                                                   callback=field_range(DecodeFmllrConfig, "fmllr_min_count"))] = 500.0,
+    lmwt: Annotated[Optional[str], typer.Option("--lmwt", help="Also write hyp_LMWT for each LM weight of this range, "
+                                                "e.g. 7:17 (score.sh's sweep).")] = None,
+    cache: _Cache = False,
+) -> None:
+    """Decode with a speaker-adapted system in two passes with fMLLR as steps/decode_fmllr.sh, e.g.
+    asr-bn gmm decode-fmllr exp/tri3b/graph prep/test exp/tri3b exp/tri3b/decode_test --lmwt 7:17"""
+    from asr_bn.gmm.decode_fmllr import decode_fmllr as run
+    from asr_bn_cli.decode import lmwt_range
+
+    cfg = DecodeFmllrConfig(acwt=acwt, first_beam=first_beam, beam=beam, lattice_beam=lattice_beam,
+                            silence_weight=silence_weight, fmllr_min_count=fmllr_min_count, lmwt=lmwt_range(lmwt))
+    feats, _ = _features(data, cache)
+    _print(run(graph_dir, feats, _utt2spk(data), src_dir, out_dir, cfg))

@@ -591,3 +591,100 @@ def GmmSystemFor(exp: Path):  # noqa: ANN201, N802 - the GmmSystem of an exp dir
     from asr_bn.hmm_gmm import GmmSystem
 
     return GmmSystem.load(exp / "final.mdl")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Two-pass fMLLR decoding (asr_bn.gmm.decode_fmllr) against Kaldi's tools and steps/decode_fmllr.sh
+
+
+@pytest.fixture(scope="module")
+def synth_sat_decoding(synth: Setup, synth_tri1, synth_tri3, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201
+    """The SAT system's graph (word loop) and the synth corpus's dev set prepared: (graph dir, prep dir)."""
+    from asr_bn.features import FeaturePipeline
+    from asr_bn.mkgraph import build_graph
+    from asr_bn.prep import prepare_kaldi
+
+    _, tri3, _ = synth_tri3
+    work = tmp_path_factory.mktemp("sat_decode")
+    prepare_kaldi(synth.work / "corpus" / "data" / "dev", work / "dev", FeaturePipeline())
+    return build_graph(synth.work / "corpus" / "lang", tri3, work / "graph"), work / "dev"
+
+
+def _kaldi_data(feats, utt2spk: dict[str, str], work: Path) -> Path:  # noqa: ANN001 - the GMM features
+    """A Kaldi data dir of the GMM features' static cepstra (already mean-normalised per speaker), utt2spk and
+    spk2utt."""
+    import kaldiio
+
+    data = work / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    kaldiio.save_ark(str(data / "feats.ark"), {u: np.ascontiguousarray(feats[u][:, :13]) for u in sorted(feats)},
+                     scp=str(data / "feats.scp"))
+    (data / "utt2spk").write_text("".join(f"{u} {utt2spk[u]}\n" for u in sorted(feats)))
+    spk2utt: dict[str, list[str]] = {}
+    for utt in sorted(feats):
+        spk2utt.setdefault(utt2spk[utt], []).append(utt)
+    (data / "spk2utt").write_text("".join(f"{s} {' '.join(us)}\n" for s, us in sorted(spk2utt.items())))
+    return data
+
+
+def test_decode_fmllr_is_kaldis_tools_on_its_lattices(synth: Setup, synth_tri3, synth_sat_decoding,  # noqa: ANN001
+                                                      tmp_path: Path) -> None:
+    """asr-bn gmm decode-fmllr, each step against Kaldi's binaries on asr-bn's own lattices (rich ones: this small
+    system gets most dev words wrong): pass 1's lattice-to-post | weight-silence-post | gmm-post-to-gpost |
+    gmm-est-fmllr-gpost, pass 2's gmm-rescore-lattice | lattice-prune --beam=4 | lattice-to-post | weight-silence-post
+    | gmm-est-fmllr | compose-transforms give trans.1; gmm-rescore-lattice with those transforms gives the words;
+    likes --transform-dir gives gmm-compute-likes on transform-feats --utt2spk trans.1."""
+    import kaldiio
+
+    from asr_bn.gmm.sat import speaker_independent_features
+    from asr_bn.hmm_gmm import prepared_gmm_features
+
+    _, tri3, _ = synth_tri3
+    graph, prep = synth_sat_decoding
+    out = tmp_path / "decode_dev"
+    result = CliRunner().invoke(app, ["gmm", "decode-fmllr", str(graph), str(prep), str(tri3), str(out),
+                                      "--lmwt", "9:10"])
+    assert result.exit_code == 0, result.output
+    assert {"trans.1", "lat.ark", "lat.scp", "text", "hyp_9", "hyp_10", "report.json"} <= {p.name for p in out.iterdir()}
+    assert (tmp_path / "decode_dev.si" / "lat.scp").is_file()
+    feats, _, _ = prepared_gmm_features(prep)
+    data = _kaldi_data(feats, _speakers(prep), tmp_path)
+    k, si = synth.bundle, tmp_path / "si.ark"
+    kaldiio.save_ark(str(si), dict(speaker_independent_features(feats, tri3)))
+    sil, spk2utt, utt2spk = (graph / "phones" / "silence.csl").read_text().strip(), data / "spk2utt", data / "utt2spk"
+    acwt, t = "--acoustic-scale=0.083333", tmp_path
+    run_kaldi(k, "lattice-to-post", acwt, f"scp:{tmp_path / 'decode_dev.si' / 'lat.scp'}", f"ark:{t / 'post1'}")
+    run_kaldi(k, "weight-silence-post", "0.01", sil, tri3 / "final.alimdl", f"ark:{t / 'post1'}", f"ark:{t / 'wpost1'}")
+    run_kaldi(k, "gmm-post-to-gpost", tri3 / "final.alimdl", f"ark:{si}", f"ark:{t / 'wpost1'}", f"ark:{t / 'gpost'}")
+    run_kaldi(k, "gmm-est-fmllr-gpost", "--fmllr-update-type=full", f"--spk2utt=ark:{spk2utt}", tri3 / "final.mdl",
+              f"ark:{si}", f"ark:{t / 'gpost'}", f"ark:{t / 'pre_trans'}")
+    pass1 = f"ark:{t / 'pass1.ark'}"
+    run_kaldi(k, "transform-feats", f"--utt2spk=ark:{utt2spk}", f"ark:{t / 'pre_trans'}", f"ark:{si}", pass1)
+    run_kaldi(k, "gmm-rescore-lattice", tri3 / "final.mdl", f"scp:{out / 'lat.scp'}", pass1, f"ark:{t / 'lat2'}")
+    run_kaldi(k, "lattice-prune", acwt, "--beam=4", f"ark:{t / 'lat2'}", f"ark:{t / 'lat2p'}")
+    run_kaldi(k, "lattice-to-post", acwt, f"ark:{t / 'lat2p'}", f"ark:{t / 'post2'}")
+    run_kaldi(k, "weight-silence-post", "0.01", sil, tri3 / "final.mdl", f"ark:{t / 'post2'}", f"ark:{t / 'wpost2'}")
+    run_kaldi(k, "gmm-est-fmllr", "--fmllr-update-type=full", f"--spk2utt=ark:{spk2utt}", tri3 / "final.mdl", pass1,
+              f"ark:{t / 'wpost2'}", f"ark:{t / 'trans_tmp'}")
+    run_kaldi(k, "compose-transforms", "--b-is-affine=true", f"ark:{t / 'trans_tmp'}", f"ark:{t / 'pre_trans'}",
+              f"ark:{t / 'trans'}")
+    kaldi, ours = dict(kaldiio.load_ark(str(t / "trans"))), dict(kaldiio.load_ark(str(out / "trans.1")))
+    assert set(kaldi) == set(ours) == {"s05-f4", "s06-m8"}
+    for spk in kaldi:
+        assert np.abs(ours[spk] - kaldi[spk]).max() <= 1e-3 * np.abs(kaldi[spk]).max()
+    final = f"ark:{t / 'final.ark'}"
+    run_kaldi(k, "transform-feats", f"--utt2spk=ark:{utt2spk}", f"ark:{out / 'trans.1'}", f"ark:{si}", final)
+    run_kaldi(k, "gmm-rescore-lattice", tri3 / "final.mdl", f"scp:{out / 'lat.scp'}", final, f"ark:{t / 'lat3'}")
+    words = run_kaldi(k, "lattice-best-path", acwt, f"--word-symbol-table={graph / 'words.txt'}", f"ark:{t / 'lat3'}",
+                      "ark,t:-")
+    id2word = {i: w for w, i in (line.split() for line in (graph / "words.txt").read_text().splitlines())}
+    kaldi_text = {f[0]: [id2word[w] for w in f[1:]] for f in (line.split() for line in words.splitlines())}
+    our_text = {f[0]: f[1:] for f in (line.split() for line in (out / "text").read_text().splitlines())}
+    assert kaldi_text == our_text and len(our_text) == 12
+    result = CliRunner().invoke(app, ["gmm", "likes", str(prep), str(tri3), str(t / "likes"), "--transform-dir",
+                                      str(out)])
+    assert result.exit_code == 0, result.output
+    run_kaldi(k, "gmm-compute-likes", tri3 / "final.mdl", final, f"ark:{t / 'kaldi_likes'}")
+    likes = dict(kaldiio.load_scp(str(t / "likes" / "loglikes.scp")))
+    for utt, kaldi_likes in kaldiio.load_ark(str(t / "kaldi_likes")):
+        np.testing.assert_allclose(likes[utt], kaldi_likes, rtol=1e-4, atol=1e-2)

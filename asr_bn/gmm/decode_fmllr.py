@@ -16,13 +16,13 @@ beam's pruning only. The decoder is `asr-bn decode --lattices`' (LatticeSimpleDe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Mapping
 
 import numpy as np
 
-from asr_bn.config import DecodeConfig, Range, check_options, option
+from asr_bn.config import DecodeConfig, DecodeFmllrConfig, check_options
 from asr_bn.decode import Graph, Hypothesis, _decode_or_reason, lattice_hypothesis, load_graph, write_decode
 from asr_bn.errors import AsrBnError
 from asr_bn.fst import FstArrays, parse_lattice, vector_bytes
@@ -33,28 +33,6 @@ from asr_bn.io import OutputLock, check_output_dir, write_text
 from asr_bn.report import Report
 
 __all__ = ["DecodeFmllrConfig", "lattice_posteriors", "rescore_lattice", "decode_fmllr"]
-
-_POSITIVE = Range(0.0, low_open=True)
-
-
-@dataclass
-class DecodeFmllrConfig:
-    """steps/decode_fmllr.sh's options (names and defaults), with gmm-est-fmllr's --fmllr-min-count."""
-
-    acwt: float = option(0.083333, _POSITIVE)  # acoustic scale of decoding and of the lattice posteriors
-    first_beam: float = option(10.0, _POSITIVE)  # beam of the speaker-independent pass
-    beam: float = option(13.0, _POSITIVE)  # beam of the adapted pass
-    lattice_beam: float = option(6.0, _POSITIVE)
-    silence_weight: float = option(0.01, Range(0.0))  # weight of silence frames in the fMLLR statistics
-    fmllr_min_count: float = option(500.0, Range(0.0))  # a speaker with fewer weighted frames keeps the identity
-    determinize_beam: float = option(4.0, _POSITIVE)  # pass 2's lattice-determinize-pruned --beam (pruning only)
-    lmwt: tuple[int, ...] = ()  # LM weights of the hyp_LMWT sweep (score.sh's), e.g. 7..17
-
-    def decoding(self, beam: float) -> DecodeConfig:
-        """The lattice decoder's options for a pass with `beam`."""
-        return DecodeConfig(acoustic_scale=self.acwt, beam=beam, lattice_beam=self.lattice_beam, lattices=True,
-                            lmwt=self.lmwt)
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # State-level lattices as arrays
@@ -209,6 +187,7 @@ def decode_fmllr(graph_dir: str | Path, feats: Mapping[str, np.ndarray], utt2spk
     state-level lattices), text, hyp_LMWT for `cfg.lmwt`, report.json (last)."""
     cfg = cfg or DecodeFmllrConfig()
     check_options(cfg)
+    cfg.decoding(cfg.beam).check()
     src_dir, graph_dir = Path(src_dir), Path(graph_dir)
     out_dir = check_output_dir(out_dir, "OUT_DIR")
     si_dir = out_dir.with_name(out_dir.name + ".si")

@@ -22,7 +22,8 @@ from asr_bn.gmm.lda_mllt import NUM_CEPS, copy_feature_transform, splice
 from asr_bn.gmm.train_deltas import DeltasConfig, train_tree_system
 from asr_bn.hmm_gmm import (AlignConfig, FeatureMap, GmmSystem, _align_all, _am_bytes, _boosted, _check_inputs, _compile_graphs,
                             _gmm_scorer, write_alignments)
-from asr_bn.io import OutputLock, atomic_open
+from asr_bn.errors import AsrBnError
+from asr_bn.io import KALDIIO_READ_ERRORS, OutputLock, atomic_open, error_detail
 from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
 from asr_bn.lang import Lang
 from asr_bn.report import Report
@@ -267,6 +268,35 @@ def write_transforms(path: Path, transforms: Mapping[str, np.ndarray]) -> None:
 
     with atomic_open(path, "wb", encoding=None) as f:
         kaldiio.save_ark(f, {s: transforms[s] for s in sorted(transforms)})
+
+
+def speaker_adapted_features(feats: Mapping[str, np.ndarray], transform_dir: str | Path,
+                             utt2spk: Mapping[str, str]) -> Mapping[str, np.ndarray]:
+    """`feats` through each speaker's fMLLR from `transform_dir`'s trans.* (a decode-fmllr or align-fmllr dir, or
+    Kaldi's: decode.sh --transform-dir); a speaker without one, or a transform of another dimension, is one error."""
+    import kaldiio
+
+    transform_dir = Path(transform_dir)
+    paths = sorted(p for p in transform_dir.glob("trans.*") if p.suffix[1:].isdigit())
+    if not paths:
+        raise AsrBnError(f"{transform_dir}: no trans.N files (give the dir of `asr-bn gmm decode-fmllr` or "
+                         f"`align-fmllr` on these utterances)")
+    transforms: dict[str, np.ndarray] = {}
+    for path in paths:
+        try:
+            transforms.update(kaldiio.load_ark(str(path)))
+        except KALDIIO_READ_ERRORS as e:
+            raise AsrBnError(f"{path}: not a Kaldi archive of matrices ({error_detail(e)}); write it again") from e
+    missing = sorted({utt2spk.get(u, u) for u in feats} - set(transforms))
+    if missing:
+        raise AsrBnError(f"{transform_dir}: no fMLLR transform for speaker(s) {' '.join(missing[:5])}; its transforms "
+                         f"are of other data: adapt these utterances with decode-fmllr or align-fmllr first")
+    dim = next(iter(feats.values())).shape[1] if feats else 0
+    shapes = {m.shape for m in transforms.values()}
+    if feats and shapes != {(dim, dim + 1)}:
+        raise AsrBnError(f"{transform_dir}: fMLLR matrices of shape {sorted(shapes)} for features of dimension {dim} "
+                         f"(transforms of another system)")
+    return FeatureMap(feats, lambda u, x: apply_fmllr(transforms[utt2spk.get(u, u)], x))
 
 
 def _write_transforms(out: Path, src: Path, transforms: Mapping[str, np.ndarray]) -> None:
