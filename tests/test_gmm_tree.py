@@ -688,3 +688,94 @@ def test_decode_fmllr_is_kaldis_tools_on_its_lattices(synth: Setup, synth_tri3, 
     likes = dict(kaldiio.load_scp(str(t / "likes" / "loglikes.scp")))
     for utt, kaldi_likes in kaldiio.load_ark(str(t / "kaldi_likes")):
         np.testing.assert_allclose(likes[utt], kaldi_likes, rtol=1e-4, atol=1e-2)
+
+
+def test_decode_fmllr_against_decode_fmllr_sh(synth: Setup, synth_tri1, synth_tri3, synth_sat_decoding,  # noqa: ANN001
+                                              tmp_path: Path) -> None:
+    """Kaldi's steps/decode_fmllr.sh itself on the same graph, models and features (training set), its decoder
+    gmm-latgen-faster swapped for gmm-latgen-simple (the LatticeSimpleDecoder asr-bn has: no --max-active, last
+    frame beam-pruned): the same words in both passes. The transforms differ by up to ~0.05 (of ~1): Kaldi takes
+    posteriors from determinized lattices (each word sequence's best alignment), asr-bn from all the lattice's
+    alignments (no Python package determinizes Kaldi lattices); fMLLR from ~1 600 frames per speaker is sensitive."""
+    import shutil
+    import subprocess
+
+    import kaldiio
+
+    from asr_bn.gmm.decode_fmllr import decode_fmllr
+    from test_wsj_recipe import kaldi_s5_scripts
+
+    _, feats, _, _, _, _, prep = synth_tri1
+    _, tri3, _ = synth_tri3
+    graph, _ = synth_sat_decoding
+    utt2spk = _speakers(prep)
+    s5 = tmp_path / "s5"
+    kaldi_s5_scripts(s5, synth.bundle)
+    data = _kaldi_data(feats, utt2spk, s5)
+    run_kaldi(synth.bundle, "compute-cmvn-stats", f"--spk2utt=ark:{data / 'spk2utt'}", f"scp:{data / 'feats.scp'}",
+              f"ark,scp:{data / 'cmvn.ark'},{data / 'cmvn.scp'}")
+    src = s5 / "exp" / "tri3"
+    src.mkdir(parents=True)
+    for name in ("final.mdl", "final.alimdl", "final.mat", "splice_opts", "tree"):
+        shutil.copy(tri3 / name, src / name)
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "gmm-latgen-faster").write_text('#!/usr/bin/env bash\na=(); for x in "$@"; do [[ $x == --max-active=* ]] '
+                                            '|| a+=("$x"); done; exec gmm-latgen-simple "${a[@]}"\n')
+    (shim / "gmm-latgen-faster").chmod(0o755)
+    done = subprocess.run(["bash", "-c", f". ./path.sh && PATH={shim}:$PATH steps/decode_fmllr.sh --nj 1 "
+                           f"--skip-scoring true {graph} data exp/tri3/decode"], cwd=s5, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    ours = tmp_path / "ours" / "decode"
+    report = decode_fmllr(graph, feats, utt2spk, tri3, ours)
+    assert report.counts["decoded"] == 40 and report.counts["partial"] == 0
+    id2word = {i: w for w, i in (line.split() for line in (graph / "words.txt").read_text().splitlines())}
+    for name in ("decode.si", "decode"):
+        best = run_kaldi(synth.bundle, "lattice-best-path", "--acoustic-scale=0.083333",
+                         f"ark:gunzip -c {s5 / 'exp' / 'tri3' / name / 'lat.1.gz'}|", "ark,t:-")
+        kaldi = {f[0]: [id2word[w] for w in f[1:]] for f in (line.split() for line in best.splitlines())}
+        mine = {f[0]: f[1:] for f in (line.split() for line in (ours.parent / name / "text").read_text().splitlines())}
+        assert kaldi == mine and len(mine) == 40, name
+    kaldi_trans = dict(kaldiio.load_ark(str(src / "decode" / "trans.1")))
+    our_trans = dict(kaldiio.load_ark(str(ours / "trans.1")))
+    assert set(kaldi_trans) == set(our_trans) and len(our_trans) == 4
+    for spk in kaldi_trans:
+        assert np.abs(our_trans[spk] - kaldi_trans[spk]).max() < 0.1
+
+
+def test_decode_fmllr_bad_inputs(synth: Setup, synth_tri3, synth_sat_decoding, tmp_path: Path) -> None:  # noqa: ANN001
+    """A system without final.alimdl, a graph of another model, a graph dir without phones/silence.csl, transforms
+    of other speakers: one line each, nothing written; speakers under --fmllr-min-count keep the identity, counted."""
+    import kaldiio
+
+    from asr_bn.config import DecodeFmllrConfig
+    from asr_bn.gmm.decode_fmllr import decode_fmllr
+    from asr_bn.hmm_gmm import prepared_gmm_features
+    from asr_bn.mkgraph import build_graph
+
+    _, tri3, _ = synth_tri3
+    graph, prep = synth_sat_decoding
+    unadapted = tmp_path / "tri3_no_alimdl"
+    unadapted.mkdir()
+    for name in ("final.mdl", "final.mat", "splice_opts", "tree"):
+        (unadapted / name).write_bytes((tri3 / name).read_bytes())
+    mono_graph = build_graph(synth.work / "corpus" / "lang", synth.work / "corpus" / "exp" / "ali_train", tmp_path / "g")
+    no_silence = tmp_path / "graph_no_silence"
+    no_silence.mkdir()
+    for name in ("HCLG.fst", "words.txt", "num_pdfs"):
+        (no_silence / name).write_bytes((graph / name).read_bytes())
+    for args, message in (
+        (["decode-fmllr", graph, prep, unadapted, tmp_path / "d1"], "final.alimdl: no such file"),
+        (["decode-fmllr", mono_graph, prep, tri3, tmp_path / "d2"], "was built for a model with"),
+        (["decode-fmllr", no_silence, prep, tri3, tmp_path / "d3"], "silence.csl: missing"),
+        (["likes", prep, tri3, tmp_path / "l", "--transform-dir", tri3], "no fMLLR transform for speaker(s) s05-f4"),
+    ):
+        result = CliRunner().invoke(app, ["gmm", *map(str, args)])
+        assert result.exit_code == 1 and message in result.output.strip().splitlines()[-1], result.output
+        assert "Traceback" not in result.output and not (tmp_path / "d1" / "report.json").exists()
+    feats, _, _ = prepared_gmm_features(prep)
+    report = decode_fmllr(graph, feats, _speakers(prep), tri3, tmp_path / "few", DecodeFmllrConfig(fmllr_min_count=1e9))
+    key = "speakers with too little data for fMLLR (identity kept)"
+    assert report.counts[key] == report.counts[f"{key} (second pass)"] == 2 and report.counts["decoded"] == 12
+    identity = np.concatenate([np.eye(40), np.zeros((40, 1))], axis=1)
+    assert all(np.array_equal(m, identity) for _, m in kaldiio.load_ark(str(tmp_path / "few" / "trans.1")))
