@@ -137,7 +137,8 @@ def _spells(phones: list[str], words: list[str], prons: dict[str, list[list[str]
 @pytest.mark.slow
 def test_any_recipe_climbs_the_gmm_ladder(tmp_path: Path) -> None:
     """--gmm sat: stage 3 trains mono → deltas → LDA+MLLT → SAT (each rung from the last one's alignments, SAT's
-    aligned with fMLLR) on position-dependent phones; stage 4's targets are the SAT system's pdfs."""
+    aligned with fMLLR) on position-dependent phones, then decodes dev and test with it (decode-fmllr); stage 4's
+    targets are the SAT system's pdfs."""
     train, test, dict_dir = make_corpus(tmp_path)
     work = tmp_path / "work"
     cmd = ["bash", str(RECIPE), "--fast", "--gmm", "sat", "--train", str(train), "--test", str(test), "--dict",
@@ -156,5 +157,8 @@ def test_any_recipe_climbs_the_gmm_ladder(tmp_path: Path) -> None:
     targets = dict(kaldiio.load_scp(str(work / "prep" / "train" / "pdf.scp")))
     alis = {labels.utt: labels.values for labels in read_alignments(exp / "tri3b_ali")}
     assert len(targets) == 32 and all((targets[u] == sat.to_pdfs(alis[u])).all() for u in targets)
+    assert (exp / "tri3b" / "decode_test_tg" / "trans.1").is_file() and (exp / "tri3b" / "decode_dev_tg.si").is_dir()
+    assert "%WER" in (exp / "tri3b" / "decode_test_tg" / "wer").read_text()
     rerun = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert rerun.returncode == 0 and "exp/tri3b/.done exists - skipping training" in rerun.stdout
+    assert "exp/tri3b/decode_test_tg/.done exists - skipping the SAT decode" in rerun.stdout

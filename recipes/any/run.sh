@@ -45,7 +45,9 @@
 #                     → exp/mono_ali (train), exp/mono_ali_dev (dev); GMM decode of test with a word loop as a
 #                     sanity check of the alignment model → exp/mono/decode_test (WER in its wer file); with
 #                     --gmm, the ladder up to it: exp/tri1 (deltas), exp/tri2b (lda-mllt), exp/tri3b (sat), each
-#                     with its _ali and _ali_dev (align-fmllr for sat)
+#                     with its _ali and _ali_dev (align-fmllr for sat); for sat, its own WER: asr-bn gmm
+#                     decode-fmllr (steps/decode_fmllr.sh) of dev and test on the trigram graph (graph_tg), LM
+#                     weight chosen on dev → exp/tri3b/decode_test_tg/wer
 #   4  targets        asr-bn prep kaldi --ali-dir: the alignments' pdf-ids joined to prep/train, prep/dev (pdf.scp);
 #                     with --targets nnet: the sequence-BN network's forced alignments → prep/{train,dev}_nnali
 #   5  baseline       asr-bn train --bn none → exp/blstm (final.pt, priors.vec, metrics.jsonl, learning_curve.png)
@@ -289,6 +291,26 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
     done
     prev=${exp}_ali
   done
+  if [ "$gmm" = sat ]; then  # the SAT system's own WER: two-pass fMLLR decoding (steps/decode_fmllr.sh)
+    graph=$sys/graph_tg lm_opt="--lm data/local/lm/tg.arpa"
+    if check_done "$sys/decode_test_tg/.done" "$opts"; then
+      log "$sys/decode_test_tg/.done exists - skipping the SAT decode"
+    else
+      log "GMM decode of dev and test with $sys (two-pass fMLLR, trigram; LM weight chosen on dev)"
+      if ! check_done "$graph/.done" "$lm_opt $(cat "$sys/.done")"; then  # stage 7's "tg" graph
+        # shellcheck disable=SC2086 # lm_opt is one option with its value
+        asr-bn mkgraph data/lang "$sys" "$graph" $lm_opt
+        echo "$lm_opt $(cat "$sys/.done")" > "$graph/.done"
+      fi
+      asr-bn gmm decode-fmllr "$graph" prep/dev "$sys" "$sys/decode_dev_tg" --lmwt 7:17 $cache
+      asr-bn score wer data/dev "$sys/decode_dev_tg" > "$sys/decode_dev_tg/wer_sweep"
+      best=$(sed -n 's/^best: .*hyp_\([0-9]*\)$/\1/p' "$sys/decode_dev_tg/wer_sweep")
+      [ -n "$best" ] || die "no best LM weight in $sys/decode_dev_tg/wer_sweep"
+      asr-bn gmm decode-fmllr "$graph" prep/test "$sys" "$sys/decode_test_tg" --lmwt "$best:$best" $cache
+      asr-bn score wer data/test "$sys/decode_test_tg/hyp_$best" | tee "$sys/decode_test_tg/wer"
+      echo "$opts" > "$sys/decode_test_tg/.done"
+    fi
+  fi
 fi
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
