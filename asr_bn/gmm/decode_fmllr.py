@@ -10,8 +10,8 @@ final.mdl on the finally adapted features (gmm-rescore-lattice) before the one-b
 Posteriors come from forward-backward over the state-level lattices themselves: Kaldi's pass-1 lattices are
 determinized (each word sequence keeps only its best alignment) and its pass-2 ones are `lattice-determinize-pruned
 --beam=4` first; no Python package offers Kaldi's lattice determinization, so here the pass-2 lattices get that
-beam's pruning only. The decoder is `asr-bn decode --lattices`' (LatticeSimpleDecoder: beam pruning, no
---max-active). tests/test_decode_fmllr.py measures what these differences change against Kaldi's own script.
+beam's pruning only. The decoder is `asr-bn decode --lattices`' (LatticeSimpleDecoder, as gmm-latgen-simple: no
+--max-active). tests/test_gmm_tree.py compares each step with Kaldi's binaries and the whole with Kaldi's script.
 """
 
 from __future__ import annotations
