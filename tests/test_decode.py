@@ -64,6 +64,8 @@ def test_built_word_loop_graph(yesno_root: Path, oracle: Path, tmp_path: Path) -
     for name in ("HCLG.fst", "words.txt", "phones.txt", "num_pdfs", "disambig_tid.int"):
         assert (graph / name).is_file(), name
     assert (graph / "num_pdfs").read_text().strip() == "11"
+    # phones/silence.csl as Kaldi's mkgraph.sh copies it from the lang (decode-fmllr's silence phones)
+    assert (graph / "phones" / "silence.csl").read_text() == (yesno_root / "data/lang/phones/silence.csl").read_text()
     fst = kaldifst.StdVectorFst.read(str(graph / "HCLG.fst"))
     labels = {arc.olabel for s in kaldifst.StateIterator(fst) for arc in kaldifst.ArcIterator(fst, s)}
     words = dict(line.split()[::-1] for line in (graph / "words.txt").read_text().splitlines())
