@@ -503,7 +503,7 @@ class DecodeFmllrConfig:
     lattice_beam: float = option(6.0, _POSITIVE)
     silence_weight: float = option(0.01, Range(0.0))  # weight of silence frames in the fMLLR statistics
     fmllr_min_count: float = option(500.0, Range(0.0))  # a speaker with fewer weighted frames keeps the identity
-    determinize_beam: float = option(4.0, _POSITIVE)  # pass 2's lattice-determinize-pruned --beam (pruning only)
+    determinize_beam: float = option(4.0, _POSITIVE)  # pass 2's lattice-determinize-pruned --beam
     lmwt: tuple[int, ...] = ()  # LM weights of the hyp_LMWT sweep (score.sh's), e.g. 7..17
 
     def decoding(self, beam: float) -> DecodeConfig:

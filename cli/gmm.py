@@ -336,7 +336,8 @@ def decode_fmllr(
     out_dir: Annotated[Path, typer.Argument(help="Output: trans.1, num_jobs, lat.ark/.scp, text, hyp_LMWT, "
                                             "report.json (last); the speaker-independent pass goes to OUT_DIR.si.")],
     acwt: Annotated[float, typer.Option("--acwt", help="Acoustic scale of decoding and of the fMLLR posteriors.",
-                                        rich_help_panel=_F, callback=field_range(DecodeFmllrConfig, "acwt"))] = 0.083333,
+                                        rich_help_panel=_F,
+                                        callback=field_range(DecodeFmllrConfig, "acwt"))] = 0.083333,
     first_beam: Annotated[float, typer.Option("--first-beam", help="Beam of the speaker-independent pass.",
                                               rich_help_panel=_F,
                                               callback=field_range(DecodeFmllrConfig, "first_beam"))] = 10.0,

@@ -598,7 +598,8 @@ def GmmSystemFor(exp: Path):  # noqa: ANN201, N802 - the GmmSystem of an exp dir
 
 
 @pytest.fixture(scope="module")
-def synth_sat_decoding(synth: Setup, synth_tri1, synth_tri3, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201
+def synth_sat_decoding(synth: Setup, synth_tri3,  # noqa: ANN001, ANN201 - (graph dir, prep dir)
+                       tmp_path_factory: pytest.TempPathFactory):
     """The SAT system's graph (word loop) and the synth corpus's dev set prepared: (graph dir, prep dir)."""
     from asr_bn.features import FeaturePipeline
     from asr_bn.mkgraph import build_graph
@@ -630,10 +631,11 @@ def _kaldi_data(feats, utt2spk: dict[str, str], work: Path) -> Path:  # noqa: AN
 def test_decode_fmllr_is_kaldis_tools_on_its_lattices(synth: Setup, synth_tri3, synth_sat_decoding,  # noqa: ANN001
                                                       tmp_path: Path) -> None:
     """asr-bn gmm decode-fmllr, each step against Kaldi's binaries on asr-bn's own lattices (rich ones: this small
-    system gets most dev words wrong): pass 1's lattice-to-post | weight-silence-post | gmm-post-to-gpost |
-    gmm-est-fmllr-gpost, pass 2's gmm-rescore-lattice | lattice-prune --beam=4 | lattice-to-post | weight-silence-post
-    | gmm-est-fmllr | compose-transforms give trans.1; gmm-rescore-lattice with those transforms gives the words;
-    likes --transform-dir gives gmm-compute-likes on transform-feats --utt2spk trans.1."""
+    system gets most dev words wrong): pass 1's lattice-determinize-pruned --beam=6 | lattice-to-post |
+    weight-silence-post | gmm-post-to-gpost | gmm-est-fmllr-gpost, pass 2's gmm-rescore-lattice |
+    lattice-determinize-pruned --beam=4 | lattice-to-post | weight-silence-post | gmm-est-fmllr | compose-transforms
+    give trans.1; gmm-rescore-lattice with those transforms gives the words; likes --transform-dir gives
+    gmm-compute-likes on transform-feats --utt2spk trans.1."""
     import kaldiio
 
     from asr_bn.gmm.sat import speaker_independent_features
@@ -645,7 +647,8 @@ def test_decode_fmllr_is_kaldis_tools_on_its_lattices(synth: Setup, synth_tri3, 
     result = CliRunner().invoke(app, ["gmm", "decode-fmllr", str(graph), str(prep), str(tri3), str(out),
                                       "--lmwt", "9:10"])
     assert result.exit_code == 0, result.output
-    assert {"trans.1", "lat.ark", "lat.scp", "text", "hyp_9", "hyp_10", "report.json"} <= {p.name for p in out.iterdir()}
+    written = {p.name for p in out.iterdir()}
+    assert {"trans.1", "lat.ark", "lat.scp", "text", "hyp_9", "hyp_10", "report.json"} <= written
     assert (tmp_path / "decode_dev.si" / "lat.scp").is_file()
     feats, _, _ = prepared_gmm_features(prep)
     data = _kaldi_data(feats, _speakers(prep), tmp_path)
@@ -653,7 +656,9 @@ def test_decode_fmllr_is_kaldis_tools_on_its_lattices(synth: Setup, synth_tri3, 
     kaldiio.save_ark(str(si), dict(speaker_independent_features(feats, tri3)))
     sil, spk2utt, utt2spk = (graph / "phones" / "silence.csl").read_text().strip(), data / "spk2utt", data / "utt2spk"
     acwt, t = "--acoustic-scale=0.083333", tmp_path
-    run_kaldi(k, "lattice-to-post", acwt, f"scp:{tmp_path / 'decode_dev.si' / 'lat.scp'}", f"ark:{t / 'post1'}")
+    run_kaldi(k, "lattice-determinize-pruned", acwt, "--beam=6", f"scp:{tmp_path / 'decode_dev.si' / 'lat.scp'}",
+              f"ark:{t / 'lat1'}")  # what gmm-latgen-faster writes (--lattice-beam 6)
+    run_kaldi(k, "lattice-to-post", acwt, f"ark:{t / 'lat1'}", f"ark:{t / 'post1'}")
     run_kaldi(k, "weight-silence-post", "0.01", sil, tri3 / "final.alimdl", f"ark:{t / 'post1'}", f"ark:{t / 'wpost1'}")
     run_kaldi(k, "gmm-post-to-gpost", tri3 / "final.alimdl", f"ark:{si}", f"ark:{t / 'wpost1'}", f"ark:{t / 'gpost'}")
     run_kaldi(k, "gmm-est-fmllr-gpost", "--fmllr-update-type=full", f"--spk2utt=ark:{spk2utt}", tri3 / "final.mdl",
@@ -661,7 +666,7 @@ def test_decode_fmllr_is_kaldis_tools_on_its_lattices(synth: Setup, synth_tri3, 
     pass1 = f"ark:{t / 'pass1.ark'}"
     run_kaldi(k, "transform-feats", f"--utt2spk=ark:{utt2spk}", f"ark:{t / 'pre_trans'}", f"ark:{si}", pass1)
     run_kaldi(k, "gmm-rescore-lattice", tri3 / "final.mdl", f"scp:{out / 'lat.scp'}", pass1, f"ark:{t / 'lat2'}")
-    run_kaldi(k, "lattice-prune", acwt, "--beam=4", f"ark:{t / 'lat2'}", f"ark:{t / 'lat2p'}")
+    run_kaldi(k, "lattice-determinize-pruned", acwt, "--beam=4", f"ark:{t / 'lat2'}", f"ark:{t / 'lat2p'}")
     run_kaldi(k, "lattice-to-post", acwt, f"ark:{t / 'lat2p'}", f"ark:{t / 'post2'}")
     run_kaldi(k, "weight-silence-post", "0.01", sil, tri3 / "final.mdl", f"ark:{t / 'post2'}", f"ark:{t / 'wpost2'}")
     run_kaldi(k, "gmm-est-fmllr", "--fmllr-update-type=full", f"--spk2utt=ark:{spk2utt}", tri3 / "final.mdl", pass1,
@@ -671,7 +676,9 @@ def test_decode_fmllr_is_kaldis_tools_on_its_lattices(synth: Setup, synth_tri3, 
     kaldi, ours = dict(kaldiio.load_ark(str(t / "trans"))), dict(kaldiio.load_ark(str(out / "trans.1")))
     assert set(kaldi) == set(ours) == {"s05-f4", "s06-m8"}
     for spk in kaldi:
-        assert np.abs(ours[spk] - kaldi[spk]).max() <= 1e-3 * np.abs(kaldi[spk]).max()
+        # measured 1.5e-6 and 4.8e-3: Kaldi's pruned determinization keeps a few word sequences past the beam (it
+        # prunes with the forward cost of merged states), and this corpus's digital silence makes alignments tie
+        assert np.abs(ours[spk] - kaldi[spk]).max() <= 1e-2 * np.abs(kaldi[spk]).max()
     final = f"ark:{t / 'final.ark'}"
     run_kaldi(k, "transform-feats", f"--utt2spk=ark:{utt2spk}", f"ark:{out / 'trans.1'}", f"ark:{si}", final)
     run_kaldi(k, "gmm-rescore-lattice", tri3 / "final.mdl", f"scp:{out / 'lat.scp'}", final, f"ark:{t / 'lat3'}")
@@ -692,10 +699,9 @@ def test_decode_fmllr_is_kaldis_tools_on_its_lattices(synth: Setup, synth_tri3, 
 
 def test_decode_fmllr_against_decode_fmllr_sh(synth: Setup, synth_tri1, synth_tri3, synth_sat_decoding,  # noqa: ANN001
                                               tmp_path: Path) -> None:
-    """Kaldi's steps/decode_fmllr.sh itself (gmm-latgen-faster) on the same graph, models and features (training
-    set): the same words in both passes. The transforms differ by up to ~0.06 (of ~1): Kaldi takes posteriors from
-    determinized lattices (each word sequence's best alignment), asr-bn from all the lattice's alignments (no Python
-    package determinizes Kaldi lattices), and fMLLR from ~1 600 frames per speaker is sensitive to them."""
+    """Kaldi's steps/decode_fmllr.sh itself on the same graph, models and features (training set), its
+    gmm-latgen-faster replaced by gmm-latgen-simple (the decoder asr-bn has, kaldi-decoder's LatticeSimpleDecoder):
+    the same words in both passes, the same transforms (measured: to 1e-6 of their size)."""
     import shutil
     import subprocess
 
@@ -717,9 +723,17 @@ def test_decode_fmllr_against_decode_fmllr_sh(synth: Setup, synth_tri1, synth_tr
     src.mkdir(parents=True)
     for name in ("final.mdl", "final.alimdl", "final.mat", "splice_opts", "tree"):
         shutil.copy(tri3 / name, src / name)
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "gmm-latgen-faster").write_text('#!/usr/bin/env bash\na=(); for x in "$@"; do [[ $x == --max-active=* ]] '
+                                            '|| a+=("$x"); done; exec gmm-latgen-simple "${a[@]}"\n')
+    (shim / "gmm-latgen-faster").chmod(0o755)
+    with (s5 / "path.sh").open("a") as f:  # the scripts source path.sh themselves: the shim goes first there
+        f.write(f"export PATH={shim}:$PATH\n")
     done = subprocess.run(["bash", "-c", f". ./path.sh && steps/decode_fmllr.sh --nj 1 --skip-scoring true {graph} "
                            "data exp/tri3/decode"], cwd=s5, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "(gmm-latgen-simple" in (src / "decode.si" / "log" / "decode.1.log").read_text()
     ours = tmp_path / "ours" / "decode"
     report = decode_fmllr(graph, feats, utt2spk, tri3, ours)
     assert report.counts["decoded"] == 40 and report.counts["partial"] == 0
@@ -734,7 +748,7 @@ def test_decode_fmllr_against_decode_fmllr_sh(synth: Setup, synth_tri1, synth_tr
     our_trans = dict(kaldiio.load_ark(str(ours / "trans.1")))
     assert set(kaldi_trans) == set(our_trans) and len(our_trans) == 4
     for spk in kaldi_trans:
-        assert np.abs(our_trans[spk] - kaldi_trans[spk]).max() < 0.1
+        assert np.abs(our_trans[spk] - kaldi_trans[spk]).max() <= 1e-4 * np.abs(kaldi_trans[spk]).max()  # ~1e-6
 
 
 def test_decode_fmllr_bad_inputs(synth: Setup, synth_tri3, synth_sat_decoding, tmp_path: Path) -> None:  # noqa: ANN001
@@ -753,7 +767,8 @@ def test_decode_fmllr_bad_inputs(synth: Setup, synth_tri3, synth_sat_decoding, t
     unadapted.mkdir()
     for name in ("final.mdl", "final.mat", "splice_opts", "tree"):
         (unadapted / name).write_bytes((tri3 / name).read_bytes())
-    mono_graph = build_graph(synth.work / "corpus" / "lang", synth.work / "corpus" / "exp" / "ali_train", tmp_path / "g")
+    corpus = synth.work / "corpus"
+    mono_graph = build_graph(corpus / "lang", corpus / "exp" / "ali_train", tmp_path / "g")
     no_silence = tmp_path / "graph_no_silence"
     no_silence.mkdir()
     for name in ("HCLG.fst", "words.txt", "num_pdfs"):

@@ -7,11 +7,11 @@ final.mdl). Pass 2 decodes the adapted features with final.mdl into state-level 
 from those (gmm-est-fmllr final.mdl) is composed with the first into `trans.1`, and the lattices are rescored with
 final.mdl on the finally adapted features (gmm-rescore-lattice) before the one-best and LM-weight sweep.
 
-Posteriors come from forward-backward over the state-level lattices themselves: Kaldi's pass-1 lattices are
-determinized (each word sequence keeps only its best alignment) and its pass-2 ones are `lattice-determinize-pruned
---beam=4` first; no Python package offers Kaldi's lattice determinization, so here the pass-2 lattices get that
-beam's pruning only. The decoder is `asr-bn decode --lattices`' (LatticeSimpleDecoder, as gmm-latgen-simple: no
---max-active). tests/test_gmm_tree.py compares each step with Kaldi's binaries and the whole with Kaldi's script.
+Posteriors are those of determinized lattices, as Kaldi takes them (gmm-latgen-faster writes determinized
+lattices; pass 2 runs lattice-determinize-pruned --beam=4): each word sequence within the beam counts with its best
+alignment (`best_alignment_posteriors`; no Python package determinizes Kaldi lattices). The decoder is `asr-bn
+decode --lattices`' (LatticeSimpleDecoder, as gmm-latgen-simple: no --max-active). tests/test_gmm_tree.py compares
+each step with Kaldi's binaries and the whole with Kaldi's script.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from asr_bn.hmm_gmm import FeatureMap, GmmSystem
 from asr_bn.io import OutputLock, check_output_dir, write_text
 from asr_bn.report import Report
 
-__all__ = ["DecodeFmllrConfig", "lattice_posteriors", "rescore_lattice", "decode_fmllr"]
+__all__ = ["DecodeFmllrConfig", "best_alignment_posteriors", "rescore_lattice", "decode_fmllr"]
 
 # ---------------------------------------------------------------------------------------------------------------------
 # State-level lattices as arrays
@@ -68,39 +68,71 @@ def _arc_frames(lat: FstArrays, utt: str) -> tuple[np.ndarray, np.ndarray, np.nd
     return order, src, time[src]
 
 
-def lattice_posteriors(lat: FstArrays, acoustic_scale: float, utt: str,
-                       beam: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """lattice-to-post --acoustic-scale on a state-level lattice: (frame, transition-id, posterior) of every
-    transition-id arc, by forward-backward with costs graph + acoustic_scale × acoustic; with `beam`, arcs on no
-    path within `beam` of the best one are left out first (lattice-prune's rule)."""
-    order, src, frames = _arc_frames(lat, utt)
-    first, dst = lat.first, lat.arcs["nextstate"].astype(np.int64)
+def best_alignment_posteriors(lat: FstArrays, acoustic_scale: float, utt: str,
+                              beam: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """lattice-determinize-pruned --acoustic-scale --beam | lattice-to-post: (frame, transition-id, posterior) where
+    each word sequence within `beam` of the best path counts with its best alignment only, weighted by that
+    alignment's probability (what a determinized lattice holds). Word prefixes are expanded one word at a time,
+    each keeping, per lattice state, its best path (a tree of back-pointers); the mass of each word sequence flows
+    back along its best path."""
+    import heapq
+
+    order, _, frames = _arc_frames(lat, utt)
+    first, dst, olabel = lat.first, lat.arcs["nextstate"].astype(np.int64), lat.arcs["olabel"]
     cost = lat.arcs["graph"].astype(np.float64) + acoustic_scale * lat.arcs["acoustic"].astype(np.float64)
     final = lat.final[:, 0].astype(np.float64) + acoustic_scale * lat.final[:, 1].astype(np.float64)
-    if beam is not None:
-        best_in, best_out = _viterbi(order, first, dst, cost, final, lat.start)
-        through = best_in[src] + cost + best_out[dst]
-        cost = np.where(through <= best_out[lat.start] + beam, cost, np.inf)
-        final = np.where(best_in + final <= best_out[lat.start] + beam, final, np.inf)
-    alpha = np.full(lat.num_states, -np.inf)
-    alpha[lat.start] = 0.0
-    with np.errstate(invalid="ignore"):  # -inf - inf on pruned arcs of unreachable states
-        for s in order.tolist():
-            a, b = first[s], first[s + 1]
-            if a < b and alpha[s] > -np.inf:
-                np.logaddexp.at(alpha, dst[a:b], alpha[s] - cost[a:b])
-        beta = -final
-        for s in order[::-1].tolist():
-            a, b = first[s], first[s + 1]
-            if a < b:
-                beta[s] = np.logaddexp(beta[s], np.logaddexp.reduce(beta[dst[a:b]] - cost[a:b]))
-        total = beta[lat.start]
-        if not np.isfinite(total):
-            raise AsrBnError(f"utterance {utt}: its lattice has no complete path (decode it again)")
-        emitting = lat.arcs["ilabel"] != 0
-        post = np.exp(alpha[src] - cost + beta[dst] - total)[emitting]
-    keep = post > 0
-    return frames[emitting][keep], lat.arcs["ilabel"][emitting][keep].astype(np.int64), post[keep]
+    _, best_out = _viterbi(order, first, dst, cost, final, lat.start)
+    limit = best_out[lat.start] + beam
+    if not np.isfinite(limit):
+        raise AsrBnError(f"utterance {utt}: its lattice has no complete path (decode it again)")
+    rank = np.empty(lat.num_states, np.int64)
+    rank[order] = np.arange(lat.num_states)
+    parents: list[int] = []  # per node (a lattice state reached by a word prefix): the node before it, the arc
+    arcs_in: list[int] = []
+    ends: list[tuple[float, int]] = []  # per word sequence: its best cost and the node its best path ends at
+    pending: list[dict[int, tuple[float, int, int]]] = [{int(lat.start): (0.0, -1, -1)}]
+    cost_l, dst_l, out_l, first_l = cost.tolist(), dst.tolist(), olabel.tolist(), first.tolist()
+    best_out_l, rank_l, final_l = best_out.tolist(), rank.tolist(), final.tolist()
+    while pending:
+        reached = pending.pop()  # the states one word prefix reaches: state → (cost, node before, arc)
+        heap = [(rank_l[q], q) for q in reached]
+        heapq.heapify(heap)
+        done: set[int] = set()
+        end = (np.inf, -1)
+        next_words: dict[int, dict[int, tuple[float, int, int]]] = {}
+        while heap:  # the prefix's states in topological order: every epsilon-output path into one comes first
+            _, q = heapq.heappop(heap)
+            if q in done:
+                continue
+            done.add(q)
+            c, parent, arc = reached[q]
+            node = len(parents)
+            parents.append(parent)
+            arcs_in.append(arc)
+            if c + final_l[q] < end[0]:
+                end = (c + final_l[q], node)
+            for a in range(first_l[q], first_l[q + 1]):
+                d, nc = dst_l[a], c + cost_l[a]
+                if nc + best_out_l[d] > limit:
+                    continue  # no word sequence through here is within the beam
+                target = reached if out_l[a] == 0 else next_words.setdefault(out_l[a], {})
+                if d not in target or nc < target[d][0]:
+                    target[d] = (nc, node, a)
+                    if out_l[a] == 0:
+                        heapq.heappush(heap, (rank_l[d], d))
+        if end[0] <= limit:
+            ends.append(end)
+        pending.extend(next_words.values())
+    costs = np.array([c for c, _ in ends])
+    mass = np.zeros(len(parents))
+    np.add.at(mass, [n for _, n in ends], np.exp(costs.min() - costs) / np.exp(costs.min() - costs).sum())
+    arc_post = np.zeros(len(cost))
+    for node in range(len(parents) - 1, 0, -1):  # a node's parent comes before it
+        if mass[node] > 0:
+            mass[parents[node]] += mass[node]
+            arc_post[arcs_in[node]] += mass[node]
+    emitting = (lat.arcs["ilabel"] != 0) & (arc_post > 0)
+    return frames[emitting], lat.arcs["ilabel"][emitting].astype(np.int64), arc_post[emitting]
 
 
 def _viterbi(order: np.ndarray, first: np.ndarray, dst: np.ndarray, cost: np.ndarray, final: np.ndarray,
@@ -172,11 +204,12 @@ def _decoded(graph: Graph, model: GmmSystem, feats: Mapping[str, np.ndarray], ut
 
 
 def _posteriors(hyps: Mapping[str, Hypothesis], system: GmmSystem, silence: list[int], cfg: DecodeFmllrConfig,
-                beam: float | None) -> dict[str, Posterior]:
-    """lattice-to-post | weight-silence-post of each hypothesis's lattice."""
+                beam: float) -> dict[str, Posterior]:
+    """lattice-determinize-pruned --beam | lattice-to-post | weight-silence-post of each hypothesis's lattice."""
     tm = system.transition_model()
-    return {utt: weight_silence(tm, *lattice_posteriors(parse_lattice(h.lattice or b"", utt), cfg.acwt, utt, beam),
-                                silence, cfg.silence_weight) for utt, h in hyps.items()}
+    return {utt: weight_silence(tm, *best_alignment_posteriors(parse_lattice(h.lattice or b"", utt), cfg.acwt, utt,
+                                                               beam), silence, cfg.silence_weight)
+            for utt, h in hyps.items()}
 
 
 def decode_fmllr(graph_dir: str | Path, feats: Mapping[str, np.ndarray], utt2spk: Mapping[str, str],
@@ -206,8 +239,8 @@ def decode_fmllr(graph_dir: str | Path, feats: Mapping[str, np.ndarray], utt2spk
         first: dict[str, Hypothesis] = {}
         write_decode(si_dir, graph, _decoded(graph, alimdl, si, utts, cfg.decoding(cfg.first_beam), first),
                      cfg.decoding(cfg.first_beam), Report("decode_fmllr (speaker-independent pass)"), total=len(utts))
-        pre = estimate_speaker_transforms(system, si, _posteriors(first, alimdl, silence, cfg, None), spk2utt, sat,
-                                          report, posterior_am=alimdl.am)
+        posteriors = _posteriors(first, alimdl, silence, cfg, cfg.lattice_beam)  # the decoder's determinization
+        pre = estimate_speaker_transforms(system, si, posteriors, spk2utt, sat, report, posterior_am=alimdl.am)
         del first
         adapted = FeatureMap(si, lambda u, x: apply_fmllr(pre[speaker_of[u]], x))
         second: dict[str, Hypothesis] = {}
