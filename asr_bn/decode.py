@@ -245,10 +245,11 @@ def lattice_hypothesis(graph: Graph, utt: str, lattice: bytes, frames: int, conf
     from asr_bn.kaldi_ext import kaldifst
 
     lat = _lattice_from_bytes(lattice)
+    # lattice_to_nbest's path keeps the scaled acoustic costs, as the decoder's best path has them
     words, tids, graph_cost, am_cost = _best_path(
         graph, kaldifst.lattice_to_nbest(lat, acoustic_scale=config.acoustic_scale, lm_scale=1.0, n=1)[0])
-    return Hypothesis(utt, words, frames, -(graph_cost + config.acoustic_scale * am_cost), reached_final, tids,
-                      lattice, _by_lmwt(graph, lat, config.lmwt))
+    return Hypothesis(utt, words, frames, -(graph_cost + am_cost), reached_final, tids, lattice,
+                      _by_lmwt(graph, lat, config.lmwt))
 
 
 _SCRATCH: list[Path] = []  # this process's scratch file for lattices, made on first use

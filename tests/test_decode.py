@@ -281,3 +281,25 @@ def test_a_model_disagreeing_with_the_tree_only_in_its_last_state_is_refused(yes
     _hmm_objects(mono / "final.mdl", mono / "tree")  # the real pair agrees
     with pytest.raises(AsrBnError, match=r"final\.mdl: its transition-ids do not match the tree's pdfs"):
         _hmm_objects(tmp_path / "final.mdl", mono / "tree")
+
+
+def test_lattice_hypothesis_of_a_decoders_lattice_is_its_hypothesis(yesno_root: Path, oracle: Path) -> None:
+    """lattice_hypothesis (decode-fmllr's one-best of rescored lattices) on a lattice decode_matrix wrote gives back
+    decode_matrix's hypothesis: words, alignment, log-likelihood (its scaled acoustic cost counted once), LM sweep;
+    and the lattice survives parse_lattice + vector_bytes."""
+    import kaldiio
+
+    from asr_bn.decode import decode_matrix, lattice_hypothesis
+    from asr_bn.fst import parse_lattice, vector_bytes
+
+    graph = load_graph(yesno_root / "exp/mono/graph", yesno_root / "exp/mono")
+    config = DecodeConfig(lattices=True, lmwt=(8, 12))
+    for utt, ll in list(kaldiio.load_ark(str(oracle / "ll.ark")))[:3]:
+        hyp = decode_matrix(graph, utt, ll, config)
+        again = lattice_hypothesis(graph, utt, hyp.lattice, hyp.frames, config, hyp.reached_final)
+        assert (again.words, again.alignment, again.by_lmwt) == (hyp.words, hyp.alignment, hyp.by_lmwt)
+        assert again.log_like == pytest.approx(hyp.log_like, rel=1e-6)
+        again_bytes = vector_bytes(parse_lattice(hyp.lattice, utt), changed=True)
+        # the same bytes but the header's arc count (bytes 58-65), which OpenFst's writer leaves 0 here
+        assert len(again_bytes) == len(hyp.lattice) and again_bytes[:58] == hyp.lattice[:58]
+        assert again_bytes[66:] == hyp.lattice[66:]
