@@ -195,7 +195,7 @@ def _load_sat(src_dir: Path) -> tuple[GmmSystem, GmmSystem]:
 
 def _decoded(graph: Graph, model: GmmSystem, feats: Mapping[str, np.ndarray], utts: list[str],
              config: DecodeConfig, done: dict[str, Hypothesis]) -> Iterator[tuple[str, Hypothesis | str]]:
-    """Decode `utts` with the GMM `model` (gmm-latgen-faster), keeping each hypothesis in `done` as it goes."""
+    """Decode `utts` with the GMM `model` (gmm-latgen-simple), keeping each hypothesis in `done` as it goes."""
     for utt in utts:
         hyp = _decode_or_reason(graph, utt, model.log_likelihoods(feats[utt]), config)
         if isinstance(hyp, Hypothesis):
@@ -241,7 +241,7 @@ def decode_fmllr(graph_dir: str | Path, feats: Mapping[str, np.ndarray], utt2spk
                      cfg.decoding(cfg.first_beam), Report("decode_fmllr (speaker-independent pass)"), total=len(utts))
         posteriors = _posteriors(first, alimdl, silence, cfg, cfg.lattice_beam)  # the decoder's determinization
         pre = estimate_speaker_transforms(system, si, posteriors, spk2utt, sat, report, posterior_am=alimdl.am)
-        del first
+        del first, posteriors  # the lattices of pass 1 are on disk (OUT.si)
         adapted = FeatureMap(si, lambda u, x: apply_fmllr(pre[speaker_of[u]], x))
         second: dict[str, Hypothesis] = {}
         failed = {utt: hyp for utt, hyp in _decoded(graph, system, adapted, utts, cfg.decoding(cfg.beam), second)
