@@ -297,7 +297,8 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
       log "$sys/decode_test_tg/.done exists - skipping the SAT decode"
     else
       log "GMM decode of dev and test with $sys (two-pass fMLLR, trigram; LM weight chosen on dev)"
-      if ! check_done "$graph/.done" "$lm_opt $(cat "$sys/.done")"; then  # stage 7's "tg" graph
+      # stage 7's "tg" graph; one built before asr-bn mkgraph wrote phones/silence.csl is built again
+      if ! check_done "$graph/.done" "$lm_opt $(cat "$sys/.done")" || [ ! -f "$graph/phones/silence.csl" ]; then
         # shellcheck disable=SC2086 # lm_opt is one option with its value
         asr-bn mkgraph data/lang "$sys" "$graph" $lm_opt
         echo "$lm_opt $(cat "$sys/.done")" > "$graph/.done"
