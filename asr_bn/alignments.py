@@ -366,13 +366,19 @@ class TransitionModel:
             and np.array_equal(self.log_probs, other.log_probs)
         )
 
-    def _checked(self, tids: np.ndarray, where: str) -> np.ndarray:
+    def _checked(self, tids: np.ndarray, where: str | Sequence[str], starts: np.ndarray | None = None) -> np.ndarray:
+        """`tids`, refused with one line naming `where` and the frame if one is outside 1..n. Alignments laid end to
+        end give their first frames as `starts` and their names as `where`: the error names the one at fault."""
         tids = np.asarray(tids)
         bad = (tids < 1) | (tids > self.num_transition_ids)
         if bad.any():
             i = int(np.argmax(bad))
+            tid = int(tids[i])
+            if not isinstance(where, str):
+                u = int(np.searchsorted(np.asarray(starts), i, "right")) - 1
+                where, i = where[u], i - int(np.asarray(starts)[u])
             raise AsrBnError(
-                f"{where}: transition-id {int(tids[i])} at frame {i} is outside 1..{self.num_transition_ids} of the "
+                f"{where}: transition-id {tid} at frame {i} is outside 1..{self.num_transition_ids} of the "
                 f"model (were these alignments made with another final.mdl? use the model of the ali dir)"
             )
         return tids
@@ -394,26 +400,38 @@ class TransitionModel:
         return self.tid_is_self_loop[self._checked(tids, where)]
 
     def phone_segments(self, tids: np.ndarray, where: str = "alignment") -> list[tuple[int, int, int]]:
-        """Phone instances as (phone, first frame, end frame exclusive), split as Kaldi's SplitToPhones does.
+        """Phone instances as (phone, first frame, end frame exclusive), split as Kaldi's SplitToPhones does
+        (`phone_ends`)."""
+        tids = np.asarray(tids)
+        ends = self.phone_ends(tids, where)
+        starts = np.append(0, ends[:-1])[: len(ends)]
+        return list(zip(self.tid_phone[tids[starts]].tolist(), starts.tolist(), ends.tolist()))
+
+    def phone_ends(self, tids: np.ndarray, where: str | Sequence[str] = "alignment",
+                   starts: np.ndarray | None = None) -> np.ndarray:
+        """End frame (exclusive) of every phone instance, as Kaldi's SplitToPhones splits them, of one alignment or,
+        with `starts` (first frames) and `where` (names), of alignments laid end to end: whole arrays at once.
 
         A phone ends at a transition into its HMM's final state (plus, in reordered alignments, the self-loops that
-        follow it), so two consecutive instances of the same phone stay apart.
+        follow it), so two consecutive instances of the same phone stay apart; one cut off without its final
+        transition ends at the next phone or the alignment's end (Kaldi warns there).
         """
-        tids = self._checked(tids, where)
+        starts = np.zeros(1, np.int64) if starts is None else np.asarray(starts, np.int64)
+        tids = self._checked(tids, where, starts)
+        n = len(tids)
+        bounds = np.append(starts, n)
         tstate, loop, final = self.tid_tstate[tids], self.tid_is_self_loop[tids], self.tid_is_final[tids]
-        reordered = _is_reordered(tstate, loop)
-        ends: list[int] = []
-        n, i = len(tids), 0
-        while i < n:
-            if final[i]:
-                while reordered and i + 1 < n and loop[i + 1] and tstate[i + 1] == tstate[i]:
-                    i += 1
-                ends.append(i + 1)
-            elif i + 1 == n or self.tid_phone[tids[i]] != self.tid_phone[tids[i + 1]]:
-                ends.append(i + 1)  # a phone cut off without its final transition (Kaldi warns here)
-            i += 1
-        starts = [0] + ends[:-1]
-        return [(int(self.tid_phone[tids[s]]), s, e) for s, e in zip(starts, ends)]
+        phone = self.tid_phone[tids]
+        first = np.zeros(n + 1, bool)
+        first[bounds] = True  # the first frame of each alignment, and the end
+        cut = ~final & (first[1:] | np.append(phone[1:] != phone[:-1], True))  # ends a phone without a final
+        finals = np.flatnonzero(final)
+        # reordered: a final transition takes the self-loops of its state that follow it (first frames break runs)
+        carried = np.flatnonzero(first[:n] | ~loop | np.append(True, tstate[1:] != tstate[:-1]))
+        carried = np.append(carried, n)
+        reordered = _reordered(tstate, loop, bounds)[np.searchsorted(bounds, finals, "right") - 1]
+        final_ends = np.where(reordered, carried[np.searchsorted(carried, finals, "right")], finals + 1)
+        return np.union1d(np.flatnonzero(cut) + 1, final_ends)
 
     def info_lines(self) -> list[str]:
         """What Kaldi's `hmm-info` prints, then one line per topology entry."""
@@ -473,11 +491,25 @@ class TransitionModel:
 
 def _is_reordered(tstate: np.ndarray, loop: np.ndarray) -> bool:
     """Kaldi's IsReordered: whether self-loops follow (reordered) or precede the forward transition of a state."""
-    change = np.flatnonzero(tstate[1:] != tstate[:-1])
-    telling = change[loop[change] | loop[change + 1]]  # a state change next to a self-loop
-    if telling.size:
-        return bool(loop[telling[0]])  # the self-loop comes last: reordered
-    return bool(loop.size and not loop[0] and loop[-1])
+    return bool(_reordered(tstate, loop, np.array([0, len(tstate)]))[0])
+
+
+def _reordered(tstate: np.ndarray, loop: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """`_is_reordered` of each alignment `tstate[bounds[u]:bounds[u + 1]]` laid end to end: the first state change
+    next to a self-loop tells (the self-loop last: reordered); without one, a self-loop at the end and not at the
+    start."""
+    n, lengths = len(tstate), np.diff(bounds)
+    inside = np.ones(max(n - 1, 0), bool)
+    inside[bounds[1:-1][(bounds[1:-1] > 0) & (bounds[1:-1] < n)] - 1] = False  # no change across alignments
+    change = np.flatnonzero(inside & (tstate[1:] != tstate[:-1]))
+    telling = change[loop[change] | loop[change + 1]]
+    alignment = np.searchsorted(bounds, telling, "right") - 1
+    told, first = np.unique(alignment, return_index=True)
+    out = np.zeros(len(lengths), bool)
+    some = lengths > 0
+    out[some] = ~loop[bounds[:-1][some]] & loop[bounds[1:][some] - 1]
+    out[told] = loop[telling[first]]
+    return out
 
 
 def _read_topology(r: _KaldiReader) -> Topology:

@@ -2,8 +2,11 @@
 
     python bench/tree.py                       # the synthesized corpus's 720 training utterances, 5 paired runs
     python bench/tree.py --runs 3 --max-leaves 500
+    python bench/tree.py --an4 /path/to/an4/workdir --runs 3   # AN4: a recipes/an4/run.sh dir after stage 3
 
-Both sides read the same ready features (Kaldi MFCC + add-deltas, written once), the same alignments and lang files:
+Both sides read the same ready features, written once as a Kaldi archive (the synthesized corpus: Kaldi MFCC +
+add-deltas; AN4: the recipe's own GMM features of prep/train, cepstra + speaker CMVN + deltas), the same alignments
+(exp/mono_ali on AN4) and lang files (data/lang's sets, roots, extra questions and context-independent phones):
   stats     asr-bn tree stats      vs  acc-tree-stats
   questions asr-bn tree questions  vs  cluster-phones
   build     asr-bn tree build      vs  compile-questions + build-tree
@@ -38,7 +41,7 @@ def _run(cmd: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def _prepare(work: Path) -> dict[str, Path]:
+def _synthesized(work: Path) -> dict[str, Path | str]:
     """The synthesized corpus (seed 0, full size), its features and the lang files both sides read."""
     from asr_bn.alignments import read_transition_model
     from asr_bn.synth import synthesize_corpus
@@ -53,8 +56,29 @@ def _prepare(work: Path) -> dict[str, Path]:
     phones = max(read_transition_model(ali / "final.mdl").phones)
     (work / "sets.int").write_text("".join(f"{p}\n" for p in range(1, phones + 1)))
     (work / "roots.int").write_text("".join(f"shared split {p}\n" for p in range(1, phones + 1)))
-    return {"model": ali / "final.mdl", "ali": ali / "ali.1.gz", "topo": ali / "topo", "feats": feats,
-            "sets": work / "sets.int", "roots": work / "roots.int"}
+    (work / "extra.int").write_text("")
+    return {"model": ali / "final.mdl", "ali": ali, "kaldi_ali": f"ark:gunzip -c {ali}/ali.*.gz|", "topo": ali / "topo",
+            "feats": feats, "sets": work / "sets.int", "roots": work / "roots.int", "extra": work / "extra.int",
+            "ci_phones": "1"}
+
+
+def _an4(run_dir: Path, work: Path) -> dict[str, Path | str]:
+    """A recipes/an4/run.sh working dir after stage 3: prep/train's GMM features (written once as a Kaldi archive),
+    exp/mono_ali's model and alignments, data/lang's topology and phone lists."""
+    from asr_bn.gmm.tree_stats import read_features
+    from asr_bn.io import write_ark_scp
+
+    ali, phones = run_dir / "exp" / "mono_ali", run_dir / "data" / "lang" / "phones"
+    needed = [run_dir / "prep" / "train" / "feats.scp", ali / "final.mdl", ali / "ali.1.gz", phones / "roots.int"]
+    if not all(p.is_file() for p in needed):
+        sys.exit(f"{run_dir}: not an AN4 recipe dir after stage 3 (needs {', '.join(str(p) for p in needed)})")
+    feats = work / "feats.scp"
+    if not feats.exists():
+        write_ark_scp(work / "feats.ark", feats, ((u, m.astype("float32")) for u, m in read_features(run_dir / "prep" / "train")))
+    return {"model": ali / "final.mdl", "ali": ali, "kaldi_ali": f"ark:gunzip -c {ali}/ali.*.gz|",
+            "topo": run_dir / "data" / "lang" / "topo", "feats": feats, "sets": phones / "sets.int",
+            "roots": phones / "roots.int", "extra": phones / "extra_questions.int",
+            "ci_phones": (phones / "context_indep.csl").read_text().strip()}
 
 
 def main() -> None:
@@ -62,24 +86,27 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="paired runs per row")
     parser.add_argument("--max-leaves", type=int, default=500, help="build-tree --max-leaves")
     parser.add_argument("--work", type=Path, help="keep the corpus and outputs here (default: a temporary dir)")
+    parser.add_argument("--an4", type=Path, metavar="DIR", help="measure on AN4: a recipes/an4/run.sh working dir "
+                        "after stage 3 (prep/train, data/lang, exp/mono_ali); default: the synthesized corpus")
     args = parser.parse_args()
     if not (KALDI / "bin").is_dir():
         sys.exit(f"{KALDI} is absent: this benchmark compares against Kaldi's binaries")
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_tree_"))
     work.mkdir(parents=True, exist_ok=True)
-    f = _prepare(work)
+    f = _an4(args.an4, work) if args.an4 else _synthesized(work)
     k, o = work / "kaldi", work / "ours"
     k.mkdir(exist_ok=True)
     o.mkdir(exist_ok=True)
     rows = {
         "stats": ([sys.executable, "-m", "asr_bn_cli", "tree", "stats", f["model"], f["feats"], f["ali"], o / "acc",
-                   "--ci-phones", "1"],
-                  ["acc-tree-stats", "--ci-phones=1", f["model"], f"scp:{f['feats']}", f"ark:gunzip -c {f['ali']}|", k / "acc"]),
+                   "--ci-phones", f["ci_phones"]],
+                  ["acc-tree-stats", f"--ci-phones={f['ci_phones']}", f["model"], f"scp:{f['feats']}", f["kaldi_ali"],
+                   k / "acc"]),
         "questions": ([sys.executable, "-m", "asr_bn_cli", "tree", "questions", k / "acc", f["sets"], o / "q.int"],
                       ["cluster-phones", k / "acc", f["sets"], k / "q.int"]),
-        "build": ([sys.executable, "-m", "asr_bn_cli", "tree", "build", k / "acc", f["roots"], k / "q.int", f["topo"],
-                   o / "tree", f"--max-leaves={args.max_leaves}"],
-                  ["sh", "-c", f"compile-questions {f['topo']} {k / 'q.int'} {k / 'q.qst'} && build-tree "
+        "build": ([sys.executable, "-m", "asr_bn_cli", "tree", "build", k / "acc", f["roots"], k / "questions.int",
+                   f["topo"], o / "tree", f"--max-leaves={args.max_leaves}"],
+                  ["sh", "-c", f"compile-questions {f['topo']} {k / 'questions.int'} {k / 'q.qst'} && build-tree "
                    f"--max-leaves={args.max_leaves} {k / 'acc'} {f['roots']} {k / 'q.qst'} {f['topo']} {k / 'tree'}"]),
     }
     medians = {}
@@ -92,6 +119,8 @@ def main() -> None:
         a, b = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
         medians[name] = (a, b)
         print(f"{name:10} {a:9.3f} {b:8.3f} {statistics.median(p[0] / p[1] for p in pairs):6.2f}")
+        if name == "questions":  # as steps/train_deltas.sh: the clustered questions, then the lang's extra ones
+            (k / "questions.int").write_text((k / "q.int").read_text() + Path(f["extra"]).read_text())
     a = medians["stats"][0] + medians["build"][0]
     b = medians["stats"][1] + medians["build"][1]
     print(f"{'stats+build':10} {a:9.3f} {b:8.3f} {a / b:6.2f}   (target: at most 2x)")

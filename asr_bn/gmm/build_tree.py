@@ -21,7 +21,7 @@ from asr_bn.alignments import Topology
 from asr_bn.errors import AsrBnError
 from asr_bn.gmm.event_map import MISSING, Constant, EventMap, Split, Table, map_events, relabel, renumber
 from asr_bn.gmm.gauss import float_sum, objf
-from asr_bn.gmm.tree_stats import PDF_CLASS, TreeStats, sum_by_group
+from asr_bn.gmm.tree_stats import PDF_CLASS, TreeStats
 
 
 @dataclass(frozen=True)
@@ -271,7 +271,8 @@ def _leaf_points(tree: EventMap, st: _Stats, idx: np.ndarray) -> tuple[list[int]
     if (leaf < 0).any():
         raise AsrBnError("tree statistics with a context the tree cannot answer (context width or ci-phones differ)")
     ids, inverse = np.unique(leaf, return_inverse=True)
-    return ids.tolist(), sum_by_group(inverse, st.data[idx], len(ids), squares=False)
+    order = np.argsort(inverse, kind="stable")
+    return ids.tolist(), np.add.reduceat(st.data[idx][order], np.searchsorted(inverse[order], np.arange(len(ids))), axis=0)
 
 
 def _cluster_within(tree: EventMap, stub: EventMap, st: _Stats, thresh: float, min_total: int | None) -> tuple[EventMap, int]:

@@ -8,7 +8,9 @@ Gaussian's sufficient statistics, which is all tree building needs.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -66,20 +68,15 @@ def accumulate_tree_stats(
 ) -> TreeStats:
     """Kaldi's `acc-tree-stats`: statistics of every (context, pdf-class) event over aligned utterances.
 
-    `feats` yields (utterance, frames × dim) matrices (streamed: one utterance in memory at a time);
+    `feats` yields (utterance, frames × dim) matrices (streamed: about `_CHUNK_FRAMES` frames in memory at a time);
     utterances without an alignment or whose alignment length differs from their frame count are skipped and named
-    in `report`.
+    in `report`. Frames are added to their event's sums one by one in corpus order, in double, as Kaldi adds them,
+    so the statistics of float features are Kaldi's to the bit.
     """
     if not 0 <= central_position < context_width:
         raise AsrBnError(f"central position {central_position} is outside a context of width {context_width}")
-    tid_pdf_class = pdf_classes(tm)
-    is_ci = np.zeros(max(tm.phones) + 1, dtype=bool)
-    is_ci[[p for p in ci_phones if 0 <= p < len(is_ci)]] = True
-    base = len(is_ci) + 1  # event codes: pdf-class, then each context phone + 1 (0: the key is absent)
-    codes: list[np.ndarray] = []
-    counts: list[np.ndarray] = []
-    sums: list[np.ndarray] = []
-    pending: list[tuple[np.ndarray, np.ndarray]] = []  # frames not yet summed, in chunks of about _CHUNK_FRAMES
+    acc = _Accumulator(tm, ci_phones, context_width, central_position)
+    pending: list[tuple[str, np.ndarray, np.ndarray]] = []  # (utterance, tids, frames) not yet summed
     pending_frames, dim = 0, None
     for utt, mat in feats:
         if utt not in alignments:
@@ -95,55 +92,81 @@ def accumulate_tree_stats(
             dim = mat.shape[1]
         elif mat.shape[1] != dim:
             raise AsrBnError(f"utterance {utt}: features of dimension {mat.shape[1]}, others have {dim}")
-        segments = np.array(tm.phone_segments(tids, where=f"alignment of {utt}"), dtype=np.int64).reshape(-1, 3)
-        padded = np.concatenate([np.zeros(central_position, np.int64), segments[:, 0],
-                                 np.zeros(context_width - 1 - central_position, np.int64)])
-        seg_of_frame = np.repeat(np.arange(len(segments)), segments[:, 2] - segments[:, 1])
-        ci = is_ci[segments[:, 0]]
-        code = tid_pdf_class[tids]
-        for j in range(context_width):
-            phone = padded[j : j + len(segments)] + 1
-            phone = phone if j == central_position else np.where(ci, 0, phone)
-            code = code * base + phone[seg_of_frame]
-        pending.append((code, np.asarray(mat, np.float64)))
-        pending_frames += len(code)
+        pending.append((utt, tids, mat))
+        pending_frames += len(tids)
         if pending_frames >= _CHUNK_FRAMES:
-            _flush(pending, codes, counts, sums)
-            pending_frames = 0
+            acc.add(pending)
+            pending, pending_frames = [], 0
         if report is not None:
             report.counts["utterances"] = report.counts.get("utterances", 0) + 1
     if dim is None:
         raise AsrBnError("no aligned utterance to gather tree statistics from (do features and alignments match?)")
-    _flush(pending, codes, counts, sums)
-    ids, inverse = np.unique(np.concatenate(codes), return_inverse=True)
-    total_counts = np.bincount(inverse, weights=np.concatenate(counts), minlength=len(ids))
-    all_sums = np.concatenate(sums)
-    total = sum_by_group(inverse, all_sums.reshape(len(all_sums), -1), len(ids), squares=False).reshape(-1, 2, dim)
-    events = [_decode(int(c), base, context_width) for c in ids]
+    acc.add(pending)
+    events = [_decode(c, acc.base, context_width) for c in acc.codes]
     order = sorted(range(len(events)), key=events.__getitem__)
-    return TreeStats([events[i] for i in order], total_counts[order], total[order], float(var_floor))
+    return TreeStats([events[i] for i in order], acc.counts[order], acc.sums[order], float(var_floor))
 
 
-def _flush(pending: list[tuple[np.ndarray, np.ndarray]], codes: list, counts: list, sums: list) -> None:
-    """Sum the pending frames per event code into (codes, counts, sums) and empty `pending`."""
-    if not pending:
-        return
-    code = np.concatenate([c for c, _ in pending])
-    ids, inverse = np.unique(code, return_inverse=True)
-    codes.append(ids)
-    counts.append(np.bincount(inverse, minlength=len(ids)).astype(np.float64))
-    sums.append(sum_by_group(inverse, np.concatenate([m for _, m in pending]), len(ids)))
-    pending.clear()
+class _Accumulator:
+    """Running per-event sums: each event code (pdf-class, then each context phone + 1, 0 for none, in base
+    `base`) owns a row of counts and (Σx, Σx²) sums, in order of first appearance."""
 
+    def __init__(self, tm: TransitionModel, ci_phones: Sequence[int], context_width: int, central_position: int) -> None:
+        self.tm, self.width, self.central = tm, context_width, central_position
+        self.tid_pdf_class = pdf_classes(tm)
+        self.is_ci = np.zeros(max(tm.phones) + 1, dtype=bool)
+        self.is_ci[[p for p in ci_phones if 0 <= p < len(self.is_ci)]] = True
+        self.base = len(self.is_ci) + 1
+        self.row: dict[int, int] = {}  # event code → row
+        self.codes: list[int] = []
+        self.counts = np.zeros(0)
+        self.sums = np.zeros((0, 2, 0))
 
-def sum_by_group(group: np.ndarray, rows: np.ndarray, n: int, squares: bool = True) -> np.ndarray:
-    """Per group: the sum of `rows` (and, with `squares`, of their squares, as (n, 2, dim))."""
-    order = np.argsort(group, kind="stable")
-    starts = np.searchsorted(group[order], np.arange(n))
-    ordered = rows[order]
-    if not squares:
-        return np.add.reduceat(ordered, starts, axis=0)
-    return np.stack([np.add.reduceat(ordered, starts, axis=0), np.add.reduceat(ordered * ordered, starts, axis=0)], 1)
+    def event_codes(self, utts: Sequence[str], tids: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """The event code of every frame of alignments laid end to end (`starts`: their first frames)."""
+        ends = self.tm.phone_ends(tids, [f"alignment of {u}" for u in utts], starts)
+        first = np.append(0, ends[:-1])
+        phone = self.tm.tid_phone[tids[first]].astype(np.int64)
+        utt = np.searchsorted(starts, first, "right") - 1
+        ci = self.is_ci[phone]
+        n = len(ends)
+        code = np.zeros(n, np.int64)
+        for j in range(self.width):  # the phone j - central segments away in the same utterance, else phone 0
+            other = np.arange(n) + (j - self.central)
+            inside = (other >= 0) & (other < n)
+            other = np.clip(other, 0, n - 1)
+            context = np.where(inside & (utt[other] == utt), phone[other], 0) + 1
+            code = code * self.base + (context if j == self.central else np.where(ci, 0, context))
+        return self.tid_pdf_class[tids] * self.base**self.width + np.repeat(code, ends - first)
+
+    def add(self, pending: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> None:
+        """Add the frames of `pending` (utterance, tids, frames): one np.bincount per column, the running sums put
+        first, so every sum is Kaldi's: the previous sum plus each frame in turn."""
+        if not pending:
+            return
+        lengths = [len(t) for _, t, _ in pending]
+        starts = np.cumsum([0] + lengths[:-1])
+        code = self.event_codes([u for u, _, _ in pending], np.concatenate([t for _, t, _ in pending]), starts)
+        ids, inverse = np.unique(code, return_inverse=True)
+        for c in ids.tolist():
+            if c not in self.row:
+                self.row[c] = len(self.codes)
+                self.codes.append(c)
+        rows = np.array([self.row[c] for c in ids.tolist()], np.int64)[inverse.ravel()]
+        old, new, dim = len(self.counts), len(self.codes), pending[0][2].shape[1]
+        if not old:
+            self.sums = np.zeros((0, 2, dim))
+        group = np.concatenate([np.arange(old), rows])
+        frames = np.concatenate([m for _, _, m in pending], dtype=np.float32).T  # Kaldi's frames are floats
+        values, squares = np.empty(old + len(rows)), np.empty(old + len(rows))
+        sums = np.empty((new, 2, dim))
+        for d in range(dim):  # each sum: the running one, then the frames' values, or their squares in float
+            values[:old], values[old:] = self.sums[:, 0, d], frames[d]
+            sums[:, 0, d] = np.bincount(group, values, new)
+            squares[:old], squares[old:] = self.sums[:, 1, d], frames[d] * frames[d]
+            sums[:, 1, d] = np.bincount(group, squares, new)
+        self.counts = np.bincount(rows, minlength=new) + np.pad(self.counts, (0, new - old))
+        self.sums = sums
 
 
 def _decode(code: int, base: int, context_width: int) -> Event:
@@ -176,7 +199,51 @@ def read_features(source: str | Path) -> Iterator[tuple[str, np.ndarray]]:
 # (`GCL <count> <var_floor> <2 x dim double matrix>`); binary or text (build-tree-utils.cc, clusterable-classes.cc)
 
 
+@lru_cache(maxsize=None)
+def _record(size: int) -> struct.Struct:
+    """Layout of one binary event as Kaldi writes it: `EV`, the size, the (key, value) pairs, `T`, `GCL`, count and
+    variance floor as doubles, `DM` 2 × dim (the doubles follow)."""
+    return struct.Struct("<3sBI" + "BiBi" * size + "c4sBdBd3sBiBi")
+
+
+def _pack_record(event: Event, count: float, var_floor: float, dim: int) -> bytes:
+    """The bytes of `_record` for one event, up to its matrix's doubles."""
+    pairs = [x for key, value in event for x in (4, key, 4, value)]
+    return _record(len(event)).pack(b"EV ", 0xFC, len(event), *pairs, b"T", b"GCL ", 8, count, 8, var_floor,
+                                    b"DM ", 4, 2, 4, dim)
+
+
 class _StatsReader(_KaldiReader):
+    def kaldi_layout_event(self) -> tuple[Event, float, float, bytes] | None:
+        """The next event (event, count, variance floor, its matrix's bytes) if it is laid out as Kaldi writes it
+        (`_record`), read in two pieces; None, nothing read, for any other layout, which `event` then reads token
+        by token (or says what is wrong)."""
+        head = self.peek(8)
+        if len(head) < 8 or head[:4] != b"EV \xfc" or int.from_bytes(head[4:], "little") > 64:
+            return None
+        size = int.from_bytes(head[4:], "little")
+        layout = _record(size)
+        raw = self.peek(layout.size)
+        if len(raw) < layout.size:
+            return None
+        fields = layout.unpack(raw)
+        event = tuple(zip(fields[4 : 3 + 4 * size : 4], fields[6 : 3 + 4 * size : 4]))
+        count, floor, dim = fields[3 + 4 * size + 3], fields[3 + 4 * size + 5], fields[-1]
+        if dim < 0 or _pack_record(event, count, floor, dim) != raw:
+            return None
+        self.take(layout.size)
+        return event, count, floor, self.take(16 * dim)
+
+    def event(self) -> tuple[Event, float, float, np.ndarray]:
+        """The next event, token by token: (event, count, variance floor, 2 × dim statistics)."""
+        self.expect("EV")
+        size = self.uint32()
+        event = tuple((self.int32(), self.int32()) for _ in range(size))
+        if not self.flag():
+            raise self.fail("an event without statistics")
+        self.expect("GCL")
+        return event, self.float64(), self.float64(), self.double_matrix()
+
     def uint32(self) -> int:
         """Kaldi's unsigned basic type: size byte -4 (0xFC) in binary."""
         if self.binary:
@@ -232,15 +299,12 @@ def read_tree_stats(path: str | Path) -> TreeStats:
         n = r.uint32()
         events, counts, stats, floors = [], [], [], set()
         for _ in range(n):
-            r.expect("EV")
-            size = r.uint32()
-            events.append(tuple((r.int32(), r.int32()) for _ in range(size)))
-            if not r.flag():
-                raise r.fail("an event without statistics")
-            r.expect("GCL")
-            counts.append(r.float64())
-            floors.add(r.float64())
-            stats.append(r.double_matrix())
+            record = r.kaldi_layout_event() if r.binary else None
+            event, count, floor, matrix = record or r.event()
+            events.append(event)
+            counts.append(count)
+            floors.add(floor)
+            stats.append(np.frombuffer(matrix, "<f8").reshape(2, -1) if record else matrix)
     if len(floors) > 1:
         raise AsrBnError(f"{path}: statistics with different variance floors {sorted(floors)} (sum-tree-stats mix?)")
     dims = {s.shape[1] for s in stats}
@@ -251,27 +315,17 @@ def read_tree_stats(path: str | Path) -> TreeStats:
 
 def write_tree_stats(path: str | Path, stats: TreeStats, binary: bool = True) -> None:
     """Write `stats` in Kaldi's treeacc format, which Kaldi's `build-tree` and `sum-tree-stats` read."""
-
-    def basic(fmt: str, value: float | int) -> bytes:
-        """Kaldi's WriteBasicType: a size byte (negative for unsigned types), then the little-endian value."""
-        size = np.dtype(fmt).itemsize
-        head = bytes([256 - size if fmt.startswith("<u") else size])
-        return (head + np.array(value, fmt).tobytes()) if binary else f"{value!r} ".encode()
-
-    parts = [b"\0B" if binary else b"", b"BTS ", basic("<u4", len(stats.events))]
-    for event, count, s in zip(stats.events, stats.counts, stats.stats):
-        parts += [b"EV ", basic("<u4", len(event))]
-        for key, value in event:
-            parts += [basic("<i4", key), basic("<i4", value)]
-        if not binary:
-            parts.append(b"\n")
-        parts += [b"T" if binary else b"T ", b"GCL ", basic("<f8", float(count)), basic("<f8", stats.var_floor)]
-        if binary:
-            parts += [b"DM ", basic("<i4", 2), basic("<i4", stats.dim), np.asarray(s, "<f8").tobytes()]
-        else:
-            rows = "\n  ".join(" ".join(repr(float(v)) for v in row) for row in s)
-            parts.append(f" [\n  {rows} ]\n".encode())
-    if not binary:
+    if binary:
+        rows = np.ascontiguousarray(stats.stats, "<f8").reshape(len(stats.events), -1)
+        parts = [b"\0BBTS ", struct.pack("<BI", 0xFC, len(stats.events))]
+        for event, count, row in zip(stats.events, stats.counts.tolist(), rows):
+            parts += [_pack_record(event, count, stats.var_floor, stats.dim), row.tobytes()]
+    else:
+        parts = [f"BTS {len(stats.events)} ".encode()]
+        for event, count, s in zip(stats.events, stats.counts, stats.stats):
+            pairs = "".join(f"{key} {value} " for key, value in event)
+            matrix = "\n  ".join(" ".join(repr(float(v)) for v in row) for row in s)
+            parts.append(f"EV {len(event)} {pairs}\nT GCL {float(count)!r} {stats.var_floor!r}  [\n  {matrix} ]\n".encode())
         parts.append(b"\n")
     with atomic_open(path, "wb", encoding=None) as f:
         f.write(b"".join(parts))
