@@ -37,6 +37,7 @@ from asr_bn.alignments import (
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
 from asr_bn_cli.main import build_app
+from conftest import run_kaldi
 
 app = build_app()
 
@@ -177,6 +178,50 @@ def test_consecutive_identical_phones_are_split(yesno_root: Path) -> None:
         assert model.phone_segments(np.array(tids)) == [(3, 0, 7), (3, 7, 14)]
     assert model.is_self_loop(np.array([25, 26, 29, 30])).tolist() == [True, False, True, False]
     assert model.to_hmm_states(np.array([25, 27, 29])).tolist() == [0, 1, 2]
+
+
+def _random_alignments(model: TransitionModel, seed: int = 0) -> dict[str, list[int]]:
+    """Alignments through `model`'s HMMs: 1-5 random phones, 0-2 self-loops per state, every other one reordered
+    (self-loops after the forward transition), every fifth cut off inside its last phone."""
+    dest_tid = {}  # (phone, HMM state, destination state) → transition-id
+    for tid in range(1, model.num_transition_ids + 1):
+        first = int(np.flatnonzero(model.tid_tstate == model.tid_tstate[tid])[0])
+        phone, state = int(model.tid_phone[tid]), int(model.tid_hmm_state[tid])
+        dest_tid[phone, state, model.topology.entry(phone)[state].transitions[tid - first][0]] = tid
+    rng = np.random.default_rng(seed)
+    out = {}
+    for u in range(40):
+        tids: list[int] = []
+        for phone in rng.choice(model.phones, int(rng.integers(1, 6))).tolist():
+            for state in range(len(model.topology.entry(phone)) - 1):
+                loops, forward = [dest_tid[phone, state, state]] * int(rng.integers(0, 3)), [dest_tid[phone, state, state + 1]]
+                tids += forward + loops if u % 2 == 0 else loops + forward
+        out[f"u{u:02d}"] = tids[: max(1, len(tids) - int(rng.integers(1, 4)))] if u % 5 == 4 else tids
+    return out
+
+
+def test_phone_segments_are_ali_to_phones(yesno_root: Path, kaldi_bundle: Path, tmp_path: Path) -> None:
+    """SplitToPhones as Kaldi's ali-to-phones --write-lengths splits (plain, reordered and cut-off alignments), one
+    alignment at a time and laid end to end (`phone_ends`, as tree statistics use it)."""
+    mdl = _mono(yesno_root) / "final.mdl"
+    model = read_transition_model(mdl)
+    alignments = _random_alignments(model)
+    (tmp_path / "ali.txt").write_text("".join(f"{u} {' '.join(map(str, t))}\n" for u, t in alignments.items()))
+    out = run_kaldi(kaldi_bundle, "ali-to-phones", "--write-lengths", mdl, f"ark,t:{tmp_path / 'ali.txt'}", "ark,t:-")
+    kaldi = {u: [tuple(map(int, pair.split())) for pair in rest.split(";")]
+             for u, rest in (line.split(maxsplit=1) for line in out.splitlines())}
+    assert kaldi.keys() == alignments.keys()
+    for utt, tids in alignments.items():
+        assert [(p, e - s) for p, s, e in model.phone_segments(np.array(tids))] == kaldi[utt], utt
+    lengths = [len(t) for t in alignments.values()]
+    starts = np.cumsum([0] + lengths[:-1])
+    ends = model.phone_ends(np.concatenate(list(alignments.values())), list(alignments), starts)
+    assert ends.tolist() == [s + sum(n for _, n in kaldi[u][: i + 1]) for u, s in zip(alignments, starts)
+                             for i in range(len(kaldi[u]))]
+    bad = [list(t) for t in alignments.values()]
+    bad[3][2] = 99
+    with pytest.raises(AsrBnError, match=r"^u03: transition-id 99 at frame 2 is outside"):
+        model.phone_ends(np.concatenate(bad), list(alignments), starts)
 
 
 def test_alignment_archive_forms_read_alike(yesno_root: Path, tmp_path: Path) -> None:
