@@ -431,7 +431,10 @@ class TransitionModel:
         carried = np.append(carried, n)
         reordered = _reordered(tstate, loop, bounds)[np.searchsorted(bounds, finals, "right") - 1]
         final_ends = np.where(reordered, carried[np.searchsorted(carried, finals, "right")], finals + 1)
-        return np.union1d(np.flatnonzero(cut) + 1, final_ends)
+        is_end = np.zeros(n + 1, bool)  # (a mask, not np.union1d: that imports numpy.ma, 10 ms of start-up)
+        is_end[np.flatnonzero(cut) + 1] = True
+        is_end[final_ends] = True
+        return np.flatnonzero(is_end)
 
     def info_lines(self) -> list[str]:
         """What Kaldi's `hmm-info` prints, then one line per topology entry."""

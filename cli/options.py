@@ -75,27 +75,40 @@ _PLAIN_MESSAGES = {
 
 
 class _Plain(RuntimeParam):
-    """A value made by its annotation's constructor (int, float, str, Path; a flag's bool as it is)."""
+    """A value made by its annotation's constructor (int, float, str, Path; a flag's bool as it is), an int or
+    float checked against the option's min and max as typer checks them."""
 
     def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
         kind = self.annotation
-        if isinstance(value, kind):
-            return value
-        try:
-            return kind(value.strip() if kind in (int, float) and isinstance(value, str) else value)
-        except (TypeError, ValueError):
-            raise typer.BadParameter(_PLAIN_MESSAGES.get(kind, f"{value!r} is not a valid {kind.__name__}"),
-                                     ctx=ctx, param=param) from None
+        if not isinstance(value, kind):
+            try:
+                value = kind(value.strip() if kind in (int, float) and isinstance(value, str) else value)
+            except (TypeError, ValueError):
+                raise typer.BadParameter(_PLAIN_MESSAGES.get(kind, f"{value!r} is not a valid {kind.__name__}"),
+                                         ctx=ctx, param=param) from None
+        low, high = getattr(self.parameter_info, "min", None), getattr(self.parameter_info, "max", None)
+        if low is not None and not value >= low:  # `not >=`: NaN is refused too
+            raise typer.BadParameter(f"Input should be greater than or equal to {_number(low)}", ctx=ctx, param=param)
+        if high is not None and not value <= high:
+            raise typer.BadParameter(f"Input should be less than or equal to {_number(high)}", ctx=ctx, param=param)
+        return value
+
+
+def _number(bound: float) -> str:
+    """A bound as typer's messages (pydantic's) write it: 0 for 0.0, 0.5 for 0.5."""
+    return str(int(bound)) if float(bound).is_integer() else repr(float(bound))
 
 
 def _plain_runtime_param(param: TyperOption | TyperArgument) -> Any:
-    """Coercion of a flag (its value is already a bool) or of one int, float, str or Path value without typer 0.29's
-    pydantic adapter: importing pydantic is a third of `--help`'s and a usage error's start-up (bench/cli_start.py).
-    Same messages as pydantic's for a value that is not a number; None for anything else (typer's own coercion)."""
+    """Coercion of a flag (its value is already a bool) or of one int, float, str or Path value (an int or float
+    within its min and max, unclamped) without typer 0.29's pydantic adapter: importing pydantic is a third of
+    `--help`'s and a usage error's start-up (bench/cli_start.py) and 0.1 s of every command's. Same messages as
+    pydantic's for a value that is not a number or out of range; None for anything else (typer's own coercion)."""
     desc = param.type_descriptor
     kind, info = desc.annotation, desc.parameter_info
     flag = isinstance(param, TyperOption) and param.is_flag and kind is bool
-    constrained = (getattr(info, "min", None) is not None or getattr(info, "max", None) is not None
+    bounded = getattr(info, "min", None) is not None or getattr(info, "max", None) is not None
+    constrained = ((bounded and (kind not in (int, float) or getattr(info, "clamp", False)))
                    or getattr(info, "exists", False) or not getattr(info, "file_okay", True)
                    or not getattr(info, "dir_okay", True) or getattr(info, "writable", False)
                    or getattr(info, "resolve_path", False))

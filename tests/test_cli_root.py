@@ -229,7 +229,8 @@ def test_kaldi_fbank_checks() -> None:
 
 # -- start-up: help and usage errors load neither torch nor the Kaldi extensions ------------------------------------
 
-_HEAVY = ("torch", "numpy", "kaldi_hmm_gmm", "kaldifst", "kaldi_decoder", "kaldilm", "kaldiio", "scipy", "matplotlib")
+_HEAVY = ("torch", "numpy", "kaldi_hmm_gmm", "kaldifst", "kaldi_decoder", "kaldilm", "kaldiio", "scipy", "matplotlib",
+          "pydantic")
 _PROBE = """
 import json, sys
 from typer.testing import CliRunner
@@ -239,17 +240,19 @@ paths = json.loads(sys.argv[1])
 codes = [CliRunner().invoke(app, [*path, "--help"]).exit_code for path in paths]
 codes += [CliRunner().invoke(app, [*path, "--no-such-option"]).exit_code for path in paths]
 codes.append(CliRunner().invoke(app, ["train", "a", "b", "c", "--clip-norm", "-1"]).exit_code)
+codes.append(CliRunner().invoke(app, ["tree", "build", "a", "b", "c", "d", "e", "--thresh", "-1"]).exit_code)
 print(json.dumps({"codes": codes, "loaded": sorted({m.split(".")[0] for m in sys.modules})}))
 """
 
 
 def test_help_and_usage_errors_import_no_heavy_module() -> None:
-    """`asr-bn --help`, every command's --help and usage errors, in a fresh process: none of torch, numpy or the
-    Kaldi extensions is imported (they took 2-3 s before; bench/cli_start.py measures the start-up)."""
+    """`asr-bn --help`, every command's --help and usage errors (an option's min too), in a fresh process: none of
+    torch, numpy, the Kaldi extensions or pydantic is imported (they took 2-3 s before; bench/cli_start.py measures
+    the start-up)."""
     paths = [list(p) for p in ALL_COMMANDS]
     out = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(paths)], capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["codes"] == [0] * len(paths) + [2] * (len(paths) + 1)
+    assert result["codes"] == [0] * len(paths) + [2] * (len(paths) + 2)
     assert not set(_HEAVY) & set(result["loaded"]), sorted(set(_HEAVY) & set(result["loaded"]))
 
 
@@ -283,3 +286,20 @@ def test_a_command_line_builds_only_the_command_it_names(args: list[str], module
     out = subprocess.run([sys.executable, "-c", _ONLY, *args], capture_output=True, text=True, check=True)
     assert "Usage: asr-bn" in out.stdout
     assert json.loads(out.stderr.strip().splitlines()[-1]) == modules
+
+
+def test_bounds_are_checked_as_typer_checks_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An int or float option's min and max, checked without typer's pydantic adapter: the same messages as typer's
+    own check (NaN refused too)."""
+    import asr_bn_cli.options as options
+
+    cases = [["--thresh", "-1"], ["--thresh", "nan"], ["--cluster-thresh", "-2"], ["--max-leaves", "-1"],
+             ["--max-leaves", "1.5"], ["--context-width", "0"]]
+
+    def lines() -> list[str]:
+        return [error_line(cli("tree", "build", "a", "b", "c", "d", "e", *args)[1]) for args in cases]
+
+    ours = lines()
+    monkeypatch.setattr(options, "_plain_runtime_param", lambda param: None)
+    assert ours == lines()
+    assert "Input should be greater than or equal to -1" in ours[2] and "valid integer" in ours[4]

@@ -154,6 +154,7 @@ def test_cli_tree_pipeline_is_kaldis(yesno: Setup, tmp_path: Path) -> None:
     ):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
+    assert acc.read_bytes() == yesno.kaldi_acc.read_bytes()  # the default --var-floor too: Kaldi's float 0.01
     assert qs.read_text() == yesno.kaldi_questions.read_text()
     assert tree.read_bytes() == yesno.kaldi_tree(yesno.kaldi_questions, "--max-leaves=100").read_bytes()
     info = runner.invoke(app, ["tree", "info", str(tree)])

@@ -104,7 +104,8 @@ def accumulate_tree_stats(
     acc.add(pending)
     events = [_decode(c, acc.base, context_width) for c in acc.codes]
     order = sorted(range(len(events)), key=events.__getitem__)
-    return TreeStats([events[i] for i in order], acc.counts[order], acc.sums[order], float(var_floor))
+    floor = float(np.float32(var_floor))  # Kaldi's --var-floor is a float
+    return TreeStats([events[i] for i in order], acc.counts[order], acc.sums[order], floor)
 
 
 class _Accumulator:
