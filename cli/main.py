@@ -11,8 +11,6 @@ from typing import Any
 
 import typer
 from asr_bn_cli.options import tidy_help
-from rich.console import Console
-from rich.markup import escape
 from typer._click.exceptions import NoArgsIsHelpError
 from typer._click.exceptions import UsageError as ClickUsageError
 from typer.core import TyperGroup
@@ -23,6 +21,9 @@ from asr_bn.errors import AsrBnError
 
 def _error(message: str, exit_code: int) -> typer.Exit:
     """Print `error: MESSAGE` as one red line on stderr; the Exit to raise."""
+    from rich.console import Console  # (here: rich is 15 ms of every command's start-up, needed on errors only)
+    from rich.markup import escape
+
     Console(stderr=True).print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(exit_code)
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Optional
 
 import typer
-from rich.console import Console
 
 from asr_bn.config import FbankConfig, Range
 from asr_bn_cli.options import in_range
@@ -159,6 +158,8 @@ def _fbank_threads(threads: Optional[int]) -> int:
 
 
 def _print(result: Any) -> None:  # result: asr_bn.prep.PrepResult
+    from rich.console import Console
+
     console = Console(highlight=False, soft_wrap=True)
     if result.already_done:
         console.print(f"{result.out_dir}: already done (same inputs and options; --force redoes it)")

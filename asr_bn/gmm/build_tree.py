@@ -265,9 +265,10 @@ def _root(parent: list[int], p: int) -> int:
     return p
 
 
-def _leaf_points(tree: EventMap, st: _Stats, idx: np.ndarray) -> tuple[list[int], np.ndarray]:
-    """The leaves of `tree` that the events `idx` reach (sorted) and their summed (count, Σx, Σx²) rows."""
-    leaf = map_events(tree, {k: v[idx] for k, v in st.columns.items()})
+def _leaf_points(event_leaf: np.ndarray, st: _Stats, idx: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """The leaves (`event_leaf`: each event's, from map_events) that the events `idx` reach, sorted, and their
+    summed (count, Σx, Σx²) rows."""
+    leaf = event_leaf[idx]
     if (leaf < 0).any():
         raise AsrBnError("tree statistics with a context the tree cannot answer (context width or ci-phones differ)")
     ids, inverse = np.unique(leaf, return_inverse=True)
@@ -286,7 +287,8 @@ def _cluster_within(tree: EventMap, stub: EventMap, st: _Stats, thresh: float, m
         if min_total < len(groups):
             return tree, 0
     groups = [g for g in groups if len(g)]
-    points = [_leaf_points(tree, st, g) for g in groups]
+    event_leaf = map_events(tree, st.columns)
+    points = [_leaf_points(event_leaf, st, g) for g in groups]
     if min_total is not None and required > sum(len(ids) for ids, _ in points):
         return tree, 0
     compartments = [rows for _, rows in points]
@@ -317,8 +319,11 @@ class TreeInfo:
 
 def objf_given_map(tree: EventMap, stats: TreeStats) -> float:
     """Total log-likelihood of `stats` with one Gaussian per leaf of `tree` (Kaldi's ObjfGivenMap)."""
-    st = _Stats(stats)
-    _, rows = _leaf_points(tree, st, np.arange(len(stats.counts)))
+    return _objf_given_map(tree, _Stats(stats))
+
+
+def _objf_given_map(tree: EventMap, st: _Stats) -> float:
+    _, rows = _leaf_points(map_events(tree, st.columns), st, np.arange(len(st.data)))
     return float(float_sum(st.objf(rows)))
 
 
@@ -378,7 +383,7 @@ def build_tree(
     if round_num_leaves:
         tree, rounded = _cluster_within(tree, stub, st, np.inf, ((split_leaves - clustered) // 8) * 8)
     tree, n = renumber(tree)
-    info = TreeInfo(n, split_leaves, clustered, rounded, float(gain), objf_given_map(tree, stats), float(stats.counts.sum()))
+    info = TreeInfo(n, split_leaves, clustered, rounded, float(gain), _objf_given_map(tree, st), float(stats.counts.sum()))
     return tree, info
 
 
