@@ -123,22 +123,34 @@ class _Accumulator:
         self.counts = np.zeros(0)
         self.sums = np.zeros((0, 2, 0))
 
-    def event_codes(self, utts: Sequence[str], tids: np.ndarray, starts: np.ndarray) -> np.ndarray:
-        """The event code of every frame of alignments laid end to end (`starts`: their first frames)."""
+    def rows(self, utts: Sequence[str], tids: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """The row of every frame of alignments laid end to end (`starts`: their first frames), rows added for new
+        events. Contexts are coded per phone instance and sorted there, frames only looked up."""
         ends = self.tm.phone_ends(tids, [f"alignment of {u}" for u in utts], starts)
         first = np.append(0, ends[:-1])
         phone = self.tm.tid_phone[tids[first]].astype(np.int64)
         utt = np.searchsorted(starts, first, "right") - 1
         ci = self.is_ci[phone]
         n = len(ends)
-        code = np.zeros(n, np.int64)
+        context = np.zeros(n, np.int64)
         for j in range(self.width):  # the phone j - central segments away in the same utterance, else phone 0
             other = np.arange(n) + (j - self.central)
             inside = (other >= 0) & (other < n)
             other = np.clip(other, 0, n - 1)
-            context = np.where(inside & (utt[other] == utt), phone[other], 0) + 1
-            code = code * self.base + (context if j == self.central else np.where(ci, 0, context))
-        return self.tid_pdf_class[tids] * self.base**self.width + np.repeat(code, ends - first)
+            value = np.where(inside & (utt[other] == utt), phone[other], 0) + 1
+            context = context * self.base + (value if j == self.central else np.where(ci, 0, value))
+        contexts, which = np.unique(context, return_inverse=True)
+        classes = int(self.tid_pdf_class.max()) + 1
+        key = np.repeat(which.ravel(), ends - first) * classes + self.tid_pdf_class[tids]  # (context, pdf-class)
+        seen = np.flatnonzero(np.bincount(key, minlength=len(contexts) * classes))
+        codes = (seen % classes) * self.base**self.width + contexts[seen // classes]
+        for c in codes.tolist():
+            if c not in self.row:
+                self.row[c] = len(self.codes)
+                self.codes.append(c)
+        row = np.zeros(len(contexts) * classes, np.int64)
+        row[seen] = [self.row[c] for c in codes.tolist()]
+        return row[key]
 
     def add(self, pending: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> None:
         """Add the frames of `pending` (utterance, tids, frames): one np.bincount per column, the running sums put
@@ -147,18 +159,16 @@ class _Accumulator:
             return
         lengths = [len(t) for _, t, _ in pending]
         starts = np.cumsum([0] + lengths[:-1])
-        code = self.event_codes([u for u, _, _ in pending], np.concatenate([t for _, t, _ in pending]), starts)
-        ids, inverse = np.unique(code, return_inverse=True)
-        for c in ids.tolist():
-            if c not in self.row:
-                self.row[c] = len(self.codes)
-                self.codes.append(c)
-        rows = np.array([self.row[c] for c in ids.tolist()], np.int64)[inverse.ravel()]
+        rows = self.rows([u for u, _, _ in pending], np.concatenate([t for _, t, _ in pending]), starts)
         old, new, dim = len(self.counts), len(self.codes), pending[0][2].shape[1]
         if not old:
             self.sums = np.zeros((0, 2, dim))
         group = np.concatenate([np.arange(old), rows])
-        frames = np.concatenate([m for _, _, m in pending], dtype=np.float32).T  # Kaldi's frames are floats
+        frames = np.empty((dim, len(rows)), np.float32)  # by column; floats, as Kaldi's frames are
+        at = 0
+        for _, _, mat in pending:
+            frames[:, at : at + len(mat)] = mat.T
+            at += len(mat)
         values, squares = np.empty(old + len(rows)), np.empty(old + len(rows))
         sums = np.empty((new, 2, dim))
         for d in range(dim):  # each sum: the running one, then the frames' values, or their squares in float
