@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from asr_bn.alignments import read_alignments, read_topology, read_transition_model
 from asr_bn.errors import AsrBnError
 from asr_bn.gmm.build_tree import Questions, build_tree, objf_given_map, read_questions, read_roots
-from asr_bn.gmm.event_map import Constant, Split, Table, leaves, read_tree_map, write_tree
+from asr_bn.gmm.event_map import MISSING, Constant, Split, Table, in_set, leaves, read_tree_map, write_tree
 from asr_bn.gmm.questions import CRand, cluster_phones
 from asr_bn.gmm import tree_stats
 from asr_bn.gmm.tree_stats import accumulate_tree_stats, read_features, read_tree_stats, write_tree_stats
@@ -171,6 +171,16 @@ def test_tree_files_read_by_kaldi_and_kaldi_hmm_gmm(yesno: Setup, tmp_path: Path
     assert run_kaldi(yesno.bundle, "copy-tree", "--binary=false", kaldi, "-") == text.read_text()
     assert read_tree_map(text) == (tree, width, central)
     assert read_tree(kaldi).context_width == 3  # kaldi-hmm-gmm's ContextDependency (graphs, training)
+
+
+def test_in_set_is_isin() -> None:
+    """The lookup-table membership test of tree building answers as np.isin (missing keys, negative members too)."""
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        values = rng.integers(-3, 60, rng.integers(0, 50))
+        values[rng.random(len(values)) < 0.1] = MISSING
+        members = tuple(sorted(set(rng.integers(-2, 70, rng.integers(0, 8)).tolist())))
+        assert np.array_equal(in_set(values, members), np.isin(values, members)), (values, members)
 
 
 def test_event_map_file_layouts_round_trip(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from asr_bn.alignments import Topology
 from asr_bn.errors import AsrBnError
-from asr_bn.gmm.event_map import MISSING, Constant, EventMap, Split, Table, map_events, relabel, renumber
+from asr_bn.gmm.event_map import MISSING, Constant, EventMap, Split, Table, in_set, map_events, relabel, renumber
 from asr_bn.gmm.gauss import float_sum, objf
 from asr_bn.gmm.tree_stats import PDF_CLASS, TreeStats
 
@@ -167,7 +167,7 @@ class _Splitter:
         """Split this leaf by its best question, or the better of its children (DoSplit)."""
         if self.yes is None:
             values = self.st.columns[self.key][self.idx]
-            yes = np.isin(values, self.yes_set)
+            yes = in_set(values, self.yes_set)
             no_leaf = next_leaf[0]
             next_leaf[0] += 1
             self.yes = _Splitter(self.leaf, self.idx[yes], self.st)

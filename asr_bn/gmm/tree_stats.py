@@ -44,7 +44,11 @@ class TreeStats:
         """The value of each key (those of the events and `keys`) in every event, `MISSING` where it has none: the
         form `event_map.map_events` reads."""
         wanted = sorted({k for e in self.events for k, _ in e} | set(keys))
-        return {k: np.array([dict(e).get(k, MISSING) for e in self.events], np.int64) for k in wanted}
+        column = {k: j for j, k in enumerate(wanted)}
+        table = np.full((len(wanted), len(self.events)), MISSING, np.int64)
+        cells = np.array([(column[k], i, v) for i, e in enumerate(self.events) for k, v in e], np.int64).reshape(-1, 3)
+        table[cells[:, 0], cells[:, 1]] = cells[:, 2]
+        return dict(zip(wanted, table))
 
 
 def pdf_classes(tm: TransitionModel) -> np.ndarray:
