@@ -213,6 +213,9 @@ def stub_map(roots: Sequence[Root], pdf_classes: dict[int, int], central_positio
 # Bottom-up clustering of leaves (Kaldi's BottomUpClusterer and its compartmentalized form)
 
 
+_PAIRS_AT_ONCE = 8192  # merge costs computed together: few numpy calls, bounded memory for large compartments
+
+
 def _cluster_bottom_up(compartments: list[np.ndarray], st: _Stats, thresh: float, min_clusters: int) -> list[list[int]]:
     """Merge points (rows of count, Σx, Σx²) within each compartment, cheapest merge first, while the cost is below
     `thresh` and more than `min_clusters` clusters remain (Kaldi's ClusterBottomUp and its compartmentalized form;
@@ -225,18 +228,20 @@ def _cluster_bottom_up(compartments: list[np.ndarray], st: _Stats, thresh: float
     cost = [np.zeros((len(p), len(p)), np.float32) for p in points]  # cost[c][i, j] for j < i
     limit = np.float32(thresh)
 
-    def costs(c: int, i: int, others: np.ndarray) -> np.ndarray:
-        """Merge costs of point i with each of `others` (Kaldi's Distance, in float), stored as cost[c][max, min]."""
-        merged = st.objf(points[c][i][None] + points[c][others])
+    def costs(c: int, i: int | np.ndarray, others: np.ndarray) -> np.ndarray:
+        """Merge costs of point(s) i with each of `others` (Kaldi's Distance, in float), stored as cost[c][max, min]."""
+        merged = st.objf(points[c][i] + points[c][others])
         d = np.maximum((objfs[c][i] + objfs[c][others]) - merged, np.float32(0.0))
         cost[c][np.maximum(i, others), np.minimum(i, others)] = d
         return d
 
     queue = []
     for c in range(len(points)):
-        for i in range(1, len(points[c])):
-            d = costs(c, i, np.arange(i))
-            queue += [(d[j], c, i, j) for j in np.flatnonzero(d <= limit)]
+        first, second = np.tril_indices(len(points[c]), -1)  # every pair (i, j), j < i
+        for at in range(0, len(first), _PAIRS_AT_ONCE):
+            i, j = first[at : at + _PAIRS_AT_ONCE], second[at : at + _PAIRS_AT_ONCE]
+            d = costs(c, i, j)
+            queue += [(d[n], c, int(i[n]), int(j[n])) for n in np.flatnonzero(d <= limit)]
     heapq.heapify(queue)
     n_clusters = sum(len(p) for p in points)
     while n_clusters > min_clusters and queue:
