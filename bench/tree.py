@@ -10,8 +10,9 @@ add-deltas; AN4: the recipe's own GMM features of prep/train, cepstra + speaker 
   stats     asr-bn tree stats      vs  acc-tree-stats
   questions asr-bn tree questions  vs  cluster-phones
   build     asr-bn tree build      vs  compile-questions + build-tree
-Runs alternate (ours, Kaldi, ours, …); each row prints the median seconds of both and the median of the per-pair
-ratios, then the stats+build total (the issue's target: at most 2x Kaldi). The treeacc files, questions and trees are
+Runs alternate (ours, Kaldi, ours, …) after an untimed warm-up (which writes asr-bn's bytecode cache, as an install
+has it); each row prints the median wall seconds of both and the medians of the per-pair wall and CPU (user + sys,
+which machine load barely changes) ratios, then the stats+build totals (the issue's target: at most 2x Kaldi). The treeacc files, questions and trees are
 checked byte-identical.
 Needs ../shared/kaldi.
 """
@@ -24,24 +25,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+import _proc
 
 REPO = Path(__file__).resolve().parents[1]
 KALDI = REPO.parent / "shared" / "kaldi"
 
 
-def _env() -> dict[str, str]:
-    """Kaldi on PATH, one thread each, and Python's bytecode cache on (the warm-up writes it, as an install does)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    return {**env, "PATH": f"{KALDI / 'bin'}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-            "LC_ALL": "C", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-
-
-def _run(cmd: list[str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(cmd, env=_env(), check=True, capture_output=True)
-    return time.perf_counter() - start
+ENV = {**_proc.ENV, "PATH": f"{KALDI / 'bin'}:{Path(sys.executable).parent}:{os.environ['PATH']}", "LC_ALL": "C",
+       "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}  # Kaldi on PATH, one thread each
 
 
 def _synthesized(work: Path) -> dict[str, Path | str]:
@@ -54,7 +47,7 @@ def _synthesized(work: Path) -> dict[str, Path | str]:
     feats = work / "feats.scp"
     if not feats.exists():
         subprocess.run(["sh", "-c", f"compute-mfcc-feats --sample-frequency=16000 scp:{corpus.data['train'] / 'wav.scp'} "
-                        f"ark:- | add-deltas ark:- ark,scp:{work / 'feats.ark'},{feats}"], env=_env(), check=True,
+                        f"ark:- | add-deltas ark:- ark,scp:{work / 'feats.ark'},{feats}"], env=ENV, check=True,
                        capture_output=True)
     phones = max(read_transition_model(ali / "final.mdl").phones)
     (work / "sets.int").write_text("".join(f"{p}\n" for p in range(1, phones + 1)))
@@ -113,20 +106,19 @@ def main() -> None:
                    f"--max-leaves={args.max_leaves} {k / 'acc'} {f['roots']} {k / 'q.qst'} {f['topo']} {k / 'tree'}"]),
     }
     medians = {}
-    print(f"{'step':10} {'asr-bn s':>9} {'Kaldi s':>8} {'ratio':>6}   ({args.runs} paired runs, medians)")
+    print(f"{'step':11} {'asr-bn s':>8} {'Kaldi s':>8} {'ratio':>6} {'CPU ratio':>10}   ({args.runs} paired runs, medians)")
     for name, (ours, kaldi) in rows.items():
         ours, kaldi = [str(a) for a in ours], [str(a) for a in kaldi]
-        _run(kaldi)
-        _run(ours)  # warm-up (and the files the next row reads)
-        pairs = [(_run(ours), _run(kaldi)) for _ in range(args.runs)]
-        a, b = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
-        medians[name] = (a, b)
-        print(f"{name:10} {a:9.3f} {b:8.3f} {statistics.median(p[0] / p[1] for p in pairs):6.2f}")
-        if name == "questions":  # as steps/train_deltas.sh: the clustered questions, then the lang's extra ones
-            (k / "questions.int").write_text((k / "q.int").read_text() + Path(f["extra"]).read_text())
-    a = medians["stats"][0] + medians["build"][0]
-    b = medians["stats"][1] + medians["build"][1]
-    print(f"{'stats+build':11} {a:8.3f} {b:8.3f} {a / b:6.2f}   (target: at most 2x)")
+        _proc.timed(kaldi, ENV)
+        _proc.timed(ours, ENV)  # warm-up: asr-bn's bytecode cache and the files the next row reads, untimed
+        pairs = [(_proc.timed(ours, ENV), _proc.timed(kaldi, ENV)) for _ in range(args.runs)]
+        medians[name] = [statistics.median(p[side][kind] for p in pairs) for side in (0, 1) for kind in (0, 1)]
+        wall = statistics.median(p[0][0] / p[1][0] for p in pairs)
+        cpu = statistics.median(p[0][1] / p[1][1] for p in pairs)
+        print(f"{name:11} {medians[name][0]:8.3f} {medians[name][2]:8.3f} {wall:6.2f} {cpu:10.2f}")
+    ours_wall, ours_cpu, kaldi_wall, kaldi_cpu = (medians["stats"][i] + medians["build"][i] for i in range(4))
+    print(f"{'stats+build':11} {ours_wall:8.3f} {kaldi_wall:8.3f} {ours_wall / kaldi_wall:6.2f} "
+          f"{ours_cpu / kaldi_cpu:10.2f}   (target: at most 2x; CPU s {ours_cpu:.3f} vs {kaldi_cpu:.3f})")
     same = [name for name, ours, kaldi in (("treeacc", o / "acc", k / "acc"), ("questions", o / "q.int", k / "q.int"),
                                            ("tree", o / "tree", k / "tree")) if ours.read_bytes() == kaldi.read_bytes()]
     print(f"byte-identical to Kaldi's: {', '.join(same) or 'none'} (of treeacc, questions, tree)")
