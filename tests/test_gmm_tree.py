@@ -7,6 +7,7 @@ training set (40 phones with exact alignments), whose trees exercise splitting, 
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from asr_bn.gmm.build_tree import Questions, build_tree, objf_given_map, read_qu
 from asr_bn.gmm.event_map import MISSING, Constant, Split, Table, in_set, leaves, read_tree_map, write_tree
 from asr_bn.gmm.questions import CRand, cluster_phones
 from asr_bn.gmm import tree_stats
-from asr_bn.gmm.tree_stats import accumulate_tree_stats, read_features, read_tree_stats, write_tree_stats
+from asr_bn.gmm.tree_stats import TreeStats, accumulate_tree_stats, read_features, read_tree_stats, write_tree_stats
 from asr_bn_cli.main import build_app
 from conftest import run_kaldi
 
@@ -171,6 +172,28 @@ def test_tree_files_read_by_kaldi_and_kaldi_hmm_gmm(yesno: Setup, tmp_path: Path
     assert run_kaldi(yesno.bundle, "copy-tree", "--binary=false", kaldi, "-") == text.read_text()
     assert read_tree_map(text) == (tree, width, central)
     assert read_tree(kaldi).context_width == 3  # kaldi-hmm-gmm's ContextDependency (graphs, training)
+
+
+def test_treeacc_records_in_other_layouts_are_read(tmp_path: Path) -> None:
+    """Binary records laid out as Kaldi writes them are read in one piece; one with a float count and a float
+    matrix (FM) is read token by token, in the same file; a matrix without two rows is refused."""
+    stats = TreeStats([((-1, 0), (1, 5)), ((-1, 1), (1, 5))], np.array([3.0, 2.0]),
+                      np.arange(12, dtype=np.float64).reshape(2, 2, 3), float(np.float32(0.01)))
+    write_tree_stats(tmp_path / "kaldi.acc", stats)
+    data = (tmp_path / "kaldi.acc").read_bytes()
+    second = data.index(b"EV ", data.index(b"EV ") + 1)
+    floats = (b"EV \xfc" + struct.pack("<I", 2) + b"\x04" + struct.pack("<i", -1) + b"\x04" + struct.pack("<i", 1)
+              + b"\x04" + struct.pack("<i", 1) + b"\x04" + struct.pack("<i", 5) + b"TGCL \x04" + struct.pack("<f", 2.0)
+              + b"\x08" + struct.pack("<d", stats.var_floor) + b"FM \x04" + struct.pack("<i", 2) + b"\x04"
+              + struct.pack("<i", 3) + np.arange(6, 12, dtype="<f4").tobytes())
+    (tmp_path / "mixed.acc").write_bytes(data[:second] + floats)
+    mixed = read_tree_stats(tmp_path / "mixed.acc")
+    assert mixed.events == stats.events and np.array_equal(mixed.stats, stats.stats)
+    assert np.array_equal(mixed.counts, stats.counts)
+    three_rows = floats.replace(b"FM \x04" + struct.pack("<i", 2), b"FM \x04" + struct.pack("<i", 3))
+    (tmp_path / "rows.acc").write_bytes(data[:second] + three_rows + np.zeros(3, "<f4").tobytes())
+    with pytest.raises(AsrBnError, match="must have two rows, this one has 3"):
+        read_tree_stats(tmp_path / "rows.acc")
 
 
 def test_in_set_is_isin() -> None:

@@ -230,24 +230,25 @@ def _pack_record(event: Event, count: float, var_floor: float, dim: int) -> byte
 
 class _StatsReader(_KaldiReader):
     def kaldi_layout_event(self) -> tuple[Event, float, float, bytes] | None:
-        """The next event (event, count, variance floor, its matrix's bytes) if it is laid out as Kaldi writes it
-        (`_record`), read in two pieces; None, nothing read, for any other layout, which `event` then reads token
-        by token (or says what is wrong)."""
+        """The next event (event, count, variance floor, its 2 × dim doubles' bytes) if it is laid out as Kaldi
+        writes it (`_record`: its markers checked where they stand), taken in one piece; None, nothing read, for any
+        other layout, which `event` then reads token by token (or says what is wrong)."""
         head = self.peek(8)
-        if len(head) < 8 or head[:4] != b"EV \xfc" or int.from_bytes(head[4:], "little") > 64:
-            return None
         size = int.from_bytes(head[4:], "little")
-        layout = _record(size)
+        if len(head) < 8 or head[:4] != b"EV \xfc" or size > 64:
+            return None
+        layout, tail = _record(size), 8 + 10 * size
         raw = self.peek(layout.size)
-        if len(raw) < layout.size:
+        if (len(raw) < layout.size or raw[8:tail:5] != b"\x04" * (2 * size) or raw[tail : tail + 6] != b"TGCL \x08"
+                or raw[tail + 14] != 8 or raw[tail + 23 : tail + 32] != b"DM \x04\x02\x00\x00\x00\x04"):
             return None
         fields = layout.unpack(raw)
-        event = tuple(zip(fields[4 : 3 + 4 * size : 4], fields[6 : 3 + 4 * size : 4]))
-        count, floor, dim = fields[3 + 4 * size + 3], fields[3 + 4 * size + 5], fields[-1]
-        if dim < 0 or _pack_record(event, count, floor, dim) != raw:
+        dim = fields[-1]
+        if dim < 0:
             return None
-        self.take(layout.size)
-        return event, count, floor, self.take(16 * dim)
+        record = self.take(layout.size + 16 * dim)
+        pairs = fields[3 : 3 + 4 * size]  # (4, key, 4, value) per pair
+        return tuple(zip(pairs[1::4], pairs[3::4])), fields[-8], fields[-6], record[layout.size :]
 
     def event(self) -> tuple[Event, float, float, np.ndarray]:
         """The next event, token by token: (event, count, variance floor, 2 × dim statistics)."""
@@ -291,6 +292,8 @@ class _StatsReader(_KaldiReader):
             if kind not in (b"DM", b"FM"):
                 raise self.fail(f"expected a Kaldi matrix (DM or FM), found {kind!r}")
             rows, cols = self.count("rows"), self.count("columns")
+            if rows != 2:
+                raise self.fail(f"a GaussClusterable matrix must have two rows, this one has {rows}")
             dtype = "<f8" if kind == b"DM" else "<f4"
             size = np.dtype(dtype).itemsize * rows * cols
             return np.frombuffer(self.take(size), dtype).astype(np.float64).reshape(rows, cols)
@@ -312,20 +315,25 @@ def read_tree_stats(path: str | Path) -> TreeStats:
         assert isinstance(r, _StatsReader)
         r.expect("BTS")
         n = r.uint32()
-        events, counts, stats, floors = [], [], [], set()
+        events, counts, matrices, floors = [], [], [], set()
         for _ in range(n):
             record = r.kaldi_layout_event() if r.binary else None
             event, count, floor, matrix = record or r.event()
             events.append(event)
             counts.append(count)
             floors.add(floor)
-            stats.append(np.frombuffer(matrix, "<f8").reshape(2, -1) if record else matrix)
+            matrices.append(matrix)  # as Kaldi lays it out: the bytes of 2 × dim doubles; else read: an array
     if len(floors) > 1:
         raise AsrBnError(f"{path}: statistics with different variance floors {sorted(floors)} (sum-tree-stats mix?)")
-    dims = {s.shape[1] for s in stats}
+    dims = {len(m) // 16 if isinstance(m, bytes) else m.shape[1] for m in matrices}
     if len(dims) > 1:
         raise AsrBnError(f"{path}: statistics of different dimensions {sorted(dims)}")
-    return TreeStats(events, np.array(counts), np.stack(stats), floors.pop() if floors else 0.01)
+    dim = dims.pop() if dims else 0
+    if all(isinstance(m, bytes) for m in matrices):
+        stats = np.frombuffer(bytearray(b"".join(matrices)), "<f8").reshape(len(matrices), 2, dim)
+    else:
+        stats = np.stack([np.frombuffer(m, "<f8").reshape(2, dim) if isinstance(m, bytes) else m for m in matrices])
+    return TreeStats(events, np.array(counts), stats, floors.pop() if floors else 0.01)
 
 
 def write_tree_stats(path: str | Path, stats: TreeStats, binary: bool = True) -> None:
