@@ -439,10 +439,11 @@ class GmmFeatures(Mapping[str, np.ndarray]):
     """The GMM features (`gmm_features`) of a prepared dir, computed from its feats.scp when an utterance is asked
     for, so that a corpus of any size trains without holding its features in memory (Kaldi's steps read their
     feature pipelines the same way). Per-speaker CMVN statistics come from one pass at construction;
-    `in_memory=True` keeps every computed matrix (faster for small corpora)."""
+    `in_memory=True` keeps every computed matrix (faster for small corpora). With `num_ceps=None` feats.scp holds
+    cepstra already (Kaldi's make_mfcc.sh), used as they are: no DCT, as Kaldi's apply-cmvn | add-deltas."""
 
-    def __init__(self, scp: Path, locations: Mapping[str, str], utt2spk: Mapping[str, str], num_ceps: int = 13,
-                 in_memory: bool = False) -> None:
+    def __init__(self, scp: Path, locations: Mapping[str, str], utt2spk: Mapping[str, str],
+                 num_ceps: int | None = 13, in_memory: bool = False) -> None:
         from asr_bn.features import compute_cmvn_stats
 
         self._scp, self._locations, self._num_ceps = scp, dict(locations), num_ceps
@@ -456,7 +457,12 @@ class GmmFeatures(Mapping[str, np.ndarray]):
         self._stats = stats
 
     def _cepstra(self, utt: str) -> np.ndarray:
-        return _cepstra(utt, read_matrix(self._locations[utt], self._scp, utt), self._num_ceps)
+        mat = read_matrix(self._locations[utt], self._scp, utt)
+        if self._num_ceps is None:
+            if mat.ndim != 2:
+                raise AsrBnError(f"{self._scp}: {utt} is not a matrix of features; re-run make_mfcc.sh")
+            return mat.astype(np.float32)
+        return _cepstra(utt, mat, self._num_ceps)
 
     def __getitem__(self, utt: str) -> np.ndarray:
         if self._cache is not None and utt in self._cache:
@@ -465,6 +471,11 @@ class GmmFeatures(Mapping[str, np.ndarray]):
         if self._cache is not None:
             self._cache[utt] = out
         return out
+
+    @property
+    def num_ceps(self) -> int | None:
+        """The cepstra kept of the fbank's DCT; None when feats.scp holds the cepstra already."""
+        return self._num_ceps
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._locations)
@@ -493,7 +504,8 @@ class FeatureMap(Mapping[str, np.ndarray]):
 def prepared_gmm_features(prep_dir: str | Path, num_ceps: int = 13,
                           in_memory: bool = False) -> tuple[GmmFeatures, dict[str, str], Report]:
     """GMM features (`GmmFeatures`: computed from the dir's raw fbank when asked for, or kept with `in_memory`) and
-    transcripts of an `asr-bn prep` output dir.
+    transcripts of an `asr-bn prep` output dir, or of a Kaldi data dir whose feats.scp holds cepstra already
+    (make_mfcc.sh's: no pipeline.json), whose features are used as they are (speaker CMVN, Δ+ΔΔ as Kaldi's steps).
 
     Returns (features, text, report); `text` is empty when the dir has no transcripts (enough for likelihoods).
     """
@@ -503,7 +515,12 @@ def prepared_gmm_features(prep_dir: str | Path, num_ceps: int = 13,
     report = Report("gmm features")
     scp = prep_dir / "feats.scp"
     if not scp.is_file():
-        raise AsrBnError(f"{scp} not found; run `asr-bn prep kaldi DATA_DIR {prep_dir}` first")
+        raise AsrBnError(f"{scp} not found; run `asr-bn prep kaldi DATA_DIR {prep_dir}` first (or Kaldi's "
+                         "make_mfcc.sh)")
+    if not (prep_dir / "pipeline.json").is_file():  # not asr-bn prep's fbank: Kaldi's own features, as they are
+        num_ceps = None
+        report.note(f"{prep_dir} has no pipeline.json: its feats.scp is used as it is (cepstra such as Kaldi's "
+                    "make_mfcc.sh writes, no DCT), with per-speaker mean normalisation and Δ+ΔΔ")
     data = load_data_dir(prep_dir, report)
     locations = {}
     for line in scp.read_text(encoding="utf-8").splitlines():

@@ -21,7 +21,8 @@ app = typer.Typer(help="HMM-GMM training and forced alignment (Kaldi's steps/tra
                        "binaries needed.", no_args_is_help=True)
 
 _DATA = "An `asr-bn prep` output dir (feats.scp of fbank, text, utt2spk); GMM features are its MFCC-like cepstra " \
-        "with per-speaker mean normalisation and deltas."
+        "with per-speaker mean normalisation and deltas. A Kaldi data dir without pipeline.json (e.g. make_mfcc.sh's " \
+        "MFCC) gives its feats.scp as they are, with the same normalisation and deltas."
 _OOV = "Transcript words outside the lexicon: map (to the lang's oov.txt word, counted per word) or skip the " \
        "utterance (named)."
 _POSITIVE, _COUNT = Range(0.0, low_open=True), Range(1)
@@ -83,7 +84,7 @@ def mono(
     lang_obj = read_lang(lang)
     feats, text = _features(data, cache)
     _, report = train_mono(feats, text, lang_obj, exp_dir, cfg,
-                           feature_info={"prep_dir": str(data.resolve()), "num_ceps": 13,
+                           feature_info={"prep_dir": str(data.resolve()), "num_ceps": feats.num_ceps,
                                          "cmvn": "per-speaker means", "deltas": 2})
     _print(report)
 

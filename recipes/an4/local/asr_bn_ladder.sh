@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# asr-bn's GMM ladder (asr-bn gmm mono, deltas, lda-mllt, sat with align/align-fmllr between rungs, as
+# recipes/any/run.sh stage 3) on any features, and its decoding of dev and test with the trigram, for the side-by-side
+# with Kaldi's own ladder (kaldi_ladder.sh; table: ladder_table.py).
+#
+# Usage: recipes/an4/local/asr_bn_ladder.sh [--nj N] [--stage N] [--trained EXP] FEATS LANG ARPA WORKDIR
+#   FEATS     a folder with train/ dev/ test/: `asr-bn prep` dirs (the recipe's prep/: asr-bn's cepstra, a DCT of
+#             the 40 fbank) or Kaldi data dirs with make_mfcc.sh's feats.scp (kaldi_ladder.sh's data/: Kaldi's MFCC)
+#   LANG      the lang dir (the recipe's data/lang); ARPA: the LM of the graphs (the recipe's data/local/lm/tg.arpa)
+#   WORKDIR   exp/{mono,tri1,tri2b,tri3b} and their _ali (stage 1), exp/times (seconds per step);
+#             decode/<rung>/{graph_tg,decode_dev_tg,decode_test_tg} (stage 2: lattices lat.scp that Kaldi's tools read)
+#   --trained EXP  skip stage 1: decode the rungs of an existing exp dir (e.g. the recipe's exp/, left untouched)
+#   --nj N    parallel jobs of alignment and decoding (default 2); --stage N: start at stage N (default 1)
+# Budgets as kaldi_ladder.sh: Kaldi's defaults for mono, 500 leaves / 4000 Gaussians for each later rung. The SAT
+# rung is trained and aligned but not decoded: asr-bn has no fMLLR decoding yet (decode_fmllr.sh).
+set -euo pipefail
+
+nj=2
+stage=1
+trained=
+while [ $# -gt 0 ]; do
+  case $1 in
+    --nj) nj=$2; shift 2 ;;
+    --stage) stage=$2; shift 2 ;;
+    --trained) trained=$(cd "$2" && pwd); shift 2 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -*) echo "$0: unknown option $1 (see --help)" >&2; exit 1 ;;
+    *) break ;;
+  esac
+done
+[ $# -eq 4 ] || { echo "usage: $0 [--nj N] [--stage N] [--trained EXP] FEATS LANG ARPA WORKDIR (see --help)" >&2; exit 1; }
+abspath() { (cd "$(dirname "$1")" && echo "$(pwd)/$(basename "$1")"); }
+feats=$(abspath "$1") lang=$(abspath "$2") arpa=$(abspath "$3")
+for set in train dev test; do
+  [ -f "$feats/$set/feats.scp" ] || { echo "$0: $feats/$set/feats.scp is missing" >&2; exit 1; }
+done
+command -v asr-bn >/dev/null || { echo "$0: asr-bn is not on PATH (activate its environment)" >&2; exit 1; }
+mkdir -p "$4"
+cd "$4"
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
+log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (asr_bn_ladder.sh) $*"; }
+timed() {  # timed NAME CMD...: run, append "NAME SECONDS" to exp/times
+  local name=$1 t0
+  shift
+  t0=$(date +%s.%N)
+  "$@"
+  echo "$name $(echo "$(date +%s.%N) - $t0" | bc)" >> exp/times
+}
+
+exp=${trained:-$(pwd)/exp}
+if [ "$stage" -le 1 ] && [ -z "$trained" ]; then
+  log "Stage 1: asr-bn's ladder on $feats"
+  rm -rf exp
+  mkdir -p exp
+  tr=$feats/train
+  timed mono asr-bn gmm mono "$tr" "$lang" exp/mono --cache
+  timed mono_ali asr-bn gmm align "$tr" "$lang" exp/mono exp/mono_ali --nj "$nj" --cache
+  timed tri1 asr-bn gmm deltas 500 4000 "$tr" "$lang" exp/mono_ali exp/tri1 --cache
+  timed tri1_ali asr-bn gmm align "$tr" "$lang" exp/tri1 exp/tri1_ali --nj "$nj" --cache
+  timed tri2b asr-bn gmm lda-mllt 500 4000 "$tr" "$lang" exp/tri1_ali exp/tri2b --cache
+  timed tri2b_ali asr-bn gmm align "$tr" "$lang" exp/tri2b exp/tri2b_ali --nj "$nj" --cache
+  timed tri3b asr-bn gmm sat 500 4000 "$tr" "$lang" exp/tri2b_ali exp/tri3b --cache
+  timed tri3b_ali asr-bn gmm align-fmllr "$tr" "$lang" exp/tri3b exp/tri3b_ali --nj "$nj" --cache
+fi
+
+if [ "$stage" -le 2 ]; then
+  log "Stage 2: graphs with the trigram (asr-bn mkgraph --lm), GMM likelihoods and lattices of dev and test"
+  for sys in mono tri1 tri2b; do
+    out=decode/$sys
+    rm -rf "$out"
+    asr-bn mkgraph "$lang" "$exp/$sys" "$out/graph_tg" --lm "$arpa"
+    for set in dev test; do
+      dir=$out/decode_${set}_tg
+      asr-bn gmm likes "$feats/$set" "$exp/$sys" "$dir"
+      # Kaldi's decode.sh beams and acoustic scale (13, lattice beam 6, 1/12); the LM weight is swept when scoring
+      asr-bn decode "$out/graph_tg" "$exp/$sys" "$dir/loglikes.scp" "$dir" --lattices --nj "$nj" \
+        --beam 13 --lattice-beam 6 --acoustic-scale 0.083333
+      rm "$dir/loglikes.ark" "$dir/loglikes.scp"
+    done
+  done
+fi
+log "Done."
