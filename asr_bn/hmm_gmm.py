@@ -662,7 +662,7 @@ class _Stats:
         opts = khg.MleDiagGmmOptions()
         opts.min_gaussian_occupancy = min_gaussian_occupancy
         khg.mle_am_diag_gmm_update(opts, self.gmm, int(khg.str_to_gmm_flags("mvw")), system.am)
-        if mixup > system.am.num_gauss:
+        if mixup > 0:  # as gmm-est --mix-up: every pass, also at the target (a pdf whose share grew still splits)
             _split_by_count(system.am, self.pdf_occs, mixup, 0.01, power, 20.0, rng)
 
 

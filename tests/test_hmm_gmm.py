@@ -214,6 +214,32 @@ def test_reproducible_split_allocates_like_kaldi() -> None:
         np.testing.assert_allclose(weights @ means, parents[p], atol=1e-5)
 
 
+def test_mixup_splits_at_the_target_like_gmm_est(yesno: tuple, tmp_path: Path) -> None:
+    """gmm-est --mix-up=N calls SplitByCount on every pass, also once the model has N Gaussians: a pdf whose
+    occupancy share grew gets more (Kaldi's AN4 mono logs: 'target = 979 … split #Gauss from 978 to 980')."""
+    from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
+
+    from asr_bn.hmm_gmm import _Stats
+
+    feats, text, lang = yesno
+    cfg = MonoConfig(num_iters=4, max_iter_inc=2, total_gauss=40, realign_iters=(1, 2))
+    system, _ = train_mono(feats, text, lang, tmp_path / "mono", cfg)
+    align(system, feats, text, lang, tmp_path / "ali")
+    alis = {lab.utt: list(lab.values) for lab in read_alignments(tmp_path / "ali")}
+    kaldi = GmmSystem.load(tmp_path / "mono" / "final.mdl")
+    stats = _Stats(system, feats, alis)
+    stats.pdf_occs = stats.pdf_occs[::-1].copy()  # occupancies that moved since the model was mixed up
+    target = system.am.num_gauss
+    stats.update(system, 10.0, target, 0.25, np.random.default_rng(0))
+    opts = khg.MleDiagGmmOptions()
+    opts.min_gaussian_occupancy = 10.0
+    khg.mle_am_diag_gmm_update(opts, stats.gmm, int(khg.str_to_gmm_flags("mvw")), kaldi.am)
+    kaldi.am.split_by_count(stats.pdf_occs, target, 0.01, 0.25, 20.0)
+    pdfs = range(system.am.num_pdfs)
+    assert [system.am.num_gauss_in_pdf(p) for p in pdfs] == [kaldi.am.num_gauss_in_pdf(p) for p in pdfs]
+    assert system.am.num_gauss > target
+
+
 def test_output_dir_is_locked_and_report_written_last(yesno: tuple, tmp_path: Path) -> None:
     from asr_bn.io import OutputLock
 
