@@ -4,6 +4,7 @@ training a monophone system on yesno whose alignments must spell out the transcr
 from __future__ import annotations
 
 import dataclasses
+import io
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from asr_bn.features import FbankConfig, add_deltas, apply_cmvn, compute_cmvn_st
 from asr_bn.hmm_gmm import AlignConfig, GmmSystem, MonoConfig, align, gmm_features, make_topology, train_mono
 from asr_bn.lang import Lang, read_lang
 from asr_bn.report import Report
+from conftest import run_kaldi_bytes
 
 FAST = MonoConfig(num_iters=6, max_iter_inc=4, total_gauss=60, realign_iters=(1, 2, 3, 4))
 
@@ -212,6 +214,39 @@ def test_reproducible_split_allocates_like_kaldi() -> None:
         weights, means = np.asarray(ours.get_pdf(p).weights), np.asarray(ours.get_pdf(p).means)
         np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-6)
         np.testing.assert_allclose(weights @ means, parents[p], atol=1e-5)
+
+
+def test_kaldi_mfcc_dir_gives_kaldis_gmm_features(yesno_root: Path, kaldi_bundle: Path, tmp_path: Path) -> None:
+    """A Kaldi data dir (compressed MFCC as make_mfcc.sh writes, no pipeline.json) gives its features as they are,
+    with per-speaker CMVN and deltas: Kaldi's apply-cmvn --utt2spk | add-deltas on the same dir."""
+    import kaldiio
+
+    from asr_bn.hmm_gmm import prepared_gmm_features
+
+    src, data = yesno_root / "data" / "train_yesno", tmp_path / "data"
+    data.mkdir()
+    (data / "text").write_text((src / "text").read_text())
+    wavs = [line.split() for line in (src / "wav.scp").read_text().splitlines()]
+    (data / "wav.scp").write_text("".join(f"{u} {yesno_root / w}\n" for u, w in wavs))
+    utts = sorted(line.split()[0] for line in (src / "text").read_text().splitlines())
+    spk = {u: "a" if i < len(utts) // 2 else "b" for i, u in enumerate(utts)}  # two speakers: CMVN per speaker
+    (data / "utt2spk").write_text("".join(f"{u} {spk[u]}\n" for u in utts))
+    (data / "spk2utt").write_text("".join(f"{s} {' '.join(u for u in utts if spk[u] == s)}\n" for s in "ab"))
+    mfcc = run_kaldi_bytes(kaldi_bundle, "compute-mfcc-feats", "--sample-frequency=8000", "--use-energy=false",
+                           f"scp:{data / 'wav.scp'}", "ark:-")
+    run_kaldi_bytes(kaldi_bundle, "copy-feats", "--compress=true", "ark:-",
+                    f"ark,scp:{tmp_path / 'mfcc.ark'},{data / 'feats.scp'}", stdin=mfcc)
+    run_kaldi_bytes(kaldi_bundle, "compute-cmvn-stats", f"--spk2utt=ark:{data / 'spk2utt'}",
+                    f"scp:{data / 'feats.scp'}", f"ark:{tmp_path / 'cmvn.ark'}")
+    normed = run_kaldi_bytes(kaldi_bundle, "apply-cmvn", f"--utt2spk=ark:{data / 'utt2spk'}",
+                             f"ark:{tmp_path / 'cmvn.ark'}", f"scp:{data / 'feats.scp'}", "ark:-")
+    expected = dict(kaldiio.load_ark(io.BytesIO(run_kaldi_bytes(kaldi_bundle, "add-deltas", "ark:-", "ark:-",
+                                                                stdin=normed))))
+    feats, text, report = prepared_gmm_features(data)
+    assert "no pipeline.json" in " ".join(report.lines())
+    assert feats.num_ceps is None and set(feats) == set(expected) == set(text)
+    for utt, mat in expected.items():
+        np.testing.assert_allclose(feats[utt], mat, atol=1e-4)
 
 
 def test_mixup_splits_at_the_target_like_gmm_est(yesno: tuple, tmp_path: Path) -> None:
