@@ -13,12 +13,14 @@
 #   0  data/{train,dev,test} copied; a Kaldi dict dir from the recipe's data/lang (its lexiconp.txt, silence and
 #      nonsilence sets, optional silence; position suffixes stripped) → utils/prepare_lang.sh → data/lang, checked
 #      against the recipe's data/lang (phones.txt, words.txt, topo, phones/*.int equal); data/lang_test/G.fst from
-#      tg.arpa through kaldilm's arpa2fst (the call asr-bn mkgraph --lm makes) as utils/format_lm.sh does
+#      tg.arpa through kaldilm's arpa2fst (the call asr-bn mkgraph --lm makes) as utils/format_lm.sh does;
+#      data/lang_loop/G.fst a uniform word loop
 #   1  steps/make_mfcc.sh (conf/mfcc.conf: --use-energy=false, 16 kHz), steps/compute_cmvn_stats.sh
 #   2  steps/train_mono.sh → exp/mono; train_deltas.sh 500 4000 → exp/tri1; train_lda_mllt.sh 500 4000 → exp/tri2b;
 #      train_sat.sh 500 4000 → exp/tri3b; align_si.sh between rungs (exp/*_ali); each rung's seconds in exp/times
 #   3  utils/mkgraph.sh with data/lang_test → exp/*/graph_tg; steps/decode.sh (decode_fmllr.sh for tri3b) of dev and
-#      test → exp/*/decode_{dev,test}_tg (lattices; scored by recipes/an4/local/ladder_table.py)
+#      test → exp/*/decode_{dev,test}_tg (lattices; scored by recipes/an4/local/ladder_table.py); the monophone also
+#      with data/lang_loop (a word loop, G as asr-bn mkgraph's) → exp/mono/decode_{dev,test}_loop
 # About 25 minutes on 2 cores. Kaldi's defaults everywhere else (train_mono's 1000 Gaussians, 40 iterations, ...).
 set -euo pipefail
 
@@ -107,7 +109,14 @@ EOF
    fstcompile data/lang_test/G.txt | fstarcsort --sort_type=ilabel > data/lang_test/G.fst
    rm data/lang_test/G.txt
    utils/validate_lang.pl --skip-determinization-check data/lang_test > data/local/validate_lang.log 2>&1 ||
-     { tail data/local/validate_lang.log; exit 1; })
+     { tail data/local/validate_lang.log; exit 1; }
+   # data/lang_loop: a uniform word loop over the words with a non-silence pronunciation, as asr-bn mkgraph's
+   cp -r data/lang data/lang_loop
+   awk 'NR == FNR { sil[$1] = 1; next } { for (i = 3; i <= NF; i++) if (!($i in sil)) { print $1; next } }' \
+     data/local/dict/silence_phones.txt data/local/dict/lexiconp.txt | sort -u |
+     utils/sym2int.pl data/lang/words.txt | awk '{ w[NR] = $1 } END { c = log(NR + 1);
+       for (i = 1; i <= NR; i++) print 0, 0, w[i], w[i], c; print 0, c }' |
+     fstcompile | fstarcsort --sort_type=ilabel > data/lang_loop/G.fst)
 fi
 
 . ./path.sh
@@ -145,6 +154,11 @@ fi
 
 if [ "$stage" -le 3 ]; then
   log "Stage 3: graphs with the trigram and decoding of dev and test"
+  utils/mkgraph.sh data/lang_loop exp/mono exp/mono/graph_loop
+  for set in dev test; do
+    steps/decode.sh --nj "$nj" --cmd "$decode_cmd" --skip-scoring true exp/mono/graph_loop "data/$set" \
+      "exp/mono/decode_${set}_loop"
+  done
   for sys in mono tri1 tri2b tri3b; do
     utils/mkgraph.sh data/lang_test "exp/$sys" "exp/$sys/graph_tg"
     for set in dev test; do

@@ -9,6 +9,7 @@ and asr-bn's compute-wer: LM weight and insertion penalty chosen on dev, and whe
 WER is the mean over all of them (the tie rule of issue 12's table), their range beside it.
 
 Usage: ladder_table.py --kaldi KALDI_WORKDIR --asr-bn LABEL=WORKDIR [--asr-bn LABEL=WORKDIR ...] [--lmwt 1:20]
+                       [--graph tg|loop]
 e.g. ladder_table.py --kaldi /work/runs/ladder-kaldi/k --asr-bn "Kaldi MFCC=/work/runs/ladder-kaldi/asrbn_mfcc"
 """
 
@@ -135,6 +136,7 @@ def main() -> None:
     ap.add_argument("--asr-bn", action="append", default=[], help="LABEL=WORKDIR of asr_bn_ladder.sh")
     ap.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parents[3] / ".." / "shared" / "kaldi")
     ap.add_argument("--lmwt", default="1:20", help="LM weights swept (default 1:20)")
+    ap.add_argument("--graph", default="tg", help="the graph whose decodings are scored: tg (default) or loop")
     args = ap.parse_args()
     lo, hi = (int(x) for x in args.lmwt.split(":"))
     lmwts = range(lo, hi + 1)
@@ -156,8 +158,9 @@ def main() -> None:
                 continue
             pdfs, gauss = model_info(exp / "final.mdl", args.bundle)
             like = kaldi_avg_like(exp) if name == "Kaldi" else asr_bn_avg_like(exp)
-            sweeps = {s: sweep(dec / f"decode_{s}_tg", dec / "graph_tg" / "words.txt", refs[s], lmwts, args.bundle)
-                      if (dec / f"decode_{s}_tg").is_dir() else None for s in ("dev", "test")}
+            g = args.graph
+            sweeps = {s: sweep(dec / f"decode_{s}_{g}", dec / f"graph_{g}" / "words.txt", refs[s], lmwts, args.bundle)
+                      if (dec / f"decode_{s}_{g}").is_dir() else None for s in ("dev", "test")}
             dev_s, test_s = dev_test(sweeps["dev"], sweeps["test"])
             t = times(workdir).get(rung)
             like_s = "–" if like is None else f"{like:.3f}"
