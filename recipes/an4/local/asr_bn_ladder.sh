@@ -12,7 +12,7 @@
 #             decode/<rung>/{graph_G,decode_dev_G,decode_test_G} (stage 2: lattices lat.scp that Kaldi's tools read)
 #   --trained EXP  skip stage 1: decode the rungs of an existing exp dir (e.g. the recipe's exp/, left untouched)
 #   --nj N    parallel jobs of alignment and decoding (default 2); --stage N: start at stage N (default 1)
-#   --last RUNG  the last rung trained: mono, tri1, tri2b or tri3b (default tri3b)
+#   --last RUNG  the last rung trained and decoded: mono, tri1, tri2b or tri3b (default tri3b)
 #   --graphs G   the graphs decoded: tg (ARPA, default) and/or loop (a uniform word loop), e.g. "tg loop"
 # Budgets as kaldi_ladder.sh: Kaldi's defaults for mono, 500 leaves / 4000 Gaussians for each later rung. The SAT
 # rung is trained and aligned but not decoded: asr-bn has no fMLLR decoding yet (decode_fmllr.sh).
@@ -78,7 +78,7 @@ fi
 
 if [ "$stage" -le 2 ]; then
   log "Stage 2: graphs ($graphs: asr-bn mkgraph [--lm]), GMM likelihoods and lattices of dev and test"
-  for sys in mono tri1 tri2b; do
+  for sys in mono tri1 tri2b; do  # up to --last
     [ -f "$exp/$sys/final.mdl" ] || continue
     for g in $graphs; do
       out=decode/$sys
@@ -95,6 +95,7 @@ if [ "$stage" -le 2 ]; then
         rm "$dir/loglikes.ark" "$dir/loglikes.scp"
       done
     done
+    [ "$sys" != "$last" ] || break
   done
 fi
 log "Done."
