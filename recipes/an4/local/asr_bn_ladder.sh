@@ -17,6 +17,7 @@
 # Budgets as kaldi_ladder.sh: Kaldi's defaults for mono, 500 leaves / 4000 Gaussians for each later rung. The SAT
 # rung is trained and aligned but not decoded: asr-bn has no fMLLR decoding yet (decode_fmllr.sh).
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/ladder_lib.sh"  # timed
 
 nj=2
 stage=1
@@ -46,13 +47,6 @@ mkdir -p "$4"
 cd "$4"
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (asr_bn_ladder.sh) $*"; }
-timed() {  # timed NAME CMD...: run, append "NAME SECONDS" to exp/times
-  local name=$1 t0
-  shift
-  t0=$(date +%s.%N)
-  "$@"
-  echo "$name $(echo "$(date +%s.%N) - $t0" | bc)" >> exp/times
-}
 
 exp=${trained:-$(pwd)/exp}
 if [ "$stage" -le 1 ] && [ -z "$trained" ]; then

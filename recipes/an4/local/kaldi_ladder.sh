@@ -23,6 +23,7 @@
 #      with data/lang_loop (a word loop, G as asr-bn mkgraph's) → exp/mono/decode_{dev,test}_loop
 # About 25 minutes on 2 cores. Kaldi's defaults everywhere else (train_mono's 1000 Gaussians, 40 iterations, ...).
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/ladder_lib.sh"  # timed
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
 kaldi=$repo/../shared/kaldi
@@ -131,13 +132,6 @@ if [ "$stage" -le 1 ]; then
   done
 fi
 
-timed() {  # timed NAME CMD...: run, append "NAME SECONDS" to exp/times
-  local name=$1 t0
-  shift
-  t0=$(date +%s.%N)
-  "$@"
-  echo "$name $(echo "$(date +%s.%N) - $t0" | bc)" >> exp/times
-}
 
 if [ "$stage" -le 2 ]; then
   log "Stage 2: Kaldi's ladder (mono, tri1 deltas, tri2b LDA+MLLT, tri3b SAT; 500 leaves / 4000 Gaussians)"
