@@ -15,7 +15,7 @@
 #   --last RUNG  the last rung trained and decoded: mono, tri1, tri2b or tri3b (default tri3b)
 #   --graphs G   the graphs decoded: tg (ARPA, default) and/or loop (a uniform word loop), e.g. "tg loop"
 # Budgets as kaldi_ladder.sh: Kaldi's defaults for mono, 500 leaves / 4000 Gaussians for each later rung. The SAT
-# rung is trained and aligned but not decoded: asr-bn has no fMLLR decoding yet (decode_fmllr.sh).
+# rung is decoded in two passes with fMLLR (asr-bn gmm decode-fmllr, as decode_fmllr.sh).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/ladder_lib.sh"  # timed
 
@@ -72,16 +72,20 @@ fi
 
 if [ "$stage" -le 2 ]; then
   log "Stage 2: graphs ($graphs: asr-bn mkgraph [--lm]), GMM likelihoods and lattices of dev and test"
-  for sys in mono tri1 tri2b; do  # up to --last
+  for sys in mono tri1 tri2b tri3b; do  # up to --last
     [ -f "$exp/$sys/final.mdl" ] || continue
     for g in $graphs; do
       out=decode/$sys
-      rm -rf "$out/graph_$g" "$out/decode_dev_$g" "$out/decode_test_$g"
+      rm -rf "$out/graph_$g" "$out/decode_dev_$g"* "$out/decode_test_$g"*
       lm_opt=
       [ "$g" = tg ] && lm_opt="--lm $arpa"
       asr-bn mkgraph "$lang" "$exp/$sys" "$out/graph_$g" $lm_opt
       for set in dev test; do
         dir=$out/decode_${set}_$g
+        if [ "$sys" = tri3b ]; then  # two passes with fMLLR, decode_fmllr.sh's defaults
+          asr-bn gmm decode-fmllr "$out/graph_$g" "$feats/$set" "$exp/$sys" "$dir" --cache
+          continue
+        fi
         asr-bn gmm likes "$feats/$set" "$exp/$sys" "$dir"
         # Kaldi's decode.sh beams and acoustic scale (13, lattice beam 6, 1/12); the LM weight is swept when scoring
         asr-bn decode "$out/graph_$g" "$exp/$sys" "$dir/loglikes.scp" "$dir" --lattices --nj "$nj" \
