@@ -44,7 +44,8 @@ def run(cmd: str, kaldi: Path) -> str:
     env = {**os.environ, "PATH": f"{kaldi}/bin:{os.environ['PATH']}", "LC_ALL": "C", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        raise AsrBnError(f"{cmd.split()[0]} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise AsrBnError(f"{cmd.split()[0]} failed: {last}")
     return proc.stdout
 
 
