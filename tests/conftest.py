@@ -57,6 +57,22 @@ def run_kaldi(bundle: Path, *args: str | Path, cwd: Path | None = None) -> str:
     return run_kaldi_bytes(bundle, *args, cwd=cwd).decode()
 
 
+def yesno_gmm_inputs(yesno_root: Path, num_utts: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """asr-bn's GMM features (23-bin fbank → DCT → per-speaker CMVN → deltas) and transcripts of yesno's first
+    `num_utts` training utterances (all by default): the small real input of the GMM tests."""
+    from asr_bn.data import load_audio, load_data_dir
+    from asr_bn.features import FbankConfig, compute_fbank
+    from asr_bn.hmm_gmm import gmm_features
+    from asr_bn.report import Report
+
+    data = load_data_dir(yesno_root / "data" / "train_yesno", Report("test"))
+    utts = list(data.utterances)[:num_utts]
+    fbank = compute_fbank([load_audio(data, u, sample_rate=8000) for u in utts],
+                          FbankConfig(sample_frequency=8000, num_mel_bins=23))
+    feats = gmm_features(dict(zip(utts, fbank)), {u: data.utterances[u].speaker for u in utts})
+    return feats, {u: data.utterances[u].text or "" for u in utts}
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     """A seeded numpy generator, so every test is reproducible."""

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from asr_bn.alignments import read_alignments, read_transition_model
-from asr_bn.data import load_audio, load_data_dir
+from asr_bn.data import load_data_dir
 from asr_bn.errors import AsrBnError, UsageError
-from asr_bn.features import FbankConfig, add_deltas, apply_cmvn, compute_cmvn_stats, compute_fbank
+from asr_bn.features import FbankConfig, add_deltas, apply_cmvn, compute_cmvn_stats
 from asr_bn.hmm_gmm import AlignConfig, GmmSystem, MonoConfig, align, gmm_features, make_topology, train_mono
 from asr_bn.lang import Lang, read_lang
 from asr_bn.report import Report
-from conftest import run_kaldi_bytes
+from conftest import run_kaldi_bytes, yesno_gmm_inputs
 
 FAST = MonoConfig(num_iters=6, max_iter_inc=4, total_gauss=60, realign_iters=(1, 2, 3, 4))
 
@@ -26,13 +26,7 @@ FAST = MonoConfig(num_iters=6, max_iter_inc=4, total_gauss=60, realign_iters=(1,
 @pytest.fixture(scope="module")
 def yesno(yesno_root: Path) -> tuple[dict[str, np.ndarray], dict[str, str], Lang]:
     """Our GMM features (fbank → DCT → CMVN → deltas) of the yesno training set, its transcripts and lang."""
-    data = load_data_dir(yesno_root / "data" / "train_yesno", Report("test"))
-    utts = list(data.utterances)
-    fbank = compute_fbank([load_audio(data, u, sample_rate=8000) for u in utts],
-                          FbankConfig(sample_frequency=8000, num_mel_bins=23))
-    feats = gmm_features(dict(zip(utts, fbank)), {u: data.utterances[u].speaker for u in utts})
-    text = {u: data.utterances[u].text or "" for u in utts}
-    return feats, text, read_lang(yesno_root / "data" / "lang")
+    return (*yesno_gmm_inputs(yesno_root), read_lang(yesno_root / "data" / "lang"))
 
 
 def _phones(lang: Lang, words: str) -> list[int]:

@@ -16,19 +16,17 @@ import kaldiio
 import numpy as np
 import pytest
 import torch
-from conftest import run_kaldi_bytes
+from conftest import run_kaldi_bytes, yesno_gmm_inputs
 from test_data import an4_wavs, kaldi_files, write_dir
 from test_features import _assert_linear_close, _assert_log_close
 from typer.testing import CliRunner
 
 from asr_bn.alignments import count_pdfs, read_alignments, read_transition_model, write_counts
 from asr_bn.batching import UtteranceDataset
-from asr_bn.data import load_audio, load_data_dir
-from asr_bn.features import FbankConfig, compute_fbank
-from asr_bn.hmm_gmm import AlignConfig, GmmSystem, MonoConfig, align, gmm_features, train_mono
+from asr_bn.features import FbankConfig
+from asr_bn.hmm_gmm import AlignConfig, GmmSystem, MonoConfig, align, train_mono
 from asr_bn.io import read_matrix
 from asr_bn.lang import read_lang
-from asr_bn.report import Report
 from asr_bn.synth import CorpusPaths, synthesize_corpus
 from asr_bn_cli.main import build_app
 
@@ -76,12 +74,7 @@ def synth_targets(synth: CorpusPaths, tmp_path_factory: pytest.TempPathFactory) 
 def mono(yesno_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, np.ndarray]]:
     """asr_bn.hmm_gmm's monophone system trained on 8 yesno utterances (exp dir), its alignment dir (2 jobs), and
     the GMM features it was trained on."""
-    data = load_data_dir(yesno_root / "data" / "train_yesno", Report("test"))
-    utts = list(data.utterances)[:8]
-    fbank = compute_fbank([load_audio(data, u, sample_rate=8000) for u in utts],
-                          FbankConfig(sample_frequency=8000, num_mel_bins=23))
-    feats = gmm_features(dict(zip(utts, fbank)), {u: data.utterances[u].speaker for u in utts})
-    text = {u: data.utterances[u].text or "" for u in utts}
+    feats, text = yesno_gmm_inputs(yesno_root, 8)
     lang = read_lang(yesno_root / "data" / "lang")
     root = tmp_path_factory.mktemp("mono")
     config = MonoConfig(num_iters=3, max_iter_inc=2, total_gauss=30, realign_iters=(1,))

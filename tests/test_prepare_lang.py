@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_kaldi
+from conftest import run_kaldi, yesno_gmm_inputs
 from typer.testing import CliRunner
 
 from asr_bn.errors import AsrBnError
@@ -112,20 +112,14 @@ def test_position_dependent_lang_trains_aligns_and_builds_graphs(kaldi_bundle: P
     """The monophone trainer shares pdfs across a phone's position variants (the tree is gmm-init-mono
     --shared-phones=phones/sets.int's), aligns yesno into word-position phones, reloads, and mkgraph works."""
     from asr_bn.alignments import read_alignments, read_transition_model
-    from asr_bn.data import load_audio, load_data_dir
+    from asr_bn.hmm_gmm import AlignConfig, GmmSystem, MonoConfig, align, train_mono
     from asr_bn.mkgraph import build_graph
-    from asr_bn.features import FbankConfig, compute_fbank
-    from asr_bn.hmm_gmm import AlignConfig, GmmSystem, MonoConfig, align, gmm_features, train_mono
 
     report = Report("lang")
     prepare_lang(read_dict_dir(yesno_root / "data" / "local" / "dict", report), tmp_path / "lang", report)
     lang = read_lang(tmp_path / "lang")
-    data = load_data_dir(yesno_root / "data" / "train_yesno", Report("test"))
-    utts = list(data.utterances)[:12]
-    fbank = compute_fbank([load_audio(data, u, sample_rate=8000) for u in utts],
-                          FbankConfig(sample_frequency=8000, num_mel_bins=23))
-    feats = gmm_features(dict(zip(utts, fbank)), {u: data.utterances[u].speaker for u in utts})
-    text = {u: data.utterances[u].text or "" for u in utts}
+    feats, text = yesno_gmm_inputs(yesno_root, 12)
+    utts = list(feats)
     cfg = MonoConfig(num_iters=4, max_iter_inc=2, total_gauss=40, realign_iters=(1, 2))
     train_mono(feats, text, lang, tmp_path / "mono", cfg)
     run_kaldi(kaldi_bundle, "gmm-init-mono", f"--shared-phones={tmp_path}/lang/phones/sets.int",
