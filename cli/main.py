@@ -89,7 +89,7 @@ def _listed() -> None:
 
 def build_app(names: Iterable[str] = COMMANDS, listing: bool = False) -> typer.Typer:
     """The `asr-bn` app with the commands `names`; with `listing`, each only as its name and help (what the root's
-    --help shows, without importing and converting every option of every command)."""
+    --help shows, without typer converting every option of every command)."""
     app = typer.Typer(
         name="asr-bn",
         cls=_Root,
@@ -113,7 +113,8 @@ def main() -> None:
     """Console-script entry point: builds only the command the command line names (`asr-bn decode …` neither imports
     nor converts the other commands' options); the root's --help, an unknown command or shell completion get all."""
     name = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
-    if name in COMMANDS and "_ASR_BN_COMPLETE" not in os.environ:
+    completing = "_ASR_BN_COMPLETE" in os.environ  # shell completion needs every command's options
+    if name in COMMANDS and not completing:
         build_app([name])()
     else:
-        build_app(listing="_ASR_BN_COMPLETE" not in os.environ)()
+        build_app(listing=not completing)()
