@@ -23,7 +23,7 @@ import numpy as np
 from asr_bn.alignments import read_transition_model, transition_id_scores
 from asr_bn.config import DecodeConfig
 from asr_bn.errors import AsrBnError, UsageError
-from asr_bn.fst import FstArrays, read_std_fst, to_vector_fst
+from asr_bn.fst import FstArrays, read_std_fst, relabel_input, to_vector_fst
 from asr_bn.io import (
     KALDIIO_READ_ERRORS,
     OutputLock,
@@ -56,7 +56,8 @@ __all__ = [
 
 @dataclass
 class Graph:
-    """A loaded decoding graph with what the decoder needs from the model: transition-id → pdf-id."""
+    """A loaded decoding graph with what the decoder needs from the model: transition-id → pdf-id. With
+    `pdf_labels` its input labels are pdf-id + 1 instead of transition-ids (`load_graph`)."""
 
     path: Path
     fst: "kaldifst.StdVectorFst"
@@ -64,7 +65,15 @@ class Graph:
     tid2pdf: np.ndarray  # (num_transition_ids + 1,) int; entry 0 unused (transition-ids are 1-based)
     num_pdfs: int
     model_path: Path
+    pdf_labels: bool = False
     _decoders: dict = field(default_factory=dict, repr=False)
+
+    def scores(self, loglikes: np.ndarray, scale: float) -> np.ndarray:
+        """The decoder's (T, input labels) score matrix of (T, num_pdfs) log-likelihoods: the scaled matrix itself
+        for pdf labels, gathered per transition-id otherwise."""
+        if self.pdf_labels:
+            return np.asarray(loglikes, dtype=np.float32) * np.float32(scale)
+        return transition_id_scores(loglikes, self.tid2pdf, scale)
 
     def decoder(self, config: DecodeConfig):  # noqa: ANN201 - a kaldi_decoder decoder object
         """The (reused) kaldi-decoder object for these options: LatticeSimpleDecoder or FasterDecoder."""
@@ -141,10 +150,14 @@ def check_graph(fst_path: Path, fst: FstArrays, num_tids: int, words: dict[int, 
         )
 
 
-def load_graph(graph_dir: str | Path, model: str | Path) -> Graph:
+def load_graph(graph_dir: str | Path, model: str | Path, pdf_labels: bool = False) -> Graph:
     """Load HCLG.fst (an OpenFst vector or const FST, as Kaldi's mkgraph.sh writes it) and words.txt from a graph
     dir, and transition-id → pdf-id from the alignment model; the graph is checked against both (`check_graph`),
-    and a graph dir's `num_pdfs` file (written by mkgraph.sh and `build_graph`) must match the model."""
+    and a graph dir's `num_pdfs` file (written by mkgraph.sh and `build_graph`) must match the model.
+
+    `pdf_labels`: relabel the graph's transition-ids with their pdf-id + 1 once, so that the decoder reads each
+    frame's scaled log-likelihoods as they are (what Kaldi's DecodableMatrixScaledMapped looks up per arc) instead
+    of a (T × transition-ids) matrix built per utterance; for one-best words only (paths carry no transition-ids)."""
     graph_dir = require_dir(graph_dir, "graph dir", "HCLG.fst and words.txt of Kaldi's mkgraph.sh or `asr-bn mkgraph`")
     fst_path, words_path = graph_dir / "HCLG.fst", graph_dir / "words.txt"
     for path, what in ((fst_path, "the decoding graph"), (words_path, "the graph's word table")):
@@ -167,7 +180,11 @@ def load_graph(graph_dir: str | Path, model: str | Path) -> Graph:
     arrays = read_std_fst(fst_path)
     words = _read_words(words_path)
     check_graph(fst_path, arrays, tm.num_transition_ids, words, model_path)
-    return Graph(graph_dir, to_vector_fst(arrays, fst_path), words, tid2pdf, num_pdfs, model_path)
+    if pdf_labels:
+        table = np.concatenate([[0], tid2pdf[1:] + 1]).astype(np.int32)
+        arrays = relabel_input(arrays, table)
+    return Graph(graph_dir, to_vector_fst(arrays, fst_path, pdf_labels), words, tid2pdf, num_pdfs, model_path,
+                 pdf_labels)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -183,7 +200,7 @@ class Hypothesis:
     frames: int
     log_like: float  # -(graph cost + acoustic-scale × acoustic cost) of the best path, as Kaldi's decoders report
     reached_final: bool
-    alignment: list[int] = field(default_factory=list)  # the best path's transition-id per frame
+    alignment: list[int] = field(default_factory=list)  # the best path's transition-id per frame (none on pdf labels)
     lattice: bytes | None = None  # OpenFst binary of the state-level Lattice (Kaldi's binary lattice holder)
     by_lmwt: dict[int, list[str]] = field(default_factory=dict)
 
@@ -211,8 +228,10 @@ def decode_matrix(graph: Graph, utt: str, loglikes: np.ndarray, config: DecodeCo
         raise AsrBnError(f"utterance {utt}: no frames to decode")
     if not np.isfinite(loglikes).all():
         raise AsrBnError(f"utterance {utt}: log-likelihoods contain NaN or infinity (check the network's output)")
+    if graph.pdf_labels and config.lattices:
+        raise ValueError("a graph loaded with pdf_labels gives no lattices (load it without)")  # a caller's mistake
     decoder = graph.decoder(config)
-    decoder.decode(kaldi_decoder.DecodableCtc(transition_id_scores(loglikes, graph.tid2pdf, config.acoustic_scale)))
+    decoder.decode(kaldi_decoder.DecodableCtc(graph.scores(loglikes, config.acoustic_scale)))
     frames = loglikes.shape[0]
     # The best path, acoustic costs at the decoding scale: Kaldi's decoders take the words and the log-likelihood
     # they report from it, with or without lattices (the raw lattice's shortest path is the decoder's best path).
@@ -221,7 +240,8 @@ def decode_matrix(graph: Graph, utt: str, loglikes: np.ndarray, config: DecodeCo
         raise AsrBnError(f"utterance {utt}: no path survived the beam (raise --beam or --max-active)")
     words, tids, graph_cost, am_cost = _best_path(graph, kaldifst.shortest_path(lat, n=1) if config.lattices else lat)
     if not config.lattices:
-        return Hypothesis(utt, words, frames, -(graph_cost + am_cost), decoder.reached_final(), tids)
+        return Hypothesis(utt, words, frames, -(graph_cost + am_cost), decoder.reached_final(),
+                          [] if graph.pdf_labels else tids)
     # Kaldi keeps unscaled acoustic costs in lattices; rescoring applies 1/LMWT to them.
     kaldifst.scale_lattice(kaldifst.lattice_scale(1.0, 1.0 / config.acoustic_scale), lat)
     reached_final = math.isfinite(decoder.final_relative_cost())
@@ -302,9 +322,9 @@ def _decode_or_reason(graph: Graph, utt: str, loglikes: np.ndarray, config: Deco
 _WORKER_GRAPH: Graph | None = None  # one graph per worker process, loaded by its initializer
 
 
-def _init_worker(graph_dir: str, model: str) -> None:
+def _init_worker(graph_dir: str, model: str, pdf_labels: bool) -> None:
     global _WORKER_GRAPH
-    _WORKER_GRAPH = load_graph(graph_dir, model)
+    _WORKER_GRAPH = load_graph(graph_dir, model, pdf_labels)
 
 
 def _worker_decode(utt: str, loglikes: np.ndarray, config: DecodeConfig) -> Hypothesis | str:
@@ -397,7 +417,7 @@ def _hypotheses(
 
     # spawn: workers start clean (no forked torch/OpenMP or progress-bar threads) and load the graph themselves.
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(nj, ctx, initializer=_init_worker, initargs=(str(graph.path), str(graph.model_path))) as pool:
+    with ProcessPoolExecutor(nj, ctx, initializer=_init_worker, initargs=(str(graph.path), str(graph.model_path), graph.pdf_labels)) as pool:
         pending: deque[tuple[str, Future]] = deque()
         for utt, mat in items:
             pending.append((utt, pool.submit(_worker_decode, utt, mat, config)))
@@ -444,7 +464,7 @@ def decode(
     rspecifier = _rspecifier(loglikes)
     report = Report("decode")
     with OutputLock(out_dir):
-        graph = load_graph(graph_dir, model)
+        graph = load_graph(graph_dir, model, pdf_labels=not (config.lattices or config.ctm))
         items = ((utt, _check_shape(graph, utt, mat, rspecifier)) for utt, mat in _read_matrices(rspecifier))
         write_decode(out_dir, graph, _hypotheses(graph, items, config, nj), config, report, lang,
                      _count_scp(rspecifier))

@@ -444,24 +444,33 @@ _CMVN_MODES = ("speaker", "utterance", "global", "none")
 
 @dataclass
 class FeaturePipeline:
-    """Fbank config + CMVN mode + deltas: saved beside every artifact and used by training and decoding alike."""
+    """Fbank config + CMVN mode + deltas: saved beside every artifact and used by training and decoding alike.
+
+    `input` says what feats.scp holds: "fbank" (asr-bn prep), or features derived from that fbank by a GMM system
+    ("fmllr <digest of its final.mat>", `asr-bn gmm fmllr-feats`) of dimension `input_dim`; a model refuses
+    features of another input."""
 
     fbank: FbankConfig = dataclasses.field(default_factory=FbankConfig)
     cmvn: CmvnMode = "speaker"
     norm_vars: bool = False
     delta_order: int = 2
     delta_window: int = 2
+    input: str = "fbank"
+    input_dim: int | None = None
 
     def __post_init__(self) -> None:
         if self.cmvn not in _CMVN_MODES:
             raise UsageError(f"cmvn mode {self.cmvn!r} is not one of {', '.join(_CMVN_MODES)}")
         if self.delta_order < 0 or self.delta_window < 1:
             raise UsageError(f"delta_order={self.delta_order} must be >= 0 and delta_window={self.delta_window} >= 1")
+        if (self.input == "fbank") != (self.input_dim is None) or (self.input_dim is not None and self.input_dim < 1):
+            raise UsageError(f"input {self.input!r} with input_dim {self.input_dim}: fbank input has no input_dim, "
+                             f"any other input a positive one")
 
     @property
     def output_dim(self) -> int:
-        """Dimension of transformed features: fbank dim × (delta_order + 1)."""
-        return self.fbank.dim * (self.delta_order + 1)
+        """Dimension of transformed features: input dim (fbank's bins unless given) × (delta_order + 1)."""
+        return (self.input_dim or self.fbank.dim) * (self.delta_order + 1)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (JSON-safe)."""
@@ -471,6 +480,7 @@ class FeaturePipeline:
             "norm_vars": self.norm_vars,
             "delta_order": self.delta_order,
             "delta_window": self.delta_window,
+            **({} if self.input == "fbank" else {"input": self.input, "input_dim": self.input_dim}),
         }
 
     @classmethod
@@ -497,6 +507,8 @@ class FeaturePipeline:
         fbank = {f.name: f for f in dataclasses.fields(FbankConfig)}
         ours, theirs = self.to_dict(), other.to_dict()
         pairs = [(k, v, theirs["fbank"].get(k)) for k, v in ours.pop("fbank").items()]
+        ours.setdefault("input", "fbank")
+        theirs.setdefault("input", "fbank")
         pairs += [(k, v, theirs.get(k)) for k, v in ours.items()]
         for key, want, got in pairs:
             if want == got:
@@ -511,7 +523,10 @@ class FeaturePipeline:
                 options.append("--norm-vars")
             elif key == "norm_vars":
                 extra += " without --norm-vars"
-            else:
+            elif key == "input":
+                maker = "asr-bn prep" if want == "fbank" else "`asr-bn gmm fmllr-feats` with the model's GMM system"
+                extra += f" (input {want}: {maker} writes it)"
+            elif key != "input_dim":  # input_dim differs with input, said there
                 extra += f" (asr-bn prep writes {key} {want}: re-run it)"
         if any(key in fbank for key, want, got in pairs if want != got):
             extra += " (or with a --config that has these)"

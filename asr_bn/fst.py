@@ -27,12 +27,15 @@ from asr_bn.errors import AsrBnError
 if TYPE_CHECKING:
     from asr_bn.kaldi_ext import kaldifst
 
-__all__ = ["FstArrays", "read_std_fst", "parse_lattice", "vector_bytes", "to_vector_fst"]
+__all__ = ["FstArrays", "read_std_fst", "parse_lattice", "vector_bytes", "to_vector_fst", "relabel_input"]
 
 _MAGIC = 2125659606
 _HAS_ISYMBOLS, _HAS_OSYMBOLS, _IS_ALIGNED = 1, 2, 4
 _SYMBOL_TABLE_MAGIC = 2125658996
 _MUTABLE = 0x2  # OpenFst's kMutable property bit (a vector FST has it, a const one does not)
+# kAcceptor, kNotAcceptor, kIDeterministic, kNonIDeterministic, kILabelSorted, kNotILabelSorted: what new input
+# labels can make untrue
+_INPUT_LABEL_PROPERTIES = 0x10000 | 0x20000 | 0x40000 | 0x80000 | 0x10000000 | 0x20000000
 _ALIGN = 16
 _ARC = np.dtype([("ilabel", "<i4"), ("olabel", "<i4"), ("weight", "<f4"), ("nextstate", "<i4")])
 _CONST_STATE = np.dtype(
@@ -224,17 +227,27 @@ def vector_bytes(fst: FstArrays, changed: bool = False) -> bytes:
     return header + body.tobytes()
 
 
-def to_vector_fst(fst: FstArrays, path: Path) -> "kaldifst.StdVectorFst":
-    """The FST as a kaldifst StdVectorFst (for kaldi-decoder); `path` names the file in errors."""
+def relabel_input(fst: FstArrays, table: np.ndarray) -> FstArrays:
+    """The FST with each arc's input label i replaced by table[i] (table[0] = 0 keeps epsilons); the properties
+    that depend on input labels are cleared. Hand it on with `to_vector_fst(…, changed=True)`."""
+    arcs = fst.arcs.copy()
+    arcs["ilabel"] = table[arcs["ilabel"]]
+    return FstArrays(fst.fst_type, fst.start, fst.final, fst.first, arcs, fst.properties & ~_INPUT_LABEL_PROPERTIES,
+                     fst.raw)
+
+
+def to_vector_fst(fst: FstArrays, path: Path, changed: bool = False) -> "kaldifst.StdVectorFst":
+    """The FST as a kaldifst StdVectorFst (for kaldi-decoder); `path` names the file in errors; `changed`: the
+    arrays were edited (`relabel_input`), so the file itself is not read."""
     from asr_bn.kaldi_ext import kaldifst
 
-    if fst.fst_type == "vector":
+    if fst.fst_type == "vector" and not changed:
         out = kaldifst.StdVectorFst.read(str(path))
     else:
         fd, tmp = tempfile.mkstemp(suffix=".fst")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(vector_bytes(fst))
+                f.write(vector_bytes(fst, changed))
             out = kaldifst.StdVectorFst.read(tmp)
         except OSError as e:
             raise AsrBnError(

@@ -38,9 +38,9 @@ WSJ_SETS = ("train_si284", "test_dev93", "test_eval92")
 # Kaldi's tri4b alignments of each set (run.sh makes the train one; the README says how to make the dev one)
 WSJ_ALI_DIRS = {"train_si284": "exp/tri4b_ali_si284", "test_dev93": "exp/tri4b_ali_dev93"}
 KALDI_SPH2PIPE = "KALDI_ROOT/tools/sph2pipe_v2.5/sph2pipe"
-_DATA_FILES = ("wav.scp", "segments", "utt2spk", "spk2utt", "text", "utt2dur")
-_OUTPUT_FILES = _DATA_FILES + ("feats.ark", "feats.scp", "cmvn.ark", "cmvn.scp", "utt2num_frames", "pipeline.json")
-_DERIVED_FILES = ("pdf.ark", "pdf.scp", "targets_report.json")  # targets joined to the features (asr_bn.alignments)
+DATA_FILES = ("wav.scp", "segments", "utt2spk", "spk2utt", "text", "utt2dur")
+_OUTPUT_FILES = DATA_FILES + ("feats.ark", "feats.scp", "cmvn.ark", "cmvn.scp", "utt2num_frames", "pipeline.json")
+DERIVED_FILES = ("pdf.ark", "pdf.scp", "targets_report.json")  # targets joined to the features (asr_bn.alignments)
 _STAGING = ".prep.partial"
 _BATCH_SAMPLES = 16000 * 200  # audio per compute_fbank call (about 200 s at 16 kHz): few calls, bounded memory
 
@@ -292,7 +292,7 @@ def _check_pipe_programs(data: DataDir) -> None:
 def _input_digests(data_dir: Path) -> dict[str, str]:
     return {
         name: hashlib.sha256((data_dir / name).read_bytes()).hexdigest()
-        for name in _DATA_FILES
+        for name in DATA_FILES
         if (data_dir / name).is_file()
     }
 
@@ -320,10 +320,10 @@ def _saved_report(out_dir: Path) -> Report:
 def _publish(staging: Path, out_dir: Path, files: list[str], report: Report, signature: dict) -> None:
     """Move the staged files onto their final names; report.json (the completion marker) goes last."""
     (out_dir / "report.json").unlink(missing_ok=True)
-    for name in _OUTPUT_FILES + _DERIVED_FILES:
+    for name in _OUTPUT_FILES + DERIVED_FILES:
         if name not in files and (out_dir / name).exists():
             (out_dir / name).unlink()  # from an earlier run: other options, or targets joined to the old features
-            if name in _DERIVED_FILES:
+            if name in DERIVED_FILES:
                 report.note(
                     f"removed {name} of the earlier run (it belonged to the old features; join the alignments again)"
                 )
@@ -408,7 +408,7 @@ def _write_outputs(
     write_text(staging / "utt2num_frames", "".join(f"{u} {num_frames[u]}\n" for u in written))
     write_data_dir(data, staging, written, durations)
     pipeline.save(staging / "pipeline.json")
-    files += [n for n in _DATA_FILES if (staging / n).is_file()] + ["utt2num_frames", "pipeline.json"]
+    files += [n for n in DATA_FILES if (staging / n).is_file()] + ["utt2num_frames", "pipeline.json"]
     report.counts.update({"written": len(written), "skipped": report.num_skipped, "frames": sum(num_frames.values())})
     return files
 

@@ -365,3 +365,26 @@ def decode_fmllr(
                             silence_weight=silence_weight, fmllr_min_count=fmllr_min_count, lmwt=lmwt_range(lmwt))
     feats, _ = _features(data, cache)
     _print(run(graph_dir, feats, _utt2spk(data), src_dir, out_dir, cfg))
+
+
+@app.command("fmllr-feats")
+def fmllr_feats(
+    data: Annotated[Path, typer.Argument(help=_DATA)],
+    src_dir: Annotated[Path, typer.Argument(help="The speaker-adapted system (asr-bn gmm sat): final.mat, final.mdl.")],
+    out_dir: Annotated[Path, typer.Argument(help="Output: a prepared dir of the adapted features (feats.ark/.scp, "
+                                            "utt2num_frames, data files, pipeline.json, report.json last).")],
+    transform_dir: Annotated[Path, typer.Option("--transform-dir", help="The speakers' fMLLR transforms trans.* "
+                                                "(align-fmllr or decode-fmllr on these utterances).")],
+    ali_dir: Annotated[Optional[Path], typer.Option("--ali-dir", help="Join these alignments' pdf-ids as targets "
+                                                    "(pdf.scp), as asr-bn prep --ali-dir.")] = None,
+    delta_order: Annotated[int, typer.Option("--delta-order", help="Δ orders the network adds (0: none, as nnet1 "
+                                             "on fMLLR features).", callback=in_range(Range(0, 2)))] = 0,
+) -> None:
+    """Speaker-adapted features of a SAT system for a network as steps/nnet/make_fmllr_feats.sh, e.g.
+    asr-bn gmm fmllr-feats prep/train exp/tri3b prep/train_fmllr --transform-dir exp/tri3b_ali"""
+    from asr_bn.gmm.fmllr_feats import write_fmllr_feats
+
+    report, targets = write_fmllr_feats(data, src_dir, transform_dir, out_dir, delta_order=delta_order, ali_dir=ali_dir)
+    for one in (report, targets):
+        if one is not None:
+            _print(one)

@@ -162,3 +162,13 @@ def test_any_recipe_climbs_the_gmm_ladder(tmp_path: Path) -> None:
     rerun = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert rerun.returncode == 0 and "exp/tri3b/.done exists - skipping training" in rerun.stdout
     assert "exp/tri3b/decode_test_tg/.done exists - skipping the SAT decode" in rerun.stdout
+    fmllr = subprocess.run([*cmd[:-3], "--stop-stage", "7", "--cache", "--stage", "4", "--input", "fmllr"],
+                           capture_output=True, text=True, env=env)
+    assert fmllr.returncode == 0, fmllr.stdout[-3000:] + fmllr.stderr[-3000:]
+    for name in ("train_fmllr", "dev_fmllr", "dev_fmllr_decode", "test_fmllr_decode"):  # fbank's utterances
+        prep, fbank = work / "prep" / name, work / "prep" / name.split("_")[0]
+        assert json.loads((prep / "pipeline.json").read_text())["input"].startswith("fmllr ")
+        assert _table(prep / "utt2num_frames") == _table(fbank / "utt2num_frames")
+        assert (prep / "pdf.scp").is_file() == (not name.endswith("_decode"))
+    for model in ("blstm_fmllr", "blstm_bn_seq_fmllr"):
+        assert "%WER" in (exp / model / "decode_test_tg" / "wer").read_text()

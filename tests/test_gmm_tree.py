@@ -541,6 +541,56 @@ def test_sat_exp_dir_against_kaldi(synth: Setup, synth_tri1, synth_tri2, synth_t
     assert all(np.array_equal(m, identity) for m in kept.values())
 
 
+def test_fmllr_feats_are_kaldis_pipeline_and_train_a_network(synth: Setup, synth_tri1, synth_tri3,  # noqa: ANN001
+                                                             tmp_path: Path) -> None:
+    """asr-bn gmm fmllr-feats (make_fmllr_feats.sh) gives what Kaldi's splice-feats | transform-feats final.mat |
+    transform-feats --utt2spk trans.1 gives, in a prepared dir Kaldi's copy-feats reads, with ali-to-pdf's targets;
+    a network trains on it and refuses the fbank it was not trained on; bad inputs are one line each."""
+    import kaldiio
+
+    _, feats, _, _, tri1, _, prep = synth_tri1
+    _, tri3, _ = synth_tri3
+    app, runner, out = build_app(), CliRunner(), tmp_path / "fmllr"
+    result = runner.invoke(app, ["gmm", "fmllr-feats", str(prep), str(tri3), str(out), "--transform-dir", str(tri3),
+                                 "--ali-dir", str(tri3)])
+    assert result.exit_code == 0, result.output
+    assert "targets: features 40, alignments 40, written 40" in result.output
+    pipeline = json.loads((out / "pipeline.json").read_text())
+    assert pipeline["input"].startswith("fmllr ") and pipeline["input_dim"] == 40 and pipeline["cmvn"] == "none"
+    k = synth.bundle
+    kaldiio.save_ark(str(tmp_path / "ceps.ark"), {u: np.ascontiguousarray(feats[u][:, :13]) for u in sorted(feats)})
+    (tmp_path / "utt2spk").write_text((prep / "utt2spk").read_text())
+    run_kaldi(k, "splice-feats", "--left-context=3", "--right-context=3", f"ark:{tmp_path / 'ceps.ark'}",
+              f"ark:{tmp_path / 'spliced.ark'}")
+    run_kaldi(k, "transform-feats", tri3 / "final.mat", f"ark:{tmp_path / 'spliced.ark'}", f"ark:{tmp_path / 'lda.ark'}")
+    run_kaldi(k, "transform-feats", f"--utt2spk=ark:{tmp_path / 'utt2spk'}", f"ark:{tri3 / 'trans.1'}",
+              f"ark:{tmp_path / 'lda.ark'}", f"ark:{tmp_path / 'kaldi.ark'}")
+    run_kaldi(k, "copy-feats", f"scp:{out / 'feats.scp'}", f"ark:{tmp_path / 'ours.ark'}")
+    kaldi, ours = dict(kaldiio.load_ark(str(tmp_path / "kaldi.ark"))), dict(kaldiio.load_ark(str(tmp_path / "ours.ark")))
+    assert set(ours) == set(kaldi) == set(feats)
+    for utt in kaldi:
+        np.testing.assert_allclose(ours[utt], kaldi[utt], atol=1e-3, rtol=1e-4)
+    pdfs = run_kaldi(k, "ali-to-pdf", tri3 / "final.mdl", f"ark:gunzip -c {tri3 / 'ali.1.gz'}|", "ark,t:-")
+    targets = dict(kaldiio.load_scp(str(out / "pdf.scp")))
+    for line in pdfs.splitlines():
+        utt, *ids = line.split()
+        assert targets[utt].tolist() == [int(i) for i in ids]
+    tiny = ["--layers", "1", "--units", "8", "--batch-size", "4", "--num-workers", "0", "--device", "cpu",
+            "--epochs", "1"]
+    result = runner.invoke(app, ["train", str(out), str(out), str(tmp_path / "exp"), *tiny])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["forward", str(tmp_path / "exp"), str(out), f"ark:{tmp_path / 'll.ark'}"])
+    assert result.exit_code == 0 and len(dict(kaldiio.load_ark(str(tmp_path / "ll.ark")))) == 40, result.output
+    result = runner.invoke(app, ["forward", str(tmp_path / "exp"), str(prep), f"ark:{tmp_path / 'no.ark'}"])
+    assert result.exit_code == 1 and "input fbank (not fmllr" in result.output, result.output
+    for args, error in (([str(tri1), str(tmp_path / "o1"), "--transform-dir", str(tri3)], "has no final.mat"),
+                        ([str(tri3), str(tmp_path / "o2"), "--transform-dir", str(tri1)], "no trans.N files"),
+                        ([str(tri3), str(prep), "--transform-dir", str(tri3)], "is the prepared dir itself")):
+        result = runner.invoke(app, ["gmm", "fmllr-feats", str(prep), *args])
+        assert result.exit_code != 0 and error in result.output and "Traceback" not in result.output, result.output
+        assert not (tmp_path / "o1" / "feats.scp").exists() and not (tmp_path / "o2" / "feats.scp").exists()
+
+
 def test_align_fmllr_is_kaldis(synth: Setup, synth_tri1, synth_tri3, tmp_path: Path) -> None:  # noqa: ANN001
     """align_fmllr against Kaldi's align_fmllr.sh pipeline on the same SAT system, features and graphs:
     gmm-align-compiled with final.alimdl, ali-to-post | weight-silence-post | gmm-post-to-gpost | gmm-est-fmllr-gpost,

@@ -180,9 +180,10 @@ def _arpa_g(words_txt: Path, arpa: Path) -> str:
     return kaldilm.arpa2fst(input_arpa=str(arpa), disambig_symbol="#0", read_symbol_table=str(words_txt))
 
 
-def _one_best(graph: Path, model: Path, loglikes: Path) -> dict[str, tuple[list[str], float]]:
-    """asr-bn's one-best words and log-likelihood (-(graph + 0.1 × acoustic cost), Kaldi's decoders') per utterance."""
-    loaded, config = load_graph(graph, model), DecodeConfig()
+def _one_best(graph: Path, model: Path, loglikes: Path, pdf_labels: bool = False) -> dict[str, tuple[list[str], float]]:
+    """asr-bn's one-best words and log-likelihood (-(graph + 0.1 × acoustic cost), Kaldi's decoders') per utterance,
+    on the graph as it is or relabelled with pdf-ids (what `decode` does without lattices and ctm)."""
+    loaded, config = load_graph(graph, model, pdf_labels), DecodeConfig()
     return {u: ((h := decode_matrix(loaded, u, m, config)).words, h.log_like) for u, m in read_loglikes(loglikes)}
 
 
@@ -255,6 +256,8 @@ def test_mkgraph_matches_kaldi(
         ll = yesno_net_loglikes[part]
         mine = _one_best(ours, model, ll)
         _assert_same(mine, _one_best(kaldi, model, ll))
+        for graph in (ours, kaldi):  # vector and const files relabelled with pdf-ids: the same search
+            assert _one_best(graph, model, ll, pdf_labels=True) == _one_best(graph, model, ll)
         _assert_same(mine, _kaldi_one_best(kaldi_bundle, ours, model, ll, tmp_path / "k"))
 
 

@@ -29,6 +29,10 @@
 #                   train and dev with this seed's sequence-BN network (trained on mono targets first, as Kaldi's
 #                   steps/nnet/align.sh) → exp/nnet_ali*, prep/{train,dev}_nnali, and stages 5-8 train, decode and
 #                   report exp/blstm_nnali*, exp/blstm_bn_seq_nnali* beside the others.
+#   --input I       the networks' input: fbank (default: the paper's 40 log-mel + Δ+ΔΔ) or fmllr (with --gmm sat:
+#                   the SAT system's LDA+MLLT+fMLLR features, as Kaldi's nnet1 recipes; asr-bn gmm fmllr-feats →
+#                   prep/{train,dev}_fmllr with the alignments' transforms, prep/{dev,test}_fmllr_decode with
+#                   decode-fmllr's) → exp/blstm_fmllr*, exp/blstm_bn_seq_fmllr* beside the others.
 #   --nj N          parallel jobs for feature extraction, archives of alignments and decoding (default 2).
 #   --net-opts S    the networks' options instead of the recipe's (layers, units, optimizer, epochs …).
 #   --cache         the networks and the GMM keep all features in memory (faster; default: read from disk each pass).
@@ -80,6 +84,7 @@ pos_dep=true
 fast=false
 seed=0
 targets=gmm
+input=fbank
 gmm=mono
 leaves=
 gauss=
@@ -116,6 +121,7 @@ while [ $# -gt 0 ]; do
     --fast) fast=true; shift ;;
     --seed) seed=$2; shift 2 ;;
     --targets) targets=$2; shift 2 ;;
+    --input) input=$2; shift 2 ;;
     --gmm) gmm=$2; shift 2 ;;
     --leaves) leaves=$2; shift 2 ;;
     --gauss) gauss=$2; shift 2 ;;
@@ -165,6 +171,14 @@ case $targets in
   nnet) tag=_nnali ;;
   *) die "--targets $targets is not gmm or nnet" ;;
 esac
+fwd=  # the networks' dev and test features for forward: prep/SET$fwd
+case $input in
+  fbank) ;;
+  fmllr)
+    [ "$gmm" = sat ] && [ "$targets" = gmm ] || die "--input fmllr needs --gmm sat (and --targets gmm)"
+    tag=_fmllr fwd=_fmllr_decode ;;
+  *) die "--input $input is not fbank or fmllr" ;;
+esac
 case $gmm in  # the ladder's rungs up to --gmm: asr-bn gmm command : exp dir
   mono) rungs= sys=exp/mono ;;
   deltas) rungs="deltas:tri1" sys=exp/tri1 ;;
@@ -198,7 +212,7 @@ forward_set() {  # forward_set EXP SET: EXP/forward_SET/loglikes.{ark,scp} of pr
     log "$out/.done exists - skipping"
   else
     mkdir -p "$out"
-    asr-bn forward "$exp" "prep/$set" "ark,scp:$out/loglikes.ark,$out/loglikes.scp"
+    asr-bn forward "$exp" "prep/$set$fwd" "ark,scp:$out/loglikes.ark,$out/loglikes.scp"
     cat "$exp/.done" > "$out/.done"
   fi
 }
@@ -334,6 +348,20 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
       asr-bn prep kaldi "data/$set" "prep/${set}_nnali" --nj "$nj" --sample-frequency "$sample_frequency" \
         --ali-dir "$ali"
     done
+  elif [ "$input" = fmllr ]; then  # steps/nnet/make_fmllr_feats.sh: alignments' transforms, decode-fmllr's for forward
+    for out in train_fmllr:${sys}_ali dev_fmllr:${sys}_ali_dev dev_fmllr_decode:$sys/decode_dev_tg \
+      test_fmllr_decode:$sys/decode_test_tg; do
+      set=${out%%_*} src=${out#*:} out=prep/${out%%:*}
+      ali_opt=
+      [ "${out%_decode}" = "$out" ] && ali_opt="--ali-dir $src"
+      if check_done "$out/.done" "$(cat "$sys/.done")"; then
+        log "$out/.done exists - skipping"
+      else
+        # shellcheck disable=SC2086 # ali_opt is empty or one option with its value
+        asr-bn gmm fmllr-feats "prep/$set" "$sys" "$out" --transform-dir "$src" $ali_opt
+        cat "$sys/.done" > "$out/.done"
+      fi
+    done
   else
     asr-bn prep kaldi data/train prep/train --nj "$nj" --sample-frequency "$sample_frequency" --ali-dir "${sys}_ali"
     asr-bn prep kaldi data/dev prep/dev --nj "$nj" --sample-frequency "$sample_frequency" --ali-dir "${sys}_ali_dev"
@@ -426,12 +454,16 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
   asr-bn plot "${exps[@]}" -o "exp/learning_curves$tag$suffix.png" --labels "$(IFS=,; echo "${labels[*]}")"
   last_graph=${graphs##* } last_graph=${last_graph%%:*}
   exps=() labels=()  # the table: every seed's and target source's models that stage 7 finished
-  for t in "" _nnali; do
+  for t in "" _nnali _fmllr; do
     for entry in blstm:none blstm_bn_seq:sequence; do
       for exp in "exp/${entry%%:*}$t" "exp/${entry%%:*}$t"_s[0-9]*; do
         [ -f "$exp/decode_test_$last_graph/.done" ] || continue
         exps+=("$exp")
-        labels+=("${entry#*:}${t:+ (nnet ali)}")
+        case $t in
+          _nnali) labels+=("${entry#*:} (nnet ali)") ;;
+          _fmllr) labels+=("${entry#*:} (fMLLR input)") ;;
+          *) labels+=("${entry#*:}") ;;
+        esac
         for set in train dev; do  # frame scores against the targets the model learned
           [ "$exp/frames_$set" -nt "$exp/final.pt" ] || asr-bn score frames "$exp" "prep/$set$t" > "$exp/frames_$set"
         done
