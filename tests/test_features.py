@@ -423,6 +423,23 @@ def test_kaldi_conf_round_trip_and_errors(tmp_path: Path) -> None:
     FbankConfig(sample_frequency=8000.0, vtln_warp=1.1, low_freq=100.0, vtln_low=101.0)
 
 
+def test_pipeline_of_derived_input(tmp_path: Path) -> None:
+    """Features derived from fbank (`asr-bn gmm fmllr-feats`) carry their input and dimension: saved and read back,
+    absent from an fbank pipeline's file, refused without a dimension, and named (with the command that writes
+    them) when a model's pipeline and a data dir's differ in them."""
+    fmllr = FeaturePipeline(cmvn="none", delta_order=0, input="fmllr 0123456789ab", input_dim=40)
+    assert fmllr.output_dim == 40
+    fmllr.save(tmp_path / "pipeline.json")
+    assert FeaturePipeline.load(tmp_path / "pipeline.json") == fmllr
+    assert "input" not in FeaturePipeline().to_dict()
+    for input, dim in (("fmllr x", None), ("fbank", 40), ("fmllr x", 0)):
+        with pytest.raises(UsageError, match="input_dim"):
+            FeaturePipeline(input=input, input_dim=dim)
+    fbank = FeaturePipeline(cmvn="none", delta_order=0)
+    assert "input fbank (not fmllr" in fmllr.mismatch(fbank) and "asr-bn gmm fmllr-feats" in fmllr.mismatch(fbank)
+    assert "input fmllr 0123456789ab (not fbank)" in fbank.mismatch(fmllr) and "asr-bn prep" in fbank.mismatch(fmllr)
+
+
 def test_pipeline_save_load_transform(tmp_path: Path, rng: np.random.Generator) -> None:
     pipe = FeaturePipeline(FbankConfig(use_energy=True), cmvn="speaker", norm_vars=True)
     assert pipe.output_dim == 41 * 3

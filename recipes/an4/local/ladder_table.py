@@ -9,8 +9,10 @@ and asr-bn's compute-wer: LM weight and insertion penalty chosen on dev, and whe
 WER is the mean over all of them (the tie rule of issue 12's table), their range beside it.
 
 Usage: ladder_table.py --kaldi KALDI_WORKDIR --asr-bn LABEL=WORKDIR [--asr-bn LABEL=WORKDIR ...] [--lmwt 1:20]
-                       [--graph tg|loop]
+                       [--graph tg|loop] [--network LABEL=EXP_DIR ...]
 e.g. ladder_table.py --kaldi /work/runs/ladder-kaldi/k --asr-bn "Kaldi MFCC=/work/runs/ladder-kaldi/asrbn_mfcc"
+--network adds a row per network of recipes/an4/run.sh (its EXP_DIR/decode_{dev,test}_GRAPH lattices, scored by
+the same rule, words from the Kaldi workdir's data/lang).
 """
 
 from __future__ import annotations
@@ -138,6 +140,7 @@ def main() -> None:
     ap.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parents[3] / ".." / "shared" / "kaldi")
     ap.add_argument("--lmwt", default="1:20", help="LM weights swept (default 1:20)")
     ap.add_argument("--graph", default="tg", help="the graph whose decodings are scored: tg (default) or loop")
+    ap.add_argument("--network", action="append", default=[], help="LABEL=EXP_DIR of a network of run.sh")
     args = ap.parse_args()
     lo, hi = (int(x) for x in args.lmwt.split(":"))
     lmwts = range(lo, hi + 1)
@@ -167,6 +170,12 @@ def main() -> None:
             like_s = "–" if like is None else f"{like:.3f}"
             t_s = "–" if t is None else f"{t:.0f}"
             print(f"| {rung} | {name} | {pdfs} / {gauss} | {like_s} | {dev_s} | {test_s} | {t_s} |")
+    for spec in args.network:
+        label, _, path = spec.partition("=")
+        sweeps = {s: sweep(Path(path) / f"decode_{s}_{args.graph}", k / "data" / "lang" / "words.txt", refs[s], lmwts,
+                           args.bundle) for s in ("dev", "test")}
+        dev_s, test_s = dev_test(sweeps["dev"], sweeps["test"])
+        print(f"| network | {label} | – | – | {dev_s} | {test_s} | – |")
 
 
 if __name__ == "__main__":
