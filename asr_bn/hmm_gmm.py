@@ -323,8 +323,9 @@ class GmmSystem:
 
     def check_features(self, feats: Mapping[str, np.ndarray], model: str | Path) -> None:
         """Raise a one-line AsrBnError when `feats` are not of the dimension the model's Gaussians have (e.g. an LDA
-        system's alignments without its final.mat)."""
-        dims = {f.shape[1] for f in feats.values()}
+        system's alignments without its final.mat). The first utterance speaks for all: a prepared dir's features
+        share one pipeline, and computing every one here would be a pass over the corpus."""
+        dims = {next(iter(feats.values())).shape[1]} if len(feats) else set()
         if self.am.num_pdfs and dims and dims != {self.am.dim}:
             raise AsrBnError(f"features of dimension {sorted(dims)} but {model} models {self.am.dim}: the system's "
                              f"feature transform (final.mat) must be in its dir, beside final.mdl")
@@ -598,8 +599,16 @@ def _boosted(system: GmmSystem, silence_phones: Sequence[int], boost: float) -> 
 
 def _gmm_scorer(system: GmmSystem, am: "khg.AmDiagGmm", feats: Mapping[str, np.ndarray],
                 acoustic_scale: float) -> Callable[[str], "khg.DecodableInterface"]:
-    """Frame scores of an utterance from the GMM `am` (gmm-align-compiled)."""
-    return lambda utt: khg.DecodableAmDiagGmmScaled(am, system.trans_model, feats[utt], acoustic_scale)
+    """Frame scores of an utterance from the GMM `am` (gmm-align-compiled); features of another dimension than the
+    model's are one error naming the utterance (Kaldi's decodable would abort)."""
+    def scorer(utt: str) -> "khg.DecodableInterface":
+        x = feats[utt]
+        if x.shape[1] != am.dim:
+            raise AsrBnError(f"utterance {utt}: features of dimension {x.shape[1]} but the model's are {am.dim} "
+                             f"(its feats.scp mixes dimensions: prepare the data dir again)")
+        return khg.DecodableAmDiagGmmScaled(am, system.trans_model, x, acoustic_scale)
+
+    return scorer
 
 
 def _network_scorer(system: GmmSystem, loglikes: Mapping[str, np.ndarray],

@@ -112,6 +112,11 @@ def build_app(names: Iterable[str] = COMMANDS, listing: bool = False) -> typer.T
 def main() -> None:
     """Console-script entry point: builds only the command the command line names (`asr-bn decode …` neither imports
     nor converts the other commands' options); the root's --help, an unknown command or shell completion get all."""
+    # One BLAS / OpenMP thread unless the environment asks for more (before numpy and torch load): asr-bn's numpy
+    # and torch CPU operations are small, and their worker threads spin-wait for cores that other jobs hold (an
+    # LDA+MLLT alignment of AN4 took 355 s instead of 22 s beside three trainings: docs/PERFORMANCE.md, Torch threads).
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     name = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
     completing = "_ASR_BN_COMPLETE" in os.environ  # shell completion needs every command's options
     if name in COMMANDS and not completing:

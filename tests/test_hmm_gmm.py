@@ -144,6 +144,11 @@ def test_train_mono_and_align_yesno(yesno: tuple, tmp_path: Path) -> None:
         assert len(lab.values) == feats[lab.utt].shape[0]
         phones = [p for p, _, _ in tm.phone_segments(lab.values) if p != sil]
         assert phones == _phones(lang, text[lab.utt]), lab.utt
+    first, second = sorted(feats)[:2]  # another dimension: at the start one line, later the utterance named
+    with pytest.raises(AsrBnError, match=r"features of dimension \[36\] but final.mdl models 39"):
+        system.check_features({u: feats[u][:, :36] for u in feats}, "final.mdl")
+    with pytest.raises(AsrBnError, match=f"utterance {second}: features of dimension 36 but the model's are 39"):
+        align(system, {first: feats[first], second: feats[second][:, :36]}, text, lang, tmp_path / "mixed")
     reloaded = GmmSystem.load(tmp_path / "ali" / "final.mdl")
     some = next(iter(feats.values()))[:50]
     np.testing.assert_allclose(reloaded.log_likelihoods(some), system.log_likelihoods(some), rtol=1e-5, atol=1e-3)
