@@ -369,7 +369,8 @@ def decode_fmllr(
 
 @app.command("fmllr-feats")
 def fmllr_feats(
-    data: Annotated[Path, typer.Argument(help=_DATA)],
+    data: Annotated[Path, typer.Argument(help="An `asr-bn prep` output dir (fbank, text, utt2spk): the features the "
+                                         "SAT system's GMM features are computed from.")],
     src_dir: Annotated[Path, typer.Argument(help="The speaker-adapted system (asr-bn gmm sat): final.mat, final.mdl.")],
     out_dir: Annotated[Path, typer.Argument(help="Output: a prepared dir of the adapted features (feats.ark/.scp, "
                                             "utt2num_frames, data files, pipeline.json, report.json last).")],

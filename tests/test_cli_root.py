@@ -75,7 +75,7 @@ def _rows(help_text: str) -> dict[str, str]:
             parts = None
             continue
         cell = cell[1:-1]
-        if cell[:2].strip():  # a row starts in the first column (where `*` marks a required parameter)
+        if len(cell) - len(cell.lstrip()) <= 5:  # a row starts in the first columns (`*` marks a required one)
             parts = [cell.strip()]
             first, *rest = cell.replace("*", " ").split()
             for name in [first] + list(itertools.takewhile(lambda t: t.startswith("-"), rest)):
@@ -181,7 +181,7 @@ OUT_OF_RANGE = {
     "--cluster-thresh": "-2", "--replications": "0", "--order": "5", "--num-iters": "0", "--max-iter-inc": "-1",
     "--totgauss": "0", "--boost-silence": "0", "--retry-beam": "0", "--hold-out-speakers": "-1",
     "--power": "0", "--dim": "0", "--splice-context": "-1", "--silence-weight": "-1",
-    "--acwt": "0", "--first-beam": "0", "--fmllr-min-count": "-1",
+    "--acwt": "0", "--first-beam": "0", "--fmllr-min-count": "-1", "--delta-order": "3",
 }  # fmt: skip
 UNBOUNDED = {
     "--forget-bias": "any initial forget-gate bias",

@@ -142,7 +142,10 @@ if [ "$stage" -le 2 ]; then
   timed mono_ali steps/align_si.sh --nj "$nj" --cmd "$train_cmd" data/train data/lang exp/mono exp/mono_ali
   timed tri1 steps/train_deltas.sh --cmd "$train_cmd" 500 4000 data/train data/lang exp/mono_ali exp/tri1
   timed tri1_ali steps/align_si.sh --nj "$nj" --cmd "$train_cmd" data/train data/lang exp/tri1 exp/tri1_ali
-  timed tri2b steps/train_lda_mllt.sh --cmd "$train_cmd" 500 4000 data/train data/lang exp/tri1_ali exp/tri2b
+  # ±3 frames as egs/wsj/s5/run.sh passes them (and asr-bn gmm lda-mllt uses); the script's own default is
+  # splice-feats' ±4
+  timed tri2b steps/train_lda_mllt.sh --cmd "$train_cmd" --splice-opts "--left-context=3 --right-context=3" \
+    500 4000 data/train data/lang exp/tri1_ali exp/tri2b
   timed tri2b_ali steps/align_si.sh --nj "$nj" --cmd "$train_cmd" data/train data/lang exp/tri2b exp/tri2b_ali
   timed tri3b steps/train_sat.sh --cmd "$train_cmd" 500 4000 data/train data/lang exp/tri2b_ali exp/tri3b
 fi
