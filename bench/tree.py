@@ -116,6 +116,8 @@ def main() -> None:
         wall = statistics.median(p[0][0] / p[1][0] for p in pairs)
         cpu = statistics.median(p[0][1] / p[1][1] for p in pairs)
         print(f"{name:11} {medians[name][0]:8.3f} {medians[name][2]:8.3f} {wall:6.2f} {cpu:10.2f}")
+        if name == "questions":  # as steps/train_deltas.sh: the clustered questions, then the lang's extra ones
+            (k / "questions.int").write_text((k / "q.int").read_text() + Path(f["extra"]).read_text())
     ours_wall, ours_cpu, kaldi_wall, kaldi_cpu = (medians["stats"][i] + medians["build"][i] for i in range(4))
     print(f"{'stats+build':11} {ours_wall:8.3f} {kaldi_wall:8.3f} {ours_wall / kaldi_wall:6.2f} "
           f"{ours_cpu / kaldi_cpu:10.2f}   (target: at most 2x; CPU s {ours_cpu:.3f} vs {kaldi_cpu:.3f})")
