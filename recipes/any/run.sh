@@ -54,6 +54,8 @@
 #                     weight chosen on dev → exp/tri3b/decode_test_tg/wer
 #   4  targets        asr-bn prep kaldi --ali-dir: the alignments' pdf-ids joined to prep/train, prep/dev (pdf.scp);
 #                     with --targets nnet: the sequence-BN network's forced alignments → prep/{train,dev}_nnali
+#                     with --input fmllr: asr-bn gmm fmllr-feats → prep/{train,dev}_fmllr (targets joined),
+#                     prep/{dev,test}_fmllr_decode (the SAT decode's transforms, for stage 7's forward)
 #   5  baseline       asr-bn train --bn none → exp/blstm (final.pt, priors.vec, metrics.jsonl, learning_curve.png)
 #   6  sequence BN    asr-bn train --bn sequence, same seed and budget → exp/blstm_bn_seq
 #   7  decode         asr-bn mkgraph over data/lang and the --gmm system: word loop (graph), trigram (graph_tg), --lm
