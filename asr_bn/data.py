@@ -24,7 +24,7 @@ from typing import Collection, Mapping
 
 import numpy as np
 
-from asr_bn.errors import AsrBnError
+from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.io import TableRow, index_rows, read_rows, require_dir, write_text
 from asr_bn.report import Report
 

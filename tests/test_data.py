@@ -311,3 +311,13 @@ def test_copy_data_dir_normalises_as_told_and_holds_out_speakers(tmp_path: Path)
 
 def _read_text(path: Path) -> dict[str, str]:
     return dict(line.split(maxsplit=1) for line in path.read_text().splitlines())
+
+
+def test_normalize_text_refuses_an_unknown_case() -> None:
+    """A case mode other than keep/upper/lower is a UsageError naming it (it was a NameError: UsageError unimported)."""
+    from asr_bn.data import normalize_text
+    from asr_bn.errors import UsageError
+    from asr_bn.report import Report
+
+    with pytest.raises(UsageError, match="case 'title' is not keep, upper or lower"):
+        normalize_text({}, "title", False, Report("data"))
