@@ -474,6 +474,11 @@ class GmmFeatures(Mapping[str, np.ndarray]):
         return out
 
     @property
+    def utt2spk(self) -> Mapping[str, str]:
+        """Utterance → speaker of every utterance here: the grouping of the CMVN statistics (and of fMLLR)."""
+        return self._speaker
+
+    @property
     def num_ceps(self) -> int | None:
         """The cepstra kept of the fbank's DCT; None when feats.scp holds the cepstra already."""
         return self._num_ceps

@@ -191,7 +191,7 @@ def sat(num_leaves: _Leaves, tot_gauss: _Gauss, data: Annotated[Path, typer.Argu
                        boost_silence=boost_silence, power=power, cluster_thresh=cluster_thresh, oov_policy=oov_policy,
                        fmllr_iters=fmllr_iters, silence_weight=silence_weight)
     lang_obj, (feats, text) = _lang(lang), _features(data, cache)
-    _print(train_sat(feats, text, _utt2spk(data), lang_obj, ali_dir, exp_dir, cfg)[1])
+    _print(train_sat(feats, text, feats.utt2spk, lang_obj, ali_dir, exp_dir, cfg)[1])
 
 
 @app.command("align-fmllr")
@@ -214,22 +214,13 @@ def align_fmllr(
 
     cfg = AlignConfig(num_jobs=nj, boost_silence=boost_silence, oov_policy=oov_policy.value)
     lang_obj, (feats, text) = _lang(lang), _features(data, cache)
-    _print(run(src_dir, feats, text, _utt2spk(data), lang_obj, ali_dir, cfg))
+    _print(run(src_dir, feats, text, feats.utt2spk, lang_obj, ali_dir, cfg))
 
 
 def _lang(path: Path):  # noqa: ANN202 - asr_bn.lang.Lang
     from asr_bn.lang import read_lang
 
     return read_lang(path)
-
-
-def _utt2spk(data: Path) -> dict[str, str]:
-    """Utterance → speaker of a prepared dir (its data-dir files)."""
-    from asr_bn.data import load_data_dir
-    from asr_bn.report import Report
-
-    parsed = load_data_dir(data, Report("speakers"))
-    return {u: parsed.utterances[u].speaker for u in parsed.utterances}
 
 
 def _refuse_adapted(src_dir: Path, command: str, instead: str) -> None:
@@ -313,12 +304,13 @@ def likes(
         _refuse_adapted(src_dir, "likes", "`asr-bn gmm decode-fmllr`, or give --transform-dir (the trans.* of a "
                         "decode-fmllr or align-fmllr dir)")
     system = GmmSystem.load(src_dir / "final.mdl")
-    feats = _system_features(_features(data)[0], src_dir)
+    prepared = _features(data)[0]
+    feats = _system_features(prepared, src_dir)
     system.check_features(feats, src_dir / "final.mdl")
     if transform_dir is not None:
         from asr_bn.gmm.sat import speaker_adapted_features
 
-        feats = speaker_adapted_features(feats, transform_dir, _utt2spk(data))
+        feats = speaker_adapted_features(feats, transform_dir, prepared.utt2spk)
     n = write_ark_scp(out_dir / "loglikes.ark", out_dir / "loglikes.scp",
                       ((utt, system.log_likelihoods(f)) for utt, f in feats.items()))
     typer.echo(f"wrote log-likelihoods of {n} utterances to {out_dir}/loglikes.scp")
@@ -364,7 +356,7 @@ def decode_fmllr(
     cfg = DecodeFmllrConfig(acwt=acwt, first_beam=first_beam, beam=beam, lattice_beam=lattice_beam,
                             silence_weight=silence_weight, fmllr_min_count=fmllr_min_count, lmwt=lmwt_range(lmwt))
     feats, _ = _features(data, cache)
-    _print(run(graph_dir, feats, _utt2spk(data), src_dir, out_dir, cfg))
+    _print(run(graph_dir, feats, feats.utt2spk, src_dir, out_dir, cfg))
 
 
 @app.command("fmllr-feats")

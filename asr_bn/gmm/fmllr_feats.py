@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 from asr_bn.alignments import join_targets
-from asr_bn.data import load_data_dir
 from asr_bn.errors import UsageError
 from asr_bn.features import FeaturePipeline
 from asr_bn.gmm.sat import speaker_adapted_features, speaker_independent_features
@@ -50,10 +49,10 @@ def write_fmllr_feats(prep_dir: str | Path, system_dir: str | Path, transform_di
     check_output_dir(out_dir, "OUT_DIR")
     feats, _, report = prepared_gmm_features(prep_dir)
     si = speaker_independent_features(feats, system_dir)
-    GmmSystem.load(system_dir / "final.mdl").check_features(si, system_dir / "final.mdl")
-    data = load_data_dir(prep_dir, Report("speakers"))
-    adapted = speaker_adapted_features(si, transform_dir, {u: data.utterances[u].speaker for u in feats})
-    dim = next(iter(si.values())).shape[1] if len(si) else 0
+    system = GmmSystem.load(system_dir / "final.mdl")
+    system.check_features(si, system_dir / "final.mdl")
+    adapted = speaker_adapted_features(si, transform_dir, feats.utt2spk)
+    dim = system.am.dim  # the features' too (check_features)
     pipeline = dataclasses.replace(FeaturePipeline.load(prep_dir / "pipeline.json"), cmvn="none", norm_vars=False,
                                    delta_order=delta_order, input=fmllr_input(system_dir), input_dim=dim)
     with OutputLock(out_dir):
