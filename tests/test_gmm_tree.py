@@ -589,6 +589,10 @@ def test_fmllr_feats_are_kaldis_pipeline_and_train_a_network(synth: Setup, synth
         result = runner.invoke(app, ["gmm", "fmllr-feats", str(prep), *args])
         assert result.exit_code != 0 and error in result.output and "Traceback" not in result.output, result.output
         assert not (tmp_path / "o1" / "feats.scp").exists() and not (tmp_path / "o2" / "feats.scp").exists()
+    (tmp_path / "mfcc").mkdir()  # a Kaldi data dir of MFCC (no pipeline.json): the fbank behind it is unknown
+    result = runner.invoke(app, ["gmm", "fmllr-feats", str(tmp_path / "mfcc"), str(tri3), str(tmp_path / "o3"),
+                                 "--transform-dir", str(tri3)])
+    assert result.exit_code != 0 and "has no pipeline.json" in result.output and "make_fmllr_feats.sh" in result.output
 
 
 def test_align_fmllr_is_kaldis(synth: Setup, synth_tri1, synth_tri3, tmp_path: Path) -> None:  # noqa: ANN001
