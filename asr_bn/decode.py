@@ -22,8 +22,8 @@ import numpy as np
 
 from asr_bn.alignments import read_transition_model, transition_id_scores
 from asr_bn.config import DecodeConfig
-from asr_bn.errors import AsrBnError, UsageError
-from asr_bn.fst import FstArrays, read_std_fst, relabel_input, to_vector_fst
+from asr_bn.errors import AsrBnError, UsageError, shown
+from asr_bn.fst import FstArrays, read_std_fst, relabel_input, decoder_fst
 from asr_bn.io import (
     KALDIIO_READ_ERRORS,
     OutputLock,
@@ -60,7 +60,7 @@ class Graph:
     `pdf_labels` its input labels are pdf-id + 1 instead of transition-ids (`load_graph`)."""
 
     path: Path
-    fst: "kaldifst.StdVectorFst"
+    fst: "kaldifst.StdConstFst"
     words: dict[int, str]  # word id → word (words.txt)
     tid2pdf: np.ndarray  # (num_transition_ids + 1,) int; entry 0 unused (transition-ids are 1-based)
     num_pdfs: int
@@ -183,7 +183,7 @@ def load_graph(graph_dir: str | Path, model: str | Path, pdf_labels: bool = Fals
     if pdf_labels:
         table = np.concatenate([[0], tid2pdf[1:] + 1]).astype(np.int32)
         arrays = relabel_input(arrays, table)
-    return Graph(graph_dir, to_vector_fst(arrays, fst_path, pdf_labels), words, tid2pdf, num_pdfs, model_path,
+    return Graph(graph_dir, decoder_fst(arrays, fst_path, pdf_labels), words, tid2pdf, num_pdfs, model_path,
                  pdf_labels)
 
 
@@ -361,11 +361,11 @@ def _read_matrices(rspecifier: str) -> Iterator[tuple[str, np.ndarray]]:
         with kaldiio.ReadHelper(rspecifier) as reader:
             for utt, mat in reader:
                 if not isinstance(mat, np.ndarray) or mat.ndim != 2:
-                    raise AsrBnError(f"{rspecifier}: utterance {utt} is not a Kaldi matrix; {fix}")
+                    raise AsrBnError(f"{rspecifier}: utterance {shown(utt)} is not a Kaldi matrix; {fix}")
                 yield utt, mat
                 last = utt
     except (MemoryError, *KALDIIO_READ_ERRORS) as e:  # what kaldiio's parser raises on bad bytes
-        where = f"after utterance {last}" if last is not None else "at its first utterance"
+        where = f"after utterance {shown(last)}" if last is not None else "at its first utterance"
         if isinstance(e, MemoryError):
             raise AsrBnError(out_of_memory_reading(f"{rspecifier} {where}", e)) from e
         location = _scp_location_after(rspecifier, last)

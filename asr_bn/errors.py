@@ -13,3 +13,9 @@ class UsageError(AsrBnError):
     """Bad command-line usage or inconsistent options (exit code 2)."""
 
     exit_code = 2
+
+
+def shown(name: str) -> str:
+    """`name` as an error line can hold it: as it is when printable, else escaped (a key read from corrupt bytes may
+    hold a newline, which would break the one-line error)."""
+    return name if name.isprintable() else ascii(name)

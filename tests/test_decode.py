@@ -20,7 +20,7 @@ from asr_bn.alignments import TransitionModel, read_alignments, read_transition_
 from asr_bn.config import FASTER_DECODER_MIN_ACTIVE
 from asr_bn.decode import DecodeConfig, decode, load_graph, read_loglikes
 from asr_bn.mkgraph import build_graph, read_tree
-from asr_bn.errors import AsrBnError, UsageError
+from asr_bn.errors import AsrBnError, UsageError, shown
 from asr_bn.io import write_ark_scp
 from asr_bn.kaldi_ext import kaldifst
 from asr_bn.score import read_text, score_hyps
@@ -171,6 +171,16 @@ def _read_all(source: str, stdin: bytes = b"") -> list[tuple[str, np.ndarray]]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
         return list(read_loglikes(source))
+
+
+def test_unprintable_key_in_error_is_escaped(tmp_path: Path) -> None:
+    """A key read from corrupt bytes may hold a newline (the fuzz test below found one): the error stays one line."""
+    assert shown("u1") == "u1" and shown("\n1") == "'\\n1'"
+    ark = tmp_path / "ll.ark"
+    ark.write_bytes(b"\n1 \0BFM \4\1\0\0\0\4\1\0\0\0\0\0\x80?u2 \0BFM garbage")
+    with pytest.raises(AsrBnError, match=r"after utterance '\\n1' \(") as e:
+        _read_all(f"ark:{ark}")
+    assert "\n" not in str(e.value)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
