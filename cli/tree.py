@@ -66,12 +66,13 @@ def questions(
     central_position: _Central = 1,
 ) -> None:
     """Kaldi's cluster-phones: phone questions by top-down k-means of the phone sets' statistics."""
-    from asr_bn.gmm.build_tree import read_questions
+    from asr_bn.gmm.build_tree import read_phone_sets
     from asr_bn.gmm.questions import cluster_phones
     from asr_bn.gmm.tree_stats import read_tree_stats
     from asr_bn.io import write_text
 
-    qs = cluster_phones(read_tree_stats(stats), read_questions(sets), _phone_list(pdf_class_list), central_position)
+    phone_sets = read_phone_sets(sets, "give the lang's phones/sets.int")
+    qs = cluster_phones(read_tree_stats(stats), phone_sets, _phone_list(pdf_class_list), central_position)
     write_text(out, "".join(" ".join(map(str, q)) + "\n" for q in qs))
     print(f"questions: {len(qs)} phone sets written to {out}")
 
@@ -93,12 +94,13 @@ def build(
 ) -> None:
     """Kaldi's compile-questions + build-tree: greedy likelihood splits, clustering, a Kaldi tree file."""
     from asr_bn.alignments import read_topology
-    from asr_bn.gmm.build_tree import Questions, build_tree, read_questions, read_roots
+    from asr_bn.gmm.build_tree import Questions, build_tree, read_phone_sets, read_roots
     from asr_bn.gmm.event_map import write_tree
     from asr_bn.gmm.tree_stats import read_tree_stats
 
     topology = read_topology(topo)
-    qs = Questions.compile(read_questions(questions), topology, context_width)
+    fix = "give the questions of `asr-bn tree questions` and the lang's extra ones"
+    qs = Questions.compile(read_phone_sets(questions, fix), topology, context_width)
     tree, info = build_tree(read_tree_stats(stats), read_roots(roots), qs, topology, max_leaves, thresh,
                             cluster_thresh, central_position, round_num_leaves)
     write_tree(out, tree, context_width, central_position, binary)

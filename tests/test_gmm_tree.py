@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from asr_bn.alignments import read_alignments, read_topology, read_transition_model
 from asr_bn.errors import AsrBnError
-from asr_bn.gmm.build_tree import Questions, build_tree, objf_given_map, read_questions, read_roots
+from asr_bn.gmm.build_tree import Questions, build_tree, objf_given_map, read_phone_sets, read_roots
 from asr_bn.gmm.event_map import MISSING, Constant, Split, Table, in_set, leaves, read_tree_map, write_tree
 from asr_bn.gmm.questions import CRand, cluster_phones
 from asr_bn.gmm import tree_stats
@@ -108,8 +108,8 @@ def test_tree_statistics_are_kaldis(name: str, request: pytest.FixtureRequest, m
 @pytest.mark.parametrize("name", ["yesno", "synth"])
 def test_questions_are_cluster_phones(name: str, request: pytest.FixtureRequest) -> None:
     setup: Setup = request.getfixturevalue(name)
-    ours = cluster_phones(read_tree_stats(setup.kaldi_acc), read_questions(setup.sets))
-    assert ours == read_questions(setup.kaldi_questions) and len(ours) >= 4
+    ours = cluster_phones(read_tree_stats(setup.kaldi_acc), read_phone_sets(setup.sets, ""))
+    assert ours == read_phone_sets(setup.kaldi_questions, "") and len(ours) >= 4
 
 
 def test_c_rand_is_glibc_rand() -> None:
@@ -134,7 +134,7 @@ def test_build_tree_is_kaldis_byte_for_byte(synth: Setup, options: tuple[str, ..
               cluster_thresh=float(opts.get("cluster_thresh", -1)), round_num_leaves=opts.get("round_num_leaves") != "false")
     topology = read_topology(synth.topo)
     stats = read_tree_stats(synth.kaldi_acc)
-    tree, info = build_tree(stats, read_roots(synth.roots), Questions.compile(read_questions(synth.kaldi_questions),
+    tree, info = build_tree(stats, read_roots(synth.roots), Questions.compile(read_phone_sets(synth.kaldi_questions, ""),
                             topology), topology, **kw)
     ours = synth.work / "ours.tree"
     write_tree(ours, tree)
@@ -233,6 +233,14 @@ def test_bad_inputs_are_one_line_errors(synth: Setup, tmp_path: Path) -> None:
          "cut.acc: cannot read tree statistics at byte"),
         (["tree", "questions", stats, questions, str(tmp_path / "q")], "a phone appears twice in the phone sets"),
         (["tree", "stats", str(synth.model), str(tmp_path), str(synth.ali), str(tmp_path / "a")], "feats.scp not found"),
+        (["tree", "build", stats, str(tmp_path / "none"), questions, str(synth.topo), str(tmp_path / "t")],
+         "none is missing; give the lang's phones/roots.int"),
+        (["tree", "build", stats, str(synth.roots), str(tmp_path / "none"), str(synth.topo), str(tmp_path / "t")],
+         "none is missing; give the questions of `asr-bn tree questions`"),
+        (["tree", "questions", stats, str(tmp_path / "none"), str(tmp_path / "q")],
+         "none is missing; give the lang's phones/sets.int"),
+        (["tree", "build", stats, str(synth.roots), str(names), str(synth.topo), str(tmp_path / "t")],
+         "use the .int file"),
     ]
     for args, message in cases:
         result = runner.invoke(app, args)

@@ -19,6 +19,7 @@ import numpy as np
 
 from asr_bn.alignments import Topology
 from asr_bn.errors import AsrBnError
+from asr_bn.io import read_lines
 from asr_bn.gmm.event_map import MISSING, Constant, EventMap, Split, Table, in_set, map_events, relabel, renumber
 from asr_bn.gmm.gauss import float_sum, objf
 from asr_bn.gmm.tree_stats import PDF_CLASS, TreeStats
@@ -36,10 +37,8 @@ class Root:
 def read_roots(path: str | Path) -> list[Root]:
     """Kaldi's `phones/roots.int`: `shared|not-shared split|not-split phone…` per line."""
     roots = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for n, line in read_lines(path, "give the lang's phones/roots.int (utils/prepare_lang.sh or `asr-bn lang`)"):
         words = line.split()
-        if not words:
-            continue
         if len(words) < 3 or words[0] not in ("shared", "not-shared") or words[1] not in ("split", "not-split"):
             raise AsrBnError(f"{path} line {n}: expected 'shared|not-shared split|not-split <phone ids>', got {line!r}")
         try:
@@ -80,12 +79,14 @@ class Questions:
         return cls({PDF_CLASS: pdf_qs, **{k: list(phone_qs) for k in range(context_width)}})
 
 
-def read_questions(path: str | Path) -> list[list[int]]:
-    """A questions file as `cluster-phones` writes it (`questions.int`: one phone set per line)."""
+def read_phone_sets(path: str | Path, fix: str) -> list[list[int]]:
+    """A file of phone sets, one per line of integer ids: the lang's `phones/sets.int`, or the questions
+    `cluster-phones` writes (`questions.int`). `fix` says what to give when the file is missing."""
+    lines = read_lines(path, fix)
     try:
-        return [[int(w) for w in line.split()] for line in Path(path).read_text().splitlines() if line.strip()]
+        return [[int(w) for w in line.split()] for _, line in lines]
     except ValueError:
-        raise AsrBnError(f"{path}: a question must be a line of integer phone ids") from None
+        raise AsrBnError(f"{path}: a phone set must be a line of integer phone ids (use the .int file, not .txt)") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
