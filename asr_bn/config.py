@@ -355,10 +355,10 @@ class TrainConfig:
             raise UsageError("give exactly one of --batch-size and --max-frames")
         self.model_config(input_dim=1, num_pdfs=1)  # the model options are checked before anything is read
         if self.tensorboard:
-            try:
-                import torch.utils.tensorboard  # noqa: F401
-            except ImportError as e:
-                raise UsageError("--tensorboard needs the tensorboard package (pip install tensorboard)") from e
+            from importlib.util import find_spec
+
+            if find_spec("tensorboard") is None:  # what torch.utils.tensorboard imports
+                raise UsageError("--tensorboard needs the tensorboard package (pip install tensorboard)")
 
     def model_config(self, input_dim: int, num_pdfs: int) -> Any:
         """The model (asr_bn.model.ModelConfig) these options describe, for `input_dim` features and `num_pdfs`."""

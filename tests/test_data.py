@@ -109,7 +109,7 @@ def test_relative_paths_use_working_dir_first(
     (tmp_path / "audio").mkdir()
     utt, _, wav = four[0]
     (tmp_path / "audio" / "a.wav").write_bytes(wav.read_bytes())
-    d = write_dir(tmp_path / "data" / "x", {"wav.scp": f"{utt} audio/a.wav\n", "utt2spk": f"{utt} s\n"})
+    write_dir(tmp_path / "data" / "x", {"wav.scp": f"{utt} audio/a.wav\n", "utt2spk": f"{utt} s\n"})
     monkeypatch.chdir(tmp_path)
     report = Report("t")
     data = load_data_dir(Path("data/x"), report)

@@ -101,7 +101,7 @@ def test_text_errors(tmp_path: Path) -> None:
 
 
 def test_best_of_several_lm_weights(tmp_path: Path) -> None:
-    ref = _write(tmp_path / "text", ["u1 A B C", "u2 D E"])
+    _write(tmp_path / "text", ["u1 A B C", "u2 D E"])
     dec = tmp_path / "decode"
     dec.mkdir()
     _write(dec / "hyp_9", ["u1 A B", "u2 D E"])

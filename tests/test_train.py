@@ -255,6 +255,18 @@ def test_tensorboard_logs_what_metrics_jsonl_logs(dirs: tuple[Path, Path], tmp_p
         np.testing.assert_allclose([v for _, v in logged], [v for _, v in expected], rtol=1e-6)
 
 
+def test_tensorboard_without_the_package_is_refused_up_front(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import importlib.util
+
+    from asr_bn.config import TrainConfig
+    from asr_bn.errors import UsageError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(UsageError, match="--tensorboard needs the tensorboard package"):
+        TrainConfig(str(tmp_path), str(tmp_path), str(tmp_path / "exp"), batch_size=4, tensorboard=True)
+
+
 # -- faults -----------------------------------------------------------------------------------------------------
 
 
