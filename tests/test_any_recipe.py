@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import kaldiio
+import numpy as np
 import pytest
 
 from asr_bn.alignments import read_alignments, read_transition_model
@@ -172,3 +173,18 @@ def test_any_recipe_climbs_the_gmm_ladder(tmp_path: Path) -> None:
         assert (prep / "pdf.scp").is_file() == (not name.endswith("_decode"))
     for model in ("blstm_fmllr", "blstm_bn_seq_fmllr"):
         assert "%WER" in (exp / model / "decode_test_tg" / "wer").read_text()
+    # --targets nnet with fMLLR input: the fMLLR sequence-BN network realigns; same features, its targets joined
+    nnet = subprocess.run([*cmd[:-3], "--stop-stage", "6", "--cache", "--stage", "4", "--input", "fmllr", "--targets",
+                           "nnet"], capture_output=True, text=True, env=env)
+    assert nnet.returncode == 0, nnet.stdout[-3000:] + nnet.stderr[-3000:]
+    for set_, ali_dir in (("train", "nnet_ali_fmllr"), ("dev", "nnet_ali_fmllr_dev")):
+        labels = {lab.utt: lab.values for lab in read_alignments(exp / ali_dir)}
+        prep, before = work / "prep" / f"{set_}_fmllr_nnali", work / "prep" / f"{set_}_fmllr"
+        targets = dict(kaldiio.load_scp(str(prep / "pdf.scp")))
+        assert labels and set(targets) == set(labels)
+        assert all((targets[u] == sat.to_pdfs(labels[u])).all() for u in targets)
+        same = dict(kaldiio.load_scp(str(before / "feats.scp")))
+        feats = dict(kaldiio.load_scp(str(prep / "feats.scp")))
+        assert feats.keys() == same.keys() and all(np.array_equal(m, same[u]) for u, m in feats.items())
+    for model in ("blstm_fmllr_nnali", "blstm_bn_seq_fmllr_nnali"):
+        assert (exp / model / "final.pt").is_file()

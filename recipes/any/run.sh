@@ -26,9 +26,11 @@
 #                   to it (asr-bn gmm deltas, lda-mllt, sat; align, align-fmllr), each rung from the last one's
 #                   alignments, with --leaves/--gauss (default 500/4000; --fast: 100/400).
 #   --targets T     gmm (default): the networks learn the GMM's alignments; nnet: stage 4 realigns
-#                   train and dev with this seed's sequence-BN network (trained on mono targets first, as Kaldi's
-#                   steps/nnet/align.sh) → exp/nnet_ali*, prep/{train,dev}_nnali, and stages 5-8 train, decode and
-#                   report exp/blstm_nnali*, exp/blstm_bn_seq_nnali* beside the others.
+#                   train and dev with this seed's sequence-BN network (trained on the GMM's targets first, as
+#                   Kaldi's steps/nnet/align.sh) → exp/nnet_ali*, prep/{train,dev}_nnali, and stages 5-8 train,
+#                   decode and report exp/blstm_nnali*, exp/blstm_bn_seq_nnali* beside the others; with --input
+#                   fmllr the fMLLR network realigns → exp/nnet_ali_fmllr*, prep/{train,dev}_fmllr_nnali,
+#                   exp/blstm_fmllr_nnali*, exp/blstm_bn_seq_fmllr_nnali*.
 #   --input I       the networks' input: fbank (default: the paper's 40 log-mel + Δ+ΔΔ) or fmllr (with --gmm sat:
 #                   the SAT system's LDA+MLLT+fMLLR features, as Kaldi's nnet1 recipes; asr-bn gmm fmllr-feats →
 #                   prep/{train,dev}_fmllr with the alignments' transforms, prep/{dev,test}_fmllr_decode with
@@ -54,6 +56,7 @@
 #                     weight chosen on dev → exp/tri3b/decode_test_tg/wer
 #   4  targets        asr-bn prep kaldi --ali-dir: the alignments' pdf-ids joined to prep/train, prep/dev (pdf.scp);
 #                     with --targets nnet: the sequence-BN network's forced alignments → prep/{train,dev}_nnali
+#                     (with --input fmllr: → prep/{train,dev}_fmllr_nnali, the fMLLR features, new targets)
 #                     with --input fmllr: asr-bn gmm fmllr-feats → prep/{train,dev}_fmllr (targets joined),
 #                     prep/{dev,test}_fmllr_decode (the SAT decode's transforms, for stage 7's forward)
 #   5  baseline       asr-bn train --bn none → exp/blstm (final.pt, priors.vec, metrics.jsonl, learning_curve.png)
@@ -174,13 +177,15 @@ case $targets in
   *) die "--targets $targets is not gmm or nnet" ;;
 esac
 fwd=  # the networks' dev and test features for forward: prep/SET$fwd
+input_tag=  # the networks' training features: prep/SET$input_tag
 case $input in
   fbank) ;;
   fmllr)
-    [ "$gmm" = sat ] && [ "$targets" = gmm ] || die "--input fmllr needs --gmm sat (and --targets gmm)"
-    tag=_fmllr fwd=_fmllr_decode ;;
+    [ "$gmm" = sat ] || die "--input fmllr needs --gmm sat"
+    input_tag=_fmllr tag=_fmllr$tag fwd=_fmllr_decode ;;
   *) die "--input $input is not fbank or fmllr" ;;
 esac
+nnet_ali=exp/nnet_ali$input_tag$suffix  # --targets nnet: the network's alignments of train (and ${nnet_ali}_dev)
 case $gmm in  # the ladder's rungs up to --gmm: asr-bn gmm command : exp dir
   mono) rungs= sys=exp/mono ;;
   deltas) rungs="deltas:tri1" sys=exp/tri1 ;;
@@ -208,13 +213,13 @@ check_done() {  # check_done MARKER OPTIONS: 0 when done with these options, 1 w
   die "$(dirname "$marker") was made with other options ($(cat "$marker")); remove it or use another --dir"
 }
 
-forward_set() {  # forward_set EXP SET: EXP/forward_SET/loglikes.{ark,scp} of prep/SET, once per trained model
-  local exp=$1 set=$2 out=$1/forward_$2
+forward_set() {  # forward_set EXP SET [FEATS]: EXP/forward_SET/loglikes.{ark,scp} of prep/SET$fwd (of prep/FEATS
+  local exp=$1 feats=${3:-$2$fwd} out=$1/forward_${3:-$2}  # → EXP/forward_FEATS when given), once per trained model
   if check_done "$out/.done" "$(cat "$exp/.done")"; then
     log "$out/.done exists - skipping"
   else
     mkdir -p "$out"
-    asr-bn forward "$exp" "prep/$set$fwd" "ark,scp:$out/loglikes.ark,$out/loglikes.scp"
+    asr-bn forward "$exp" "prep/$feats" "ark,scp:$out/loglikes.ark,$out/loglikes.scp"
     cat "$exp/.done" > "$out/.done"
   fi
 }
@@ -333,22 +338,35 @@ fi
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   log "Stage 4: targets (alignments joined to prep/train$tag, prep/dev$tag → pdf.scp)"
   if [ "$targets" = nnet ]; then  # realign with the sequence-BN network of this seed (log-likelihoods, GMM's HMM)
-    aligner=exp/blstm_bn_seq$suffix
+    aligner=exp/blstm_bn_seq$input_tag$suffix
     [ -f "$aligner/.done" ] || die "$aligner is not trained yet (run stages 5-6 with --targets gmm first)"
     opts=$(cat "$aligner/.done")
     for set in train dev; do
-      ali=exp/nnet_ali$suffix
-      [ "$set" = dev ] && ali=exp/nnet_ali${suffix}_dev
+      ali=$nnet_ali
+      [ "$set" = dev ] && ali=${nnet_ali}_dev
       if check_done "$ali/.done" "$opts"; then
         log "$ali/.done exists - skipping"
       else
-        forward_set "$aligner" "$set"  # dev's is stage 7's, reused
+        # the features the aligner learned from (fMLLR: the alignments' transforms; fbank: dev's is stage 7's)
+        feats=$set$input_tag
+        forward_set "$aligner" "$set" "$feats"
         asr-bn gmm align "prep/$set" data/lang "$sys" "$ali" --nj "$nj" --oov-policy "$oov_policy" \
-          --loglikes "$aligner/forward_$set/loglikes.scp"
+          --loglikes "$aligner/forward_$feats/loglikes.scp"
         echo "$opts" > "$ali/.done"
       fi
-      asr-bn prep kaldi "data/$set" "prep/${set}_nnali" --nj "$nj" --sample-frequency "$sample_frequency" \
-        --ali-dir "$ali"
+      if [ "$input" = fmllr ]; then  # the same fMLLR features, the network's targets joined
+        out=prep/${set}_fmllr_nnali src=${sys}_ali
+        [ "$set" = dev ] && src=${sys}_ali_dev
+        if check_done "$out/.done" "$opts"; then
+          log "$out/.done exists - skipping"
+        else
+          asr-bn gmm fmllr-feats "prep/$set" "$sys" "$out" --transform-dir "$src" --ali-dir "$ali"
+          echo "$opts" > "$out/.done"
+        fi
+      else
+        asr-bn prep kaldi "data/$set" "prep/${set}_nnali" --nj "$nj" --sample-frequency "$sample_frequency" \
+          --ali-dir "$ali"
+      fi
     done
   elif [ "$input" = fmllr ]; then  # steps/nnet/make_fmllr_feats.sh: alignments' transforms, decode-fmllr's for forward
     for out in train_fmllr:${sys}_ali dev_fmllr:${sys}_ali_dev dev_fmllr_decode:$sys/decode_dev_tg \
@@ -373,7 +391,7 @@ fi
 train_net() {  # train_net EXP_DIR BN: one network; an interrupted run with the same options resumes
   local exp=$1 bn=$2
   local opts="bn=$bn $net_opts $(cat "$sys/.done")"
-  [ "$targets" = nnet ] && opts="$opts targets=nnet:$(cat "exp/nnet_ali$suffix/.done")"
+  [ "$targets" = nnet ] && opts="$opts targets=nnet:$(cat "$nnet_ali/.done")"
   if check_done "$exp/.done" "$opts"; then
     log "$exp/.done exists - skipping"
     return
@@ -456,7 +474,7 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
   asr-bn plot "${exps[@]}" -o "exp/learning_curves$tag$suffix.png" --labels "$(IFS=,; echo "${labels[*]}")"
   last_graph=${graphs##* } last_graph=${last_graph%%:*}
   exps=() labels=()  # the table: every seed's and target source's models that stage 7 finished
-  for t in "" _nnali _fmllr; do
+  for t in "" _nnali _fmllr _fmllr_nnali; do
     for entry in blstm:none blstm_bn_seq:sequence; do
       for exp in "exp/${entry%%:*}$t" "exp/${entry%%:*}$t"_s[0-9]*; do
         [ -f "$exp/decode_test_$last_graph/.done" ] || continue
@@ -464,6 +482,7 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
         case $t in
           _nnali) labels+=("${entry#*:} (nnet ali)") ;;
           _fmllr) labels+=("${entry#*:} (fMLLR input)") ;;
+          _fmllr_nnali) labels+=("${entry#*:} (fMLLR input, nnet ali)") ;;
           *) labels+=("${entry#*:}") ;;
         esac
         for set in train dev; do  # frame scores against the targets the model learned
