@@ -27,10 +27,11 @@
 #                   alignments, with --leaves/--gauss (default 500/4000; --fast: 100/400).
 #   --targets T     gmm (default): the networks learn the GMM's alignments; nnet: stage 4 realigns
 #                   train and dev with this seed's sequence-BN network (trained on the GMM's targets first, as
-#                   Kaldi's steps/nnet/align.sh) → exp/nnet_ali*, prep/{train,dev}_nnali, and stages 5-8 train,
+#                   Kaldi's steps/nnet/align.sh) → exp/nnet_ali*, prep/{train,dev}_nnali*, and stages 5-8 train,
 #                   decode and report exp/blstm_nnali*, exp/blstm_bn_seq_nnali* beside the others; with --input
-#                   fmllr the fMLLR network realigns → exp/nnet_ali_fmllr*, prep/{train,dev}_fmllr_nnali,
-#                   exp/blstm_fmllr_nnali*, exp/blstm_bn_seq_fmllr_nnali*.
+#                   fmllr the fMLLR network realigns → exp/nnet_ali_fmllr*, prep/{train,dev}_fmllr_nnali*,
+#                   exp/blstm_fmllr_nnali*, exp/blstm_bn_seq_fmllr_nnali* (* = _sN for a seed N other than 0: each
+#                   seed's targets in their own dirs, so seeds can run side by side).
 #   --input I       the networks' input: fbank (default: the paper's 40 log-mel + Δ+ΔΔ) or fmllr (with --gmm sat:
 #                   the SAT system's LDA+MLLT+fMLLR features, as Kaldi's nnet1 recipes; asr-bn gmm fmllr-feats →
 #                   prep/{train,dev}_fmllr with the alignments' transforms, prep/{dev,test}_fmllr_decode with
@@ -55,8 +56,8 @@
 #                     decode-fmllr (steps/decode_fmllr.sh) of dev and test on the trigram graph (graph_tg), LM
 #                     weight chosen on dev → exp/tri3b/decode_test_tg/wer
 #   4  targets        asr-bn prep kaldi --ali-dir: the alignments' pdf-ids joined to prep/train, prep/dev (pdf.scp);
-#                     with --targets nnet: the sequence-BN network's forced alignments → prep/{train,dev}_nnali
-#                     (with --input fmllr: → prep/{train,dev}_fmllr_nnali, the fMLLR features, new targets)
+#                     with --targets nnet: the sequence-BN network's forced alignments → prep/{train,dev}_nnali*
+#                     (with --input fmllr: → prep/{train,dev}_fmllr_nnali*, the fMLLR features, new targets)
 #                     with --input fmllr: asr-bn gmm fmllr-feats → prep/{train,dev}_fmllr (targets joined),
 #                     prep/{dev,test}_fmllr_decode (the SAT decode's transforms, for stage 7's forward)
 #   5  baseline       asr-bn train --bn none → exp/blstm (final.pt, priors.vec, metrics.jsonl, learning_curve.png)
@@ -173,7 +174,7 @@ suffix=
 [ "$seed" = 0 ] || suffix=_s$seed
 case $targets in
   gmm|mono) tag= ;;
-  nnet) tag=_nnali ;;
+  nnet) tag=_nnali ;;  # prep/SET$tag$suffix: each seed's network gives its own targets
   *) die "--targets $targets is not gmm or nnet" ;;
 esac
 fwd=  # the networks' dev and test features for forward: prep/SET$fwd
@@ -186,6 +187,8 @@ case $input in
   *) die "--input $input is not fbank or fmllr" ;;
 esac
 nnet_ali=exp/nnet_ali$input_tag$suffix  # --targets nnet: the network's alignments of train (and ${nnet_ali}_dev)
+data=$tag  # the networks' training data: prep/train$data, prep/dev$data
+[ "$targets" = nnet ] && data=$tag$suffix
 case $gmm in  # the ladder's rungs up to --gmm: asr-bn gmm command : exp dir
   mono) rungs= sys=exp/mono ;;
   deltas) rungs="deltas:tri1" sys=exp/tri1 ;;
@@ -336,7 +339,7 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
 fi
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
-  log "Stage 4: targets (alignments joined to prep/train$tag, prep/dev$tag → pdf.scp)"
+  log "Stage 4: targets (alignments joined to prep/train$data, prep/dev$data → pdf.scp)"
   if [ "$targets" = nnet ]; then  # realign with the sequence-BN network of this seed (log-likelihoods, GMM's HMM)
     aligner=exp/blstm_bn_seq$input_tag$suffix
     [ -f "$aligner/.done" ] || die "$aligner is not trained yet (run stages 5-6 with --targets gmm first)"
@@ -355,7 +358,7 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
         echo "$opts" > "$ali/.done"
       fi
       if [ "$input" = fmllr ]; then  # the same fMLLR features, the network's targets joined
-        out=prep/${set}_fmllr_nnali src=${sys}_ali
+        out=prep/$set$data src=${sys}_ali
         [ "$set" = dev ] && src=${sys}_ali_dev
         if check_done "$out/.done" "$opts"; then
           log "$out/.done exists - skipping"
@@ -364,7 +367,7 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
           echo "$opts" > "$out/.done"
         fi
       else
-        asr-bn prep kaldi "data/$set" "prep/${set}_nnali" --nj "$nj" --sample-frequency "$sample_frequency" \
+        asr-bn prep kaldi "data/$set" "prep/$set$data" --nj "$nj" --sample-frequency "$sample_frequency" \
           --ali-dir "$ali"
       fi
     done
@@ -408,7 +411,7 @@ train_net() {  # train_net EXP_DIR BN: one network; an interrupted run with the 
     echo "$opts" > "$exp/.started"
   fi
   # shellcheck disable=SC2086 # net_opts is a list of options
-  asr-bn train "prep/train$tag" "prep/dev$tag" "$exp" --bn "$bn" $net_opts $resume
+  asr-bn train "prep/train$data" "prep/dev$data" "$exp" --bn "$bn" $net_opts $resume
   echo "$opts" > "$exp/.done"
 }
 
@@ -486,7 +489,9 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
           *) labels+=("${entry#*:}") ;;
         esac
         for set in train dev; do  # frame scores against the targets the model learned
-          [ "$exp/frames_$set" -nt "$exp/final.pt" ] || asr-bn score frames "$exp" "prep/$set$t" > "$exp/frames_$set"
+          learned=$t  # the targets the model learned: a seed's own for network targets
+          [ "${t%_nnali}" = "$t" ] || learned=$t${exp##*"$t"}
+          [ "$exp/frames_$set" -nt "$exp/final.pt" ] || asr-bn score frames "$exp" "prep/$set$learned" > "$exp/frames_$set"
         done
       done
     done
