@@ -123,7 +123,7 @@ def prepare_lang(d: DictDir, out_dir: str | Path, report: Report, oov: str = "<U
                  sil_prob: float = 0.5, num_sil_states: int = 5, num_nonsil_states: int = 3) -> Lang:
     """Write the Kaldi lang folder of a dict dir into `out_dir` (replaced as a whole once complete) and return it."""
     from asr_bn.alignments import topology_text
-    from asr_bn.hmm_gmm import make_topology
+    from asr_bn.gmm.system import make_topology
 
     if not 0.0 < sil_prob < 1.0:
         raise AsrBnError(f"--sil-prob must lie strictly between 0 and 1, got {sil_prob}")

@@ -4,7 +4,7 @@ Prompts like CMU AN4's (spelled letters, digits, a few commands) are spoken by e
 wheel, through ctypes) in several voice variants, the speakers, with rate and pitch varied per utterance, then
 mixed with noise at a random SNR and resampled to 16 kHz. espeak-ng reports the sample where each phoneme starts,
 so the phone boundaries are exact; they become frames (`asr_bn.features.num_frames`), then transition-ids of a
-monophone Kaldi model (`asr_bn.hmm_gmm`, kaldi-hmm-gmm: 3 states per phone, Kaldi's 5-state silence).
+monophone Kaldi model (`asr_bn.gmm.system`, kaldi-hmm-gmm: 3 states per phone, Kaldi's 5-state silence).
 
 Writes under OUT_DIR (`synthesize_corpus`):
   wav/<utt>.wav                                            16 kHz 16-bit mono
@@ -40,7 +40,9 @@ from asr_bn.alignments import TransitionModel
 from asr_bn.data import DataDir, Utterance, write_data_dir
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.features import FbankConfig, compute_fbank, num_frames
-from asr_bn.hmm_gmm import GmmSystem, gmm_features, make_topology, write_alignments
+from asr_bn.gmm.align import write_alignments
+from asr_bn.gmm.features import gmm_features
+from asr_bn.gmm.system import GmmSystem, make_topology
 from asr_bn.io import OutputLock, atomic_open, write_text
 from asr_bn.lang import Lang, write_lang
 from asr_bn.progress import track

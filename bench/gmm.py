@@ -38,7 +38,9 @@ def main() -> None:
 
     from asr_bn.features import FeaturePipeline
     from asr_bn.gmm.train_deltas import DeltasConfig, train_deltas
-    from asr_bn.hmm_gmm import AlignConfig, _align_all, _compile_graphs, _gmm_scorer, _Stats, prepared_gmm_features
+    from asr_bn.gmm.align import align_all, AlignConfig, compile_graphs, gmm_scorer
+    from asr_bn.gmm.features import prepared_gmm_features
+    from asr_bn.gmm.mono import PassStats
     from asr_bn.lang import lexicon_fst, read_lang
     from asr_bn.prep import prepare_kaldi
     from asr_bn.synth import synthesize_corpus
@@ -61,23 +63,23 @@ def main() -> None:
                     tri / "final.mdl", work / "L.fst", f"ark:{work / 'text.int'}", f"ark:{work / 'g.fsts'}"]],
                    env=_env(), check=True, capture_output=True)
     report = __import__("asr_bn.report", fromlist=["Report"]).Report("bench")
-    graphs = _compile_graphs(system, lang, text, sorted(text), 0.5, report)
+    graphs = compile_graphs(system, lang, text, sorted(text), 0.5, report)
     scales = AlignConfig()
-    alis, _, _, _ = _align_all(system, _gmm_scorer(system, system.am, feats, 0.1), graphs, feats, 10, 40, scales)
-    from asr_bn.hmm_gmm import write_alignments
+    alis, _, _, _ = align_all(system, gmm_scorer(system, system.am, feats, 0.1), graphs, feats, 10, 40, scales)
+    from asr_bn.gmm.align import write_alignments
 
     write_alignments(work / "ali", alis)
     rng = np.random.default_rng(0)
 
     def ours_iteration() -> float:
         start = time.perf_counter()
-        stats = _Stats(system, feats, alis)
+        stats = PassStats(system, feats, alis)
         stats.update(system, 10.0, system.am.num_gauss, 0.25, rng)
         return time.perf_counter() - start
 
     def ours_align() -> float:
         start = time.perf_counter()
-        _align_all(system, _gmm_scorer(system, system.am, feats, 0.1), graphs, feats, 10, 40, scales)
+        align_all(system, gmm_scorer(system, system.am, feats, 0.1), graphs, feats, 10, 40, scales)
         return time.perf_counter() - start
 
     def kaldi(cmd: str) -> float:

@@ -39,7 +39,7 @@ class OovPolicy(str, Enum):
 
 def _features(data: Path, cache: bool = False):  # noqa: ANN202 - (features, text)
     """The prepared dir's GMM features, computed per utterance when asked for, or kept in memory with `cache`."""
-    from asr_bn.hmm_gmm import prepared_gmm_features
+    from asr_bn.gmm.features import prepared_gmm_features
 
     feats, text, report = prepared_gmm_features(data, in_memory=cache)
     for line in report.lines():
@@ -74,7 +74,7 @@ def mono(
     """Train a monophone HMM-GMM as steps/train_mono.sh, e.g. asr-bn gmm mono prep/train data/lang exp/mono"""
     from dataclasses import replace
 
-    from asr_bn.hmm_gmm import FAST_MONO, MonoConfig, train_mono
+    from asr_bn.gmm.mono import FAST_MONO, MonoConfig, train_mono
     from asr_bn.lang import read_lang
 
     cfg = replace(FAST_MONO if fast else MonoConfig(num_iters=num_iters, max_iter_inc=max_iter_inc,
@@ -210,7 +210,7 @@ def align_fmllr(
     """Align with a speaker-adapted system as steps/align_fmllr.sh, e.g.
     asr-bn gmm align-fmllr prep/train data/lang exp/tri3b exp/tri3b_ali"""
     from asr_bn.gmm.sat import align_fmllr as run
-    from asr_bn.hmm_gmm import AlignConfig
+    from asr_bn.gmm.align import AlignConfig
 
     cfg = AlignConfig(num_jobs=nj, boost_silence=boost_silence, oov_policy=oov_policy.value)
     lang_obj, (feats, text) = _lang(lang), _features(data, cache)
@@ -262,8 +262,9 @@ def align(
     """Force-align with a trained model as steps/align_si.sh, e.g.
     asr-bn gmm align prep/train data/lang exp/mono exp/mono_ali --nj 4"""
     from asr_bn.decode import read_loglikes
-    from asr_bn.hmm_gmm import AlignConfig, GmmSystem
-    from asr_bn.hmm_gmm import align as run
+    from asr_bn.gmm.align import AlignConfig
+    from asr_bn.gmm.system import GmmSystem
+    from asr_bn.gmm.align import align as run
     from asr_bn.lang import read_lang
 
     if not loglikes:
@@ -297,7 +298,7 @@ def likes(
 ) -> None:
     """Per-frame log-likelihoods of every pdf (gmm-compute-likes), for `asr-bn decode` with the GMM, e.g.
     asr-bn gmm likes prep/test exp/mono exp/mono/decode_test"""
-    from asr_bn.hmm_gmm import GmmSystem
+    from asr_bn.gmm.system import GmmSystem
     from asr_bn.io import write_ark_scp
 
     if transform_dir is None:

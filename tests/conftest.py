@@ -62,7 +62,7 @@ def yesno_gmm_inputs(yesno_root: Path, num_utts: int | None = None) -> tuple[dic
     `num_utts` training utterances (all by default): the small real input of the GMM tests."""
     from asr_bn.data import load_audio, load_data_dir
     from asr_bn.features import FbankConfig, compute_fbank
-    from asr_bn.hmm_gmm import gmm_features
+    from asr_bn.gmm.features import gmm_features
     from asr_bn.report import Report
 
     data = load_data_dir(yesno_root / "data" / "train_yesno", Report("test"))

@@ -296,7 +296,7 @@ def synth_tri1(synth: Setup, tmp_path_factory: pytest.TempPathFactory):  # noqa:
     """A short train_deltas run on the synth corpus's training set (from its exact monophone alignments)."""
     from asr_bn.features import FeaturePipeline
     from asr_bn.gmm.train_deltas import DeltasConfig, train_deltas
-    from asr_bn.hmm_gmm import prepared_gmm_features
+    from asr_bn.gmm.features import prepared_gmm_features
     from asr_bn.lang import read_lang
     from asr_bn.prep import prepare_kaldi
 
@@ -331,7 +331,7 @@ def test_triphone_alignment_is_gmm_align_compileds(synth: Setup, synth_tri1, tmp
     gmm-align-compiled on the same model, features and lexicon: at least 99 % of frames agree."""
     import kaldiio
 
-    from asr_bn.hmm_gmm import AlignConfig, align
+    from asr_bn.gmm.align import align, AlignConfig
     from asr_bn.lang import lexicon_fst
 
     system, feats, text, lang, out, _, _ = synth_tri1
@@ -469,7 +469,7 @@ def test_fmllr_is_gmm_est_fmllrs(synth: Setup, synth_tri1, synth_tri2, tmp_path:
     import kaldiio
 
     from asr_bn.gmm.sat import SatConfig, estimate_speaker_transforms, frame_weights, speaker_independent_features
-    from asr_bn.hmm_gmm import GmmSystem
+    from asr_bn.gmm.system import GmmSystem
     from asr_bn.report import Report
 
     _, feats, _, lang, _, _, prep = synth_tri1
@@ -690,7 +690,7 @@ def test_cli_gmm_ladder(synth: Setup, synth_tri1, tmp_path: Path) -> None:  # no
 
 
 def GmmSystemFor(exp: Path):  # noqa: ANN201, N802 - the GmmSystem of an exp dir
-    from asr_bn.hmm_gmm import GmmSystem
+    from asr_bn.gmm.system import GmmSystem
 
     return GmmSystem.load(exp / "final.mdl")
 
@@ -741,7 +741,7 @@ def test_decode_fmllr_is_kaldis_tools_on_its_lattices(synth: Setup, synth_tri3, 
     import kaldiio
 
     from asr_bn.gmm.sat import speaker_independent_features
-    from asr_bn.hmm_gmm import prepared_gmm_features
+    from asr_bn.gmm.features import prepared_gmm_features
 
     _, tri3, _ = synth_tri3
     graph, prep = synth_sat_decoding
@@ -860,7 +860,7 @@ def test_decode_fmllr_bad_inputs(synth: Setup, synth_tri3, synth_sat_decoding, t
 
     from asr_bn.config import DecodeFmllrConfig
     from asr_bn.gmm.decode_fmllr import decode_fmllr
-    from asr_bn.hmm_gmm import prepared_gmm_features
+    from asr_bn.gmm.features import prepared_gmm_features
     from asr_bn.mkgraph import build_graph
 
     _, tri3, _ = synth_tri3

@@ -15,7 +15,10 @@ from asr_bn.alignments import read_alignments, read_transition_model
 from asr_bn.data import load_data_dir
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.features import FbankConfig, add_deltas, apply_cmvn, compute_cmvn_stats
-from asr_bn.hmm_gmm import AlignConfig, GmmSystem, MonoConfig, align, gmm_features, make_topology, train_mono
+from asr_bn.gmm.align import align, AlignConfig
+from asr_bn.gmm.features import gmm_features
+from asr_bn.gmm.mono import MonoConfig, train_mono
+from asr_bn.gmm.system import GmmSystem, make_topology
 from asr_bn.lang import Lang, read_lang
 from asr_bn.report import Report
 from conftest import run_kaldi_bytes, yesno_gmm_inputs
@@ -191,7 +194,7 @@ def test_reproducible_split_allocates_like_kaldi() -> None:
     """Our seeded Gaussian split gives each pdf as many components as kaldi-hmm-gmm's SplitByCount does."""
     from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
 
-    from asr_bn.hmm_gmm import _split_by_count
+    from asr_bn.gmm.mono import split_by_count
 
     rng = np.random.default_rng(0)
     kaldi, ours = khg.AmDiagGmm(), khg.AmDiagGmm()
@@ -206,7 +209,7 @@ def test_reproducible_split_allocates_like_kaldi() -> None:
     occs[3] = 0.0  # a pdf never seen keeps its single Gaussian
     parents = [np.asarray(ours.get_pdf(p).means)[0] for p in range(30)]
     kaldi.split_by_count(occs, 400, 0.01, 0.25, 20.0)
-    _split_by_count(ours, occs, 400, 0.01, 0.25, 20.0, np.random.default_rng(1))
+    split_by_count(ours, occs, 400, 0.01, 0.25, 20.0, np.random.default_rng(1))
     assert [ours.num_gauss_in_pdf(p) for p in range(30)] == [kaldi.num_gauss_in_pdf(p) for p in range(30)]
     assert ours.num_gauss == kaldi.num_gauss and ours.num_gauss_in_pdf(3) == 1
     for p in range(30):  # a split halves a weight and moves the two means apart symmetrically
@@ -220,7 +223,7 @@ def test_kaldi_mfcc_dir_gives_kaldis_gmm_features(yesno_root: Path, kaldi_bundle
     with per-speaker CMVN and deltas: Kaldi's apply-cmvn --utt2spk | add-deltas on the same dir."""
     import kaldiio
 
-    from asr_bn.hmm_gmm import prepared_gmm_features
+    from asr_bn.gmm.features import prepared_gmm_features
 
     src, data = yesno_root / "data" / "train_yesno", tmp_path / "data"
     data.mkdir()
@@ -253,7 +256,7 @@ def test_mixup_splits_at_the_target_like_gmm_est(yesno: tuple, tmp_path: Path) -
     occupancy share grew gets more (Kaldi's AN4 mono logs: 'target = 979 … split #Gauss from 978 to 980')."""
     from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
 
-    from asr_bn.hmm_gmm import _Stats
+    from asr_bn.gmm.mono import PassStats
 
     feats, text, lang = yesno
     cfg = MonoConfig(num_iters=4, max_iter_inc=2, total_gauss=40, realign_iters=(1, 2))
@@ -261,7 +264,7 @@ def test_mixup_splits_at_the_target_like_gmm_est(yesno: tuple, tmp_path: Path) -
     align(system, feats, text, lang, tmp_path / "ali")
     alis = {lab.utt: list(lab.values) for lab in read_alignments(tmp_path / "ali")}
     kaldi = GmmSystem.load(tmp_path / "mono" / "final.mdl")
-    stats = _Stats(system, feats, alis)
+    stats = PassStats(system, feats, alis)
     stats.pdf_occs = stats.pdf_occs[::-1].copy()  # occupancies that moved since the model was mixed up
     target = system.am.num_gauss
     stats.update(system, 10.0, target, 0.25, np.random.default_rng(0))
@@ -318,9 +321,9 @@ def test_prepared_features_are_read_when_asked_unless_cached(yesno_root: Path, t
     utterance is asked for (no corpus-sized memory), and once with in_memory=True (--cache)."""
     import kaldiio
 
-    import asr_bn.hmm_gmm as hmm_gmm
+    import asr_bn.gmm.features as gmm_features_module
     from asr_bn.features import FeaturePipeline
-    from asr_bn.hmm_gmm import prepared_gmm_features
+    from asr_bn.gmm.features import prepared_gmm_features
     from asr_bn.prep import prepare_kaldi
 
     prep = tmp_path / "prep"
@@ -330,8 +333,8 @@ def test_prepared_features_are_read_when_asked_unless_cached(yesno_root: Path, t
     data = load_data_dir(prep, Report("test"))
     expected = gmm_features(fbank, {u: data.utterances[u].speaker for u in fbank})
     reads: list[str] = []
-    real = hmm_gmm.read_matrix
-    monkeypatch.setattr(hmm_gmm, "read_matrix", lambda loc, table, key: reads.append(key) or real(loc, table, key))
+    real = gmm_features_module.read_matrix
+    monkeypatch.setattr(gmm_features_module, "read_matrix", lambda loc, table, key: reads.append(key) or real(loc, table, key))
     for in_memory, per_access in ((False, 1), (True, 0)):
         feats, _, _ = prepared_gmm_features(prep, in_memory=in_memory)
         assert set(feats) == set(expected) and len(reads) == len(expected)  # one pass for the CMVN statistics

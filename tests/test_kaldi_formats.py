@@ -24,7 +24,9 @@ from typer.testing import CliRunner
 from asr_bn.alignments import count_pdfs, read_alignments, read_transition_model, write_counts
 from asr_bn.batching import UtteranceDataset
 from asr_bn.features import FbankConfig
-from asr_bn.hmm_gmm import AlignConfig, GmmSystem, MonoConfig, align, train_mono
+from asr_bn.gmm.align import align, AlignConfig
+from asr_bn.gmm.mono import MonoConfig, train_mono
+from asr_bn.gmm.system import GmmSystem
 from asr_bn.io import read_matrix
 from asr_bn.lang import read_lang
 from asr_bn.synth import CorpusPaths, synthesize_corpus
@@ -72,7 +74,7 @@ def synth_targets(synth: CorpusPaths, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="module")
 def mono(yesno_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, np.ndarray]]:
-    """asr_bn.hmm_gmm's monophone system trained on 8 yesno utterances (exp dir), its alignment dir (2 jobs), and
+    """asr_bn.gmm.mono's monophone system trained on 8 yesno utterances (exp dir), its alignment dir (2 jobs), and
     the GMM features it was trained on."""
     feats, text = yesno_gmm_inputs(yesno_root, 8)
     lang = read_lang(yesno_root / "data" / "lang")

@@ -112,7 +112,9 @@ def test_position_dependent_lang_trains_aligns_and_builds_graphs(kaldi_bundle: P
     """The monophone trainer shares pdfs across a phone's position variants (the tree is gmm-init-mono
     --shared-phones=phones/sets.int's), aligns yesno into word-position phones, reloads, and mkgraph works."""
     from asr_bn.alignments import read_alignments, read_transition_model
-    from asr_bn.hmm_gmm import AlignConfig, GmmSystem, MonoConfig, align, train_mono
+    from asr_bn.gmm.align import align, AlignConfig
+    from asr_bn.gmm.mono import MonoConfig, train_mono
+    from asr_bn.gmm.system import GmmSystem
     from asr_bn.mkgraph import build_graph
 
     report = Report("lang")

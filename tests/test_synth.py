@@ -16,7 +16,7 @@ import soundfile as sf
 from asr_bn.alignments import read_alignments, read_transition_model
 from asr_bn.errors import UsageError
 from asr_bn.features import FbankConfig, num_frames
-from asr_bn.hmm_gmm import GmmSystem
+from asr_bn.gmm.system import GmmSystem
 from asr_bn.lang import read_lang
 from asr_bn.synth import (
     COMMANDS,

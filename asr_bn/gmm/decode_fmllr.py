@@ -28,7 +28,8 @@ from asr_bn.errors import AsrBnError
 from asr_bn.fst import FstArrays, parse_lattice, vector_bytes
 from asr_bn.gmm.sat import (Posterior, SatConfig, _spk2utt, apply_fmllr, compose, estimate_speaker_transforms,
                             speaker_independent_features, weight_silence, write_transforms)
-from asr_bn.hmm_gmm import FeatureMap, GmmSystem
+from asr_bn.gmm.features import FeatureMap
+from asr_bn.gmm.system import GmmSystem
 from asr_bn.io import OutputLock, check_output_dir, write_text
 from asr_bn.report import Report
 

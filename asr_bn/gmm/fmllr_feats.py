@@ -15,7 +15,8 @@ from asr_bn.alignments import join_targets
 from asr_bn.errors import UsageError
 from asr_bn.features import FeaturePipeline
 from asr_bn.gmm.sat import speaker_adapted_features, speaker_independent_features
-from asr_bn.hmm_gmm import GmmSystem, prepared_gmm_features
+from asr_bn.gmm.features import prepared_gmm_features
+from asr_bn.gmm.system import GmmSystem
 from asr_bn.io import OutputLock, check_output_dir, write_ark_scp, write_text
 from asr_bn.prep import DATA_FILES, DERIVED_FILES
 from asr_bn.progress import track

@@ -14,7 +14,7 @@ from asr_bn.alignments import Topology
 from asr_bn.errors import AsrBnError
 from asr_bn.gmm.event_map import leaves, map_events, read_tree_map
 from asr_bn.gmm.tree_stats import TreeStats
-from asr_bn.hmm_gmm import GmmSystem
+from asr_bn.gmm.system import GmmSystem
 from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
 
 

@@ -18,7 +18,8 @@ import numpy as np
 from asr_bn.alignments import TransitionModel, read_alignments, read_transition_model
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.gmm.train_deltas import DeltasConfig, train_tree_system
-from asr_bn.hmm_gmm import FeatureMap, GmmSystem
+from asr_bn.gmm.features import FeatureMap
+from asr_bn.gmm.system import GmmSystem
 from asr_bn.io import atomic_open, write_text
 from asr_bn.lang import Lang
 from asr_bn.report import Report

@@ -20,8 +20,9 @@ import numpy as np
 from asr_bn.alignments import TransitionModel, read_alignments
 from asr_bn.gmm.lda_mllt import NUM_CEPS, copy_feature_transform, splice
 from asr_bn.gmm.train_deltas import DeltasConfig, train_tree_system
-from asr_bn.hmm_gmm import (AlignConfig, FeatureMap, GmmSystem, _align_all, _am_bytes, _boosted, _check_inputs, _compile_graphs,
-                            _gmm_scorer, write_alignments)
+from asr_bn.gmm.align import align_all, AlignConfig, boosted, check_inputs, compile_graphs, gmm_scorer, write_alignments
+from asr_bn.gmm.features import FeatureMap
+from asr_bn.gmm.system import am_bytes, GmmSystem
 from asr_bn.errors import AsrBnError
 from asr_bn.io import KALDIIO_READ_ERRORS, OutputLock, atomic_open, error_detail
 from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
@@ -251,7 +252,7 @@ def _alignment_model(system: GmmSystem, alis: Mapping[str, list[int]], adapted: 
     opts = khg.MleDiagGmmOptions()
     opts.remove_low_count_gaussians = False
     khg.mle_am_diag_gmm_update(opts, acc, int(khg.str_to_gmm_flags("mvw")), am)
-    return system.transition_model().to_kaldi(binary=True) + _am_bytes(am)
+    return system.transition_model().to_kaldi(binary=True) + am_bytes(am)
 
 
 def _spk2utt(utts: Mapping[str, object], utt2spk: Mapping[str, str]) -> dict[str, list[str]]:
@@ -319,20 +320,20 @@ def align_fmllr(src_dir: str | Path, feats: Mapping[str, np.ndarray], text: Mapp
     sil = lang.silence_phone_ids
     si_feats = speaker_independent_features(feats, src_dir)
     system.check_features(si_feats, src_dir / "final.mdl")
-    utts = _check_inputs(si_feats, text, report)
+    utts = check_inputs(si_feats, text, report)
     with OutputLock(out_dir):
         (out_dir / "report.json").unlink(missing_ok=True)  # written last: it marks a complete run
-        graphs = _compile_graphs(system, lang, text, utts, cfg.sil_prob, report, cfg.oov_policy)
-        scorer = _gmm_scorer(alimdl, _boosted(alimdl, sil, cfg.boost_silence), si_feats, cfg.acoustic_scale)
-        first, _, _, _ = _align_all(alimdl, scorer, graphs, si_feats, cfg.beam, cfg.retry_beam, cfg)
+        graphs = compile_graphs(system, lang, text, utts, cfg.sil_prob, report, cfg.oov_policy)
+        scorer = gmm_scorer(alimdl, boosted(alimdl, sil, cfg.boost_silence), si_feats, cfg.acoustic_scale)
+        first, _, _, _ = align_all(alimdl, scorer, graphs, si_feats, cfg.beam, cfg.retry_beam, cfg)
         weights = frame_weights(alimdl.transition_model(), first, sil, sat.silence_weight)
         spk2utt = _spk2utt(first, utt2spk)
         transforms = estimate_speaker_transforms(system, si_feats, weights, spk2utt, sat, report,
                                                  posterior_am=alimdl.am if alimdl is not system else None)
         speaker_of = {u: s for s, us in spk2utt.items() for u in us}
         adapted = FeatureMap(si_feats, lambda u, x: apply_fmllr(transforms[speaker_of[u]], x))
-        scorer = _gmm_scorer(system, _boosted(system, sil, cfg.boost_silence), adapted, cfg.acoustic_scale)
-        alis, failed, tot_like, frames = _align_all(system, scorer, {u: graphs[u] for u in first}, adapted, cfg.beam,
+        scorer = gmm_scorer(system, boosted(system, sil, cfg.boost_silence), adapted, cfg.acoustic_scale)
+        alis, failed, tot_like, frames = align_all(system, scorer, {u: graphs[u] for u in first}, adapted, cfg.beam,
                                                     cfg.retry_beam, cfg)
         for utt in sorted(set(graphs) - set(first)) + failed:
             report.skip(utt, "no alignment within the retry beam")

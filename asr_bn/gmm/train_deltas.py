@@ -26,8 +26,9 @@ from asr_bn.gmm.event_map import write_tree
 from asr_bn.gmm.init_model import init_model
 from asr_bn.gmm.questions import cluster_phones
 from asr_bn.gmm.tree_stats import accumulate_tree_stats, write_tree_stats
-from asr_bn.hmm_gmm import (AlignConfig, GmmSystem, _align_all, _boosted, _check_inputs, _compile_graphs, _gmm_scorer,
-                            _Stats, write_alignments)
+from asr_bn.gmm.align import align_all, AlignConfig, boosted, check_inputs, compile_graphs, gmm_scorer, write_alignments
+from asr_bn.gmm.mono import PassStats
+from asr_bn.gmm.system import GmmSystem
 from asr_bn.io import OutputLock, write_text
 from asr_bn.lang import Lang
 from asr_bn.progress import progress_bar
@@ -98,7 +99,7 @@ def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[
     `write_extra(out_dir, system, alignments, features)` writes the rung's own files before report.json."""
     ali_dir, out_dir = Path(ali_dir), Path(out_dir)
     report = Report(name)
-    utts = _check_inputs(feats, text, report)
+    utts = check_inputs(feats, text, report)
     old_tm = read_transition_model(ali_dir / "final.mdl")
     alis = {labels.utt: labels.values for labels in read_alignments(ali_dir)}
     sil = lang.silence_phone_ids
@@ -115,7 +116,7 @@ def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[
         system = init_model(out_dir / "tree", stats, old_tm.topology)
         convert = AlignmentConverter(old_tm, system.transition_model(), tree)
         alis = {u: convert(u, alis[u]).tolist() for u in utts if u in alis}
-        graphs = _compile_graphs(system, lang, text, [u for u in utts if u in alis], cfg.sil_prob, report,
+        graphs = compile_graphs(system, lang, text, [u for u in utts if u in alis], cfg.sil_prob, report,
                                  cfg.oov_policy)
         alis = {u: a for u, a in alis.items() if u in graphs}
         if not alis:
@@ -154,11 +155,11 @@ def _iterate(system: GmmSystem, graphs: Mapping[str, Any], feats: Mapping[str, n
             if it in cfg.realign_iters:
                 bar.update(task, info=f"iter {it}: aligning")
                 scales = AlignConfig()
-                scorer = _gmm_scorer(system, _boosted(system, sil, cfg.boost_silence), feats, scales.acoustic_scale)
-                alis, failed, _, _ = _align_all(system, scorer, graphs, feats, cfg.beam, cfg.retry_beam, scales)
+                scorer = gmm_scorer(system, boosted(system, sil, cfg.boost_silence), feats, scales.acoustic_scale)
+                alis, failed, _, _ = align_all(system, scorer, graphs, feats, cfg.beam, cfg.retry_beam, scales)
             if on_iteration is not None:
                 feats = on_iteration(it, system, alis) or feats
-            stats = _Stats(system, feats, alis)
+            stats = PassStats(system, feats, alis)
             stats.update(system, 10.0, num_gauss, cfg.power, rng)
             history.append({"iter": it, "avg_like": stats.tot_like / max(stats.frames, 1), "frames": stats.frames,
                             "utterances": len(alis), "failed": len(failed), "num_gauss": system.am.num_gauss,

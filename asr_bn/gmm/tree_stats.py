@@ -199,7 +199,7 @@ def read_features(source: str | Path) -> Iterator[tuple[str, np.ndarray]]:
     matrices of a Kaldi .scp of ready features (e.g. Kaldi's add-deltas output), one utterance at a time."""
     source = Path(source)
     if source.is_dir():
-        from asr_bn.hmm_gmm import prepared_gmm_features
+        from asr_bn.gmm.features import prepared_gmm_features
 
         yield from prepared_gmm_features(source)[0].items()
         return
