@@ -126,6 +126,14 @@ def test_any_recipe_fast_end_to_end(tmp_path: Path) -> None:
         assert sorted([*labels, *skipped]) == sorted(utts)  # every utterance aligned or named
         assert len(labels) >= share * len(utts)  # 32 of 32 and 6 of 8 measured (a weak network, unseen dev)
         assert set(dict(kaldiio.load_scp(str(work / "prep" / f"{prep}_nnali" / "pdf.scp")))) == labels
+    # another seed realigns with its own network into its own dirs: seed 0's targets stay as they are
+    seed0 = (work / "prep" / "train_nnali" / "pdf.scp").read_bytes()
+    for stages in (["--stage", "6", "--stop-stage", "6"], ["--targets", "nnet", "--stage", "4", "--stop-stage", "4"]):
+        seed1 = subprocess.run([*cmd, "--seed", "1", *stages], capture_output=True, text=True, env=env)
+        assert seed1.returncode == 0, seed1.stdout[-3000:] + seed1.stderr[-3000:]
+    labels = {lab.utt for lab in read_alignments(work / "exp" / "nnet_ali_s1")}
+    assert labels and set(dict(kaldiio.load_scp(str(work / "prep" / "train_nnali_s1" / "pdf.scp")))) == labels
+    assert (work / "prep" / "train_nnali" / "pdf.scp").read_bytes() == seed0
 
 
 def _spells(phones: list[str], words: list[str], prons: dict[str, list[list[str]]]) -> bool:
