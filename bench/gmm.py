@@ -40,7 +40,7 @@ def main() -> None:
     from asr_bn.gmm.train_deltas import DeltasConfig, train_deltas
     from asr_bn.gmm.align import align_all, AlignConfig, compile_graphs, gmm_scorer
     from asr_bn.gmm.features import prepared_gmm_features
-    from asr_bn.gmm.mono import PassStats
+    from asr_bn.gmm.estimate import PassStats
     from asr_bn.lang import lexicon_fst, read_lang
     from asr_bn.prep import prepare_kaldi
     from asr_bn.synth import synthesize_corpus

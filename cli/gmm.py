@@ -262,9 +262,8 @@ def align(
     """Force-align with a trained model as steps/align_si.sh, e.g.
     asr-bn gmm align prep/train data/lang exp/mono exp/mono_ali --nj 4"""
     from asr_bn.decode import read_loglikes
-    from asr_bn.gmm.align import AlignConfig
+    from asr_bn.gmm.align import AlignConfig, align as run
     from asr_bn.gmm.system import GmmSystem
-    from asr_bn.gmm.align import align as run
     from asr_bn.lang import read_lang
 
     if not loglikes:

@@ -194,7 +194,7 @@ def test_reproducible_split_allocates_like_kaldi() -> None:
     """Our seeded Gaussian split gives each pdf as many components as kaldi-hmm-gmm's SplitByCount does."""
     from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
 
-    from asr_bn.gmm.mono import split_by_count
+    from asr_bn.gmm.estimate import split_by_count
 
     rng = np.random.default_rng(0)
     kaldi, ours = khg.AmDiagGmm(), khg.AmDiagGmm()
@@ -256,7 +256,7 @@ def test_mixup_splits_at_the_target_like_gmm_est(yesno: tuple, tmp_path: Path) -
     occupancy share grew gets more (Kaldi's AN4 mono logs: 'target = 979 … split #Gauss from 978 to 980')."""
     from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
 
-    from asr_bn.gmm.mono import PassStats
+    from asr_bn.gmm.estimate import PassStats
 
     feats, text, lang = yesno
     cfg = MonoConfig(num_iters=4, max_iter_inc=2, total_gauss=40, realign_iters=(1, 2))

@@ -3,6 +3,7 @@
 - `system`: a GMM system in kaldi-hmm-gmm objects (`GmmSystem`) and its Kaldi files: final.mdl, tree, topology.
 - `features`: the GMM features of a prepared dir (cepstra, speaker CMVN, Δ+ΔΔ), computed when asked for.
 - `align`: training graphs and forced alignment (compile-train-graphs, steps/align_si.sh), GMM or network scores.
+- `estimate`: one training pass (gmm-acc-stats-ali + gmm-est, mixing up), shared by every rung.
 - `mono`: the monophone system (steps/train_mono.sh).
 - `tree_stats`: per-context Gaussian statistics from alignments (Kaldi's `acc-tree-stats`), Kaldi's treeacc format.
 - `event_map`: Kaldi's EventMap (the decision tree) and the `tree` file (ContextDependency), binary and text.

@@ -11,26 +11,26 @@ toward a target), through kaldi-hmm-gmm (Kaldi's own C++). Outputs are what a Ka
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import json
 import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.gmm.align import AlignConfig, align_all, boosted, check_inputs, check_oov_policy, compile_graphs, gmm_scorer
+from asr_bn.gmm.estimate import PassStats
 from asr_bn.gmm.system import GmmSystem, make_topology
 from asr_bn.io import OutputLock, write_text
-from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg, kaldifst
+from asr_bn.kaldi_ext import kaldifst
 from asr_bn.lang import Lang
 from asr_bn.progress import progress_bar
 from asr_bn.report import Report
 
-__all__ = ["MonoConfig", "FAST_MONO", "train_mono", "PassStats", "split_by_count"]
+__all__ = ["MonoConfig", "FAST_MONO", "train_mono"]
 
 # Kaldi's steps/train_mono.sh defaults.
 REALIGN_ITERS_KALDI = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 14, 16, 18, 20, 23, 26, 29, 32, 35, 38)
@@ -69,82 +69,6 @@ class MonoConfig:
 
 # --fast (CI): a quarter of Kaldi's iterations and Gaussians; alignments are still usable, only rougher.
 FAST_MONO = MonoConfig(num_iters=10, max_iter_inc=8, total_gauss=300, realign_iters=(1, 2, 3, 4, 5, 6, 8))
-
-
-class PassStats:
-    """Accumulated GMM and transition statistics of one pass (Kaldi's gmm-acc-stats-ali, frame by frame in C++)."""
-
-    def __init__(self, system: GmmSystem, feats: Mapping[str, np.ndarray], alis: Mapping[str, Sequence[int]]) -> None:
-        tm, am = system.trans_model, system.am
-        tid2pdf = np.asarray(tm.transition_id_to_pdf_array(), dtype=np.int64)
-        self.trans = np.zeros(tm.num_transition_ids + 1, dtype=np.float64)
-        self.gmm = khg.AccumAmDiagGmm()
-        self.gmm.init(am, int(khg.GmmUpdateFlags.kGmmAll))
-        self.frames, self.tot_like = 0, 0.0
-        accumulate = self.gmm.accumulate_for_gmm
-        for utt, ali in alis.items():
-            tids = np.asarray(ali, dtype=np.int64)
-            self.trans += np.bincount(tids, minlength=len(self.trans))  # TransitionModel::Accumulate, prob 1
-            self.frames += len(tids)
-            for frame, pdf in zip(feats[utt], tid2pdf[tids].tolist()):
-                self.tot_like += accumulate(am, frame, pdf, 1.0)
-        self.pdf_occs = np.array([self.gmm.get_acc(p).occupancy.sum() for p in range(am.num_pdfs)], dtype=np.float32)
-
-    def update(self, system: GmmSystem, min_gaussian_occupancy: float, mixup: int, power: float,
-               rng: np.random.Generator) -> None:
-        """Kaldi's gmm-est: MLE transition update, MLE GMM update ("mvw"), then split Gaussians toward `mixup`."""
-        system.trans_model.mle_update(self.trans, khg.MleTransitionUpdateConfig())
-        opts = khg.MleDiagGmmOptions()
-        opts.min_gaussian_occupancy = min_gaussian_occupancy
-        khg.mle_am_diag_gmm_update(opts, self.gmm, int(khg.str_to_gmm_flags("mvw")), system.am)
-        if mixup > 0:  # as gmm-est --mix-up: every pass, also at the target (a pdf whose share grew still splits)
-            split_by_count(system.am, self.pdf_occs, mixup, 0.01, power, 20.0, rng)
-
-
-def _split_targets(occs: np.ndarray, target: int, power: float, min_count: float) -> list[int]:
-    """Kaldi's GetSplitTargets: Gaussians per pdf, given one at a time to the pdf with the most occ^power per
-    Gaussian, never giving a pdf more Gaussians than occupancy / min_count."""
-    heap = [(-float(occ) ** power, pdf, 1) for pdf, occ in enumerate(occs)]  # (-occ^power / n, pdf, n)
-    heapq.heapify(heap)
-    targets = [1] * len(occs)
-    total = len(occs)
-    while total < target and heap:
-        _, pdf, n = heapq.heappop(heap)
-        if (n + 1) * min_count >= occs[pdf]:
-            continue  # min-count reached: this pdf splits no more
-        n += 1
-        total += 1
-        targets[pdf] = n
-        heapq.heappush(heap, (-float(occs[pdf]) ** power / n, pdf, n))
-    return targets
-
-
-def split_by_count(am: "khg.AmDiagGmm", occs: np.ndarray, target: int, perturb_factor: float, power: float,
-                    min_count: float, rng: np.random.Generator) -> None:
-    """Kaldi's AmDiagGmm::SplitByCount with DiagGmm::Split (split the heaviest component, means moved apart by
-    ± perturb_factor standard deviations along a random direction), drawing from `rng` so training is
-    reproducible (kaldi-hmm-gmm's own split draws from an unseeded generator)."""
-    for pdf, n in enumerate(_split_targets(occs, target, power, min_count)):
-        gmm = am.get_pdf(pdf)
-        if n <= gmm.num_gauss:
-            continue
-        weights = np.asarray(gmm.weights, np.float64).tolist()
-        inv_vars = [row for row in np.asarray(gmm.inv_vars, np.float64)]
-        means_invvars = [row for row in np.asarray(gmm.means_invvars, np.float64)]
-        while len(weights) < n:
-            k = int(np.argmax(weights))
-            weights[k] /= 2
-            weights.append(weights[k])
-            step = perturb_factor * rng.standard_normal(len(inv_vars[k])) * np.sqrt(inv_vars[k])
-            inv_vars.append(inv_vars[k].copy())
-            means_invvars.append(means_invvars[k] + step)
-            means_invvars[k] = means_invvars[k] - step
-        inv = np.asarray(inv_vars, np.float32)
-        new = khg.DiagGmm(n, inv.shape[1])
-        new.set_weights(np.asarray(weights, np.float32))
-        new.set_invvars_and_means(inv, (np.asarray(means_invvars) / np.asarray(inv_vars)).astype(np.float32))
-        new.compute_gconsts()
-        gmm.copy_from_diag_gmm(new)
 
 
 def _equal_align(graph: "kaldifst.StdVectorFst", num_frames: int, seed: int) -> list[int] | None:

@@ -27,7 +27,7 @@ from asr_bn.gmm.init_model import init_model
 from asr_bn.gmm.questions import cluster_phones
 from asr_bn.gmm.tree_stats import accumulate_tree_stats, write_tree_stats
 from asr_bn.gmm.align import align_all, AlignConfig, boosted, check_inputs, compile_graphs, gmm_scorer, write_alignments
-from asr_bn.gmm.mono import PassStats
+from asr_bn.gmm.estimate import PassStats
 from asr_bn.gmm.system import GmmSystem
 from asr_bn.io import OutputLock, write_text
 from asr_bn.lang import Lang
