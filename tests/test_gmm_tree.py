@@ -657,13 +657,14 @@ def test_align_fmllr_is_kaldis(synth: Setup, synth_tri1, synth_tri3, tmp_path: P
 
 
 def test_cli_gmm_ladder(synth: Setup, synth_tri1, tmp_path: Path) -> None:  # noqa: ANN001
-    """asr-bn gmm deltas | lda-mllt | sat --fast, align-fmllr, align and likes of an LDA+MLLT system, each with
-    Kaldi's argument order; likes and align refuse a speaker-adapted system with one line."""
+    """asr-bn gmm mono | deltas | lda-mllt | sat --fast, align-fmllr, align and likes of an LDA+MLLT system, each
+    with Kaldi's argument order; likes and align refuse a speaker-adapted system with one line."""
     runner = CliRunner()
     *_, prep = synth_tri1
     corpus = synth.work / "corpus"
     lang, mono_ali = corpus / "lang", corpus / "exp" / "ali_train"
     for args in (
+        ["mono", prep, lang, tmp_path / "mono", "--fast", "--seed", "2"],
         ["deltas", "100", "400", prep, lang, mono_ali, tmp_path / "tri1", "--fast"],
         ["lda-mllt", "100", "400", prep, lang, tmp_path / "tri1", tmp_path / "tri2", "--fast"],
         ["align", prep, lang, tmp_path / "tri2", tmp_path / "tri2_ali"],
@@ -675,6 +676,7 @@ def test_cli_gmm_ladder(synth: Setup, synth_tri1, tmp_path: Path) -> None:  # no
         assert result.exit_code == 0, (args, result.output)
     assert (tmp_path / "tri3_ali" / "ali.2.gz").is_file() and (tmp_path / "tri3_ali" / "trans.1").is_file()
     assert json.loads((tmp_path / "tri2" / "config.json").read_text())["train_lda_mllt"]["num_iters"] == 8
+    assert json.loads((tmp_path / "mono" / "config.json").read_text())["mono"]["seed"] == 2
     import kaldiio
 
     likes = dict(kaldiio.load_scp(str(tmp_path / "likes" / "loglikes.scp")))

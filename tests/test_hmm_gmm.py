@@ -67,24 +67,30 @@ def test_topology_tree_and_model_are_kaldis(yesno_root: Path, tmp_path: Path) ->
     np.testing.assert_allclose(loglikes[2, 7], system.am.log_likelihood(7, frames[2]), rtol=1e-5)
 
 
-def test_alignment_agrees_with_kaldis(yesno_root: Path, tmp_path: Path) -> None:
-    """Kaldi's model on Kaldi's MFCCs (apply-cmvn + add-deltas as train_mono.sh) realigned here ≈ Kaldi's ali.1.gz."""
+def _kaldi_yesno_mono(yesno_root: Path) -> tuple[dict[str, np.ndarray], dict[str, list[int]], Path]:
+    """Kaldi's yesno MFCCs with CMVN and deltas (as train_mono.sh), its ali.1.gz and the final.mdl that aligned them."""
     import kaldiio
 
     raw = dict(kaldiio.load_ark(str(yesno_root / "data" / "train_yesno" / "data" / "raw_mfcc_train_yesno.1.ark")))
     stats = compute_cmvn_stats(raw.values())
     feats = {u: add_deltas(torch.from_numpy(np.asarray(apply_cmvn(m, stats), np.float32))).numpy() for u, m in raw.items()}
+    alis = {lab.utt: [int(t) for t in lab.values] for lab in read_alignments(yesno_root / "exp" / "mono" / "ali.1.gz")}
+    return feats, alis, yesno_root / "exp" / "mono" / "final.mdl"
+
+
+def test_alignment_agrees_with_kaldis(yesno_root: Path, tmp_path: Path) -> None:
+    """Kaldi's model on Kaldi's MFCCs (apply-cmvn + add-deltas as train_mono.sh) realigned here ≈ Kaldi's ali.1.gz."""
+    feats, kaldi_alis, model = _kaldi_yesno_mono(yesno_root)
     lang = read_lang(yesno_root / "data" / "lang")
     text = {}
     for line in (yesno_root / "data" / "train_yesno" / "text").read_text().splitlines():
         utt, words = line.split(maxsplit=1)
         if utt in feats:
             text[utt] = words
-    model = yesno_root / "exp" / "mono" / "final.mdl"
     report = align(GmmSystem.load(model), feats, text, lang, tmp_path / "ali")
     assert report.num_skipped == 0 and report.counts["aligned"] == len(feats) == 8
     tm = read_transition_model(model)
-    kaldi = {lab.utt: lab.values for lab in read_alignments(yesno_root / "exp" / "mono" / "ali.1.gz")}
+    kaldi = {u: np.asarray(a) for u, a in kaldi_alis.items()}
     ours = {lab.utt: lab.values for lab in read_alignments(tmp_path / "ali")}
     assert sorted(ours) == sorted(feats)
     same = sum(int(np.sum(ours[u] == kaldi[u])) for u in ours)
@@ -275,6 +281,62 @@ def test_mixup_splits_at_the_target_like_gmm_est(yesno: tuple, tmp_path: Path) -
     pdfs = range(system.am.num_pdfs)
     assert [system.am.num_gauss_in_pdf(p) for p in pdfs] == [kaldi.am.num_gauss_in_pdf(p) for p in pdfs]
     assert system.am.num_gauss > target
+
+
+def test_training_pass_is_gmm_acc_stats_ali_and_gmm_est(yesno_root: Path, kaldi_bundle: Path, tmp_path: Path) -> None:
+    """One pass (PassStats + update) on the same model, alignment and features as Kaldi's gmm-acc-stats-ali +
+    gmm-est: the same likelihood, transitions, weights, means and variances; with --mix-up the same number of
+    Gaussians in every pdf (the split's random perturbation aside)."""
+    import kaldiio
+
+    from asr_bn.gmm.estimate import PassStats
+
+    feats, alis, model = _kaldi_yesno_mono(yesno_root)
+    kaldiio.save_ark(str(tmp_path / "feats.ark"), feats)
+    ali_text = "".join(f"{u} {' '.join(map(str, a))}\n" for u, a in alis.items() if u in feats)
+    (tmp_path / "ali.txt").write_text(ali_text)
+    run_kaldi_bytes(kaldi_bundle, "gmm-acc-stats-ali", model, f"ark:{tmp_path / 'feats.ark'}",
+                    f"ark:{tmp_path / 'ali.txt'}", tmp_path / "acc")
+    target = GmmSystem.load(model).am.num_gauss + 12
+    for mixup in (0, target):
+        run_kaldi_bytes(kaldi_bundle, "gmm-est", f"--mix-up={mixup}", "--power=0.25", model, tmp_path / "acc",
+                        tmp_path / f"kaldi_{mixup}.mdl")
+        ours = GmmSystem.load(model)
+        stats = PassStats(ours, feats, {u: a for u, a in alis.items() if u in feats})
+        assert stats.frames == sum(m.shape[0] for m in feats.values())
+        stats.update(ours, 10.0, mixup, 0.25, np.random.default_rng(0))
+        kaldi = GmmSystem.load(tmp_path / f"kaldi_{mixup}.mdl")
+        np.testing.assert_allclose(ours.trans_model.log_probs, kaldi.trans_model.log_probs, atol=1e-5)
+        for pdf in range(kaldi.am.num_pdfs):
+            a, b = ours.am.get_pdf(pdf), kaldi.am.get_pdf(pdf)
+            assert a.num_gauss == b.num_gauss
+            if mixup == 0:
+                np.testing.assert_allclose(np.asarray(a.weights), np.asarray(b.weights), rtol=1e-4, atol=1e-6)
+                np.testing.assert_allclose(np.asarray(a.inv_vars), np.asarray(b.inv_vars), rtol=1e-3)
+                np.testing.assert_allclose(np.asarray(a.means_invvars), np.asarray(b.means_invvars), rtol=1e-3,
+                                           atol=1e-3)
+        assert ours.am.num_gauss == kaldi.am.num_gauss
+
+
+def test_first_alignments_replace_the_flat_start(yesno: tuple, tmp_path: Path) -> None:
+    """train_mono from given first-pass alignments (e.g. Kaldi's align-equal-compiled): its own flat start given
+    back trains the same model as its seed; an alignment of another length is one line naming the utterance."""
+    from asr_bn.gmm.mono import flat_start
+
+    feats, text, lang = yesno
+    cfg = MonoConfig(num_iters=3, max_iter_inc=2, total_gauss=40, realign_iters=(1,), seed=3)
+    start = flat_start(feats, text, lang, cfg)
+    assert set(start) == set(feats) and all(len(start[u]) == feats[u].shape[0] for u in start)
+    assert start != flat_start(feats, text, lang, dataclasses.replace(cfg, seed=4))
+    train_mono(feats, text, lang, tmp_path / "seed", cfg)
+    train_mono(feats, text, lang, tmp_path / "given", cfg, first_alignments=start)
+    assert (tmp_path / "seed" / "final.mdl").read_bytes() == (tmp_path / "given" / "final.mdl").read_bytes()
+    utt = sorted(start)[0]
+    with pytest.raises(AsrBnError, match=f"utterance {utt} has .* transition-ids for") as e:
+        train_mono(feats, text, lang, tmp_path / "bad", cfg, first_alignments={**start, utt: start[utt][:-1]})
+    assert "\n" not in str(e.value)
+    with pytest.raises(AsrBnError, match="has none"):
+        train_mono(feats, text, lang, tmp_path / "bad", cfg, first_alignments={u: start[u] for u in sorted(start)[1:]})
 
 
 def test_output_dir_is_locked_and_report_written_last(yesno: tuple, tmp_path: Path) -> None:

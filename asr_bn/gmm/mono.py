@@ -16,7 +16,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -30,7 +30,7 @@ from asr_bn.lang import Lang
 from asr_bn.progress import progress_bar
 from asr_bn.report import Report
 
-__all__ = ["MonoConfig", "FAST_MONO", "train_mono"]
+__all__ = ["MonoConfig", "FAST_MONO", "train_mono", "flat_start"]
 
 # Kaldi's steps/train_mono.sh defaults.
 REALIGN_ITERS_KALDI = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 14, 16, 18, 20, 23, 26, 29, 32, 35, 38)
@@ -82,6 +82,8 @@ def _equal_align(graph: "kaldifst.StdVectorFst", num_frames: int, seed: int) -> 
 
 def _equal_alignments(graphs: Mapping[str, "kaldifst.StdVectorFst"], feats: Mapping[str, np.ndarray], seed: int,
                       report: Report) -> dict[str, list[int]]:
+    """Kaldi's align-equal-compiled: per utterance a random path of its training graph with the frames shared equally
+    among the path's states (the flat start), drawn from `seed` and the utterance id; too short ones are skipped."""
     alis = {}
     for utt, graph in graphs.items():
         ali = _equal_align(graph, feats[utt].shape[0], (seed + zlib.crc32(utt.encode())) & 0x7FFFFFFF)
@@ -93,18 +95,22 @@ def _equal_alignments(graphs: Mapping[str, "kaldifst.StdVectorFst"], feats: Mapp
 
 
 def train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: Lang, out_dir: str | Path,
-               cfg: MonoConfig | None = None, feature_info: Mapping[str, Any] | None = None) -> tuple[GmmSystem, Report]:
+               cfg: MonoConfig | None = None, feature_info: Mapping[str, Any] | None = None,
+               first_alignments: Mapping[str, Sequence[int]] | None = None) -> tuple[GmmSystem, Report]:
     """Train a monophone HMM-GMM as Kaldi's steps/train_mono.sh and write out_dir/{final.mdl, tree, phones.txt,
     topo, iterations.jsonl, config.json, report.json}. Returns the system and the report (failed utterances named).
 
-    `feats` are the GMM features (e.g. from `gmm_features`), `text` the word transcripts.
+    `feats` are the GMM features (e.g. from `gmm_features`), `text` the word transcripts. `first_alignments`
+    (transition-ids per utterance, e.g. Kaldi's align-equal-compiled output) replace the random flat start of the
+    first pass: which flat start is drawn moves a monophone's WER by a point or more (docs/RESULTS.md), so
+    comparing trainers needs the same one.
     """
     cfg = cfg or MonoConfig()
     cfg.validate()
     out_dir = Path(out_dir)
     with OutputLock(out_dir):
         (out_dir / "report.json").unlink(missing_ok=True)  # written last: it marks a complete run
-        system, report, history = _train_mono(feats, text, lang, cfg)
+        system, report, history = _train_mono(feats, text, lang, cfg, first_alignments)
         system.save(out_dir, lang.phones)
         write_text(out_dir / "iterations.jsonl", "".join(json.dumps(h) + "\n" for h in history))
         write_text(out_dir / "config.json", json.dumps({"mono": cfg.to_dict(), "features": dict(feature_info or {})},
@@ -113,15 +119,50 @@ def train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: L
     return system, report
 
 
-def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: Lang,
-                cfg: MonoConfig) -> tuple[GmmSystem, Report, list[dict[str, Any]]]:
-    report = Report("train_mono")
+def _initial_system(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: Lang,
+                    report: Report) -> tuple[list[str], GmmSystem]:
+    """The utterances to train on and the monophone system before its first pass (gmm-init-mono)."""
     utts = check_inputs(feats, text, report)
     if not utts:
         raise AsrBnError("no utterance has both features and a transcript; nothing to train on")
     sil = lang.silence_phone_ids
     topology = make_topology([p for p in lang.real_phone_ids if p not in sil], sil)
-    system = GmmSystem.init_mono(topology, (feats[u] for u in utts), lang.shared_phone_sets)
+    return utts, GmmSystem.init_mono(topology, (feats[u] for u in utts), lang.shared_phone_sets)
+
+
+def flat_start(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: Lang,
+               cfg: MonoConfig | None = None) -> dict[str, list[int]]:
+    """The first pass's alignments `train_mono` draws with `cfg.seed` (equal alignment over its training graphs), to
+    start another trainer from the same flat start (e.g. Kaldi's train_mono.sh from its stage 0)."""
+    cfg = cfg or MonoConfig()
+    report = Report("flat_start")
+    utts, system = _initial_system(feats, text, lang, report)
+    graphs = compile_graphs(system, lang, text, utts, cfg.sil_prob, report, cfg.oov_policy)
+    return _equal_alignments(graphs, feats, cfg.seed, report)
+
+
+def _given_alignments(alis: Mapping[str, Sequence[int]], utts: Sequence[str], feats: Mapping[str, np.ndarray],
+                      num_tids: int) -> dict[str, list[int]]:
+    """The first pass's alignments as given, checked: one per utterance, of its length, of the model's transition-ids."""
+    out = {}
+    for utt in utts:
+        if utt not in alis:
+            raise AsrBnError(f"first alignments: utterance {utt} has none (give one for every training utterance, "
+                             "e.g. align-equal-compiled over the same data)")
+        ali = [int(t) for t in alis[utt]]
+        if len(ali) != feats[utt].shape[0] or not all(1 <= t <= num_tids for t in ali):
+            raise AsrBnError(f"first alignments: utterance {utt} has {len(ali)} transition-ids for "
+                             f"{feats[utt].shape[0]} frames, or ids outside 1..{num_tids} (an alignment of other "
+                             "features or another model's topology)")
+        out[utt] = ali
+    return out
+
+
+def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: Lang, cfg: MonoConfig,
+                first_alignments: Mapping[str, Sequence[int]] | None = None) -> tuple[GmmSystem, Report, list[dict[str, Any]]]:
+    report = Report("train_mono")
+    utts, system = _initial_system(feats, text, lang, report)
+    sil = lang.silence_phone_ids
     num_gauss = system.am.num_gauss
     inc_gauss = (cfg.total_gauss - num_gauss) // max(cfg.max_iter_inc, 1)
     history: list[dict[str, Any]] = []
@@ -130,7 +171,10 @@ def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: 
         task = bar.add_task("compile graphs", total=len(utts), info="")
         graphs = compile_graphs(system, lang, text, utts, cfg.sil_prob, report, cfg.oov_policy)
         bar.update(task, completed=len(utts))
-        alis = _equal_alignments(graphs, feats, cfg.seed, report)
+        if first_alignments is None:
+            alis = _equal_alignments(graphs, feats, cfg.seed, report)
+        else:
+            alis = _given_alignments(first_alignments, list(graphs), feats, system.trans_model.num_transition_ids)
         if not alis:
             raise AsrBnError("no utterance could be equally aligned (all too short for their transcripts, or not in "
                              "the lexicon); check the transcripts and the audio")
