@@ -9,7 +9,8 @@
 #   OUT            made here: kaldi_ali0.txt (Kaldi's align-equal-compiled), asrbn_ali0_sSEED.txt (asr-bn's, seed
 #                  SEED) and one exp dir per system (asrbn_sSEED, asrbn_from_kaldi, kaldi_from_asrbn_sSEED), each
 #                  with graph_loop and decode_{dev,test}_loop (Kaldi's own mono: KALDI_WORKDIR/exp/mono)
-# About 10 minutes on 2 cores.
+# About 5 minutes a seed on 2 cores. Resumable: a system already trained (asr-bn's report.json, Kaldi's final.mdl)
+# or decoded (decode_test_loop/lat.1.gz) is kept, so further seeds reuse asrbn_from_kaldi.
 set -euo pipefail
 [ $# -eq 4 ] || { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 1; }
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -23,18 +24,23 @@ align-equal-compiled "ark:gunzip -c exp/mono/fsts.*.gz|" "$feats" "ark,t:$out/ka
 python3 "$here/flat_start.py" ali data/train "$run/data/lang" "$seed" "$out/asrbn_ali0_s$seed.txt"
 
 log "asr-bn's monophone: its own flat start (seed $seed), and Kaldi's"
-asr-bn gmm mono data/train "$run/data/lang" "$out/asrbn_s$seed" --seed "$seed" > "$out/asrbn_s$seed.log" 2>&1
-python3 "$here/flat_start.py" mono data/train "$run/data/lang" "$out/kaldi_ali0.txt" "$out/asrbn_from_kaldi" \
-  > "$out/asrbn_from_kaldi.log" 2>&1
+[ -f "$out/asrbn_s$seed/report.json" ] ||
+  asr-bn gmm mono data/train "$run/data/lang" "$out/asrbn_s$seed" --seed "$seed" > "$out/asrbn_s$seed.log" 2>&1
+[ -f "$out/asrbn_from_kaldi/report.json" ] ||
+  python3 "$here/flat_start.py" mono data/train "$run/data/lang" "$out/kaldi_ali0.txt" "$out/asrbn_from_kaldi" \
+    > "$out/asrbn_from_kaldi.log" 2>&1
 
 log "Kaldi's train_mono.sh from asr-bn's flat start (its stage 0 on the first pass's statistics)"
 d=$out/kaldi_from_asrbn_s$seed
-rm -rf "$d"; mkdir -p "$d"
-cp exp/mono/0.mdl exp/mono/tree exp/mono/num_jobs exp/mono/cmvn_opts exp/mono/fsts.*.gz "$d/"
-gmm-acc-stats-ali "$d/0.mdl" "$feats" "ark:$out/asrbn_ali0_s$seed.txt" "$d/0.1.acc" 2> "$d/acc0.log"
-steps/train_mono.sh --nj "$(cat exp/mono/num_jobs)" --stage 0 data/train data/lang "$d" > "$d.log" 2>&1
+if [ ! -f "$d/final.mdl" ]; then
+  rm -rf "$d"; mkdir -p "$d"
+  cp exp/mono/0.mdl exp/mono/tree exp/mono/num_jobs exp/mono/cmvn_opts exp/mono/fsts.*.gz "$d/"
+  gmm-acc-stats-ali "$d/0.mdl" "$feats" "ark:$out/asrbn_ali0_s$seed.txt" "$d/0.1.acc" 2> "$d/acc0.log"
+  steps/train_mono.sh --nj "$(cat exp/mono/num_jobs)" --stage 0 data/train data/lang "$d" > "$d.log" 2>&1
+fi
 
 for d in "$out/asrbn_s$seed" "$out/asrbn_from_kaldi" "$out/kaldi_from_asrbn_s$seed"; do
+  [ ! -f "$d/decode_test_loop/lat.1.gz" ] || continue
   log "word-loop decoding of $d"
   cp exp/mono/cmvn_opts "$d/" 2>/dev/null || true
   utils/mkgraph.sh data/lang_loop "$d" "$d/graph_loop" > "$d/mkgraph.log" 2>&1
