@@ -138,17 +138,25 @@ def flat_start(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: L
     report = Report("flat_start")
     utts, system = _initial_system(feats, text, lang, report)
     graphs = compile_graphs(system, lang, text, utts, cfg.sil_prob, report, cfg.oov_policy)
-    return _equal_alignments(graphs, feats, cfg.seed, report)
+    return _check_flat_start(_equal_alignments(graphs, feats, cfg.seed, report))
+
+
+def _check_flat_start(alis: dict[str, list[int]]) -> dict[str, list[int]]:
+    if not alis:
+        raise AsrBnError("no utterance has a first-pass alignment (all too short for their transcripts, not in the "
+                         "lexicon, or missing from the alignments given); check the transcripts and the audio")
+    return alis
 
 
 def _given_alignments(alis: Mapping[str, Sequence[int]], utts: Sequence[str], feats: Mapping[str, np.ndarray],
-                      num_tids: int) -> dict[str, list[int]]:
-    """The first pass's alignments as given, checked: one per utterance, of its length, of the model's transition-ids."""
+                      num_tids: int, report: Report) -> dict[str, list[int]]:
+    """The first pass's alignments as given, checked: of each utterance's length and the model's transition-ids (an
+    utterance without one is a named skip, as align-equal-compiled's too-short ones are)."""
     out = {}
     for utt in utts:
         if utt not in alis:
-            raise AsrBnError(f"first alignments: utterance {utt} has none (give one for every training utterance, "
-                             "e.g. align-equal-compiled over the same data)")
+            report.skip(utt, "no first-pass alignment given")
+            continue
         ali = [int(t) for t in alis[utt]]
         if len(ali) != feats[utt].shape[0] or not all(1 <= t <= num_tids for t in ali):
             raise AsrBnError(f"first alignments: utterance {utt} has {len(ali)} transition-ids for "
@@ -174,10 +182,9 @@ def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: 
         if first_alignments is None:
             alis = _equal_alignments(graphs, feats, cfg.seed, report)
         else:
-            alis = _given_alignments(first_alignments, list(graphs), feats, system.trans_model.num_transition_ids)
-        if not alis:
-            raise AsrBnError("no utterance could be equally aligned (all too short for their transcripts, or not in "
-                             "the lexicon); check the transcripts and the audio")
+            alis = _given_alignments(first_alignments, list(graphs), feats, system.trans_model.num_transition_ids,
+                                     report)
+        _check_flat_start(alis)
         bar.update(task, description="train mono", total=cfg.num_iters, completed=0)
         failed: list[str] = []
         for it in range(cfg.num_iters):
