@@ -72,6 +72,9 @@ def mono(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the flat start (the equal alignment of the first pass) "
                                       "and of the Gaussian splits; the flat start alone moves a monophone's WER by a "
                                       "point or more.", callback=in_range(Range(0)))] = 0,
+    first_ali: Annotated[Optional[Path], typer.Option("--first-ali", help="Alignments for the first pass instead of "
+                                                      "the seed's flat start: a Kaldi archive or ali dir, e.g. "
+                                                      "align-equal-compiled's output, to start as Kaldi did.")] = None,
     cache: _Cache = False,
 ) -> None:
     """Train a monophone HMM-GMM as steps/train_mono.sh, e.g. asr-bn gmm mono prep/train data/lang exp/mono"""
@@ -85,10 +88,15 @@ def mono(
                   boost_silence=boost_silence, oov_policy=oov_policy.value, seed=seed)
     cfg.validate()
     lang_obj = read_lang(lang)
+    first = None
+    if first_ali is not None:
+        from asr_bn.alignments import read_alignments
+
+        first = {lab.utt: lab.values for lab in read_alignments(first_ali)}
     feats, text = _features(data, cache)
     _, report = train_mono(feats, text, lang_obj, exp_dir, cfg,
                            feature_info={"prep_dir": str(data.resolve()), "num_ceps": feats.num_ceps,
-                                         "cmvn": "per-speaker means", "deltas": 2})
+                                         "cmvn": "per-speaker means", "deltas": 2}, first_alignments=first)
     _print(report)
 
 

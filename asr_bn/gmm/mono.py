@@ -113,8 +113,9 @@ def train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: L
         system, report, history = _train_mono(feats, text, lang, cfg, first_alignments)
         system.save(out_dir, lang.phones)
         write_text(out_dir / "iterations.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-        write_text(out_dir / "config.json", json.dumps({"mono": cfg.to_dict(), "features": dict(feature_info or {})},
-                                                       indent=2) + "\n")
+        start = "given first-pass alignments" if first_alignments is not None else f"equal alignment, seed {cfg.seed}"
+        write_text(out_dir / "config.json", json.dumps({"mono": cfg.to_dict(), "flat_start": start,
+                                                        "features": dict(feature_info or {})}, indent=2) + "\n")
         report.save(out_dir / "report.json")
     return system, report
 

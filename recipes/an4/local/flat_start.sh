@@ -21,13 +21,13 @@ log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (flat_start.sh) $*"; }
 
 log "flat starts: Kaldi's align-equal-compiled, asr-bn's seed $seed"
 align-equal-compiled "ark:gunzip -c exp/mono/fsts.*.gz|" "$feats" "ark,t:$out/kaldi_ali0.txt" 2> "$out/align_equal.log"
-python3 "$here/flat_start.py" ali data/train "$run/data/lang" "$seed" "$out/asrbn_ali0_s$seed.txt"
+python3 "$here/flat_start.py" data/train "$run/data/lang" "$seed" "$out/asrbn_ali0_s$seed.txt"
 
 log "asr-bn's monophone: its own flat start (seed $seed), and Kaldi's"
 [ -f "$out/asrbn_s$seed/report.json" ] ||
   asr-bn gmm mono data/train "$run/data/lang" "$out/asrbn_s$seed" --seed "$seed" > "$out/asrbn_s$seed.log" 2>&1
 [ -f "$out/asrbn_from_kaldi/report.json" ] ||
-  python3 "$here/flat_start.py" mono data/train "$run/data/lang" "$out/kaldi_ali0.txt" "$out/asrbn_from_kaldi" \
+  asr-bn gmm mono data/train "$run/data/lang" "$out/asrbn_from_kaldi" --first-ali "$out/kaldi_ali0.txt" \
     > "$out/asrbn_from_kaldi.log" 2>&1
 
 log "Kaldi's train_mono.sh from asr-bn's flat start (its stage 0 on the first pass's statistics)"
