@@ -677,16 +677,17 @@ def test_cli_gmm_ladder(synth: Setup, synth_tri1, tmp_path: Path) -> None:  # no
     assert (tmp_path / "tri3_ali" / "ali.2.gz").is_file() and (tmp_path / "tri3_ali" / "trans.1").is_file()
     assert json.loads((tmp_path / "tri2" / "config.json").read_text())["train_lda_mllt"]["num_iters"] == 8
     assert json.loads((tmp_path / "mono" / "config.json").read_text())["mono"]["seed"] == 2
-    # --first-ali: the seed's own flat start, given as a Kaldi text archive, trains the same model
+    # --first-ali: the seed's own flat start, given as an ali dir, trains the same model
+    from asr_bn.gmm.align import write_alignments
     from asr_bn.gmm.features import prepared_gmm_features
     from asr_bn.gmm.mono import MonoConfig, flat_start
     from asr_bn.lang import read_lang
 
     feats, text, _ = prepared_gmm_features(prep)
-    start = flat_start(feats, text, read_lang(lang), MonoConfig(seed=2))
-    (tmp_path / "ali0.txt").write_text("".join(f"{u} {' '.join(map(str, a))}\n" for u, a in start.items()))
+    (tmp_path / "ali0").mkdir()
+    write_alignments(tmp_path / "ali0", flat_start(feats, text, read_lang(lang), MonoConfig(seed=2)))
     result = runner.invoke(app, ["gmm", "mono", str(prep), str(lang), str(tmp_path / "mono_given"), "--fast", "--seed", "2",
-                                 "--first-ali", str(tmp_path / "ali0.txt")])
+                                 "--first-ali", str(tmp_path / "ali0")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "mono_given" / "final.mdl").read_bytes() == (tmp_path / "mono" / "final.mdl").read_bytes()
     assert json.loads((tmp_path / "mono_given" / "config.json").read_text())["flat_start"] == "given first-pass alignments"

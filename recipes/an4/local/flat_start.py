@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The flat start asr-bn's monophone draws (docs/RESULTS.md, the word-loop gap), for Kaldi's train_mono.sh to start from.
 
-    flat_start.py FEATS LANG SEED OUT_ALI    # asr-bn's equal alignment of seed SEED, a Kaldi text archive
+    flat_start.py FEATS LANG SEED ALI_DIR    # asr-bn's equal alignment of seed SEED as ALI_DIR/ali.1.gz
 
 FEATS: a Kaldi data dir or `asr-bn prep` dir (its GMM features, as `asr-bn gmm mono` reads them); LANG: the lang dir.
 The other direction needs no script: `asr-bn gmm mono FEATS LANG EXP --first-ali ALI` trains from given alignments.
@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 from asr_bn.errors import AsrBnError
+from asr_bn.gmm.align import write_alignments
 from asr_bn.gmm.features import prepared_gmm_features
 from asr_bn.gmm.mono import MonoConfig, flat_start
-from asr_bn.io import write_text
 from asr_bn.lang import read_lang
 
 
@@ -25,7 +25,8 @@ def main() -> None:
     feats_dir, lang_dir, seed, out = sys.argv[1:]
     feats, text, _ = prepared_gmm_features(feats_dir)
     alis = flat_start(feats, text, read_lang(lang_dir), MonoConfig(seed=int(seed)))
-    write_text(Path(out), "".join(f"{u} {' '.join(map(str, a))}\n" for u, a in sorted(alis.items())))
+    Path(out).mkdir(parents=True, exist_ok=True)
+    write_alignments(out, alis)
 
 
 if __name__ == "__main__":

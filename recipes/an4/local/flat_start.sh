@@ -6,8 +6,8 @@
 # Usage: recipes/an4/local/flat_start.sh RECIPE_DIR KALDI_WORKDIR OUT SEED
 #   RECIPE_DIR     the asr-bn recipe dir (its data/lang); KALDI_WORKDIR: kaldi_ladder.sh's workdir after stage 3
 #                  (data/, exp/mono with its training graphs fsts.*.gz, data/lang_loop)
-#   OUT            made here: kaldi_ali0.txt (Kaldi's align-equal-compiled), asrbn_ali0_sSEED.txt (asr-bn's, seed
-#                  SEED) and one exp dir per system (asrbn_sSEED, asrbn_from_kaldi, kaldi_from_asrbn_sSEED), each
+#   OUT            made here: kaldi_ali0.txt (Kaldi's align-equal-compiled), asrbn_ali0_sSEED/ali.1.gz (asr-bn's,
+#                  seed SEED) and one exp dir per system (asrbn_sSEED, asrbn_from_kaldi, kaldi_from_asrbn_sSEED), each
 #                  with graph_loop and decode_{dev,test}_loop (Kaldi's own mono: KALDI_WORKDIR/exp/mono)
 # About 5 minutes a seed on 2 cores. Resumable: a system already trained (asr-bn's report.json, Kaldi's final.mdl)
 # or decoded (decode_test_loop/lat.1.gz) is kept, so further seeds reuse asrbn_from_kaldi.
@@ -21,7 +21,7 @@ log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (flat_start.sh) $*"; }
 
 log "flat starts: Kaldi's align-equal-compiled, asr-bn's seed $seed"
 align-equal-compiled "ark:gunzip -c exp/mono/fsts.*.gz|" "$feats" "ark,t:$out/kaldi_ali0.txt" 2> "$out/align_equal.log"
-python3 "$here/flat_start.py" data/train "$run/data/lang" "$seed" "$out/asrbn_ali0_s$seed.txt"
+python3 "$here/flat_start.py" data/train "$run/data/lang" "$seed" "$out/asrbn_ali0_s$seed"
 
 log "asr-bn's monophone: its own flat start (seed $seed), and Kaldi's"
 [ -f "$out/asrbn_s$seed/report.json" ] ||
@@ -35,7 +35,7 @@ d=$out/kaldi_from_asrbn_s$seed
 if [ ! -f "$d/final.mdl" ]; then
   rm -rf "$d"; mkdir -p "$d"
   cp exp/mono/0.mdl exp/mono/tree exp/mono/num_jobs exp/mono/cmvn_opts exp/mono/fsts.*.gz "$d/"
-  gmm-acc-stats-ali "$d/0.mdl" "$feats" "ark:$out/asrbn_ali0_s$seed.txt" "$d/0.1.acc" 2> "$d/acc0.log"
+  gmm-acc-stats-ali "$d/0.mdl" "$feats" "ark:gunzip -c $out/asrbn_ali0_s$seed/ali.1.gz|" "$d/0.1.acc" 2> "$d/acc0.log"
   steps/train_mono.sh --nj "$(cat exp/mono/num_jobs)" --stage 0 data/train data/lang "$d" > "$d.log" 2>&1
 fi
 
