@@ -70,8 +70,9 @@ def mono(
                                        "overrides the three options above.")] = False,
     oov_policy: Annotated[OovPolicy, typer.Option("--oov-policy", help=_OOV)] = OovPolicy.map,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the flat start (the equal alignment of the first pass) "
-                                      "and of the Gaussian splits; the flat start alone moves a monophone's WER by a "
-                                      "point or more.", callback=in_range(Range(0)))] = 0,
+                                      "and of the Gaussian splits: 0 draws Kaldi's own flat start (align-equal-compiled's"
+                                      "), others other ones; the flat start alone moves a monophone's WER by a point or "
+                                      "more.", callback=in_range(Range(0)))] = 0,
     first_ali: Annotated[Optional[Path], typer.Option("--first-ali", help="Alignments for the first pass instead of "
                                                       "the seed's flat start: a Kaldi archive or ali dir, e.g. "
                                                       "align-equal-compiled's output, to start as Kaldi did.")] = None,

@@ -197,7 +197,7 @@ def test_errors_are_one_line(tmp_path: Path, yesno_root: Path) -> None:
 
 
 def test_reproducible_split_allocates_like_kaldi() -> None:
-    """Our seeded Gaussian split gives each pdf as many components as kaldi-hmm-gmm's SplitByCount does."""
+    """Our Gaussian split gives each pdf as many components as kaldi-hmm-gmm's SplitByCount does."""
     from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
 
     from asr_bn.gmm.estimate import split_by_count
@@ -215,7 +215,7 @@ def test_reproducible_split_allocates_like_kaldi() -> None:
     occs[3] = 0.0  # a pdf never seen keeps its single Gaussian
     parents = [np.asarray(ours.get_pdf(p).means)[0] for p in range(30)]
     kaldi.split_by_count(occs, 400, 0.01, 0.25, 20.0)
-    split_by_count(ours, occs, 400, 0.01, 0.25, 20.0, np.random.default_rng(1))
+    split_by_count(ours, occs, 400, 0.01, 0.25, 20.0)
     assert [ours.num_gauss_in_pdf(p) for p in range(30)] == [kaldi.num_gauss_in_pdf(p) for p in range(30)]
     assert ours.num_gauss == kaldi.num_gauss and ours.num_gauss_in_pdf(3) == 1
     for p in range(30):  # a split halves a weight and moves the two means apart symmetrically
@@ -273,7 +273,7 @@ def test_mixup_splits_at_the_target_like_gmm_est(yesno: tuple, tmp_path: Path) -
     stats = PassStats(system, feats, alis)
     stats.pdf_occs = stats.pdf_occs[::-1].copy()  # occupancies that moved since the model was mixed up
     target = system.am.num_gauss
-    stats.update(system, 10.0, target, 0.25, np.random.default_rng(0))
+    stats.update(system, 10.0, target, 0.25)
     opts = khg.MleDiagGmmOptions()
     opts.min_gaussian_occupancy = 10.0
     khg.mle_am_diag_gmm_update(opts, stats.gmm, int(khg.str_to_gmm_flags("mvw")), kaldi.am)
@@ -285,8 +285,8 @@ def test_mixup_splits_at_the_target_like_gmm_est(yesno: tuple, tmp_path: Path) -
 
 def test_training_pass_is_gmm_acc_stats_ali_and_gmm_est(yesno_root: Path, kaldi_bundle: Path, tmp_path: Path) -> None:
     """One pass (PassStats + update) on the same model, alignment and features as Kaldi's gmm-acc-stats-ali +
-    gmm-est: the same transitions, weights, means and variances; with --mix-up the same number of Gaussians in
-    every pdf (the split's random perturbation aside)."""
+    gmm-est: the same transitions, weights, means and variances, also with --mix-up (the split Gaussians' random
+    directions drawn from the C library's rand() as gmm-est draws them)."""
     import kaldiio
 
     from asr_bn.gmm.estimate import PassStats
@@ -302,18 +302,47 @@ def test_training_pass_is_gmm_acc_stats_ali_and_gmm_est(yesno_root: Path, kaldi_
         ours = GmmSystem.load(model)
         stats = PassStats(ours, feats, {u: a for u, a in alis.items() if u in feats})
         assert stats.frames == sum(m.shape[0] for m in feats.values())
-        stats.update(ours, 10.0, mixup, 0.25, np.random.default_rng(0))
+        stats.update(ours, 10.0, mixup, 0.25)
         kaldi = GmmSystem.load(tmp_path / f"kaldi_{mixup}.mdl")
         np.testing.assert_allclose(ours.trans_model.log_probs, kaldi.trans_model.log_probs, atol=1e-5)
         for pdf in range(kaldi.am.num_pdfs):
             a, b = ours.am.get_pdf(pdf), kaldi.am.get_pdf(pdf)
             assert a.num_gauss == b.num_gauss
-            if mixup == 0:
-                np.testing.assert_allclose(np.asarray(a.weights), np.asarray(b.weights), rtol=1e-4, atol=1e-6)
-                np.testing.assert_allclose(np.asarray(a.inv_vars), np.asarray(b.inv_vars), rtol=1e-3)
-                np.testing.assert_allclose(np.asarray(a.means_invvars), np.asarray(b.means_invvars), rtol=1e-3,
-                                           atol=1e-3)
+            np.testing.assert_allclose(np.asarray(a.weights), np.asarray(b.weights), rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(np.asarray(a.inv_vars), np.asarray(b.inv_vars), rtol=1e-3)
+            np.testing.assert_allclose(np.asarray(a.means_invvars), np.asarray(b.means_invvars), rtol=1e-3, atol=1e-3)
         assert ours.am.num_gauss == kaldi.am.num_gauss
+
+
+def test_flat_start_is_align_equal_compileds(yesno: tuple, kaldi_bundle: Path, tmp_path: Path) -> None:
+    """The flat start of seed 0 is Kaldi's: compile-train-graphs + align-equal-compiled on asr-bn's monophone tree,
+    model, lexicon and transcripts give the same transition-ids on every frame of every utterance (the random path
+    of each utterance is seeded by Kaldi's hash of its id); another seed draws another flat start."""
+    import kaldiio
+
+    from asr_bn.gmm.mono import flat_start, kaldi_seed
+    from asr_bn.lang import lexicon_fst
+
+    feats, text, lang = yesno
+    cfg = MonoConfig(num_iters=1, max_iter_inc=1, total_gauss=20, realign_iters=())
+    train_mono(feats, text, lang, tmp_path / "mono", cfg)  # its tree and model: the graphs' HMMs and transition-ids
+    kaldiio.save_ark(str(tmp_path / "feats.ark"), feats)
+    lexicon_fst(lang, cfg.sil_prob).write(str(tmp_path / "L.fst"))
+    (tmp_path / "disambig.int").write_text("".join(f"{i}\n" for i in lang.disambig_phone_ids))
+    (tmp_path / "text.int").write_text("".join(f"{u} {' '.join(str(lang.words[w]) for w in text[u].split())}\n"
+                                               for u in sorted(text)))
+    mono = tmp_path / "mono"
+    run_kaldi_bytes(kaldi_bundle, "compile-train-graphs", f"--read-disambig-syms={tmp_path / 'disambig.int'}",
+                    mono / "tree", mono / "final.mdl", tmp_path / "L.fst", f"ark:{tmp_path / 'text.int'}",
+                    f"ark:{tmp_path / 'g.fsts'}")
+    kaldi_text = run_kaldi_bytes(kaldi_bundle, "align-equal-compiled", f"ark:{tmp_path / 'g.fsts'}",
+                                 f"ark:{tmp_path / 'feats.ark'}", "ark,t:-").decode()
+    kaldi = {line.split()[0]: [int(t) for t in line.split()[1:]] for line in kaldi_text.splitlines()}
+    ours = flat_start(feats, text, lang)
+    assert len(kaldi) == len(feats) and ours == kaldi
+    assert flat_start(feats, text, lang, dataclasses.replace(cfg, seed=1)) != kaldi
+    assert kaldi_seed("0_0_1_0_1_0_0_1") == kaldi_seed("0_0_1_0_1_0_0_0") + 1  # StringHasher: the last byte adds
+    assert kaldi_seed("é") == (ord("\xc3") - 256) * 7853 + (ord("\xa9") - 256)  # bytes are signed chars, as in C++
 
 
 def test_first_alignments_replace_the_flat_start(yesno: tuple, tmp_path: Path) -> None:

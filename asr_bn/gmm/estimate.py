@@ -4,7 +4,9 @@ the ladder (mono, deltas, LDA+MLLT, SAT) trains with it."""
 
 from __future__ import annotations
 
+import ctypes
 import heapq
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -34,21 +36,48 @@ class PassStats:
                 self.tot_like += accumulate(am, frame, pdf, 1.0)
         self.pdf_occs = np.array([self.gmm.get_acc(p).occupancy.sum() for p in range(am.num_pdfs)], dtype=np.float32)
 
-    def update(self, system: GmmSystem, min_gaussian_occupancy: float, mixup: int, power: float,
-               rng: np.random.Generator) -> None:
-        """Kaldi's gmm-est: MLE transition update, MLE GMM update ("mvw"), then split Gaussians toward `mixup`."""
+    def update(self, system: GmmSystem, min_gaussian_occupancy: float, mixup: int, power: float, seed: int = 0) -> None:
+        """Kaldi's gmm-est: MLE transition update, MLE GMM update ("mvw"), then split Gaussians toward `mixup`
+        (SplitByCount, perturbation 0.01, min count 20), their random directions drawn as a fresh gmm-est process
+        draws them for `seed` 0."""
         system.trans_model.mle_update(self.trans, khg.MleTransitionUpdateConfig())
         opts = khg.MleDiagGmmOptions()
         opts.min_gaussian_occupancy = min_gaussian_occupancy
         khg.mle_am_diag_gmm_update(opts, self.gmm, int(khg.str_to_gmm_flags("mvw")), system.am)
         if mixup > 0:  # as gmm-est --mix-up: every pass, also at the target (a pdf whose share grew still splits)
-            split_by_count(system.am, self.pdf_occs, mixup, 0.01, power, 20.0, rng)
+            split_by_count(system.am, self.pdf_occs, mixup, 0.01, power, 20.0, seed)
+
+
+class _CRand:
+    """Kaldi's RandGauss (base/kaldi-math.h) on the C library's rand(), which Kaldi's binaries draw from: a fresh
+    gmm-est process starts from srand(1), so seeding it per pass gives the perturbations of gmm-est --mix-up
+    (kaldi-hmm-gmm's own split draws from torch's generator instead)."""
+
+    def __init__(self, seed: int) -> None:
+        libc = ctypes.CDLL(None)  # the process's C library (and libm, for cosf)
+        self.rand, self.cosf = libc.rand, libc.cosf
+        self.rand.restype = ctypes.c_int
+        self.cosf.argtypes, self.cosf.restype = [ctypes.c_float], ctypes.c_float
+        libc.srand(ctypes.c_uint(seed))
+
+    def gauss(self, n: int) -> np.ndarray:
+        """n draws of RandGauss: sqrtf(-2 log u1) · cosf(2π u2), u = (rand() + 1) / (RAND_MAX + 2), in float."""
+        out = np.empty(n, np.float32)
+        for i in range(n):
+            u1 = (self.rand() + 1.0) / (_RAND_MAX + 2.0)
+            u2 = (self.rand() + 1.0) / (_RAND_MAX + 2.0)
+            out[i] = np.float32(math.sqrt(np.float32(-2.0 * math.log(u1)))) * np.float32(self.cosf(2.0 * math.pi * u2))
+        return out
+
+
+_RAND_MAX = 2147483647  # glibc's
 
 
 def _split_targets(occs: np.ndarray, target: int, power: float, min_count: float) -> list[int]:
     """Kaldi's GetSplitTargets: Gaussians per pdf, given one at a time to the pdf with the most occ^power per
-    Gaussian, never giving a pdf more Gaussians than occupancy / min_count."""
-    heap = [(-float(occ) ** power, pdf, 1) for pdf, occ in enumerate(occs)]  # (-occ^power / n, pdf, n)
+    Gaussian (occ^power in float, as Kaldi), never giving a pdf more Gaussians than occupancy / min_count."""
+    powered = [float(x) for x in np.asarray(occs, np.float32) ** np.float32(power)]
+    heap = [(-w, pdf, 1) for pdf, w in enumerate(powered)]  # (-occ^power / n, pdf, n)
     heapq.heapify(heap)
     targets = [1] * len(occs)
     total = len(occs)
@@ -59,33 +88,35 @@ def _split_targets(occs: np.ndarray, target: int, power: float, min_count: float
         n += 1
         total += 1
         targets[pdf] = n
-        heapq.heappush(heap, (-float(occs[pdf]) ** power / n, pdf, n))
+        heapq.heappush(heap, (-powered[pdf] / n, pdf, n))
     return targets
 
 
 def split_by_count(am: "khg.AmDiagGmm", occs: np.ndarray, target: int, perturb_factor: float, power: float,
-                    min_count: float, rng: np.random.Generator) -> None:
-    """Kaldi's AmDiagGmm::SplitByCount with DiagGmm::Split (split the heaviest component, means moved apart by
-    ± perturb_factor standard deviations along a random direction), drawing from `rng` so training is
-    reproducible (kaldi-hmm-gmm's own split draws from an unseeded generator)."""
+                   min_count: float, seed: int = 0) -> None:
+    """Kaldi's AmDiagGmm::SplitByCount with DiagGmm::Split: each pdf's heaviest component split in two, means moved
+    apart by ± perturb_factor standard deviations along a RandGauss direction; `seed` 0 draws them as a fresh Kaldi
+    process does (glibc's srand(0) is srand(1), hence seed + 1), others differently."""
+    rand = _CRand(seed + 1)
+    factor = np.float32(perturb_factor)
     for pdf, n in enumerate(_split_targets(occs, target, power, min_count)):
         gmm = am.get_pdf(pdf)
         if n <= gmm.num_gauss:
             continue
-        weights = np.asarray(gmm.weights, np.float64).tolist()
-        inv_vars = [row for row in np.asarray(gmm.inv_vars, np.float64)]
-        means_invvars = [row for row in np.asarray(gmm.means_invvars, np.float64)]
+        weights = [np.float32(w) for w in np.asarray(gmm.weights, np.float32)]
+        inv_vars = list(np.asarray(gmm.inv_vars, np.float32))
+        means_invvars = list(np.asarray(gmm.means_invvars, np.float32))
         while len(weights) < n:
-            k = int(np.argmax(weights))
-            weights[k] /= 2
+            k = int(np.argmax(weights))  # the first of the heaviest, as Kaldi's strict >
+            weights[k] = np.float32(weights[k] / np.float32(2))
             weights.append(weights[k])
-            step = perturb_factor * rng.standard_normal(len(inv_vars[k])) * np.sqrt(inv_vars[k])
+            step = factor * (rand.gauss(len(inv_vars[k])) * np.sqrt(inv_vars[k]))
             inv_vars.append(inv_vars[k].copy())
             means_invvars.append(means_invvars[k] + step)
             means_invvars[k] = means_invvars[k] - step
-        inv = np.asarray(inv_vars, np.float32)
+        inv, mi = np.asarray(inv_vars, np.float32), np.asarray(means_invvars, np.float32)
         new = khg.DiagGmm(n, inv.shape[1])
         new.set_weights(np.asarray(weights, np.float32))
-        new.set_invvars_and_means(inv, (np.asarray(means_invvars) / np.asarray(inv_vars)).astype(np.float32))
+        new.set_invvars_and_means(inv, mi / inv)
         new.compute_gconsts()
         gmm.copy_from_diag_gmm(new)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -51,7 +50,7 @@ class MonoConfig:
     retry_beam_factor: float = 4.0  # retry beam = beam * this (train_mono.sh) when the first beam fails
     sil_prob: float = 0.5  # optional-silence probability between words in the training graphs
     min_gaussian_occupancy_first: float = 3.0  # gmm-est option for the first update only (later: Kaldi's 10)
-    seed: int = 0  # for equal alignment and the perturbation of split Gaussians
+    seed: int = 0  # flat start (0: Kaldi's own, `kaldi_seed`) and the perturbation of split Gaussians
     oov_policy: str = "map"  # words outside the lexicon: map (to the lang's oov.txt word) or skip the utterance
 
     def validate(self) -> None:
@@ -80,13 +79,24 @@ def _equal_align(graph: "kaldifst.StdVectorFst", num_frames: int, seed: int) -> 
     return list(ilabels) if ok and len(ilabels) == num_frames else None
 
 
+def kaldi_seed(utt: str, seed: int = 0) -> int:
+    """The random seed align-equal-compiled gives an utterance: Kaldi's StringHasher of its id (hash · 7853 + each
+    byte as a signed char, in 64 bits) as an int32, plus `seed`; seed 0 draws Kaldi's own flat start."""
+    h = 0
+    for byte in utt.encode():
+        h = (h * 7853 + (byte - 256 if byte > 127 else byte)) & 0xFFFFFFFFFFFFFFFF
+    h = (h + seed) & 0xFFFFFFFF
+    return h - (1 << 32) if h >= 1 << 31 else h
+
+
 def _equal_alignments(graphs: Mapping[str, "kaldifst.StdVectorFst"], feats: Mapping[str, np.ndarray], seed: int,
                       report: Report) -> dict[str, list[int]]:
     """Kaldi's align-equal-compiled: per utterance a random path of its training graph with the frames shared equally
-    among the path's states (the flat start), drawn from `seed` and the utterance id; too short ones are skipped."""
+    among the path's states (the flat start), drawn from the utterance id and `seed` (`kaldi_seed`: with seed 0 the
+    same alignments as Kaldi's on the same graphs); too short ones are skipped."""
     alis = {}
     for utt, graph in graphs.items():
-        ali = _equal_align(graph, feats[utt].shape[0], (seed + zlib.crc32(utt.encode())) & 0x7FFFFFFF)
+        ali = _equal_align(graph, feats[utt].shape[0], kaldi_seed(utt, seed))
         if ali is None:
             report.skip(utt, "too few frames for its transcript")
         else:
@@ -175,7 +185,6 @@ def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: 
     num_gauss = system.am.num_gauss
     inc_gauss = (cfg.total_gauss - num_gauss) // max(cfg.max_iter_inc, 1)
     history: list[dict[str, Any]] = []
-    rng = np.random.default_rng(cfg.seed)
     with progress_bar() as bar:
         task = bar.add_task("compile graphs", total=len(utts), info="")
         graphs = compile_graphs(system, lang, text, utts, cfg.sil_prob, report, cfg.oov_policy)
@@ -199,7 +208,7 @@ def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: 
                 alis, failed, _, _ = align_all(system, scorer, graphs, feats, beam, beam * cfg.retry_beam_factor,
                                                 scales)
             stats = PassStats(system, feats, alis)
-            stats.update(system, cfg.min_gaussian_occupancy_first if it == 0 else 10.0, num_gauss, cfg.power, rng)
+            stats.update(system, cfg.min_gaussian_occupancy_first if it == 0 else 10.0, num_gauss, cfg.power, cfg.seed)
             history.append({"iter": it, "avg_like": stats.tot_like / max(stats.frames, 1), "frames": stats.frames,
                             "utterances": len(alis), "failed": len(failed), "realigned": realigned,
                             "num_gauss": system.am.num_gauss, "seconds": round(time.monotonic() - start, 2)})

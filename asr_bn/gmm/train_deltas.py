@@ -50,7 +50,7 @@ class DeltasConfig:
     power: float = 0.25
     cluster_thresh: float = -1.0
     sil_prob: float = 0.5  # optional silence between words in the training graphs
-    seed: int = 0  # for the perturbation of split Gaussians
+    seed: int = 0  # the perturbation of split Gaussians (0: as gmm-est draws it, `estimate.split_by_count`)
     oov_policy: str = "map"  # transcript words outside the lexicon: map to the lang's OOV word, or skip the utterance
 
     def validate(self) -> None:
@@ -145,7 +145,6 @@ def _iterate(system: GmmSystem, graphs: Mapping[str, Any], feats: Mapping[str, n
     last realignment could not align, the features of the last pass)."""
     num_gauss = cfg.num_leaves  # as train_deltas.sh: the Gaussian target starts at the leaves asked for
     inc_gauss = (cfg.tot_gauss - num_gauss) // cfg.max_iter_inc
-    rng = np.random.default_rng(cfg.seed)
     history: list[dict[str, Any]] = []
     failed: list[str] = []
     with progress_bar() as bar:
@@ -160,7 +159,7 @@ def _iterate(system: GmmSystem, graphs: Mapping[str, Any], feats: Mapping[str, n
             if on_iteration is not None:
                 feats = on_iteration(it, system, alis) or feats
             stats = PassStats(system, feats, alis)
-            stats.update(system, 10.0, num_gauss, cfg.power, rng)
+            stats.update(system, 10.0, num_gauss, cfg.power, cfg.seed)
             history.append({"iter": it, "avg_like": stats.tot_like / max(stats.frames, 1), "frames": stats.frames,
                             "utterances": len(alis), "failed": len(failed), "num_gauss": system.am.num_gauss,
                             "seconds": round(time.monotonic() - start, 2)})
