@@ -794,9 +794,11 @@ def test_decode_fmllr_is_kaldis_tools_on_its_lattices(synth: Setup, synth_tri3, 
     kaldi, ours = dict(kaldiio.load_ark(str(t / "trans"))), dict(kaldiio.load_ark(str(out / "trans.1")))
     assert set(kaldi) == set(ours) == {"s05-f4", "s06-m8"}
     for spk in kaldi:
-        # measured 1.5e-6 and 4.8e-3: Kaldi's pruned determinization keeps a few word sequences past the beam (it
-        # prunes with the forward cost of merged states), and this corpus's digital silence makes alignments tie
-        assert np.abs(ours[spk] - kaldi[spk]).max() <= 1e-2 * np.abs(kaldi[spk]).max()
+        # Measured (relative Frobenius norm) 1.0e-3 and 1.8e-2: the pass-1 posteriors per frame and pdf are Kaldi's on
+        # 10 of the 12 utterances and within 0.3 % and 0.7 % on the other two (Kaldi's pruned determinization keeps
+        # a few word sequences past the beam: it prunes with the forward cost of merged states), and a full 40 x 41
+        # fMLLR estimated from a 6-utterance speaker of this synthesized corpus moves by more than that.
+        assert np.linalg.norm(ours[spk] - kaldi[spk]) <= 3e-2 * np.linalg.norm(kaldi[spk])
     final = f"ark:{t / 'final.ark'}"
     run_kaldi(k, "transform-feats", f"--utt2spk=ark:{utt2spk}", f"ark:{out / 'trans.1'}", f"ark:{si}", final)
     run_kaldi(k, "gmm-rescore-lattice", tri3 / "final.mdl", f"scp:{out / 'lat.scp'}", final, f"ark:{t / 'lat3'}")

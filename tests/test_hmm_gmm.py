@@ -314,6 +314,27 @@ def test_training_pass_is_gmm_acc_stats_ali_and_gmm_est(yesno_root: Path, kaldi_
         assert ours.am.num_gauss == kaldi.am.num_gauss
 
 
+def test_initial_monophone_is_gmm_init_monos(yesno: tuple, yesno_root: Path, kaldi_bundle: Path,
+                                             tmp_path: Path) -> None:
+    """The monophone before its first pass is train_mono.sh's gmm-init-mono: every pdf one Gaussian with the mean
+    and variance of the first 10 utterances (subset-feats --n=10 of the first job's features, in sorted order)."""
+    import kaldiio
+
+    from asr_bn.gmm.mono import _initial_system
+
+    feats, text, lang = yesno
+    _, ours = _initial_system(feats, text, lang, Report("init"))
+    kaldiio.save_ark(str(tmp_path / "feats.ark"), {u: feats[u] for u in sorted(feats)})
+    run_kaldi_bytes(kaldi_bundle, "gmm-init-mono", f"--train-feats=ark:subset-feats --n=10 ark:{tmp_path / 'feats.ark'} "
+                    "ark:-|", yesno_root / "data" / "lang" / "topo", "39", tmp_path / "0.mdl", tmp_path / "tree")
+    kaldi = GmmSystem.load(tmp_path / "0.mdl")
+    assert kaldi.am.num_pdfs == ours.am.num_pdfs
+    for pdf in range(kaldi.am.num_pdfs):
+        a, b = ours.am.get_pdf(pdf), kaldi.am.get_pdf(pdf)
+        np.testing.assert_allclose(np.asarray(a.means), np.asarray(b.means), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(a.inv_vars), np.asarray(b.inv_vars), rtol=1e-5)
+
+
 def test_flat_start_is_align_equal_compileds(yesno: tuple, kaldi_bundle: Path, tmp_path: Path) -> None:
     """The flat start of seed 0 is Kaldi's: compile-train-graphs + align-equal-compiled on asr-bn's monophone tree,
     model, lexicon and transcripts give the same transition-ids on every frame of every utterance (the random path

@@ -70,6 +70,9 @@ class MonoConfig:
 FAST_MONO = MonoConfig(num_iters=10, max_iter_inc=8, total_gauss=300, realign_iters=(1, 2, 3, 4, 5, 6, 8))
 
 
+_INIT_UTTS = 10  # utterances whose global mean and variance start every pdf (gmm-init-mono --train-feats)
+
+
 def _equal_align(graph: "kaldifst.StdVectorFst", num_frames: int, seed: int) -> list[int] | None:
     """Kaldi's align-equal-compiled for one utterance: a random path of exactly `num_frames` frames, or None."""
     ok, path = kaldifst.equal_align(graph, num_frames, seed, 10)
@@ -138,7 +141,8 @@ def _initial_system(feats: Mapping[str, np.ndarray], text: Mapping[str, str], la
         raise AsrBnError("no utterance has both features and a transcript; nothing to train on")
     sil = lang.silence_phone_ids
     topology = make_topology([p for p in lang.real_phone_ids if p not in sil], sil)
-    return utts, GmmSystem.init_mono(topology, (feats[u] for u in utts), lang.shared_phone_sets)
+    # train_mono.sh initializes from `subset-feats --n=10` of its first job: the first 10 utterances in sorted order
+    return utts, GmmSystem.init_mono(topology, (feats[u] for u in utts[:_INIT_UTTS]), lang.shared_phone_sets)
 
 
 def flat_start(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: Lang,
