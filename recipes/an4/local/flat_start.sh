@@ -9,6 +9,8 @@
 #   OUT            made here: kaldi_ali0.txt (Kaldi's align-equal-compiled), asrbn_ali0_sSEED/ali.1.gz (asr-bn's,
 #                  seed SEED) and one exp dir per system (asrbn_sSEED, asrbn_from_kaldi, kaldi_from_asrbn_sSEED), each
 #                  with graph_loop and decode_{dev,test}_loop (Kaldi's own mono: KALDI_WORKDIR/exp/mono)
+# Since commit 238a118 asr-bn's seed 0 draws Kaldi's own flat start (RESULTS: "asr-bn's flat start is Kaldi's"),
+# so its row repeats Kaldi's start; the table in RESULTS was made with the CRC-32 seeds before it.
 # About 5 minutes a seed on 2 cores. Resumable: a system already trained (asr-bn's report.json, Kaldi's final.mdl)
 # or decoded (decode_test_loop/lat.1.gz) is kept, so further seeds reuse asrbn_from_kaldi.
 set -euo pipefail
