@@ -471,12 +471,23 @@ def _whole_batch(batch: Batch) -> Batch:
 
 
 def _quiet_worker(_: int) -> None:
-    """Workers: one thread each, and signals go to the main process only (it saves a checkpoint on SIGTERM)."""
+    """Workers: one thread each, signals go to the main process only (it saves a checkpoint on SIGTERM), and a
+    worker dies with it, also when it is SIGKILLed (Linux's parent-death signal): an orphaned worker whose queue
+    is full blocks at exit forever, holding the run's stdout open."""
+    import os
     import signal
+    import sys
 
     torch.set_num_threads(1)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        parent = multiprocessing.parent_process()
+        if parent is not None and os.getppid() != parent.pid:  # the main process died before the line above
+            os._exit(1)
 
 
 def _kill_workers_at_exit() -> None:

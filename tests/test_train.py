@@ -441,22 +441,37 @@ def _start(*args: object) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 
-def _signal_at(plan: list[tuple[subprocess.Popen, Path, int, int]], timeout: float = 120.0) -> None:
+def _children(pid: int) -> list[int]:
+    """The child processes of `pid` (Linux /proc), e.g. a run's DataLoader workers."""
+    return [int(c) for f in Path(f"/proc/{pid}/task").glob("*/children") for c in f.read_text().split()]
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not reaped by its new parent, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _signal_at(plan: list[tuple[subprocess.Popen, Path, int, int]], timeout: float = 120.0) -> dict[int, list[int]]:
     """Send each (process, exp dir, update, signal) its signal as soon as its metrics.jsonl shows that update (the
-    runs log every update), watching all runs at once."""
-    end, pending = time.monotonic() + timeout, list(plan)
+    runs log every update), watching all runs at once; returns each signalled pid's children at that moment."""
+    end, pending, children = time.monotonic() + timeout, list(plan), {}
     while pending and time.monotonic() < end:
         for item in list(pending):
             proc, exp, update, signum = item
             log = (exp / "metrics.jsonl").read_text() if (exp / "metrics.jsonl").exists() else ""
             rows = log[: log.rfind("\n") + 1].splitlines()  # whole lines only: the run may be writing one
             if rows and json.loads(rows[-1])["update"] >= update:
+                children[proc.pid] = _children(proc.pid)
                 os.kill(proc.pid, signum)
                 pending.remove(item)
             elif proc.poll() is not None:
                 raise AssertionError(f"the run ended before update {update}: {proc.communicate()[0][-2000:]}")
         time.sleep(0.005)
     assert not pending, "a run stalled"
+    return children
 
 
 def _weights(exp: Path) -> dict[str, torch.Tensor]:
@@ -477,7 +492,12 @@ def test_sigkill_then_resume_is_bitwise_and_sigterm_saves(dirs: tuple[Path, Path
     ref, killed, termed = (tmp_path / n for n in ("ref", "killed", "termed"))
     inputs = snapshot(train, dev)
     procs = [_start(train, dev, d, *args) for d in (killed, termed)]
-    _signal_at([(procs[0], killed, kill_at, signal.SIGKILL), (procs[1], termed, 7, signal.SIGTERM)])
+    workers = _signal_at([(procs[0], killed, kill_at, signal.SIGKILL), (procs[1], termed, 7, signal.SIGTERM)])
+    assert workers[procs[0].pid], "the run has no DataLoader worker to orphan"
+    end = time.monotonic() + 2  # the kernel kills the worker with its run (parent-death signal; torch polls every 5 s)
+    while any(map(_alive, workers[procs[0].pid])) and time.monotonic() < end:
+        time.sleep(0.01)
+    assert not any(map(_alive, workers[procs[0].pid])), "a worker outlived its SIGKILLed run"
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert procs[0].returncode == -signal.SIGKILL, replay
     assert procs[1].returncode == 143 and "stopped by a signal at update" in outs[1], outs[1][-3000:]
