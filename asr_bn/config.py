@@ -331,6 +331,11 @@ class TrainConfig:
     max_frames: int | None = option(None, _AT_LEAST_0)  # padded frames per global batch (exclusive with batch_size)
     max_train_frames: int | None = option(1300, _AT_LEAST_0)  # drop longer training utterances (named in report.json)
     drop_last: bool = False  # drop each epoch's last training batch when it is short (with batch_size)
+    # SpecAugment masks of training batches (asr_bn.augment; 0 = none): per utterance, N runs of up to W frames / dims
+    num_frame_masks: int = option(0, _AT_LEAST_0)
+    frames_mask_size: int = option(0, _AT_LEAST_0)
+    num_feature_masks: int = option(0, _AT_LEAST_0)
+    features_mask_size: int = option(0, _AT_LEAST_0)
     # evaluation, logging, checkpoints
     eval_every: int = option(0, _AT_LEAST_0)  # also evaluate on dev every N updates; 0 = once per epoch
     # BN statistics of dev scores and final.pt: 0 = the running averages; N = population statistics re-estimated
@@ -371,6 +376,12 @@ class TrainConfig:
             )  # fmt: skip
         except ValueError as e:
             raise UsageError(f"bad model option: {e}") from e
+
+    def spec_augment(self) -> Any:
+        """The masks of training batches (asr_bn.augment.SpecAugment) these options describe."""
+        from asr_bn.augment import SpecAugment
+
+        return SpecAugment(self.num_frame_masks, self.frames_mask_size, self.num_feature_masks, self.features_mask_size)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (JSON-safe)."""

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from asr_bn import __version__
+from asr_bn.augment import SpecAugment
 from asr_bn.batching import (
     PAD_TARGET,
     Batch,
@@ -173,7 +174,7 @@ def train_one_epoch(run: "_Run") -> None:
         except StopIteration:
             break
         meter.waited(time.perf_counter() - t0)
-        batch = batch.check().to(run.device)
+        batch = run.augmented(batch.check()).to(run.device)
         lr = learning_rate(cfg, run.state, len(sampler))
         for group in run.optimizer.param_groups:
             group["lr"] = lr
@@ -477,6 +478,7 @@ class _Run:
     pipeline: FeaturePipeline
     priors: list[int]
     exp: Path
+    augment: SpecAugment
     tb: Any = None
     progress: Any = None
     task: Any = None
@@ -537,6 +539,8 @@ class _Run:
             model_config = _saved_model_config(ckpt, exp / "checkpoint.pt")
         else:
             model_config = cfg.model_config(pipeline.output_dim, len(priors))
+        augment = cfg.spec_augment()
+        augment.check(model_config.input_dim)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         raw_model = BnBlstm(model_config).to(device)
         optimizer = _make_optimizer(cfg, raw_model)
@@ -561,7 +565,7 @@ class _Run:
 
         run = cls(
             cfg, dist, device, stop, train_set, sampler, train_loader, dev_loader, population_loader, model,
-            raw_model, optimizer, scaler, state, model_config, pipeline, priors, exp,
+            raw_model, optimizer, scaler, state, model_config, pipeline, priors, exp, augment,
         )  # fmt: skip
         if dist.main:
             run._write_run_files(report, resumed=changes if ckpt is not None else None)
@@ -603,6 +607,10 @@ class _Run:
         """Mixed precision per --amp (bf16 / fp16), or nothing."""
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.amp)
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def augmented(self, batch: Batch) -> Batch:
+        """`batch` with this update's SpecAugment masks, drawn from (seed, rank, update): the same on resume."""
+        return self.augment(batch, np.random.default_rng([self.cfg.seed, self.dist.rank, self.state.update]))
 
     def step(self, batch: Batch, global_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward, backward, clip, optimizer step on one batch; returns (CE sum, errors) on the device."""

@@ -77,6 +77,14 @@ def train(
                                           "report.json); 0 = keep all.", _BATCH)] = _D["max_train_frames"],
     drop_last: Annotated[bool, _opt("drop_last", "Drop each epoch's last batch when it has fewer than --batch-size "
                                     "utterances.", _BATCH)] = _D["drop_last"],
+    num_frame_masks: Annotated[int, _opt("num_frame_masks", "SpecAugment: runs of frames masked per training "
+                                         "utterance (masked values: the utterance's mean).", _BATCH)] = _D["num_frame_masks"],
+    frames_mask_size: Annotated[int, _opt("frames_mask_size", "SpecAugment: most frames in one frame mask.",
+                                          _BATCH)] = _D["frames_mask_size"],
+    num_feature_masks: Annotated[int, _opt("num_feature_masks", "SpecAugment: runs of feature dimensions masked per "
+                                           "training utterance.", _BATCH)] = _D["num_feature_masks"],
+    features_mask_size: Annotated[int, _opt("features_mask_size", "SpecAugment: most dimensions in one feature "
+                                            "mask.", _BATCH)] = _D["features_mask_size"],
     eval_every: Annotated[int, _opt("eval_every", "Also evaluate on dev every N updates; 0 = per epoch only.",
                                     _RUN)] = _D["eval_every"],
     log_every: Annotated[int, _opt("log_every", "Updates per metrics line.", _RUN)] = _D["log_every"],

@@ -394,6 +394,9 @@ def test_bad_options_are_usage_errors(dirs: tuple[Path, Path], tmp_path: Path) -
         (["--amp", "fp16"], "--amp fp16 needs a CUDA device"),
         (["--max-frames", "400"], "give exactly one of --batch-size and --max-frames"),
         (["--schedule", "cosine"], "'--schedule': 'cosine' is not one of 'constant', 'newbob', 'exponential'"),
+        (["--num-feature-masks", "1", "--features-mask-size", "99"], "--features-mask-size 99 must be below the "
+         "features' "),
+        (["--num-frame-masks", "-1"], "--num-frame-masks"),
     ):
         code, out = cli("train", train, dev, tmp_path / "exp", *TINY, *options)
         assert code == 2 and message in error_line(out), (options, out)
@@ -480,11 +483,13 @@ def _weights(exp: Path) -> dict[str, torch.Tensor]:
 
 def test_sigkill_then_resume_is_bitwise_and_sigterm_saves(dirs: tuple[Path, Path], tmp_path: Path) -> None:
     """Two runs in subprocesses (one thread, as here): one SIGKILLed at a random update, one sent SIGTERM; both
-    resumed here reach bitwise the weights and metrics of an uninterrupted run made here."""
+    resumed here reach bitwise the weights and metrics of an uninterrupted run made here (dropout and SpecAugment
+    masks included)."""
     train, dev = dirs
     args = [*TINY, "--layers", "2", "--units", "16", "--dropout", "0.3", "--optimizer", "sgd", "--lr", "0.2",
             "--epochs", "6", "--patience", "0", "--checkpoint-every", "3", "--eval-every", "5", "--num-workers", "1",
-            "--schedule", "newbob"]  # fmt: skip
+            "--schedule", "newbob", "--num-frame-masks", "2", "--frames-mask-size", "5", "--num-feature-masks", "1",
+            "--features-mask-size", "2"]  # fmt: skip
     seed = int(os.environ.get(KILL_SEED_ENV) or secrets.randbits(32))
     kill_at = int(np.random.default_rng(seed).integers(4, 18))  # a random update among the 24
     replay = f"kill at update {kill_at}: replay with {KILL_SEED_ENV}={seed}"
