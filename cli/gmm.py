@@ -173,6 +173,9 @@ def lda_mllt(num_leaves: _Leaves, tot_gauss: _Gauss, data: Annotated[Path, typer
                                                          "(splice-feats --left/right-context).",
                                                          callback=in_range(Range(0)))] = 3,
              mllt_iters: Annotated[str, typer.Option("--mllt-iters", help="Passes that re-estimate MLLT.")] = "2 4 6 12",
+             randprune: Annotated[float, typer.Option("--randprune", help="acc-lda / gmm-acc-mllt --rand-prune: "
+                                                      "keep about 1/N of the frames, drawn as Kaldi draws them; 0 = "
+                                                      "all.", callback=in_range(Range(0.0)))] = 4.0,
              ) -> None:
     """Train an LDA+MLLT triphone system as steps/train_lda_mllt.sh (writes final.mat), e.g.
     asr-bn gmm lda-mllt 2500 15000 prep/train data/lang exp/tri1_ali exp/tri2b"""
@@ -180,7 +183,7 @@ def lda_mllt(num_leaves: _Leaves, tot_gauss: _Gauss, data: Annotated[Path, typer
 
     cfg = _rung_config(LdaMlltConfig, fast, num_leaves, tot_gauss, num_iters, max_iter_inc, realign_iters,
                        boost_silence=boost_silence, power=power, cluster_thresh=cluster_thresh, oov_policy=oov_policy,
-                       dim=dim, context=splice_context, mllt_iters=mllt_iters)
+                       dim=dim, context=splice_context, mllt_iters=mllt_iters, randprune=randprune)
     lang_obj, (feats, text) = _lang(lang), _features(data, cache)
     _print(train_lda_mllt(feats, text, lang_obj, ali_dir, exp_dir, cfg)[1])
 

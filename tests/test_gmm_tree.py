@@ -18,7 +18,8 @@ from asr_bn.alignments import read_alignments, read_topology, read_transition_mo
 from asr_bn.errors import AsrBnError
 from asr_bn.gmm.build_tree import Questions, build_tree, objf_given_map, read_phone_sets, read_roots
 from asr_bn.gmm.event_map import MISSING, Constant, Split, Table, in_set, leaves, read_tree_map, write_tree
-from asr_bn.gmm.questions import CRand, cluster_phones
+from asr_bn.gmm.crand import CRand, rand_prune
+from asr_bn.gmm.questions import cluster_phones
 from asr_bn.gmm import tree_stats
 from asr_bn.gmm.tree_stats import TreeStats, accumulate_tree_stats, read_features, read_tree_stats, write_tree_stats
 from asr_bn_cli.main import build_app
@@ -113,8 +114,28 @@ def test_questions_are_cluster_phones(name: str, request: pytest.FixtureRequest)
 
 
 def test_c_rand_is_glibc_rand() -> None:
+    """asr-bn's stream (computed in blocks) is the C library's rand() after srand(seed), across block boundaries,
+    one value or many at a time; RandPrune keeps each posterior with probability p / thresh."""
+    import ctypes
+    import sys
+
     rand = CRand(1)
     assert [rand() for _ in range(3)] == [1804289383, 846930886, 1681692777]  # glibc's srand(1) sequence
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the C library's rand() is glibc's only on Linux")
+    libc = ctypes.CDLL(None)
+    libc.rand.restype = ctypes.c_int
+    for seed in (0, 1, 2, 12345, 2**31 - 5):
+        libc.srand(ctypes.c_uint(seed))
+        expected = [libc.rand() for _ in range(5000)]
+        rand = CRand(seed)
+        got = [*rand.ints(7), *(rand() for _ in range(2100)), *rand.ints(2893)]
+        assert got == expected, seed
+    post = np.full(200_000, 0.25, np.float32)
+    post[::2] = 0
+    pruned = rand_prune(post, 4.0, CRand(1))
+    assert set(np.unique(pruned)) == {0.0, 4.0} and not pruned[::2].any()
+    assert abs(pruned.sum() / post.sum() - 1) < 0.03
 
 
 @pytest.mark.parametrize(
@@ -368,13 +389,14 @@ def test_train_deltas_refuses_nonsense_options() -> None:
 
 @pytest.fixture(scope="module")
 def synth_tri2(synth_tri1, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201 - (system, projected feats, dir)
-    """A short train_lda_mllt run from the train_deltas system's alignments."""
+    """A short train_lda_mllt run from the train_deltas system's alignments; every frame counts (--randprune 0: the
+    corpus is small, and the random pruning has tests of its own)."""
     from asr_bn.gmm.lda_mllt import LdaMlltConfig, train_lda_mllt
 
     _, feats, text, lang, tri1, _, _ = synth_tri1
     out = tmp_path_factory.mktemp("tri2") / "tri2"
     cfg = LdaMlltConfig(num_leaves=100, tot_gauss=400, num_iters=8, max_iter_inc=5, realign_iters=(3, 6),
-                        mllt_iters=(2, 4))
+                        mllt_iters=(2, 4), randprune=0.0)
     system, report = train_lda_mllt(feats, text, lang, tri1, out, cfg)
     return system, out, report
 
@@ -389,7 +411,8 @@ def _static_ark(feats, path: Path) -> dict[str, np.ndarray]:  # noqa: ANN001 - t
 
 def test_lda_is_est_ldas(synth: Setup, synth_tri1, tmp_path: Path) -> None:  # noqa: ANN001
     """Splicing and LDA on the previous alignments' pdfs (silence left out) against splice-feats + ali-to-post +
-    weight-silence-post + acc-lda (no random pruning) + est-lda: the same matrix, rows up to their sign."""
+    weight-silence-post + acc-lda + est-lda, without random pruning and with train_lda_mllt.sh's --rand-prune 4 (the
+    same frames kept: asr-bn draws as acc-lda does): the same matrix, rows up to their sign."""
     import kaldiio
 
     from asr_bn.gmm.lda_mllt import _alignment_pdfs, estimate_lda, splice
@@ -405,19 +428,23 @@ def test_lda_is_est_ldas(synth: Setup, synth_tri1, tmp_path: Path) -> None:  # n
     run_kaldi(synth.bundle, "ali-to-post", f"ark:gunzip -c {tri1 / 'ali.1.gz'}|", f"ark:{tmp_path / 'post.ark'}")
     run_kaldi(synth.bundle, "weight-silence-post", "0.0", str(sil), tri1 / "final.mdl", f"ark:{tmp_path / 'post.ark'}",
               f"ark:{tmp_path / 'wpost.ark'}")
-    run_kaldi(synth.bundle, "acc-lda", "--rand-prune=0", tri1 / "final.mdl", f"ark:{tmp_path / 'spliced.ark'}",
-              f"ark:{tmp_path / 'wpost.ark'}", tmp_path / "lda.acc")
-    run_kaldi(synth.bundle, "est-lda", "--dim=40", tmp_path / "lda.mat", tmp_path / "lda.acc")
-    kaldi = kaldiio.load_mat(str(tmp_path / "lda.mat"))
     pdfs, num_pdfs = _alignment_pdfs(tri1, [sil])
-    ours = estimate_lda(spliced, pdfs, num_pdfs, 40)
-    signs = np.sign((ours * kaldi).sum(1))
-    np.testing.assert_allclose(ours * signs[:, None], kaldi, atol=2e-5)
+    mats = {}
+    for prune in (0.0, 4.0):
+        run_kaldi(synth.bundle, "acc-lda", f"--rand-prune={prune}", tri1 / "final.mdl", f"ark:{tmp_path / 'spliced.ark'}",
+                  f"ark:{tmp_path / 'wpost.ark'}", tmp_path / "lda.acc")
+        run_kaldi(synth.bundle, "est-lda", "--dim=40", tmp_path / "lda.mat", tmp_path / "lda.acc")
+        kaldi = kaldiio.load_mat(str(tmp_path / "lda.mat"))
+        ours = mats[prune] = estimate_lda(spliced, pdfs, num_pdfs, 40, randprune=prune)
+        signs = np.sign((ours * kaldi).sum(1))
+        np.testing.assert_allclose(ours * signs[:, None], kaldi, atol=2e-5, err_msg=f"--rand-prune={prune}")
+    assert not np.allclose(np.abs(mats[0.0]), np.abs(mats[4.0]), atol=1e-3), "pruning kept every frame"
 
 
 def test_lda_mllt_system_against_kaldi(synth: Setup, synth_tri1, synth_tri2, tmp_path: Path) -> None:  # noqa: ANN001
-    """final.mat is what Kaldi's transform-feats applies; the MLLT update equals gmm-acc-mllt (no random pruning) +
-    est-mllt on the same model, features and alignments; Kaldi reads the model, tree and alignments."""
+    """final.mat is what Kaldi's transform-feats applies; the MLLT update equals gmm-acc-mllt + est-mllt on the same
+    model, features and alignments, without random pruning and with --rand-prune 4 (train_lda_mllt.sh's: the same
+    Gaussian posteriors kept); Kaldi reads the model, tree and alignments."""
     import kaldiio
 
     from asr_bn.gmm.lda_mllt import mllt_stats, estimate_mllt, splice
@@ -441,14 +468,16 @@ def test_lda_mllt_system_against_kaldi(synth: Setup, synth_tri1, synth_tri2, tmp
         pdf = tm.to_pdfs(np.asarray(labels.values)).astype(np.int64)
         pdf[np.isin(tm.to_phones(np.asarray(labels.values)), [sil])] = -1
         pdfs[labels.utt] = pdf
-    ours = estimate_mllt(*mllt_stats(system, projected, pdfs))
     run_kaldi(synth.bundle, "ali-to-post", f"ark:gunzip -c {tri2 / 'ali.1.gz'}|", f"ark:{tmp_path / 'post.ark'}")
     run_kaldi(synth.bundle, "weight-silence-post", "0.0", str(sil), tri2 / "final.mdl", f"ark:{tmp_path / 'post.ark'}",
               f"ark:{tmp_path / 'wpost.ark'}")
-    run_kaldi(synth.bundle, "gmm-acc-mllt", "--rand-prune=0", tri2 / "final.mdl", f"ark:{tmp_path / 'proj.ark'}",
-              f"ark:{tmp_path / 'wpost.ark'}", tmp_path / "mllt.acc")
-    run_kaldi(synth.bundle, "est-mllt", tmp_path / "mllt.mat", tmp_path / "mllt.acc")
-    np.testing.assert_allclose(ours, kaldiio.load_mat(str(tmp_path / "mllt.mat")), atol=1e-5)
+    for prune in (0.0, 4.0):
+        beta, g = mllt_stats(system, projected, pdfs, randprune=prune)
+        run_kaldi(synth.bundle, "gmm-acc-mllt", f"--rand-prune={prune}", tri2 / "final.mdl",
+                  f"ark:{tmp_path / 'proj.ark'}", f"ark:{tmp_path / 'wpost.ark'}", tmp_path / "mllt.acc")
+        run_kaldi(synth.bundle, "est-mllt", tmp_path / "mllt.mat", tmp_path / "mllt.acc")
+        np.testing.assert_allclose(estimate_mllt(beta, g), kaldiio.load_mat(str(tmp_path / "mllt.mat")), atol=1e-5,
+                                   err_msg=f"--rand-prune={prune}")
     info = run_kaldi(synth.bundle, "gmm-info", tri2 / "final.mdl")
     assert f"number of pdfs {system.am.num_pdfs}" in info and "feature dimension 40" in info
     pdfs_text = run_kaldi(synth.bundle, "ali-to-pdf", tri2 / "final.mdl", f"ark:gunzip -c {tri2 / 'ali.1.gz'}|", "ark,t:-")

@@ -4,13 +4,12 @@ the ladder (mono, deltas, LDA+MLLT, SAT) trains with it."""
 
 from __future__ import annotations
 
-import ctypes
 import heapq
-import math
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from asr_bn.gmm.crand import CRand
 from asr_bn.gmm.system import GmmSystem
 from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
 
@@ -48,31 +47,6 @@ class PassStats:
             split_by_count(system.am, self.pdf_occs, mixup, 0.01, power, 20.0, seed)
 
 
-class _CRand:
-    """Kaldi's RandGauss (base/kaldi-math.h) on the C library's rand(), which Kaldi's binaries draw from: a fresh
-    gmm-est process starts from srand(1), so seeding it per pass gives the perturbations of gmm-est --mix-up
-    (kaldi-hmm-gmm's own split draws from torch's generator instead)."""
-
-    def __init__(self, seed: int) -> None:
-        libc = ctypes.CDLL(None)  # the process's C library (and libm, for cosf)
-        self.rand, self.cosf = libc.rand, libc.cosf
-        self.rand.restype = ctypes.c_int
-        self.cosf.argtypes, self.cosf.restype = [ctypes.c_float], ctypes.c_float
-        libc.srand(ctypes.c_uint(seed))
-
-    def gauss(self, n: int) -> np.ndarray:
-        """n draws of RandGauss: sqrtf(-2 log u1) · cosf(2π u2), u = (rand() + 1) / (RAND_MAX + 2), in float."""
-        out = np.empty(n, np.float32)
-        for i in range(n):
-            u1 = (self.rand() + 1.0) / (_RAND_MAX + 2.0)
-            u2 = (self.rand() + 1.0) / (_RAND_MAX + 2.0)
-            out[i] = np.float32(math.sqrt(np.float32(-2.0 * math.log(u1)))) * np.float32(self.cosf(2.0 * math.pi * u2))
-        return out
-
-
-_RAND_MAX = 2147483647  # glibc's
-
-
 def _split_targets(occs: np.ndarray, target: int, power: float, min_count: float) -> list[int]:
     """Kaldi's GetSplitTargets: Gaussians per pdf, given one at a time to the pdf with the most occ^power per
     Gaussian (occ^power in float, as Kaldi), never giving a pdf more Gaussians than occupancy / min_count."""
@@ -97,7 +71,7 @@ def split_by_count(am: "khg.AmDiagGmm", occs: np.ndarray, target: int, perturb_f
     """Kaldi's AmDiagGmm::SplitByCount with DiagGmm::Split: each pdf's heaviest component split in two, means moved
     apart by ± perturb_factor standard deviations along a RandGauss direction; `seed` 0 draws them as a fresh Kaldi
     process does (glibc's srand(0) is srand(1), hence seed + 1), others differently."""
-    rand = _CRand(seed + 1)
+    rand = CRand(seed + 1)
     factor = np.float32(perturb_factor)
     for pdf, n in enumerate(_split_targets(occs, target, power, min_count)):
         gmm = am.get_pdf(pdf)

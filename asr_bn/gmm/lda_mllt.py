@@ -17,6 +17,7 @@ import numpy as np
 
 from asr_bn.alignments import TransitionModel, read_alignments, read_transition_model
 from asr_bn.errors import AsrBnError, UsageError
+from asr_bn.gmm.crand import CRand, rand_prune
 from asr_bn.gmm.train_deltas import DeltasConfig, train_tree_system
 from asr_bn.gmm.features import FeatureMap
 from asr_bn.gmm.system import GmmSystem
@@ -34,6 +35,7 @@ class LdaMlltConfig(DeltasConfig):
     dim: int = 40
     context: int = 3  # frames spliced on each side (splice-feats --left-context/--right-context)
     mllt_iters: tuple[int, ...] = (2, 4, 6, 12)
+    randprune: float = 4.0  # acc-lda / gmm-acc-mllt --rand-prune (train_lda_mllt.sh's): keep ~1/4 of the frames
 
     def validate(self) -> None:
         super().validate()
@@ -41,6 +43,8 @@ class LdaMlltConfig(DeltasConfig):
         if not 1 <= self.dim <= spliced or self.context < 0:
             raise UsageError(f"lda-mllt: dim {self.dim} must lie in 1..{spliced} (13 cepstra x {2 * self.context + 1} "
                              f"spliced frames) and context {self.context} must be >= 0")
+        if not self.randprune >= 0:
+            raise UsageError(f"lda-mllt: randprune {self.randprune} must be >= 0 (0: every frame counts)")
         if any(not 1 <= i < self.num_iters for i in self.mllt_iters):
             raise UsageError(f"lda-mllt: mllt_iters {self.mllt_iters} must lie in 1..{self.num_iters - 1}")
 
@@ -52,22 +56,28 @@ def splice(x: np.ndarray, context: int) -> np.ndarray:
 
 
 def estimate_lda(spliced: Mapping[str, np.ndarray], pdfs: Mapping[str, np.ndarray], num_pdfs: int,
-                 dim: int) -> np.ndarray:
-    """Kaldi's acc-lda (every frame of weight 1, no random pruning) + est-lda: the `dim` x D projection that
-    whitens the within-class covariance and keeps the directions of largest between-class variance (classes:
-    pdfs; frames with pdf -1 are left out)."""
+                 dim: int, randprune: float = 0.0) -> np.ndarray:
+    """Kaldi's acc-lda + est-lda: the `dim` x D projection that whitens the within-class covariance and keeps the
+    directions of largest between-class variance (classes: pdfs; frames with pdf -1 are left out). With
+    `randprune` > 0, acc-lda's `--rand-prune`: each frame is kept with probability 1/randprune, drawn as one
+    acc-lda process draws them (RandPrune, libc rand from srand(1), utterances in `spliced`'s order)."""
     d = next(iter(spliced.values())).shape[1]
+    valid = [u for u, x in spliced.items() if u in pdfs and len(pdfs[u]) == len(x)]  # acc-lda skips the others
+    weights = rand_prune(np.concatenate([np.ones((pdfs[u] >= 0).sum(), np.float32) for u in valid] or [[]]),
+                         randprune, CRand(1))
     count = np.zeros(num_pdfs)
     first = np.zeros((num_pdfs, d))
     second = np.zeros((d, d))
-    for utt, x in spliced.items():
-        if utt not in pdfs or len(pdfs[utt]) != len(x):
-            continue  # acc-lda: no alignment, or one of another length
+    start = 0
+    for utt in valid:
         keep = pdfs[utt] >= 0
-        x64, cls = x[keep].astype(np.float64), pdfs[utt][keep]
-        count += np.bincount(cls, minlength=num_pdfs)
-        np.add.at(first, cls, x64)
-        second += x64.T @ x64
+        w = weights[start : start + keep.sum()].astype(np.float64)
+        start += len(w)
+        kept = w != 0
+        x64, cls, w = spliced[utt][keep][kept].astype(np.float64), pdfs[utt][keep][kept], w[kept]
+        count += np.bincount(cls, weights=w, minlength=num_pdfs)
+        np.add.at(first, cls, x64 * w[:, None])
+        second += (x64 * w[:, None]).T @ x64
     total = count.sum()
     if total == 0 or (count > 0).sum() <= dim:
         raise AsrBnError(f"LDA needs more than {dim} classes with data (got {(count > 0).sum()} pdfs with frames); "
@@ -88,23 +98,50 @@ def estimate_lda(spliced: Mapping[str, np.ndarray], pdfs: Mapping[str, np.ndarra
     return (vectors[:, order].T @ inv)[:dim].astype(np.float32)
 
 
-def mllt_stats(system: GmmSystem, feats: Mapping[str, np.ndarray], pdfs: Mapping[str, np.ndarray]
-               ) -> tuple[float, np.ndarray]:
-    """Kaldi's gmm-acc-mllt (no random pruning): (β = total posterior, G with G[j] = Σ γ/σ²_j (x-μ)(x-μ)ᵀ)."""
+def mllt_stats(system: GmmSystem, feats: Mapping[str, np.ndarray], pdfs: Mapping[str, np.ndarray],
+               randprune: float = 0.0) -> tuple[float, np.ndarray]:
+    """Kaldi's gmm-acc-mllt: (β = total posterior, G with G[j] = Σ γ/σ²_j (x-μ)(x-μ)ᵀ), γ the Gaussian posteriors
+    within each frame's pdf (float, as DiagGmm::ComponentPosteriors). With `randprune` > 0, `--rand-prune`: each
+    non-zero γ is randomly pruned as one gmm-acc-mllt process draws them (frames in `feats`' order, Gaussians in
+    index order)."""
     dim = next(iter(feats.values())).shape[1]
-    by_pdf: dict[int, list[np.ndarray]] = {}
+    by_pdf: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}  # pdf -> (frames, their positions in Kaldi's order)
+    position = 0
     for utt, x in feats.items():
-        for pdf in np.unique(pdfs[utt][pdfs[utt] >= 0]):
-            by_pdf.setdefault(int(pdf), []).append(x[pdfs[utt] == pdf])
-    beta, g = 0.0, np.zeros((dim, dim, dim))
+        pdf = pdfs.get(utt)
+        if pdf is None or len(pdf) != len(x):
+            continue  # gmm-acc-mllt: no alignment, or one of another length
+        frames = np.flatnonzero(pdf >= 0)
+        for p in np.unique(pdf[frames]):
+            sel = frames[pdf[frames] == p]
+            by_pdf.setdefault(int(p), []).append((x[sel], position + np.searchsorted(frames, sel)))
+        position += len(frames)
+    groups = []
+    nonzero = np.zeros(position, np.int64)  # non-zero posteriors per frame: the draws it takes
     for pdf, parts in by_pdf.items():
-        x = np.concatenate(parts).astype(np.float64)
+        x = np.concatenate([p[0] for p in parts]).astype(np.float32)
+        where = np.concatenate([p[1] for p in parts])
         gmm = system.am.get_pdf(pdf)
+        loglikes = np.asarray(gmm.log_likelihoods_matrix(np.ascontiguousarray(x)), np.float32)
+        e = np.exp(loglikes - loglikes.max(1, keepdims=True))  # float, as Kaldi's ApplySoftMax: underflows to 0
+        post = e * (1.0 / e.sum(1, dtype=np.float32, keepdims=True)).astype(np.float32)
+        nonzero[where] = (post != 0).sum(1)
+        groups.append((gmm, x, where, post))
+    first_draw = np.cumsum(nonzero) - nonzero
+    draws = CRand(1).uniform(int(nonzero.sum())) if randprune > 0 else None
+    t = np.float32(randprune)
+    beta, g = 0.0, np.zeros((dim, dim, dim))
+    for gmm, x, where, post in groups:
+        if draws is not None:  # RandPrune in Kaldi's order: frame by frame, Gaussian by Gaussian
+            nz = post != 0
+            drawn = nz & (post < t)
+            index = first_draw[where][:, None] + np.cumsum(nz, 1) - 1
+            post = post.copy()
+            post[drawn] = np.where(draws[index[drawn]] <= post[drawn] / t, t, np.float32(0))
+        post = post.astype(np.float64)
         inv_vars = np.asarray(gmm.inv_vars, np.float64)
         means = np.asarray(gmm.means_invvars, np.float64) / inv_vars
-        loglikes = np.asarray(gmm.log_likelihoods_matrix(np.ascontiguousarray(x, np.float32)), np.float64)
-        post = np.exp(loglikes - loglikes.max(1, keepdims=True))
-        post /= post.sum(1, keepdims=True)
+        x = x.astype(np.float64)
         beta += post.sum()
         for i in range(len(means)):
             offset = x - means[i]
@@ -183,7 +220,7 @@ def train_lda_mllt(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lan
     sil = lang.silence_phone_ids
     spliced = FeatureMap(feats, lambda _, f: splice(np.asarray(f[:, :NUM_CEPS], np.float32), cfg.context))
     old_pdfs, num_pdfs = _alignment_pdfs(ali_dir, sil)
-    lda = estimate_lda(spliced, old_pdfs, num_pdfs, cfg.dim)
+    lda = estimate_lda(spliced, old_pdfs, num_pdfs, cfg.dim, cfg.randprune)
     transform = {"matrix": lda}
 
     def project() -> Mapping[str, np.ndarray]:
@@ -195,7 +232,7 @@ def train_lda_mllt(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lan
             return None
         current = project()
         pdfs = nonsilence_pdfs(system.transition_model(), alis, sil)
-        a_mat = estimate_mllt(*mllt_stats(system, FeatureMap(pdfs, lambda u, _: current[u]), pdfs))
+        a_mat = estimate_mllt(*mllt_stats(system, current, pdfs, cfg.randprune))
         transform_means(system, a_mat)
         transform["matrix"] = (a_mat.astype(np.float64) @ transform["matrix"]).astype(np.float32)
         return project()
@@ -205,4 +242,4 @@ def train_lda_mllt(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lan
         write_text(out / "splice_opts", f"--left-context={cfg.context} --right-context={cfg.context}\n")
 
     return train_tree_system("train_lda_mllt", project(), text, lang, ali_dir, out_dir, cfg, on_iteration=mllt,
-                             extra_config={"mllt_iters": list(cfg.mllt_iters)}, write_extra=write_extra)
+                             extra_config={"mllt_iters": list(cfg.mllt_iters), "randprune": cfg.randprune}, write_extra=write_extra)

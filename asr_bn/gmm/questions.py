@@ -3,7 +3,7 @@
 The phone sets (lang's `phones/sets.int`) are clustered top-down: each cluster is split in two by k-means (ten
 pseudo-random starts, each refined by moving single sets while the likelihood rises), best split first, until every
 set stands alone. Every cluster of that tree is a question ("is the phone in this cluster?"). Kaldi draws its
-k-means starts from the C library's `rand()` seeded with 1; `CRand` reproduces that sequence, so the questions are
+k-means starts from the C library's `rand()` seeded with 1; `asr_bn.gmm.crand.CRand` reproduces that sequence, so the questions are
 Kaldi's own.
 """
 
@@ -17,28 +17,9 @@ from typing import Sequence
 import numpy as np
 
 from asr_bn.errors import AsrBnError
+from asr_bn.gmm.crand import CRand
 from asr_bn.gmm.gauss import float_sum, objf
 from asr_bn.gmm.tree_stats import PDF_CLASS, TreeStats
-
-
-class CRand:
-    """glibc's `rand()` (the additive feedback generator behind `srand(seed)`), which Kaldi's Rand() calls."""
-
-    def __init__(self, seed: int = 1) -> None:
-        r = [seed]
-        for i in range(1, 31):
-            hi, lo = divmod(r[i - 1], 127773)
-            word = 16807 * lo - 2836 * hi
-            r.append(word + 2147483647 if word < 0 else word)
-        r += r[:3]
-        for i in range(34, 344):
-            r.append((r[i - 31] + r[i - 3]) & 0xFFFFFFFF)
-        self._ring = r[-34:]  # the last 34 values: enough for the two taps (31 and 3 back)
-
-    def __call__(self) -> int:
-        value = (self._ring[-31] + self._ring[-3]) & 0xFFFFFFFF
-        self._ring = self._ring[1:] + [value]
-        return value >> 1
 
 
 class _Points:
