@@ -64,16 +64,12 @@ class DeltasConfig:
 
 
 def phone_sets(lang: Lang) -> tuple[list[list[int]], list[Root], list[list[int]]]:
-    """Sets to cluster, tree roots and extra questions, as prepare_lang.sh makes them: the lang's phone sets
-    (phones/sets.txt; one per phone without one), a shared, split root per set, and phones/extra_questions.txt
-    (without one: silence phones vs the others)."""
-    sets = lang.shared_phone_sets
-    if lang.extra_questions:
-        extra = [sorted(lang.phones[p] for p in q) for q in lang.extra_questions]
-    else:
-        sil = set(lang.silence_phone_ids)
-        extra = [sorted(sil), [p for p in lang.real_phone_ids if p not in sil]]
-    return sets, [Root(tuple(s)) for s in sets], extra
+    """Sets to cluster, tree roots and extra questions, as prepare_lang.sh makes them and train_deltas.sh reads
+    them: the lang's phone sets (phones/sets.txt; one per phone without one), a shared, split root per set, and
+    phones/extra_questions.txt as it is (empty for a position-independent lang without extra questions: then the
+    questions are cluster-phones' alone, as Kaldi's)."""
+    extra = [sorted(lang.phones[p] for p in q) for q in lang.extra_questions]
+    return lang.shared_phone_sets, [Root(tuple(s)) for s in lang.shared_phone_sets], extra
 
 
 def train_deltas(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: Lang, ali_dir: str | Path,
