@@ -615,8 +615,8 @@ def synthesize_corpus(
         targets = _Targets(system.transition_model(), lang.phones)
         for split in ("train", "dev"):
             system.save(out / "exp" / f"ali_{split}", lang.phones)
-            write_alignments(out / "exp" / f"ali_{split}",
-                             {u.spec.id: targets.transition_ids(u.segments) for u in utts if u.spec.split == split})
+            alis = {u.spec.id: targets.transition_ids(u.segments) for u in utts if u.spec.split == split}
+            write_alignments(out / "exp" / f"ali_{split}", alis, [sorted(alis)])
         stats = _stats(utts, lang, system.am.num_pdfs)
         report.counts = {"utterances": len(utts), "speakers": len({u.spec.speaker for u in utts}),
                          "phones": len(lang.real_phone_ids), "pdfs": system.am.num_pdfs}

@@ -133,7 +133,7 @@ def test_c_rand_is_glibc_rand() -> None:
         assert got == expected, seed
     post = np.full(200_000, 0.25, np.float32)
     post[::2] = 0
-    pruned = rand_prune(post, 4.0, CRand(1))
+    pruned = rand_prune(post, 4.0, CRand(1).uniform(100_000))  # one draw per non-zero posterior
     assert set(np.unique(pruned)) == {0.0, 4.0} and not pruned[::2].any()
     assert abs(pruned.sum() / post.sum() - 1) < 0.03
 
@@ -428,7 +428,7 @@ def test_lda_is_est_ldas(synth: Setup, synth_tri1, tmp_path: Path) -> None:  # n
     run_kaldi(synth.bundle, "ali-to-post", f"ark:gunzip -c {tri1 / 'ali.1.gz'}|", f"ark:{tmp_path / 'post.ark'}")
     run_kaldi(synth.bundle, "weight-silence-post", "0.0", str(sil), tri1 / "final.mdl", f"ark:{tmp_path / 'post.ark'}",
               f"ark:{tmp_path / 'wpost.ark'}")
-    pdfs, num_pdfs = _alignment_pdfs(tri1, [sil])
+    pdfs, num_pdfs, _ = _alignment_pdfs(tri1, [sil])
     mats = {}
     for prune in (0.0, 4.0):
         run_kaldi(synth.bundle, "acc-lda", f"--rand-prune={prune}", tri1 / "final.mdl", f"ark:{tmp_path / 'spliced.ark'}",
@@ -439,6 +439,20 @@ def test_lda_is_est_ldas(synth: Setup, synth_tri1, tmp_path: Path) -> None:  # n
         signs = np.sign((ours * kaldi).sum(1))
         np.testing.assert_allclose(ours * signs[:, None], kaldi, atol=2e-5, err_msg=f"--rand-prune={prune}")
     assert not np.allclose(np.abs(mats[0.0]), np.abs(mats[4.0]), atol=1e-3), "pruning kept every frame"
+    # two jobs (train_lda_mllt.sh with an alignment dir of ali.1.gz and ali.2.gz): two acc-lda processes, each
+    # drawing from srand(1), then sum-lda-accs
+    utts = sorted(spliced)
+    jobs = {u: int(i >= len(utts) // 2) for i, u in enumerate(utts)}
+    for j in (0, 1):
+        kaldiio.save_ark(str(tmp_path / f"spliced{j}.ark"), {u: spliced[u] for u in utts if jobs[u] == j})
+        run_kaldi(synth.bundle, "acc-lda", "--rand-prune=4.0", tri1 / "final.mdl", f"ark:{tmp_path / f'spliced{j}.ark'}",
+                  f"ark:{tmp_path / 'wpost.ark'}", tmp_path / f"lda{j}.acc")
+    run_kaldi(synth.bundle, "sum-lda-accs", tmp_path / "lda.acc", tmp_path / "lda0.acc", tmp_path / "lda1.acc")
+    run_kaldi(synth.bundle, "est-lda", "--dim=40", tmp_path / "lda.mat", tmp_path / "lda.acc")
+    kaldi = kaldiio.load_mat(str(tmp_path / "lda.mat"))
+    ours = estimate_lda(spliced, pdfs, num_pdfs, 40, randprune=4.0, jobs=jobs)
+    signs = np.sign((ours * kaldi).sum(1))
+    np.testing.assert_allclose(ours * signs[:, None], kaldi, atol=2e-5, err_msg="two jobs")
 
 
 def test_lda_mllt_system_against_kaldi(synth: Setup, synth_tri1, synth_tri2, tmp_path: Path) -> None:  # noqa: ANN001
@@ -478,6 +492,16 @@ def test_lda_mllt_system_against_kaldi(synth: Setup, synth_tri1, synth_tri2, tmp
         run_kaldi(synth.bundle, "est-mllt", tmp_path / "mllt.mat", tmp_path / "mllt.acc")
         np.testing.assert_allclose(estimate_mllt(beta, g), kaldiio.load_mat(str(tmp_path / "mllt.mat")), atol=1e-5,
                                    err_msg=f"--rand-prune={prune}")
+    utts = sorted(projected)  # two jobs: two gmm-acc-mllt processes, each drawing from srand(1), then sum-mllt-accs
+    jobs = {u: int(i >= len(utts) // 2) for i, u in enumerate(utts)}
+    for j in (0, 1):
+        kaldiio.save_ark(str(tmp_path / f"proj{j}.ark"), {u: projected[u] for u in utts if jobs[u] == j})
+        run_kaldi(synth.bundle, "gmm-acc-mllt", "--rand-prune=4.0", tri2 / "final.mdl", f"ark:{tmp_path / f'proj{j}.ark'}",
+                  f"ark:{tmp_path / 'wpost.ark'}", tmp_path / f"mllt{j}.acc")
+    run_kaldi(synth.bundle, "sum-mllt-accs", tmp_path / "mllt.acc", tmp_path / "mllt0.acc", tmp_path / "mllt1.acc")
+    run_kaldi(synth.bundle, "est-mllt", tmp_path / "mllt.mat", tmp_path / "mllt.acc")
+    np.testing.assert_allclose(estimate_mllt(*mllt_stats(system, projected, pdfs, randprune=4.0, jobs=jobs)),
+                               kaldiio.load_mat(str(tmp_path / "mllt.mat")), atol=1e-5, err_msg="two jobs")
     info = run_kaldi(synth.bundle, "gmm-info", tri2 / "final.mdl")
     assert f"number of pdfs {system.am.num_pdfs}" in info and "feature dimension 40" in info
     pdfs_text = run_kaldi(synth.bundle, "ali-to-pdf", tri2 / "final.mdl", f"ark:gunzip -c {tri2 / 'ali.1.gz'}|", "ark,t:-")
@@ -714,7 +738,8 @@ def test_cli_gmm_ladder(synth: Setup, synth_tri1, tmp_path: Path) -> None:  # no
 
     feats, text, _ = prepared_gmm_features(prep)
     (tmp_path / "ali0").mkdir()
-    write_alignments(tmp_path / "ali0", flat_start(feats, text, read_lang(lang), MonoConfig(seed=2)))
+    first = flat_start(feats, text, read_lang(lang), MonoConfig(seed=2))
+    write_alignments(tmp_path / "ali0", first, [sorted(first)])
     result = runner.invoke(app, ["gmm", "mono", str(prep), str(lang), str(tmp_path / "mono_given"), "--fast", "--seed", "2",
                                  "--first-ali", str(tmp_path / "ali0")])
     assert result.exit_code == 0, result.output
@@ -937,3 +962,25 @@ def test_decode_fmllr_bad_inputs(synth: Setup, synth_tri3, synth_sat_decoding, t
     assert report.counts[key] == report.counts[f"{key} (second pass)"] == 2 and report.counts["decoded"] == 12
     identity = np.concatenate([np.eye(40), np.zeros((40, 1))], axis=1)
     assert all(np.array_equal(m, identity) for _, m in kaldiio.load_ark(str(tmp_path / "few" / "trans.1")))
+
+
+@pytest.mark.parametrize("num_jobs", [1, 2, 3, 4, 7])
+def test_alignment_jobs_are_split_data_shs(kaldi_bundle: Path, tmp_path: Path, num_jobs: int) -> None:
+    """asr-bn's ali.N.gz parts are utils/split_data.sh's (split_scp.pl --utt2spk): whole speakers, balanced; Kaldi's
+    accumulators run one process per part, so the parts decide their random draws. Fewer speakers than jobs:
+    contiguous parts of nearly equal size, as split_scp.pl without --utt2spk."""
+    import subprocess
+
+    from asr_bn.gmm.align import kaldi_split
+
+    rng = np.random.default_rng(num_jobs)
+    utt2spk = {f"s{s:02d}-u{u:03d}": f"s{s:02d}" for s in range(9) for u in range(int(rng.integers(1, 40)))}
+    utts = sorted(utt2spk)
+    (tmp_path / "utt2spk").write_text("".join(f"{u} {utt2spk[u]}\n" for u in utts))
+    outs = [tmp_path / f"part{j}" for j in range(num_jobs)]
+    subprocess.run(["perl", kaldi_bundle / "egs" / "utils" / "split_scp.pl", f"--utt2spk={tmp_path / 'utt2spk'}",
+                    tmp_path / "utt2spk", *outs], check=True)
+    kaldi = [[line.split()[0] for line in out.read_text().splitlines()] for out in outs]
+    assert kaldi_split(utts, num_jobs, utt2spk) == kaldi
+    few = {u: "one" for u in utts[:10]}
+    assert kaldi_split(utts[:10], 3, few) == [utts[:4], utts[4:7], utts[7:10]]

@@ -8,11 +8,11 @@ import gzip
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from asr_bn.alignments import transition_id_scores
+from asr_bn.alignments import Labels, transition_id_scores
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.gmm.system import GmmSystem
 from asr_bn.io import OutputLock, atomic_open, write_text
@@ -207,24 +207,69 @@ def align(system: GmmSystem, feats: Mapping[str, np.ndarray], text: Mapping[str,
             tool = "align-compiled-mapped" if network else "gmm-align-compiled"
             report.note(f"log-likelihood per frame as {tool} reports it: {tot_like / frames:.4f}")
         system.save(out_dir, lang.phones)
-        write_alignments(out_dir, alis, cfg.num_jobs)
+        write_alignments(out_dir, alis, kaldi_split(sorted(feats), cfg.num_jobs, getattr(feats, "utt2spk", None)))
         report.save(out_dir / "report.json")
     return report
 
 
-def write_alignments(out_dir: str | Path, alis: Mapping[str, Sequence[int]], num_jobs: int = 1) -> None:
-    """Write ali.1.gz … ali.N.gz (gzipped binary Kaldi int32-vector archives, utterances sorted and split into N
-    contiguous parts) and the `num_jobs` file, as steps/align_si.sh leaves them."""
+def kaldi_split(utts: Sequence[str], num_jobs: int, utt2spk: Mapping[str, str] | None = None) -> list[list[str]]:
+    """`utts` (in order) in `num_jobs` parts as utils/split_data.sh makes a data dir's split: whole speakers, the
+    speakers dealt out in order and then moved between neighbouring parts while that evens the utterance counts
+    (split_scp.pl --utt2spk). Without `utt2spk`, or with fewer speakers than jobs, contiguous parts of nearly equal
+    size (split_scp.pl without it). Kaldi's jobs each run their own accumulator processes on their part."""
+    speakers: dict[str, list[str]] = {}
+    for utt in utts:
+        speakers.setdefault(utt2spk.get(utt, utt) if utt2spk else utt, []).append(utt)
+    if not utt2spk or len(speakers) < num_jobs:
+        return [[utts[i] for i in idx] for idx in np.array_split(np.arange(len(utts)), num_jobs)]
+    order = list(speakers)
+    parts: list[list[str]] = [[] for _ in range(num_jobs)]
+    for i, spk in enumerate(order):
+        parts[i * num_jobs // len(order)].append(spk)
+    count = [sum(len(speakers[s]) for s in part) for part in parts]
+    changed = True
+    while changed:
+        changed = False
+        for j in range(num_jobs):
+            if j < num_jobs - 1 and parts[j]:  # the last speaker of part j to part j + 1?
+                n = len(speakers[parts[j][-1]])
+                if abs((count[j + 1] + n) - (count[j] - n)) < abs(count[j + 1] - count[j]):
+                    count[j + 1] += n
+                    count[j] -= n
+                    parts[j + 1].insert(0, parts[j].pop())
+                    changed = True
+            if j > 0 and parts[j]:  # the first speaker of part j to part j - 1?
+                n = len(speakers[parts[j][0]])
+                if abs((count[j] - n) - (count[j - 1] + n)) < abs(count[j] - count[j - 1]):
+                    count[j - 1] += n
+                    count[j] -= n
+                    parts[j - 1].append(parts[j].pop(0))
+                    changed = True
+    return [[u for spk in part for u in speakers[spk]] for part in parts]
+
+
+def alignment_jobs(labels: Iterable[Labels]) -> list[list[str]]:
+    """The utterances of each alignment archive (`read_alignments` output; ali.1.gz, ali.2.gz, … of a dir): the
+    dir's Kaldi jobs."""
+    parts: dict[Path, list[str]] = {}
+    for x in labels:
+        parts.setdefault(x.path, []).append(x.utt)
+    return list(parts.values())
+
+
+def write_alignments(out_dir: str | Path, alis: Mapping[str, Sequence[int]], parts: Sequence[Sequence[str]]) -> None:
+    """Write ali.1.gz … ali.N.gz (gzipped binary Kaldi int32-vector archives), one per part of `parts` (its
+    aligned utterances, sorted: e.g. `kaldi_split` of the data), and the `num_jobs` file, as Kaldi's scripts leave
+    them."""
     import kaldiio
 
     out_dir = Path(out_dir)
-    keys = sorted(alis)
-    parts = np.array_split(np.arange(len(keys)), num_jobs)
-    for job, idx in enumerate(parts, 1):
+    num_jobs = len(parts)
+    for job, part in enumerate(parts, 1):
         with atomic_open(out_dir / f"ali.{job}.gz", "wb") as f:
             with gzip.GzipFile(filename="", fileobj=f, mode="wb", mtime=0) as gz:  # no temp name in the header
-                for i in idx:
-                    kaldiio.save_ark(gz, {keys[i]: np.asarray(alis[keys[i]], dtype=np.int32)})
+                for utt in sorted(u for u in part if u in alis):
+                    kaldiio.save_ark(gz, {utt: np.asarray(alis[utt], dtype=np.int32)})
     for stale in out_dir.glob("ali.*.gz"):
         suffix = stale.name[4:-3]
         if suffix.isdigit() and int(suffix) > num_jobs:

@@ -96,11 +96,11 @@ def _libm_cosf():  # noqa: ANN202 - a ctypes function
     return libc.cosf
 
 
-def rand_prune(post: np.ndarray, thresh: float, rand: CRand) -> np.ndarray:
-    """Kaldi's RandPrune over `post` (float32; row-major order is the order of Kaldi's draws): a posterior p with
-    0 < |p| < thresh becomes ±thresh with probability |p| / thresh (one RandUniform each), else 0; the rest stay.
-    train_lda_mllt.sh's accumulators (acc-lda, gmm-acc-mllt, --rand-prune 4) keep a random part of their frames
-    this way."""
+def rand_prune(post: np.ndarray, thresh: float, draws: np.ndarray) -> np.ndarray:
+    """Kaldi's RandPrune over `post` (float32): a posterior p with 0 < |p| < thresh becomes ±thresh when its
+    RandUniform draw is at most |p| / thresh, else 0; the others stay and take no draw. `draws`: one per drawn
+    posterior, in Kaldi's order (row-major over `post`). train_lda_mllt.sh's accumulators (acc-lda, gmm-acc-mllt,
+    --rand-prune 4) keep a random part of their frames this way."""
     post = np.asarray(post, np.float32)
     if thresh <= 0:
         return post
@@ -108,7 +108,7 @@ def rand_prune(post: np.ndarray, thresh: float, rand: CRand) -> np.ndarray:
     drawn = (post != 0) & (np.abs(post) < t)
     chosen = post[drawn]
     out = post.copy()
-    out[drawn] = np.where(rand.uniform(len(chosen)) <= np.abs(chosen) / t, np.sign(chosen) * t, np.float32(0))
+    out[drawn] = np.where(draws <= np.abs(chosen) / t, np.sign(chosen) * t, np.float32(0))
     return out
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from asr_bn.alignments import TransitionModel, read_alignments, read_transition_model
 from asr_bn.errors import AsrBnError, UsageError
+from asr_bn.gmm.align import alignment_jobs
 from asr_bn.gmm.crand import CRand, rand_prune
 from asr_bn.gmm.train_deltas import DeltasConfig, train_tree_system
 from asr_bn.gmm.features import FeatureMap
@@ -55,16 +56,33 @@ def splice(x: np.ndarray, context: int) -> np.ndarray:
     return np.concatenate([padded[i : i + len(x)] for i in range(2 * context + 1)], axis=1)
 
 
+def _by_job(utts: Sequence[str], jobs: Mapping[str, int] | None) -> list[str]:
+    """`utts` grouped by Kaldi job (stably: each job's in their order), the order in which the jobs' processes
+    draw their random numbers, each from srand(1)."""
+    return sorted(utts, key=lambda u: jobs.get(u, 0)) if jobs else list(utts)
+
+
+def _job_draws(counts: Mapping[str, int], jobs: Mapping[str, int] | None) -> np.ndarray:
+    """RandUniform draws for utterances taking `counts` draws each, in `_by_job` order: one fresh stream per job."""
+    per_job: dict[int, int] = {}
+    for utt, n in counts.items():
+        job = jobs.get(utt, 0) if jobs else 0
+        per_job[job] = per_job.get(job, 0) + n
+    return np.concatenate([CRand(1).uniform(n) for _, n in sorted(per_job.items())] or [np.zeros(0, np.float32)])
+
+
 def estimate_lda(spliced: Mapping[str, np.ndarray], pdfs: Mapping[str, np.ndarray], num_pdfs: int,
-                 dim: int, randprune: float = 0.0) -> np.ndarray:
+                 dim: int, randprune: float = 0.0, jobs: Mapping[str, int] | None = None) -> np.ndarray:
     """Kaldi's acc-lda + est-lda: the `dim` x D projection that whitens the within-class covariance and keeps the
     directions of largest between-class variance (classes: pdfs; frames with pdf -1 are left out). With
-    `randprune` > 0, acc-lda's `--rand-prune`: each frame is kept with probability 1/randprune, drawn as one
-    acc-lda process draws them (RandPrune, libc rand from srand(1), utterances in `spliced`'s order)."""
+    `randprune` > 0, acc-lda's `--rand-prune`: each frame is kept with probability 1/randprune, drawn as Kaldi's
+    acc-lda processes draw them: one per job (`jobs`: utterance -> job, e.g. its ali.N.gz; default one job), each
+    from srand(1) over its utterances in `spliced`'s order."""
     d = next(iter(spliced.values())).shape[1]
-    valid = [u for u, x in spliced.items() if u in pdfs and len(pdfs[u]) == len(x)]  # acc-lda skips the others
-    weights = rand_prune(np.concatenate([np.ones((pdfs[u] >= 0).sum(), np.float32) for u in valid] or [[]]),
-                         randprune, CRand(1))
+    valid = _by_job([u for u, x in spliced.items() if u in pdfs and len(pdfs[u]) == len(x)], jobs)  # acc-lda skips others
+    frames = {u: int((pdfs[u] >= 0).sum()) for u in valid}  # acc-lda's posteriors: 1 on each non-silence frame
+    ones = np.ones(sum(frames.values()), np.float32)
+    weights = rand_prune(ones, randprune, _job_draws(frames, jobs)) if randprune > 1 else ones  # 1 >= thresh: kept
     count = np.zeros(num_pdfs)
     first = np.zeros((num_pdfs, d))
     second = np.zeros((d, d))
@@ -99,25 +117,28 @@ def estimate_lda(spliced: Mapping[str, np.ndarray], pdfs: Mapping[str, np.ndarra
 
 
 def mllt_stats(system: GmmSystem, feats: Mapping[str, np.ndarray], pdfs: Mapping[str, np.ndarray],
-               randprune: float = 0.0) -> tuple[float, np.ndarray]:
+               randprune: float = 0.0, jobs: Mapping[str, int] | None = None) -> tuple[float, np.ndarray]:
     """Kaldi's gmm-acc-mllt: (β = total posterior, G with G[j] = Σ γ/σ²_j (x-μ)(x-μ)ᵀ), γ the Gaussian posteriors
     within each frame's pdf (float, as DiagGmm::ComponentPosteriors). With `randprune` > 0, `--rand-prune`: each
-    non-zero γ is randomly pruned as one gmm-acc-mllt process draws them (frames in `feats`' order, Gaussians in
-    index order)."""
+    non-zero γ is randomly pruned as Kaldi's gmm-acc-mllt processes draw them (one per job, see `estimate_lda`;
+    frames in `feats`' order, Gaussians in index order)."""
     dim = next(iter(feats.values())).shape[1]
     by_pdf: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}  # pdf -> (frames, their positions in Kaldi's order)
+    spans: dict[str, tuple[int, int]] = {}  # utterance -> its positions
     position = 0
-    for utt, x in feats.items():
-        pdf = pdfs.get(utt)
-        if pdf is None or len(pdf) != len(x):
-            continue  # gmm-acc-mllt: no alignment, or one of another length
+    for utt in _by_job([u for u in feats if u in pdfs], jobs):
+        x, pdf = feats[utt], pdfs[utt]
+        if len(pdf) != len(x):
+            continue  # gmm-acc-mllt: an alignment of another length
         frames = np.flatnonzero(pdf >= 0)
         for p in np.unique(pdf[frames]):
             sel = frames[pdf[frames] == p]
             by_pdf.setdefault(int(p), []).append((x[sel], position + np.searchsorted(frames, sel)))
+        spans[utt] = (position, position + len(frames))
         position += len(frames)
+    t = np.float32(randprune)
     groups = []
-    nonzero = np.zeros(position, np.int64)  # non-zero posteriors per frame: the draws it takes
+    drawn = np.zeros(position, np.int64)  # posteriors RandPrune draws for, per frame (0 < γ < randprune)
     for pdf, parts in by_pdf.items():
         x = np.concatenate([p[0] for p in parts]).astype(np.float32)
         where = np.concatenate([p[1] for p in parts])
@@ -125,19 +146,17 @@ def mllt_stats(system: GmmSystem, feats: Mapping[str, np.ndarray], pdfs: Mapping
         loglikes = np.asarray(gmm.log_likelihoods_matrix(np.ascontiguousarray(x)), np.float32)
         e = np.exp(loglikes - loglikes.max(1, keepdims=True))  # float, as Kaldi's ApplySoftMax: underflows to 0
         post = e * (1.0 / e.sum(1, dtype=np.float32, keepdims=True)).astype(np.float32)
-        nonzero[where] = (post != 0).sum(1)
-        groups.append((gmm, x, where, post))
-    first_draw = np.cumsum(nonzero) - nonzero
-    draws = CRand(1).uniform(int(nonzero.sum())) if randprune > 0 else None
-    t = np.float32(randprune)
+        takes = (post != 0) & (post < t)
+        drawn[where] = takes.sum(1)
+        groups.append((gmm, x, where, post, takes))
+    first_draw = np.cumsum(drawn) - drawn
+    draws = _job_draws({u: int(drawn[a:b].sum()) for u, (a, b) in spans.items()}, jobs) if randprune > 0 else None
     beta, g = 0.0, np.zeros((dim, dim, dim))
-    for gmm, x, where, post in groups:
+    for gmm, x, where, post, takes in groups:
         if draws is not None:  # RandPrune in Kaldi's order: frame by frame, Gaussian by Gaussian
-            nz = post != 0
-            drawn = nz & (post < t)
-            index = first_draw[where][:, None] + np.cumsum(nz, 1) - 1
+            index = first_draw[where][:, None] + np.cumsum(takes, 1) - 1
             post = post.copy()
-            post[drawn] = np.where(draws[index[drawn]] <= post[drawn] / t, t, np.float32(0))
+            post[takes] = rand_prune(post[takes], randprune, draws[index[takes]])
         post = post.astype(np.float64)
         inv_vars = np.asarray(gmm.inv_vars, np.float64)
         means = np.asarray(gmm.means_invvars, np.float64) / inv_vars
@@ -185,11 +204,13 @@ def nonsilence_pdfs(tm: TransitionModel, alis: Mapping[str, Sequence[int]], sile
     return out
 
 
-def _alignment_pdfs(ali_dir: Path, silence: Sequence[int]) -> tuple[dict[str, np.ndarray], int]:
-    """`nonsilence_pdfs` of the alignments in `ali_dir` with its model, and the model's number of pdfs."""
+def _alignment_pdfs(ali_dir: Path, silence: Sequence[int]) -> tuple[dict[str, np.ndarray], int, dict[str, int]]:
+    """`nonsilence_pdfs` of the alignments in `ali_dir` with its model, the model's number of pdfs, and each
+    utterance's job (the number of its ali.N.gz: Kaldi runs one accumulator process per job, with its own draws)."""
     tm = read_transition_model(ali_dir / "final.mdl")
-    alis = {labels.utt: labels.values for labels in read_alignments(ali_dir)}
-    return nonsilence_pdfs(tm, alis, silence), tm.num_pdfs
+    labels = list(read_alignments(ali_dir))
+    jobs = {utt: job for job, part in enumerate(alignment_jobs(labels)) for utt in part}
+    return nonsilence_pdfs(tm, {x.utt: x.values for x in labels}, silence), tm.num_pdfs, jobs
 
 
 def copy_feature_transform(src_dir: Path, out_dir: Path) -> None:
@@ -219,8 +240,8 @@ def train_lda_mllt(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lan
     ali_dir = Path(ali_dir)
     sil = lang.silence_phone_ids
     spliced = FeatureMap(feats, lambda _, f: splice(np.asarray(f[:, :NUM_CEPS], np.float32), cfg.context))
-    old_pdfs, num_pdfs = _alignment_pdfs(ali_dir, sil)
-    lda = estimate_lda(spliced, old_pdfs, num_pdfs, cfg.dim, cfg.randprune)
+    old_pdfs, num_pdfs, jobs = _alignment_pdfs(ali_dir, sil)
+    lda = estimate_lda(spliced, old_pdfs, num_pdfs, cfg.dim, cfg.randprune, jobs)
     transform = {"matrix": lda}
 
     def project() -> Mapping[str, np.ndarray]:
@@ -232,7 +253,7 @@ def train_lda_mllt(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lan
             return None
         current = project()
         pdfs = nonsilence_pdfs(system.transition_model(), alis, sil)
-        a_mat = estimate_mllt(*mllt_stats(system, current, pdfs, cfg.randprune))
+        a_mat = estimate_mllt(*mllt_stats(system, current, pdfs, cfg.randprune, jobs))
         transform_means(system, a_mat)
         transform["matrix"] = (a_mat.astype(np.float64) @ transform["matrix"]).astype(np.float32)
         return project()

@@ -20,7 +20,8 @@ import numpy as np
 from asr_bn.alignments import TransitionModel, read_alignments
 from asr_bn.gmm.lda_mllt import NUM_CEPS, copy_feature_transform, splice
 from asr_bn.gmm.train_deltas import DeltasConfig, train_tree_system
-from asr_bn.gmm.align import align_all, AlignConfig, boosted, check_inputs, compile_graphs, gmm_scorer, write_alignments
+from asr_bn.gmm.align import (align_all, AlignConfig, boosted, check_inputs, compile_graphs, gmm_scorer, kaldi_split,
+                              write_alignments)
 from asr_bn.gmm.features import FeatureMap
 from asr_bn.gmm.system import am_bytes, GmmSystem
 from asr_bn.errors import AsrBnError
@@ -342,7 +343,7 @@ def align_fmllr(src_dir: str | Path, feats: Mapping[str, np.ndarray], text: Mapp
         if frames:
             report.note(f"log-likelihood per frame as gmm-align-compiled reports it: {tot_like / frames:.4f}")
         system.save(out_dir, lang.phones)
-        write_alignments(out_dir, alis, cfg.num_jobs)
+        write_alignments(out_dir, alis, kaldi_split(sorted(feats), cfg.num_jobs, utt2spk))
         _write_transforms(out_dir, src_dir, transforms)
         report.save(out_dir / "report.json")
     return report

@@ -26,7 +26,8 @@ from asr_bn.gmm.event_map import write_tree
 from asr_bn.gmm.init_model import init_model
 from asr_bn.gmm.questions import cluster_phones
 from asr_bn.gmm.tree_stats import accumulate_tree_stats, write_tree_stats
-from asr_bn.gmm.align import align_all, AlignConfig, boosted, check_inputs, compile_graphs, gmm_scorer, write_alignments
+from asr_bn.gmm.align import (align_all, AlignConfig, alignment_jobs, boosted, check_inputs, compile_graphs,
+                              gmm_scorer, write_alignments)
 from asr_bn.gmm.estimate import PassStats
 from asr_bn.gmm.system import GmmSystem
 from asr_bn.io import OutputLock, write_text
@@ -97,7 +98,8 @@ def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[
     report = Report(name)
     utts = check_inputs(feats, text, report)
     old_tm = read_transition_model(ali_dir / "final.mdl")
-    alis = {labels.utt: labels.values for labels in read_alignments(ali_dir)}
+    read = list(read_alignments(ali_dir))
+    alis, jobs = {x.utt: x.values for x in read}, alignment_jobs(read)
     sil = lang.silence_phone_ids
     with OutputLock(out_dir):
         (out_dir / "report.json").unlink(missing_ok=True)  # written last: it marks a complete run
@@ -121,8 +123,7 @@ def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[
         for utt in failed:
             report.skip(utt, "no alignment within the retry beam (last realignment)")
         system.save(out_dir, lang.phones)
-        jobs = ali_dir / "num_jobs"
-        write_alignments(out_dir, alis, int(jobs.read_text()) if jobs.is_file() else 1)
+        write_alignments(out_dir, alis, jobs)  # the input's jobs: Kaldi's rungs keep their data split
         write_text(out_dir / "iterations.jsonl", "".join(json.dumps(h) + "\n" for h in history))
         options = {**dataclasses.asdict(cfg), "realign_iters": list(cfg.realign_iters)}
         write_text(out_dir / "config.json", json.dumps({name: {**options, **(extra_config or {})}}, indent=2) + "\n")
