@@ -104,6 +104,23 @@ def test_tree_statistics_are_kaldis(name: str, request: pytest.FixtureRequest, m
         run_kaldi(setup.bundle, "sum-tree-stats", setup.work / "sum.acc", path, path)
         summed = read_tree_stats(setup.work / "sum.acc")
         assert summed.events == ours.events and np.allclose(summed.stats, 2 * ours.stats, rtol=1e-12)
+    # Kaldi's jobs: acc-tree-stats per part of the data, then sum-tree-stats: the same file to the byte
+    import kaldiio
+
+    from asr_bn.gmm.align import kaldi_split
+
+    feats = dict(read_features(setup.scp))
+    parts = kaldi_split(sorted(feats), 3)
+    for j, part in enumerate(parts, 1):
+        kaldiio.save_ark(str(setup.work / f"part{j}.ark"), {u: feats[u] for u in part})
+        run_kaldi(setup.bundle, "acc-tree-stats", f"--ci-phones={setup.ci}", setup.model,
+                  f"ark:{setup.work / f'part{j}.ark'}", f"ark:gunzip -c {setup.ali}|", setup.work / f"{j}.treeacc")
+    run_kaldi(setup.bundle, "sum-tree-stats", setup.work / "jobs.acc", *(setup.work / f"{j}.treeacc" for j in (1, 2, 3)))
+    alis = {labels.utt: labels.values for labels in read_alignments(setup.ali)}
+    by_job = accumulate_tree_stats(read_transition_model(setup.model), read_features(setup.scp), alis, [int(setup.ci)],
+                                   jobs=parts)
+    write_tree_stats(setup.work / "ours_jobs.acc", by_job)
+    assert (setup.work / "ours_jobs.acc").read_bytes() == (setup.work / "jobs.acc").read_bytes()
 
 
 @pytest.mark.parametrize("name", ["yesno", "synth"])

@@ -103,7 +103,7 @@ def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[
     sil = lang.silence_phone_ids
     with OutputLock(out_dir):
         (out_dir / "report.json").unlink(missing_ok=True)  # written last: it marks a complete run
-        stats = accumulate_tree_stats(old_tm, ((u, feats[u]) for u in utts), alis, sil, report=report)
+        stats = accumulate_tree_stats(old_tm, ((u, feats[u]) for u in utts), alis, sil, report=report, jobs=jobs)
         write_tree_stats(out_dir / "treeacc", stats)
         sets, roots, extra = phone_sets(lang)
         questions = cluster_phones(stats, sets) + extra

@@ -69,18 +69,22 @@ def accumulate_tree_stats(
     central_position: int = 1,
     var_floor: float = float(np.float32(0.01)),
     report: Report | None = None,
+    jobs: Sequence[Sequence[str]] = (),
 ) -> TreeStats:
     """Kaldi's `acc-tree-stats`: statistics of every (context, pdf-class) event over aligned utterances.
 
     `feats` yields (utterance, frames × dim) matrices (streamed: about `_CHUNK_FRAMES` frames in memory at a time);
     utterances without an alignment or whose alignment length differs from their frame count are skipped and named
     in `report`. Frames are added to their event's sums one by one in corpus order, in double, as Kaldi adds them,
-    so the statistics of float features are Kaldi's to the bit.
+    so the statistics of float features are Kaldi's to the bit. With `jobs` (Kaldi's parts of the data, e.g. the
+    ali.N.gz of the alignments), each part is summed on its own, as one acc-tree-stats process per job, and the parts
+    added as `sum-tree-stats treeacc *.treeacc` adds them (files in the shell's order: 1, 10, 11, …, 2).
     """
     if not 0 <= central_position < context_width:
         raise AsrBnError(f"central position {central_position} is outside a context of width {context_width}")
-    acc = _Accumulator(tm, ci_phones, context_width, central_position)
-    pending: list[tuple[str, np.ndarray, np.ndarray]] = []  # (utterance, tids, frames) not yet summed
+    job_of = {utt: job for job, part in enumerate(jobs) for utt in part}
+    accs: dict[int, _Accumulator] = {}
+    pending: dict[int, list[tuple[str, np.ndarray, np.ndarray]]] = {}  # per job: (utterance, tids, frames) not summed
     pending_frames, dim = 0, None
     for utt, mat in feats:
         if utt not in alignments:
@@ -96,20 +100,32 @@ def accumulate_tree_stats(
             dim = mat.shape[1]
         elif mat.shape[1] != dim:
             raise AsrBnError(f"utterance {utt}: features of dimension {mat.shape[1]}, others have {dim}")
-        pending.append((utt, tids, mat))
+        job = job_of.get(utt, 0)
+        if job not in accs:
+            accs[job] = _Accumulator(tm, ci_phones, context_width, central_position)
+        pending.setdefault(job, []).append((utt, tids, mat))
         pending_frames += len(tids)
         if pending_frames >= _CHUNK_FRAMES:
-            acc.add(pending)
-            pending, pending_frames = [], 0
+            for j, part in pending.items():
+                accs[j].add(part)
+            pending, pending_frames = {}, 0
         if report is not None:
             report.counts["utterances"] = report.counts.get("utterances", 0) + 1
     if dim is None:
         raise AsrBnError("no aligned utterance to gather tree statistics from (do features and alignments match?)")
-    acc.add(pending)
-    events = [_decode(c, acc.base, context_width) for c in acc.codes]
-    order = sorted(range(len(events)), key=events.__getitem__)
+    for j, part in pending.items():
+        accs[j].add(part)
+    summed: dict[Event, tuple[float, np.ndarray]] = {}
+    for job in sorted(accs, key=lambda j: str(j + 1)):  # sum-tree-stats: the first job's as it is, then added
+        acc = accs[job]
+        for code, count, sums in zip(acc.codes, acc.counts, acc.sums):
+            event = _decode(code, acc.base, context_width)
+            before = summed.get(event)
+            summed[event] = (count, sums) if before is None else (before[0] + count, before[1] + sums)
+    events = sorted(summed)
     floor = float(np.float32(var_floor))  # Kaldi's --var-floor is a float
-    return TreeStats([events[i] for i in order], acc.counts[order], acc.sums[order], floor)
+    counts = np.array([summed[e][0] for e in events], np.float64)
+    return TreeStats(events, counts, np.array([summed[e][1] for e in events]).reshape(len(events), 2, dim), floor)
 
 
 class _Accumulator:
