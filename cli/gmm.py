@@ -217,7 +217,7 @@ def align_fmllr(
                                             "final.alimdl, tree, final.mat.")],
     ali_dir: Annotated[Path, typer.Argument(help="Output: ali.1.gz …, num_jobs, trans.1, final.mdl, tree, "
                                             "report.json (written last).")],
-    nj: Annotated[int, typer.Option("--nj", help="Number of ali.N.gz archives.", callback=in_range(_COUNT))] = 1,
+    nj: Annotated[int, typer.Option("--nj", help="Number of ali.N.gz archives: Kaldi's jobs, split as utils/split_data.sh splits the data (whole speakers).", callback=in_range(_COUNT))] = 1,
     boost_silence: _Boost = 1.0,
     oov_policy: _Oov = OovPolicy.map,
     cache: _Cache = False,
@@ -262,7 +262,7 @@ def align(
     src_dir: Annotated[Path, typer.Argument(help="Model dir (its final.mdl and tree).")],
     ali_dir: Annotated[Path, typer.Argument(help="Output: ali.1.gz … ali.N.gz, num_jobs, final.mdl, tree, "
                                             "phones.txt, topo, report.json (written last).")],
-    nj: Annotated[int, typer.Option("--nj", help="Number of ali.N.gz archives.", callback=in_range(_COUNT))] = 1,
+    nj: Annotated[int, typer.Option("--nj", help="Number of ali.N.gz archives: Kaldi's jobs, split as utils/split_data.sh splits the data (whole speakers).", callback=in_range(_COUNT))] = 1,
     beam: Annotated[float, typer.Option("--beam", help="Alignment beam.", callback=in_range(_POSITIVE))] = 10.0,
     retry_beam: Annotated[float, typer.Option("--retry-beam", help="Beam of the retry when the first fails.",
                                               callback=in_range(_POSITIVE))] = 40.0,
