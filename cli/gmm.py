@@ -113,6 +113,7 @@ _Leaves = Annotated[int, typer.Argument(help="Most leaves of the tree (Kaldi's <
 _Gauss = Annotated[int, typer.Argument(help="Gaussians to grow to (Kaldi's <tot-gauss>).", callback=in_range(_COUNT))]
 _Lang = Annotated[Path, typer.Argument(help="Lang folder (asr-bn lang, or Kaldi's prepare_lang.sh).")]
 _AliDir = Annotated[Path, typer.Argument(help="Alignments of the previous rung (final.mdl, tree, ali.*.gz).")]
+_NJ_HELP = "Number of ali.N.gz archives: Kaldi's jobs, split as utils/split_data.sh splits the data (whole speakers)."
 _ExpDir = Annotated[Path, typer.Argument(help="Output: final.mdl, tree, ali.N.gz, num_jobs, treeacc, questions.int, "
                                          "iterations.jsonl, config.json, report.json (written last).")]
 _NumIters = Annotated[int, typer.Option("--num-iters", help="Training passes.", callback=in_range(Range(2)))]
@@ -217,7 +218,7 @@ def align_fmllr(
                                             "final.alimdl, tree, final.mat.")],
     ali_dir: Annotated[Path, typer.Argument(help="Output: ali.1.gz …, num_jobs, trans.1, final.mdl, tree, "
                                             "report.json (written last).")],
-    nj: Annotated[int, typer.Option("--nj", help="Number of ali.N.gz archives: Kaldi's jobs, split as utils/split_data.sh splits the data (whole speakers).", callback=in_range(_COUNT))] = 1,
+    nj: Annotated[int, typer.Option("--nj", help=_NJ_HELP, callback=in_range(_COUNT))] = 1,
     boost_silence: _Boost = 1.0,
     oov_policy: _Oov = OovPolicy.map,
     cache: _Cache = False,
@@ -262,7 +263,7 @@ def align(
     src_dir: Annotated[Path, typer.Argument(help="Model dir (its final.mdl and tree).")],
     ali_dir: Annotated[Path, typer.Argument(help="Output: ali.1.gz … ali.N.gz, num_jobs, final.mdl, tree, "
                                             "phones.txt, topo, report.json (written last).")],
-    nj: Annotated[int, typer.Option("--nj", help="Number of ali.N.gz archives: Kaldi's jobs, split as utils/split_data.sh splits the data (whole speakers).", callback=in_range(_COUNT))] = 1,
+    nj: Annotated[int, typer.Option("--nj", help=_NJ_HELP, callback=in_range(_COUNT))] = 1,
     beam: Annotated[float, typer.Option("--beam", help="Alignment beam.", callback=in_range(_POSITIVE))] = 10.0,
     retry_beam: Annotated[float, typer.Option("--retry-beam", help="Beam of the retry when the first fails.",
                                               callback=in_range(_POSITIVE))] = 40.0,
