@@ -86,7 +86,8 @@ class CRand:
         u = (self.ints(2 * n) + 1.0) / (RAND_MAX + 2.0)
         out = np.empty(n, np.float32)
         for i in range(n):
-            out[i] = np.float32(math.sqrt(np.float32(-2.0 * math.log(u[2 * i])))) * np.float32(cosf(2.0 * math.pi * u[2 * i + 1]))
+            radius = np.float32(math.sqrt(np.float32(-2.0 * math.log(u[2 * i]))))
+            out[i] = radius * np.float32(cosf(2.0 * math.pi * u[2 * i + 1]))
         return out
 
 

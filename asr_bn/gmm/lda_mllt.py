@@ -79,7 +79,8 @@ def estimate_lda(spliced: Mapping[str, np.ndarray], pdfs: Mapping[str, np.ndarra
     acc-lda processes draw them: one per job (`jobs`: utterance -> job, e.g. its ali.N.gz; default one job), each
     from srand(1) over its utterances in `spliced`'s order."""
     d = next(iter(spliced.values())).shape[1]
-    valid = _by_job([u for u, x in spliced.items() if u in pdfs and len(pdfs[u]) == len(x)], jobs)  # acc-lda skips others
+    aligned = [u for u, x in spliced.items() if u in pdfs and len(pdfs[u]) == len(x)]  # acc-lda skips the others
+    valid = _by_job(aligned, jobs)
     frames = {u: int((pdfs[u] >= 0).sum()) for u in valid}  # acc-lda's posteriors: 1 on each non-silence frame
     ones = np.ones(sum(frames.values()), np.float32)
     weights = rand_prune(ones, randprune, _job_draws(frames, jobs)) if randprune > 1 else ones  # 1 >= thresh: kept
@@ -263,4 +264,5 @@ def train_lda_mllt(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lan
         write_text(out / "splice_opts", f"--left-context={cfg.context} --right-context={cfg.context}\n")
 
     return train_tree_system("train_lda_mllt", project(), text, lang, ali_dir, out_dir, cfg, on_iteration=mllt,
-                             extra_config={"mllt_iters": list(cfg.mllt_iters), "randprune": cfg.randprune}, write_extra=write_extra)
+                             extra_config={"mllt_iters": list(cfg.mllt_iters), "randprune": cfg.randprune},
+                             write_extra=write_extra)
