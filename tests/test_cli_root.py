@@ -181,7 +181,8 @@ OUT_OF_RANGE = {
     "--cluster-thresh": "-2", "--replications": "0", "--order": "5", "--num-iters": "0", "--max-iter-inc": "-1",
     "--totgauss": "0", "--boost-silence": "0", "--retry-beam": "0", "--hold-out-speakers": "-1",
     "--power": "0", "--dim": "0", "--splice-context": "-1", "--silence-weight": "-1",
-    "--acwt": "0", "--first-beam": "0", "--fmllr-min-count": "-1", "--delta-order": "3",
+    "--acwt": "0", "--first-beam": "0", "--fmllr-min-count": "-1", "--delta-order": "3", "--randprune": "-1",
+    "--num-frame-masks": "-1", "--frames-mask-size": "-1", "--num-feature-masks": "-1", "--features-mask-size": "-1",
 }  # fmt: skip
 UNBOUNDED = {
     "--forget-bias": "any initial forget-gate bias",
