@@ -115,17 +115,21 @@ def accumulate_tree_stats(
         raise AsrBnError("no aligned utterance to gather tree statistics from (do features and alignments match?)")
     for j, part in pending.items():
         accs[j].add(part)
-    summed: dict[Event, tuple[float, np.ndarray]] = {}
-    for job in sorted(accs, key=lambda j: str(j + 1)):  # sum-tree-stats: the first job's as it is, then added
-        acc = accs[job]
-        for code, count, sums in zip(acc.codes, acc.counts, acc.sums):
-            event = _decode(code, acc.base, context_width)
-            before = summed.get(event)
-            summed[event] = (count, sums) if before is None else (before[0] + count, before[1] + sums)
-    events = sorted(summed)
     floor = float(np.float32(var_floor))  # Kaldi's --var-floor is a float
-    counts = np.array([summed[e][0] for e in events], np.float64)
-    return TreeStats(events, counts, np.array([summed[e][1] for e in events]).reshape(len(events), 2, dim), floor)
+    first, *others = [accs[j] for j in sorted(accs, key=lambda j: str(j + 1))]  # sum-tree-stats' order of files
+    row = {c: i for i, c in enumerate(first.codes)}
+    counts, sums = first.counts.astype(np.float64), first.sums
+    for acc in others:  # sum-tree-stats: the first job's statistics as they are, then each other job's added
+        new = [c for c in acc.codes if c not in row]
+        row.update({c: len(counts) + i for i, c in enumerate(new)})
+        counts = np.concatenate([counts, np.zeros(len(new))])
+        sums = np.concatenate([sums, np.zeros((len(new), *sums.shape[1:]))])
+        at = np.array([row[c] for c in acc.codes])
+        counts[at] += acc.counts
+        sums[at] += acc.sums
+    events = [_decode(c, first.base, context_width) for c in row]
+    order = sorted(range(len(events)), key=events.__getitem__)
+    return TreeStats([events[i] for i in order], counts[order], sums[order], floor)
 
 
 class _Accumulator:
