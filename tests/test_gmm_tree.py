@@ -426,6 +426,23 @@ def _static_ark(feats, path: Path) -> dict[str, np.ndarray]:  # noqa: ANN001 - t
     return static
 
 
+def _two_kaldi_jobs(bundle: Path, feats: dict[str, np.ndarray], prefix: Path, acc_cmd: list, sum_cmd: str
+                    ) -> tuple[dict[str, int], Path]:
+    """Two Kaldi jobs of an accumulator (train_lda_mllt.sh with ali.1.gz and ali.2.gz): the first and second half of
+    `feats`' sorted utterances each in its own process (`acc_cmd`, FEATS and ACC filled in; each draws from
+    srand(1)), then `sum_cmd` of their outputs. Returns the jobs and the summed file."""
+    import kaldiio
+
+    utts = sorted(feats)
+    jobs = {u: int(i >= len(utts) // 2) for i, u in enumerate(utts)}
+    for j in (0, 1):
+        ark, acc = f"{prefix}{j}.ark", f"{prefix}{j}.acc"
+        kaldiio.save_ark(ark, {u: feats[u] for u in utts if jobs[u] == j})
+        run_kaldi(bundle, *[{"FEATS": f"ark:{ark}", "ACC": acc}.get(str(a), a) for a in acc_cmd])
+    run_kaldi(bundle, sum_cmd, f"{prefix}.acc", f"{prefix}0.acc", f"{prefix}1.acc")
+    return jobs, Path(f"{prefix}.acc")
+
+
 def test_lda_is_est_ldas(synth: Setup, synth_tri1, tmp_path: Path) -> None:  # noqa: ANN001
     """Splicing and LDA on the previous alignments' pdfs (silence left out) against splice-feats + ali-to-post +
     weight-silence-post + acc-lda + est-lda, without random pruning and with train_lda_mllt.sh's --rand-prune 4 (the
@@ -456,16 +473,10 @@ def test_lda_is_est_ldas(synth: Setup, synth_tri1, tmp_path: Path) -> None:  # n
         signs = np.sign((ours * kaldi).sum(1))
         np.testing.assert_allclose(ours * signs[:, None], kaldi, atol=2e-5, err_msg=f"--rand-prune={prune}")
     assert not np.allclose(np.abs(mats[0.0]), np.abs(mats[4.0]), atol=1e-3), "pruning kept every frame"
-    # two jobs (train_lda_mllt.sh with an alignment dir of ali.1.gz and ali.2.gz): two acc-lda processes, each
-    # drawing from srand(1), then sum-lda-accs
-    utts = sorted(spliced)
-    jobs = {u: int(i >= len(utts) // 2) for i, u in enumerate(utts)}
-    for j in (0, 1):
-        kaldiio.save_ark(str(tmp_path / f"spliced{j}.ark"), {u: spliced[u] for u in utts if jobs[u] == j})
-        run_kaldi(synth.bundle, "acc-lda", "--rand-prune=4.0", tri1 / "final.mdl", f"ark:{tmp_path / f'spliced{j}.ark'}",
-                  f"ark:{tmp_path / 'wpost.ark'}", tmp_path / f"lda{j}.acc")
-    run_kaldi(synth.bundle, "sum-lda-accs", tmp_path / "lda.acc", tmp_path / "lda0.acc", tmp_path / "lda1.acc")
-    run_kaldi(synth.bundle, "est-lda", "--dim=40", tmp_path / "lda.mat", tmp_path / "lda.acc")
+    # two jobs: two acc-lda processes, then sum-lda-accs
+    jobs, acc = _two_kaldi_jobs(synth.bundle, spliced, tmp_path / "lda", ["acc-lda", "--rand-prune=4.0",
+                                tri1 / "final.mdl", "FEATS", f"ark:{tmp_path / 'wpost.ark'}", "ACC"], "sum-lda-accs")
+    run_kaldi(synth.bundle, "est-lda", "--dim=40", tmp_path / "lda.mat", acc)
     kaldi = kaldiio.load_mat(str(tmp_path / "lda.mat"))
     ours = estimate_lda(spliced, pdfs, num_pdfs, 40, randprune=4.0, jobs=jobs)
     signs = np.sign((ours * kaldi).sum(1))
@@ -509,14 +520,9 @@ def test_lda_mllt_system_against_kaldi(synth: Setup, synth_tri1, synth_tri2, tmp
         run_kaldi(synth.bundle, "est-mllt", tmp_path / "mllt.mat", tmp_path / "mllt.acc")
         np.testing.assert_allclose(estimate_mllt(beta, g), kaldiio.load_mat(str(tmp_path / "mllt.mat")), atol=1e-5,
                                    err_msg=f"--rand-prune={prune}")
-    utts = sorted(projected)  # two jobs: two gmm-acc-mllt processes, each drawing from srand(1), then sum-mllt-accs
-    jobs = {u: int(i >= len(utts) // 2) for i, u in enumerate(utts)}
-    for j in (0, 1):
-        kaldiio.save_ark(str(tmp_path / f"proj{j}.ark"), {u: projected[u] for u in utts if jobs[u] == j})
-        run_kaldi(synth.bundle, "gmm-acc-mllt", "--rand-prune=4.0", tri2 / "final.mdl", f"ark:{tmp_path / f'proj{j}.ark'}",
-                  f"ark:{tmp_path / 'wpost.ark'}", tmp_path / f"mllt{j}.acc")
-    run_kaldi(synth.bundle, "sum-mllt-accs", tmp_path / "mllt.acc", tmp_path / "mllt0.acc", tmp_path / "mllt1.acc")
-    run_kaldi(synth.bundle, "est-mllt", tmp_path / "mllt.mat", tmp_path / "mllt.acc")
+    jobs, acc = _two_kaldi_jobs(synth.bundle, projected, tmp_path / "mllt", ["gmm-acc-mllt", "--rand-prune=4.0",
+                                tri2 / "final.mdl", "FEATS", f"ark:{tmp_path / 'wpost.ark'}", "ACC"], "sum-mllt-accs")
+    run_kaldi(synth.bundle, "est-mllt", tmp_path / "mllt.mat", acc)
     np.testing.assert_allclose(estimate_mllt(*mllt_stats(system, projected, pdfs, randprune=4.0, jobs=jobs)),
                                kaldiio.load_mat(str(tmp_path / "mllt.mat")), atol=1e-5, err_msg="two jobs")
     info = run_kaldi(synth.bundle, "gmm-info", tri2 / "final.mdl")
