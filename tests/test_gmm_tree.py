@@ -1007,3 +1007,16 @@ def test_alignment_jobs_are_split_data_shs(kaldi_bundle: Path, tmp_path: Path, n
     assert kaldi_split(utts, num_jobs, utt2spk) == kaldi
     few = {u: "one" for u in utts[:10]}
     assert kaldi_split(utts[:10], 3, few) == [utts[:4], utts[4:7], utts[7:10]]
+
+
+def test_write_alignments_refuses_utterances_in_no_job(tmp_path: Path) -> None:
+    """Jobs that leave out an aligned utterance would drop it from every ali.N.gz without a word: refused."""
+    from asr_bn.gmm.align import write_alignments
+
+    alis = {"a": [1, 2], "b": [3], "c": [4]}
+    with pytest.raises(AsrBnError, match=r"1 aligned utterances \(e.g. c\) are in no job of"):
+        write_alignments(tmp_path, alis, [["a"], ["b"]])
+    assert not list(tmp_path.iterdir())
+    write_alignments(tmp_path, alis, [["a", "c"], ["b"]])
+    assert sorted(labels.utt for labels in read_alignments(tmp_path)) == ["a", "b", "c"]
+    assert (tmp_path / "num_jobs").read_text() == "2\n"

@@ -265,6 +265,9 @@ def write_alignments(out_dir: str | Path, alis: Mapping[str, Sequence[int]], par
 
     out_dir = Path(out_dir)
     num_jobs = len(parts)
+    unplaced = set(alis).difference(*map(set, parts))
+    if unplaced:  # a caller's parts and alignments disagree: writing would drop utterances without a word
+        raise AsrBnError(f"{len(unplaced)} aligned utterances (e.g. {min(unplaced)}) are in no job of {out_dir}")
     for job, part in enumerate(parts, 1):
         with atomic_open(out_dir / f"ali.{job}.gz", "wb") as f:
             with gzip.GzipFile(filename="", fileobj=f, mode="wb", mtime=0) as gz:  # no temp name in the header

@@ -11,6 +11,7 @@ pruning. The stream is computed in blocks: each block of values is a fixed integ
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 
 import numpy as np
@@ -91,7 +92,8 @@ class CRand:
         return out
 
 
-def _libm_cosf():  # noqa: ANN202 - a ctypes function
+@functools.cache
+def _libm_cosf():  # noqa: ANN202 - a ctypes function, loaded once
     libc = ctypes.CDLL(None)  # the process's C library (and libm)
     libc.cosf.argtypes, libc.cosf.restype = [ctypes.c_float], ctypes.c_float
     return libc.cosf

@@ -3,8 +3,8 @@
 The phone sets (lang's `phones/sets.int`) are clustered top-down: each cluster is split in two by k-means (ten
 pseudo-random starts, each refined by moving single sets while the likelihood rises), best split first, until every
 set stands alone. Every cluster of that tree is a question ("is the phone in this cluster?"). Kaldi draws its
-k-means starts from the C library's `rand()` seeded with 1; `asr_bn.gmm.crand.CRand` reproduces that sequence, so the questions are
-Kaldi's own.
+k-means starts from the C library's `rand()` seeded with 1; `asr_bn.gmm.crand.CRand` reproduces that sequence, so
+the questions are Kaldi's own.
 """
 
 from __future__ import annotations
