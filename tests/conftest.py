@@ -4,6 +4,7 @@ them skip with a reason when absent)."""
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -39,6 +40,28 @@ def kaldi_bundle() -> Path:
     if not (path / "bin").is_dir():
         pytest.skip(f"Kaldi bundle {path} is absent (CI always has ../shared/kaldi beside the repo)")
     return path
+
+
+def kaldi_s5_scripts(s5: Path, bundle: Path) -> None:
+    """Give s5 what a Kaldi egs dir has: steps/ and utils/ (links into the bundle's egs; links the bundle stores as
+    one-line files naming their target, e.g. steps/score_kaldi.sh and utils/run.pl, point at that target) and a
+    path.sh that puts the bundle's binaries and these utils/steps on PATH, as Kaldi's egs path.sh does."""
+    for name in ("steps", "utils"):
+        for src in (bundle / "egs" / name).rglob("*"):
+            dst = s5 / name / src.relative_to(bundle / "egs" / name)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if src.is_dir() and not src.is_symlink():
+                dst.mkdir(exist_ok=True)
+                continue
+            target = src
+            if src.is_file() and src.stat().st_size < 100:
+                named = (src.parent / src.read_text().strip()) if "\n" not in src.read_text().strip() else None
+                target = named if named is not None and named.exists() else src
+            dst.symlink_to(target.resolve())
+    (s5 / "path.sh").write_text(
+        f"export KALDI_BUNDLE={shlex.quote(str(bundle))}\n. $KALDI_BUNDLE/path.sh\n"
+        f"export PATH={shlex.quote(str(s5 / 'utils'))}:{shlex.quote(str(s5 / 'steps'))}:$PATH\n"
+    )
 
 
 def run_kaldi_bytes(bundle: Path, *args: str | Path, stdin: bytes | None = None, cwd: Path | None = None) -> bytes:

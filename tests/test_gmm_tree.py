@@ -905,7 +905,7 @@ def test_decode_fmllr_against_decode_fmllr_sh(synth: Setup, synth_tri1, synth_tr
     import kaldiio
 
     from asr_bn.gmm.decode_fmllr import decode_fmllr
-    from test_wsj_recipe import kaldi_s5_scripts
+    from conftest import kaldi_s5_scripts
 
     _, feats, _, _, _, _, prep = synth_tri1
     _, tri3, _ = synth_tri3

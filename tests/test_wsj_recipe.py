@@ -24,7 +24,7 @@ import kaldiio
 import pytest
 
 from asr_bn.features import FeaturePipeline
-from conftest import run_kaldi
+from conftest import kaldi_s5_scripts, run_kaldi
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = REPO / "recipes" / "wsj" / "run.sh"
@@ -158,28 +158,6 @@ def test_rerun_skips_every_stage(recipe: tuple[Path, Path, str]) -> None:
     assert before == {p: p.stat().st_mtime_ns for p in (out / "exp").rglob("*.pt")}
     other = run(*FAST, "--units", "16", "--stage", "2", "--stop-stage", "2", s5, out)
     assert other.returncode == 1 and "was made with other options" in one_error(other)
-
-
-def kaldi_s5_scripts(s5: Path, bundle: Path) -> None:
-    """Give s5 what a Kaldi egs dir has: steps/ and utils/ (links into the bundle's egs; links the bundle stores as
-    one-line files naming their target, e.g. steps/score_kaldi.sh and utils/run.pl, point at that target) and a
-    path.sh that puts the bundle's binaries and these utils/steps on PATH, as Kaldi's egs path.sh does."""
-    for name in ("steps", "utils"):
-        for src in (bundle / "egs" / name).rglob("*"):
-            dst = s5 / name / src.relative_to(bundle / "egs" / name)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if src.is_dir() and not src.is_symlink():
-                dst.mkdir(exist_ok=True)
-                continue
-            target = src
-            if src.is_file() and src.stat().st_size < 100:
-                named = (src.parent / src.read_text().strip()) if "\n" not in src.read_text().strip() else None
-                target = named if named is not None and named.exists() else src
-            dst.symlink_to(target.resolve())
-    (s5 / "path.sh").write_text(
-        f"export KALDI_BUNDLE={shlex.quote(str(bundle))}\n. $KALDI_BUNDLE/path.sh\n"
-        f"export PATH={shlex.quote(str(s5 / 'utils'))}:{shlex.quote(str(s5 / 'steps'))}:$PATH\n"
-    )
 
 
 @pytest.mark.slow
