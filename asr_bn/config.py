@@ -12,7 +12,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from asr_bn.errors import UsageError
 
@@ -21,6 +21,7 @@ __all__ = [
     "option",
     "check_options",
     "FbankConfig",
+    "ModelConfig",
     "TrainConfig",
     "PRESETS",
     "RESUMABLE",
@@ -144,9 +145,9 @@ class FbankConfig:
                 f"{self.sample_frequency:g} (need 0 <= low < high <= Nyquist {nyquist:g}; "
                 "high <= 0 is an offset from Nyquist)"
             )
-        from asr_bn.features import _mel_banks_np  # numpy; imported here so that the CLI starts without it
+        from asr_bn.mel import mel_banks  # numpy; imported here so that the CLI starts without it
 
-        _mel_banks_np(self, self.vtln_warp)  # raises for empty mel bins and VTLN cut-offs out of range
+        mel_banks(self, self.vtln_warp)  # raises for empty mel bins and VTLN cut-offs out of range
 
     @property
     def window_size(self) -> int:
@@ -294,10 +295,56 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "newbob", "exponential")
 AMP_MODES = ("none", "bf16", "fp16")
 BN_MODES = ("none", "frame", "sequence")
+BnMode = Literal["none", "frame", "sequence"]
 _POSITIVE = Range(0, low_open=True)
 _AT_LEAST_1 = Range(1)
 _AT_LEAST_0 = Range(0)
 _FRACTION = Range(0, 1, high_open=True)  # [0, 1)
+
+
+@dataclass
+class ModelConfig:
+    """Shape and batch-norm options of a BN-BLSTM; saved beside each model as ``config.json``."""
+
+    input_dim: int
+    num_pdfs: int
+    layers: int = 5
+    units: int = 250  # per direction
+    bn: BnMode = "sequence"
+    bn_hidden: bool = False
+    dropout: float = 0.0
+    forget_bias: float = 0.0
+    bn_momentum: float = 0.1
+    bn_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("input_dim", "num_pdfs", "layers", "units"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if self.bn not in BN_MODES:
+            raise ValueError(f"ModelConfig.bn must be one of {BN_MODES}, got {self.bn!r}")
+        if self.bn_hidden and self.bn == "none":
+            raise ValueError("ModelConfig.bn_hidden needs bn='frame' or bn='sequence' (it adds BN on W_h·h to them)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if not 0.0 < self.bn_momentum <= 1.0:
+            raise ValueError(f"ModelConfig.bn_momentum must be in (0, 1], got {self.bn_momentum!r}")
+        if not self.bn_eps > 0.0:
+            raise ValueError(f"ModelConfig.bn_eps must be > 0, got {self.bn_eps!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Inverse of ``to_dict``; unknown keys are an error naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig keys {unknown}; known keys are {sorted(known)}")
+        return cls(**d)
 
 
 @dataclass
@@ -365,10 +412,8 @@ class TrainConfig:
             if find_spec("tensorboard") is None:  # what torch.utils.tensorboard imports
                 raise UsageError("--tensorboard needs the tensorboard package (pip install tensorboard)")
 
-    def model_config(self, input_dim: int, num_pdfs: int) -> Any:
-        """The model (asr_bn.model.ModelConfig) these options describe, for `input_dim` features and `num_pdfs`."""
-        from asr_bn.model import ModelConfig
-
+    def model_config(self, input_dim: int, num_pdfs: int) -> ModelConfig:
+        """The model (ModelConfig) these options describe, for `input_dim` features and `num_pdfs`."""
         try:
             return ModelConfig(
                 input_dim=input_dim, num_pdfs=num_pdfs, layers=self.layers, units=self.units, bn=self.bn,
@@ -376,12 +421,6 @@ class TrainConfig:
             )  # fmt: skip
         except ValueError as e:
             raise UsageError(f"bad model option: {e}") from e
-
-    def spec_augment(self) -> Any:
-        """The masks of training batches (asr_bn.augment.SpecAugment) these options describe."""
-        from asr_bn.augment import SpecAugment
-
-        return SpecAugment(self.num_frame_masks, self.frames_mask_size, self.num_feature_masks, self.features_mask_size)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (JSON-safe)."""

@@ -43,7 +43,7 @@ import contextlib
 import copy
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -51,57 +51,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from asr_bn.config import BN_MODES
+from asr_bn.config import BnMode, ModelConfig
 
-__all__ = ["ModelConfig", "BnBlstm", "BnBlstmLayer", "reestimate_population_stats"]
-
-BnMode = Literal["none", "frame", "sequence"]
-
-
-@dataclass
-class ModelConfig:
-    """Shape and batch-norm options of a BN-BLSTM; saved beside each model as ``config.json``."""
-
-    input_dim: int
-    num_pdfs: int
-    layers: int = 5
-    units: int = 250  # per direction
-    bn: BnMode = "sequence"
-    bn_hidden: bool = False
-    dropout: float = 0.0
-    forget_bias: float = 0.0
-    bn_momentum: float = 0.1
-    bn_eps: float = 1e-5
-
-    def __post_init__(self) -> None:
-        for name in ("input_dim", "num_pdfs", "layers", "units"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
-        if self.bn not in BN_MODES:
-            raise ValueError(f"ModelConfig.bn must be one of {BN_MODES}, got {self.bn!r}")
-        if self.bn_hidden and self.bn == "none":
-            raise ValueError("ModelConfig.bn_hidden needs bn='frame' or bn='sequence' (it adds BN on W_h·h to them)")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if not 0.0 < self.bn_momentum <= 1.0:
-            raise ValueError(f"ModelConfig.bn_momentum must be in (0, 1], got {self.bn_momentum!r}")
-        if not self.bn_eps > 0.0:
-            raise ValueError(f"ModelConfig.bn_eps must be > 0, got {self.bn_eps!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict of every field."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        """Inverse of ``to_dict``; unknown keys are an error naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig keys {unknown}; known keys are {sorted(known)}")
-        return cls(**d)
-
+__all__ = ["BnBlstm", "BnBlstmLayer", "reestimate_population_stats"]
 
 # ----------------------------------------------------------------------------------------------------------------
 # Packed-layout bookkeeping

@@ -52,12 +52,12 @@ from asr_bn.batching import (
     make_loader,
     read_targets,
 )
-from asr_bn.config import PRESETS, TrainConfig
+from asr_bn.config import PRESETS, ModelConfig, TrainConfig
 from asr_bn.device import parse_device
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.features import FeaturePipeline
 from asr_bn.io import OutputLock, atomic_path, check_output_dir, check_output_file, error_detail, write_text
-from asr_bn.model import BnBlstm, ModelConfig, reestimate_population_stats
+from asr_bn.model import BnBlstm, reestimate_population_stats
 from asr_bn.report import Report
 from asr_bn.score import FrameScores, frame_scores
 
@@ -539,7 +539,7 @@ class _Run:
             model_config = _saved_model_config(ckpt, exp / "checkpoint.pt")
         else:
             model_config = cfg.model_config(pipeline.output_dim, len(priors))
-        augment = cfg.spec_augment()
+        augment = SpecAugment(cfg.num_frame_masks, cfg.frames_mask_size, cfg.num_feature_masks, cfg.features_mask_size)
         augment.check(model_config.input_dim)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         raw_model = BnBlstm(model_config).to(device)

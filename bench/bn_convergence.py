@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from asr_bn.model import BnBlstm, ModelConfig
+from asr_bn.config import ModelConfig
+from asr_bn.model import BnBlstm
 
 DIM, CLASSES, BATCH = 16, 6, 24
 

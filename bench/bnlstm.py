@@ -25,7 +25,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from asr_bn.model import BnBlstm, ModelConfig
+from asr_bn.config import ModelConfig
+from asr_bn.model import BnBlstm
 
 INPUT, UNITS, BATCH = 120, 250, 24
 BASE = "nn.LSTM (packed)"

@@ -29,7 +29,8 @@ def measure(updates: int) -> dict[str, float]:
     """Seconds of CPU per update, per BN mode, in this process."""
     import torch
 
-    from asr_bn.model import BnBlstm, ModelConfig
+    from asr_bn.config import ModelConfig
+    from asr_bn.model import BnBlstm
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from asr_bn.model import BnBlstm, ModelConfig
+from asr_bn.config import ModelConfig
+from asr_bn.model import BnBlstm
 
 SIZES = {"demo 2 x 128": (2, 128), "default 5 x 250": (5, 250)}
 BATCH, FRAMES, INPUT, PDFS = 16, 100, 120, 500

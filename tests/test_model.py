@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from asr_bn.model import BnBlstm, ModelConfig, reestimate_population_stats
+from asr_bn.config import ModelConfig
+from asr_bn.model import BnBlstm, reestimate_population_stats
 
 MODES = ["none", "frame", "sequence"]
 BACKENDS = ["kernel", "loop"]  # torch's fused LSTM kernel, the hand-written recurrence

@@ -105,7 +105,8 @@ def test_exponential_and_constant_schedules() -> None:
 
 
 def test_masked_loss_ignores_padding() -> None:
-    from asr_bn.model import BnBlstm, ModelConfig
+    from asr_bn.config import ModelConfig
+    from asr_bn.model import BnBlstm
 
     torch.manual_seed(0)
     model = BnBlstm(ModelConfig(input_dim=3, num_pdfs=5, layers=1, units=4)).eval()

@@ -37,11 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # or wire the CLI are left out. Methods are Class.method.
 FUNCTIONS: dict[str, set[str]] = {
     "features": {
-        "num_frames", "_first_sample", "_window_np", "_mel_scale", "_inverse_mel_scale",
-        "_vtln_warp_freq", "_mel_banks_np", "_utterance_frames", "_fbank_block", "_delta_scales", "add_deltas",
+        "num_frames", "_first_sample", "_window_np", "_utterance_frames", "_fbank_block", "_delta_scales", "add_deltas",
         "compute_cmvn_stats", "_cmvn_offset_scale", "apply_cmvn", "FeaturePipeline.output_dim",
         "FeaturePipeline.transform", "FeaturePipeline._stats_for",
     },
+    "mel": {"mel_scale", "inverse_mel_scale", "vtln_warp_freq", "mel_banks"},
     "batching": {
         "BucketingSampler.__init__", "BucketingSampler.set_epoch", "BucketingSampler.global_batches",
         "BucketingSampler.batch_num_frames", "BucketingSampler.__len__", "BucketingSampler.__iter__",
