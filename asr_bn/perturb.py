@@ -1,8 +1,9 @@
 """Speed perturbation of a Kaldi data dir, as Kaldi's utils/data/perturb_data_dir_speed_3way.sh: each factor f ≠ 1
 adds a copy of every recording played f times as fast (tempo and pitch together, as sox's `speed` effect), with
 `sp<f>-` before its recording, utterance and speaker ids and its segments' times divided by f; factor 1 keeps the
-originals as they are. utt2uniq names the original of every utterance, utt2dur its duration. The copies are written once as 16-bit WAV files under OUT/wav (asr-bn runs no sox), so the
-output is a plain data dir that Kaldi's tools and every asr-bn command read.
+originals as they are; utt2uniq names the original of every utterance, utt2dur its duration. The copies are
+written once as 16-bit WAV files under OUT/wav (asr-bn runs no sox), so the output is a plain data dir that Kaldi's
+tools and every asr-bn command read.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ _MAX_DENOMINATOR = 100  # factors are rational with a small denominator (0.9 = 9
 
 
 def speed_factors(text: str) -> tuple[float, ...]:
-    """The factors of `--factors 0.9,1.0,1.1`: positive, distinct, each a ratio of integers up to 100."""
+    """The factors of `--factors 0.9,1.0,1.1`: within 0.5..2, distinct, each a ratio of integers up to 100."""
     try:
         factors = tuple(float(x) for x in text.split(","))
     except ValueError:
