@@ -115,9 +115,10 @@ def _first_bad(fst: FstArrays, bad: np.ndarray) -> tuple[int, int]:
 
 
 def check_graph(fst_path: Path, fst: FstArrays, num_tids: int, words: dict[int, str], model_path: Path) -> None:
-    """Refuse a graph the decoder would crash on or decode wrongly: a missing start state, an arc to a state that does
-    not exist, an input label that is no transition-id of the model (disambiguation symbols included), an output
-    label missing from words.txt. Vectorised over the arcs; one AsrBnError naming the graph, the arc and the fix."""
+    """Refuse a graph the decoder would crash on, hang on or decode wrongly: a missing start state, an arc to a state
+    that does not exist, a NaN or -inf weight (arc or final), an input label that is no transition-id of the model
+    (disambiguation symbols included), an output label missing from words.txt. Vectorised over the arcs; one
+    AsrBnError naming the graph, the arc and the fix."""
     arcs, n = fst.arcs, fst.num_states
     if n == 0 or not 0 <= fst.start < n:
         raise AsrBnError(f"{fst_path}: the graph has {n} states and start state {fst.start} (an empty or corrupt "
@@ -127,6 +128,17 @@ def check_graph(fst_path: Path, fst: FstArrays, num_tids: int, words: dict[int, 
         arc, state = _first_bad(fst, bad)
         raise AsrBnError(f"{fst_path}: an arc from state {state} goes to state {arcs['nextstate'][arc]}, but the graph "
                          f"has {n} states (a corrupt graph: rebuild it)")
+    # Tropical weights: a cost, or +inf for "no final weight" (arcs with +inf are dead but legal). NaN and -inf
+    # make no sense and hang or crash the decoders.
+    bad = np.isnan(arcs["weight"]) | (arcs["weight"] == -np.inf)
+    if bad.any():
+        arc, state = _first_bad(fst, bad)
+        raise AsrBnError(f"{fst_path}: an arc from state {state} has weight {arcs['weight'][arc]} (a corrupt graph: "
+                         "rebuild it)")
+    bad_final = np.flatnonzero(np.isnan(fst.final) | (fst.final == -np.inf))
+    if len(bad_final):
+        state = int(bad_final[0])
+        raise AsrBnError(f"{fst_path}: state {state} has final weight {fst.final[state]} (a corrupt graph: rebuild it)")
     bad = (arcs["ilabel"] < 0) | (arcs["ilabel"] > num_tids)
     if bad.any():
         arc, state = _first_bad(fst, bad)
@@ -239,6 +251,9 @@ def decode_matrix(graph: Graph, utt: str, loglikes: np.ndarray, config: DecodeCo
     if not ok or lat.num_states == 0:
         raise AsrBnError(f"utterance {utt}: no path survived the beam (raise --beam or --max-active)")
     words, tids, graph_cost, am_cost = _best_path(graph, kaldifst.shortest_path(lat, n=1) if config.lattices else lat)
+    if not math.isfinite(graph_cost + am_cost):
+        raise AsrBnError(f"utterance {utt}: the best path costs {graph_cost + am_cost} (the graph's weights overflow: "
+                         "rebuild the graph)")
     if not config.lattices:
         return Hypothesis(utt, words, frames, -(graph_cost + am_cost), decoder.reached_final(),
                           [] if graph.pdf_labels else tids)

@@ -88,8 +88,12 @@ def _skip_symbol_table(buf: bytes, pos: int) -> int:
     _, pos = _string(buf, pos + 4)
     (size,) = _I64.unpack_from(buf, pos + 8)
     pos += 16
+    if not 0 <= size <= len(buf):
+        raise _Corrupt(f"a symbol table claims {size} symbols")
     for _ in range(size):
         (n,) = _I32.unpack_from(buf, pos)
+        if n < 0:
+            raise _Corrupt("a symbol table holds a symbol of negative length")
         pos += 4 + n + 8
     return pos
 
@@ -105,7 +109,7 @@ def _parse(buf: bytes, want: str = "standard") -> FstArrays:
         for flag in (_HAS_ISYMBOLS, _HAS_OSYMBOLS):
             if flags & flag:
                 pos = _skip_symbol_table(buf, pos)
-    except struct.error:
+    except (struct.error, OverflowError):
         raise _Corrupt("its header is cut off") from None
     if arc_type != want:
         raise _Corrupt(f"arc type {arc_type!r}, not the {want!r} arcs of a "
@@ -163,9 +167,11 @@ def _parse_vector(buf: bytes, pos: int, start: int, num_states: int, props: int,
             n = unpack(buf, at + weight)[0]
             counts.append(n)
             at += record + arc_dtype.itemsize * n
-    except struct.error:
+            if n < 0 or at > size:
+                raise _Corrupt(f"state {len(counts) - 1} of {num_states} claims {n} arcs, more than its bytes hold")
+    except (struct.error, OverflowError):
         raise _Corrupt(f"its body is cut off at state {len(counts) - 1} of {num_states}") from None
-    if at != size or min(counts, default=0) < 0:
+    if at != size:
         raise _Corrupt(f"its states' records do not end at its last byte ({at} of {size})")
     first = np.zeros(num_states + 1, np.int64)
     np.cumsum(counts, out=first[1:])

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from conftest import run_kaldi
 from typer.testing import CliRunner
 
 from asr_bn.decode import DecodeConfig, decode_matrix, load_graph, read_loglikes
-from asr_bn.fst import read_std_fst, vector_bytes
+from asr_bn.fst import FstArrays, read_std_fst, vector_bytes
 from asr_bn.io import write_ark_scp
 from asr_bn_cli.main import build_app
 
@@ -126,6 +127,99 @@ def test_bad_graph_is_one_line_exit_1(
     assert not (tmp_path / "d" / "text").exists()
 
 
+
+
+@pytest.mark.parametrize("fst_type", ["vector", "const"])
+@pytest.mark.parametrize("where", ["arc", "final"])
+@pytest.mark.parametrize("value", [math.nan, -math.inf])
+def test_nan_or_minus_inf_weight_is_one_line_exit_1(
+    yesno_root: Path, kaldi_bundle: Path, tmp_path: Path, fst_type: str, where: str, value: float
+) -> None:
+    """A NaN or -inf final weight made `decode --lattices` loop for ever, and on an arc a traceback; OpenFst's
+    fstinfo calls such graphs not well-formed. Refused before decoding, with lattices or without."""
+    graph = _graph_copy(yesno_root, tmp_path / "g")
+    fst = read_std_fst(graph / "HCLG.fst")
+    final, arcs = fst.final.copy(), fst.arcs.copy()
+    if where == "arc":
+        arcs["weight"][5] = value
+    else:
+        final[np.flatnonzero(np.isfinite(final))[0]] = value
+    edited = FstArrays("vector", fst.start, final, fst.first, arcs, fst.properties, b"")
+    (graph / "HCLG.fst").write_bytes(vector_bytes(edited, changed=True))
+    if fst_type == "const":
+        _to_const(kaldi_bundle, graph)
+    write_ark_scp(tmp_path / "ll.ark", None, [("u", np.zeros((20, 11), np.float32))])
+    for options in ([], ["--lattices"]):
+        result = runner.invoke(app, ["decode", str(graph), str(yesno_root / "exp/mono"), str(tmp_path / "ll.ark"),
+                                     str(tmp_path / "d"), *options])  # fmt: skip
+        errors = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 1 and len(errors) == 1, result.output
+        assert re.search(r"HCLG.fst: (an arc from state \d+|state \d+) has (final )?weight (nan|-inf) \(a corrupt "
+                         r"graph: rebuild it\)", errors[0]), errors[0]
+
+
+_FUZZ = r"""
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from asr_bn.config import DecodeConfig
+from asr_bn.decode import decode_matrix, load_graph
+from asr_bn.errors import AsrBnError
+
+graph, model, seed, cases = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+good = (graph / "HCLG.fst").read_bytes()
+rng = np.random.default_rng(seed)
+loglikes = rng.normal(-5.0, 3.0, (30, 11)).astype(np.float32)
+outcomes = {"refused": 0, "decoded": 0, "skipped": 0}
+for case in range(cases):
+    raw = bytearray(good)
+    if case % 4 == 3:
+        raw = raw[: int(rng.integers(0, len(raw)))]
+    else:
+        for at in rng.integers(0, len(raw), int(rng.integers(1, 5))):
+            raw[at] = int(rng.integers(0, 256))
+    (graph / "HCLG.fst").write_bytes(bytes(raw))
+    print("case", case, flush=True)
+    try:
+        g = load_graph(graph, model)
+    except AsrBnError as e:
+        assert "\n" not in str(e) and str(graph / "HCLG.fst") in str(e), e
+        outcomes["refused"] += 1
+        continue
+    for lattices in (False, True):
+        try:
+            decode_matrix(g, "u", loglikes, DecodeConfig(lattices=lattices))
+            outcomes["decoded"] += 1
+        except AsrBnError as e:
+            assert str(e).startswith("utterance u: ") and "\n" not in str(e), e
+            outcomes["skipped"] += 1
+print(outcomes)
+"""
+
+
+@pytest.mark.parametrize("fst_type", ["vector", "const"])
+def test_corrupted_graph_bytes_never_crash_or_hang_decode(
+    yesno_root: Path, kaldi_bundle: Path, tmp_path: Path, fst_type: str
+) -> None:
+    """Issue 13: decode never crashes on a bad file. 200 random corruptions of a real graph (1-4 bytes overwritten, or
+    the file cut short) each either load and decode, give a named per-utterance error, or are refused in one line
+    naming the graph; never another exception, a crash or a hang (the cases run in a child process with a deadline)."""
+    graph = _graph_copy(yesno_root, tmp_path / "g")
+    if fst_type == "const":
+        _to_const(kaldi_bundle, graph)
+    script = tmp_path / "fuzz.py"
+    script.write_text(_FUZZ)
+    try:
+        done = subprocess.run([sys.executable, script, graph, yesno_root / "exp/mono/final.mdl", "7", "200"],
+                              capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as e:
+        last = [line for line in (e.stdout or b"").decode().splitlines() if line.startswith("case")][-1:]
+        pytest.fail(f"decoding a corrupted graph hung ({last})")
+    assert done.returncode == 0, done.stdout[-500:] + done.stderr[-3000:]
+    outcomes = eval(done.stdout.splitlines()[-1])  # the child's last line: a dict of counts
+    assert outcomes["refused"] > 50 and outcomes["decoded"] > 0, outcomes
 
 
 def test_empty_graph_is_one_line_exit_1(yesno_root: Path, kaldi_bundle: Path, tmp_path: Path) -> None:
