@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(REPO / "tools"))  # the Kaldi oracles that scripts and tests share (tools/kaldi_align.py)
 
 
 def _require(path: Path) -> Path:
