@@ -274,22 +274,24 @@ def _arpa_g(words_txt: Path, arpa: Path) -> str:
     return kaldilm.arpa2fst(input_arpa=str(arpa), disambig_symbol="#0", read_symbol_table=str(words_txt))
 
 
-def _one_best(graph: Path, model: Path, loglikes: Path, pdf_labels: bool = False) -> dict[str, tuple[list[str], float]]:
+def _one_best(graph: Path, model: Path, loglikes: Path, pdf_labels: bool = False,
+              config: DecodeConfig | None = None) -> dict[str, tuple[list[str], float]]:
     """asr-bn's one-best words and log-likelihood (-(graph + 0.1 × acoustic cost), Kaldi's decoders') per utterance,
-    on the graph as it is or relabelled with pdf-ids (what `decode` does without lattices and ctm)."""
-    loaded, config = load_graph(graph, model, pdf_labels), DecodeConfig()
+    on the graph as it is or relabelled with pdf-ids (what `decode` does without lattices and ctm); `config`'s beams
+    (default: DecodeConfig's, steps/nnet/decode.sh's)."""
+    loaded, config = load_graph(graph, model, pdf_labels), config or DecodeConfig()
     return {u: ((h := decode_matrix(loaded, u, m, config)).words, h.log_like) for u, m in read_loglikes(loglikes)}
 
 
 def _kaldi_one_best(
-    kaldi_bundle: Path, graph: Path, model: Path, loglikes: Path, work: Path
+    kaldi_bundle: Path, graph: Path, model: Path, loglikes: Path, work: Path, beam: float = 13.0
 ) -> dict[str, tuple[list[str], float]]:
-    """latgen-faster-mapped (steps/nnet/decode.sh's beams) then lattice-1best: words and -(graph + 0.1 × acoustic)
-    (lattices keep unscaled acoustic costs); lattice-best-path's words checked equal."""
+    """latgen-faster-mapped (steps/nnet/decode.sh's beams; `beam` for another) then lattice-1best: words and
+    -(graph + 0.1 × acoustic) (lattices keep unscaled acoustic costs); lattice-best-path's words checked equal."""
     words = {line.split()[1]: line.split()[0] for line in (graph / "words.txt").read_text().splitlines()}
     lat = work / "lat.ark"
     # state-level lattices: determinizing them takes Kaldi minutes on this tiny network's flat scores
-    run_kaldi(kaldi_bundle, "latgen-faster-mapped", "--acoustic-scale=0.1", "--beam=13", "--lattice-beam=8",
+    run_kaldi(kaldi_bundle, "latgen-faster-mapped", "--acoustic-scale=0.1", f"--beam={beam}", "--lattice-beam=8",
               "--max-active=7000", "--determinize-lattice=false", model, graph / "HCLG.fst", f"ark:{loglikes}",
               f"ark:{lat}")  # fmt: skip
     run_kaldi(kaldi_bundle, "lattice-1best", "--acoustic-scale=0.1", f"ark:{lat}", f"ark:{work / 'best.ark'}")
@@ -298,12 +300,13 @@ def _kaldi_one_best(
     for block in text.strip().split("\n\n"):
         utt, *lines = block.strip().splitlines()
         cost, hyp = 0.0, []
-        for line in lines:  # "src dst word graph,acoustic,tids" or a final "state graph,acoustic,"
+        for line in lines:  # "src dst word graph,acoustic,tids", a final "state graph,acoustic," or "state" (cost 0)
             fields = line.split()
             if len(fields) == 4 and fields[2] != "0":
                 hyp.append(words[fields[2]])
-            g, a = fields[-1].split(",")[:2]
-            cost += float(g) + 0.1 * float(a)
+            if len(fields) > 1:
+                g, a = fields[-1].split(",")[:2]
+                cost += float(g) + 0.1 * float(a)
         out[utt.strip()] = (hyp, -cost)
     best_path = run_kaldi(kaldi_bundle, "lattice-best-path", "--acoustic-scale=0.1", f"ark:{lat}", "ark,t:-")
     for line in best_path.splitlines():
