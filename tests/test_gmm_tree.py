@@ -396,6 +396,26 @@ def test_lda_mllt_alignment_is_gmm_align_compileds(synth: Setup, synth_tri1, syn
     assert one_side == 0 and share >= 0.99
 
 
+def test_lda_features_of_another_kind_are_refused(synth_tri1, synth_tri2, tmp_path: Path) -> None:  # noqa: ANN001
+    """Features whose cepstra are not the system's (e.g. Kaldi MFCC with 20 cepstra against a final.mat made on
+    13, spliced ±3 into 91 inputs) were cut to 13 without a word: now one error naming the utterance and final.mat;
+    an LDA dimension above the spliced features' is refused naming both."""
+    from asr_bn.errors import UsageError
+    from asr_bn.gmm.lda_mllt import LdaMlltConfig, train_lda_mllt
+    from asr_bn.gmm.sat import speaker_independent_features
+
+    _, feats, text, lang, tri1, _, _ = synth_tri1
+    _, out, _ = synth_tri2
+    utt = sorted(feats)[0]
+    wider = {utt: np.zeros((30, 60), np.float32)}  # 20 cepstra + Δ + ΔΔ
+    with pytest.raises(AsrBnError, match=rf"utterance {utt}: its 20 static cepstra cannot be spliced to the 91 "
+                                         r"inputs of \S+final.mat \(features of another kind"):
+        speaker_independent_features(wider, out)[utt]
+    with pytest.raises(UsageError, match=r"dim 92 is above the 91 dimensions of the spliced features \(13 cepstra x 7"):
+        train_lda_mllt(feats, text, lang, tri1, tmp_path / "tri2", LdaMlltConfig(dim=92))
+    assert not (tmp_path / "tri2").exists()
+
+
 def test_train_deltas_refuses_nonsense_options() -> None:
     from asr_bn.errors import UsageError
     from asr_bn.gmm.train_deltas import DeltasConfig
@@ -403,7 +423,7 @@ def test_train_deltas_refuses_nonsense_options() -> None:
     from asr_bn.gmm.lda_mllt import LdaMlltConfig
 
     for bad in (DeltasConfig(num_leaves=0), DeltasConfig(num_leaves=500, tot_gauss=100),
-                DeltasConfig(num_iters=10, realign_iters=(12,)), LdaMlltConfig(dim=92), LdaMlltConfig(context=-1),
+                DeltasConfig(num_iters=10, realign_iters=(12,)), LdaMlltConfig(dim=0), LdaMlltConfig(context=-1),
                 LdaMlltConfig(num_iters=10, mllt_iters=(2, 10))):
         with pytest.raises(UsageError):
             bad.validate()

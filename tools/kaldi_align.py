@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 KALDI = REPO.parent / "shared" / "kaldi"
-NUM_CEPS = 13  # the static cepstra of asr-bn's GMM features (then Δ+ΔΔ)
 
 
 def kaldi_alignments(bundle: Path, system_dir: Path, gmm_feats: Mapping[str, np.ndarray], text: Mapping[str, str],
@@ -36,10 +35,11 @@ def kaldi_alignments(bundle: Path, system_dir: Path, gmm_feats: Mapping[str, np.
     from asr_bn.lang import lexicon_fst
 
     work.mkdir(parents=True, exist_ok=True)
-    kaldiio.save_ark(str(work / "static.ark"), {u: np.ascontiguousarray(f[:, :NUM_CEPS]) for u, f in gmm_feats.items()})
+    static = {u: np.ascontiguousarray(f[:, : f.shape[1] // 3]) for u, f in gmm_feats.items()}  # cepstra, not Δ+ΔΔ
+    kaldiio.save_ark(str(work / "static.ark"), static)
     mat = system_dir / "final.mat"
     if mat.is_file():
-        context = (kaldiio.load_mat(str(mat)).shape[1] // NUM_CEPS - 1) // 2
+        context = (kaldiio.load_mat(str(mat)).shape[1] // next(iter(static.values())).shape[1] - 1) // 2
         feats = (f"ark:splice-feats --left-context={context} --right-context={context} ark:{work / 'static.ark'} "
                  f"ark:- | transform-feats {mat} ark:- ark:- |")
     else:

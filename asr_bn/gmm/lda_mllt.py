@@ -26,9 +26,6 @@ from asr_bn.io import atomic_open, write_text
 from asr_bn.lang import Lang
 from asr_bn.report import Report
 
-NUM_CEPS = 13  # the static part of the GMM features (cepstra + Δ + ΔΔ)
-
-
 @dataclass
 class LdaMlltConfig(DeltasConfig):
     """train_lda_mllt.sh's options: train_deltas's, plus the LDA dimension, splicing and the MLLT iterations."""
@@ -40,14 +37,17 @@ class LdaMlltConfig(DeltasConfig):
 
     def validate(self) -> None:
         super().validate()
-        spliced = NUM_CEPS * (2 * self.context + 1)
-        if not 1 <= self.dim <= spliced or self.context < 0:
-            raise UsageError(f"lda-mllt: dim {self.dim} must lie in 1..{spliced} (13 cepstra x {2 * self.context + 1} "
-                             f"spliced frames) and context {self.context} must be >= 0")
+        if self.dim < 1 or self.context < 0:
+            raise UsageError(f"lda-mllt: dim {self.dim} must be >= 1 and context {self.context} >= 0")
         if not self.randprune >= 0:
             raise UsageError(f"lda-mllt: randprune {self.randprune} must be >= 0 (0: every frame counts)")
         if any(not 1 <= i < self.num_iters for i in self.mllt_iters):
             raise UsageError(f"lda-mllt: mllt_iters {self.mllt_iters} must lie in 1..{self.num_iters - 1}")
+
+
+def static_cepstra(feats: np.ndarray) -> np.ndarray:
+    """The static part of GMM features (cepstra + Δ + ΔΔ: the first third of each frame), in float: what LDA splices."""
+    return np.asarray(feats[:, : feats.shape[1] // 3], np.float32)
 
 
 def splice(x: np.ndarray, context: int) -> np.ndarray:
@@ -235,12 +235,16 @@ def _write_matrix(path: Path, m: np.ndarray) -> None:
 def train_lda_mllt(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: Lang, ali_dir: str | Path,
                    out_dir: str | Path, cfg: LdaMlltConfig | None = None) -> tuple[GmmSystem, Report]:
     """Train an LDA+MLLT triphone system from the alignments in `ali_dir` (e.g. of a train_deltas system) on the
-    GMM features `feats` (their 13 static cepstra are spliced); writes final.mat beside the model."""
+    GMM features `feats` (their static cepstra are spliced); writes final.mat beside the model."""
     cfg = cfg or LdaMlltConfig()
     cfg.validate()
     ali_dir = Path(ali_dir)
     sil = lang.silence_phone_ids
-    spliced = FeatureMap(feats, lambda _, f: splice(np.asarray(f[:, :NUM_CEPS], np.float32), cfg.context))
+    spliced = FeatureMap(feats, lambda _, f: splice(static_cepstra(f), cfg.context))
+    width = next(iter(spliced.values())).shape[1] if len(spliced) else 0
+    if not cfg.dim <= width:
+        raise UsageError(f"lda-mllt: dim {cfg.dim} is above the {width} dimensions of the spliced features "
+                         f"({width // (2 * cfg.context + 1)} cepstra x {2 * cfg.context + 1} frames); give --dim <= {width}")
     old_pdfs, num_pdfs, jobs = _alignment_pdfs(ali_dir, sil)
     lda = estimate_lda(spliced, old_pdfs, num_pdfs, cfg.dim, cfg.randprune, jobs)
     transform = {"matrix": lda}

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from asr_bn.alignments import TransitionModel, read_alignments
-from asr_bn.gmm.lda_mllt import NUM_CEPS, copy_feature_transform, splice
+from asr_bn.gmm.lda_mllt import copy_feature_transform, splice, static_cepstra
 from asr_bn.gmm.train_deltas import DeltasConfig, train_tree_system
 from asr_bn.gmm.align import (align_all, AlignConfig, boosted, check_inputs, compile_graphs, gmm_scorer, kaldi_split,
                               write_alignments)
@@ -189,9 +189,17 @@ def speaker_independent_features(feats: Mapping[str, np.ndarray], ali_dir: Path)
     import kaldiio
 
     mat = kaldiio.load_mat(str(mat_path))
-    context = (mat.shape[1] // NUM_CEPS - 1) // 2
-    return FeatureMap(feats, lambda _, f: (splice(np.asarray(f[:, :NUM_CEPS], np.float32), context) @ mat.T)
-                      .astype(np.float32))
+
+    def project(utt: str, f: np.ndarray) -> np.ndarray:
+        static = static_cepstra(f)
+        frames, rest = divmod(mat.shape[1], max(static.shape[1], 1))
+        if rest or frames % 2 == 0:
+            raise AsrBnError(f"utterance {utt}: its {static.shape[1]} static cepstra cannot be spliced to the "
+                             f"{mat.shape[1]} inputs of {mat_path} (features of another kind than the system's: "
+                             "prepare them as for its training, e.g. the same number of cepstra)")
+        return (splice(static, (frames - 1) // 2) @ mat.T).astype(np.float32)
+
+    return FeatureMap(feats, project)
 
 
 def train_sat(feats: Mapping[str, np.ndarray], text: Mapping[str, str], utt2spk: Mapping[str, str], lang: Lang,
