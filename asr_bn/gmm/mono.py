@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from asr_bn.alignments import TransitionModel
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.gmm.align import AlignConfig, align_all, boosted, check_inputs, check_oov_policy, compile_graphs, gmm_scorer
 from asr_bn.gmm.estimate import PassStats
@@ -164,9 +165,11 @@ def _check_flat_start(alis: dict[str, list[int]]) -> dict[str, list[int]]:
 
 
 def _given_alignments(alis: Mapping[str, Sequence[int]], utts: Sequence[str], feats: Mapping[str, np.ndarray],
-                      num_tids: int, report: Report) -> dict[str, list[int]]:
-    """The first pass's alignments as given, checked: of each utterance's length and the model's transition-ids (an
-    utterance without one is a named skip, as align-equal-compiled's too-short ones are)."""
+                      tm: TransitionModel, report: Report) -> dict[str, list[int]]:
+    """The first pass's alignments as given, checked: of each utterance's length, the model's transition-ids and
+    paths through its HMMs (an utterance without one is a named skip, as align-equal-compiled's too-short ones
+    are)."""
+    num_tids = tm.num_transition_ids
     out = {}
     for utt in utts:
         if utt not in alis:
@@ -178,6 +181,10 @@ def _given_alignments(alis: Mapping[str, Sequence[int]], utts: Sequence[str], fe
                              f"{feats[utt].shape[0]} frames, or ids outside 1..{num_tids} (an alignment of other "
                              "features or another model's topology)")
         out[utt] = ali
+    if out:
+        tm.check_paths(np.concatenate([np.asarray(a) for a in out.values()]),
+                       [f"first alignments, utterance {u}" for u in out],
+                       np.cumsum([0] + [len(a) for a in list(out.values())[:-1]]), "the monophone model of this lang")
     return out
 
 
@@ -196,8 +203,7 @@ def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: 
         if first_alignments is None:
             alis = _equal_alignments(graphs, feats, cfg.seed, report)
         else:
-            alis = _given_alignments(first_alignments, list(graphs), feats, system.trans_model.num_transition_ids,
-                                     report)
+            alis = _given_alignments(first_alignments, list(graphs), feats, system.transition_model(), report)
         _check_flat_start(alis)
         bar.update(task, description="train mono", total=cfg.num_iters, completed=0)
         failed: list[str] = []

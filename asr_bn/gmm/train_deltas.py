@@ -18,10 +18,9 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from asr_bn.alignments import read_alignments, read_transition_model
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.gmm.build_tree import Questions, Root, build_tree
-from asr_bn.gmm.convert import AlignmentConverter
+from asr_bn.gmm.convert import AlignmentConverter, read_model_alignments
 from asr_bn.gmm.event_map import write_tree
 from asr_bn.gmm.init_model import init_model
 from asr_bn.gmm.questions import cluster_phones
@@ -97,8 +96,7 @@ def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[
     ali_dir, out_dir = Path(ali_dir), Path(out_dir)
     report = Report(name)
     utts = check_inputs(feats, text, report)
-    old_tm = read_transition_model(ali_dir / "final.mdl")
-    read = list(read_alignments(ali_dir))
+    old_tm, read = read_model_alignments(ali_dir, ali_dir / "final.mdl")
     alis, jobs = {x.utt: x.values for x in read}, alignment_jobs(read)
     sil = lang.silence_phone_ids
     with OutputLock(out_dir):
@@ -111,7 +109,7 @@ def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[
         tree, info = build_tree(stats, roots, Questions.compile(questions, old_tm.topology), old_tm.topology,
                                 max_leaves=cfg.num_leaves, cluster_thresh=cfg.cluster_thresh)
         write_tree(out_dir / "tree", tree)
-        system = init_model(out_dir / "tree", stats, old_tm.topology)
+        system = init_model(out_dir / "tree", stats, old_tm.topology, )
         convert = AlignmentConverter(old_tm, system.transition_model(), tree)
         alis = {u: convert(u, alis[u]).tolist() for u in utts if u in alis}
         graphs = compile_graphs(system, lang, text, [u for u in utts if u in alis], cfg.sil_prob, report,
