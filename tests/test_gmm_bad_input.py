@@ -1,19 +1,24 @@
-"""Bad input to the GMM ladder (issue 12): alignments made with another model or tree are refused in one line;
-checked against Kaldi's binaries on the same inputs where the comparison is exact."""
+"""Bad input to the GMM ladder (issue 12): alignments made with another model or tree are refused in one line, and
+tree leaves or Gaussians with too little data are counted and named, as Kaldi's gmm-init-model and gmm-est warn
+about them; checked against Kaldi's binaries on the same inputs where the comparison is exact."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from asr_bn.alignments import HmmState, Topology, TransitionModel, read_alignments, read_transition_model
+from asr_bn.alignments import HmmState, Topology, TransitionModel, read_alignments, read_topology, read_transition_model
 from asr_bn.errors import AsrBnError
+from asr_bn.gmm.build_tree import Questions, build_tree, read_phone_sets, read_roots
 from asr_bn.gmm.event_map import write_tree
+from asr_bn.gmm.tree_stats import TreeStats, read_features, read_tree_stats, write_tree_stats
 from asr_bn_cli.main import build_app
 import test_gmm_tree
 from conftest import run_kaldi, yesno_gmm_inputs
@@ -21,6 +26,15 @@ from test_gmm_tree import Setup
 
 app = build_app()
 synth, synth_tri1, yesno = test_gmm_tree.synth, test_gmm_tree.synth_tri1, test_gmm_tree.yesno  # shared fixtures
+
+
+def _kaldi_warnings(bundle: Path, *args: str | Path) -> str:
+    """Run one Kaldi binary of the bundle and return its stderr (its warnings); a failure fails the test."""
+    env = {**os.environ, "PATH": f"{bundle / 'bin'}:{os.environ['PATH']}", "LC_ALL": "C", "OPENBLAS_NUM_THREADS": "1"}
+    done = subprocess.run([str(a) for a in args], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"{' '.join(map(str, args))} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return done.stderr
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -149,6 +163,141 @@ def test_rungs_refuse_alignments_of_another_model(synth: Setup, synth_tri1, tmp_
             assert line.endswith("made with another model or tree: realign with this model, or give the ali dir of "
                                  "the model that made them")
         assert not out.exists() or not any(p.is_file() for p in out.rglob("*")), list(out.rglob("*"))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Leaves and Gaussians with too little data
+
+
+def _rarest_phone(stats: TreeStats, ci: int) -> int:
+    """The phone (not the context-independent one) with the fewest frames in the centre of its events."""
+    frames: dict[int, float] = {}
+    for event, count in zip(stats.events, stats.counts):
+        phone = dict(event)[1]
+        if phone != ci:
+            frames[phone] = frames.get(phone, 0.0) + count
+    return min(frames, key=frames.__getitem__)
+
+
+@pytest.fixture(scope="module")
+def empty_leaf(synth: Setup, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - (work, phone, tree, …)
+    """Kaldi's tree statistics without one phone (as if it never occurred), Kaldi's build-tree on them (its root
+    gets a leaf without statistics), and Kaldi's gmm-init-model of that tree with its warnings."""
+    work = tmp_path_factory.mktemp("empty_leaf")
+    stats = read_tree_stats(synth.kaldi_acc)
+    phone = _rarest_phone(stats, int(synth.ci))
+    keep = [i for i, e in enumerate(stats.events) if dict(e)[1] != phone]
+    without = TreeStats([stats.events[i] for i in keep], stats.counts[keep], stats.stats[keep], stats.var_floor)
+    acc = work / "treeacc"
+    write_tree_stats(acc, without)
+    qst, tree = work / "q.qst", work / "tree"
+    run_kaldi(synth.bundle, "compile-questions", synth.topo, synth.kaldi_questions, qst)
+    run_kaldi(synth.bundle, "build-tree", "--max-leaves=100", acc, synth.roots, qst, synth.topo, tree)
+    model = work / "final.mdl"
+    warnings = _kaldi_warnings(synth.bundle, "gmm-init-model", tree, acc, synth.topo, model)
+    return work, phone, tree, model, warnings
+
+
+def test_empty_and_thin_leaves_are_gmm_init_models(synth: Setup, empty_leaf) -> None:  # noqa: ANN001
+    """A phone without data: asr-bn's tree is Kaldi's, its model is gmm-init-model's to the byte (the empty leaf
+    gets the statistics of all leaves, summed as Kaldi sums them), and the report counts and names the leaves
+    gmm-init-model warns about (no statistics; fewer than 100 frames), with their phones."""
+    from asr_bn.gmm.init_model import init_model
+    from asr_bn.report import Report
+
+    work, phone, tree, model, warnings = empty_leaf
+    stats, topology = read_tree_stats(work / "treeacc"), read_topology(synth.topo)
+    ours_tree, _ = build_tree(stats, read_roots(synth.roots), Questions.compile(
+        read_phone_sets(synth.kaldi_questions, ""), topology), topology, max_leaves=100)
+    write_tree(work / "ours.tree", ours_tree)
+    assert (work / "ours.tree").read_bytes() == tree.read_bytes()
+    report = Report("init")
+    system = init_model(tree, stats, topology, report=report)
+    assert system.model_bytes() == model.read_bytes()
+    empty = re.findall(r"Tree has pdf-id (\d+) with no stats; corresponding phone list: ([\d ]+)", warnings)
+    small = re.findall(r"Very small count for state (\d+): (\S+); corresponding phone list: ([\d ]+)", warnings)
+    assert [str(phone)] in [p.split() for _, p in empty] and small  # (and phones the corpus never uses)
+    assert report.counts["leaves without statistics"] == len(empty)
+    assert report.counts["leaves under 100 frames"] == len(small)
+    notes = "\n".join(report.notes)
+    for pdf, phones in empty:
+        assert f" {pdf} (phone {phones.strip()})" in notes
+    for pdf, count, phones in small[:20]:  # the note names the first 20 and says how many in all
+        label = "phone" if len(phones.split()) == 1 else "phones"
+        assert f"{pdf} ({label} {phones.strip()}, {float(count):g} frames)" in notes
+
+
+def test_gaussians_with_too_little_data_are_gmm_ests(synth: Setup, empty_leaf) -> None:  # noqa: ANN001
+    """The model of the empty leaf, mixed up to many Gaussians (gmm-mixup --min-count=2, so thin pdfs get
+    Gaussians of a few frames), one pass on Kaldi's converted alignments: the Gaussians asr-bn counts as not
+    updated and removed are those gmm-est warns about ("not removing it because it is the last Gaussian", "removing
+    Gaussian"), and the updated model has as many Gaussians as gmm-est's."""
+    from asr_bn.gmm.estimate import PassStats, TooLittleData
+    from asr_bn.gmm.system import GmmSystem
+    from asr_bn.report import Report
+
+    work, _, tree, model, init_warnings = empty_leaf
+    occs, mixed = work / "init.occs", work / "mixed" / "final.mdl"
+    mixed.parent.mkdir(exist_ok=True)
+    shutil.copy(tree, mixed.parent / "tree")
+    run_kaldi(synth.bundle, "gmm-init-model", f"--write-occs={occs}", tree, work / "treeacc", synth.topo,
+              work / "x.mdl")
+    run_kaldi(synth.bundle, "gmm-mixup", "--mix-up=1500", "--min-count=2", model, occs, mixed)
+    ali = work / "ali.ark"
+    run_kaldi(synth.bundle, "convert-ali", synth.model, mixed, tree, f"ark:gunzip -c {synth.ali}|", f"ark:{ali}")
+    run_kaldi(synth.bundle, "gmm-acc-stats-ali", mixed, f"scp:{synth.scp}", f"ark:{ali}", work / "1.acc")
+    warnings = _kaldi_warnings(synth.bundle, "gmm-est", mixed, work / "1.acc", work / "1.mdl")
+    kaldi_kept = warnings.count("too little data but not removing")
+    kaldi_removed = warnings.count("Too little data - removing")
+    assert kaldi_kept >= 1 and kaldi_removed >= 1, warnings[-2000:]
+
+    system = GmmSystem.load(mixed)
+    alis = {x.utt: x.values for x in read_alignments(ali)}
+    feats = dict(read_features(synth.scp))
+    stats = PassStats(system, feats, {u: a for u, a in alis.items() if u in feats})
+    low = stats.update(system, 10.0, 0, 0.25)
+    assert sum(k for k, _ in low.values()) == kaldi_kept and sum(r for _, r in low.values()) == kaldi_removed
+    info = run_kaldi(synth.bundle, "gmm-info", work / "1.mdl")
+    assert f"number of gaussians {system.am.num_gauss}" in info
+    report = Report("pass")
+    summary = TooLittleData()
+    summary.add(low)
+    summary.to_report(report, system.transition_model(), 1)
+    assert report.counts["Gaussians not updated (too little data)"] == kaldi_kept + kaldi_removed
+    assert report.counts["Gaussians removed (too little data)"] == kaldi_removed
+    for pdf in re.findall(r"Tree has pdf-id (\d+) with no stats", init_warnings):
+        assert low[int(pdf)] == (1, 0)  # a leaf without frames: its one Gaussian kept as it was
+    first = min(low)
+    assert f"pdf-ids {first} (" in report.notes[0] and f"({len(low)} in all)" in report.notes[0], report.notes
+
+
+def test_rung_reports_what_kaldi_warns_about(synth: Setup, synth_tri1, tmp_path: Path) -> None:  # noqa: ANN001
+    """`asr-bn gmm deltas` on the synthesized corpus (one phone of its lexicon never spoken): report.json counts and
+    names the leaves without statistics and under 100 frames that Kaldi's gmm-init-model warns about on the rung's
+    own tree and treeacc, and the Gaussians gmm-est left alone, pass by pass; the CLI prints them with the counts."""
+    import json
+
+    *_, prep = synth_tri1
+    corpus = synth.work / "corpus"
+    out = tmp_path / "tri1"
+    result = CliRunner().invoke(app, ["gmm", "deltas", "100", "400", str(prep), str(corpus / "lang"),
+                                      str(corpus / "exp" / "ali_train"), str(out), "--fast"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    warnings = _kaldi_warnings(synth.bundle, "gmm-init-model", out / "tree", out / "treeacc", out / "topo",
+                               tmp_path / "kaldi.mdl")
+    empty = re.findall(r"Tree has pdf-id (\d+) with no stats; corresponding phone list: ([\d ]+)", warnings)
+    small = re.findall(r"Very small count for state (\d+): ", warnings)
+    counts = report["counts"]
+    assert counts["leaves without statistics"] == len(empty) >= 1
+    assert counts["leaves under 100 frames"] == len(small)
+    note = next(n for n in report["notes"] if n.startswith("tree leaves without statistics"))
+    assert all(f"{pdf} (phone {phones.strip()})" in note for pdf, phones in empty), note
+    history = [json.loads(line) for line in (out / "iterations.jsonl").read_text().splitlines()]
+    assert counts["Gaussians not updated (too little data)"] == sum(h["not_updated"] for h in history) >= len(history)
+    low = next(n for n in report["notes"] if n.startswith("Gaussians with too little data"))
+    assert all(f"{pdf} (phone {phones.strip()}, {len(history)} passes)" in low for pdf, phones in empty), low
+    assert "leaves without statistics" in result.output and f"  note: {note}" in result.output
 
 
 def test_first_alignments_of_another_model_are_refused(yesno_root: Path, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 from asr_bn.alignments import TransitionModel
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.gmm.align import AlignConfig, align_all, boosted, check_inputs, check_oov_policy, compile_graphs, gmm_scorer
-from asr_bn.gmm.estimate import PassStats
+from asr_bn.gmm.estimate import PassStats, TooLittleData
 from asr_bn.gmm.system import GmmSystem, make_topology
 from asr_bn.io import OutputLock, write_text
 from asr_bn.kaldi_ext import kaldifst
@@ -207,6 +207,7 @@ def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: 
         _check_flat_start(alis)
         bar.update(task, description="train mono", total=cfg.num_iters, completed=0)
         failed: list[str] = []
+        low = TooLittleData()
         for it in range(cfg.num_iters):
             start = time.monotonic()
             realigned = it in cfg.realign_iters
@@ -218,10 +219,13 @@ def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: 
                 alis, failed, _, _ = align_all(system, scorer, graphs, feats, beam, beam * cfg.retry_beam_factor,
                                                 scales)
             stats = PassStats(system, feats, alis)
-            stats.update(system, cfg.min_gaussian_occupancy_first if it == 0 else 10.0, num_gauss, cfg.power, cfg.seed)
+            too_little = stats.update(system, cfg.min_gaussian_occupancy_first if it == 0 else 10.0, num_gauss,
+                                      cfg.power, cfg.seed)
+            low.add(too_little)
             history.append({"iter": it, "avg_like": stats.tot_like / max(stats.frames, 1), "frames": stats.frames,
                             "utterances": len(alis), "failed": len(failed), "realigned": realigned,
-                            "num_gauss": system.am.num_gauss, "seconds": round(time.monotonic() - start, 2)})
+                            "num_gauss": system.am.num_gauss, "not_updated": sum(k + r for k, r in too_little.values()),
+                            "seconds": round(time.monotonic() - start, 2)})
             if 1 <= it <= cfg.max_iter_inc:  # as train_mono.sh: numgauss grows after each of these updates
                 num_gauss += inc_gauss
             bar.update(task, advance=1, info=f"like/frame {history[-1]['avg_like']:.3f}, {system.am.num_gauss} Gaussians")
@@ -229,4 +233,5 @@ def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: 
         report.skip(utt, "no alignment within the retry beam (last realignment)")
     report.counts.update({"utterances": len(utts), "aligned": len(alis), "frames": history[-1]["frames"],
                           "gaussians": system.am.num_gauss, "pdfs": system.am.num_pdfs})
+    low.to_report(report, system.transition_model(), len(history))
     return system, report, history
