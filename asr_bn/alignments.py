@@ -318,7 +318,7 @@ class TransitionModel:
         if any(a >= b for a, b in zip(tuples, tuples[1:])):
             raise ValueError("transition-state tuples are not sorted and unique")
         known_phones = set(topology.phones)
-        ids: list[tuple[int, int, int, int, int, int]] = []  # per transition-id: tstate, phone, state, pdf, loop, final
+        ids: list[tuple[int, ...]] = []  # per transition-id: tstate, phone, state, pdf, loop, final, destination
         for tstate, (phone, hmm_state, forward_pdf, self_loop_pdf) in enumerate(tuples, start=1):
             if phone not in known_phones:
                 raise ValueError(f"transition-state {tstate} refers to phone {phone}, absent from the topology")
@@ -330,20 +330,22 @@ class TransitionModel:
             for dest, _ in entry[hmm_state].transitions:
                 loop = dest == hmm_state
                 pdf = self_loop_pdf if loop else forward_pdf
-                ids.append((tstate, phone, hmm_state, pdf, loop, dest + 1 == len(entry)))
+                ids.append((tstate, phone, hmm_state, pdf, loop, dest + 1 == len(entry), dest))
         log_probs = np.asarray(log_probs, dtype=np.float32)
         if log_probs.shape != (len(ids) + 1,):
             raise ValueError(f"{log_probs.size} log-probs for {len(ids)} transition-ids (expected {len(ids) + 1})")
         self.topology = topology
         self.tuples: list[tuple[int, int, int, int]] = tuples  # type: ignore[assignment]
         self.log_probs = log_probs
-        table = np.array([(0, 0, -1, -1, 0, 0)] + ids, dtype=np.int64)
+        table = np.array([(0, 0, -1, -1, 0, 0, 0)] + ids, dtype=np.int64)
         self.tid_tstate = table[:, 0].astype(np.int32)
         self.tid_phone = table[:, 1].astype(np.int32)
         self.tid_hmm_state = table[:, 2].astype(np.int32)
         self.tid_pdf = table[:, 3].astype(np.int32)
         self.tid_is_self_loop = table[:, 4].astype(bool)
         self.tid_is_final = table[:, 5].astype(bool)
+        self.tid_dest = table[:, 6].astype(np.int32)  # the HMM state a transition goes to
+        self._tables: tuple[np.ndarray, np.ndarray] | None = None  # `_path_tables`, made when first needed
         self.num_pdfs = 1 + max(max(t[2], t[3]) for t in tuples)
 
     @property
@@ -435,6 +437,89 @@ class TransitionModel:
         is_end[np.flatnonzero(cut) + 1] = True
         is_end[final_ends] = True
         return np.flatnonzero(is_end)
+
+    def _path_tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """Where a path through the HMMs may go, as boolean tables over HMM states: (per transition-id, the states
+        its phone may leave next after it, for a forward transition into a non-final state; per phone, the states
+        it may start in). A non-emitting state (Kaldi allows them, though not into the final state) stands for the
+        emitting states it leads to."""
+        if self._tables is None:
+            width = max(len(e) for e in self.topology.entries)
+            reach = []  # per entry, per state: the emitting states entered through it
+            for entry in self.topology.entries:
+                r = np.zeros((len(entry), width), bool)
+                emitting = [d for d, st in enumerate(entry) if st.forward_pdf_class >= 0]
+                r[emitting, emitting] = True
+                for _ in entry:  # relax: a non-emitting state enters what its destinations enter
+                    for d, st in enumerate(entry):
+                        if st.forward_pdf_class < 0:
+                            for dest, _ in st.transitions:
+                                r[d] |= r[dest]
+                reach.append(r)
+            entry_of = np.asarray(self.topology.phone2entry)[self.tid_phone[1:]]
+            after = np.zeros((len(self.tid_pdf), width), bool)
+            after[1:] = [reach[e][d] for e, d in zip(entry_of.tolist(), self.tid_dest[1:].tolist())]
+            start = np.zeros((len(self.topology.phone2entry), width), bool)
+            for phone in self.phones:
+                start[phone] = reach[self.topology.phone2entry[phone]][0]
+            self._tables = (after, start)
+        return self._tables
+
+    def check_paths(self, tids: np.ndarray, where: str | Sequence[str], starts: np.ndarray | None = None,
+                    model: str = "the model") -> None:
+        """Refuse, with one line naming `where` and the frame, an alignment that is no path through the HMMs of the
+        model (named `model` in the message): of one alignment or, with `starts` (first frames) and names as
+        `where`, of alignments laid end to end, whole arrays at once. Another model's or tree's transition-ids pass
+        the range check but not this one: their HMM states do not follow one another.
+
+        A path starts a phone in its first HMM state and ends with a transition into a phone's final state. The
+        self-loops of a transition-state stay with its forward transition: after it (reordered, Kaldi's default)
+        or before it. A forward transition into HMM state d is followed by a transition of the same phone leaving
+        state d (or a state that d leads to without emitting), and one into the final state by a new phone. Kaldi's
+        SplitToPhones (convert-ali, ali-to-phones) checks part of this: phones start in their first state and
+        change only after a final transition.
+        """
+        starts = np.zeros(1, np.int64) if starts is None else np.asarray(starts, np.int64)
+        tids = self._checked(tids, where, starts).astype(np.int64)
+        n = len(tids)
+        if n == 0:
+            return
+        after, start_ok = self._path_tables()
+        bounds = np.append(starts, n)
+        lengths = np.diff(bounds)
+        firsts, lasts = starts[lengths > 0], bounds[1:][lengths > 0] - 1
+        tstate, loop = self.tid_tstate[tids], self.tid_is_self_loop[tids]
+        phone, state = self.tid_phone[tids], self.tid_hmm_state[tids]
+        reordered = np.repeat(_reordered(tstate, loop, bounds), lengths)
+        last_forward = np.maximum.accumulate(np.where(loop, 0, np.arange(n)))
+        leader = tids[np.where(reordered, last_forward, np.arange(n))]  # the forward transition the next frame follows
+        stays = np.where(reordered[:-1], loop[1:], loop[:-1])  # the next frame is in the same transition-state
+        step_ok = np.where(stays, tstate[1:] == tstate[:-1],
+                           np.where(self.tid_is_final[leader[:-1]], start_ok[phone[1:], state[1:]],
+                                    (phone[1:] == phone[:-1]) & after[leader[:-1], state[1:]]))
+        bad_step = np.append(~step_ok, False)
+        bad_step[lasts] = False  # the next frame is another alignment's
+        bad_start = np.zeros(n, bool)
+        bad_start[firsts] = ~start_ok[phone[firsts], state[firsts]] | (reordered & loop)[firsts]
+        bad_end = np.zeros(n, bool)
+        bad_end[lasts] = ~self.tid_is_final[leader[lasts]]
+        bad = bad_start | bad_step | bad_end
+        if not bad.any():
+            return
+        i = int(np.argmax(bad))
+        u = int(np.searchsorted(starts, i, "right")) - 1
+        if bad_start[i]:
+            what = f"starts a phone ({phone[i]}) in HMM state {state[i]}" + (" with a self-loop" if loop[i] else "")
+        elif bad_step[i]:
+            what = (f"goes from transition-id {tids[i]} (HMM state {state[i]} of phone {phone[i]}) to {tids[i + 1]} "
+                    f"(HMM state {state[i + 1]} of phone {phone[i + 1]})")
+        else:
+            what = f"ends the alignment inside phone {phone[i]}"
+        raise AsrBnError(
+            f"{where if isinstance(where, str) else where[u]}: frame {i - int(starts[u])} {what}, which no path "
+            f"through the HMMs of {model} does; these alignments were made with another model or tree: realign "
+            f"with this model, or give the ali dir of the model that made them"
+        )
 
     def info_lines(self) -> list[str]:
         """What Kaldi's `hmm-info` prints, then one line per topology entry."""

@@ -42,12 +42,12 @@ def stats(
 ) -> None:
     """Kaldi's acc-tree-stats: Gaussian statistics of every phone-in-context and pdf-class of the alignments."""
     from asr_bn.gmm.tree_stats import accumulate_tree_stats, read_features, write_tree_stats
-    from asr_bn.alignments import read_alignments, read_transition_model
+    from asr_bn.gmm.convert import read_model_alignments
     from asr_bn.report import Report
 
     report = Report("tree stats")
-    tm = read_transition_model(model)
-    alis = {labels.utt: labels.values for labels in read_alignments(ali)}
+    tm, labels = read_model_alignments(ali, model)
+    alis = {x.utt: x.values for x in labels}
     acc = accumulate_tree_stats(tm, read_features(feats), alis, _phone_list(ci_phones or ""), context_width,
                                 central_position, var_floor, report)
     write_tree_stats(out, acc, binary)

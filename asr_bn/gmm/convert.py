@@ -1,4 +1,5 @@
-"""Alignments of one model carried over to another with a new tree, as Kaldi's `convert-ali`.
+"""Alignments of one model carried over to another with a new tree, as Kaldi's `convert-ali`, and alignments
+read with their model, checked to be of that model and tree (`read_model_alignments`).
 
 Each frame keeps its phone, HMM state and transition (self-loop or forward); only the pdfs change: they come from
 the new tree asked about the phone in its context (the neighbouring phone instances of the same alignment).
@@ -6,12 +7,75 @@ the new tree asked about the phone in its context (the neighbouring phone instan
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Sequence
+
 import numpy as np
 
-from asr_bn.alignments import TransitionModel, _is_reordered
+from asr_bn.alignments import Labels, TransitionModel, _is_reordered, read_alignments, read_transition_model
 from asr_bn.errors import AsrBnError
-from asr_bn.gmm.event_map import EventMap, EventMapper
-from asr_bn.gmm.tree_stats import PDF_CLASS
+from asr_bn.gmm.event_map import EventMap, EventMapper, map_events, read_tree_map
+from asr_bn.gmm.tree_stats import PDF_CLASS, pdf_classes
+
+
+def read_model_alignments(source: str | Path, model: str | Path) -> tuple[TransitionModel, list[Labels]]:
+    """The TransitionModel of `model` and every utterance of the alignments in `source` (an ali dir or archive),
+    checked to be of that model: paths through its HMMs (`TransitionModel.check_paths`) whose pdfs are those its
+    `tree` (beside it, if there) gives each phone in its context (`check_tree_contexts`). What the GMM rungs and
+    tree statistics read: alignments of another model or tree, whose transition-ids often lie within the model's
+    range, are refused in one line before anything is trained from them."""
+    tm = read_transition_model(model)
+    labels = list(read_alignments(source))
+    if labels:
+        tids = np.concatenate([x.values for x in labels])
+        where = [f"{x.path}, utterance {x.utt}" for x in labels]
+        starts = np.cumsum([0] + [len(x.values) for x in labels[:-1]])
+        tm.check_paths(tids, where, starts, str(model))
+        tree = Path(model).parent / "tree"
+        if tree.is_file():
+            check_tree_contexts(tm, tree, tids, where, starts, str(model))
+    return tm, labels
+
+
+def check_tree_contexts(tm: TransitionModel, tree_path: Path, tids: np.ndarray, where: Sequence[str],
+                        starts: np.ndarray, model: str) -> None:
+    """Refuse, in one line naming the utterance and frame, alignments (valid paths, laid end to end from `starts`)
+    in which a frame's pdf is not the one the tree gives its phone in its context and its pdf-class: what an
+    alignment graph of this tree never yields, and alignments of another tree with the same HMM structure do. The
+    contexts are the neighbouring phone instances of the same alignment (0 at its ends), as convert-ali asks."""
+    tree, width, central = read_tree_map(tree_path)
+    ends = tm.phone_ends(tids, where, starts)
+    first = np.append(0, ends[:-1])
+    phone = tm.tid_phone[tids[first]].astype(np.int64)
+    utt = np.searchsorted(starts, first, "right") - 1
+    n = len(ends)
+    base = max(tm.phones) + 1
+    context = np.zeros(n, np.int64)  # each instance's context, coded in base `base`
+    for j in range(width):
+        other = np.clip(np.arange(n) + (j - central), 0, n - 1)
+        inside = (np.arange(n) + (j - central) == other) & (utt[other] == utt)
+        context = context * base + np.where(inside, phone[other], 0)
+    classes = pdf_classes(tm)
+    key = np.repeat(context, ends - first) * (classes.max() + 1) + classes[tids]  # (context, pdf-class) per frame
+    unique, inverse = np.unique(key, return_inverse=True)
+    columns = {PDF_CLASS: unique % (classes.max() + 1)}
+    rest = unique // (classes.max() + 1)
+    for j in reversed(range(width)):
+        columns[j] = rest % base
+        rest //= base
+    want = map_events(tree, columns)[inverse.reshape(-1)]
+    bad = want != tm.tid_pdf[tids]
+    if bad.any():
+        i = int(np.argmax(bad))
+        u = int(np.searchsorted(starts, i, "right")) - 1
+        at = int(np.searchsorted(ends, i, "right"))
+        shown = " ".join(str(int(columns[j][inverse.reshape(-1)[i]])) for j in range(width))
+        raise AsrBnError(
+            f"{where[u]}: frame {i - int(starts[u])} (phone {phone[at]} in context {shown}) has pdf "
+            f"{tm.tid_pdf[tids[i]]}, but the tree beside {model} gives "
+            + (f"pdf {want[i]}" if want[i] >= 0 else "none") + "; these alignments were made with another model or "
+            "tree: realign with this model, or give the ali dir of the model that made them"
+        )
 
 
 class AlignmentConverter:

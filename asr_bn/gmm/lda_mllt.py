@@ -15,9 +15,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from asr_bn.alignments import TransitionModel, read_alignments, read_transition_model
+from asr_bn.alignments import TransitionModel
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.gmm.align import alignment_jobs
+from asr_bn.gmm.convert import read_model_alignments
 from asr_bn.gmm.crand import CRand, rand_prune
 from asr_bn.gmm.train_deltas import DeltasConfig, train_tree_system
 from asr_bn.gmm.features import FeatureMap
@@ -208,8 +209,7 @@ def nonsilence_pdfs(tm: TransitionModel, alis: Mapping[str, Sequence[int]], sile
 def _alignment_pdfs(ali_dir: Path, silence: Sequence[int]) -> tuple[dict[str, np.ndarray], int, dict[str, int]]:
     """`nonsilence_pdfs` of the alignments in `ali_dir` with its model, the model's number of pdfs, and each
     utterance's job (the number of its ali.N.gz: Kaldi runs one accumulator process per job, with its own draws)."""
-    tm = read_transition_model(ali_dir / "final.mdl")
-    labels = list(read_alignments(ali_dir))
+    tm, labels = read_model_alignments(ali_dir, ali_dir / "final.mdl")
     jobs = {utt: job for job, part in enumerate(alignment_jobs(labels)) for utt in part}
     return nonsilence_pdfs(tm, {x.utt: x.values for x in labels}, silence), tm.num_pdfs, jobs
 

@@ -19,9 +19,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from asr_bn.alignments import TransitionModel
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.gmm.align import AlignConfig, align_all, boosted, check_inputs, check_oov_policy, compile_graphs, gmm_scorer
-from asr_bn.gmm.estimate import PassStats
+from asr_bn.gmm.estimate import PassStats, TooLittleData
 from asr_bn.gmm.system import GmmSystem, make_topology
 from asr_bn.io import OutputLock, write_text
 from asr_bn.kaldi_ext import kaldifst
@@ -164,9 +165,11 @@ def _check_flat_start(alis: dict[str, list[int]]) -> dict[str, list[int]]:
 
 
 def _given_alignments(alis: Mapping[str, Sequence[int]], utts: Sequence[str], feats: Mapping[str, np.ndarray],
-                      num_tids: int, report: Report) -> dict[str, list[int]]:
-    """The first pass's alignments as given, checked: of each utterance's length and the model's transition-ids (an
-    utterance without one is a named skip, as align-equal-compiled's too-short ones are)."""
+                      tm: TransitionModel, report: Report) -> dict[str, list[int]]:
+    """The first pass's alignments as given, checked: of each utterance's length, the model's transition-ids and
+    paths through its HMMs (an utterance without one is a named skip, as align-equal-compiled's too-short ones
+    are)."""
+    num_tids = tm.num_transition_ids
     out = {}
     for utt in utts:
         if utt not in alis:
@@ -178,6 +181,10 @@ def _given_alignments(alis: Mapping[str, Sequence[int]], utts: Sequence[str], fe
                              f"{feats[utt].shape[0]} frames, or ids outside 1..{num_tids} (an alignment of other "
                              "features or another model's topology)")
         out[utt] = ali
+    if out:
+        tm.check_paths(np.concatenate([np.asarray(a) for a in out.values()]),
+                       [f"first alignments, utterance {u}" for u in out],
+                       np.cumsum([0] + [len(a) for a in list(out.values())[:-1]]), "the monophone model of this lang")
     return out
 
 
@@ -196,11 +203,11 @@ def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: 
         if first_alignments is None:
             alis = _equal_alignments(graphs, feats, cfg.seed, report)
         else:
-            alis = _given_alignments(first_alignments, list(graphs), feats, system.trans_model.num_transition_ids,
-                                     report)
+            alis = _given_alignments(first_alignments, list(graphs), feats, system.transition_model(), report)
         _check_flat_start(alis)
         bar.update(task, description="train mono", total=cfg.num_iters, completed=0)
         failed: list[str] = []
+        low = TooLittleData()
         for it in range(cfg.num_iters):
             start = time.monotonic()
             realigned = it in cfg.realign_iters
@@ -212,10 +219,13 @@ def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: 
                 alis, failed, _, _ = align_all(system, scorer, graphs, feats, beam, beam * cfg.retry_beam_factor,
                                                 scales)
             stats = PassStats(system, feats, alis)
-            stats.update(system, cfg.min_gaussian_occupancy_first if it == 0 else 10.0, num_gauss, cfg.power, cfg.seed)
+            too_little = stats.update(system, cfg.min_gaussian_occupancy_first if it == 0 else 10.0, num_gauss,
+                                      cfg.power, cfg.seed)
+            low.add(too_little)
             history.append({"iter": it, "avg_like": stats.tot_like / max(stats.frames, 1), "frames": stats.frames,
                             "utterances": len(alis), "failed": len(failed), "realigned": realigned,
-                            "num_gauss": system.am.num_gauss, "seconds": round(time.monotonic() - start, 2)})
+                            "num_gauss": system.am.num_gauss, "not_updated": sum(k + r for k, r in too_little.values()),
+                            "seconds": round(time.monotonic() - start, 2)})
             if 1 <= it <= cfg.max_iter_inc:  # as train_mono.sh: numgauss grows after each of these updates
                 num_gauss += inc_gauss
             bar.update(task, advance=1, info=f"like/frame {history[-1]['avg_like']:.3f}, {system.am.num_gauss} Gaussians")
@@ -223,4 +233,5 @@ def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: 
         report.skip(utt, "no alignment within the retry beam (last realignment)")
     report.counts.update({"utterances": len(utts), "aligned": len(alis), "frames": history[-1]["frames"],
                           "gaussians": system.am.num_gauss, "pdfs": system.am.num_pdfs})
+    low.to_report(report, system.transition_model(), len(history))
     return system, report, history

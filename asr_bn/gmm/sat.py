@@ -17,7 +17,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from asr_bn.alignments import TransitionModel, read_alignments
+from asr_bn.alignments import TransitionModel
+from asr_bn.gmm.convert import read_model_alignments
 from asr_bn.gmm.lda_mllt import copy_feature_transform, splice, static_cepstra
 from asr_bn.gmm.train_deltas import DeltasConfig, train_tree_system
 from asr_bn.gmm.align import (align_all, AlignConfig, boosted, check_inputs, compile_graphs, gmm_scorer, kaldi_split,
@@ -215,7 +216,7 @@ def train_sat(feats: Mapping[str, np.ndarray], text: Mapping[str, str], utt2spk:
     first = Report("fmllr")
     old = GmmSystem.load(ali_dir / "final.mdl")
     old.check_features(si_feats, ali_dir / "final.mdl")
-    old_alis = {labels.utt: labels.values for labels in read_alignments(ali_dir)}
+    old_alis = {labels.utt: labels.values for labels in read_model_alignments(ali_dir, ali_dir / "final.mdl")[1]}
     transforms = estimate_speaker_transforms(old, si_feats, frame_weights(old.transition_model(), old_alis, sil,
                                                                           cfg.silence_weight), spk2utt, cfg, first)
     speaker_of = {u: s for s, utts in spk2utt.items() for u in utts}

@@ -18,17 +18,16 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from asr_bn.alignments import read_alignments, read_transition_model
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.gmm.build_tree import Questions, Root, build_tree
-from asr_bn.gmm.convert import AlignmentConverter
+from asr_bn.gmm.convert import AlignmentConverter, read_model_alignments
 from asr_bn.gmm.event_map import write_tree
 from asr_bn.gmm.init_model import init_model
 from asr_bn.gmm.questions import cluster_phones
 from asr_bn.gmm.tree_stats import accumulate_tree_stats, write_tree_stats
 from asr_bn.gmm.align import (align_all, AlignConfig, alignment_jobs, boosted, check_inputs, compile_graphs,
                               gmm_scorer, write_alignments)
-from asr_bn.gmm.estimate import PassStats
+from asr_bn.gmm.estimate import PassStats, TooLittleData
 from asr_bn.gmm.system import GmmSystem
 from asr_bn.io import OutputLock, write_text
 from asr_bn.lang import Lang
@@ -97,8 +96,7 @@ def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[
     ali_dir, out_dir = Path(ali_dir), Path(out_dir)
     report = Report(name)
     utts = check_inputs(feats, text, report)
-    old_tm = read_transition_model(ali_dir / "final.mdl")
-    read = list(read_alignments(ali_dir))
+    old_tm, read = read_model_alignments(ali_dir, ali_dir / "final.mdl")
     alis, jobs = {x.utt: x.values for x in read}, alignment_jobs(read)
     sil = lang.silence_phone_ids
     with OutputLock(out_dir):
@@ -111,7 +109,7 @@ def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[
         tree, info = build_tree(stats, roots, Questions.compile(questions, old_tm.topology), old_tm.topology,
                                 max_leaves=cfg.num_leaves, cluster_thresh=cfg.cluster_thresh)
         write_tree(out_dir / "tree", tree)
-        system = init_model(out_dir / "tree", stats, old_tm.topology)
+        system = init_model(out_dir / "tree", stats, old_tm.topology, report=report)
         convert = AlignmentConverter(old_tm, system.transition_model(), tree)
         alis = {u: convert(u, alis[u]).tolist() for u in utts if u in alis}
         graphs = compile_graphs(system, lang, text, [u for u in utts if u in alis], cfg.sil_prob, report,
@@ -119,7 +117,7 @@ def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[
         alis = {u: a for u, a in alis.items() if u in graphs}
         if not alis:
             raise AsrBnError(f"no utterance of the features has an alignment in {ali_dir} (align this data first)")
-        history, alis, failed, feats = _iterate(system, graphs, feats, alis, sil, cfg, on_iteration)
+        history, alis, failed, feats, low = _iterate(system, graphs, feats, alis, sil, cfg, on_iteration)
         for utt in failed:
             report.skip(utt, "no alignment within the retry beam (last realignment)")
         system.save(out_dir, lang.phones)
@@ -131,19 +129,21 @@ def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[
             write_extra(out_dir, system, alis, feats)
         report.counts.update({"utterances": len(utts), "aligned": len(alis), "leaves": info.num_leaves,
                               "gaussians": system.am.num_gauss, "frames": history[-1]["frames"]})
+        low.to_report(report, system.transition_model(), len(history))
         report.save(out_dir / "report.json")
     return system, report
 
 
 def _iterate(system: GmmSystem, graphs: Mapping[str, Any], feats: Mapping[str, np.ndarray],
              alis: dict[str, list[int]], sil: list[int], cfg: DeltasConfig, on_iteration: FeatureHook | None
-             ) -> tuple[list[dict[str, Any]], dict[str, list[int]], list[str], Mapping[str, np.ndarray]]:
+             ) -> tuple[list[dict[str, Any]], dict[str, list[int]], list[str], Mapping[str, np.ndarray], TooLittleData]:
     """Passes 1 … num_iters-1 of train_deltas.sh: (one record per pass, the last alignments, the utterances the
-    last realignment could not align, the features of the last pass)."""
+    last realignment could not align, the features of the last pass, the Gaussians gmm-est did not update)."""
     num_gauss = cfg.num_leaves  # as train_deltas.sh: the Gaussian target starts at the leaves asked for
     inc_gauss = (cfg.tot_gauss - num_gauss) // cfg.max_iter_inc
     history: list[dict[str, Any]] = []
     failed: list[str] = []
+    low = TooLittleData()
     with progress_bar() as bar:
         task = bar.add_task("train deltas", total=cfg.num_iters - 1, info="")
         for it in range(1, cfg.num_iters):
@@ -156,11 +156,13 @@ def _iterate(system: GmmSystem, graphs: Mapping[str, Any], feats: Mapping[str, n
             if on_iteration is not None:
                 feats = on_iteration(it, system, alis) or feats
             stats = PassStats(system, feats, alis)
-            stats.update(system, 10.0, num_gauss, cfg.power, cfg.seed)
+            too_little = stats.update(system, 10.0, num_gauss, cfg.power, cfg.seed)
+            low.add(too_little)
             history.append({"iter": it, "avg_like": stats.tot_like / max(stats.frames, 1), "frames": stats.frames,
                             "utterances": len(alis), "failed": len(failed), "num_gauss": system.am.num_gauss,
+                            "not_updated": sum(k + r for k, r in too_little.values()),
                             "seconds": round(time.monotonic() - start, 2)})
             if it <= cfg.max_iter_inc:
                 num_gauss += inc_gauss
             bar.update(task, advance=1, info=f"like/frame {history[-1]['avg_like']:.3f}, {system.am.num_gauss} Gaussians")
-    return history, alis, failed, feats
+    return history, alis, failed, feats, low
