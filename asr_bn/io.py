@@ -134,6 +134,14 @@ def require_dir(directory: str | Path, what: str, expected: str) -> Path:
     return directory
 
 
+def begin_run(out_dir: Path, *results: str) -> None:
+    """Start (re)writing an output dir: report.json (written last, it marks a complete run) and the `results` an
+    earlier run left there (e.g. final.mdl) are removed, so a run that fails midway never leaves an earlier run's
+    model beside its own new tree."""
+    for name in ("report.json", *results):
+        (out_dir / name).unlink(missing_ok=True)
+
+
 class OutputLock:
     """An exclusive lock file in an output directory, so two runs never write the same directory.
 

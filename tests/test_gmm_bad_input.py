@@ -318,3 +318,28 @@ def test_first_alignments_of_another_model_are_refused(yesno_root: Path, tmp_pat
         train_mono(feats, text, lang, tmp_path / "bad", cfg, first_alignments={**kaldi, utt: kaldi[utt][::-1]})
     assert str(e.value).startswith(f"first alignments, utterance {utt}: frame ") and "\n" not in str(e.value)
     assert "made with another model or tree" in str(e.value) and not (tmp_path / "bad" / "final.mdl").exists()
+
+
+def test_a_rung_failing_midway_leaves_no_earlier_model(synth_tri1, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:  # noqa: ANN001
+    """Rerun into a finished exp dir and fail after the new tree is written: the earlier run's final.mdl and
+    report.json are gone (a model of the old tree must not sit beside the new tree), every file left is whole."""
+    import asr_bn.gmm.train_deltas as train_deltas
+    from asr_bn.gmm.train_deltas import DeltasConfig
+
+    _, feats, text, lang, tri1, _, _ = synth_tri1
+    out = tmp_path / "tri1"
+    out.mkdir()
+    for name in ("final.mdl", "report.json", "tree"):  # a finished run's results
+        shutil.copy(tri1 / name, out / name)
+
+    def fail(*_: object, **__: object) -> None:
+        raise AsrBnError("init failed")
+
+    monkeypatch.setattr(train_deltas, "init_model", fail)
+    with pytest.raises(AsrBnError, match="init failed"):
+        train_deltas.train_deltas(feats, text, lang, tri1, out, DeltasConfig(num_leaves=100, tot_gauss=400, num_iters=4,
+                                                                             realign_iters=(2,)))
+    left = sorted(p.name for p in out.iterdir())
+    assert "final.mdl" not in left and "report.json" not in left and "tree" in left, left
+    assert not [name for name in left if name.startswith(".")], left  # no temporary file

@@ -15,7 +15,7 @@ import numpy as np
 from asr_bn.alignments import Labels, transition_id_scores
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.gmm.system import GmmSystem
-from asr_bn.io import OutputLock, atomic_open, write_text
+from asr_bn.io import atomic_open, begin_run, OutputLock, write_text
 from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg, kaldifst
 from asr_bn.lang import Lang, lexicon_fst, note_oovs
 from asr_bn.progress import progress_bar
@@ -193,7 +193,7 @@ def align(system: GmmSystem, feats: Mapping[str, np.ndarray], text: Mapping[str,
     else:
         scorer = gmm_scorer(system, boosted(system, sil, cfg.boost_silence), feats, cfg.acoustic_scale)
     with OutputLock(out_dir):
-        (out_dir / "report.json").unlink(missing_ok=True)  # written last: it marks a complete run
+        begin_run(out_dir)
         graphs = compile_graphs(system, lang, text, utts, cfg.sil_prob, report, cfg.oov_policy)
         with progress_bar() as bar:
             task = bar.add_task("align", total=len(graphs), info="")

@@ -30,7 +30,7 @@ from asr_bn.gmm.sat import (Posterior, SatConfig, _spk2utt, apply_fmllr, compose
                             speaker_independent_features, weight_silence, write_transforms)
 from asr_bn.gmm.features import FeatureMap
 from asr_bn.gmm.system import GmmSystem
-from asr_bn.io import OutputLock, check_output_dir, write_text
+from asr_bn.io import begin_run, check_output_dir, OutputLock, write_text
 from asr_bn.report import Report
 
 __all__ = ["DecodeFmllrConfig", "best_alignment_posteriors", "rescore_lattice", "decode_fmllr"]
@@ -236,7 +236,7 @@ def decode_fmllr(graph_dir: str | Path, feats: Mapping[str, np.ndarray], utt2spk
     sat = SatConfig(fmllr_min_count=cfg.fmllr_min_count)
     report, second_report = Report("decode_fmllr"), Report("fmllr")
     with OutputLock(si_dir), OutputLock(out_dir):
-        (out_dir / "report.json").unlink(missing_ok=True)  # written last: it marks a complete run
+        begin_run(out_dir)
         first: dict[str, Hypothesis] = {}
         write_decode(si_dir, graph, _decoded(graph, alimdl, si, utts, cfg.decoding(cfg.first_beam), first),
                      cfg.decoding(cfg.first_beam), Report("decode_fmllr (speaker-independent pass)"), total=len(utts))

@@ -24,7 +24,7 @@ from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.gmm.align import AlignConfig, align_all, boosted, check_inputs, check_oov_policy, compile_graphs, gmm_scorer
 from asr_bn.gmm.estimate import PassStats, TooLittleData
 from asr_bn.gmm.system import GmmSystem, make_topology
-from asr_bn.io import OutputLock, write_text
+from asr_bn.io import begin_run, OutputLock, write_text
 from asr_bn.kaldi_ext import kaldifst
 from asr_bn.lang import Lang
 from asr_bn.progress import progress_bar
@@ -123,7 +123,7 @@ def train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: L
     cfg.validate()
     out_dir = Path(out_dir)
     with OutputLock(out_dir):
-        (out_dir / "report.json").unlink(missing_ok=True)  # written last: it marks a complete run
+        begin_run(out_dir, "final.mdl")
         system, report, history = _train_mono(feats, text, lang, cfg, first_alignments)
         system.save(out_dir, lang.phones)
         write_text(out_dir / "iterations.jsonl", "".join(json.dumps(h) + "\n" for h in history))

@@ -26,7 +26,7 @@ from asr_bn.gmm.align import (align_all, AlignConfig, boosted, check_inputs, com
 from asr_bn.gmm.features import FeatureMap
 from asr_bn.gmm.system import am_bytes, GmmSystem
 from asr_bn.errors import AsrBnError
-from asr_bn.io import KALDIIO_READ_ERRORS, OutputLock, atomic_open, error_detail
+from asr_bn.io import atomic_open, begin_run, error_detail, KALDIIO_READ_ERRORS, OutputLock
 from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
 from asr_bn.lang import Lang
 from asr_bn.report import Report
@@ -332,7 +332,7 @@ def align_fmllr(src_dir: str | Path, feats: Mapping[str, np.ndarray], text: Mapp
     system.check_features(si_feats, src_dir / "final.mdl")
     utts = check_inputs(si_feats, text, report)
     with OutputLock(out_dir):
-        (out_dir / "report.json").unlink(missing_ok=True)  # written last: it marks a complete run
+        begin_run(out_dir)
         graphs = compile_graphs(system, lang, text, utts, cfg.sil_prob, report, cfg.oov_policy)
         scorer = gmm_scorer(alimdl, boosted(alimdl, sil, cfg.boost_silence), si_feats, cfg.acoustic_scale)
         first, _, _, _ = align_all(alimdl, scorer, graphs, si_feats, cfg.beam, cfg.retry_beam, cfg)

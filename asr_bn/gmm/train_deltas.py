@@ -29,7 +29,7 @@ from asr_bn.gmm.align import (align_all, AlignConfig, alignment_jobs, boosted, c
                               gmm_scorer, write_alignments)
 from asr_bn.gmm.estimate import PassStats, TooLittleData
 from asr_bn.gmm.system import GmmSystem
-from asr_bn.io import OutputLock, write_text
+from asr_bn.io import begin_run, OutputLock, write_text
 from asr_bn.lang import Lang
 from asr_bn.progress import progress_bar
 from asr_bn.report import Report
@@ -100,7 +100,7 @@ def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[
     alis, jobs = {x.utt: x.values for x in read}, alignment_jobs(read)
     sil = lang.silence_phone_ids
     with OutputLock(out_dir):
-        (out_dir / "report.json").unlink(missing_ok=True)  # written last: it marks a complete run
+        begin_run(out_dir, "final.mdl", "final.alimdl")
         stats = accumulate_tree_stats(old_tm, ((u, feats[u]) for u in utts), alis, sil, report=report, jobs=jobs)
         write_tree_stats(out_dir / "treeacc", stats)
         sets, roots, extra = phone_sets(lang)
