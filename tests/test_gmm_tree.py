@@ -182,6 +182,31 @@ def test_build_tree_is_kaldis_byte_for_byte(synth: Setup, options: tuple[str, ..
     assert info.split_leaves - info.clustered_away - info.rounded_away == info.num_leaves
 
 
+@pytest.mark.parametrize("layout", ["pairs", "not-shared", "not-split", "mixed"])
+def test_roots_layouts_are_kaldis(synth: Setup, tmp_path: Path, layout: str) -> None:
+    """Roots as Kaldi's prepare_lang.sh writes them for position-dependent phones (several phones per line),
+    not-shared roots (one tree per pdf-class), not-split roots (e.g. silence kept whole), and all of them mixed: the
+    same tree file as build-tree's on the same statistics and questions."""
+    phones = [int(line) for line in synth.sets.read_text().split()]
+    lines = {
+        "pairs": [f"shared split {' '.join(map(str, phones[i:i + 2]))}" for i in range(0, len(phones), 2)],
+        "not-shared": [f"not-shared split {p}" for p in phones],
+        "not-split": [f"shared not-split {phones[0]}"] + [f"shared split {p}" for p in phones[1:]],
+        "mixed": [f"shared not-split {phones[0]}", f"not-shared split {' '.join(map(str, phones[1:4]))}"]
+        + [f"shared split {' '.join(map(str, phones[i:i + 3]))}" for i in range(4, len(phones), 3)],
+    }[layout]
+    roots = tmp_path / "roots.int"
+    roots.write_text("".join(f"{line}\n" for line in lines))
+    qst, kaldi = tmp_path / "q.qst", tmp_path / "kaldi.tree"
+    run_kaldi(synth.bundle, "compile-questions", synth.topo, synth.kaldi_questions, qst)
+    run_kaldi(synth.bundle, "build-tree", "--max-leaves=60", synth.kaldi_acc, roots, qst, synth.topo, kaldi)
+    topology = read_topology(synth.topo)
+    tree, _ = build_tree(read_tree_stats(synth.kaldi_acc), read_roots(roots),
+                         Questions.compile(read_phone_sets(synth.kaldi_questions, ""), topology), topology, max_leaves=60)
+    write_tree(tmp_path / "ours.tree", tree)
+    assert (tmp_path / "ours.tree").read_bytes() == kaldi.read_bytes()
+
+
 def test_cli_tree_pipeline_is_kaldis(yesno: Setup, tmp_path: Path) -> None:
     """asr-bn tree stats | questions | build | info from features and alignments, as Kaldi's four binaries."""
     runner = CliRunner()
