@@ -29,6 +29,7 @@ from asr_bn.errors import AsrBnError
 from asr_bn.io import atomic_open, begin_run, error_detail, KALDIIO_READ_ERRORS, OutputLock
 from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
 from asr_bn.lang import Lang
+from asr_bn.progress import progress_bar
 from asr_bn.report import Report
 
 
@@ -334,17 +335,23 @@ def align_fmllr(src_dir: str | Path, feats: Mapping[str, np.ndarray], text: Mapp
     with OutputLock(out_dir):
         begin_run(out_dir)
         graphs = compile_graphs(system, lang, text, utts, cfg.sil_prob, report, cfg.oov_policy)
-        scorer = gmm_scorer(alimdl, boosted(alimdl, sil, cfg.boost_silence), si_feats, cfg.acoustic_scale)
-        first, _, _, _ = align_all(alimdl, scorer, graphs, si_feats, cfg.beam, cfg.retry_beam, cfg)
-        weights = frame_weights(alimdl.transition_model(), first, sil, sat.silence_weight)
-        spk2utt = _spk2utt(first, utt2spk)
-        transforms = estimate_speaker_transforms(system, si_feats, weights, spk2utt, sat, report,
-                                                 posterior_am=alimdl.am if alimdl is not system else None)
-        speaker_of = {u: s for s, us in spk2utt.items() for u in us}
-        adapted = FeatureMap(si_feats, lambda u, x: apply_fmllr(transforms[speaker_of[u]], x))
-        scorer = gmm_scorer(system, boosted(system, sil, cfg.boost_silence), adapted, cfg.acoustic_scale)
-        alis, failed, tot_like, frames = align_all(system, scorer, {u: graphs[u] for u in first}, adapted, cfg.beam,
-                                                    cfg.retry_beam, cfg)
+        with progress_bar() as bar:  # both passes: the speaker-independent one, then the adapted one
+            task = bar.add_task("align-fmllr", total=2 * len(graphs), info="speaker-independent pass")
+            scorer = gmm_scorer(alimdl, boosted(alimdl, sil, cfg.boost_silence), si_feats, cfg.acoustic_scale)
+            first, _, _, _ = align_all(alimdl, scorer, graphs, si_feats, cfg.beam, cfg.retry_beam, cfg,
+                                       on_done=lambda: bar.advance(task))
+            bar.update(task, completed=len(graphs), info="fMLLR transforms")
+            weights = frame_weights(alimdl.transition_model(), first, sil, sat.silence_weight)
+            spk2utt = _spk2utt(first, utt2spk)
+            transforms = estimate_speaker_transforms(system, si_feats, weights, spk2utt, sat, report,
+                                                     posterior_am=alimdl.am if alimdl is not system else None)
+            speaker_of = {u: s for s, us in spk2utt.items() for u in us}
+            adapted = FeatureMap(si_feats, lambda u, x: apply_fmllr(transforms[speaker_of[u]], x))
+            scorer = gmm_scorer(system, boosted(system, sil, cfg.boost_silence), adapted, cfg.acoustic_scale)
+            bar.update(task, info="adapted pass")
+            alis, failed, tot_like, frames = align_all(system, scorer, {u: graphs[u] for u in first}, adapted,
+                                                        cfg.beam, cfg.retry_beam, cfg, on_done=lambda: bar.advance(task))
+            bar.update(task, completed=2 * len(graphs), info="")
         for utt in sorted(set(graphs) - set(first)) + failed:
             report.skip(utt, "no alignment within the retry beam")
         report.counts.update({"utterances": len(utts), "aligned": len(alis), "speakers": len(spk2utt),

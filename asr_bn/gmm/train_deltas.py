@@ -117,7 +117,7 @@ def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[
         alis = {u: a for u, a in alis.items() if u in graphs}
         if not alis:
             raise AsrBnError(f"no utterance of the features has an alignment in {ali_dir} (align this data first)")
-        history, alis, failed, feats, low = _iterate(system, graphs, feats, alis, sil, cfg, on_iteration)
+        history, alis, failed, feats, low = _iterate(name, system, graphs, feats, alis, sil, cfg, on_iteration)
         for utt in failed:
             report.skip(utt, "no alignment within the retry beam (last realignment)")
         system.save(out_dir, lang.phones)
@@ -134,10 +134,10 @@ def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[
     return system, report
 
 
-def _iterate(system: GmmSystem, graphs: Mapping[str, Any], feats: Mapping[str, np.ndarray],
+def _iterate(name: str, system: GmmSystem, graphs: Mapping[str, Any], feats: Mapping[str, np.ndarray],
              alis: dict[str, list[int]], sil: list[int], cfg: DeltasConfig, on_iteration: FeatureHook | None
              ) -> tuple[list[dict[str, Any]], dict[str, list[int]], list[str], Mapping[str, np.ndarray], TooLittleData]:
-    """Passes 1 … num_iters-1 of train_deltas.sh: (one record per pass, the last alignments, the utterances the
+    """Passes 1 … num_iters-1 of train_deltas.sh (the progress bar says which rung, `name`): (one record per pass, the last alignments, the utterances the
     last realignment could not align, the features of the last pass, the Gaussians gmm-est did not update)."""
     num_gauss = cfg.num_leaves  # as train_deltas.sh: the Gaussian target starts at the leaves asked for
     inc_gauss = (cfg.tot_gauss - num_gauss) // cfg.max_iter_inc
@@ -145,7 +145,7 @@ def _iterate(system: GmmSystem, graphs: Mapping[str, Any], feats: Mapping[str, n
     failed: list[str] = []
     low = TooLittleData()
     with progress_bar() as bar:
-        task = bar.add_task("train deltas", total=cfg.num_iters - 1, info="")
+        task = bar.add_task(name, total=cfg.num_iters - 1, info="")
         for it in range(1, cfg.num_iters):
             start = time.monotonic()
             if it in cfg.realign_iters:
