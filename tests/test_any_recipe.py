@@ -181,6 +181,19 @@ def test_any_recipe_climbs_the_gmm_ladder(tmp_path: Path) -> None:
         assert (prep / "pdf.scp").is_file() == (not name.endswith("_decode"))
     for model in ("blstm_fmllr", "blstm_bn_seq_fmllr"):
         assert "%WER" in (exp / model / "decode_test_tg" / "wer").read_text()
+    # --speed-perturb: train three times (0.9, 1.0, 1.1), each copy aligned by the SAT system, its fMLLR features
+    speed = subprocess.run([*cmd[:-3], "--stop-stage", "5", "--cache", "--stage", "4", "--input", "fmllr",
+                            "--speed-perturb"], capture_output=True, text=True, env=env)
+    assert speed.returncode == 0, speed.stdout[-3000:] + speed.stderr[-3000:]
+    utts = set(_table(work / "data" / "train" / "utt2spk"))
+    copies = {f"{prefix}{u}" for u in utts for prefix in ("", "sp0.9-", "sp1.1-")}
+    assert set(_table(work / "data" / "train_sp" / "utt2spk")) == copies
+    aligned = {lab.utt for lab in read_alignments(exp / "tri3b_ali_sp")}  # the --fast SAT system misses a few
+    skipped = json.loads((exp / "tri3b_ali_sp" / "report.json").read_text())["skipped"]
+    assert aligned <= copies and len(aligned) >= 0.9 * len(copies)
+    assert sorted(copies - aligned) == sorted(skipped.get("no alignment within the retry beam", []))
+    assert set(dict(kaldiio.load_scp(str(work / "prep" / "train_sp_fmllr" / "pdf.scp")))) == aligned
+    assert (exp / "blstm_fmllr_sp" / "final.pt").is_file()
     # --targets nnet with fMLLR input: the fMLLR sequence-BN network realigns; same features, its targets joined
     nnet = subprocess.run([*cmd[:-3], "--stop-stage", "6", "--cache", "--stage", "4", "--input", "fmllr", "--targets",
                            "nnet"], capture_output=True, text=True, env=env)

@@ -321,8 +321,9 @@ def align_fmllr(src_dir: str | Path, feats: Mapping[str, np.ndarray], text: Mapp
                 utt2spk: Mapping[str, str], lang: Lang, out_dir: str | Path, cfg: AlignConfig | None = None,
                 sat: SatConfig | None = None) -> Report:
     """Kaldi's steps/align_fmllr.sh with a speaker-adapted system in `src_dir`: align with final.alimdl on the
-    speaker-independent features, estimate each speaker's fMLLR from that alignment, align again with final.mdl on
-    the adapted features. Writes ali.N.gz, num_jobs, trans.1, final.mdl, tree, final.mat, report.json (last)."""
+    speaker-independent features, estimate each speaker's fMLLR from that alignment (the identity, counted, for a
+    speaker with too little of it), align every utterance again with final.mdl on the adapted features. Writes
+    ali.N.gz, num_jobs, trans.1, final.mdl, tree, final.mat, report.json (last)."""
     cfg, sat = cfg or AlignConfig(), sat or SatConfig()
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     report = Report("align_fmllr")
@@ -342,17 +343,17 @@ def align_fmllr(src_dir: str | Path, feats: Mapping[str, np.ndarray], text: Mapp
                                        on_done=lambda: bar.advance(task))
             bar.update(task, completed=len(graphs), info="fMLLR transforms")
             weights = frame_weights(alimdl.transition_model(), first, sil, sat.silence_weight)
-            spk2utt = _spk2utt(first, utt2spk)
+            spk2utt = _spk2utt(graphs, utt2spk)  # every speaker, as gmm-est-fmllr: identity for those without data
             transforms = estimate_speaker_transforms(system, si_feats, weights, spk2utt, sat, report,
                                                      posterior_am=alimdl.am if alimdl is not system else None)
             speaker_of = {u: s for s, us in spk2utt.items() for u in us}
             adapted = FeatureMap(si_feats, lambda u, x: apply_fmllr(transforms[speaker_of[u]], x))
             scorer = gmm_scorer(system, boosted(system, sil, cfg.boost_silence), adapted, cfg.acoustic_scale)
             bar.update(task, info="adapted pass")
-            alis, failed, tot_like, frames = align_all(system, scorer, {u: graphs[u] for u in first}, adapted,
-                                                        cfg.beam, cfg.retry_beam, cfg, on_done=lambda: bar.advance(task))
+            alis, failed, tot_like, frames = align_all(system, scorer, graphs, adapted, cfg.beam, cfg.retry_beam,
+                                                        cfg, on_done=lambda: bar.advance(task))
             bar.update(task, completed=2 * len(graphs), info="")
-        for utt in sorted(set(graphs) - set(first)) + failed:
+        for utt in failed:  # the adapted pass aligns every utterance, as align_fmllr.sh's last gmm-align-compiled
             report.skip(utt, "no alignment within the retry beam")
         report.counts.update({"utterances": len(utts), "aligned": len(alis), "speakers": len(spk2utt),
                               "frames": sum(len(a) for a in alis.values())})

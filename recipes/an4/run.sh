@@ -10,7 +10,7 @@
 #   --speakers N    keep only the first N speakers of train, dev and test (tests; default: all).
 #   --dir DIR       working directory (default: the recipe folder): corpus/ (this prologue), data/ prep/ exp/.
 #   every other option goes to recipes/any/run.sh: --stage, --stop-stage, --fast, --seed, --targets, --nj,
-#   --train-opts, … (AN4 is decoded with its etc/an4.lm as graph "lm" too, position-independent phones, and the
+#   --speed-perturb, --train-opts, … (AN4 is decoded with its etc/an4.lm as graph "lm" too, position-independent phones, and the
 #   networks cache their features: AN4 fits in memory).
 # e.g. recipes/an4/run.sh --stage 3 --stop-stage 3 ../shared/data/an4
 #
@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
     --speakers) speakers=$2; shift 2 ;;
     --dir) dir=$2; shift 2 ;;
     --stage) stage=$2; pass+=("$1" "$2"); shift 2 ;;
-    --fast|--cache|--strip-punctuation) pass+=("$1"); shift ;;
+    --fast|--cache|--strip-punctuation|--speed-perturb) pass+=("$1"); shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     --*) [ $# -ge 2 ] || die "option $1 needs a value"; pass+=("$1" "$2"); shift 2 ;;
     *) an4_root=$1; shift ;;

@@ -36,6 +36,10 @@
 #                   the SAT system's LDA+MLLT+fMLLR features, as Kaldi's nnet1 recipes; asr-bn gmm fmllr-feats →
 #                   prep/{train,dev}_fmllr with the alignments' transforms, prep/{dev,test}_fmllr_decode with
 #                   decode-fmllr's) → exp/blstm_fmllr*, exp/blstm_bn_seq_fmllr* beside the others.
+#   --speed-perturb the networks train on Kaldi's 3-way speed perturbation of train (stage 4: asr-bn data
+#                   perturb-speed → data/train_sp, 0.9/1.0/1.1; prep/train_sp aligned by the --gmm system →
+#                   exp/<gmm>_ali_sp; targets, or fMLLR features, → prep/train_sp*) → exp/blstm*_sp*,
+#                   exp/blstm_bn_seq*_sp* beside the others (with --targets gmm).
 #   --nj N          parallel jobs for feature extraction, archives of alignments and decoding (default 2).
 #   --net-opts S    the networks' options instead of the recipe's (layers, units, optimizer, epochs …).
 #   --cache         the networks and the GMM keep all features in memory (faster; default: read from disk each pass).
@@ -91,6 +95,7 @@ fast=false
 seed=0
 targets=gmm
 input=fbank
+sp=  # --speed-perturb: _sp, the networks' training data prep/train_sp* and their exp dirs' tag
 gmm=mono
 leaves=
 gauss=
@@ -128,6 +133,7 @@ while [ $# -gt 0 ]; do
     --seed) seed=$2; shift 2 ;;
     --targets) targets=$2; shift 2 ;;
     --input) input=$2; shift 2 ;;
+    --speed-perturb) sp=_sp; shift ;;
     --gmm) gmm=$2; shift 2 ;;
     --leaves) leaves=$2; shift 2 ;;
     --gauss) gauss=$2; shift 2 ;;
@@ -187,8 +193,9 @@ case $input in
   *) die "--input $input is not fbank or fmllr" ;;
 esac
 nnet_ali=exp/nnet_ali$input_tag$suffix  # --targets nnet: the network's alignments of train (and ${nnet_ali}_dev)
-data=$tag  # the networks' training data: prep/train$data, prep/dev$data
+data=$tag  # the networks' training data: prep/train$sp$data, prep/dev$data
 [ "$targets" = nnet ] && data=$tag$suffix
+[ -z "$sp" ] || [ "$targets" = gmm ] || die "--speed-perturb goes with --targets gmm (the GMM aligns the copies)"
 case $gmm in  # the ladder's rungs up to --gmm: asr-bn gmm command : exp dir
   mono) rungs= sys=exp/mono ;;
   deltas) rungs="deltas:tri1" sys=exp/tri1 ;;
@@ -198,7 +205,7 @@ case $gmm in  # the ladder's rungs up to --gmm: asr-bn gmm command : exp dir
 esac
 [ -n "$leaves" ] || { leaves=500; $fast && leaves=100; }
 [ -n "$gauss" ] || { gauss=4000; $fast && gauss=400; }
-models="blstm$tag$suffix:none blstm_bn_seq$tag$suffix:sequence"  # exp dir : --bn
+models="blstm$tag$sp$suffix:none blstm_bn_seq$tag$sp$suffix:sequence"  # exp dir : --bn
 graphs="loop:$sys/graph${lm:+ lm:$sys/graph_lm} tg:$sys/graph_tg"  # name : graph dir
 decode_opts=  # asr-bn decode's defaults: beam 13, lattice beam 8 (Kaldi's steps/nnet/decode.sh)
 lmwts=1:15  # LM weights tried on dev: acoustic scale 1/LMWT (BLSTMs on AN4 like 3-4; Kaldi's nnet1 sweeps 4:15)
@@ -389,11 +396,32 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
     asr-bn prep kaldi data/train prep/train --nj "$nj" --sample-frequency "$sample_frequency" --ali-dir "${sys}_ali"
     asr-bn prep kaldi data/dev prep/dev --nj "$nj" --sample-frequency "$sample_frequency" --ali-dir "${sys}_ali_dev"
   fi
+  if [ -n "$sp" ]; then  # Kaldi's 3-way speed perturbation of train, each copy aligned by the --gmm system
+    opts="speed-perturb $(cat "$sys/.done")"
+    if check_done "prep/train_sp$data/.done" "$opts"; then
+      log "prep/train_sp$data/.done exists - skipping"
+    else
+      aligner=align
+      [ "$gmm" = sat ] && aligner=align-fmllr
+      asr-bn data perturb-speed data/train data/train_sp --sample-frequency "$sample_frequency"
+      asr-bn prep kaldi data/train_sp prep/train_sp --nj "$nj" --sample-frequency "$sample_frequency"
+      # shellcheck disable=SC2086 # cache is empty or one option
+      asr-bn gmm "$aligner" prep/train_sp data/lang "$sys" "${sys}_ali_sp" --nj "$nj" --oov-policy "$oov_policy" $cache
+      if [ "$input" = fmllr ]; then
+        asr-bn gmm fmllr-feats prep/train_sp "$sys" prep/train_sp_fmllr --transform-dir "${sys}_ali_sp" \
+          --ali-dir "${sys}_ali_sp"
+      else
+        asr-bn prep kaldi data/train_sp prep/train_sp --nj "$nj" --sample-frequency "$sample_frequency" \
+          --ali-dir "${sys}_ali_sp"
+      fi
+      echo "$opts" > "prep/train_sp$data/.done"
+    fi
+  fi
 fi
 
 train_net() {  # train_net EXP_DIR BN: one network; an interrupted run with the same options resumes
   local exp=$1 bn=$2
-  local opts="bn=$bn $net_opts $(cat "$sys/.done")"
+  local opts="bn=$bn $net_opts $(cat "$sys/.done")${sp:+ speed-perturb}"
   [ "$targets" = nnet ] && opts="$opts targets=nnet:$(cat "$nnet_ali/.done")"
   if check_done "$exp/.done" "$opts"; then
     log "$exp/.done exists - skipping"
@@ -411,18 +439,18 @@ train_net() {  # train_net EXP_DIR BN: one network; an interrupted run with the 
     echo "$opts" > "$exp/.started"
   fi
   # shellcheck disable=SC2086 # net_opts is a list of options
-  asr-bn train "prep/train$data" "prep/dev$data" "$exp" --bn "$bn" $net_opts $resume
+  asr-bn train "prep/train$sp$data" "prep/dev$data" "$exp" --bn "$bn" $net_opts $resume
   echo "$opts" > "$exp/.done"
 }
 
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
-  log "Stage 5: baseline BLSTM (no batch norm) → exp/blstm$tag$suffix"
-  train_net "exp/blstm$tag$suffix" none
+  log "Stage 5: baseline BLSTM (no batch norm) → exp/blstm$tag$sp$suffix"
+  train_net "exp/blstm$tag$sp$suffix" none
 fi
 
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
-  log "Stage 6: sequence-wise batch-normalized BLSTM (same seed and budget) → exp/blstm_bn_seq$tag$suffix"
-  train_net "exp/blstm_bn_seq$tag$suffix" sequence
+  log "Stage 6: sequence-wise batch-normalized BLSTM (same seed and budget) → exp/blstm_bn_seq$tag$sp$suffix"
+  train_net "exp/blstm_bn_seq$tag$sp$suffix" sequence
 fi
 
 if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
@@ -468,16 +496,16 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
 fi
 
 if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
-  log "Stage 8: learning curves and the results table (exp/learning_curves$tag$suffix.png, exp/results.md)"
+  log "Stage 8: learning curves and the results table (exp/learning_curves$tag$sp$suffix.png, exp/results.md)"
   exps=() labels=()
   for entry in $models; do
     exps+=("exp/${entry%%:*}")
     labels+=("${entry#*:}")
   done
-  asr-bn plot "${exps[@]}" -o "exp/learning_curves$tag$suffix.png" --labels "$(IFS=,; echo "${labels[*]}")"
+  asr-bn plot "${exps[@]}" -o "exp/learning_curves$tag$sp$suffix.png" --labels "$(IFS=,; echo "${labels[*]}")"
   last_graph=${graphs##* } last_graph=${last_graph%%:*}
   exps=() labels=()  # the table: every seed's and target source's models that stage 7 finished
-  for t in "" _nnali _fmllr _fmllr_nnali; do
+  for t in "" _nnali _fmllr _fmllr_nnali _sp _fmllr_sp; do
     for entry in blstm:none blstm_bn_seq:sequence; do
       for exp in "exp/${entry%%:*}$t" "exp/${entry%%:*}$t"_s[0-9]*; do
         [ -f "$exp/decode_test_$last_graph/.done" ] || continue
@@ -486,10 +514,12 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
           _nnali) labels+=("${entry#*:} (nnet ali)") ;;
           _fmllr) labels+=("${entry#*:} (fMLLR input)") ;;
           _fmllr_nnali) labels+=("${entry#*:} (fMLLR input, nnet ali)") ;;
+          _sp) labels+=("${entry#*:} (speed x3)") ;;
+          _fmllr_sp) labels+=("${entry#*:} (fMLLR input, speed x3)") ;;
           *) labels+=("${entry#*:}") ;;
         esac
         for set in train dev; do  # frame scores against the targets the model learned
-          learned=$t  # the targets the model learned: a seed's own for network targets
+          learned=${t%_sp}  # the targets the model learned (train's own for speed copies): a seed's for network targets
           [ "${t%_nnali}" = "$t" ] || learned=$t${exp##*"$t"}
           [ "$exp/frames_$set" -nt "$exp/final.pt" ] || asr-bn score frames "$exp" "prep/$set$learned" > "$exp/frames_$set"
         done
