@@ -66,6 +66,16 @@ def kaldi_s5_scripts(s5: Path, bundle: Path) -> None:
     )
 
 
+def ctm_frames(text: str) -> list[tuple[str, int, int, str]]:
+    """(utt, first frame, frames, word) per line of a Kaldi ctm, times in 10 ms frames (channel 1 checked)."""
+    out = []
+    for line in text.splitlines():
+        utt, channel, start, duration, word, *_ = line.split()
+        assert channel == "1"
+        out.append((utt, round(float(start) / 0.01), round(float(duration) / 0.01), word))
+    return out
+
+
 def run_kaldi_bytes(bundle: Path, *args: str | Path, stdin: bytes | None = None, cwd: Path | None = None) -> bytes:
     """Run one Kaldi binary of the bundle (its libraries found on their own), `stdin` fed to it, and return its
     stdout as bytes (binary archives); a failure fails the test with Kaldi's stderr."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import kaldi_s5_scripts, run_kaldi
+from conftest import ctm_frames, kaldi_s5_scripts, run_kaldi
 from test_graphs import _arpa_g, _kaldi_one_best, _one_best
 from test_prepare_lang import _kaldi_sh
 from typer.testing import CliRunner
@@ -183,16 +183,6 @@ def test_cd_mkgraph_matches_kaldi_mkgraph_sh(kaldi_bundle: Path, cd: CdSystem, t
             assert result[utt][1] == pytest.approx(cost, abs=1e-2), (what, utt)
 
 
-def _ctm(text: str) -> list[tuple[str, int, int, str]]:
-    """(utt, first frame, frames, word) per ctm line, times in 10 ms frames."""
-    out = []
-    for line in text.splitlines():
-        utt, channel, start, duration, word, *_ = line.split()
-        assert channel == "1"
-        out.append((utt, round(float(start) / 0.01), round(float(duration) / 0.01), word))
-    return out
-
-
 def test_ctm_of_multi_phone_words_matches_kaldi_word_alignment(
     kaldi_bundle: Path, cd: CdSystem, tmp_path: Path
 ) -> None:
@@ -211,15 +201,16 @@ def test_ctm_of_multi_phone_words_matches_kaldi_word_alignment(
         best = f"ark:lattice-1best --acoustic-scale=0.1 ark:{out_dir / 'lat.ark'} ark:- |"
         by_boundary = f"ark:lattice-align-words {cd.lang / 'phones/word_boundary.int'} {model} '{best}' ark:- |"
         by_lexicon = f"ark:lattice-align-words-lexicon {cd.lang / 'phones/align_lexicon.int'} {model} '{best}' ark:- |"
-        ours = ctms[out_dir.name] = _ctm((out_dir / "ctm").read_text())
+        ours = ctms[out_dir.name] = ctm_frames((out_dir / "ctm").read_text())
         text = read_text(out_dir / "text")
         assert [w for _, _, _, w in ours] == [w for u in text for w in text[u]]  # every word of the one-best path
         for aligned in (by_boundary, by_lexicon):
-            kaldi = [(u, s, d, words[w]) for u, s, d, w in _ctm(run_kaldi(kaldi_bundle, "nbest-to-ctm", aligned, "-"))]
+            kaldi_ctm = run_kaldi(kaldi_bundle, "nbest-to-ctm", aligned, "-")
+            kaldi = [(u, s, d, words[w]) for u, s, d, w in ctm_frames(kaldi_ctm)]
             assert ours == kaldi, (out_dir.name, aligned.split()[0])
     assert ctms["ours"] == ctms["kaldi"]  # the same words and times through both graphs
     _invoke("decode", cd.ours, model, cd.loglikes, tmp_path / "onebest", "--ctm", "--lang", cd.lang, *beam)
-    assert _ctm((tmp_path / "onebest" / "ctm").read_text()) == ctms["ours"]
+    assert ctm_frames((tmp_path / "onebest" / "ctm").read_text()) == ctms["ours"]
     # most words span several phones: a start or an end taken from the wrong phone of a word would show
     fewest: dict[str, int] = {}  # word → phones of its shortest pronunciation
     for line in (cd.lang / "phones/align_lexicon.txt").open():

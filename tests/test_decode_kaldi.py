@@ -10,7 +10,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from conftest import run_kaldi
+from conftest import ctm_frames, run_kaldi
 
 from asr_bn.decode import DecodeConfig, decode
 from asr_bn.score import read_text
@@ -110,16 +110,6 @@ def test_log_likelihood_per_frame_is_kaldis(
         assert read_text(d / "text") == kaldi_words
 
 
-def _ctm(lines: str) -> list[tuple[str, int, int, str]]:
-    """(utt, first frame, frames, word) per ctm line, times in 10 ms frames."""
-    out = []
-    for line in lines.splitlines():
-        utt, channel, start, dur, word, *_ = line.split()
-        assert channel == "1"
-        out.append((utt, round(float(start) / 0.01), round(float(dur) / 0.01), word))
-    return out
-
-
 def test_ctm_matches_kaldi_word_alignment(
     yesno_root: Path, kaldi_bundle: Path, gmm_loglikes: Path, decoded: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -128,14 +118,14 @@ def test_ctm_matches_kaldi_word_alignment(
     best = f"ark:lattice-1best --acoustic-scale=0.1 ark:{decoded['lattices'] / 'lat.ark'} ark:- |"
     aligned = f"ark:lattice-align-words-lexicon {graph / 'phones/align_lexicon.int'} {model} '{best}' ark:- |"
     kaldi = run_kaldi(kaldi_bundle, "nbest-to-ctm", aligned, "-")
-    expected = [(u, s, d, words[w]) for u, s, d, w in _ctm(kaldi)]
+    expected = [(u, s, d, words[w]) for u, s, d, w in ctm_frames(kaldi)]
     assert len(expected) == 29 * 8  # eight words per utterance
     for d in decoded.values():
-        assert _ctm((d / "ctm").read_text()) == expected
+        assert ctm_frames((d / "ctm").read_text()) == expected
     # the lang folder's lexicon.txt gives the same word times as the graph dir's align_lexicon.int; 30 ms frames
     config = DecodeConfig(ctm=True, frame_shift=0.03)
     decode(graph, model, gmm_loglikes, tmp_path, config, lang=yesno_root / "data/lang")
-    assert [(u, round(s / 3), round(d / 3), w) for u, s, d, w in _ctm((tmp_path / "ctm").read_text())] == expected
+    assert [(u, round(s / 3), round(d / 3), w) for u, s, d, w in ctm_frames((tmp_path / "ctm").read_text())] == expected
 
 
 def test_ctm_needs_a_lexicon_that_spells_the_words(yesno_root: Path, gmm_loglikes: Path, tmp_path: Path) -> None:
