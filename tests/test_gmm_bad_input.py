@@ -26,6 +26,7 @@ from test_gmm_tree import Setup
 
 app = build_app()
 synth, synth_tri1, yesno = test_gmm_tree.synth, test_gmm_tree.synth_tri1, test_gmm_tree.yesno  # shared fixtures
+synth_tri2, synth_tri3 = test_gmm_tree.synth_tri2, test_gmm_tree.synth_tri3
 
 
 def _kaldi_warnings(bundle: Path, *args: str | Path) -> str:
@@ -343,3 +344,37 @@ def test_a_rung_failing_midway_leaves_no_earlier_model(synth_tri1, tmp_path: Pat
     left = sorted(p.name for p in out.iterdir())
     assert "final.mdl" not in left and "report.json" not in left and "tree" in left, left
     assert not [name for name in left if name.startswith(".")], left  # no temporary file
+
+
+def test_align_fmllr_adapts_a_speaker_the_first_pass_missed(synth_tri1, synth_tri3, tmp_path: Path,  # noqa: ANN001
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A speaker none of whose utterances the speaker-independent pass aligned (a weak model on speed-perturbed
+    copies) gets the identity transform, counted, as gmm-est-fmllr writes one for every speaker of spk2utt, and the
+    adapted pass aligns its utterances again, as align_fmllr.sh's last gmm-align-compiled aligns every utterance."""
+    import kaldiio
+
+    import asr_bn.gmm.sat as sat
+
+    _, feats, text, lang, _, _, prep = synth_tri1
+    _, tri3, _ = synth_tri3
+    utt2spk = test_gmm_tree._speakers(prep)
+    missed = sorted(set(utt2spk.values()))[0]
+    real, calls = sat.align_all, []
+
+    def first_pass_misses(*args: object, **kwargs: object):  # noqa: ANN202 - align_all's result
+        alis, failed, like, frames = real(*args, **kwargs)
+        calls.append(len(alis))
+        if len(calls) == 1:  # the speaker-independent pass: the speaker's utterances fail
+            gone = [u for u in alis if utt2spk[u] == missed]
+            return {u: a for u, a in alis.items() if u not in gone}, failed + gone, like, frames
+        return alis, failed, like, frames
+
+    monkeypatch.setattr(sat, "align_all", first_pass_misses)
+    report = sat.align_fmllr(tri3, feats, text, utt2spk, lang, tmp_path / "ali")
+    assert report.counts["speakers with too little data for fMLLR (identity kept)"] >= 1
+    assert any(missed in note for note in report.notes)
+    transforms = dict(kaldiio.load_ark(str(tmp_path / "ali" / "trans.1")))
+    dim = transforms[missed].shape[0]
+    np.testing.assert_array_equal(transforms[missed], np.hstack([np.eye(dim), np.zeros((dim, 1))]))
+    aligned = {x.utt for x in read_alignments(tmp_path / "ali")}
+    assert {u for u, s in utt2spk.items() if s == missed} <= aligned and report.counts["aligned"] == len(aligned)
