@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -26,15 +26,13 @@ import torch
 from asr_bn.config import FbankConfig
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.io import write_text
+from asr_bn.cmvn import add_deltas, apply_cmvn, compute_cmvn_stats
 from asr_bn.mel import mel_banks
 
 __all__ = [
     "FbankConfig",
     "num_frames",
     "compute_fbank",
-    "add_deltas",
-    "compute_cmvn_stats",
-    "apply_cmvn",
     "FeaturePipeline",
 ]
 
@@ -253,119 +251,6 @@ def _per_utterance_warps(vtln_warp: float | Sequence[float] | None, cfg: FbankCo
     if len(warps) != n:
         raise UsageError(f"compute_fbank: {len(warps)} VTLN warp factors for {n} utterances; give one per utterance")
     return warps
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Deltas
-
-
-def _delta_scales(order: int, window: int) -> list[np.ndarray]:
-    """Kaldi's DeltaFeatures scales: scales[i] is the (2*i*window + 1)-tap filter of the i-th order."""
-    scales = [np.array([1.0])]
-    for _ in range(order):
-        prev = scales[-1]
-        prev_off = (len(prev) - 1) // 2
-        cur = np.zeros(len(prev) + 2 * window)
-        cur_off = prev_off + window
-        normalizer = 0.0
-        for j in range(-window, window + 1):
-            normalizer += j * j
-            for k in range(-prev_off, prev_off + 1):
-                cur[j + k + cur_off] += j * prev[k + prev_off]
-        scales.append(cur / normalizer)
-    return scales
-
-
-def add_deltas(feats: torch.Tensor, order: int = 2, window: int = 2) -> torch.Tensor:
-    """Kaldi's add-deltas: append `order` delta orders (window `window`) to (T, D) features, frames outside the
-    utterance replicating its first / last frame. Returns (T, D*(order+1))."""
-    if order < 0 or window < 1:
-        raise UsageError(f"add_deltas: order={order} must be >= 0 and window={window} >= 1")
-    if feats.dim() != 2:
-        raise UsageError(f"add_deltas: expected (T, D) features of one utterance, got shape {tuple(feats.shape)}")
-    t, d = feats.shape
-    if order == 0:
-        return feats.clone()
-    if t == 0:
-        return feats.new_zeros((0, d * (order + 1)))
-    m = order * window
-    padded = feats[torch.arange(-m, t + m, device=feats.device).clamp(0, t - 1)]  # (T + 2m, D), edges replicated
-    outs = [feats]
-    for scales in _delta_scales(order, window)[1:]:
-        off = (len(scales) - 1) // 2
-        acc = torch.zeros_like(feats)
-        for j, s in enumerate(scales):
-            if s != 0.0:
-                acc += float(s) * padded[m - off + j : m - off + j + t]
-        outs.append(acc)
-    return torch.cat(outs, dim=1)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# CMVN
-
-
-def compute_cmvn_stats(feats: Iterable[np.ndarray | torch.Tensor]) -> np.ndarray:
-    """Kaldi's compute-cmvn-stats over all given (T, D) matrices: a 2 × (D+1) float64 matrix.
-
-    Row 0 holds the per-dimension sums then the frame count; row 1 the sums of squares then 0. As Kaldi's
-    AccCmvnStats, values are float32 (Kaldi's features), each square is rounded to float32, the sums are in double.
-    """
-    stats: np.ndarray | None = None
-    for f in feats:
-        a = f.detach().cpu().numpy() if isinstance(f, torch.Tensor) else np.asarray(f)
-        a = a.astype(np.float32, copy=False)
-        if a.ndim != 2:
-            raise UsageError(f"compute_cmvn_stats: expected (T, D) matrices, got shape {a.shape}")
-        if stats is None:
-            stats = np.zeros((2, a.shape[1] + 1), dtype=np.float64)
-        elif stats.shape[1] != a.shape[1] + 1:
-            raise AsrBnError(
-                f"compute_cmvn_stats: feature dimension {a.shape[1]} differs from {stats.shape[1] - 1} seen before"
-            )
-        stats[0, :-1] += a.sum(axis=0, dtype=np.float64)
-        stats[1, :-1] += np.square(a).sum(axis=0, dtype=np.float64)
-        stats[0, -1] += a.shape[0]
-    if stats is None:
-        raise AsrBnError("compute_cmvn_stats: no feature matrices given (nothing to normalize with)")
-    return stats
-
-
-def _cmvn_offset_scale(stats: np.ndarray, norm_vars: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Kaldi's ApplyCmvn as (offset, scale): x → x * scale + offset (scale None = means only)."""
-    stats = np.asarray(stats, dtype=np.float64)
-    if stats.ndim != 2 or stats.shape[0] != 2:
-        raise AsrBnError(f"CMVN stats have shape {stats.shape}; expected Kaldi's 2 x (D+1) matrix")
-    count = stats[0, -1]
-    if count < 1.0:
-        raise AsrBnError(f"insufficient CMVN stats (count = {count:g}); the speaker/utterance has no frames")
-    mean = stats[0, :-1] / count
-    if not norm_vars:
-        return -mean, None
-    var = np.maximum(stats[1, :-1] / count - mean * mean, 1.0e-20)  # Kaldi floors the variance at 1e-20
-    scale = 1.0 / np.sqrt(var)
-    if not np.all(np.isfinite(scale)):
-        raise AsrBnError("NaN or infinity in CMVN statistics (corrupt cmvn.ark?)")
-    return -(mean * scale), scale
-
-
-def apply_cmvn(
-    feats: torch.Tensor | np.ndarray, stats: np.ndarray, norm_vars: bool = False
-) -> torch.Tensor | np.ndarray:
-    """Kaldi's apply-cmvn on one (T, D) matrix: subtract the mean; with norm_vars also divide by the std. dev.
-
-    Returns the same kind (tensor or array) and dtype as `feats`.
-    """
-    offset, scale = _cmvn_offset_scale(stats, norm_vars)
-    if feats.shape[-1] != offset.shape[0]:
-        raise AsrBnError(f"CMVN stats are for dimension {offset.shape[0]}, features have {feats.shape[-1]}")
-    if isinstance(feats, torch.Tensor):
-        off = torch.from_numpy(offset.astype(np.float32)).to(feats.device, feats.dtype)
-        if scale is None:
-            return feats + off
-        return feats * torch.from_numpy(scale.astype(np.float32)).to(feats.device, feats.dtype) + off
-    off32 = offset.astype(np.float32)
-    return (feats + off32 if scale is None else feats * scale.astype(np.float32) + off32).astype(feats.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -24,10 +24,11 @@ from typing import Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from asr_bn.alignments import alignment_files, alignment_model, check_num_pdfs, join_targets
+from asr_bn.cmvn import compute_cmvn_stats
 from asr_bn.data import AudioError, DataDir, cut_segment, load_data_dir, load_recording, write_data_dir
 from asr_bn.device import parse_device
 from asr_bn.errors import AsrBnError, UsageError
-from asr_bn.features import FbankConfig, FeaturePipeline, compute_cmvn_stats, compute_fbank
+from asr_bn.features import FbankConfig, FeaturePipeline, compute_fbank
 from asr_bn.io import OutputLock, check_output_dir, read_compressed, write_ark_scp, write_text
 from asr_bn.progress import progress_bar
 from asr_bn.report import Report

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from asr_bn.batching import BucketingSampler, UtteranceDataset, make_loader
-from asr_bn.features import FbankConfig, FeaturePipeline, compute_cmvn_stats
+from asr_bn.cmvn import compute_cmvn_stats
+from asr_bn.features import FbankConfig, FeaturePipeline
 from asr_bn.io import write_ark_scp, write_text
 from asr_bn.train import TrainConfig, is_finished, train
 

@@ -21,7 +21,8 @@ from asr_bn.batching import (
     read_targets,
 )
 from asr_bn.errors import AsrBnError, UsageError
-from asr_bn.features import FbankConfig, FeaturePipeline, compute_cmvn_stats
+from asr_bn.cmvn import compute_cmvn_stats
+from asr_bn.features import FbankConfig, FeaturePipeline
 from asr_bn.io import write_ark_scp, write_text
 from asr_bn.report import Report
 

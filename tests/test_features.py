@@ -13,15 +13,8 @@ import soundfile as sf
 import torch
 
 from asr_bn.errors import AsrBnError, UsageError
-from asr_bn.features import (
-    FbankConfig,
-    FeaturePipeline,
-    add_deltas,
-    apply_cmvn,
-    compute_cmvn_stats,
-    compute_fbank,
-    num_frames,
-)
+from asr_bn.cmvn import add_deltas, apply_cmvn, compute_cmvn_stats
+from asr_bn.features import FbankConfig, FeaturePipeline, compute_fbank, num_frames
 
 knf = pytest.importorskip("kaldi_native_fbank", reason="kaldi-native-fbank (the reference) is a test extra")
 

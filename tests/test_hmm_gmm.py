@@ -14,7 +14,8 @@ import torch
 from asr_bn.alignments import read_alignments, read_transition_model
 from asr_bn.data import load_data_dir
 from asr_bn.errors import AsrBnError, UsageError
-from asr_bn.features import FbankConfig, add_deltas, apply_cmvn, compute_cmvn_stats
+from asr_bn.cmvn import add_deltas, apply_cmvn, compute_cmvn_stats
+from asr_bn.features import FbankConfig
 from asr_bn.gmm.align import align, AlignConfig
 from asr_bn.gmm.features import gmm_features
 from asr_bn.gmm.mono import MonoConfig, train_mono

@@ -34,19 +34,18 @@ def _cepstra(utt: str, fbank: "np.ndarray | torch.Tensor", num_ceps: int) -> np.
 
 
 def _normalized_with_deltas(ceps: np.ndarray, stats: np.ndarray) -> np.ndarray:
-    """apply-cmvn (means) with a speaker's stats, then add-deltas: the GMM features of one utterance."""
-    import torch
+    """apply-cmvn (means) with a speaker's stats, then add-deltas: the GMM features of one utterance (numpy: the
+    GMM commands never import torch)."""
+    from asr_bn.cmvn import add_deltas, apply_cmvn
 
-    from asr_bn.features import add_deltas, apply_cmvn
-
-    return add_deltas(torch.from_numpy(np.asarray(apply_cmvn(ceps, stats)))).numpy().astype(np.float32)
+    return add_deltas(np.asarray(apply_cmvn(ceps, stats), np.float32)).astype(np.float32, copy=False)
 
 
 def gmm_features(fbank: Mapping[str, "np.ndarray | torch.Tensor"], utt2spk: Mapping[str, str],
                  num_ceps: int = 13) -> dict[str, np.ndarray]:
     """MFCC-like GMM features from log-mel fbank: DCT-II (orthonormal) keeping `num_ceps`, per-speaker mean
     normalization, then Δ+ΔΔ. Returns float32 (T, 3*num_ceps) per utterance, same frames as the fbank."""
-    from asr_bn.features import compute_cmvn_stats
+    from asr_bn.cmvn import compute_cmvn_stats
 
     ceps = {utt: _cepstra(utt, f, num_ceps) for utt, f in fbank.items()}
     by_spk: dict[str, list[str]] = {}
@@ -71,7 +70,7 @@ class GmmFeatures(Mapping[str, np.ndarray]):
 
     def __init__(self, scp: Path, locations: Mapping[str, str], utt2spk: Mapping[str, str],
                  num_ceps: int | None = 13, in_memory: bool = False) -> None:
-        from asr_bn.features import compute_cmvn_stats
+        from asr_bn.cmvn import compute_cmvn_stats
 
         self._scp, self._locations, self._num_ceps = scp, dict(locations), num_ceps
         self._speaker = {u: utt2spk[u] for u in self._locations}
