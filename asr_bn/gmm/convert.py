@@ -15,7 +15,7 @@ import numpy as np
 from asr_bn.alignments import Labels, TransitionModel, _is_reordered, read_alignments, read_transition_model
 from asr_bn.errors import AsrBnError
 from asr_bn.gmm.event_map import EventMap, EventMapper, map_events, read_tree_map
-from asr_bn.gmm.tree_stats import PDF_CLASS, pdf_classes
+from asr_bn.gmm.tree_stats import PDF_CLASS, context_phones, pdf_classes, phone_instances
 
 
 def read_model_alignments(source: str | Path, model: str | Path) -> tuple[TransitionModel, list[Labels]]:
@@ -44,17 +44,11 @@ def check_tree_contexts(tm: TransitionModel, tree_path: Path, tids: np.ndarray, 
     alignment graph of this tree never yields, and alignments of another tree with the same HMM structure do. The
     contexts are the neighbouring phone instances of the same alignment (0 at its ends), as convert-ali asks."""
     tree, width, central = read_tree_map(tree_path)
-    ends = tm.phone_ends(tids, where, starts)
-    first = np.append(0, ends[:-1])
-    phone = tm.tid_phone[tids[first]].astype(np.int64)
-    utt = np.searchsorted(starts, first, "right") - 1
-    n = len(ends)
+    first, ends, phone = phone_instances(tm, tids, where, starts)
     base = max(tm.phones) + 1
-    context = np.zeros(n, np.int64)  # each instance's context, coded in base `base`
-    for j in range(width):
-        other = np.clip(np.arange(n) + (j - central), 0, n - 1)
-        inside = (np.arange(n) + (j - central) == other) & (utt[other] == utt)
-        context = context * base + np.where(inside, phone[other], 0)
+    context = np.zeros(len(ends), np.int64)  # each instance's context, coded in base `base`
+    for neighbour in context_phones(phone, first, starts, width, central):
+        context = context * base + neighbour
     classes = pdf_classes(tm)
     key = np.repeat(context, ends - first) * (classes.max() + 1) + classes[tids]  # (context, pdf-class) per frame
     unique, inverse = np.unique(key, return_inverse=True)

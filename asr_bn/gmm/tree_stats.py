@@ -60,6 +60,29 @@ def pdf_classes(tm: TransitionModel) -> np.ndarray:
     return out
 
 
+def phone_instances(tm: TransitionModel, tids: np.ndarray, where: Sequence[str],
+                    starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The phone instances of alignments laid end to end (`starts`: their first frames; `where` names each in
+    errors): each instance's first frame, end (one past its last frame) and phone."""
+    ends = tm.phone_ends(tids, where, starts)
+    first = np.append(0, ends[:-1])
+    return first, ends, tm.tid_phone[tids[first]].astype(np.int64)
+
+
+def context_phones(phone: np.ndarray, first: np.ndarray, starts: np.ndarray, width: int,
+                   central: int) -> list[np.ndarray]:
+    """Per context position j < `width`, each phone instance's neighbour j - `central` instances away in the same
+    alignment (`phone_instances`' phones and first frames), 0 beyond the alignment's ends: Kaldi's contexts."""
+    alignment = np.searchsorted(starts, first, "right") - 1
+    here = np.arange(len(phone))
+    out = []
+    for j in range(width):
+        at = here + (j - central)
+        other = np.clip(at, 0, len(phone) - 1)
+        out.append(np.where((at == other) & (alignment[other] == alignment), phone[other], 0))
+    return out
+
+
 def accumulate_tree_stats(
     tm: TransitionModel,
     feats: Iterable[tuple[str, np.ndarray]],
@@ -150,18 +173,11 @@ class _Accumulator:
     def rows(self, utts: Sequence[str], tids: np.ndarray, starts: np.ndarray) -> np.ndarray:
         """The row of every frame of alignments laid end to end (`starts`: their first frames), rows added for new
         events. Contexts are coded per phone instance and sorted there, frames only looked up."""
-        ends = self.tm.phone_ends(tids, [f"alignment of {u}" for u in utts], starts)
-        first = np.append(0, ends[:-1])
-        phone = self.tm.tid_phone[tids[first]].astype(np.int64)
-        utt = np.searchsorted(starts, first, "right") - 1
+        first, ends, phone = phone_instances(self.tm, tids, [f"alignment of {u}" for u in utts], starts)
         ci = self.is_ci[phone]
-        n = len(ends)
-        context = np.zeros(n, np.int64)
-        for j in range(self.width):  # the phone j - central segments away in the same utterance, else phone 0
-            other = np.arange(n) + (j - self.central)
-            inside = (other >= 0) & (other < n)
-            other = np.clip(other, 0, n - 1)
-            value = np.where(inside & (utt[other] == utt), phone[other], 0) + 1
+        context = np.zeros(len(ends), np.int64)
+        for j, neighbour in enumerate(context_phones(phone, first, starts, self.width, self.central)):
+            value = neighbour + 1
             context = context * self.base + (value if j == self.central else np.where(ci, 0, value))
         contexts, which = np.unique(context, return_inverse=True)
         classes = int(self.tid_pdf_class.max()) + 1
