@@ -47,7 +47,8 @@ class LdaMlltConfig(DeltasConfig):
 
 
 def static_cepstra(feats: np.ndarray) -> np.ndarray:
-    """The static part of GMM features (cepstra + Δ + ΔΔ: the first third of each frame), in float: what LDA splices."""
+    """The static part of GMM features (cepstra + Δ + ΔΔ: the first third of each frame), in float: what LDA
+    splices."""
     return np.asarray(feats[:, : feats.shape[1] // 3], np.float32)
 
 
@@ -243,8 +244,9 @@ def train_lda_mllt(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lan
     spliced = FeatureMap(feats, lambda _, f: splice(static_cepstra(f), cfg.context))
     width = next(iter(spliced.values())).shape[1] if len(spliced) else 0
     if not cfg.dim <= width:
+        frames = 2 * cfg.context + 1
         raise UsageError(f"lda-mllt: dim {cfg.dim} is above the {width} dimensions of the spliced features "
-                         f"({width // (2 * cfg.context + 1)} cepstra x {2 * cfg.context + 1} frames); give --dim <= {width}")
+                         f"({width // frames} cepstra x {frames} frames); give --dim <= {width}")
     old_pdfs, num_pdfs, jobs = _alignment_pdfs(ali_dir, sil)
     lda = estimate_lda(spliced, old_pdfs, num_pdfs, cfg.dim, cfg.randprune, jobs)
     transform = {"matrix": lda}

@@ -137,8 +137,9 @@ def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[
 def _iterate(name: str, system: GmmSystem, graphs: Mapping[str, Any], feats: Mapping[str, np.ndarray],
              alis: dict[str, list[int]], sil: list[int], cfg: DeltasConfig, on_iteration: FeatureHook | None
              ) -> tuple[list[dict[str, Any]], dict[str, list[int]], list[str], Mapping[str, np.ndarray], TooLittleData]:
-    """Passes 1 … num_iters-1 of train_deltas.sh (the progress bar says which rung, `name`): (one record per pass, the last alignments, the utterances the
-    last realignment could not align, the features of the last pass, the Gaussians gmm-est did not update)."""
+    """Passes 1 … num_iters-1 of train_deltas.sh (the progress bar says which rung, `name`): (one record per pass,
+    the last alignments, the utterances the last realignment could not align, the features of the last pass, the
+    Gaussians gmm-est did not update)."""
     num_gauss = cfg.num_leaves  # as train_deltas.sh: the Gaussian target starts at the leaves asked for
     inc_gauss = (cfg.tot_gauss - num_gauss) // cfg.max_iter_inc
     history: list[dict[str, Any]] = []

@@ -10,8 +10,8 @@
 #   --speakers N    keep only the first N speakers of train, dev and test (tests; default: all).
 #   --dir DIR       working directory (default: the recipe folder): corpus/ (this prologue), data/ prep/ exp/.
 #   every other option goes to recipes/any/run.sh: --stage, --stop-stage, --fast, --seed, --targets, --nj,
-#   --speed-perturb, --train-opts, … (AN4 is decoded with its etc/an4.lm as graph "lm" too, position-independent phones, and the
-#   networks cache their features: AN4 fits in memory).
+#   --speed-perturb, --train-opts, … (AN4 is decoded with its etc/an4.lm as graph "lm" too, position-independent
+#   phones, and the networks cache their features: AN4 fits in memory).
 # e.g. recipes/an4/run.sh --stage 3 --stop-stage 3 ../shared/data/an4
 #
 # Prologue (with stage 1): local/prepare_data.py → corpus/{train,dev,test} (6 held-out training speakers as dev,
