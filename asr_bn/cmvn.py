@@ -57,22 +57,21 @@ def add_deltas(feats: Array, order: int = 2, window: int = 2) -> Array:
     if tensor:
         import torch
 
-        padded = feats[torch.arange(-m, t + m, device=feats.device).clamp(0, t - 1)]  # (T + 2m, D), edges replicated
+        index = torch.arange(-m, t + m, device=feats.device).clamp(0, t - 1)
+        zeros, join = (lambda: feats.new_zeros(feats.shape)), (lambda parts: torch.cat(parts, dim=1))
     else:
-        padded = feats[np.clip(np.arange(-m, t + m), 0, t - 1)]
+        index = np.clip(np.arange(-m, t + m), 0, t - 1)
+        zeros, join = (lambda: np.zeros_like(feats)), (lambda parts: np.concatenate(parts, axis=1))
+    padded = feats[index]  # (T + 2m, D), edges replicated
     outs = [feats]
     for scales in delta_scales(order, window)[1:]:
         off = (len(scales) - 1) // 2
-        acc = feats.new_zeros(feats.shape) if tensor else np.zeros_like(feats)
+        acc = zeros()
         for j, s in enumerate(scales):
             if s != 0.0:
                 acc += float(s) * padded[m - off + j : m - off + j + t]
         outs.append(acc)
-    if tensor:
-        import torch
-
-        return torch.cat(outs, dim=1)
-    return np.concatenate(outs, axis=1)
+    return join(outs)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

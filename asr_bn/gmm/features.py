@@ -38,7 +38,7 @@ def _normalized_with_deltas(ceps: np.ndarray, stats: np.ndarray) -> np.ndarray:
     GMM commands never import torch)."""
     from asr_bn.cmvn import add_deltas, apply_cmvn
 
-    return add_deltas(np.asarray(apply_cmvn(ceps, stats), np.float32)).astype(np.float32, copy=False)
+    return add_deltas(np.asarray(apply_cmvn(ceps, stats), np.float32))
 
 
 def gmm_features(fbank: Mapping[str, "np.ndarray | torch.Tensor"], utt2spk: Mapping[str, str],
