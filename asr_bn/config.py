@@ -555,6 +555,7 @@ class DecodeFmllrConfig:
     fmllr_min_count: float = option(500.0, Range(0.0))  # a speaker with fewer weighted frames keeps the identity
     determinize_beam: float = option(4.0, _POSITIVE)  # pass 2's lattice-determinize-pruned --beam
     lmwt: tuple[int, ...] = ()  # LM weights of the hyp_LMWT sweep (score.sh's), e.g. 7..17
+    num_jobs: int = option(1, Range(1))  # Kaldi's nj: parts of the data (whole speakers) decoded side by side
 
     def decoding(self, beam: float) -> DecodeConfig:
         """The lattice decoder's options for a pass with `beam`."""

@@ -26,6 +26,8 @@ _DATA = "An `asr-bn prep` output dir (feats.scp of fbank, text, utt2spk); GMM fe
 _OOV = "Transcript words outside the lexicon: map (to the lang's oov.txt word, counted per word) or skip the " \
        "utterance (named)."
 _POSITIVE, _COUNT = Range(0.0, low_open=True), Range(1)
+_NJ_HELP = ("Kaldi's jobs: parts of the data (whole speakers, as utils/split_data.sh splits them), each worked on in a "
+            "process of its own, side by side; one ali.N.gz per job where alignments are written.")
 _Cache = Annotated[bool, typer.Option("--cache", help="Keep the GMM features in memory (faster passes); by default "
                                       "each pass reads them from feats.scp, for corpora of any size.")]
 
@@ -69,6 +71,7 @@ def mono(
     fast: Annotated[bool, typer.Option("--fast", help="CI: 10 iterations, 300 Gaussians (rougher alignments); "
                                        "overrides the three options above.")] = False,
     oov_policy: Annotated[OovPolicy, typer.Option("--oov-policy", help=_OOV)] = OovPolicy.map,
+    nj: Annotated[int, typer.Option("--nj", help=_NJ_HELP, callback=in_range(_COUNT))] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the flat start (the equal alignment of the first pass) "
                                       "and of the Gaussian splits: 0 draws Kaldi's own flat start (align-equal-compiled's"
                                       "), others other ones; the flat start alone moves a monophone's WER by a point or "
@@ -86,7 +89,7 @@ def mono(
 
     cfg = replace(FAST_MONO if fast else MonoConfig(num_iters=num_iters, max_iter_inc=max_iter_inc,
                                                     total_gauss=totgauss),
-                  boost_silence=boost_silence, oov_policy=oov_policy.value, seed=seed)
+                  boost_silence=boost_silence, oov_policy=oov_policy.value, seed=seed, num_jobs=nj)
     cfg.validate()
     lang_obj = read_lang(lang)
     first = None
@@ -113,7 +116,6 @@ _Leaves = Annotated[int, typer.Argument(help="Most leaves of the tree (Kaldi's <
 _Gauss = Annotated[int, typer.Argument(help="Gaussians to grow to (Kaldi's <tot-gauss>).", callback=in_range(_COUNT))]
 _Lang = Annotated[Path, typer.Argument(help="Lang folder (asr-bn lang, or Kaldi's prepare_lang.sh).")]
 _AliDir = Annotated[Path, typer.Argument(help="Alignments of the previous rung (final.mdl, tree, ali.*.gz).")]
-_NJ_HELP = "Number of ali.N.gz archives: Kaldi's jobs, split as utils/split_data.sh splits the data (whole speakers)."
 _ExpDir = Annotated[Path, typer.Argument(help="Output: final.mdl, tree, ali.N.gz, num_jobs, treeacc, questions.int, "
                                          "iterations.jsonl, config.json, report.json (written last).")]
 _NumIters = Annotated[int, typer.Option("--num-iters", help="Training passes.", callback=in_range(Range(2)))]
@@ -362,6 +364,7 @@ def decode_fmllr(
                                                    callback=field_range(DecodeFmllrConfig, "fmllr_min_count"))] = 500.0,
     lmwt: Annotated[Optional[str], typer.Option("--lmwt", help="Also write hyp_LMWT for each LM weight of this range, "
                                                 "e.g. 7:17 (score.sh's sweep).")] = None,
+    nj: Annotated[int, typer.Option("--nj", help=_NJ_HELP, callback=in_range(_COUNT))] = 1,
     cache: _Cache = False,
 ) -> None:
     """Decode with a speaker-adapted system in two passes with fMLLR as steps/decode_fmllr.sh, e.g.
@@ -370,7 +373,8 @@ def decode_fmllr(
     from asr_bn_cli.decode import lmwt_range
 
     cfg = DecodeFmllrConfig(acwt=acwt, first_beam=first_beam, beam=beam, lattice_beam=lattice_beam,
-                            silence_weight=silence_weight, fmllr_min_count=fmllr_min_count, lmwt=lmwt_range(lmwt))
+                            silence_weight=silence_weight, fmllr_min_count=fmllr_min_count, lmwt=lmwt_range(lmwt),
+                            num_jobs=nj)
     feats, _ = _features(data, cache)
     _print(run(graph_dir, feats, feats.utt2spk, src_dir, out_dir, cfg))
 

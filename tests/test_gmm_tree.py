@@ -1001,6 +1001,38 @@ def test_decode_fmllr_against_decode_fmllr_sh(synth: Setup, synth_tri1, synth_tr
         assert np.abs(our_trans[spk] - kaldi_trans[spk]).max() <= 1e-4 * np.abs(kaldi_trans[spk]).max()  # ~1e-6
 
 
+def test_decode_fmllr_jobs_side_by_side_decode_as_one(synth: Setup, synth_tri3, synth_sat_decoding,  # noqa: ANN001
+                                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--nj 2: each part of the data (whole speakers) decoded and adapted in a process of its own writes what one
+    job writes, in processes or one after the other: every word and transform byte (fMLLR is per speaker), and
+    lattices Kaldi's lattice-equivalent finds equivalent (a decoder's state numbering follows what it decoded
+    before, as between Kaldi's jobs)."""
+    from asr_bn import jobs
+    from asr_bn.config import DecodeFmllrConfig
+    from asr_bn.gmm.decode_fmllr import decode_fmllr
+    from asr_bn.gmm.features import prepared_gmm_features
+
+    _, tri3, _ = synth_tri3
+    graph, dev = synth_sat_decoding
+    feats, _, _ = prepared_gmm_features(dev, in_memory=True)
+    utt2spk = _speakers(dev)
+    assert len(set(utt2spk.values())) >= 2
+    written = {}
+    for name, num_jobs, in_process in (("one", 1, False), ("forked", 2, False), ("in_process", 2, True)):
+        monkeypatch.setattr(jobs, "IN_PROCESS", in_process)
+        out = tmp_path / name / "decode"
+        decode_fmllr(graph, feats, utt2spk, tri3, out, DecodeFmllrConfig(num_jobs=num_jobs, lmwt=(8, 12)))
+        written[name] = {p.relative_to(out.parent): p.read_bytes() for p in sorted(out.parent.rglob("*"))
+                         if p.is_file() and p.suffix not in (".ark", ".scp") and p.name not in ("report.json", "num_jobs")}
+        assert (out / "num_jobs").read_text() == f"{num_jobs}\n"
+        if name != "one":
+            for pass_dir in ("decode.si", "decode"):
+                run_kaldi(synth.bundle, "lattice-equivalent", f"ark:{tmp_path / 'one' / pass_dir / 'lat.ark'}",
+                          f"ark:{out.parent / pass_dir / 'lat.ark'}")
+    assert written["one"] == written["forked"] == written["in_process"]
+    assert {"decode/trans.1", "decode/text", "decode/hyp_12", "decode.si/text"} <= {str(p) for p in written["one"]}
+
+
 def test_decode_fmllr_bad_inputs(synth: Setup, synth_tri3, synth_sat_decoding, tmp_path: Path) -> None:  # noqa: ANN001
     """A system without final.alimdl, a graph of another model, a graph dir without phones/silence.csl, transforms
     of other speakers: one line each, nothing written; speakers under --fmllr-min-count keep the identity, counted."""
@@ -1073,3 +1105,38 @@ def test_write_alignments_refuses_utterances_in_no_job(tmp_path: Path) -> None:
     write_alignments(tmp_path, alis, [["a", "c"], ["b"]])
     assert sorted(labels.utt for labels in read_alignments(tmp_path)) == ["a", "b", "c"]
     assert (tmp_path / "num_jobs").read_text() == "2\n"
+
+
+def test_jobs_side_by_side_give_the_bytes_of_one_process(synth_tri1, synth_tri2, tmp_path: Path,  # noqa: ANN001
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """--nj 2 (Kaldi's two parts of the data, whole speakers) run as forked processes side by side or one after
+    the other in one process writes the same bytes at every step: the monophone, an alignment, a SAT system trained
+    from it (its rung keeps the input's two jobs, fMLLR per job's speakers) and align-fmllr with that system."""
+    from dataclasses import replace
+
+    from asr_bn import jobs
+    from asr_bn.gmm.align import AlignConfig, align
+    from asr_bn.gmm.lda_mllt import copy_feature_transform
+    from asr_bn.gmm.mono import FAST_MONO, train_mono
+    from asr_bn.gmm.sat import SatConfig, align_fmllr, speaker_independent_features, train_sat
+
+    _, feats, text, lang, _, _, prep = synth_tri1
+    tri2_system, tri2, _ = synth_tri2
+    utt2spk = _speakers(prep)
+    sat = SatConfig(num_leaves=100, tot_gauss=400, num_iters=6, max_iter_inc=4, realign_iters=(3,), fmllr_iters=(2,))
+    written = {}
+    for in_process in (False, True):
+        monkeypatch.setattr(jobs, "IN_PROCESS", in_process)
+        out = tmp_path / ("one" if in_process else "forked")
+        train_mono(feats, text, lang, out / "mono", replace(FAST_MONO, num_jobs=2))
+        align(tri2_system, speaker_independent_features(feats, tri2), text, lang, out / "tri2_ali",
+              AlignConfig(num_jobs=2))
+        copy_feature_transform(tri2, out / "tri2_ali")  # as `asr-bn gmm align` does
+        train_sat(feats, text, utt2spk, lang, out / "tri2_ali", out / "tri3", sat)
+        align_fmllr(out / "tri3", feats, text, utt2spk, lang, out / "tri3_ali", AlignConfig(num_jobs=2))
+        written[in_process] = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*"))
+                               if p.is_file() and p.name not in ("report.json", "iterations.jsonl")}
+    assert written[False] == written[True]
+    names = {str(p) for p in written[True]}
+    assert {"mono/final.mdl", "tri2_ali/ali.2.gz", "tri3/ali.2.gz", "tri3/trans.1", "tri3_ali/ali.2.gz"} <= names
+    assert written[True][Path("tri3/num_jobs")] == b"2\n"

@@ -261,9 +261,7 @@ def test_kaldi_mfcc_dir_gives_kaldis_gmm_features(yesno_root: Path, kaldi_bundle
 def test_mixup_splits_at_the_target_like_gmm_est(yesno: tuple, tmp_path: Path) -> None:
     """gmm-est --mix-up=N calls SplitByCount on every pass, also once the model has N Gaussians: a pdf whose
     occupancy share grew gets more (Kaldi's AN4 mono logs: 'target = 979 … split #Gauss from 978 to 980')."""
-    from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
-
-    from asr_bn.gmm.estimate import PassStats
+    from asr_bn.gmm.estimate import mle_gmm_update, PassStats
 
     feats, text, lang = yesno
     cfg = MonoConfig(num_iters=4, max_iter_inc=2, total_gauss=40, realign_iters=(1, 2))
@@ -275,35 +273,49 @@ def test_mixup_splits_at_the_target_like_gmm_est(yesno: tuple, tmp_path: Path) -
     stats.pdf_occs = stats.pdf_occs[::-1].copy()  # occupancies that moved since the model was mixed up
     target = system.am.num_gauss
     stats.update(system, 10.0, target, 0.25)
-    opts = khg.MleDiagGmmOptions()
-    opts.min_gaussian_occupancy = 10.0
-    khg.mle_am_diag_gmm_update(opts, stats.gmm, int(khg.str_to_gmm_flags("mvw")), kaldi.am)
+    for pdf, pdf_stats in enumerate(stats.gauss):
+        mle_gmm_update(kaldi.am.get_pdf(pdf), *pdf_stats)
     kaldi.am.split_by_count(stats.pdf_occs, target, 0.01, 0.25, 20.0)
     pdfs = range(system.am.num_pdfs)
     assert [system.am.num_gauss_in_pdf(p) for p in pdfs] == [kaldi.am.num_gauss_in_pdf(p) for p in pdfs]
     assert system.am.num_gauss > target
 
 
-def test_training_pass_is_gmm_acc_stats_ali_and_gmm_est(yesno_root: Path, kaldi_bundle: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("num_jobs", [1, 2])
+def test_training_pass_is_gmm_acc_stats_ali_and_gmm_est(yesno_root: Path, kaldi_bundle: Path, tmp_path: Path,
+                                                       num_jobs: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """One pass (PassStats + update) on the same model, alignment and features as Kaldi's gmm-acc-stats-ali +
     gmm-est: the same transitions, weights, means and variances, also with --mix-up (the split Gaussians' random
-    directions drawn from the C library's rand() as gmm-est draws them)."""
+    directions drawn from the C library's rand() as gmm-est draws them). With two jobs, as Kaldi's nj=2: one
+    gmm-acc-stats-ali per part + gmm-sum-accs; asr-bn's forked jobs give the very bytes of its jobs run in one
+    process."""
     import kaldiio
 
+    from asr_bn import jobs
+    from asr_bn.gmm.align import kaldi_split
     from asr_bn.gmm.estimate import PassStats
 
     feats, alis, model = _kaldi_yesno_mono(yesno_root)
-    kaldiio.save_ark(str(tmp_path / "feats.ark"), feats)
-    run_kaldi_bytes(kaldi_bundle, "gmm-acc-stats-ali", model, f"ark:{tmp_path / 'feats.ark'}",
-                    f"ark:gunzip -c {yesno_root / 'exp' / 'mono' / 'ali.1.gz'}|", tmp_path / "acc")
+    parts = kaldi_split(sorted(feats), num_jobs)
+    ali = f"ark:gunzip -c {yesno_root / 'exp' / 'mono' / 'ali.1.gz'}|"
+    for n, part in enumerate(parts, 1):
+        kaldiio.save_ark(str(tmp_path / f"feats.{n}.ark"), {u: feats[u] for u in part})
+        run_kaldi_bytes(kaldi_bundle, "gmm-acc-stats-ali", model, f"ark:{tmp_path / f'feats.{n}.ark'}", ali,
+                        tmp_path / f"{n}.acc")
+    run_kaldi_bytes(kaldi_bundle, "gmm-sum-accs", tmp_path / "acc", *[tmp_path / f"{n}.acc" for n in range(1, num_jobs + 1)])
     target = GmmSystem.load(model).am.num_gauss + 12
     for mixup in (0, target):
         run_kaldi_bytes(kaldi_bundle, "gmm-est", f"--mix-up={mixup}", "--power=0.25", model, tmp_path / "acc",
                         tmp_path / f"kaldi_{mixup}.mdl")
-        ours = GmmSystem.load(model)
-        stats = PassStats(ours, feats, {u: a for u, a in alis.items() if u in feats})
-        assert stats.frames == sum(m.shape[0] for m in feats.values())
-        stats.update(ours, 10.0, mixup, 0.25)
+        models = []
+        for in_process in (False, True):
+            monkeypatch.setattr(jobs, "IN_PROCESS", in_process)
+            ours = GmmSystem.load(model)
+            stats = PassStats(ours, feats, {u: a for u, a in alis.items() if u in feats}, parts)
+            assert stats.frames == sum(m.shape[0] for m in feats.values())
+            stats.update(ours, 10.0, mixup, 0.25)
+            models.append(ours.model_bytes())
+        assert models[0] == models[1]
         kaldi = GmmSystem.load(tmp_path / f"kaldi_{mixup}.mdl")
         np.testing.assert_allclose(ours.trans_model.log_probs, kaldi.trans_model.log_probs, atol=1e-5)
         for pdf in range(kaldi.am.num_pdfs):
@@ -313,6 +325,39 @@ def test_training_pass_is_gmm_acc_stats_ali_and_gmm_est(yesno_root: Path, kaldi_
             np.testing.assert_allclose(np.asarray(a.inv_vars), np.asarray(b.inv_vars), rtol=1e-3)
             np.testing.assert_allclose(np.asarray(a.means_invvars), np.asarray(b.means_invvars), rtol=1e-3, atol=1e-3)
         assert ours.am.num_gauss == kaldi.am.num_gauss
+
+
+@pytest.mark.parametrize("min_occupancy", [3.0, 10.0, 1e6])
+def test_gmm_update_is_kaldis_mle_update(yesno_root: Path, min_occupancy: float) -> None:
+    """mle_gmm_update, from the statistics as arrays (what jobs send back), is Kaldi's MleAmDiagGmmUpdate as
+    kaldi-hmm-gmm binds it, run on its own accumulator of the same frames: the same Gaussians removed (also when a
+    pdf's Gaussians all lack data: the last kept) and the same parameters to a float's rounding."""
+    from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
+
+    from asr_bn.gmm.estimate import PassStats, mle_gmm_update
+
+    feats, alis, model = _kaldi_yesno_mono(yesno_root)
+    alis = {u: a for u, a in alis.items() if u in feats}
+    ours, theirs = GmmSystem.load(model), GmmSystem.load(model)
+    stats = PassStats(ours, feats, alis)
+    acc = khg.AccumAmDiagGmm()
+    acc.init(theirs.am, int(khg.GmmUpdateFlags.kGmmAll))
+    tid2pdf = np.asarray(theirs.trans_model.transition_id_to_pdf_array())
+    for utt, ali in alis.items():
+        for frame, pdf in zip(feats[utt], tid2pdf[np.asarray(ali)].tolist()):
+            acc.accumulate_for_gmm(theirs.am, frame, pdf, 1.0)
+    opts = khg.MleDiagGmmOptions()
+    opts.min_gaussian_occupancy = min_occupancy
+    khg.mle_am_diag_gmm_update(opts, acc, int(khg.str_to_gmm_flags("mvw")), theirs.am)
+    for pdf, pdf_stats in enumerate(stats.gauss):
+        kept, removed = mle_gmm_update(ours.am.get_pdf(pdf), *pdf_stats, min_occupancy)
+        assert kept == (removed == len(pdf_stats[0]) - 1 and not (pdf_stats[0] > min_occupancy).any())
+        assert kept or min_occupancy < 1e6
+        a, b = ours.am.get_pdf(pdf), theirs.am.get_pdf(pdf)
+        assert a.num_gauss == b.num_gauss
+        for name in ("weights", "inv_vars", "means_invvars", "gconsts"):
+            np.testing.assert_allclose(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)), rtol=1e-6,
+                                       atol=1e-6, err_msg=f"pdf {pdf} {name}")
 
 
 def test_initial_monophone_is_gmm_init_monos(yesno: tuple, yesno_root: Path, kaldi_bundle: Path,

@@ -8,7 +8,7 @@ import gzip
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -16,6 +16,7 @@ from asr_bn.alignments import Labels, transition_id_scores
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.gmm.system import GmmSystem
 from asr_bn.io import atomic_open, begin_run, OutputLock, write_text
+from asr_bn.jobs import job_parts, run_jobs
 from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg, kaldifst
 from asr_bn.lang import Lang, lexicon_fst, note_oovs
 from asr_bn.progress import progress_bar
@@ -115,29 +116,34 @@ def _network_scorer(system: GmmSystem, loglikes: Mapping[str, np.ndarray],
 
 def align_all(system: GmmSystem, scorer: Callable[[str], "khg.DecodableInterface"],
                graphs: Mapping[str, "kaldifst.StdVectorFst"], feats: Mapping[str, np.ndarray], beam: float,
-               retry_beam: float, scales: AlignConfig,
-               on_done: Any = None) -> tuple[dict[str, list[int]], list[str], float, int]:
+               retry_beam: float, scales: AlignConfig, on_done: Callable[[int], None] | None = None,
+               jobs: Sequence[Sequence[str]] = ()) -> tuple[dict[str, list[int]], list[str], float, int]:
     """Kaldi's (gmm-)align-compiled over all utterances, frame scores from `scorer`: (alignments, failed
-    utterances, total like, frames)."""
+    utterances, total like, frames), in the order of `graphs`. With `jobs` (Kaldi's parts of the data), each part
+    is aligned in a process of its own (`asr_bn.jobs`); `on_done(n)` hears of every n utterances done."""
     config = khg.AlignConfig(beam=beam, retry_beam=retry_beam, careful=False)
-    alis: dict[str, list[int]] = {}
-    failed: list[str] = []
-    num_done = num_error = num_retried = frames = 0
-    tot_like = 0.0
-    for utt, graph in graphs.items():
-        fst = graph.copy()
-        khg.add_transition_probs(system.trans_model, [], scales.transition_scale, scales.self_loop_scale, fst)
-        decodable = scorer(utt)
-        before = num_error
-        num_done, num_error, num_retried, tot_like, frames, ali, _ = khg.align_utterance_wrapper(
-            config, utt, scales.acoustic_scale, fst, decodable, num_done, num_error, num_retried, tot_like, frames)
-        if num_error > before or len(ali) != feats[utt].shape[0]:
-            failed.append(utt)
-        else:
-            alis[utt] = list(ali)
-        if on_done is not None:
-            on_done()
-    return alis, failed, tot_like, frames
+    parts = job_parts(graphs, jobs)
+
+    def job(j: int, tick: Callable[[int], None]) -> tuple[dict[str, list[int]], float, int]:
+        alis: dict[str, list[int]] = {}
+        num_done = num_error = num_retried = frames = 0
+        tot_like = 0.0
+        for utt in parts[j]:
+            fst = graphs[utt].copy()
+            khg.add_transition_probs(system.trans_model, [], scales.transition_scale, scales.self_loop_scale, fst)
+            before = num_error
+            num_done, num_error, num_retried, tot_like, frames, ali, _ = khg.align_utterance_wrapper(
+                config, utt, scales.acoustic_scale, fst, scorer(utt), num_done, num_error, num_retried, tot_like,
+                frames)
+            if num_error == before and len(ali) == feats[utt].shape[0]:
+                alis[utt] = list(ali)
+            tick(1)
+        return alis, tot_like, frames
+
+    done = run_jobs(job, len(parts), on_done)
+    found = {u: a for alis, _, _ in done for u, a in alis.items()}
+    alis = {u: found[u] for u in graphs if u in found}
+    return alis, [u for u in graphs if u not in found], sum(t for _, t, _ in done), sum(f for _, _, f in done)
 
 
 def check_inputs(feats: Mapping[str, np.ndarray], text: Mapping[str, str], report: Report) -> list[str]:
@@ -192,13 +198,14 @@ def align(system: GmmSystem, feats: Mapping[str, np.ndarray], text: Mapping[str,
         scorer = _network_scorer(system, feats, cfg.acoustic_scale)
     else:
         scorer = gmm_scorer(system, boosted(system, sil, cfg.boost_silence), feats, cfg.acoustic_scale)
+    jobs = kaldi_split(sorted(feats), cfg.num_jobs, getattr(feats, "utt2spk", None))
     with OutputLock(out_dir):
         begin_run(out_dir)
         graphs = compile_graphs(system, lang, text, utts, cfg.sil_prob, report, cfg.oov_policy)
         with progress_bar() as bar:
             task = bar.add_task("align", total=len(graphs), info="")
             alis, failed, tot_like, frames = align_all(
-                system, scorer, graphs, feats, cfg.beam, cfg.retry_beam, cfg, on_done=lambda: bar.advance(task))
+                system, scorer, graphs, feats, cfg.beam, cfg.retry_beam, cfg, lambda n: bar.advance(task, n), jobs)
         for utt in failed:
             report.skip(utt, "no alignment within the retry beam")
         report.counts.update({"utterances": len(utts), "aligned": len(alis),
@@ -207,7 +214,7 @@ def align(system: GmmSystem, feats: Mapping[str, np.ndarray], text: Mapping[str,
             tool = "align-compiled-mapped" if network else "gmm-align-compiled"
             report.note(f"log-likelihood per frame as {tool} reports it: {tot_like / frames:.4f}")
         system.save(out_dir, lang.phones)
-        write_alignments(out_dir, alis, kaldi_split(sorted(feats), cfg.num_jobs, getattr(feats, "utt2spk", None)))
+        write_alignments(out_dir, alis, jobs)
         report.save(out_dir / "report.json")
     return report
 

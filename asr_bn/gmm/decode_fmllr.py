@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -28,9 +28,12 @@ from asr_bn.errors import AsrBnError
 from asr_bn.fst import FstArrays, parse_lattice, vector_bytes
 from asr_bn.gmm.sat import (Posterior, SatConfig, _spk2utt, apply_fmllr, compose, estimate_speaker_transforms,
                             speaker_independent_features, weight_silence, write_transforms)
+from asr_bn.gmm.align import kaldi_split
 from asr_bn.gmm.features import FeatureMap
 from asr_bn.gmm.system import GmmSystem
 from asr_bn.io import begin_run, check_output_dir, OutputLock, write_text
+from asr_bn.jobs import run_jobs
+from asr_bn.progress import progress_bar
 from asr_bn.report import Report
 
 __all__ = ["DecodeFmllrConfig", "best_alignment_posteriors", "rescore_lattice", "decode_fmllr"]
@@ -195,10 +198,27 @@ def _load_sat(src_dir: Path) -> tuple[GmmSystem, GmmSystem]:
 
 
 def _decoded(graph: Graph, model: GmmSystem, feats: Mapping[str, np.ndarray], utts: list[str],
-             config: DecodeConfig, done: dict[str, Hypothesis]) -> Iterator[tuple[str, Hypothesis | str]]:
-    """Decode `utts` with the GMM `model` (gmm-latgen-simple), keeping each hypothesis in `done` as it goes."""
-    for utt in utts:
-        hyp = _decode_or_reason(graph, utt, model.log_likelihoods(feats[utt]), config)
+             jobs: Sequence[Sequence[str]], config: DecodeConfig,
+             done: dict[str, Hypothesis]) -> Iterator[tuple[str, Hypothesis | str]]:
+    """Decode `utts` with the GMM `model` (gmm-latgen-simple), keeping each hypothesis in `done`; Kaldi's `jobs`
+    (parts of `utts`) decode side by side when there are several (`asr_bn.jobs`, a transient bar of their own)."""
+    def decode(utts: Sequence[str], tick: Callable[[int], None]) -> list[tuple[str, Hypothesis | str]]:
+        out = []
+        for utt in utts:
+            out.append((utt, _decode_or_reason(graph, utt, model.log_likelihoods(feats[utt]), config)))
+            tick(1)
+        return out
+
+    if len(jobs) <= 1:
+        decoded: Iterable[tuple[str, Hypothesis | str]] = ((utt, _decode_or_reason(
+            graph, utt, model.log_likelihoods(feats[utt]), config)) for utt in utts)
+    else:
+        with progress_bar(transient=True) as bar:
+            task = bar.add_task(f"decode ({len(jobs)} jobs)", total=len(utts), info="")
+            found = dict(pair for part in run_jobs(lambda j, tick: decode(jobs[j], tick), len(jobs),
+                                                   lambda n: bar.advance(task, n)) for pair in part)
+        decoded = ((utt, found[utt]) for utt in utts)
+    for utt, hyp in decoded:
         if isinstance(hyp, Hypothesis):
             done[utt] = hyp
         yield utt, hyp
@@ -233,23 +253,25 @@ def decode_fmllr(graph_dir: str | Path, feats: Mapping[str, np.ndarray], utt2spk
     spk2utt = _spk2utt(si, utt2spk)
     speaker_of = {u: s for s, us in spk2utt.items() for u in us}
     utts = sorted(si)
+    jobs = kaldi_split(utts, cfg.num_jobs, utt2spk)
     sat = SatConfig(fmllr_min_count=cfg.fmllr_min_count)
     report, second_report = Report("decode_fmllr"), Report("fmllr")
     with OutputLock(si_dir), OutputLock(out_dir):
         begin_run(out_dir)
         first: dict[str, Hypothesis] = {}
-        write_decode(si_dir, graph, _decoded(graph, alimdl, si, utts, cfg.decoding(cfg.first_beam), first),
+        write_decode(si_dir, graph, _decoded(graph, alimdl, si, utts, jobs, cfg.decoding(cfg.first_beam), first),
                      cfg.decoding(cfg.first_beam), Report("decode_fmllr (speaker-independent pass)"), total=len(utts))
         posteriors = _posteriors(first, alimdl, silence, cfg, cfg.lattice_beam)  # the decoder's determinization
-        pre = estimate_speaker_transforms(system, si, posteriors, spk2utt, sat, report, posterior_am=alimdl.am)
+        pre = estimate_speaker_transforms(system, si, posteriors, spk2utt, sat, report, posterior_am=alimdl.am,
+                                          jobs=jobs)
         del first, posteriors  # the lattices of pass 1 are on disk (OUT.si)
         adapted = FeatureMap(si, lambda u, x: apply_fmllr(pre[speaker_of[u]], x))
         second: dict[str, Hypothesis] = {}
-        failed = {utt: hyp for utt, hyp in _decoded(graph, system, adapted, utts, cfg.decoding(cfg.beam), second)
+        failed = {utt: hyp for utt, hyp in _decoded(graph, system, adapted, utts, jobs, cfg.decoding(cfg.beam), second)
                   if isinstance(hyp, str)}
         new = estimate_speaker_transforms(system, adapted, _posteriors(second, system, silence, cfg,
                                                                        cfg.determinize_beam),
-                                          spk2utt, sat, second_report)
+                                          spk2utt, sat, second_report, jobs=jobs)
         for key, value in second_report.counts.items():
             report.counts[f"{key} (second pass)"] = value
         transforms = {spk: compose(new[spk], pre[spk]) for spk in spk2utt}
@@ -268,6 +290,6 @@ def decode_fmllr(graph_dir: str | Path, feats: Mapping[str, np.ndarray], utt2spk
                                               cfg.decoding(cfg.beam), hyp.reached_final)
 
         write_transforms(out_dir / "trans.1", transforms)
-        write_text(out_dir / "num_jobs", "1\n")
+        write_text(out_dir / "num_jobs", f"{len(jobs)}\n")
         write_decode(out_dir, graph, rescored(), cfg.decoding(cfg.beam), report, total=len(utts))
     return report

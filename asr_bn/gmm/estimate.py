@@ -12,30 +12,33 @@ import numpy as np
 from asr_bn.alignments import TransitionModel
 from asr_bn.gmm.crand import CRand
 from asr_bn.gmm.system import GmmSystem
+from asr_bn.jobs import job_parts, run_jobs
 from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
 from asr_bn.report import Report
 
-__all__ = ["PassStats", "TooLittleData", "split_by_count", "pdf_phones", "named_pdfs"]
+__all__ = ["PassStats", "TooLittleData", "mle_gmm_update", "split_by_count", "pdf_phones", "named_pdfs"]
 
 
 class PassStats:
-    """Accumulated GMM and transition statistics of one pass (Kaldi's gmm-acc-stats-ali, frame by frame in C++)."""
+    """Accumulated GMM and transition statistics of one pass (Kaldi's gmm-acc-stats-ali, frame by frame in C++),
+    per pdf its Gaussians' (occupancy, Σx, Σx²) in double.
 
-    def __init__(self, system: GmmSystem, feats: Mapping[str, np.ndarray], alis: Mapping[str, Sequence[int]]) -> None:
-        tm, am = system.trans_model, system.am
-        tid2pdf = np.asarray(tm.transition_id_to_pdf_array(), dtype=np.int64)
-        self.trans = np.zeros(tm.num_transition_ids + 1, dtype=np.float64)
-        self.gmm = khg.AccumAmDiagGmm()
-        self.gmm.init(am, int(khg.GmmUpdateFlags.kGmmAll))
-        self.frames, self.tot_like = 0, 0.0
-        accumulate = self.gmm.accumulate_for_gmm
-        for utt, ali in alis.items():
-            tids = np.asarray(ali, dtype=np.int64)
-            self.trans += np.bincount(tids, minlength=len(self.trans))  # TransitionModel::Accumulate, prob 1
-            self.frames += len(tids)
-            for frame, pdf in zip(feats[utt], tid2pdf[tids].tolist()):
-                self.tot_like += accumulate(am, frame, pdf, 1.0)
-        self.gauss_occs = [np.array(self.gmm.get_acc(p).occupancy, dtype=np.float64) for p in range(am.num_pdfs)]
+    With `jobs` (Kaldi's parts of the data: lists of utterances), each part is accumulated in a process of its own
+    (`asr_bn.jobs`) and the parts' statistics added in job order, as gmm-sum-accs adds the jobs' files."""
+
+    def __init__(self, system: GmmSystem, feats: Mapping[str, np.ndarray], alis: Mapping[str, Sequence[int]],
+                 jobs: Sequence[Sequence[str]] = ()) -> None:
+        parts = [{u: alis[u] for u in part} for part in job_parts(alis, jobs)]
+        done = run_jobs(lambda j, _: _job_stats(system, feats, parts[j]), len(parts))
+        self.trans, self.frames, self.tot_like, *stats = done[0]
+        for trans, frames, tot_like, *theirs in done[1:]:
+            self.trans = self.trans + trans
+            self.frames += frames
+            self.tot_like += tot_like
+            stats = [mine + other for mine, other in zip(stats, theirs)]
+        ends = np.cumsum([system.am.num_gauss_in_pdf(p) for p in range(system.am.num_pdfs)])[:-1]
+        self.gauss = list(zip(*(np.split(a, ends) for a in stats)))  # per pdf: its Gaussians' (occ, Σx, Σx²)
+        self.gauss_occs = [occ for occ, _, _ in self.gauss]
         self.pdf_occs = np.array([occ.sum() for occ in self.gauss_occs], dtype=np.float32)
 
     def update(self, system: GmmSystem, min_gaussian_occupancy: float, mixup: int, power: float,
@@ -45,28 +48,69 @@ class PassStats:
         draws them for `seed` 0. Returns what gmm-est warns about: per pdf with Gaussians of too little data,
         (Gaussians left as they were, Gaussians removed)."""
         system.trans_model.mle_update(self.trans, khg.MleTransitionUpdateConfig())
-        opts = khg.MleDiagGmmOptions()
-        opts.min_gaussian_occupancy = min_gaussian_occupancy
-        low = self.too_little_data(opts)
-        khg.mle_am_diag_gmm_update(opts, self.gmm, int(khg.str_to_gmm_flags("mvw")), system.am)
+        low = {}
+        for pdf, stats in enumerate(self.gauss):
+            kept, removed = mle_gmm_update(system.am.get_pdf(pdf), *stats, min_gaussian_occupancy)
+            if kept or removed:
+                low[pdf] = (kept, removed)
         if mixup > 0:  # as gmm-est --mix-up: every pass, also at the target (a pdf whose share grew still splits)
             split_by_count(system.am, self.pdf_occs, mixup, 0.01, power, 20.0, seed)
         return low
 
-    def too_little_data(self, opts: "khg.MleDiagGmmOptions") -> dict[int, tuple[int, int]]:
-        """The Gaussians Kaldi's MleDiagGmmUpdate does not update, per pdf (kept, removed): those whose occupancy is
-        at most --min-gaussian-occupancy or whose weight (share of the pdf's occupancy; 1/n without any) at most
-        --min-gaussian-weight. With --remove-low-count-gaussians (the default) they are removed, except the last
-        one of a pdf whose Gaussians all lack data: it is kept as it was, as for a leaf without frames."""
-        out = {}
-        for pdf, occ in enumerate(self.gauss_occs):
-            total = occ.sum()
-            weight = occ / total if total > 0 else np.full(len(occ), 1.0 / len(occ))
-            low = int((~((occ > opts.min_gaussian_occupancy) & (weight > opts.min_gaussian_weight))).sum())
-            if low:
-                removed = min(low, len(occ) - 1) if opts.remove_low_count_gaussians else 0
-                out[pdf] = (low - removed, removed)
-        return out
+
+def mle_gmm_update(gmm: "khg.DiagGmm", occ: np.ndarray, sum_x: np.ndarray, sum_x2: np.ndarray,
+                   min_gaussian_occupancy: float = 10.0, min_gaussian_weight: float = 1e-5,
+                   min_variance: float = 0.001) -> tuple[int, int]:
+    """Kaldi's MleDiagGmmUpdate ("mvw", gmm-est's defaults) of one pdf from its Gaussians' statistics, in place:
+    weight occ/Σocc, mean Σx/occ, variance Σx²/occ - mean² floored at `min_variance`, in double, stored in float as
+    Kaldi stores them. A Gaussian with too little data (occupancy at most `min_gaussian_occupancy`, or weight at most
+    `min_gaussian_weight`) keeps its mean and variance and is removed (--remove-low-count-gaussians), unless all
+    lack data: the last of them is kept, its weight at least `min_gaussian_weight`. Returns (kept, removed)."""
+    total = float(occ.sum())
+    prob = occ / total if total != 0.0 else np.full(len(occ), 1.0 / len(occ))
+    good = (occ > float(np.float32(min_gaussian_occupancy))) & (prob > float(np.float32(min_gaussian_weight)))
+    low = np.flatnonzero(~good)
+    removed, kept = low[: len(occ) - 1].tolist(), low[len(occ) - 1 :]
+    inv_vars = np.asarray(gmm.inv_vars, np.float64)
+    var = 1.0 / inv_vars  # DiagGmmNormal: what the Gaussians without data keep
+    mean = np.asarray(gmm.means_invvars, np.float64) * var
+    weights = np.asarray(gmm.weights, np.float64).copy()
+    scale = 1.0 / occ[good]
+    mean[good] = sum_x[good] * scale[:, None]
+    var[good] = np.maximum(sum_x2[good] * scale[:, None] - mean[good] * mean[good], float(np.float32(min_variance)))
+    weights[good] = prob[good]
+    weights[kept] = np.maximum(prob[kept], float(np.float32(min_gaussian_weight)))
+    inv = np.float32(1.0) / var.astype(np.float32)  # CopyToDiagGmm: variances in float, inverted in float
+    gmm.set_weights(weights.astype(np.float32))
+    gmm.set_invvars_and_means(inv, mean.astype(np.float32))
+    gmm.compute_gconsts()
+    if removed:
+        gmm.remove_components(removed, True)
+        gmm.compute_gconsts()
+    return len(kept), len(removed)
+
+
+def _job_stats(system: GmmSystem, feats: Mapping[str, np.ndarray], alis: Mapping[str, Sequence[int]]
+               ) -> tuple[np.ndarray, int, float, np.ndarray, np.ndarray, np.ndarray]:
+    """gmm-acc-stats-ali over `alis`: (transition-id counts, frames, total log-likelihood, and every Gaussian's
+    occupancy, Σx and Σx², pdf after pdf), plain arrays that one job's process sends back."""
+    tm, am = system.trans_model, system.am
+    gmm = khg.AccumAmDiagGmm()
+    gmm.init(am, int(khg.GmmUpdateFlags.kGmmAll))
+    tid2pdf = np.asarray(tm.transition_id_to_pdf_array(), dtype=np.int64)
+    trans = np.zeros(tm.num_transition_ids + 1, dtype=np.float64)
+    frames, tot_like = 0, 0.0
+    accumulate = gmm.accumulate_for_gmm
+    for utt, ali in alis.items():
+        tids = np.asarray(ali, dtype=np.int64)
+        trans += np.bincount(tids, minlength=len(trans))  # TransitionModel::Accumulate, prob 1
+        frames += len(tids)
+        for frame, pdf in zip(feats[utt], tid2pdf[tids].tolist()):
+            tot_like += accumulate(am, frame, pdf, 1.0)
+    accs = [gmm.get_acc(p) for p in range(am.num_pdfs)]
+    return (trans, frames, tot_like, np.concatenate([a.occupancy for a in accs]).astype(np.float64),
+            np.concatenate([a.mean_accumulator for a in accs]).astype(np.float64),
+            np.concatenate([a.variance_accumulator for a in accs]).astype(np.float64))
 
 
 def pdf_phones(tm: TransitionModel) -> dict[int, list[int]]:

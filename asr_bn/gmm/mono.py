@@ -21,7 +21,8 @@ import numpy as np
 
 from asr_bn.alignments import TransitionModel
 from asr_bn.errors import AsrBnError, UsageError
-from asr_bn.gmm.align import AlignConfig, align_all, boosted, check_inputs, check_oov_policy, compile_graphs, gmm_scorer
+from asr_bn.gmm.align import (AlignConfig, align_all, boosted, check_inputs, check_oov_policy, compile_graphs, gmm_scorer,
+                              kaldi_split)
 from asr_bn.gmm.estimate import PassStats, TooLittleData
 from asr_bn.gmm.system import GmmSystem, make_topology
 from asr_bn.io import begin_run, OutputLock, write_text
@@ -53,12 +54,14 @@ class MonoConfig:
     min_gaussian_occupancy_first: float = 3.0  # gmm-est option for the first update only (later: Kaldi's 10)
     seed: int = 0  # flat start (0: Kaldi's own, `kaldi_seed`) and the perturbation of split Gaussians
     oov_policy: str = "map"  # words outside the lexicon: map (to the lang's oov.txt word) or skip the utterance
+    num_jobs: int = 1  # Kaldi's nj: parts of the data (whole speakers) aligned and accumulated side by side
 
     def validate(self) -> None:
         """Raise UsageError for inconsistent options."""
         check_oov_policy(self.oov_policy)
-        if self.num_iters < 1 or self.max_iter_inc < 0 or self.total_gauss < 1:
-            raise UsageError(f"MonoConfig: num_iters={self.num_iters} must be >= 1, max_iter_inc >= 0, total_gauss >= 1")
+        if self.num_iters < 1 or self.max_iter_inc < 0 or self.total_gauss < 1 or self.num_jobs < 1:
+            raise UsageError(f"MonoConfig: num_iters={self.num_iters} must be >= 1, max_iter_inc >= 0, total_gauss >= 1, "
+                             f"num_jobs >= 1")
         if any(i < 1 or i >= self.num_iters for i in self.realign_iters):
             raise UsageError(f"MonoConfig: realign_iters {self.realign_iters} must lie in 1..{self.num_iters - 1}")
 
@@ -205,6 +208,7 @@ def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: 
         else:
             alis = _given_alignments(first_alignments, list(graphs), feats, system.transition_model(), report)
         _check_flat_start(alis)
+        jobs = kaldi_split(sorted(graphs), cfg.num_jobs, getattr(feats, "utt2spk", None))
         bar.update(task, description="train mono", total=cfg.num_iters, completed=0)
         failed: list[str] = []
         low = TooLittleData()
@@ -217,8 +221,8 @@ def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: 
                 scales = AlignConfig()
                 scorer = gmm_scorer(system, boosted(system, sil, cfg.boost_silence), feats, scales.acoustic_scale)
                 alis, failed, _, _ = align_all(system, scorer, graphs, feats, beam, beam * cfg.retry_beam_factor,
-                                                scales)
-            stats = PassStats(system, feats, alis)
+                                                scales, jobs=jobs)
+            stats = PassStats(system, feats, alis, jobs)
             too_little = stats.update(system, cfg.min_gaussian_occupancy_first if it == 0 else 10.0, num_gauss,
                                       cfg.power, cfg.seed)
             low.add(too_little)

@@ -21,11 +21,12 @@ from asr_bn.alignments import TransitionModel
 from asr_bn.gmm.convert import read_model_alignments
 from asr_bn.gmm.lda_mllt import copy_feature_transform, splice, static_cepstra
 from asr_bn.gmm.train_deltas import DeltasConfig, train_tree_system
-from asr_bn.gmm.align import (align_all, AlignConfig, boosted, check_inputs, compile_graphs, gmm_scorer, kaldi_split,
-                              write_alignments)
+from asr_bn.gmm.align import (align_all, AlignConfig, alignment_jobs, boosted, check_inputs, compile_graphs, gmm_scorer,
+                              kaldi_split, write_alignments)
 from asr_bn.gmm.features import FeatureMap
 from asr_bn.gmm.system import am_bytes, GmmSystem
 from asr_bn.errors import AsrBnError
+from asr_bn.jobs import run_jobs
 from asr_bn.io import atomic_open, begin_run, error_detail, KALDIIO_READ_ERRORS, OutputLock
 from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
 from asr_bn.lang import Lang
@@ -159,26 +160,43 @@ def compose(new: np.ndarray, old: np.ndarray) -> np.ndarray:
 
 def estimate_speaker_transforms(system: GmmSystem, feats: Mapping[str, np.ndarray],
                                 weights: Mapping[str, Posterior], spk2utt: Mapping[str, list[str]],
-                                cfg: SatConfig, report: Report,
-                                posterior_am: "khg.AmDiagGmm | None" = None) -> dict[str, np.ndarray]:
-    """gmm-est-fmllr --spk2utt: one transform per speaker (the identity below `fmllr_min_count` frames, counted)."""
-    out = {}
-    dim = None
+                                cfg: SatConfig, report: Report, posterior_am: "khg.AmDiagGmm | None" = None,
+                                jobs: Sequence[Sequence[str]] = ()) -> dict[str, np.ndarray]:
+    """gmm-est-fmllr --spk2utt: one transform per speaker (the identity below `fmllr_min_count` frames, counted).
+    With `jobs` (Kaldi's parts of the data, whole speakers), each part's speakers in a process of its own."""
+    job_of = {u: j for j, part in enumerate(jobs) for u in part}
+    groups: list[list[str]] = [[] for _ in range(max(len(jobs), 1))]
     for spk, utts in spk2utt.items():
-        utts = [u for u in utts if u in weights and u in feats]
-        if utts:
-            beta, k, g = fmllr_stats(system, [feats[u] for u in utts], [weights[u] for u in utts], posterior_am)
-        else:
-            beta = 0.0
-        if beta > cfg.fmllr_min_count:
-            out[spk] = estimate_fmllr(beta, k, g, cfg.fmllr_num_iters)
-        else:
-            dim = dim or next(iter(feats.values())).shape[1]  # computed once (features may be read on demand)
-            out[spk] = _identity(dim)
-            report.counts["speakers with too little data for fMLLR (identity kept)"] = (
-                report.counts.get("speakers with too little data for fMLLR (identity kept)", 0) + 1)
-            report.note(f"speaker {spk}: {beta:.0f} weighted frames, below --fmllr-min-count {cfg.fmllr_min_count:g}: "
-                        f"its fMLLR transform is the identity")
+        groups[min((job_of.get(u, len(groups) - 1) for u in utts), default=len(groups) - 1)].append(spk)
+
+    def job(j: int, tick: object) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        out, too_little = {}, {}
+        for spk in groups[j]:
+            utts = [u for u in spk2utt[spk] if u in weights and u in feats]
+            if utts:
+                beta, k, g = fmllr_stats(system, [feats[u] for u in utts], [weights[u] for u in utts], posterior_am)
+            else:
+                beta = 0.0
+            if beta > cfg.fmllr_min_count:
+                out[spk] = estimate_fmllr(beta, k, g, cfg.fmllr_num_iters)
+            else:
+                too_little[spk] = beta
+        return out, too_little
+
+    done = run_jobs(job, len(groups))
+    found = {spk: w for out, _ in done for spk, w in out.items()}
+    too_little = {spk: beta for _, low in done for spk, beta in low.items()}
+    out, dim = {}, None
+    for spk in spk2utt:
+        if spk in found:
+            out[spk] = found[spk]
+            continue
+        dim = dim or next(iter(feats.values())).shape[1]  # computed once (features may be read on demand)
+        out[spk] = _identity(dim)
+        report.counts["speakers with too little data for fMLLR (identity kept)"] = (
+            report.counts.get("speakers with too little data for fMLLR (identity kept)", 0) + 1)
+        report.note(f"speaker {spk}: {too_little[spk]:.0f} weighted frames, below --fmllr-min-count "
+                    f"{cfg.fmllr_min_count:g}: its fMLLR transform is the identity")
     return out
 
 
@@ -217,9 +235,11 @@ def train_sat(feats: Mapping[str, np.ndarray], text: Mapping[str, str], utt2spk:
     first = Report("fmllr")
     old = GmmSystem.load(ali_dir / "final.mdl")
     old.check_features(si_feats, ali_dir / "final.mdl")
-    old_alis = {labels.utt: labels.values for labels in read_model_alignments(ali_dir, ali_dir / "final.mdl")[1]}
+    old_labels = read_model_alignments(ali_dir, ali_dir / "final.mdl")[1]
+    old_alis, jobs = {labels.utt: labels.values for labels in old_labels}, alignment_jobs(old_labels)
     transforms = estimate_speaker_transforms(old, si_feats, frame_weights(old.transition_model(), old_alis, sil,
-                                                                          cfg.silence_weight), spk2utt, cfg, first)
+                                                                          cfg.silence_weight), spk2utt, cfg, first,
+                                             jobs=jobs)
     speaker_of = {u: s for s, utts in spk2utt.items() for u in utts}
 
     def adapted() -> Mapping[str, np.ndarray]:
@@ -231,7 +251,8 @@ def train_sat(feats: Mapping[str, np.ndarray], text: Mapping[str, str], utt2spk:
             return None
         current = adapted()
         new = estimate_speaker_transforms(system, current, frame_weights(system.transition_model(), alis, sil,
-                                                                         cfg.silence_weight), spk2utt, cfg, Report("fmllr"))
+                                                                         cfg.silence_weight), spk2utt, cfg, Report("fmllr"),
+                                          jobs=jobs)
         for spk in transforms:
             transforms[spk] = compose(new[spk], transforms[spk])
         return adapted()
@@ -333,6 +354,7 @@ def align_fmllr(src_dir: str | Path, feats: Mapping[str, np.ndarray], text: Mapp
     si_feats = speaker_independent_features(feats, src_dir)
     system.check_features(si_feats, src_dir / "final.mdl")
     utts = check_inputs(si_feats, text, report)
+    jobs = kaldi_split(sorted(feats), cfg.num_jobs, utt2spk)
     with OutputLock(out_dir):
         begin_run(out_dir)
         graphs = compile_graphs(system, lang, text, utts, cfg.sil_prob, report, cfg.oov_policy)
@@ -340,18 +362,18 @@ def align_fmllr(src_dir: str | Path, feats: Mapping[str, np.ndarray], text: Mapp
             task = bar.add_task("align-fmllr", total=2 * len(graphs), info="speaker-independent pass")
             scorer = gmm_scorer(alimdl, boosted(alimdl, sil, cfg.boost_silence), si_feats, cfg.acoustic_scale)
             first, _, _, _ = align_all(alimdl, scorer, graphs, si_feats, cfg.beam, cfg.retry_beam, cfg,
-                                       on_done=lambda: bar.advance(task))
+                                       lambda n: bar.advance(task, n), jobs)
             bar.update(task, completed=len(graphs), info="fMLLR transforms")
             weights = frame_weights(alimdl.transition_model(), first, sil, sat.silence_weight)
             spk2utt = _spk2utt(graphs, utt2spk)  # every speaker, as gmm-est-fmllr: identity for those without data
             transforms = estimate_speaker_transforms(system, si_feats, weights, spk2utt, sat, report,
-                                                     posterior_am=alimdl.am if alimdl is not system else None)
+                                                     posterior_am=alimdl.am if alimdl is not system else None, jobs=jobs)
             speaker_of = {u: s for s, us in spk2utt.items() for u in us}
             adapted = FeatureMap(si_feats, lambda u, x: apply_fmllr(transforms[speaker_of[u]], x))
             scorer = gmm_scorer(system, boosted(system, sil, cfg.boost_silence), adapted, cfg.acoustic_scale)
             bar.update(task, info="adapted pass")
             alis, failed, tot_like, frames = align_all(system, scorer, graphs, adapted, cfg.beam, cfg.retry_beam,
-                                                        cfg, on_done=lambda: bar.advance(task))
+                                                        cfg, lambda n: bar.advance(task, n), jobs)
             bar.update(task, completed=2 * len(graphs), info="")
         for utt in failed:  # the adapted pass aligns every utterance, as align_fmllr.sh's last gmm-align-compiled
             report.skip(utt, "no alignment within the retry beam")
@@ -360,7 +382,7 @@ def align_fmllr(src_dir: str | Path, feats: Mapping[str, np.ndarray], text: Mapp
         if frames:
             report.note(f"log-likelihood per frame as gmm-align-compiled reports it: {tot_like / frames:.4f}")
         system.save(out_dir, lang.phones)
-        write_alignments(out_dir, alis, kaldi_split(sorted(feats), cfg.num_jobs, utt2spk))
+        write_alignments(out_dir, alis, jobs)
         _write_transforms(out_dir, src_dir, transforms)
         report.save(out_dir / "report.json")
     return report

@@ -14,7 +14,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -117,7 +117,7 @@ def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[
         alis = {u: a for u, a in alis.items() if u in graphs}
         if not alis:
             raise AsrBnError(f"no utterance of the features has an alignment in {ali_dir} (align this data first)")
-        history, alis, failed, feats, low = _iterate(name, system, graphs, feats, alis, sil, cfg, on_iteration)
+        history, alis, failed, feats, low = _iterate(name, system, graphs, feats, alis, sil, cfg, on_iteration, jobs)
         for utt in failed:
             report.skip(utt, "no alignment within the retry beam (last realignment)")
         system.save(out_dir, lang.phones)
@@ -135,11 +135,12 @@ def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[
 
 
 def _iterate(name: str, system: GmmSystem, graphs: Mapping[str, Any], feats: Mapping[str, np.ndarray],
-             alis: dict[str, list[int]], sil: list[int], cfg: DeltasConfig, on_iteration: FeatureHook | None
+             alis: dict[str, list[int]], sil: list[int], cfg: DeltasConfig, on_iteration: FeatureHook | None,
+             jobs: Sequence[Sequence[str]]
              ) -> tuple[list[dict[str, Any]], dict[str, list[int]], list[str], Mapping[str, np.ndarray], TooLittleData]:
     """Passes 1 … num_iters-1 of train_deltas.sh (the progress bar says which rung, `name`): (one record per pass,
     the last alignments, the utterances the last realignment could not align, the features of the last pass, the
-    Gaussians gmm-est did not update)."""
+    Gaussians gmm-est did not update). Each of Kaldi's `jobs` aligns and accumulates in a process of its own."""
     num_gauss = cfg.num_leaves  # as train_deltas.sh: the Gaussian target starts at the leaves asked for
     inc_gauss = (cfg.tot_gauss - num_gauss) // cfg.max_iter_inc
     history: list[dict[str, Any]] = []
@@ -153,10 +154,11 @@ def _iterate(name: str, system: GmmSystem, graphs: Mapping[str, Any], feats: Map
                 bar.update(task, info=f"iter {it}: aligning")
                 scales = AlignConfig()
                 scorer = gmm_scorer(system, boosted(system, sil, cfg.boost_silence), feats, scales.acoustic_scale)
-                alis, failed, _, _ = align_all(system, scorer, graphs, feats, cfg.beam, cfg.retry_beam, scales)
+                alis, failed, _, _ = align_all(system, scorer, graphs, feats, cfg.beam, cfg.retry_beam, scales,
+                                               jobs=jobs)
             if on_iteration is not None:
                 feats = on_iteration(it, system, alis) or feats
-            stats = PassStats(system, feats, alis)
+            stats = PassStats(system, feats, alis, jobs)
             too_little = stats.update(system, 10.0, num_gauss, cfg.power, cfg.seed)
             low.add(too_little)
             history.append({"iter": it, "avg_like": stats.tot_like / max(stats.frames, 1), "frames": stats.frames,

@@ -40,7 +40,8 @@
 #                   perturb-speed → data/train_sp, 0.9/1.0/1.1; prep/train_sp aligned by the --gmm system →
 #                   exp/<gmm>_ali_sp; targets, or fMLLR features, → prep/train_sp*) → exp/blstm*_sp*,
 #                   exp/blstm_bn_seq*_sp* beside the others (with --targets gmm).
-#   --nj N          parallel jobs for feature extraction, archives of alignments and decoding (default 2).
+#   --nj N          parallel jobs (default 2): feature extraction, GMM training and alignment (Kaldi's split of the
+#                   data, one process per part; the ali.N.gz archives), decoding.
 #   --net-opts S    the networks' options instead of the recipe's (layers, units, optimizer, epochs …).
 #   --cache         the networks and the GMM keep all features in memory (faster; default: read from disk each pass).
 #   --train-opts S  extra `asr-bn train` options for both networks, after the recipe's own (so they win),
@@ -272,7 +273,7 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   else
     rm -f exp/mono_ali/.done exp/mono_ali_dev/.done exp/mono/decode_test/.done  # they depend on this model
     rm -rf exp/mono/graph exp/mono/graph_lm exp/mono/graph_tg
-    asr-bn gmm mono prep/train data/lang exp/mono $fast_opt --oov-policy "$oov_policy" $cache
+    asr-bn gmm mono prep/train data/lang exp/mono --nj "$nj" $fast_opt --oov-policy "$oov_policy" $cache
     echo "$opts" > exp/mono/.done
   fi
   for set in train dev; do
@@ -334,11 +335,11 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
         asr-bn mkgraph data/lang "$sys" "$graph" $lm_opt
         echo "$lm_opt $(cat "$sys/.done")" > "$graph/.done"
       fi
-      asr-bn gmm decode-fmllr "$graph" prep/dev "$sys" "$sys/decode_dev_tg" --lmwt 7:17 $cache
+      asr-bn gmm decode-fmllr "$graph" prep/dev "$sys" "$sys/decode_dev_tg" --lmwt 7:17 --nj "$nj" $cache
       asr-bn score wer data/dev "$sys/decode_dev_tg" > "$sys/decode_dev_tg/wer_sweep"
       best=$(sed -n 's/^best: .*hyp_\([0-9]*\)$/\1/p' "$sys/decode_dev_tg/wer_sweep")
       [ -n "$best" ] || die "no best LM weight in $sys/decode_dev_tg/wer_sweep"
-      asr-bn gmm decode-fmllr "$graph" prep/test "$sys" "$sys/decode_test_tg" --lmwt "$best:$best" $cache
+      asr-bn gmm decode-fmllr "$graph" prep/test "$sys" "$sys/decode_test_tg" --lmwt "$best:$best" --nj "$nj" $cache
       asr-bn score wer data/test "$sys/decode_test_tg/hyp_$best" | tee "$sys/decode_test_tg/wer"
       echo "$opts" > "$sys/decode_test_tg/.done"
     fi

@@ -58,7 +58,7 @@ if [ "$stage" -le 1 ] && [ -z "$trained" ]; then
   for step in mono:mono tri1:deltas tri2b:lda-mllt tri3b:sat; do  # rung : asr-bn gmm command, each from prev's _ali
     rung=${step%%:*} cmd=${step#*:}
     if [ "$rung" = mono ]; then
-      timed mono asr-bn gmm mono "$tr" "$lang" exp/mono --cache
+      timed mono asr-bn gmm mono "$tr" "$lang" exp/mono --nj "$nj" --cache
     else
       timed "$rung" asr-bn gmm "$cmd" 500 4000 "$tr" "$lang" "exp/${prev}_ali" "exp/$rung" --cache
     fi
@@ -83,7 +83,7 @@ if [ "$stage" -le 2 ]; then
       for set in dev test; do
         dir=$out/decode_${set}_$g
         if [ "$sys" = tri3b ]; then  # two passes with fMLLR, decode_fmllr.sh's defaults
-          asr-bn gmm decode-fmllr "$out/graph_$g" "$feats/$set" "$exp/$sys" "$dir" --cache
+          asr-bn gmm decode-fmllr "$out/graph_$g" "$feats/$set" "$exp/$sys" "$dir" --nj "$nj" --cache
           continue
         fi
         asr-bn gmm likes "$feats/$set" "$exp/$sys" "$dir"
