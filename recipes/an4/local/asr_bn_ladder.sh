@@ -11,7 +11,7 @@
 #   WORKDIR   exp/{mono,tri1,tri2b,tri3b} and their _ali (stage 1), exp/times (seconds per step);
 #             decode/<rung>/{graph_G,decode_dev_G,decode_test_G} (stage 2: lattices lat.scp that Kaldi's tools read)
 #   --trained EXP  skip stage 1: decode the rungs of an existing exp dir (e.g. the recipe's exp/, left untouched)
-#   --nj N    parallel jobs of alignment and decoding (default 2); --stage N: start at stage N (default 1)
+#   --nj N    Kaldi's jobs of training, alignment and decoding (default 2); --stage N: start at stage N (default 1)
 #   --last RUNG  the last rung trained and decoded: mono, tri1, tri2b or tri3b (default tri3b)
 #   --graphs G   the graphs decoded: tg (ARPA, default) and/or loop (a uniform word loop), e.g. "tg loop"
 # Budgets as kaldi_ladder.sh: Kaldi's defaults for mono, 500 leaves / 4000 Gaussians for each later rung. The SAT
