@@ -45,6 +45,8 @@ def run_jobs(work: Callable[[int, Tick], T], num_jobs: int, on_tick: Tick | None
     tick = on_tick or (lambda n: None)
     if num_jobs <= 1 or IN_PROCESS:
         return [work(job, tick) for job in range(num_jobs)]
+    parent = os.getpid()
+    die_with_parent = _death_signal()
     children: dict[int, tuple[int, int]] = {}  # read end → (job, pid)
     results: dict[int, Any] = {}
     reaped: set[int] = set()
@@ -63,6 +65,7 @@ def run_jobs(work: Callable[[int, Tick], T], num_jobs: int, on_tick: Tick | None
                 raise AsrBnError(f"could not start job {job + 1} of {num_jobs}: {e} (run again with a smaller --nj)") from None
             if pid == 0:  # the child: never returns into the caller's frames
                 os.close(read)
+                die_with_parent(parent)
                 _child(work, job, write)
             os.close(write)
             children[read] = (job, pid)
@@ -85,6 +88,24 @@ def job_parts(keys: Iterable[str], jobs: Sequence[Sequence[str]]) -> list[list[s
     listed = {k for part in parts for k in part}
     parts[-1] += [k for k in keys if k not in listed]
     return parts
+
+
+def _death_signal() -> Callable[[int], None]:
+    """What a child calls first: on Linux, have the kernel SIGKILL it when the parent dies (killed, or gone without
+    its `finally`), so no job outlives its run; leave at once if the parent is already gone."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: the parent's `finally` stops the jobs
+        return lambda parent: None
+
+    def die_with_parent(parent: int) -> None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return die_with_parent
 
 
 def _child(work: Callable[[int, Tick], Any], job: int, fd: int) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,3 +143,68 @@ def test_job_parts_leave_no_key_out() -> None:
     assert job_parts(["a", "b", "c", "d", "e"], [["b", "a", "x"], ["d"]]) == [["b", "a"], ["d", "c", "e"]]
     assert job_parts(["a", "b"], []) == [["a", "b"]]
     assert job_parts({"a": 1, "b": 2}, [["b"], ["a"]]) == [["b"], ["a"]]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_jobs_die_with_their_parent(tmp_path) -> None:  # noqa: ANN001
+    """A run killed outright (SIGKILL: no `finally` runs) takes its jobs with it: the kernel kills them (Linux's
+    parent-death signal) instead of leaving them to compute for nobody."""
+    script = textwrap.dedent(f"""
+        import os, time
+        from asr_bn.jobs import run_jobs
+
+        def work(job, tick):
+            open(f"{tmp_path}/job{{job}}.pid", "w").write(str(os.getpid()))
+            time.sleep(60)
+
+        run_jobs(work, 2)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    pids = []
+    deadline = time.monotonic() + 60
+    while len(pids) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        pids = [int(p.read_text()) for p in tmp_path.glob("job*.pid") if p.read_text()]
+    assert len(pids) == 2
+    parent.kill()
+    parent.wait()
+
+    def running(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0]
+        except (FileNotFoundError, IndexError):
+            return False
+        return state != "Z"  # a zombie is dead, waiting for init to reap it
+
+    deadline = time.monotonic() + 10
+    while any(map(running, pids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(running, pids))
+
+
+def test_ctrl_c_stops_every_job(tmp_path) -> None:  # noqa: ANN001
+    """Ctrl-C (SIGINT to the whole foreground group: the run and its jobs) ends the run with KeyboardInterrupt and
+    leaves no job behind."""
+    script = textwrap.dedent(f"""
+        import os, time
+        from asr_bn.jobs import run_jobs
+
+        def work(job, tick):
+            open(f"{tmp_path}/job{{job}}.pid", "w").write(str(os.getpid()))
+            time.sleep(60)
+
+        try:
+            run_jobs(work, 2)
+        except KeyboardInterrupt:
+            print("interrupted")
+    """)
+    run = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, stdout=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    pids = []
+    deadline = time.monotonic() + 60
+    while len(pids) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        pids = [int(p.read_text()) for p in tmp_path.glob("job*.pid") if p.read_text()]
+    os.killpg(run.pid, signal.SIGINT)
+    assert run.communicate(timeout=30)[0].strip() == "interrupted"
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
