@@ -287,19 +287,26 @@ def lattice_hypothesis(graph: Graph, utt: str, lattice: bytes, frames: int, conf
                       _by_lmwt(graph, lat, config.lmwt))
 
 
-_SCRATCH: list[Path] = []  # this process's scratch file for lattices, made on first use
+_SCRATCH: dict[int, Path] = {}  # process id → that process's scratch file for lattices, made on first use
 
 
 def _scratch() -> Path:
-    """kaldifst reads and writes FSTs only as files: one scratch file per process, in memory (/dev/shm) where there
-    is one (a file made and removed per lattice cost more than decoding on a busy disk), removed at exit."""
-    if not _SCRATCH:
+    """kaldifst reads and writes FSTs only as files: one scratch file per process (a forked job makes its own), in
+    memory (/dev/shm) where there is one (a file made and removed per lattice cost more than decoding on a busy
+    disk). Where /proc/self/fd exists the file is unlinked at once and used through its descriptor, so it goes with
+    the process however that ends; elsewhere it is removed at exit."""
+    pid = os.getpid()
+    if pid not in _SCRATCH:
         shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
         fd, tmp = tempfile.mkstemp(prefix="asr-bn-lattice-", suffix=".fst", dir=shm)
-        os.close(fd)
-        _SCRATCH.append(Path(tmp))
-        atexit.register(_SCRATCH[0].unlink, missing_ok=True)
-    return _SCRATCH[0]
+        if os.path.isdir("/proc/self/fd"):
+            os.unlink(tmp)
+            _SCRATCH[pid] = Path(f"/proc/self/fd/{fd}")
+        else:
+            os.close(fd)
+            _SCRATCH[pid] = Path(tmp)
+            atexit.register(_SCRATCH[pid].unlink, missing_ok=True)
+    return _SCRATCH[pid]
 
 
 def _fst_bytes(lat) -> bytes:  # noqa: ANN001 - kaldifst.Lattice

@@ -1140,3 +1140,63 @@ def test_jobs_side_by_side_give_the_bytes_of_one_process(synth_tri1, synth_tri2,
     names = {str(p) for p in written[True]}
     assert {"mono/final.mdl", "tri2_ali/ali.2.gz", "tri3/ali.2.gz", "tri3/trans.1", "tri3_ali/ali.2.gz"} <= names
     assert written[True][Path("tri3/num_jobs")] == b"2\n"
+
+
+def test_a_rung_killed_midway_continues_where_it_stopped(synth_tri1, synth_tri2, tmp_path: Path,  # noqa: ANN001
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each rung keeps its state after every pass (resume.pkl); the same command run again after a crash continues
+    with the next pass and writes the bytes of a run never stopped (model, alignments, final.mat, trans.1), says
+    so in its report, and leaves no state behind. Another option starts over."""
+    from dataclasses import replace
+
+    from asr_bn.gmm import resume
+    from asr_bn.gmm.lda_mllt import LdaMlltConfig, train_lda_mllt
+    from asr_bn.gmm.mono import FAST_MONO, train_mono
+    from asr_bn.gmm.sat import SatConfig, train_sat
+    from asr_bn.gmm.train_deltas import DeltasConfig, train_deltas
+
+    _, feats, text, lang, tri1, _, prep = synth_tri1
+    _, tri2, _ = synth_tri2
+    utt2spk = _speakers(prep)
+    short = dict(num_leaves=100, tot_gauss=400, num_iters=6, max_iter_inc=4, realign_iters=(3,))
+    rungs = {
+        "mono": lambda out: train_mono(feats, text, lang, out, replace(FAST_MONO, num_iters=6, realign_iters=(1, 3))),
+        "deltas": lambda out: train_deltas(feats, text, lang, tri1, out, DeltasConfig(**short)),
+        "lda-mllt": lambda out: train_lda_mllt(feats, text, lang, tri1, out, LdaMlltConfig(**short, mllt_iters=(2, 4),
+                                                                                            randprune=0.0)),
+        "sat": lambda out: train_sat(feats, text, utt2spk, lang, tri2, out, SatConfig(**short, fmllr_iters=(2, 4))),
+    }
+    real_save = resume.save
+
+    def crash_after(stop: int):  # noqa: ANN202 - resume.save that stops the run once pass `stop` is kept
+        def save(out_dir: Path, key: str, state: resume.PassState) -> None:
+            real_save(out_dir, key, state)
+            if state.it == stop:
+                raise KeyboardInterrupt
+
+        return save
+
+    for name, run in rungs.items():
+        whole, _ = tmp_path / name / "whole", run(tmp_path / name / "whole")
+        stopped = tmp_path / name / "stopped"
+        monkeypatch.setattr(resume, "save", crash_after(3))
+        with pytest.raises(KeyboardInterrupt):
+            run(stopped)
+        monkeypatch.setattr(resume, "save", real_save)
+        assert (stopped / resume.NAME).is_file() and not (stopped / "final.mdl").exists()
+        _, report = run(stopped)
+        assert any("continued after pass 3" in note for note in report.notes), name
+        assert not (stopped / resume.NAME).exists()
+        for result in ("final.mdl", "ali.1.gz", "final.mat", "trans.1", "final.alimdl"):
+            if (whole / result).exists():
+                assert (stopped / result).read_bytes() == (whole / result).read_bytes(), (name, result)
+        history = [json.loads(line) for line in (stopped / "iterations.jsonl").read_text().splitlines()]
+        assert [h["iter"] for h in history] == [h["iter"] for h in map(
+            json.loads, (whole / "iterations.jsonl").read_text().splitlines())], name
+    again = tmp_path / "deltas" / "other"
+    monkeypatch.setattr(resume, "save", crash_after(3))
+    with pytest.raises(KeyboardInterrupt):
+        rungs["deltas"](again)
+    monkeypatch.setattr(resume, "save", real_save)
+    _, report = train_deltas(feats, text, lang, tri1, again, DeltasConfig(**{**short, "tot_gauss": 500}))
+    assert not any("continued" in note for note in report.notes)

@@ -248,27 +248,40 @@ def train_lda_mllt(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lan
         raise UsageError(f"lda-mllt: dim {cfg.dim} is above the {width} dimensions of the spliced features "
                          f"({width // frames} cepstra x {frames} frames); give --dim <= {width}")
     old_pdfs, num_pdfs, jobs = _alignment_pdfs(ali_dir, sil)
-    lda = estimate_lda(spliced, old_pdfs, num_pdfs, cfg.dim, cfg.randprune, jobs)
-    transform = {"matrix": lda}
-
-    def project() -> Mapping[str, np.ndarray]:
-        matrix = transform["matrix"]
-        return FeatureMap(spliced, lambda _, x: (x @ matrix.T).astype(np.float32))
-
-    def mllt(it: int, system: GmmSystem, alis: Mapping[str, list[int]]) -> Mapping[str, np.ndarray] | None:
-        if it not in cfg.mllt_iters:
-            return None
-        current = project()
-        pdfs = nonsilence_pdfs(system.transition_model(), alis, sil)
-        a_mat = estimate_mllt(*mllt_stats(system, current, pdfs, cfg.randprune, jobs))
-        transform_means(system, a_mat)
-        transform["matrix"] = (a_mat.astype(np.float64) @ transform["matrix"]).astype(np.float32)
-        return project()
+    mllt = _Mllt(spliced, estimate_lda(spliced, old_pdfs, num_pdfs, cfg.dim, cfg.randprune, jobs), cfg, sil, jobs)
 
     def write_extra(out: Path, *_: object) -> None:
-        _write_matrix(out / "final.mat", transform["matrix"])
+        _write_matrix(out / "final.mat", mllt.matrix)
         write_text(out / "splice_opts", f"--left-context={cfg.context} --right-context={cfg.context}\n")
 
-    return train_tree_system("train_lda_mllt", project(), text, lang, ali_dir, out_dir, cfg, on_iteration=mllt,
+    return train_tree_system("train_lda_mllt", mllt.features(), text, lang, ali_dir, out_dir, cfg, adaptation=mllt,
                              extra_config={"mllt_iters": list(cfg.mllt_iters), "randprune": cfg.randprune},
                              write_extra=write_extra)
+
+
+class _Mllt:
+    """The rung's feature transform: LDA, then at each of `mllt_iters` an MLLT estimated from the pass's alignments
+    (gmm-acc-mllt + est-mllt) composed on it and applied to the model's means (gmm-transform-means)."""
+
+    def __init__(self, spliced: Mapping[str, np.ndarray], lda: np.ndarray, cfg: LdaMlltConfig, silence: Sequence[int],
+                 jobs: Mapping[str, int]) -> None:
+        self.spliced, self.matrix, self.cfg, self.silence, self.jobs = spliced, lda, cfg, silence, jobs
+
+    def features(self) -> Mapping[str, np.ndarray]:
+        matrix = self.matrix
+        return FeatureMap(self.spliced, lambda _, x: (x @ matrix.T).astype(np.float32))
+
+    def update(self, it: int, system: GmmSystem, alis: Mapping[str, list[int]]) -> bool:
+        if it not in self.cfg.mllt_iters:
+            return False
+        pdfs = nonsilence_pdfs(system.transition_model(), alis, self.silence)
+        a_mat = estimate_mllt(*mllt_stats(system, self.features(), pdfs, self.cfg.randprune, self.jobs))
+        transform_means(system, a_mat)
+        self.matrix = (a_mat.astype(np.float64) @ self.matrix).astype(np.float32)
+        return True
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"final.mat": self.matrix}
+
+    def restore(self, state: Mapping[str, np.ndarray]) -> None:
+        self.matrix = state["final.mat"]

@@ -11,6 +11,7 @@ toward a target), through kaldi-hmm-gmm (Kaldi's own C++). Outputs are what a Ka
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.gmm.align import (AlignConfig, align_all, boosted, check_inputs, check_oov_policy, compile_graphs, gmm_scorer,
                               kaldi_split)
 from asr_bn.gmm.estimate import PassStats, TooLittleData
-from asr_bn.gmm.system import GmmSystem, make_topology
+from asr_bn.gmm import resume
+from asr_bn.gmm.system import am_bytes, GmmSystem, make_topology
 from asr_bn.io import begin_run, OutputLock, write_text
 from asr_bn.kaldi_ext import kaldifst
 from asr_bn.lang import Lang
@@ -127,13 +129,14 @@ def train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: L
     out_dir = Path(out_dir)
     with OutputLock(out_dir):
         begin_run(out_dir, "final.mdl")
-        system, report, history = _train_mono(feats, text, lang, cfg, first_alignments)
+        system, report, history = _train_mono(feats, text, lang, cfg, first_alignments, out_dir)
         system.save(out_dir, lang.phones)
         write_text(out_dir / "iterations.jsonl", "".join(json.dumps(h) + "\n" for h in history))
         start = "given first-pass alignments" if first_alignments is not None else f"equal alignment, seed {cfg.seed}"
         write_text(out_dir / "config.json", json.dumps({"mono": cfg.to_dict(), "flat_start": start,
                                                         "features": dict(feature_info or {})}, indent=2) + "\n")
         report.save(out_dir / "report.json")
+        resume.clear(out_dir)
     return system, report
 
 
@@ -192,7 +195,10 @@ def _given_alignments(alis: Mapping[str, Sequence[int]], utts: Sequence[str], fe
 
 
 def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: Lang, cfg: MonoConfig,
-                first_alignments: Mapping[str, Sequence[int]] | None = None) -> tuple[GmmSystem, Report, list[dict[str, Any]]]:
+                first_alignments: Mapping[str, Sequence[int]] | None, out_dir: Path
+                ) -> tuple[GmmSystem, Report, list[dict[str, Any]]]:
+    """The passes, after each of which its state is kept in `out_dir` (`resume`): run again, the same command
+    continues after the last finished pass."""
     report = Report("train_mono")
     utts, system = _initial_system(feats, text, lang, report)
     sil = lang.silence_phone_ids
@@ -209,10 +215,20 @@ def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: 
             alis = _given_alignments(first_alignments, list(graphs), feats, system.transition_model(), report)
         _check_flat_start(alis)
         jobs = kaldi_split(sorted(graphs), cfg.num_jobs, getattr(feats, "utt2spk", None))
-        bar.update(task, description="train mono", total=cfg.num_iters, completed=0)
+        flat = hashlib.sha256(b"".join(np.asarray(alis[u], np.int32).tobytes() + u.encode() for u in sorted(alis)))
+        key = resume.identity("train_mono", {**cfg.to_dict(), "flat_start": flat.hexdigest()}, system, sorted(graphs))
         failed: list[str] = []
         low = TooLittleData()
-        for it in range(cfg.num_iters):
+        trans_counts: list[np.ndarray] = []
+        first = 0
+        state = resume.load(out_dir, key)
+        if state is not None:
+            state.restore(system)
+            first, alis, failed, history = state.it + 1, state.alis, state.failed, state.history
+            num_gauss, low, trans_counts = state.num_gauss, state.low, state.trans_counts
+            report.note(f"continued after pass {state.it} of an earlier run of the same options (its {resume.NAME})")
+        bar.update(task, description="train mono", total=cfg.num_iters, completed=first)
+        for it in range(first, cfg.num_iters):
             start = time.monotonic()
             realigned = it in cfg.realign_iters
             if realigned:
@@ -232,6 +248,9 @@ def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: 
                             "seconds": round(time.monotonic() - start, 2)})
             if 1 <= it <= cfg.max_iter_inc:  # as train_mono.sh: numgauss grows after each of these updates
                 num_gauss += inc_gauss
+            trans_counts.append(stats.trans)
+            resume.save(out_dir, key, resume.PassState(it, am_bytes(system.am), trans_counts, alis, failed, history,
+                                                       num_gauss, low))
             bar.update(task, advance=1, info=f"like/frame {history[-1]['avg_like']:.3f}, {system.am.num_gauss} Gaussians")
     for utt in failed:
         report.skip(utt, "no alignment within the retry beam (last realignment)")

@@ -240,33 +240,50 @@ def train_sat(feats: Mapping[str, np.ndarray], text: Mapping[str, str], utt2spk:
     transforms = estimate_speaker_transforms(old, si_feats, frame_weights(old.transition_model(), old_alis, sil,
                                                                           cfg.silence_weight), spk2utt, cfg, first,
                                              jobs=jobs)
-    speaker_of = {u: s for s, utts in spk2utt.items() for u in utts}
-
-    def adapted() -> Mapping[str, np.ndarray]:
-        current = dict(transforms)
-        return FeatureMap(si_feats, lambda u, x: apply_fmllr(current[speaker_of[u]], x))
-
-    def refit(it: int, system: GmmSystem, alis: Mapping[str, list[int]]) -> Mapping[str, np.ndarray] | None:
-        if it not in cfg.fmllr_iters:
-            return None
-        current = adapted()
-        new = estimate_speaker_transforms(system, current, frame_weights(system.transition_model(), alis, sil,
-                                                                         cfg.silence_weight), spk2utt, cfg, Report("fmllr"),
-                                          jobs=jobs)
-        for spk in transforms:
-            transforms[spk] = compose(new[spk], transforms[spk])
-        return adapted()
+    fmllr = _Fmllr(si_feats, transforms, spk2utt, cfg, sil, jobs)
 
     def write_extra(out: Path, system: GmmSystem, alis: Mapping[str, list[int]], current: Mapping[str, np.ndarray]) -> None:
-        _write_transforms(out, ali_dir, transforms)
+        _write_transforms(out, ali_dir, fmllr.transforms)
         with atomic_open(out / "final.alimdl", "wb", encoding=None) as f:
             f.write(_alignment_model(system, alis, current, si_feats))
 
-    system, report = train_tree_system("train_sat", adapted(), text, lang, ali_dir, out_dir, cfg, on_iteration=refit,
-                                       extra_config={"fmllr_iters": list(cfg.fmllr_iters)}, write_extra=write_extra)
+    system, report = train_tree_system("train_sat", fmllr.features(), text, lang, ali_dir, out_dir, cfg,
+                                       adaptation=fmllr, extra_config={"fmllr_iters": list(cfg.fmllr_iters)},
+                                       write_extra=write_extra)
     for key, value in first.counts.items():
         report.counts[f"{key} (first pass)"] = value
     return system, report
+
+
+class _Fmllr:
+    """The rung's feature transforms: one fMLLR per speaker, re-estimated at `fmllr_iters` from the pass's
+    alignments and composed with the previous one (gmm-est-fmllr + compose-transforms)."""
+
+    def __init__(self, si_feats: Mapping[str, np.ndarray], transforms: dict[str, np.ndarray],
+                 spk2utt: Mapping[str, list[str]], cfg: SatConfig, silence: Sequence[int],
+                 jobs: Sequence[Sequence[str]]) -> None:
+        self.si_feats, self.transforms, self.spk2utt, self.cfg, self.silence, self.jobs = (
+            si_feats, transforms, spk2utt, cfg, silence, jobs)
+        self.speaker_of = {u: s for s, utts in spk2utt.items() for u in utts}
+
+    def features(self) -> Mapping[str, np.ndarray]:
+        current, speaker_of = dict(self.transforms), self.speaker_of
+        return FeatureMap(self.si_feats, lambda u, x: apply_fmllr(current[speaker_of[u]], x))
+
+    def update(self, it: int, system: GmmSystem, alis: Mapping[str, list[int]]) -> bool:
+        if it not in self.cfg.fmllr_iters:
+            return False
+        weights = frame_weights(system.transition_model(), alis, self.silence, self.cfg.silence_weight)
+        new = estimate_speaker_transforms(system, self.features(), weights, self.spk2utt, self.cfg, Report("fmllr"),
+                                          jobs=self.jobs)
+        self.transforms = {spk: compose(new[spk], w) for spk, w in self.transforms.items()}
+        return True
+
+    def state(self) -> dict[str, np.ndarray]:
+        return dict(self.transforms)
+
+    def restore(self, state: Mapping[str, np.ndarray]) -> None:
+        self.transforms = dict(state)
 
 
 def _alignment_model(system: GmmSystem, alis: Mapping[str, list[int]], adapted: Mapping[str, np.ndarray],

@@ -87,7 +87,7 @@ def am_bytes(am: "khg.AmDiagGmm") -> bytes:
     return b"".join(parts)
 
 
-def _read_am(data: bytes, pos: int, path: Path) -> "khg.AmDiagGmm":
+def read_am(data: bytes, pos: int, path: Path) -> "khg.AmDiagGmm":
     """Parse a binary AmDiagGmm starting at byte `pos` of `data` (the inverse of `am_bytes`)."""
     def fail(what: str) -> AsrBnError:
         return AsrBnError(f"{path}: expected {what} at byte {pos}; the file is truncated or corrupt, or not a binary "
@@ -280,7 +280,7 @@ class GmmSystem:
         cfg = khg.MleTransitionUpdateConfig()
         cfg.floor, cfg.mincount = 1e-30, 0.0
         system.trans_model.mle_update(np.exp(tm.log_probs.astype(np.float64)) * 1e6, cfg)
-        system.am = _read_am(data, len(head), path)
+        system.am = read_am(data, len(head), path)
         if system.am.num_pdfs != tm.num_pdfs:
             raise AsrBnError(f"{path}: {system.am.num_pdfs} GMMs for {tm.num_pdfs} pdfs; the file is inconsistent")
         return system

@@ -14,7 +14,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -28,7 +28,8 @@ from asr_bn.gmm.tree_stats import accumulate_tree_stats, write_tree_stats
 from asr_bn.gmm.align import (align_all, AlignConfig, alignment_jobs, boosted, check_inputs, compile_graphs,
                               gmm_scorer, write_alignments)
 from asr_bn.gmm.estimate import PassStats, TooLittleData
-from asr_bn.gmm.system import GmmSystem
+from asr_bn.gmm import resume
+from asr_bn.gmm.system import am_bytes, GmmSystem
 from asr_bn.io import begin_run, OutputLock, write_text
 from asr_bn.lang import Lang
 from asr_bn.progress import progress_bar
@@ -81,24 +82,41 @@ def train_deltas(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang:
     return train_tree_system("train_deltas", feats, text, lang, ali_dir, out_dir, cfg)
 
 
-FeatureHook = Callable[[int, GmmSystem, Mapping[str, list[int]]], "Mapping[str, np.ndarray] | None"]
+class Adaptation(Protocol):
+    """A rung's feature transform that its passes re-estimate (LDA+MLLT's MLLT, SAT's fMLLR)."""
+
+    def features(self) -> Mapping[str, np.ndarray]:
+        """The features under the current transforms."""
+
+    def update(self, it: int, system: GmmSystem, alis: Mapping[str, list[int]]) -> bool:
+        """Re-estimate the transforms before pass `it`'s accumulation, if this pass does; whether it did."""
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The transforms (what a resumed rung restores)."""
+
+    def restore(self, state: Mapping[str, np.ndarray]) -> None:
+        """Take back the transforms of `state`."""
+
+
 ExtraWriter = Callable[[Path, GmmSystem, Mapping[str, list[int]], Mapping[str, np.ndarray]], None]
 
 
 def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: Lang,
                       ali_dir: str | Path, out_dir: str | Path, cfg: DeltasConfig,
-                      on_iteration: FeatureHook | None = None, extra_config: Mapping[str, Any] | None = None,
+                      adaptation: Adaptation | None = None, extra_config: Mapping[str, Any] | None = None,
                       write_extra: ExtraWriter | None = None) -> tuple[GmmSystem, Report]:
-    """The steps every tree-based rung shares (train_deltas.sh, train_lda_mllt.sh): tree from the old alignments
-    on `feats`, initial model, converted alignments, then the training passes. `on_iteration(it, system, alis)`
-    runs before each pass's accumulation and may return new features (e.g. after an MLLT update);
-    `write_extra(out_dir, system, alignments, features)` writes the rung's own files before report.json."""
+    """The steps every tree-based rung shares (train_deltas.sh, train_lda_mllt.sh, train_sat.sh): tree from the old
+    alignments on `feats` (with an `adaptation`, its features), initial model, converted alignments, then the training passes,
+    whose `adaptation` re-estimates its transforms where it does; `write_extra(out_dir, system, alignments,
+    features)` writes the rung's own files before report.json. After each pass its state is kept (`resume`): the
+    same command run again continues after the last finished pass."""
     ali_dir, out_dir = Path(ali_dir), Path(out_dir)
     report = Report(name)
     utts = check_inputs(feats, text, report)
     old_tm, read = read_model_alignments(ali_dir, ali_dir / "final.mdl")
     alis, jobs = {x.utt: x.values for x in read}, alignment_jobs(read)
     sil = lang.silence_phone_ids
+    options = {**dataclasses.asdict(cfg), "realign_iters": list(cfg.realign_iters), **(extra_config or {})}
     with OutputLock(out_dir):
         begin_run(out_dir, "final.mdl", "final.alimdl")
         stats = accumulate_tree_stats(old_tm, ((u, feats[u]) for u in utts), alis, sil, report=report, jobs=jobs)
@@ -117,38 +135,52 @@ def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[
         alis = {u: a for u, a in alis.items() if u in graphs}
         if not alis:
             raise AsrBnError(f"no utterance of the features has an alignment in {ali_dir} (align this data first)")
-        history, alis, failed, feats, low = _iterate(name, system, graphs, feats, alis, sil, cfg, on_iteration, jobs)
+        key = resume.identity(name, options, system, list(alis))
+        history, alis, failed, feats, low = _iterate(name, system, graphs, feats, alis, sil, cfg, adaptation, jobs,
+                                                     out_dir, key, report)
         for utt in failed:
             report.skip(utt, "no alignment within the retry beam (last realignment)")
         system.save(out_dir, lang.phones)
         write_alignments(out_dir, alis, jobs)  # the input's jobs: Kaldi's rungs keep their data split
         write_text(out_dir / "iterations.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-        options = {**dataclasses.asdict(cfg), "realign_iters": list(cfg.realign_iters)}
-        write_text(out_dir / "config.json", json.dumps({name: {**options, **(extra_config or {})}}, indent=2) + "\n")
+        write_text(out_dir / "config.json", json.dumps({name: options}, indent=2) + "\n")
         if write_extra is not None:
             write_extra(out_dir, system, alis, feats)
         report.counts.update({"utterances": len(utts), "aligned": len(alis), "leaves": info.num_leaves,
                               "gaussians": system.am.num_gauss, "frames": history[-1]["frames"]})
         low.to_report(report, system.transition_model(), len(history))
         report.save(out_dir / "report.json")
+        resume.clear(out_dir)
     return system, report
 
 
 def _iterate(name: str, system: GmmSystem, graphs: Mapping[str, Any], feats: Mapping[str, np.ndarray],
-             alis: dict[str, list[int]], sil: list[int], cfg: DeltasConfig, on_iteration: FeatureHook | None,
-             jobs: Sequence[Sequence[str]]
+             alis: dict[str, list[int]], sil: list[int], cfg: DeltasConfig, adaptation: Adaptation | None,
+             jobs: Sequence[Sequence[str]], out_dir: Path, key: str, report: Report
              ) -> tuple[list[dict[str, Any]], dict[str, list[int]], list[str], Mapping[str, np.ndarray], TooLittleData]:
     """Passes 1 … num_iters-1 of train_deltas.sh (the progress bar says which rung, `name`): (one record per pass,
     the last alignments, the utterances the last realignment could not align, the features of the last pass, the
-    Gaussians gmm-est did not update). Each of Kaldi's `jobs` aligns and accumulates in a process of its own."""
+    Gaussians gmm-est did not update). Each of Kaldi's `jobs` aligns and accumulates in a process of its own. After
+    each pass its state is kept in `out_dir` under `key`; a state kept there by an earlier run is continued."""
     num_gauss = cfg.num_leaves  # as train_deltas.sh: the Gaussian target starts at the leaves asked for
     inc_gauss = (cfg.tot_gauss - num_gauss) // cfg.max_iter_inc
     history: list[dict[str, Any]] = []
     failed: list[str] = []
     low = TooLittleData()
+    trans_counts: list[np.ndarray] = []
+    first = 1
+    state = resume.load(out_dir, key)
+    if state is not None:
+        state.restore(system)
+        if adaptation is not None:
+            adaptation.restore(state.transforms)
+            feats = adaptation.features()
+        first, alis, failed, history = state.it + 1, state.alis, state.failed, state.history
+        num_gauss, low, trans_counts = state.num_gauss, state.low, state.trans_counts
+        report.note(f"continued after pass {state.it} of an earlier run of the same rung (its {resume.NAME})")
     with progress_bar() as bar:
-        task = bar.add_task(name, total=cfg.num_iters - 1, info="")
-        for it in range(1, cfg.num_iters):
+        task = bar.add_task(name, total=cfg.num_iters - 1, completed=first - 1, info="")
+        for it in range(first, cfg.num_iters):
             start = time.monotonic()
             if it in cfg.realign_iters:
                 bar.update(task, info=f"iter {it}: aligning")
@@ -156,16 +188,20 @@ def _iterate(name: str, system: GmmSystem, graphs: Mapping[str, Any], feats: Map
                 scorer = gmm_scorer(system, boosted(system, sil, cfg.boost_silence), feats, scales.acoustic_scale)
                 alis, failed, _, _ = align_all(system, scorer, graphs, feats, cfg.beam, cfg.retry_beam, scales,
                                                jobs=jobs)
-            if on_iteration is not None:
-                feats = on_iteration(it, system, alis) or feats
+            if adaptation is not None and adaptation.update(it, system, alis):
+                feats = adaptation.features()
             stats = PassStats(system, feats, alis, jobs)
             too_little = stats.update(system, 10.0, num_gauss, cfg.power, cfg.seed)
             low.add(too_little)
+            trans_counts.append(stats.trans)
             history.append({"iter": it, "avg_like": stats.tot_like / max(stats.frames, 1), "frames": stats.frames,
                             "utterances": len(alis), "failed": len(failed), "num_gauss": system.am.num_gauss,
                             "not_updated": sum(k + r for k, r in too_little.values()),
                             "seconds": round(time.monotonic() - start, 2)})
             if it <= cfg.max_iter_inc:
                 num_gauss += inc_gauss
+            resume.save(out_dir, key, resume.PassState(it, am_bytes(system.am), trans_counts, alis, failed, history,
+                                                       num_gauss, low,
+                                                       adaptation.state() if adaptation is not None else {}))
             bar.update(task, advance=1, info=f"like/frame {history[-1]['avg_like']:.3f}, {system.am.num_gauss} Gaussians")
     return history, alis, failed, feats, low
