@@ -1,18 +1,16 @@
 """Kaldi's `nj`: one piece of work per part of the data, each in a process of its own, side by side.
 
-`run_jobs(work, n)` runs `work(job, tick)` for jobs 0 … n-1 in forked child processes and returns their results in job
-order. A fork shares everything the parent holds (model, graphs, features) without copying or pickling it; only
-the results come back, pickled through a pipe. The children never touch the parent's streams, locks or progress
-bar (they run `work` with streams of their own and leave with os._exit), so the progress bar's refresh thread
-cannot deadlock them; their
-`tick(n)` calls reach the parent's `on_tick`. Where fork is missing (or `IN_PROCESS` is set) the jobs run one after
-the other in this process (also with ASR_BN_IN_PROCESS=1), with the same results: callers combine the jobs' results in job order either way, as
-Kaldi's sum-accs tools add the jobs' files.
+`run_jobs(work, n)` runs `work(job, tick)` for jobs 0 … n-1 in forked child processes and returns their results in
+job order. A fork shares everything the parent holds (model, graphs, features) without copying or pickling it; only
+the results come back, pickled through a pipe. The children never touch the parent's streams, locks or progress bar
+(they run `work` with streams of their own and leave with os._exit), so the bar's refresh thread cannot deadlock
+them; their `tick(n)` calls reach the parent's `on_tick`. Where fork is missing, or with ASR_BN_IN_PROCESS=1, the
+jobs run one after the other in this process, with the same results: callers combine the jobs' results in job order
+either way, as Kaldi's sum-accs tools add the jobs' files.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import pickle
 import selectors
@@ -33,7 +31,6 @@ Tick = Callable[[int], None]
 IN_PROCESS = not hasattr(os, "fork") or os.environ.get("ASR_BN_IN_PROCESS") == "1"
 _TICK_EVERY = 0.1  # seconds between a child's progress messages
 _HEADER = struct.Struct("<Q")
-_PIPE_SIZE = 1 << 20
 
 
 def run_jobs(work: Callable[[int, Tick], T], num_jobs: int, on_tick: Tick | None = None) -> list[T]:
@@ -53,16 +50,12 @@ def run_jobs(work: Callable[[int, Tick], T], num_jobs: int, on_tick: Tick | None
     try:
         for job in range(num_jobs):
             read, write = os.pipe()
-            if hasattr(fcntl, "F_SETPIPE_SZ"):  # Linux: results of megabytes cross in a few writes, not 64 KB ones
-                try:
-                    fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-                except OSError:
-                    pass  # above /proc/sys/fs/pipe-max-size: the default size works, more slowly
             try:
                 pid = os.fork()
             except OSError as e:
                 os.close(read), os.close(write)
-                raise AsrBnError(f"could not start job {job + 1} of {num_jobs}: {e} (run again with a smaller --nj)") from None
+                raise AsrBnError(f"could not start job {job + 1} of {num_jobs}: {e} (run again with a smaller --nj)"
+                                 ) from None
             if pid == 0:  # the child: never returns into the caller's frames
                 os.close(read)
                 die_with_parent(parent)
@@ -113,7 +106,7 @@ def _child(work: Callable[[int, Tick], Any], job: int, fd: int) -> None:
     code = 0
     # Fresh stream objects: another thread of the parent (the progress bar's) may have held the old ones' locks at
     # the fork, and a warning printed here must not wait for them for ever.
-    sys.stdout, sys.stderr = (open(os.dup(fd), "w", buffering=1, encoding="utf-8", errors="replace") for fd in (1, 2))
+    sys.stdout, sys.stderr = (open(os.dup(std), "w", buffering=1, encoding="utf-8", errors="replace") for std in (1, 2))
     try:
         last = [time.monotonic(), 0]
 
@@ -164,9 +157,11 @@ def _collect(children: dict[int, tuple[int, int]], results: dict[int, Any], reap
                     if job not in results:
                         _, status = os.waitpid(pid, 0)
                         reaped.add(pid)
-                        how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}"
+                        how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+                               else f"exit {os.WEXITSTATUS(status)}")
                         hint = " (killed: out of memory? run again with a smaller --nj)" if how == "signal 9" else ""
-                        raise AsrBnError(f"job {job + 1} of {len(children)} died ({how}) before sending its result{hint}")
+                        raise AsrBnError(f"job {job + 1} of {len(children)} died ({how}) before sending its "
+                                         f"result{hint}")
                     continue
                 pending[read] = _Message()
                 kind, value = message

@@ -1023,7 +1023,8 @@ def test_decode_fmllr_jobs_side_by_side_decode_as_one(synth: Setup, synth_tri3, 
         out = tmp_path / name / "decode"
         decode_fmllr(graph, feats, utt2spk, tri3, out, DecodeFmllrConfig(num_jobs=num_jobs, lmwt=(8, 12)))
         written[name] = {p.relative_to(out.parent): p.read_bytes() for p in sorted(out.parent.rglob("*"))
-                         if p.is_file() and p.suffix not in (".ark", ".scp") and p.name not in ("report.json", "num_jobs")}
+                         if p.is_file() and p.suffix not in (".ark", ".scp")
+                         and p.name not in ("report.json", "num_jobs")}
         assert (out / "num_jobs").read_text() == f"{num_jobs}\n"
         if name != "one":
             for pass_dir in ("decode.si", "decode"):

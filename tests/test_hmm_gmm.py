@@ -302,7 +302,8 @@ def test_training_pass_is_gmm_acc_stats_ali_and_gmm_est(yesno_root: Path, kaldi_
         kaldiio.save_ark(str(tmp_path / f"feats.{n}.ark"), {u: feats[u] for u in part})
         run_kaldi_bytes(kaldi_bundle, "gmm-acc-stats-ali", model, f"ark:{tmp_path / f'feats.{n}.ark'}", ali,
                         tmp_path / f"{n}.acc")
-    run_kaldi_bytes(kaldi_bundle, "gmm-sum-accs", tmp_path / "acc", *[tmp_path / f"{n}.acc" for n in range(1, num_jobs + 1)])
+    run_kaldi_bytes(kaldi_bundle, "gmm-sum-accs", tmp_path / "acc",
+                    *[tmp_path / f"{n}.acc" for n in range(1, num_jobs + 1)])
     target = GmmSystem.load(model).am.num_gauss + 12
     for mixup in (0, target):
         run_kaldi_bytes(kaldi_bundle, "gmm-est", f"--mix-up={mixup}", "--power=0.25", model, tmp_path / "acc",

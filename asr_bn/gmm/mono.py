@@ -22,8 +22,8 @@ import numpy as np
 
 from asr_bn.alignments import TransitionModel
 from asr_bn.errors import AsrBnError, UsageError
-from asr_bn.gmm.align import (AlignConfig, align_all, boosted, check_inputs, check_oov_policy, compile_graphs, gmm_scorer,
-                              kaldi_split)
+from asr_bn.gmm.align import (AlignConfig, align_all, boosted, check_inputs, check_oov_policy, compile_graphs,
+                              gmm_scorer, kaldi_split)
 from asr_bn.gmm.estimate import PassStats, TooLittleData
 from asr_bn.gmm import resume
 from asr_bn.gmm.system import am_bytes, GmmSystem, make_topology
@@ -62,8 +62,8 @@ class MonoConfig:
         """Raise UsageError for inconsistent options."""
         check_oov_policy(self.oov_policy)
         if self.num_iters < 1 or self.max_iter_inc < 0 or self.total_gauss < 1 or self.num_jobs < 1:
-            raise UsageError(f"MonoConfig: num_iters={self.num_iters} must be >= 1, max_iter_inc >= 0, total_gauss >= 1, "
-                             f"num_jobs >= 1")
+            raise UsageError(f"MonoConfig: num_iters={self.num_iters} must be >= 1, max_iter_inc >= 0, "
+                             f"total_gauss >= 1, num_jobs >= 1")
         if any(i < 1 or i >= self.num_iters for i in self.realign_iters):
             raise UsageError(f"MonoConfig: realign_iters {self.realign_iters} must lie in 1..{self.num_iters - 1}")
 

@@ -383,8 +383,9 @@ def align_fmllr(src_dir: str | Path, feats: Mapping[str, np.ndarray], text: Mapp
             bar.update(task, completed=len(graphs), info="fMLLR transforms")
             weights = frame_weights(alimdl.transition_model(), first, sil, sat.silence_weight)
             spk2utt = _spk2utt(graphs, utt2spk)  # every speaker, as gmm-est-fmllr: identity for those without data
-            transforms = estimate_speaker_transforms(system, si_feats, weights, spk2utt, sat, report,
-                                                     posterior_am=alimdl.am if alimdl is not system else None, jobs=jobs)
+            transforms = estimate_speaker_transforms(
+                system, si_feats, weights, spk2utt, sat, report, jobs=jobs,
+                posterior_am=alimdl.am if alimdl is not system else None)
             speaker_of = {u: s for s, us in spk2utt.items() for u in us}
             adapted = FeatureMap(si_feats, lambda u, x: apply_fmllr(transforms[speaker_of[u]], x))
             scorer = gmm_scorer(system, boosted(system, sil, cfg.boost_silence), adapted, cfg.acoustic_scale)

@@ -106,10 +106,10 @@ def train_tree_system(name: str, feats: Mapping[str, np.ndarray], text: Mapping[
                       adaptation: Adaptation | None = None, extra_config: Mapping[str, Any] | None = None,
                       write_extra: ExtraWriter | None = None) -> tuple[GmmSystem, Report]:
     """The steps every tree-based rung shares (train_deltas.sh, train_lda_mllt.sh, train_sat.sh): tree from the old
-    alignments on `feats` (with an `adaptation`, its features), initial model, converted alignments, then the training passes,
-    whose `adaptation` re-estimates its transforms where it does; `write_extra(out_dir, system, alignments,
-    features)` writes the rung's own files before report.json. After each pass its state is kept (`resume`): the
-    same command run again continues after the last finished pass."""
+    alignments on `feats` (with an `adaptation`, its features), initial model, converted alignments, then the
+    training passes, whose `adaptation` re-estimates its transforms where it does; `write_extra(out_dir, system,
+    alignments, features)` writes the rung's own files before report.json. After each pass its state is kept
+    (`resume`): the same command run again continues after the last finished pass."""
     ali_dir, out_dir = Path(ali_dir), Path(out_dir)
     report = Report(name)
     utts = check_inputs(feats, text, report)
