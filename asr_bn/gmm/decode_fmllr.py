@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -37,6 +37,8 @@ from asr_bn.progress import progress_bar
 from asr_bn.report import Report
 
 __all__ = ["DecodeFmllrConfig", "best_alignment_posteriors", "rescore_lattice", "decode_fmllr"]
+
+T = TypeVar("T")
 
 # ---------------------------------------------------------------------------------------------------------------------
 # State-level lattices as arrays
@@ -197,28 +199,34 @@ def _load_sat(src_dir: Path) -> tuple[GmmSystem, GmmSystem]:
     return system, alimdl
 
 
-def _decoded(graph: Graph, model: GmmSystem, feats: Mapping[str, np.ndarray], utts: list[str],
-             jobs: Sequence[Sequence[str]], config: DecodeConfig,
-             done: dict[str, Hypothesis]) -> Iterator[tuple[str, Hypothesis | str]]:
-    """Decode `utts` with the GMM `model` (gmm-latgen-simple), keeping each hypothesis in `done`; Kaldi's `jobs`
-    (parts of `utts`) decode side by side when there are several (`asr_bn.jobs`, a transient bar of their own)."""
-    def decode(utts: Sequence[str], tick: Callable[[int], None]) -> list[tuple[str, Hypothesis | str]]:
+def _per_utterance(fn: Callable[[str], T], utts: list[str], jobs: Sequence[Sequence[str]],
+                   what: str) -> Iterator[tuple[str, T]]:
+    """(utterance, fn(utterance)) for each of `utts`, in their order; Kaldi's `jobs` (parts of `utts`) side by side
+    when there are several (`asr_bn.jobs`, with a transient bar of their own saying `what`)."""
+    if len(jobs) <= 1:
+        yield from ((utt, fn(utt)) for utt in utts)
+        return
+
+    def work(j: int, tick: Callable[[int], None]) -> list[tuple[str, T]]:
         out = []
-        for utt in utts:
-            out.append((utt, _decode_or_reason(graph, utt, model.log_likelihoods(feats[utt]), config)))
+        for utt in jobs[j]:
+            out.append((utt, fn(utt)))
             tick(1)
         return out
 
-    if len(jobs) <= 1:
-        decoded: Iterable[tuple[str, Hypothesis | str]] = ((utt, _decode_or_reason(
-            graph, utt, model.log_likelihoods(feats[utt]), config)) for utt in utts)
-    else:
-        with progress_bar(transient=True) as bar:
-            task = bar.add_task(f"decode ({len(jobs)} jobs)", total=len(utts), info="")
-            found = dict(pair for part in run_jobs(lambda j, tick: decode(jobs[j], tick), len(jobs),
-                                                   lambda n: bar.advance(task, n)) for pair in part)
-        decoded = ((utt, found[utt]) for utt in utts)
-    for utt, hyp in decoded:
+    with progress_bar(transient=True) as bar:
+        task = bar.add_task(f"{what} ({len(jobs)} jobs)", total=len(utts), info="")
+        found = dict(pair for part in run_jobs(work, len(jobs), lambda n: bar.advance(task, n)) for pair in part)
+    yield from ((utt, found[utt]) for utt in utts)
+
+
+def _decoded(graph: Graph, model: GmmSystem, feats: Mapping[str, np.ndarray], utts: list[str],
+             jobs: Sequence[Sequence[str]], config: DecodeConfig,
+             done: dict[str, Hypothesis]) -> Iterator[tuple[str, Hypothesis | str]]:
+    """Decode `utts` with the GMM `model` (gmm-latgen-simple), Kaldi's `jobs` side by side, keeping each hypothesis
+    in `done`."""
+    for utt, hyp in _per_utterance(lambda u: _decode_or_reason(graph, u, model.log_likelihoods(feats[u]), config),
+                                   utts, jobs, "decode"):
         if isinstance(hyp, Hypothesis):
             done[utt] = hyp
         yield utt, hyp
@@ -278,18 +286,17 @@ def decode_fmllr(graph_dir: str | Path, feats: Mapping[str, np.ndarray], utt2spk
         final_feats = FeatureMap(si, lambda u, x: apply_fmllr(transforms[speaker_of[u]], x))
         report.counts["speakers"] = len(spk2utt)
 
-        def rescored() -> Iterator[tuple[str, Hypothesis | str]]:
-            for utt in utts:
-                if utt in failed:
-                    yield utt, failed[utt]
-                    continue
-                hyp = second[utt]
-                lat = rescore_lattice(parse_lattice(hyp.lattice or b"", utt), system.log_likelihoods(final_feats[utt]),
-                                      graph.tid2pdf, utt)
-                yield utt, lattice_hypothesis(graph, utt, vector_bytes(lat, changed=True), hyp.frames,
-                                              cfg.decoding(cfg.beam), hyp.reached_final)
+        def rescored(utt: str) -> Hypothesis | str:  # gmm-rescore-lattice with the final transforms
+            if utt in failed:
+                return failed[utt]
+            hyp = second[utt]
+            lat = rescore_lattice(parse_lattice(hyp.lattice or b"", utt), system.log_likelihoods(final_feats[utt]),
+                                  graph.tid2pdf, utt)
+            return lattice_hypothesis(graph, utt, vector_bytes(lat, changed=True), hyp.frames, cfg.decoding(cfg.beam),
+                                      hyp.reached_final)
 
         write_transforms(out_dir / "trans.1", transforms)
         write_text(out_dir / "num_jobs", f"{len(jobs)}\n")
-        write_decode(out_dir, graph, rescored(), cfg.decoding(cfg.beam), report, total=len(utts))
+        write_decode(out_dir, graph, _per_utterance(rescored, utts, jobs, "rescore"), cfg.decoding(cfg.beam), report,
+                     total=len(utts))
     return report
