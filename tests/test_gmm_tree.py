@@ -1201,3 +1201,37 @@ def test_a_rung_killed_midway_continues_where_it_stopped(synth_tri1, synth_tri2,
     monkeypatch.setattr(resume, "save", real_save)
     _, report = train_deltas(feats, text, lang, tri1, again, DeltasConfig(**{**short, "tot_gauss": 500}))
     assert not any("continued" in note for note in report.notes)
+
+
+def test_sigkill_midway_then_the_same_command_finishes_the_rung(synth: Setup, synth_tri1,  # noqa: ANN001
+                                                                tmp_path: Path) -> None:
+    """`asr-bn gmm deltas`, the process SIGKILLed once a pass is kept (no `finally` runs), then the same command: it continues after the kept pass (its report says so) and writes the final.mdl and
+    alignments of a run never stopped."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from asr_bn.gmm import resume
+
+    *_, prep = synth_tri1
+    corpus = synth.work / "corpus"
+    command = [sys.executable, "-m", "asr_bn_cli", "gmm", "deltas", "100", "400", str(prep), str(corpus / "lang"),
+               str(corpus / "exp" / "ali_train")]
+    options = ["--num-iters", "12", "--max-iter-inc", "8", "--realign-iters", "4 8"]
+    whole = subprocess.run([*command, str(tmp_path / "whole"), *options], capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    out = tmp_path / "killed"
+    run = subprocess.Popen([*command, str(out), *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out / resume.NAME).exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    assert run.returncode == -signal.SIGKILL and not (out / "final.mdl").exists()
+    again = subprocess.run([*command, str(out), *options], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "continued after pass" in again.stdout
+    for name in ("final.mdl", "ali.1.gz", "tree"):
+        assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    assert not (out / resume.NAME).exists()
