@@ -1111,13 +1111,14 @@ def test_write_alignments_refuses_utterances_in_no_job(tmp_path: Path) -> None:
 def test_jobs_side_by_side_give_the_bytes_of_one_process(synth_tri1, synth_tri2, tmp_path: Path,  # noqa: ANN001
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """--nj 2 (Kaldi's two parts of the data, whole speakers) run as forked processes side by side or one after
-    the other in one process writes the same bytes at every step: the monophone, an alignment, a SAT system trained
-    from it (its rung keeps the input's two jobs, fMLLR per job's speakers) and align-fmllr with that system."""
+    the other in one process writes the same bytes at every step: the monophone, an alignment, a SAT system and an
+    LDA+MLLT system trained from it (each rung keeps the input's two jobs: fMLLR per job's speakers, LDA and MLLT
+    statistics per job) and align-fmllr with the SAT system."""
     from dataclasses import replace
 
     from asr_bn import jobs
     from asr_bn.gmm.align import AlignConfig, align
-    from asr_bn.gmm.lda_mllt import copy_feature_transform
+    from asr_bn.gmm.lda_mllt import copy_feature_transform, LdaMlltConfig, train_lda_mllt
     from asr_bn.gmm.mono import FAST_MONO, train_mono
     from asr_bn.gmm.sat import SatConfig, align_fmllr, speaker_independent_features, train_sat
 
@@ -1134,12 +1135,15 @@ def test_jobs_side_by_side_give_the_bytes_of_one_process(synth_tri1, synth_tri2,
               AlignConfig(num_jobs=2))
         copy_feature_transform(tri2, out / "tri2_ali")  # as `asr-bn gmm align` does
         train_sat(feats, text, utt2spk, lang, out / "tri2_ali", out / "tri3", sat)
+        train_lda_mllt(feats, text, lang, out / "tri2_ali", out / "tri2b", LdaMlltConfig(
+            num_leaves=100, tot_gauss=400, num_iters=6, max_iter_inc=4, realign_iters=(3,), mllt_iters=(2, 4)))
         align_fmllr(out / "tri3", feats, text, utt2spk, lang, out / "tri3_ali", AlignConfig(num_jobs=2))
         written[in_process] = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*"))
                                if p.is_file() and p.name not in ("report.json", "iterations.jsonl")}
     assert written[False] == written[True]
     names = {str(p) for p in written[True]}
-    assert {"mono/final.mdl", "tri2_ali/ali.2.gz", "tri3/ali.2.gz", "tri3/trans.1", "tri3_ali/ali.2.gz"} <= names
+    assert {"mono/final.mdl", "tri2_ali/ali.2.gz", "tri3/ali.2.gz", "tri3/trans.1", "tri3_ali/ali.2.gz",
+            "tri2b/final.mat", "tri2b/ali.2.gz"} <= names
     assert written[True][Path("tri3/num_jobs")] == b"2\n"
 
 

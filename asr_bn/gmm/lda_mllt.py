@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from asr_bn.gmm.train_deltas import DeltasConfig, train_tree_system
 from asr_bn.gmm.features import FeatureMap
 from asr_bn.gmm.system import GmmSystem
 from asr_bn.io import atomic_open, write_text
+from asr_bn.jobs import run_jobs
 from asr_bn.lang import Lang
 from asr_bn.report import Report
 
@@ -58,19 +59,18 @@ def splice(x: np.ndarray, context: int) -> np.ndarray:
     return np.concatenate([padded[i : i + len(x)] for i in range(2 * context + 1)], axis=1)
 
 
-def _by_job(utts: Sequence[str], jobs: Mapping[str, int] | None) -> list[str]:
-    """`utts` grouped by Kaldi job (stably: each job's in their order), the order in which the jobs' processes
-    draw their random numbers, each from srand(1)."""
-    return sorted(utts, key=lambda u: jobs.get(u, 0)) if jobs else list(utts)
+def _job_parts(utts: Sequence[str], jobs: Mapping[str, int] | None) -> list[list[str]]:
+    """`utts` (in their order) split by Kaldi job (`jobs`: utterance -> job; 0 when not named), jobs in order."""
+    parts: dict[int, list[str]] = {}
+    for utt in utts:
+        parts.setdefault(jobs.get(utt, 0) if jobs else 0, []).append(utt)
+    return [parts[job] for job in sorted(parts)] or [[]]
 
 
-def _job_draws(counts: Mapping[str, int], jobs: Mapping[str, int] | None) -> np.ndarray:
-    """RandUniform draws for utterances taking `counts` draws each, in `_by_job` order: one fresh stream per job."""
-    per_job: dict[int, int] = {}
-    for utt, n in counts.items():
-        job = jobs.get(utt, 0) if jobs else 0
-        per_job[job] = per_job.get(job, 0) + n
-    return np.concatenate([CRand(1).uniform(n) for _, n in sorted(per_job.items())] or [np.zeros(0, np.float32)])
+def _summed(stats: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """The jobs' statistics added in job order, as Kaldi's sum-lda-accs / sum-mllt-accs add the jobs' files."""
+    first, *others = stats
+    return tuple(sum((other[i] for other in others), start=first[i]) for i in range(len(first)))
 
 
 def estimate_lda(spliced: Mapping[str, np.ndarray], pdfs: Mapping[str, np.ndarray], num_pdfs: int,
@@ -79,26 +79,12 @@ def estimate_lda(spliced: Mapping[str, np.ndarray], pdfs: Mapping[str, np.ndarra
     directions of largest between-class variance (classes: pdfs; frames with pdf -1 are left out). With
     `randprune` > 0, acc-lda's `--rand-prune`: each frame is kept with probability 1/randprune, drawn as Kaldi's
     acc-lda processes draw them: one per job (`jobs`: utterance -> job, e.g. its ali.N.gz; default one job), each
-    from srand(1) over its utterances in `spliced`'s order."""
+    from srand(1) over its utterances in `spliced`'s order. Each job accumulates in a process of its own."""
     d = next(iter(spliced.values())).shape[1]
     aligned = [u for u, x in spliced.items() if u in pdfs and len(pdfs[u]) == len(x)]  # acc-lda skips the others
-    valid = _by_job(aligned, jobs)
-    frames = {u: int((pdfs[u] >= 0).sum()) for u in valid}  # acc-lda's posteriors: 1 on each non-silence frame
-    ones = np.ones(sum(frames.values()), np.float32)
-    weights = rand_prune(ones, randprune, _job_draws(frames, jobs)) if randprune > 1 else ones  # 1 >= thresh: kept
-    count = np.zeros(num_pdfs)
-    first = np.zeros((num_pdfs, d))
-    second = np.zeros((d, d))
-    start = 0
-    for utt in valid:
-        keep = pdfs[utt] >= 0
-        w = weights[start : start + keep.sum()].astype(np.float64)
-        start += len(w)
-        kept = w != 0
-        x64, cls, w = spliced[utt][keep][kept].astype(np.float64), pdfs[utt][keep][kept], w[kept]
-        count += np.bincount(cls, weights=w, minlength=num_pdfs)
-        np.add.at(first, cls, x64 * w[:, None])
-        second += (x64 * w[:, None]).T @ x64
+    parts = _job_parts(aligned, jobs)
+    count, first, second = _summed(run_jobs(lambda j, _: _lda_stats(spliced, pdfs, parts[j], num_pdfs, d, randprune),
+                                            len(parts)))
     total = count.sum()
     if total == 0 or (count > 0).sum() <= dim:
         raise AsrBnError(f"LDA needs more than {dim} classes with data (got {(count > 0).sum()} pdfs with frames); "
@@ -119,17 +105,46 @@ def estimate_lda(spliced: Mapping[str, np.ndarray], pdfs: Mapping[str, np.ndarra
     return (vectors[:, order].T @ inv)[:dim].astype(np.float32)
 
 
+def _lda_stats(spliced: Mapping[str, np.ndarray], pdfs: Mapping[str, np.ndarray], utts: Sequence[str], num_pdfs: int,
+               d: int, randprune: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One acc-lda process over `utts`: (count per pdf, Σx per pdf, Σxxᵀ), its random pruning one stream from
+    srand(1)."""
+    frames = {u: int((pdfs[u] >= 0).sum()) for u in utts}  # acc-lda's posteriors: 1 on each non-silence frame
+    ones = np.ones(sum(frames.values()), np.float32)
+    weights = rand_prune(ones, randprune, CRand(1).uniform(len(ones))) if randprune > 1 else ones  # 1 >= thresh: kept
+    count = np.zeros(num_pdfs)
+    first = np.zeros((num_pdfs, d))
+    second = np.zeros((d, d))
+    start = 0
+    for utt in utts:
+        keep = pdfs[utt] >= 0
+        w = weights[start : start + keep.sum()].astype(np.float64)
+        start += len(w)
+        kept = w != 0
+        x64, cls, w = spliced[utt][keep][kept].astype(np.float64), pdfs[utt][keep][kept], w[kept]
+        count += np.bincount(cls, weights=w, minlength=num_pdfs)
+        np.add.at(first, cls, x64 * w[:, None])
+        second += (x64 * w[:, None]).T @ x64
+    return count, first, second
+
+
 def mllt_stats(system: GmmSystem, feats: Mapping[str, np.ndarray], pdfs: Mapping[str, np.ndarray],
                randprune: float = 0.0, jobs: Mapping[str, int] | None = None) -> tuple[float, np.ndarray]:
     """Kaldi's gmm-acc-mllt: (β = total posterior, G with G[j] = Σ γ/σ²_j (x-μ)(x-μ)ᵀ), γ the Gaussian posteriors
     within each frame's pdf (float, as DiagGmm::ComponentPosteriors). With `randprune` > 0, `--rand-prune`: each
     non-zero γ is randomly pruned as Kaldi's gmm-acc-mllt processes draw them (one per job, see `estimate_lda`;
-    frames in `feats`' order, Gaussians in index order)."""
+    frames in `feats`' order, Gaussians in index order). Each job accumulates in a process of its own."""
+    parts = _job_parts([u for u in feats if u in pdfs], jobs)
+    return _summed(run_jobs(lambda j, _: _mllt_stats(system, feats, pdfs, parts[j], randprune), len(parts)))
+
+
+def _mllt_stats(system: GmmSystem, feats: Mapping[str, np.ndarray], pdfs: Mapping[str, np.ndarray],
+                utts: Sequence[str], randprune: float) -> tuple[float, np.ndarray]:
+    """One gmm-acc-mllt process over `utts`, its random pruning one stream from srand(1)."""
     dim = next(iter(feats.values())).shape[1]
     by_pdf: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}  # pdf -> (frames, their positions in Kaldi's order)
-    spans: dict[str, tuple[int, int]] = {}  # utterance -> its positions
     position = 0
-    for utt in _by_job([u for u in feats if u in pdfs], jobs):
+    for utt in utts:
         x, pdf = feats[utt], pdfs[utt]
         if len(pdf) != len(x):
             continue  # gmm-acc-mllt: an alignment of another length
@@ -137,7 +152,6 @@ def mllt_stats(system: GmmSystem, feats: Mapping[str, np.ndarray], pdfs: Mapping
         for p in np.unique(pdf[frames]):
             sel = frames[pdf[frames] == p]
             by_pdf.setdefault(int(p), []).append((x[sel], position + np.searchsorted(frames, sel)))
-        spans[utt] = (position, position + len(frames))
         position += len(frames)
     t = np.float32(randprune)
     groups = []
@@ -153,7 +167,7 @@ def mllt_stats(system: GmmSystem, feats: Mapping[str, np.ndarray], pdfs: Mapping
         drawn[where] = takes.sum(1)
         groups.append((gmm, x, where, post, takes))
     first_draw = np.cumsum(drawn) - drawn
-    draws = _job_draws({u: int(drawn[a:b].sum()) for u, (a, b) in spans.items()}, jobs) if randprune > 0 else None
+    draws = CRand(1).uniform(int(drawn.sum())) if randprune > 0 else None
     beta, g = 0.0, np.zeros((dim, dim, dim))
     for gmm, x, where, post, takes in groups:
         if draws is not None:  # RandPrune in Kaldi's order: frame by frame, Gaussian by Gaussian
