@@ -72,6 +72,13 @@ def run_jobs(work: Callable[[int, Tick], T], num_jobs: int, on_tick: Tick | None
     return [results[job] for job in range(num_jobs)]
 
 
+def summed(results: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """The jobs' results (tuples of counts, sums, arrays) added field by field in job order, as Kaldi's sum tools
+    (gmm-sum-accs, sum-lda-accs, sum-mllt-accs) add the jobs' files."""
+    first, *others = results
+    return tuple(sum((other[i] for other in others), start=first[i]) for i in range(len(first)))
+
+
 def job_parts(keys: Iterable[str], jobs: Sequence[Sequence[str]]) -> list[list[str]]:
     """The `keys` (e.g. utterances) of each of Kaldi's `jobs`, in job order; keys no job names go to the last part,
     so none is left out; all of them as one part without jobs."""

@@ -26,10 +26,9 @@ from asr_bn.config import DecodeConfig, DecodeFmllrConfig, check_options
 from asr_bn.decode import Graph, Hypothesis, _decode_or_reason, lattice_hypothesis, load_graph, write_decode
 from asr_bn.errors import AsrBnError
 from asr_bn.fst import FstArrays, parse_lattice, vector_bytes
-from asr_bn.gmm.sat import (Posterior, SatConfig, _spk2utt, apply_fmllr, compose, estimate_speaker_transforms,
+from asr_bn.gmm.sat import (Posterior, SatConfig, _spk2utt, compose, estimate_speaker_transforms, fmllr_adapted,
                             speaker_independent_features, weight_silence, write_transforms)
 from asr_bn.gmm.align import kaldi_split
-from asr_bn.gmm.features import FeatureMap
 from asr_bn.gmm.system import GmmSystem
 from asr_bn.io import begin_run, check_output_dir, OutputLock, write_text
 from asr_bn.jobs import run_jobs
@@ -259,7 +258,6 @@ def decode_fmllr(graph_dir: str | Path, feats: Mapping[str, np.ndarray], utt2spk
     si = speaker_independent_features(feats, src_dir)
     system.check_features(si, src_dir / "final.mdl")
     spk2utt = _spk2utt(si, utt2spk)
-    speaker_of = {u: s for s, us in spk2utt.items() for u in us}
     utts = sorted(si)
     jobs = kaldi_split(utts, cfg.num_jobs, utt2spk)
     sat = SatConfig(fmllr_min_count=cfg.fmllr_min_count)
@@ -273,7 +271,7 @@ def decode_fmllr(graph_dir: str | Path, feats: Mapping[str, np.ndarray], utt2spk
         pre = estimate_speaker_transforms(system, si, posteriors, spk2utt, sat, report, posterior_am=alimdl.am,
                                           jobs=jobs)
         del first, posteriors  # the lattices of pass 1 are on disk (OUT.si)
-        adapted = FeatureMap(si, lambda u, x: apply_fmllr(pre[speaker_of[u]], x))
+        adapted = fmllr_adapted(si, pre, utt2spk)
         second: dict[str, Hypothesis] = {}
         failed = {utt: hyp for utt, hyp in _decoded(graph, system, adapted, utts, jobs, cfg.decoding(cfg.beam), second)
                   if isinstance(hyp, str)}
@@ -283,7 +281,7 @@ def decode_fmllr(graph_dir: str | Path, feats: Mapping[str, np.ndarray], utt2spk
         for key, value in second_report.counts.items():
             report.counts[f"{key} (second pass)"] = value
         transforms = {spk: compose(new[spk], pre[spk]) for spk in spk2utt}
-        final_feats = FeatureMap(si, lambda u, x: apply_fmllr(transforms[speaker_of[u]], x))
+        final_feats = fmllr_adapted(si, transforms, utt2spk)
         report.counts["speakers"] = len(spk2utt)
 
         def rescored(utt: str) -> Hypothesis | str:  # gmm-rescore-lattice with the final transforms

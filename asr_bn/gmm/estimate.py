@@ -12,7 +12,7 @@ import numpy as np
 from asr_bn.alignments import TransitionModel
 from asr_bn.gmm.crand import CRand
 from asr_bn.gmm.system import GmmSystem
-from asr_bn.jobs import job_parts, run_jobs
+from asr_bn.jobs import job_parts, run_jobs, summed
 from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
 from asr_bn.report import Report
 
@@ -30,12 +30,7 @@ class PassStats:
                  jobs: Sequence[Sequence[str]] = ()) -> None:
         parts = [{u: alis[u] for u in part} for part in job_parts(alis, jobs)]
         done = run_jobs(lambda j, _: _job_stats(system, feats, parts[j]), len(parts))
-        self.trans, self.frames, self.tot_like, *stats = done[0]
-        for trans, frames, tot_like, *theirs in done[1:]:
-            self.trans = self.trans + trans
-            self.frames += frames
-            self.tot_like += tot_like
-            stats = [mine + other for mine, other in zip(stats, theirs)]
+        self.trans, self.frames, self.tot_like, *stats = summed(done)
         ends = np.cumsum([system.am.num_gauss_in_pdf(p) for p in range(system.am.num_pdfs)])[:-1]
         self.gauss = list(zip(*(np.split(a, ends) for a in stats)))  # per pdf: its Gaussians' (occ, Σx, Σx²)
         self.gauss_occs = [occ for occ, _, _ in self.gauss]

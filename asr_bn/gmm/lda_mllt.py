@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from asr_bn.gmm.train_deltas import DeltasConfig, train_tree_system
 from asr_bn.gmm.features import FeatureMap
 from asr_bn.gmm.system import GmmSystem
 from asr_bn.io import atomic_open, write_text
-from asr_bn.jobs import run_jobs
+from asr_bn.jobs import run_jobs, summed
 from asr_bn.lang import Lang
 from asr_bn.report import Report
 
@@ -67,12 +67,6 @@ def _job_parts(utts: Sequence[str], jobs: Mapping[str, int] | None) -> list[list
     return [parts[job] for job in sorted(parts)] or [[]]
 
 
-def _summed(stats: list[tuple[Any, ...]]) -> tuple[Any, ...]:
-    """The jobs' statistics added in job order, as Kaldi's sum-lda-accs / sum-mllt-accs add the jobs' files."""
-    first, *others = stats
-    return tuple(sum((other[i] for other in others), start=first[i]) for i in range(len(first)))
-
-
 def estimate_lda(spliced: Mapping[str, np.ndarray], pdfs: Mapping[str, np.ndarray], num_pdfs: int,
                  dim: int, randprune: float = 0.0, jobs: Mapping[str, int] | None = None) -> np.ndarray:
     """Kaldi's acc-lda + est-lda: the `dim` x D projection that whitens the within-class covariance and keeps the
@@ -83,7 +77,7 @@ def estimate_lda(spliced: Mapping[str, np.ndarray], pdfs: Mapping[str, np.ndarra
     d = next(iter(spliced.values())).shape[1]
     aligned = [u for u, x in spliced.items() if u in pdfs and len(pdfs[u]) == len(x)]  # acc-lda skips the others
     parts = _job_parts(aligned, jobs)
-    count, first, second = _summed(run_jobs(lambda j, _: _lda_stats(spliced, pdfs, parts[j], num_pdfs, d, randprune),
+    count, first, second = summed(run_jobs(lambda j, _: _lda_stats(spliced, pdfs, parts[j], num_pdfs, d, randprune),
                                             len(parts)))
     total = count.sum()
     if total == 0 or (count > 0).sum() <= dim:
@@ -135,7 +129,7 @@ def mllt_stats(system: GmmSystem, feats: Mapping[str, np.ndarray], pdfs: Mapping
     non-zero γ is randomly pruned as Kaldi's gmm-acc-mllt processes draw them (one per job, see `estimate_lda`;
     frames in `feats`' order, Gaussians in index order). Each job accumulates in a process of its own."""
     parts = _job_parts([u for u in feats if u in pdfs], jobs)
-    return _summed(run_jobs(lambda j, _: _mllt_stats(system, feats, pdfs, parts[j], randprune), len(parts)))
+    return summed(run_jobs(lambda j, _: _mllt_stats(system, feats, pdfs, parts[j], randprune), len(parts)))
 
 
 def _mllt_stats(system: GmmSystem, feats: Mapping[str, np.ndarray], pdfs: Mapping[str, np.ndarray],

@@ -221,12 +221,10 @@ def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: 
         low = TooLittleData()
         trans_counts: list[np.ndarray] = []
         first = 0
-        state = resume.load(out_dir, key)
+        state = resume.resumed(out_dir, key, system, report)
         if state is not None:
-            state.restore(system)
             first, alis, failed, history = state.it + 1, state.alis, state.failed, state.history
             num_gauss, low, trans_counts = state.num_gauss, state.low, state.trans_counts
-            report.note(f"continued after pass {state.it} of an earlier run of the same options (its {resume.NAME})")
         bar.update(task, description="train mono", total=cfg.num_iters, completed=first)
         for it in range(first, cfg.num_iters):
             start = time.monotonic()

@@ -23,6 +23,7 @@ from asr_bn.gmm.estimate import TooLittleData
 from asr_bn.gmm.system import GmmSystem, read_am
 from asr_bn.io import atomic_open
 from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
+from asr_bn.report import Report
 
 NAME = "resume.pkl"
 
@@ -68,6 +69,16 @@ def load(out_dir: Path, key: str) -> PassState | None:
     except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError):
         return None  # not ours, or cut short: the rung starts over
     return state if saved_key == key and isinstance(state, PassState) else None
+
+
+def resumed(out_dir: Path, key: str, system: GmmSystem, report: Report) -> PassState | None:
+    """The state an earlier run of the same rung left in `out_dir` (`load`), put back into `system` and said in
+    `report`; None to start at the first pass."""
+    state = load(out_dir, key)
+    if state is not None:
+        state.restore(system)
+        report.note(f"continued after pass {state.it} of an earlier run of the same rung and options (its {NAME})")
+    return state
 
 
 def save(out_dir: Path, key: str, state: PassState) -> None:

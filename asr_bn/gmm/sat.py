@@ -240,7 +240,7 @@ def train_sat(feats: Mapping[str, np.ndarray], text: Mapping[str, str], utt2spk:
     transforms = estimate_speaker_transforms(old, si_feats, frame_weights(old.transition_model(), old_alis, sil,
                                                                           cfg.silence_weight), spk2utt, cfg, first,
                                              jobs=jobs)
-    fmllr = _Fmllr(si_feats, transforms, spk2utt, cfg, sil, jobs)
+    fmllr = _Fmllr(si_feats, transforms, utt2spk, spk2utt, cfg, sil, jobs)
 
     def write_extra(out: Path, system: GmmSystem, alis: Mapping[str, list[int]], current: Mapping[str, np.ndarray]) -> None:
         _write_transforms(out, ali_dir, fmllr.transforms)
@@ -260,15 +260,13 @@ class _Fmllr:
     alignments and composed with the previous one (gmm-est-fmllr + compose-transforms)."""
 
     def __init__(self, si_feats: Mapping[str, np.ndarray], transforms: dict[str, np.ndarray],
-                 spk2utt: Mapping[str, list[str]], cfg: SatConfig, silence: Sequence[int],
-                 jobs: Sequence[Sequence[str]]) -> None:
-        self.si_feats, self.transforms, self.spk2utt, self.cfg, self.silence, self.jobs = (
-            si_feats, transforms, spk2utt, cfg, silence, jobs)
-        self.speaker_of = {u: s for s, utts in spk2utt.items() for u in utts}
+                 utt2spk: Mapping[str, str], spk2utt: Mapping[str, list[str]], cfg: SatConfig,
+                 silence: Sequence[int], jobs: Sequence[Sequence[str]]) -> None:
+        self.si_feats, self.transforms, self.utt2spk, self.spk2utt = si_feats, transforms, utt2spk, spk2utt
+        self.cfg, self.silence, self.jobs = cfg, silence, jobs
 
     def features(self) -> Mapping[str, np.ndarray]:
-        current, speaker_of = dict(self.transforms), self.speaker_of
-        return FeatureMap(self.si_feats, lambda u, x: apply_fmllr(current[speaker_of[u]], x))
+        return fmllr_adapted(self.si_feats, self.transforms, self.utt2spk)  # update and restore rebind, not mutate
 
     def update(self, it: int, system: GmmSystem, alis: Mapping[str, list[int]]) -> bool:
         if it not in self.cfg.fmllr_iters:
@@ -346,6 +344,13 @@ def speaker_adapted_features(feats: Mapping[str, np.ndarray], transform_dir: str
     if feats and shapes != {(dim, dim + 1)}:
         raise AsrBnError(f"{transform_dir}: fMLLR matrices of shape {sorted(shapes)} for features of dimension {dim} "
                          f"(transforms of another system)")
+    return fmllr_adapted(feats, transforms, utt2spk)
+
+
+def fmllr_adapted(feats: Mapping[str, np.ndarray], transforms: Mapping[str, np.ndarray],
+                  utt2spk: Mapping[str, str]) -> Mapping[str, np.ndarray]:
+    """`feats` under each speaker's fMLLR transform (transform-feats --utt2spk), computed per utterance when asked
+    for; an utterance without a speaker is its own speaker."""
     return FeatureMap(feats, lambda u, x: apply_fmllr(transforms[utt2spk.get(u, u)], x))
 
 
@@ -386,8 +391,7 @@ def align_fmllr(src_dir: str | Path, feats: Mapping[str, np.ndarray], text: Mapp
             transforms = estimate_speaker_transforms(
                 system, si_feats, weights, spk2utt, sat, report, jobs=jobs,
                 posterior_am=alimdl.am if alimdl is not system else None)
-            speaker_of = {u: s for s, us in spk2utt.items() for u in us}
-            adapted = FeatureMap(si_feats, lambda u, x: apply_fmllr(transforms[speaker_of[u]], x))
+            adapted = fmllr_adapted(si_feats, transforms, utt2spk)
             scorer = gmm_scorer(system, boosted(system, sil, cfg.boost_silence), adapted, cfg.acoustic_scale)
             bar.update(task, info="adapted pass")
             alis, failed, tot_like, frames = align_all(system, scorer, graphs, adapted, cfg.beam, cfg.retry_beam,

@@ -169,15 +169,13 @@ def _iterate(name: str, system: GmmSystem, graphs: Mapping[str, Any], feats: Map
     low = TooLittleData()
     trans_counts: list[np.ndarray] = []
     first = 1
-    state = resume.load(out_dir, key)
+    state = resume.resumed(out_dir, key, system, report)
     if state is not None:
-        state.restore(system)
         if adaptation is not None:
             adaptation.restore(state.transforms)
             feats = adaptation.features()
         first, alis, failed, history = state.it + 1, state.alis, state.failed, state.history
         num_gauss, low, trans_counts = state.num_gauss, state.low, state.trans_counts
-        report.note(f"continued after pass {state.it} of an earlier run of the same rung (its {resume.NAME})")
     with progress_bar() as bar:
         task = bar.add_task(name, total=cfg.num_iters - 1, completed=first - 1, info="")
         for it in range(first, cfg.num_iters):
