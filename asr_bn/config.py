@@ -9,15 +9,14 @@ the library is called directly.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from asr_bn.errors import UsageError
+from asr_bn.ranges import Range
 
 __all__ = [
-    "Range",
     "option",
     "check_options",
     "FbankConfig",
@@ -29,30 +28,6 @@ __all__ = [
     "DecodeConfig",
     "DecodeFmllrConfig",
 ]
-
-
-@dataclass(frozen=True)
-class Range:
-    """Valid values of a numeric option: [low, high], each end open when `*_open`, None = unbounded."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def __contains__(self, value: float) -> bool:
-        if not math.isfinite(value):  # nan and inf are in no range (Typer's float parser accepts them)
-            return False
-        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
-            return False
-        return self.high is None or not (value > self.high or (self.high_open and value == self.high))
-
-    def __str__(self) -> str:
-        if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        if self.low is None:
-            return f"{'<' if self.high_open else '<='} {self.high:g}"
-        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
 
 
 def option(default: Any, valid: Range | None = None, **metadata: Any) -> Any:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from asr_bn.config import Range
+from asr_bn.ranges import Range
 from asr_bn_cli.options import in_range
 
 app = typer.Typer(help="Kaldi data dirs: check and copy, normalise transcripts, hold out speakers; speed perturbation.",

@@ -6,7 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from asr_bn.config import SIL_PROB, DecodeConfig, Range
+from asr_bn.config import SIL_PROB, DecodeConfig
+from asr_bn.ranges import Range
 from asr_bn_cli.options import field_range, in_range
 
 _D = "Decoder (Kaldi's steps/nnet/decode.sh defaults)"

@@ -15,7 +15,8 @@ from asr_bn_cli.options import (
     set_threads,
 )
 
-from asr_bn.config import Range, TrainConfig
+from asr_bn.config import TrainConfig
+from asr_bn.ranges import Range
 
 
 def demo(

@@ -6,7 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from asr_bn.config import ForwardConfig, Range
+from asr_bn.config import ForwardConfig
+from asr_bn.ranges import Range
 from asr_bn_cli.options import DEVICE_HELP, THREADS_HELP, check_device, field_range, in_range, set_threads
 
 _RUN = "Run"

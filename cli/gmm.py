@@ -14,7 +14,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from asr_bn.config import DecodeFmllrConfig, Range
+from asr_bn.config import DecodeFmllrConfig
+from asr_bn.ranges import Range
 from asr_bn_cli.options import field_range, in_range
 
 app = typer.Typer(help="HMM-GMM training and forced alignment (Kaldi's steps/train_mono.sh, align_si.sh), no Kaldi "

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from asr_bn.config import Range
+from asr_bn.ranges import Range
 from asr_bn_cli.options import in_range
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import os
@@ -87,9 +88,10 @@ def _listed() -> None:
     """Stands for a command in the root's --help: its name and help, without building its options."""
 
 
-def build_app(names: Iterable[str] = COMMANDS, listing: bool = False) -> typer.Typer:
+def build_app(names: Iterable[str] = COMMANDS, listing: bool = False, sub: str | None = None) -> typer.Typer:
     """The `asr-bn` app with the commands `names`; with `listing`, each only as its name and help (what the root's
-    --help shows, without typer converting every option of every command)."""
+    --help shows, without typer converting every option of every command); with `sub`, a group of commands that
+    has one of that name brings only that one (`asr-bn tree stats` converts no other tree command's options)."""
     app = typer.Typer(
         name="asr-bn",
         cls=_Root,
@@ -103,10 +105,20 @@ def build_app(names: Iterable[str] = COMMANDS, listing: bool = False) -> typer.T
         module, attribute = COMMANDS[name]
         target = getattr(importlib.import_module(f"asr_bn_cli.{module}"), attribute)
         if isinstance(target, typer.Typer):
-            app.add_typer(typer.Typer(help=target.info.help) if listing else target, name=name)
+            app.add_typer(typer.Typer(help=target.info.help) if listing else _only(target, sub), name=name)
         else:
             app.command(name, help=inspect.getdoc(target) if listing else None)(_listed if listing else target)
     return app
+
+
+def _only(group: typer.Typer, command: str | None) -> typer.Typer:
+    """`group` with only its command `command` if it has one, else `group` as it is (its --help, a wrong name)."""
+    chosen = [c for c in group.registered_commands if c.name == command]
+    if not chosen:
+        return group
+    only = copy.copy(group)
+    only.registered_commands, only.registered_groups = chosen, []
+    return only
 
 
 def main() -> None:
@@ -117,9 +129,9 @@ def main() -> None:
     # LDA+MLLT alignment of AN4 took 355 s instead of 22 s beside three trainings: docs/PERFORMANCE.md, Torch threads).
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
-    name = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+    name, sub, *_ = [arg for arg in sys.argv[1:] if not arg.startswith("-")] + [None, None]
     completing = "_ASR_BN_COMPLETE" in os.environ  # shell completion needs every command's options
     if name in COMMANDS and not completing:
-        build_app([name])()
+        build_app([name], sub=sub)()
     else:
         build_app(listing=not completing)()

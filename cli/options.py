@@ -10,7 +10,7 @@ import typer
 from typer._coercion import RuntimeParam
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from asr_bn.config import Range
+from asr_bn.ranges import Range
 from asr_bn.device import DEVICE_NAMES, is_device_name
 
 __all__ = ["in_range", "field_range", "check_device", "DEVICE_HELP", "THREADS_HELP", "tidy_help", "set_threads"]

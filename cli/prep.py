@@ -11,7 +11,8 @@ from typing import Annotated, Any, Callable, Literal, Optional
 
 import typer
 
-from asr_bn.config import FbankConfig, Range
+from asr_bn.config import FbankConfig
+from asr_bn.ranges import Range
 from asr_bn_cli.options import in_range
 
 app = typer.Typer(

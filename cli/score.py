@@ -7,7 +7,8 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from asr_bn.config import SCORE_MODES, ForwardConfig, Range
+from asr_bn.config import SCORE_MODES, ForwardConfig
+from asr_bn.ranges import Range
 from asr_bn_cli.options import DEVICE_HELP, THREADS_HELP, check_device, field_range, in_range, set_threads
 
 app = typer.Typer(help="Score hypotheses (WER, SER) or a model's frames (cross-entropy, frame error rate).",

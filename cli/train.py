@@ -8,7 +8,8 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from asr_bn.config import AMP_MODES, BN_MODES, OPTIMIZERS, PRESETS, RESUMABLE, SCHEDULES, Range, TrainConfig
+from asr_bn.config import AMP_MODES, BN_MODES, OPTIMIZERS, PRESETS, RESUMABLE, SCHEDULES, TrainConfig
+from asr_bn.ranges import Range
 from asr_bn_cli.options import DEVICE_HELP, THREADS_HELP, check_device, field_range, in_range, set_threads
 
 _MODEL = "Model"

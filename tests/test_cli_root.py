@@ -289,6 +289,40 @@ def test_a_command_line_builds_only_the_command_it_names(args: list[str], module
     assert json.loads(out.stderr.strip().splitlines()[-1]) == modules
 
 
+_SUB = """
+import json, sys
+import typer
+import asr_bn_cli.main as cli
+converted = []
+real = typer.main.get_command_from_info
+def spy(*args, **kwargs):
+    converted.append((args[0] if args else kwargs["command_info"]).name)
+    return real(*args, **kwargs)
+typer.main.get_command_from_info = spy
+sys.argv = ["asr-bn", *sys.argv[1:]]
+try:
+    cli.main()
+except SystemExit:
+    pass
+print(json.dumps({"converted": converted, "config": "asr_bn.config" in sys.modules}), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(("args", "converted", "usage"), [
+    (["tree", "stats", "--help"], ["stats"], "Usage: asr-bn tree stats"),
+    (["tree", "--help"], ["stats", "questions", "build", "info"], "Usage: asr-bn tree"),
+    (["tree", "nosuch"], ["stats", "questions", "build", "info"], "No such command 'nosuch'"),
+])
+def test_a_group_converts_only_the_command_named(args: list[str], converted: list[str], usage: str) -> None:
+    """`asr-bn tree stats …` converts the options of `tree stats` alone (main's `sub`), and builds no config
+    dataclass (asr_bn.config): start-up is what bench/tree.py's two CLI processes pay beside Kaldi's binaries. The
+    group's --help and a wrong command name still see the whole group."""
+    out = subprocess.run([sys.executable, "-c", _SUB, *args], capture_output=True, text=True, check=True)
+    assert usage in out.stdout + out.stderr
+    result = json.loads(out.stderr.strip().splitlines()[-1])
+    assert result == {"converted": converted, "config": False}
+
+
 def test_bounds_are_checked_as_typer_checks_them(monkeypatch: pytest.MonkeyPatch) -> None:
     """An int or float option's min and max, checked without typer's pydantic adapter: the same messages as typer's
     own check (NaN refused too)."""

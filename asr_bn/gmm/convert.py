@@ -50,20 +50,21 @@ def check_tree_contexts(tm: TransitionModel, tree_path: Path, tids: np.ndarray, 
     for neighbour in context_phones(phone, first, starts, width, central):
         context = context * base + neighbour
     classes = pdf_classes(tm)
-    key = np.repeat(context, ends - first) * (classes.max() + 1) + classes[tids]  # (context, pdf-class) per frame
-    unique, inverse = np.unique(key, return_inverse=True)
-    columns = {PDF_CLASS: unique % (classes.max() + 1)}
-    rest = unique // (classes.max() + 1)
+    n_classes = int(classes.max()) + 1
+    contexts, which = np.unique(context, return_inverse=True)  # per phone instance: few distinct contexts
+    columns = {PDF_CLASS: np.tile(np.arange(n_classes), len(contexts))}  # every (context, pdf-class) pair
+    rest = np.repeat(contexts, n_classes)
     for j in reversed(range(width)):
         columns[j] = rest % base
         rest //= base
-    want = map_events(tree, columns)[inverse.reshape(-1)]
+    pair = np.repeat(which.reshape(-1), ends - first) * n_classes + classes[tids]  # each frame's pair
+    want = map_events(tree, columns)[pair]
     bad = want != tm.tid_pdf[tids]
     if bad.any():
         i = int(np.argmax(bad))
         u = int(np.searchsorted(starts, i, "right")) - 1
         at = int(np.searchsorted(ends, i, "right"))
-        shown = " ".join(str(int(columns[j][inverse.reshape(-1)[i]])) for j in range(width))
+        shown = " ".join(str(int(columns[j][pair[i]])) for j in range(width))
         raise AsrBnError(
             f"{where[u]}: frame {i - int(starts[u])} (phone {phone[at]} in context {shown}) has pdf "
             f"{tm.tid_pdf[tids[i]]}, but the tree beside {model} gives "

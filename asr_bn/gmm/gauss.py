@@ -20,12 +20,15 @@ def objf(count: np.ndarray, stats: np.ndarray, var_floor: float) -> np.ndarray:
     The variance is floored at `var_floor`; an empty set (count <= 0) scores 0, as in Kaldi.
     """
     count = np.asarray(count, np.float64)
-    safe = np.where(count > 0, count, 1.0)[..., None]
+    positive = count > 0
+    safe = np.where(positive, count, 1.0)[..., None]
     mean = stats[..., 0, :] / safe
-    var = stats[..., 1, :] / safe - mean * mean
+    var = stats[..., 1, :] / safe
+    var -= np.multiply(mean, mean, out=mean)  # in place: tree building asks this of ~80 candidates per node
     floored = np.maximum(var, var_floor)
-    per_frame = -0.5 * (var / floored).sum(-1) - 0.5 * (np.log(floored).sum(-1) + _LOG_2PI * stats.shape[-1])
-    out = np.where(count > 0, per_frame * count, 0.0)
+    ratio = np.divide(var, floored, out=var)
+    per_frame = -0.5 * ratio.sum(-1) - 0.5 * (np.log(floored, out=floored).sum(-1) + _LOG_2PI * stats.shape[-1])
+    out = np.where(positive, per_frame * count, 0.0)
     return np.where(np.isnan(out), 0.0, out).astype(np.float32)
 
 
