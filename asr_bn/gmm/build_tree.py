@@ -20,7 +20,7 @@ import numpy as np
 from asr_bn.alignments import Topology
 from asr_bn.errors import AsrBnError
 from asr_bn.io import read_lines
-from asr_bn.gmm.event_map import MISSING, Constant, EventMap, Split, Table, in_set, map_events, relabel, renumber
+from asr_bn.gmm.event_map import MISSING, Constant, EventMap, Split, Table, map_events, relabel, renumber
 from asr_bn.gmm.gauss import float_sum, objf
 from asr_bn.gmm.tree_stats import PDF_CLASS, TreeStats
 
@@ -116,22 +116,23 @@ class _Stats:
         self.member = np.zeros((len(self.question_set), self.width))  # question × (key, value): 1 if value in yes-set
         for i, q in enumerate(self.question_set):
             self.member[i, offsets[self.question_key[i]] + np.array(q, dtype=np.int64)] = 1.0
+        self.yes_of = self.member > 0
 
     def objf(self, data: np.ndarray) -> np.ndarray:
         """Objective of each row of (count, Σx, Σx²) data."""
         return objf(data[..., 0], data[..., 1:].reshape(data.shape[:-1] + (2, self.dim)), self.var_floor)
 
-    def best_split(self, idx: np.ndarray) -> tuple[np.float32, int, tuple[int, ...]]:
-        """The split of events `idx` with the largest gain: (gain, key, yes-set); gain 0 when none gains.
+    def best_split(self, idx: np.ndarray) -> tuple[np.float32, int]:
+        """The split of events `idx` with the largest gain: (gain, question index); (0, -1) when none gains.
 
         As Kaldi's FindBestSplit (questions not refined): keys in increasing order, a key only if every event has
         it, questions in order, the first of equal gains; a question that leaves one side empty gains nothing."""
         if len(idx) <= 1:
-            return np.float32(0.0), 0, ()
+            return np.float32(0.0), -1
         codes = self.codes[idx]
         valid = (codes >= 0).all(axis=0)
         if not valid.any():
-            return np.float32(0.0), 0, ()
+            return np.float32(0.0), -1
         cols = codes[:, valid]
         data = self.data[idx]
         width = data.shape[1]
@@ -143,7 +144,7 @@ class _Stats:
         yes_present = member.sum(1)
         ok = valid[self.question_key] & (yes_present > 0) & (yes_present < n_present[self.question_key])
         if not ok.any():
-            return np.float32(0.0), 0, ()
+            return np.float32(0.0), -1
         total = data.sum(0)
         yes = member[ok] @ per_value[present]
         both = self.objf(np.concatenate([total[None], yes, total[None] - yes]))
@@ -151,8 +152,12 @@ class _Stats:
         gains[ok] = (both[1 + len(yes):] + both[1 : 1 + len(yes)]) - both[0]
         best = int(np.argmax(gains))
         if not gains[best] > 0:
-            return np.float32(0.0), 0, ()
-        return gains[best], self.qkeys[self.question_key[best]], self.question_set[best]
+            return np.float32(0.0), -1
+        return gains[best], best
+
+    def answers(self, question: int, idx: np.ndarray) -> np.ndarray:
+        """Whether each event of `idx` (all of which have the question's key) is in the question's yes-set."""
+        return self.yes_of[question, self.codes[idx, self.question_key[question]]]
 
 
 class _Splitter:
@@ -162,13 +167,12 @@ class _Splitter:
         self.leaf, self.idx, self.st = leaf, idx, st
         self.yes: _Splitter | None = None
         self.no: _Splitter | None = None
-        self.best, self.key, self.yes_set = st.best_split(idx)
+        self.best, self.question = st.best_split(idx)
 
     def split(self, next_leaf: list[int]) -> None:
         """Split this leaf by its best question, or the better of its children (DoSplit)."""
         if self.yes is None:
-            values = self.st.columns[self.key][self.idx]
-            yes = in_set(values, self.yes_set)
+            yes = self.st.answers(self.question, self.idx)
             no_leaf = next_leaf[0]
             next_leaf[0] += 1
             self.yes = _Splitter(self.leaf, self.idx[yes], self.st)
@@ -181,7 +185,8 @@ class _Splitter:
     def event_map(self) -> EventMap:
         if self.yes is None:
             return Constant(self.leaf)
-        return Split(self.key, self.yes_set, self.yes.event_map(), self.no.event_map())  # type: ignore[union-attr]
+        key, yes_set = self.st.qkeys[self.st.question_key[self.question]], self.st.question_set[self.question]
+        return Split(key, yes_set, self.yes.event_map(), self.no.event_map())  # type: ignore[union-attr]
 
 
 def stub_map(roots: Sequence[Root], pdf_classes: dict[int, int], central_position: int, counter: list[int]) -> EventMap:
