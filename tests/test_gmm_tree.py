@@ -1076,10 +1076,12 @@ def test_decode_fmllr_bad_inputs(synth: Setup, synth_tri3, synth_sat_decoding, t
 @pytest.mark.parametrize("num_jobs", [1, 2, 3, 4, 7])
 def test_alignment_jobs_are_split_data_shs(kaldi_bundle: Path, tmp_path: Path, num_jobs: int) -> None:
     """asr-bn's ali.N.gz parts are utils/split_data.sh's (split_scp.pl --utt2spk): whole speakers, balanced; Kaldi's
-    accumulators run one process per part, so the parts decide their random draws. Fewer speakers than jobs:
-    contiguous parts of nearly equal size, as split_scp.pl without --utt2spk."""
+    accumulators run one process per part, so the parts decide their random draws. Without speakers: contiguous
+    parts of nearly equal size, as split_scp.pl without --utt2spk; fewer speakers than jobs: refused, as Kaldi's
+    split_scp.pl refuses (a speaker's fMLLR must come from all its data, in one job)."""
     import subprocess
 
+    from asr_bn.errors import UsageError
     from asr_bn.gmm.align import kaldi_split
 
     rng = np.random.default_rng(num_jobs)
@@ -1091,8 +1093,14 @@ def test_alignment_jobs_are_split_data_shs(kaldi_bundle: Path, tmp_path: Path, n
                     tmp_path / "utt2spk", *outs], check=True)
     kaldi = [[line.split()[0] for line in out.read_text().splitlines()] for out in outs]
     assert kaldi_split(utts, num_jobs, utt2spk) == kaldi
+    assert kaldi_split(utts[:10], 3) == [utts[:4], utts[4:7], utts[7:10]]
     few = {u: "one" for u in utts[:10]}
-    assert kaldi_split(utts[:10], 3, few) == [utts[:4], utts[4:7], utts[7:10]]
+    (tmp_path / "one").write_text("".join(f"{u} one\n" for u in utts[:10]))
+    with pytest.raises(UsageError, match="--nj 3 is more than the data's 1 speakers.*give --nj 1 or fewer"):
+        kaldi_split(utts[:10], 3, few)
+    refused = subprocess.run(["perl", kaldi_bundle / "egs" / "utils" / "split_scp.pl", f"--utt2spk={tmp_path / 'one'}",
+                              tmp_path / "one", *outs[:1], tmp_path / "x", tmp_path / "y"], capture_output=True, text=True)
+    assert refused.returncode != 0 and "Refusing to split data" in refused.stderr
 
 
 def test_write_alignments_refuses_utterances_in_no_job(tmp_path: Path) -> None:

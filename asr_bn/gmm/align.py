@@ -222,12 +222,16 @@ def align(system: GmmSystem, feats: Mapping[str, np.ndarray], text: Mapping[str,
 def kaldi_split(utts: Sequence[str], num_jobs: int, utt2spk: Mapping[str, str] | None = None) -> list[list[str]]:
     """`utts` (in order) in `num_jobs` parts as utils/split_data.sh makes a data dir's split: whole speakers, the
     speakers dealt out in order and then moved between neighbouring parts while that evens the utterance counts
-    (split_scp.pl --utt2spk). Without `utt2spk`, or with fewer speakers than jobs, contiguous parts of nearly equal
-    size (split_scp.pl without it). Kaldi's jobs each run their own accumulator processes on their part."""
+    (split_scp.pl --utt2spk). Without `utt2spk`, contiguous parts of nearly equal size (split_scp.pl without it).
+    Kaldi's jobs each run their own accumulator processes on their part. Fewer speakers than jobs is refused, as
+    split_data.sh refuses it: a speaker in two jobs would get two fMLLR transforms, each from part of its data."""
     speakers: dict[str, list[str]] = {}
     for utt in utts:
         speakers.setdefault(utt2spk.get(utt, utt) if utt2spk else utt, []).append(utt)
-    if not utt2spk or len(speakers) < num_jobs:
+    if utt2spk and len(speakers) < num_jobs:
+        raise UsageError(f"--nj {num_jobs} is more than the data's {len(speakers)} speakers (a job takes whole "
+                         f"speakers; Kaldi's utils/split_data.sh refuses too): give --nj {len(speakers)} or fewer")
+    if not utt2spk:
         return [[utts[i] for i in idx] for idx in np.array_split(np.arange(len(utts)), num_jobs)]
     order = list(speakers)
     parts: list[list[str]] = [[] for _ in range(num_jobs)]
