@@ -675,6 +675,43 @@ def test_sat_exp_dir_against_kaldi(synth: Setup, synth_tri1, synth_tri2, synth_t
     assert all(np.array_equal(m, identity) for m in kept.values())
 
 
+def test_alignment_model_is_gmm_est_on_two_feature_statistics(synth: Setup, synth_tri1, synth_tri2,  # noqa: ANN001
+                                                               synth_tri3, tmp_path: Path) -> None:
+    """final.alimdl is train_sat.sh's: ali-to-post | gmm-acc-stats-twofeats final.mdl ADAPTED SI, then gmm-est
+    --remove-low-count-gaussians=false (every Gaussian kept, those with too little data as they were): Kaldi's model
+    from the same features and alignments has the same transitions, weights, means and variances to float rounding."""
+    import kaldiio
+
+    from asr_bn.gmm.sat import fmllr_adapted, speaker_independent_features
+
+    _, feats, _, _, _, _, prep = synth_tri1
+    _, tri2, _ = synth_tri2
+    _, tri3, _ = synth_tri3
+    k = synth.bundle
+    si = speaker_independent_features(feats, tri2)
+    adapted = fmllr_adapted(si, dict(kaldiio.load_ark(str(tri3 / "trans.1"))), _speakers(prep))
+    kaldiio.save_ark(str(tmp_path / "si.ark"), si)
+    kaldiio.save_ark(str(tmp_path / "adapted.ark"), adapted)
+    run_kaldi(k, "ali-to-post", f"ark:gunzip -c {tri3 / 'ali.1.gz'}|", f"ark:{tmp_path / 'post'}")
+    run_kaldi(k, "gmm-acc-stats-twofeats", tri3 / "final.mdl", f"ark:{tmp_path / 'adapted.ark'}",
+              f"ark:{tmp_path / 'si.ark'}", f"ark:{tmp_path / 'post'}", tmp_path / "acc")
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / "tree").write_bytes((tri3 / "tree").read_bytes())  # (GmmSystem.load reads the tree beside)
+    run_kaldi(k, "gmm-est", "--remove-low-count-gaussians=false", tri3 / "final.mdl", tmp_path / "acc",
+              tmp_path / "k" / "final.alimdl")
+    from asr_bn.gmm.system import GmmSystem
+
+    ours, kaldi = (GmmSystem.load(path) for path in (tri3 / "final.alimdl", tmp_path / "k" / "final.alimdl"))
+    assert ours.am.num_pdfs == kaldi.am.num_pdfs
+    np.testing.assert_allclose(read_transition_model(tri3 / "final.alimdl").log_probs,
+                               read_transition_model(tmp_path / "k" / "final.alimdl").log_probs, rtol=1e-6, atol=1e-6)
+    for pdf in range(ours.am.num_pdfs):
+        a, b = ours.am.get_pdf(pdf), kaldi.am.get_pdf(pdf)
+        np.testing.assert_allclose(np.asarray(a.weights), np.asarray(b.weights), rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(a.inv_vars), np.asarray(b.inv_vars), rtol=1e-4)
+        np.testing.assert_allclose(np.asarray(a.means_invvars), np.asarray(b.means_invvars), rtol=1e-4, atol=1e-4)
+
+
 def test_fmllr_feats_are_kaldis_pipeline_and_train_a_network(synth: Setup, synth_tri1, synth_tri3,  # noqa: ANN001
                                                              tmp_path: Path) -> None:
     """asr-bn gmm fmllr-feats (make_fmllr_feats.sh) gives what Kaldi's splice-feats | transform-feats final.mat |

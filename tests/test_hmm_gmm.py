@@ -328,11 +328,12 @@ def test_training_pass_is_gmm_acc_stats_ali_and_gmm_est(yesno_root: Path, kaldi_
         assert ours.am.num_gauss == kaldi.am.num_gauss
 
 
-@pytest.mark.parametrize("min_occupancy", [3.0, 10.0, 1e6])
-def test_gmm_update_is_kaldis_mle_update(yesno_root: Path, min_occupancy: float) -> None:
+@pytest.mark.parametrize(("min_occupancy", "remove"), [(3.0, True), (10.0, True), (1e6, True), (1e6, False)])
+def test_gmm_update_is_kaldis_mle_update(yesno_root: Path, min_occupancy: float, remove: bool) -> None:
     """mle_gmm_update, from the statistics as arrays (what jobs send back), is Kaldi's MleAmDiagGmmUpdate as
     kaldi-hmm-gmm binds it, run on its own accumulator of the same frames: the same Gaussians removed (also when a
-    pdf's Gaussians all lack data: the last kept) and the same parameters to a float's rounding."""
+    pdf's Gaussians all lack data: the last kept; none with --remove-low-count-gaussians=false, as final.alimdl is
+    estimated) and the same parameters to a float's rounding."""
     from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
 
     from asr_bn.gmm.estimate import PassStats, mle_gmm_update
@@ -349,11 +350,15 @@ def test_gmm_update_is_kaldis_mle_update(yesno_root: Path, min_occupancy: float)
             acc.accumulate_for_gmm(theirs.am, frame, pdf, 1.0)
     opts = khg.MleDiagGmmOptions()
     opts.min_gaussian_occupancy = min_occupancy
+    opts.remove_low_count_gaussians = remove
     khg.mle_am_diag_gmm_update(opts, acc, int(khg.str_to_gmm_flags("mvw")), theirs.am)
     for pdf, pdf_stats in enumerate(stats.gauss):
-        kept, removed = mle_gmm_update(ours.am.get_pdf(pdf), *pdf_stats, min_occupancy)
-        assert kept == (removed == len(pdf_stats[0]) - 1 and not (pdf_stats[0] > min_occupancy).any())
-        assert kept or min_occupancy < 1e6
+        kept, removed = mle_gmm_update(ours.am.get_pdf(pdf), *pdf_stats, min_occupancy, remove_low_count=remove)
+        if remove:
+            assert kept == (removed == len(pdf_stats[0]) - 1 and not (pdf_stats[0] > min_occupancy).any())
+            assert kept or min_occupancy < 1e6
+        else:
+            assert removed == 0 and kept == len(pdf_stats[0]) > 1  # (no data is enough at this floor)
         a, b = ours.am.get_pdf(pdf), theirs.am.get_pdf(pdf)
         assert a.num_gauss == b.num_gauss
         for name in ("weights", "inv_vars", "means_invvars", "gconsts"):

@@ -55,17 +55,19 @@ class PassStats:
 
 def mle_gmm_update(gmm: "khg.DiagGmm", occ: np.ndarray, sum_x: np.ndarray, sum_x2: np.ndarray,
                    min_gaussian_occupancy: float = 10.0, min_gaussian_weight: float = 1e-5,
-                   min_variance: float = 0.001) -> tuple[int, int]:
+                   min_variance: float = 0.001, remove_low_count: bool = True) -> tuple[int, int]:
     """Kaldi's MleDiagGmmUpdate ("mvw", gmm-est's defaults) of one pdf from its Gaussians' statistics, in place:
     weight occ/Σocc, mean Σx/occ, variance Σx²/occ - mean² floored at `min_variance`, in double, stored in float as
     Kaldi stores them. A Gaussian with too little data (occupancy at most `min_gaussian_occupancy`, or weight at most
     `min_gaussian_weight`) keeps its mean and variance and is removed (--remove-low-count-gaussians), unless all
-    lack data: the last of them is kept, its weight at least `min_gaussian_weight`. Returns (kept, removed)."""
+    lack data: the last of them is kept, its weight at least `min_gaussian_weight`; without `remove_low_count`
+    (gmm-est --remove-low-count-gaussians=false) every one of them is kept so. Returns (kept, removed)."""
     total = float(occ.sum())
     prob = occ / total if total != 0.0 else np.full(len(occ), 1.0 / len(occ))
     good = (occ > float(np.float32(min_gaussian_occupancy))) & (prob > float(np.float32(min_gaussian_weight)))
     low = np.flatnonzero(~good)
-    removed, kept = low[: len(occ) - 1].tolist(), low[len(occ) - 1 :]
+    most_removed = len(occ) - 1 if remove_low_count else 0
+    removed, kept = low[:most_removed].tolist(), low[most_removed:]
     inv_vars = np.asarray(gmm.inv_vars, np.float64)
     var = 1.0 / inv_vars  # DiagGmmNormal: what the Gaussians without data keep
     mean = np.asarray(gmm.means_invvars, np.float64) * var

@@ -23,6 +23,7 @@ from asr_bn.gmm.lda_mllt import copy_feature_transform, splice, static_cepstra
 from asr_bn.gmm.train_deltas import DeltasConfig, train_tree_system
 from asr_bn.gmm.align import (align_all, AlignConfig, alignment_jobs, boosted, check_inputs, compile_graphs, gmm_scorer,
                               kaldi_split, write_alignments)
+from asr_bn.gmm.estimate import mle_gmm_update
 from asr_bn.gmm.features import FeatureMap
 from asr_bn.gmm.system import am_bytes, GmmSystem
 from asr_bn.errors import AsrBnError
@@ -296,9 +297,11 @@ def _alignment_model(system: GmmSystem, alis: Mapping[str, list[int]], adapted: 
             acc.accumulate_for_gmm_two_feats(system.am, x1, x2, pdf, 1.0)
     am = khg.AmDiagGmm()
     am.copy_from_am_diag_gmm(system.am)
-    opts = khg.MleDiagGmmOptions()
-    opts.remove_low_count_gaussians = False
-    khg.mle_am_diag_gmm_update(opts, acc, int(khg.str_to_gmm_flags("mvw")), am)
+    for pdf in range(am.num_pdfs):
+        stats = acc.get_acc(pdf)
+        mle_gmm_update(am.get_pdf(pdf), *(np.asarray(x, np.float64) for x in
+                                          (stats.occupancy, stats.mean_accumulator, stats.variance_accumulator)),
+                       remove_low_count=False)
     return system.transition_model().to_kaldi(binary=True) + am_bytes(am)
 
 
