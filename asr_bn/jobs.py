@@ -79,14 +79,17 @@ def summed(results: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
     return tuple(sum((other[i] for other in others), start=first[i]) for i in range(len(first)))
 
 
-def job_parts(keys: Iterable[str], jobs: Sequence[Sequence[str]]) -> list[list[str]]:
-    """The `keys` (e.g. utterances) of each of Kaldi's `jobs`, in job order; keys no job names go to the last part,
+def job_parts(keys: Iterable[str], jobs: Sequence[Sequence[str]] | None) -> list[list[str]]:
+    """The `keys` (e.g. utterances) of each of Kaldi's `jobs`, jobs in order, each part in the keys' own order (a
+    Kaldi job reads its features in the data's order, its random draws too); keys no job names go to the last part,
     so none is left out; all of them as one part without jobs."""
     keys = list(keys)
-    present = set(keys)
-    parts = [[k for k in job if k in present] for job in jobs] or [keys]
-    listed = {k for part in parts for k in part}
-    parts[-1] += [k for k in keys if k not in listed]
+    if not jobs:
+        return [keys]
+    job_of = {k: j for j, job in enumerate(jobs) for k in job}
+    parts: list[list[str]] = [[] for _ in jobs]
+    for k in keys:
+        parts[job_of.get(k, len(jobs) - 1)].append(k)
     return parts
 
 

@@ -477,17 +477,17 @@ def _static_ark(feats, path: Path) -> dict[str, np.ndarray]:  # noqa: ANN001 - t
 
 
 def _two_kaldi_jobs(bundle: Path, feats: dict[str, np.ndarray], prefix: Path, acc_cmd: list, sum_cmd: str
-                    ) -> tuple[dict[str, int], Path]:
+                    ) -> tuple[list[list[str]], Path]:
     """Two Kaldi jobs of an accumulator (train_lda_mllt.sh with ali.1.gz and ali.2.gz): the first and second half of
     `feats`' sorted utterances each in its own process (`acc_cmd`, FEATS and ACC filled in; each draws from
-    srand(1)), then `sum_cmd` of their outputs. Returns the jobs and the summed file."""
+    srand(1)), then `sum_cmd` of their outputs. Returns the jobs (their utterances) and the summed file."""
     import kaldiio
 
     utts = sorted(feats)
-    jobs = {u: int(i >= len(utts) // 2) for i, u in enumerate(utts)}
+    jobs = [utts[: len(utts) // 2], utts[len(utts) // 2 :]]
     for j in (0, 1):
         ark, acc = f"{prefix}{j}.ark", f"{prefix}{j}.acc"
-        kaldiio.save_ark(ark, {u: feats[u] for u in utts if jobs[u] == j})
+        kaldiio.save_ark(ark, {u: feats[u] for u in jobs[j]})
         run_kaldi(bundle, *[{"FEATS": f"ark:{ark}", "ACC": acc}.get(str(a), a) for a in acc_cmd])
     run_kaldi(bundle, sum_cmd, f"{prefix}.acc", f"{prefix}0.acc", f"{prefix}1.acc")
     return jobs, Path(f"{prefix}.acc")

@@ -137,10 +137,12 @@ def test_no_deadlock_under_a_live_progress_bar(tmp_path) -> None:  # noqa: ANN00
 
 
 def test_job_parts_leave_no_key_out() -> None:
-    """Each job's keys among those given, in job order; a key of no job joins the last part; one part without jobs."""
+    """Each job's keys among those given, in the keys' order (as a Kaldi job reads the data); a key of no job joins
+    the last part; one part without jobs."""
     from asr_bn.jobs import job_parts
 
-    assert job_parts(["a", "b", "c", "d", "e"], [["b", "a", "x"], ["d"]]) == [["b", "a"], ["d", "c", "e"]]
+    assert job_parts(["a", "b", "c", "d", "e"], [["b", "a", "x"], ["d"]]) == [["a", "b"], ["c", "d", "e"]]
+    assert job_parts(["a", "b"], None) == [["a", "b"]]
     assert job_parts(["a", "b"], []) == [["a", "b"]]
     assert job_parts({"a": 1, "b": 2}, [["b"], ["a"]]) == [["b"], ["a"]]
 

@@ -24,7 +24,7 @@ from asr_bn.gmm.train_deltas import DeltasConfig, train_tree_system
 from asr_bn.gmm.features import FeatureMap
 from asr_bn.gmm.system import GmmSystem
 from asr_bn.io import atomic_open, write_text
-from asr_bn.jobs import run_jobs, summed
+from asr_bn.jobs import job_parts, run_jobs, summed
 from asr_bn.lang import Lang
 from asr_bn.report import Report
 
@@ -59,24 +59,16 @@ def splice(x: np.ndarray, context: int) -> np.ndarray:
     return np.concatenate([padded[i : i + len(x)] for i in range(2 * context + 1)], axis=1)
 
 
-def _job_parts(utts: Sequence[str], jobs: Mapping[str, int] | None) -> list[list[str]]:
-    """`utts` (in their order) split by Kaldi job (`jobs`: utterance -> job; 0 when not named), jobs in order."""
-    parts: dict[int, list[str]] = {}
-    for utt in utts:
-        parts.setdefault(jobs.get(utt, 0) if jobs else 0, []).append(utt)
-    return [parts[job] for job in sorted(parts)] or [[]]
-
-
 def estimate_lda(spliced: Mapping[str, np.ndarray], pdfs: Mapping[str, np.ndarray], num_pdfs: int,
-                 dim: int, randprune: float = 0.0, jobs: Mapping[str, int] | None = None) -> np.ndarray:
+                 dim: int, randprune: float = 0.0, jobs: Sequence[Sequence[str]] | None = None) -> np.ndarray:
     """Kaldi's acc-lda + est-lda: the `dim` x D projection that whitens the within-class covariance and keeps the
     directions of largest between-class variance (classes: pdfs; frames with pdf -1 are left out). With
     `randprune` > 0, acc-lda's `--rand-prune`: each frame is kept with probability 1/randprune, drawn as Kaldi's
-    acc-lda processes draw them: one per job (`jobs`: utterance -> job, e.g. its ali.N.gz; default one job), each
+    acc-lda processes draw them: one per job (`jobs`: the utterances of each, e.g. of its ali.N.gz; default one job), each
     from srand(1) over its utterances in `spliced`'s order. Each job accumulates in a process of its own."""
     d = next(iter(spliced.values())).shape[1]
     aligned = [u for u, x in spliced.items() if u in pdfs and len(pdfs[u]) == len(x)]  # acc-lda skips the others
-    parts = _job_parts(aligned, jobs)
+    parts = job_parts(aligned, jobs)
     count, first, second = summed(run_jobs(lambda j, _: _lda_stats(spliced, pdfs, parts[j], num_pdfs, d, randprune),
                                             len(parts)))
     total = count.sum()
@@ -123,12 +115,12 @@ def _lda_stats(spliced: Mapping[str, np.ndarray], pdfs: Mapping[str, np.ndarray]
 
 
 def mllt_stats(system: GmmSystem, feats: Mapping[str, np.ndarray], pdfs: Mapping[str, np.ndarray],
-               randprune: float = 0.0, jobs: Mapping[str, int] | None = None) -> tuple[float, np.ndarray]:
+               randprune: float = 0.0, jobs: Sequence[Sequence[str]] | None = None) -> tuple[float, np.ndarray]:
     """Kaldi's gmm-acc-mllt: (β = total posterior, G with G[j] = Σ γ/σ²_j (x-μ)(x-μ)ᵀ), γ the Gaussian posteriors
     within each frame's pdf (float, as DiagGmm::ComponentPosteriors). With `randprune` > 0, `--rand-prune`: each
     non-zero γ is randomly pruned as Kaldi's gmm-acc-mllt processes draw them (one per job, see `estimate_lda`;
     frames in `feats`' order, Gaussians in index order). Each job accumulates in a process of its own."""
-    parts = _job_parts([u for u in feats if u in pdfs], jobs)
+    parts = job_parts([u for u in feats if u in pdfs], jobs)
     return summed(run_jobs(lambda j, _: _mllt_stats(system, feats, pdfs, parts[j], randprune), len(parts)))
 
 
@@ -215,12 +207,11 @@ def nonsilence_pdfs(tm: TransitionModel, alis: Mapping[str, Sequence[int]], sile
     return out
 
 
-def _alignment_pdfs(ali_dir: Path, silence: Sequence[int]) -> tuple[dict[str, np.ndarray], int, dict[str, int]]:
+def _alignment_pdfs(ali_dir: Path, silence: Sequence[int]) -> tuple[dict[str, np.ndarray], int, list[list[str]]]:
     """`nonsilence_pdfs` of the alignments in `ali_dir` with its model, the model's number of pdfs, and each
-    utterance's job (the number of its ali.N.gz: Kaldi runs one accumulator process per job, with its own draws)."""
+    job's utterances (those of its ali.N.gz: Kaldi runs one accumulator process per job, with its own draws)."""
     tm, labels = read_model_alignments(ali_dir, ali_dir / "final.mdl")
-    jobs = {utt: job for job, part in enumerate(alignment_jobs(labels)) for utt in part}
-    return nonsilence_pdfs(tm, {x.utt: x.values for x in labels}, silence), tm.num_pdfs, jobs
+    return nonsilence_pdfs(tm, {x.utt: x.values for x in labels}, silence), tm.num_pdfs, alignment_jobs(labels)
 
 
 def copy_feature_transform(src_dir: Path, out_dir: Path) -> None:
@@ -272,7 +263,7 @@ class _Mllt:
     (gmm-acc-mllt + est-mllt) composed on it and applied to the model's means (gmm-transform-means)."""
 
     def __init__(self, spliced: Mapping[str, np.ndarray], lda: np.ndarray, cfg: LdaMlltConfig, silence: Sequence[int],
-                 jobs: Mapping[str, int]) -> None:
+                 jobs: Sequence[Sequence[str]]) -> None:
         self.spliced, self.matrix, self.cfg, self.silence, self.jobs = spliced, lda, cfg, silence, jobs
 
     def features(self) -> Mapping[str, np.ndarray]:
