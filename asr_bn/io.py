@@ -11,7 +11,7 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO, BinaryIO, Iterable, Iterator
 
 import numpy as np
 
@@ -256,20 +256,30 @@ KALDIIO_READ_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-def read_matrix(location: str, table: str | Path, key: str) -> np.ndarray:
+def read_matrix(location: str, table: str | Path, key: str, files: dict[str, BinaryIO] | None = None) -> np.ndarray:
     """Load one matrix an scp line points at (`file.ark:offset`), a compressed one as Kaldi expands it
     (`read_compressed`); a missing, truncated or corrupt archive is an AsrBnError naming the scp table, the
-    utterance and the fix instead of kaldiio's own exception."""
+    utterance and the fix instead of kaldiio's own exception. `files` (archive → open file, the caller closes them)
+    keeps archives open across the calls of one process that reads a table in turn (not across a fork: the
+    children would share the file's offset)."""
     import kaldiio
 
     try:
         path, _, offset = location.rpartition(":")
         if path and offset.isdigit():
-            with open(path, "rb") as f:
+            f = files.get(path) if files is not None else None
+            if f is None:
+                f = open(path, "rb")
+                if files is not None:
+                    files[path] = f
+            try:
                 f.seek(int(offset))
                 mat = read_compressed(f)
                 if mat is None:
                     mat = kaldiio.load_mat(location, fd_dict={path: f})
+            finally:
+                if files is None:
+                    f.close()
         else:
             mat = kaldiio.load_mat(location)
     except MemoryError as e:

@@ -49,6 +49,42 @@ def test_ark_scp_roundtrip(tmp_path: Path, rng: np.random.Generator) -> None:
     np.testing.assert_array_equal(kaldiio.load_scp(str(tmp_path / "a.scp"))["utt1"], ali["utt1"])
 
 
+def test_matrices_read_through_open_archives_are_the_same(tmp_path: Path, rng: np.random.Generator,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """read_matrix with `files` (one open file per archive, reused across a table's rows, e.g. by tree statistics)
+    reads what it reads opening the archive each time; the files stay open for the caller to close, and
+    tree_stats.read_features closes them when its table ends."""
+    import builtins
+
+    from asr_bn.gmm.tree_stats import read_features
+    from asr_bn.io import read_table
+
+    mats = {f"u{i}": rng.normal(size=(5 + i, 3)).astype(np.float32) for i in range(4)}
+    write_ark_scp(tmp_path / "a.ark", tmp_path / "a.scp", list(mats.items())[:2])
+    write_ark_scp(tmp_path / "b.ark", tmp_path / "b.scp", list(mats.items())[2:])
+    (tmp_path / "all.scp").write_text((tmp_path / "a.scp").read_text() + (tmp_path / "b.scp").read_text())
+    files: dict = {}
+    for utt, row in read_table(tmp_path / "all.scp", "").items():
+        np.testing.assert_array_equal(read_matrix(row.rest, "all.scp", utt, files), mats[utt])
+        np.testing.assert_array_equal(read_matrix(row.rest, "all.scp", utt), mats[utt])
+    assert sorted(Path(p).name for p in files) == ["a.ark", "b.ark"] and not any(f.closed for f in files.values())
+    for f in files.values():
+        f.close()
+    opened = []
+    real_open = open
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        opened.append(real_open(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(builtins, "open", spy)
+    read = dict(read_features(tmp_path / "all.scp"))
+    monkeypatch.undo()
+    assert sorted(read) == sorted(mats) and all(np.array_equal(read[u], mats[u]) for u in mats)
+    arks = [f for f in opened if str(f.name).endswith(".ark")]
+    assert len(arks) == 2 and all(f.closed for f in arks)
+
+
 def test_lock_refuses_second_run(tmp_path: Path) -> None:
     with OutputLock(tmp_path):
         with pytest.raises(AsrBnError, match="in use by another asr-bn run"):

@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import BinaryIO, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -241,8 +241,13 @@ def read_features(source: str | Path) -> Iterator[tuple[str, np.ndarray]]:
         return
     if source.suffix != ".scp" or not source.is_file():
         raise AsrBnError(f"{source}: give an `asr-bn prep` output dir or a Kaldi .scp of features")
-    for utt, row in read_table(source, "give a Kaldi .scp of features: `utterance location`").items():
-        yield utt, read_matrix(row.rest, source, utt)
+    files: dict[str, BinaryIO] = {}  # each archive opened once
+    try:
+        for utt, row in read_table(source, "give a Kaldi .scp of features: `utterance location`").items():
+            yield utt, read_matrix(row.rest, source, utt, files)
+    finally:
+        for f in files.values():
+            f.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------
