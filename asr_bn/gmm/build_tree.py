@@ -116,7 +116,6 @@ class _Stats:
         self.member = np.zeros((len(self.question_set), self.width))  # question × (key, value): 1 if value in yes-set
         for i, q in enumerate(self.question_set):
             self.member[i, offsets[self.question_key[i]] + np.array(q, dtype=np.int64)] = 1.0
-        self.yes_of = self.member > 0
 
     def objf(self, data: np.ndarray) -> np.ndarray:
         """Objective of each row of (count, Σx, Σx²) data."""
@@ -157,7 +156,7 @@ class _Stats:
 
     def answers(self, question: int, idx: np.ndarray) -> np.ndarray:
         """Whether each event of `idx` (all of which have the question's key) is in the question's yes-set."""
-        return self.yes_of[question, self.codes[idx, self.question_key[question]]]
+        return self.member[question, self.codes[idx, self.question_key[question]]] > 0
 
 
 class _Splitter:
