@@ -560,9 +560,10 @@ try:
     train(TrainConfig(sys.argv[1], sys.argv[2], sys.argv[3], layers=1, units=8, batch_size=6, epochs=1, num_workers=0,
                       device="cpu", bn="sequence", lr=float(sys.argv[4]), clip_norm=0, log_every=1))
 except AsrBnError as e:  # checked while the error (its traceback: the run's frames) is alive, as in a crash
-    print("rank", os.environ["RANK"], str(e)[:18], "group freed:", groups[0]() is None, flush=True)
+    line = f"rank {os.environ['RANK']} {str(e)[:18]} group freed: {groups[0]() is None}\\n"
 else:
-    print("rank", os.environ["RANK"], "group freed:", groups[0]() is None, flush=True)
+    line = f"rank {os.environ['RANK']} group freed: {groups[0]() is None}\\n"
+os.write(1, line.encode())  # one write: the two ranks' lines share a pipe and must not interleave
 """
 
 
