@@ -56,13 +56,17 @@ FUNCTIONS: dict[str, set[str]] = {
         "ErrorCounts.wer", "ErrorCounts.ser", "ErrorCounts.__add__", "UttAlignment.ops", "align_words", "read_text",
         "score_wer", "score_hyps", "_percent",
     },
-    "alignments": {
+    "alignments/transition_model": {
         "Topology.__post_init__", "Topology.entry", "Topology.is_hmm", "TransitionModel.__init__",
-        "TransitionModel._checked", "TransitionModel.phone_segments", "_is_reordered", "_read_topology",
-        "read_transition_model", "_parse_int_archive", "_binary_int_vector", "_text_ints", "join_targets",
-        "check_num_pdfs", "_pdf_bound", "count_pdfs", "log_priors", "transition_id_scores",
-        "_KaldiReader.int32", "_KaldiReader.float32", "_KaldiReader.count", "_KaldiReader.int_vector",
-        "_KaldiReader.float_vector",
+        "TransitionModel._checked", "TransitionModel.phone_segments", "is_reordered", "_read_topology",
+        "read_transition_model",
+    },
+    "alignments/archives": {"_parse_int_archive", "_binary_int_vector", "_text_ints"},
+    "alignments/targets": {"join_targets", "check_num_pdfs", "_pdf_bound"},
+    "alignments/priors": {"count_pdfs", "log_priors", "transition_id_scores"},
+    "kaldi_binary": {
+        "KaldiReader.int32", "KaldiReader.float32", "KaldiReader.count", "KaldiReader.int_vector",
+        "KaldiReader.float_vector",
     },
     "decode": {"_best_path", "decode_matrix", "_rspecifier", "_count_scp", "_hypotheses", "_check_shape"},
     "mkgraph": {"_hmm_objects", "_lexicon_disambig_fst", "_scored_words", "_grammar_fst", "_make_hclg"},
@@ -70,7 +74,10 @@ FUNCTIONS: dict[str, set[str]] = {
 
 # The test files of a module, when not tests/test_MODULE.py alone.
 TESTS: dict[str, tuple[str, ...]] = {"mkgraph": ("tests/test_graphs.py", "tests/test_decode.py"),
-                                     "mel": ("tests/test_features.py",), "cmvn": ("tests/test_features.py",)}
+                                     "mel": ("tests/test_features.py",), "cmvn": ("tests/test_features.py",),
+                                     **{m: ("tests/test_alignments.py",) for m in (
+                                         "alignments/transition_model", "alignments/archives", "alignments/targets",
+                                         "alignments/priors", "kaldi_binary")}}
 
 SWAPS = {
     "<": "<=", "<=": "<", ">": ">=", ">=": ">", "==": "!=", "!=": "==", "+": "-", "-": "+", "*": "/", "/": "*",

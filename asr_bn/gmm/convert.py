@@ -12,7 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from asr_bn.alignments import Labels, TransitionModel, _is_reordered, read_alignments, read_transition_model
+from asr_bn.alignments import Labels, TransitionModel, read_alignments, read_transition_model
+from asr_bn.alignments.transition_model import is_reordered
 from asr_bn.errors import AsrBnError
 from asr_bn.gmm.event_map import EventMap, EventMapper, map_events, read_tree_map
 from asr_bn.gmm.tree_stats import PDF_CLASS, context_phones, pdf_classes, phone_instances
@@ -134,7 +135,7 @@ class AlignmentConverter:
                              f"transition-state in the new model (is the tree made for this topology and these phones?)")
         out = self.first_tid[self._order[at] + 1] + self.old_index[tids]
         old_tstate = self.old.tid_tstate[tids]
-        if _is_reordered(old_tstate, self.old.tid_is_self_loop[tids]) != self.reorder:
+        if is_reordered(old_tstate, self.old.tid_is_self_loop[tids]) != self.reorder:
             out = np.array(_toggle_reordering(out.tolist(), [(s, e) for _, s, e in segments], self.new), np.int64)
         return out
 

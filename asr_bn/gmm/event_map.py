@@ -13,9 +13,9 @@ from typing import Mapping, Union
 
 import numpy as np
 
-from asr_bn.alignments import _kaldi_object, _KaldiReader, _KaldiWriter
 from asr_bn.errors import AsrBnError
 from asr_bn.io import atomic_open
+from asr_bn.kaldi_binary import KaldiReader, KaldiWriter, kaldi_object
 
 MISSING = -(2**31)  # the value of a key an event does not have
 
@@ -144,7 +144,7 @@ class EventMapper:
 # The `tree` file: ContextDependency N P ToPdf <event map> EndContextDependency (context-dep.cc, event-map.cc)
 
 
-def _write_map(w: _KaldiWriter, m: EventMap | None) -> None:
+def _write_map(w: KaldiWriter, m: EventMap | None) -> None:
     if m is None:
         w.token("NULL")
     elif isinstance(m, Constant):
@@ -172,7 +172,7 @@ def _write_map(w: _KaldiWriter, m: EventMap | None) -> None:
 
 def write_tree(path: str | Path, m: EventMap, context_width: int = 3, central_position: int = 1, binary: bool = True) -> None:
     """Write `m` as a Kaldi `tree` file (ContextDependency), which tree-info, copy-tree and mkgraph read."""
-    w = _KaldiWriter(binary)
+    w = KaldiWriter(binary)
     w.token("ContextDependency")
     w.int32(context_width)
     w.int32(central_position)
@@ -183,7 +183,7 @@ def write_tree(path: str | Path, m: EventMap, context_width: int = 3, central_po
         f.write((b"\0B" if binary else b"") + b"".join(w.parts))
 
 
-def _read_map(r: _KaldiReader) -> EventMap | None:
+def _read_map(r: KaldiReader) -> EventMap | None:
     at = r.offset
     kind = r.word()
     if kind == b"NULL":
@@ -217,7 +217,7 @@ def _read_map(r: _KaldiReader) -> EventMap | None:
 def read_tree_map(path: str | Path) -> tuple[EventMap, int, int]:
     """Read a Kaldi `tree` file (binary or text): its event map, context width and central position."""
     hint = "is it a tree written by Kaldi's build-tree or asr-bn?"
-    with _kaldi_object(Path(path), "the decision tree", "give the tree file of the exp dir", hint) as r:
+    with kaldi_object(Path(path), "the decision tree", "give the tree file of the exp dir", hint) as r:
         r.expect("ContextDependency")
         width, central = r.int32(), r.int32()
         r.expect("ToPdf")

@@ -16,10 +16,11 @@ from typing import BinaryIO, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from asr_bn.alignments import TransitionModel, _kaldi_object, _KaldiReader
+from asr_bn.alignments import TransitionModel
 from asr_bn.errors import AsrBnError
 from asr_bn.gmm.event_map import MISSING
 from asr_bn.io import atomic_open, read_matrix, read_table
+from asr_bn.kaldi_binary import KaldiReader, kaldi_object
 from asr_bn.report import Report
 
 _CHUNK_FRAMES = 100_000  # frames summed at once: large enough to amortise numpy calls, small enough for memory
@@ -269,7 +270,7 @@ def _pack_record(event: Event, count: float, var_floor: float, dim: int) -> byte
                                     b"DM ", 4, 2, 4, dim)
 
 
-class _StatsReader(_KaldiReader):
+class _StatsReader(KaldiReader):
     def kaldi_layout_event(self) -> tuple[Event, float, float, bytes] | None:
         """The next event (event, count, variance floor, its 2 × dim doubles' bytes) if it is laid out as Kaldi
         writes it (`_record`: its markers checked where they stand), taken in one piece; None, nothing read, for any
@@ -352,7 +353,7 @@ def read_tree_stats(path: str | Path) -> TreeStats:
     """Read a Kaldi treeacc file (what `acc-tree-stats` or `sum-tree-stats` writes), binary or text."""
     path = Path(path)
     hint = "is it a treeacc file written by acc-tree-stats?"
-    with _kaldi_object(path, "tree statistics", "give the treeacc file of acc-tree-stats", hint, _StatsReader) as r:
+    with kaldi_object(path, "tree statistics", "give the treeacc file of acc-tree-stats", hint, _StatsReader) as r:
         assert isinstance(r, _StatsReader)
         r.expect("BTS")
         n = r.uint32()
