@@ -276,7 +276,8 @@ class UtteranceDataset(torch.utils.data.Dataset):
 
     `utts` (default: every utterance of feats.scp that has targets) fixes the order: index i is utts[i].
     With `targets=False` (decoding a set without alignments) pdf.scp is not read, the default is every utterance
-    of feats.scp, and the targets are all PAD_TARGET.
+    of feats.scp, and the targets are all PAD_TARGET. `delta_order` replaces the pipeline's Δ orders (the fbank
+    that `asr-bn gmm fmllr-feats --append-fbank` pastes has none).
     `dataset[indices]` through `__getitems__` returns one padded `Batch`, so a DataLoader worker does the
     reading, CMVN, deltas and padding. With `cache=True` the transformed features are loaded once into RAM
     (for small corpora; use num_workers=0 then).
@@ -289,7 +290,10 @@ class UtteranceDataset(torch.utils.data.Dataset):
         utts: Sequence[str] | None = None,
         cache: bool = False,
         targets: bool = True,
+        delta_order: int | None = None,
     ) -> None:
+        import dataclasses
+
         import kaldiio
 
         from asr_bn.features import FeaturePipeline
@@ -297,6 +301,8 @@ class UtteranceDataset(torch.utils.data.Dataset):
         self.dir = prepared_dir(data_dir)
         self.num_pdfs = num_pdfs
         self.pipeline = FeaturePipeline.load(self.dir / "pipeline.json")
+        if delta_order is not None:
+            self.pipeline = dataclasses.replace(self.pipeline, delta_order=delta_order)
         self.feats_scp = _prepared_table(self.dir / "feats.scp")
         pdf_scp = _prepared_table(self.dir / "pdf.scp") if targets else {}
         num_frames = _prepared_table(self.dir / "utt2num_frames")

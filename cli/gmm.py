@@ -393,12 +393,16 @@ def fmllr_feats(
                                                     "(pdf.scp), as asr-bn prep --ali-dir.")] = None,
     delta_order: Annotated[int, typer.Option("--delta-order", help="Δ orders the network adds (0: none, as nnet1 "
                                              "on fMLLR features).", callback=in_range(Range(0, 2)))] = 0,
+    append_fbank: Annotated[bool, typer.Option("--append-fbank", help="Append each frame's fbank (DATA's own, after "
+                                               "its CMVN, without Δ) to the adapted features, as Kaldi's paste-feats "
+                                               "of the two: the network reads both.")] = False,
 ) -> None:
     """Speaker-adapted features of a SAT system for a network as steps/nnet/make_fmllr_feats.sh, e.g.
     asr-bn gmm fmllr-feats prep/train exp/tri3b prep/train_fmllr --transform-dir exp/tri3b_ali"""
     from asr_bn.gmm.fmllr_feats import write_fmllr_feats
 
-    report, targets = write_fmllr_feats(data, src_dir, transform_dir, out_dir, delta_order=delta_order, ali_dir=ali_dir)
+    report, targets = write_fmllr_feats(data, src_dir, transform_dir, out_dir, delta_order=delta_order, ali_dir=ali_dir,
+                                        append_fbank=append_fbank)
     for one in (report, targets):
         if one is not None:
             _print(one)

@@ -766,6 +766,38 @@ def test_fmllr_feats_are_kaldis_pipeline_and_train_a_network(synth: Setup, synth
     assert result.exit_code != 0 and "has no pipeline.json" in result.output and "make_fmllr_feats.sh" in result.output
 
 
+def test_fmllr_feats_append_fbank_is_kaldis_paste_feats(synth: Setup, synth_tri1, synth_tri3,  # noqa: ANN001
+                                                         tmp_path: Path) -> None:
+    """--append-fbank gives what Kaldi's paste-feats gives of the adapted features and the prepared dir's fbank
+    through apply-cmvn (its speakers' stats, no Δ); the pipeline says so, and its difference from the fMLLR features'
+    pipeline (what a network trained on either says when given the other) names the input."""
+    import kaldiio
+
+    *_, prep = synth_tri1
+    _, tri3, _ = synth_tri3
+    app, runner, k = build_app(), CliRunner(), synth.bundle
+    for name, extra in (("plain", []), ("pasted", ["--append-fbank"])):
+        result = runner.invoke(app, ["gmm", "fmllr-feats", str(prep), str(tri3), str(tmp_path / name),
+                                     "--transform-dir", str(tri3), *extra])
+        assert result.exit_code == 0, result.output
+    pipeline = json.loads((tmp_path / "pasted" / "pipeline.json").read_text())
+    plain = json.loads((tmp_path / "plain" / "pipeline.json").read_text())
+    assert pipeline["input"] == plain["input"].replace("fmllr ", "fmllr+fbank ") and pipeline["input_dim"] == 80
+    run_kaldi(k, "paste-feats", f"scp:{tmp_path / 'plain' / 'feats.scp'}",
+              f"ark:apply-cmvn --utt2spk=ark:{prep / 'utt2spk'} scp:{prep / 'cmvn.scp'} scp:{prep / 'feats.scp'} ark:- |",
+              f"ark:{tmp_path / 'kaldi.ark'}")
+    run_kaldi(k, "copy-feats", f"scp:{tmp_path / 'pasted' / 'feats.scp'}", f"ark:{tmp_path / 'ours.ark'}")
+    kaldi, ours = dict(kaldiio.load_ark(str(tmp_path / "kaldi.ark"))), dict(kaldiio.load_ark(str(tmp_path / "ours.ark")))
+    assert set(ours) == set(kaldi) and len(ours) == 40
+    for utt in kaldi:
+        assert ours[utt].shape == kaldi[utt].shape == (kaldi[utt].shape[0], 80)
+        np.testing.assert_allclose(ours[utt], kaldi[utt], atol=1e-4, rtol=1e-5)
+    from asr_bn.features import FeaturePipeline
+
+    mismatch = FeaturePipeline.from_dict(plain).mismatch(FeaturePipeline.from_dict(pipeline))
+    assert "input fmllr+fbank" in mismatch and "asr-bn gmm fmllr-feats" in mismatch
+
+
 def test_align_fmllr_is_kaldis(synth: Setup, synth_tri1, synth_tri3, tmp_path: Path) -> None:  # noqa: ANN001
     """align_fmllr against Kaldi's align_fmllr.sh pipeline on the same SAT system, features and graphs:
     gmm-align-compiled with final.alimdl, ali-to-post | weight-silence-post | gmm-post-to-gpost | gmm-est-fmllr-gpost,

@@ -11,6 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from asr_bn.alignments import join_targets
 from asr_bn.errors import UsageError
 from asr_bn.features import FeaturePipeline
@@ -25,20 +27,22 @@ from asr_bn.report import Report
 _STAGING = ".fmllr_feats.staging"
 
 
-def fmllr_input(system_dir: str | Path) -> str:
-    """The pipeline's `input` of features adapted with `system_dir`'s LDA+MLLT: "fmllr" and a digest of its
-    final.mat, so that a network trained on them refuses another system's features."""
-    return "fmllr " + hashlib.sha256((Path(system_dir) / "final.mat").read_bytes()).hexdigest()[:12]
+def fmllr_input(system_dir: str | Path, append_fbank: bool = False) -> str:
+    """The pipeline's `input` of features adapted with `system_dir`'s LDA+MLLT: "fmllr" (or "fmllr+fbank" with the
+    fbank appended) and a digest of its final.mat, so that a network trained on them refuses other features."""
+    kind = "fmllr+fbank" if append_fbank else "fmllr"
+    return f"{kind} " + hashlib.sha256((Path(system_dir) / "final.mat").read_bytes()).hexdigest()[:12]
 
 
 def write_fmllr_feats(prep_dir: str | Path, system_dir: str | Path, transform_dir: str | Path, out_dir: str | Path,
-                      *, delta_order: int = 0, ali_dir: str | Path | None = None,
+                      *, delta_order: int = 0, ali_dir: str | Path | None = None, append_fbank: bool = False,
                       ) -> tuple[Report, Report | None]:
     """Write `prep_dir`'s utterances as `system_dir`'s speaker-adapted features into `out_dir` (feats.ark/.scp,
     utt2num_frames, the data files, pipeline.json: input "fmllr …", no CMVN, `delta_order` deltas; report.json
     last), the speakers' transforms from `transform_dir`. A speaker without a transform is one error. With
-    `ali_dir` the pdf-id targets of its alignments are joined (pdf.scp, as `asr-bn prep --ali-dir`): returns the
-    features' report and the targets' (None without `ali_dir`)."""
+    `append_fbank` each frame also carries `prep_dir`'s own fbank after its CMVN, without Δ (Kaldi's paste-feats
+    of the two; input "fmllr+fbank …"). With `ali_dir` the pdf-id targets of its alignments are joined (pdf.scp,
+    as `asr-bn prep --ali-dir`): returns the features' report and the targets' (None without `ali_dir`)."""
     prep_dir, system_dir, out_dir = Path(prep_dir), Path(system_dir), Path(out_dir)
     if not (prep_dir / "pipeline.json").is_file():
         raise UsageError(f"{prep_dir} has no pipeline.json: fmllr-feats reads an `asr-bn prep` dir (for Kaldi's own "
@@ -54,8 +58,14 @@ def write_fmllr_feats(prep_dir: str | Path, system_dir: str | Path, transform_di
     system.check_features(si, system_dir / "final.mdl")
     adapted = speaker_adapted_features(si, transform_dir, feats.utt2spk)
     dim = system.am.dim  # the features' too (check_features)
+    fbank = None
+    if append_fbank:
+        from asr_bn.batching import UtteranceDataset
+
+        fbank = UtteranceDataset(prep_dir, 1, utts=list(feats), targets=False, delta_order=0)
     pipeline = dataclasses.replace(FeaturePipeline.load(prep_dir / "pipeline.json"), cmvn="none", norm_vars=False,
-                                   delta_order=delta_order, input=fmllr_input(system_dir), input_dim=dim)
+                                   delta_order=delta_order, input=fmllr_input(system_dir, append_fbank),
+                                   input_dim=dim + (fbank.pipeline.output_dim if fbank is not None else 0))
     with OutputLock(out_dir):
         staging = out_dir / _STAGING
         shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
@@ -64,8 +74,10 @@ def write_fmllr_feats(prep_dir: str | Path, system_dir: str | Path, transform_di
             frames: list[str] = []
 
             def matrices():  # noqa: ANN202 - (utt, matrix) pairs, counted into utt2num_frames
-                for utt in track(feats, "fMLLR features"):
+                for i, utt in enumerate(track(feats, "fMLLR features")):
                     mat = adapted[utt]
+                    if fbank is not None:  # the same fbank's frames: as many
+                        mat = np.concatenate([mat, fbank[i][0].numpy()], axis=1)
                     frames.append(f"{utt} {mat.shape[0]}\n")
                     yield utt, mat
 
@@ -84,7 +96,8 @@ def write_fmllr_feats(prep_dir: str | Path, system_dir: str | Path, transform_di
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         report.counts["utterances"] = len(frames)
-        report.note(f"features of {system_dir} (LDA+MLLT, fMLLR of {transform_dir}), dimension {dim}")
+        appended = f" + {pipeline.input_dim - dim} of {prep_dir}'s fbank" if fbank is not None else ""
+        report.note(f"features of {system_dir} (LDA+MLLT, fMLLR of {transform_dir}), dimension {dim}{appended}")
         report.save(out_dir / "report.json")
         targets = None if ali_dir is None else join_targets(out_dir, ali_dir)
     return report, targets
