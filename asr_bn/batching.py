@@ -499,7 +499,13 @@ def _quiet_worker(_: int) -> None:
 def _kill_workers_at_exit() -> None:
     """At interpreter exit multiprocessing ends daemonic children with SIGTERM and then joins them; workers ignore
     SIGTERM (see `_quiet_worker`), so a loader still alive then (e.g. held by a traceback) would block exit forever.
-    Registered after multiprocessing's own exit handler, this runs first and kills them."""
+    Registered after multiprocessing's own exit handler, this runs first and kills them. torch's SIGCHLD handler
+    raises when a worker dies; run between two kills (a loaded machine), it ended this loop with a worker left alive
+    and the process hung at exit, so the signal is left to its default first."""
+    import signal
+
+    if hasattr(signal, "SIGCHLD"):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for child in multiprocessing.active_children():
         if child.daemon:
             child.kill()
