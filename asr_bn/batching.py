@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing.util  # its exit handler, which `_kill_workers_at_exit` must precede
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -292,8 +292,6 @@ class UtteranceDataset(torch.utils.data.Dataset):
         targets: bool = True,
         delta_order: int | None = None,
     ) -> None:
-        import dataclasses
-
         import kaldiio
 
         from asr_bn.features import FeaturePipeline
@@ -302,7 +300,7 @@ class UtteranceDataset(torch.utils.data.Dataset):
         self.num_pdfs = num_pdfs
         self.pipeline = FeaturePipeline.load(self.dir / "pipeline.json")
         if delta_order is not None:
-            self.pipeline = dataclasses.replace(self.pipeline, delta_order=delta_order)
+            self.pipeline = replace(self.pipeline, delta_order=delta_order)
         self.feats_scp = _prepared_table(self.dir / "feats.scp")
         pdf_scp = _prepared_table(self.dir / "pdf.scp") if targets else {}
         num_frames = _prepared_table(self.dir / "utt2num_frames")
