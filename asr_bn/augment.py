@@ -8,7 +8,7 @@ and names follow lhotse's SpecAugment (num_frame_masks, frames_mask_size, num_fe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ class SpecAugment:
         real = (torch.arange(t_max)[None, :] < batch.lengths[:, None]).unsqueeze(-1)  # (B, T_max, 1)
         means = (batch.feats * real).sum(1, keepdim=True) / batch.lengths.clamp(min=1).view(b, 1, 1)
         feats = torch.where(torch.from_numpy(hide), means.to(batch.feats.dtype), batch.feats)
-        return Batch(batch.utts, feats, batch.targets, batch.lengths, batch.error)
+        return replace(batch, feats=feats)
 
 
 def _runs(rng: np.random.Generator, count: int, max_width: int, extent: int) -> list[tuple[int, int]]:

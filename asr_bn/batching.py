@@ -6,7 +6,8 @@ budget B × T_max), and shuffles the batch order. Sorting inside pools keeps pad
 lengths at 24 utterances, see `bench/batching.py`) while every epoch still sees new batches.
 
 `UtteranceDataset` reads a prepared data dir (docs/ARCHITECTURE.md) through its saved `FeaturePipeline` (CMVN and
-deltas applied on the fly, in DataLoader workers), joins the pdf targets and returns whole padded `Batch`es.
+deltas applied on the fly, in DataLoader workers), joins the pdf targets (and, for training toward a teacher, the
+soft targets of its post.scp) and returns whole padded `Batch`es.
 
 >>> sampler = BucketingSampler(lengths, batch_size=24, seed=0)
 >>> loader = make_loader(dataset, sampler, num_workers=2, pin_memory=True)
@@ -19,7 +20,7 @@ import atexit
 import multiprocessing.util  # its exit handler, which `_kill_workers_at_exit` must precede
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ import torch
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.io import read_matrix, read_table, require_dir
 from asr_bn.report import Report
+
+if TYPE_CHECKING:
+    from asr_bn.alignments.posteriors import Posterior
 
 __all__ = [
     "BucketingSampler",
@@ -202,13 +206,17 @@ def padding_waste(lengths: np.ndarray, batches: Sequence[Sequence[int]]) -> floa
 @dataclass
 class Batch:
     """Padded utterances: feats (B, T_max, D) float32, targets (B, T_max) int64 with PAD_TARGET on padding,
-    lengths (B,) int64. `error` carries a data error out of a DataLoader worker as one line (see `check`)."""
+    lengths (B,) int64. `error` carries a data error out of a DataLoader worker as one line (see `check`).
+    Soft targets, when the dataset reads them: soft_pdfs (B, T_max, K) int64 and soft_weights (B, T_max, K)
+    float32, weight 0 on padding."""
 
     utts: list[str]
     feats: torch.Tensor
     targets: torch.Tensor
     lengths: torch.Tensor
     error: str | None = None
+    soft_pdfs: torch.Tensor | None = None
+    soft_weights: torch.Tensor | None = None
 
     @property
     def num_frames(self) -> int:
@@ -237,25 +245,26 @@ class Batch:
             raise AsrBnError(self.error)
         return self
 
+    def _tensors(self, move: Callable[[torch.Tensor], torch.Tensor], lengths: bool) -> "Batch":
+        """A copy with every tensor passed through `move` (the lengths only when `lengths`)."""
+        soft = [None if t is None else move(t) for t in (self.soft_pdfs, self.soft_weights)]
+        return Batch(self.utts, move(self.feats), move(self.targets), move(self.lengths) if lengths else self.lengths,
+                     self.error, *soft)
+
     def pin_memory(self) -> "Batch":
         """Page-locked copy, so `to(device, non_blocking=True)` overlaps the copy with compute (DataLoader hook)."""
-        pinned = (t.pin_memory() for t in (self.feats, self.targets, self.lengths))
-        return Batch(self.utts, *pinned, self.error)
+        return self._tensors(torch.Tensor.pin_memory, lengths=True)
 
     def to(self, device: torch.device | str) -> "Batch":
         """Features and targets on `device` (lengths stay on the CPU, where packing wants them)."""
-        return Batch(
-            self.utts,
-            self.feats.to(device, non_blocking=True),
-            self.targets.to(device, non_blocking=True),
-            self.lengths,
-            self.error,
-        )
+        return self._tensors(lambda t: t.to(device, non_blocking=True), lengths=False)
 
 
 _MISSING_FIX = {  # what to do when a file of a prepared dir is missing
     "pdf.scp": "it holds the training targets, which `asr-bn prep` writes when given the alignments: "
     "`asr-bn prep kaldi DATA OUT --ali-dir ALI_DIR` (with --pdf-ids for pdf-id labels)",
+    "post.scp": "it holds the soft targets that --soft-weight trains toward: a teacher's posteriors, "
+    "`asr-bn prep post DIR LOGPOST.scp …` of `asr-bn forward … --posteriors` outputs",
 }
 
 
@@ -276,8 +285,9 @@ class UtteranceDataset(torch.utils.data.Dataset):
 
     `utts` (default: every utterance of feats.scp that has targets) fixes the order: index i is utts[i].
     With `targets=False` (decoding a set without alignments) pdf.scp is not read, the default is every utterance
-    of feats.scp, and the targets are all PAD_TARGET. `delta_order` replaces the pipeline's Δ orders (the fbank
-    that `asr-bn gmm fmllr-feats --append-fbank` pastes has none).
+    of feats.scp, and the targets are all PAD_TARGET. With `soft=True` the batches also carry each frame's soft
+    targets from the dir's post.scp (`asr-bn prep post`: a teacher's posteriors). `delta_order` replaces the
+    pipeline's Δ orders (the fbank that `asr-bn gmm fmllr-feats --append-fbank` pastes has none).
     `dataset[indices]` through `__getitems__` returns one padded `Batch`, so a DataLoader worker does the
     reading, CMVN, deltas and padding. With `cache=True` the transformed features are loaded once into RAM
     (for small corpora; use num_workers=0 then).
@@ -291,6 +301,7 @@ class UtteranceDataset(torch.utils.data.Dataset):
         cache: bool = False,
         targets: bool = True,
         delta_order: int | None = None,
+        soft: bool = False,
     ) -> None:
         import kaldiio
 
@@ -316,6 +327,7 @@ class UtteranceDataset(torch.utils.data.Dataset):
         self.targets = read_targets(self.dir, self.utts) if targets else None
         if self.targets is not None:
             self._check_targets()
+        self.soft = self._soft_targets() if soft else None
         self._cmvn_key = self._cmvn_keys()
         cmvn_scp = self.dir / "cmvn.scp"
         # utterance CMVN may come without cmvn.scp: the pipeline then computes the stats from the utterance itself
@@ -346,6 +358,27 @@ class UtteranceDataset(torch.utils.data.Dataset):
                     f"{where}: utterance {utt} has pdf-id {bad}, outside the model's {self.num_pdfs} outputs "
                     "(the alignments come from another tree; re-align, or train a new model with --num-pdfs)"
                 )
+
+    def _soft_targets(self) -> dict[str, Posterior]:
+        """Every utterance's soft targets from post.scp: as many frames as its features, pdf-ids of the model,
+        weights in [0, 1] summing to at most 1 per frame (checked once, up front)."""
+        from asr_bn.alignments.posteriors import read_posterior_table
+
+        where = self.dir / "post.scp"
+        soft = read_posterior_table(where, self.utts)
+        for utt, n in zip(self.utts, self.lengths):
+            pdfs, weights = soft[utt]
+            if len(pdfs) != n:
+                raise AsrBnError(f"{where}: utterance {utt} has posteriors for {len(pdfs)} frames, its features "
+                                 f"{n} (run `asr-bn prep post` on this dir again)")
+            if pdfs.size and (pdfs.min() < 0 or pdfs.max() >= self.num_pdfs):
+                raise AsrBnError(f"{where}: utterance {utt} has posteriors of pdf-ids outside the model's "
+                                 f"{self.num_pdfs} outputs (a teacher of another tree?)")
+            sane = np.isfinite(weights).all() and weights.min(initial=0) >= 0
+            if not (sane and weights.sum(1).max(initial=0) <= 1.001):
+                raise AsrBnError(f"{where}: utterance {utt} has weights that are not posteriors (negative, NaN, or "
+                                 "summing to more than 1 in a frame)")
+        return soft
 
     def _cmvn_keys(self) -> dict[str, str]:
         mode = self.pipeline.cmvn
@@ -407,7 +440,16 @@ class UtteranceDataset(torch.utils.data.Dataset):
         lengths = torch.tensor([len(t) for _, t in items], dtype=torch.int64)
         feats = torch.nn.utils.rnn.pad_sequence([f for f, _ in items], batch_first=True)  # (B, T_max, D)
         targets = torch.nn.utils.rnn.pad_sequence([t for _, t in items], batch_first=True, padding_value=PAD_TARGET)
-        return Batch([self.utts[i] for i in indices], feats, targets, lengths)
+        utts = [self.utts[i] for i in indices]
+        if self.soft is None:
+            return Batch(utts, feats, targets, lengths)
+        posts = [self.soft[u] for u in utts]
+        k = max(p.shape[1] for p, _ in posts)
+        pdfs, weights = torch.zeros(*targets.shape, k, dtype=torch.int64), torch.zeros(*targets.shape, k)
+        for b, (p, w) in enumerate(posts):
+            pdfs[b, : len(p), : p.shape[1]] = torch.from_numpy(p)
+            weights[b, : len(w), : w.shape[1]] = torch.from_numpy(w)
+        return Batch(utts, feats, targets, lengths, soft_pdfs=pdfs, soft_weights=weights)
 
 
 def read_targets(data_dir: str | Path, utts: Sequence[str]) -> dict[str, np.ndarray]:
@@ -434,22 +476,26 @@ def read_targets(data_dir: str | Path, utts: Sequence[str]) -> dict[str, np.ndar
 
 
 def filter_by_length(
-    data_dir: str | Path, max_frames: int | None, report: Report, role: str = "train"
+    data_dir: str | Path, max_frames: int | None, report: Report, role: str = "train", soft: bool = False
 ) -> tuple[list[str], np.ndarray]:
-    """Utterances of a prepared dir that have targets and at most `max_frames` frames (None: no limit).
+    """Utterances of a prepared dir that have targets (with `soft`, also soft targets) and at most `max_frames`
+    frames (None: no limit).
 
-    Every dropped utterance is named in `report` under a reason starting with `role` (no targets; longer than
-    --max-train-frames); an empty result is an AsrBnError that names the filter.
+    Every dropped utterance is named in `report` under a reason starting with `role` (no targets; no soft targets;
+    longer than --max-train-frames); an empty result is an AsrBnError that names the filter.
     """
     data_dir = prepared_dir(data_dir, f"{role} dir")
     feats = _prepared_table(data_dir / "feats.scp")
     pdfs = _prepared_table(data_dir / "pdf.scp")
+    posts = _prepared_table(data_dir / "post.scp") if soft else pdfs
     num_frames = _prepared_table(data_dir / "utt2num_frames")
     kept, lengths = [], []
     skipped_before = {k: len(v) for k, v in report.skipped.items()}
     for utt in feats:
         if utt not in pdfs:
             report.skip(utt, f"{role}: no targets in pdf.scp")
+        elif utt not in posts:
+            report.skip(utt, f"{role}: no soft targets in post.scp")
         elif utt not in num_frames:
             report.skip(utt, f"{role}: no frame count in utt2num_frames")
         elif max_frames is not None and int(num_frames[utt]) > max_frames:

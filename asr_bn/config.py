@@ -352,6 +352,8 @@ class TrainConfig:
     batch_size: int | None = option(24, _AT_LEAST_1)
     max_frames: int | None = option(None, _AT_LEAST_0)  # padded frames per global batch (exclusive with batch_size)
     max_train_frames: int | None = option(1300, _AT_LEAST_0)  # drop longer training utterances (named in report.json)
+    # distillation: the loss is (1 - w) x CE toward pdf.scp + w x CE toward the soft targets of the data's post.scp
+    soft_weight: float = option(0.0, Range(0, 1))
     drop_last: bool = False  # drop each epoch's last training batch when it is short (with batch_size)
     # SpecAugment masks of training batches (asr_bn.augment; 0 = none): per utterance, N runs of up to W frames / dims
     num_frame_masks: int = option(0, _AT_LEAST_0)

@@ -132,12 +132,19 @@ def is_finished(cfg: TrainConfig, state: TrainState) -> bool:
 # -- loss and evaluation ------------------------------------------------------------------------------------------
 
 
-def compute_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+def compute_loss(
+    model: torch.nn.Module, batch: Batch, soft_weight: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Masked frame cross-entropy of a padded batch: (CE summed over real frames, frame errors), both on the
-    device, no host sync. Padded frames (target PAD_TARGET) never count."""
+    device, no host sync. Padded frames (target PAD_TARGET, soft weight 0) never count. With `soft_weight` w the
+    CE is (1 - w) x that toward the alignment + w x that toward the batch's soft targets (−Σ weight · log p)."""
     log_probs = model(batch.feats, batch.lengths)  # (B, T, S) log-softmax
-    ce_sum = F.nll_loss(log_probs.float().transpose(1, 2), batch.targets, ignore_index=PAD_TARGET, reduction="sum")
     errors = ((log_probs.argmax(-1) != batch.targets) & (batch.targets != PAD_TARGET)).sum()
+    log_probs = log_probs.float()
+    ce_sum = F.nll_loss(log_probs.transpose(1, 2), batch.targets, ignore_index=PAD_TARGET, reduction="sum")
+    if soft_weight:
+        soft = -(batch.soft_weights * log_probs.gather(-1, batch.soft_pdfs)).sum()  # type: ignore[arg-type, operator]
+        ce_sum = (1 - soft_weight) * ce_sum + soft_weight * soft
     return ce_sum, errors
 
 
@@ -504,7 +511,7 @@ class _Run:
             raise UsageError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
 
         report = Report("train")
-        utts, lengths = filter_by_length(cfg.data, cfg.max_train_frames, report)
+        utts, lengths = filter_by_length(cfg.data, cfg.max_train_frames, report, soft=cfg.soft_weight > 0)
         dev_utts, dev_lengths = filter_by_length(cfg.dev, None, report, role="dev")
         pipeline = FeaturePipeline.load(Path(cfg.data) / "pipeline.json")
         dev_pipeline = FeaturePipeline.load(Path(cfg.dev) / "pipeline.json")
@@ -513,7 +520,7 @@ class _Run:
                 f"{cfg.dev}/pipeline.json differs from {cfg.data}/pipeline.json in {pipeline.mismatch(dev_pipeline)}"
             )
         priors = [int(c) for c in ckpt["priors"]] if ckpt else [int(c) for c in _pdf_counts(cfg, utts)]
-        train_set = UtteranceDataset(cfg.data, len(priors), utts, cache=cfg.cache)
+        train_set = UtteranceDataset(cfg.data, len(priors), utts, cache=cfg.cache, soft=cfg.soft_weight > 0)
         dev_set = UtteranceDataset(cfg.dev, len(priors), dev_utts, cache=cfg.cache)
         sampler = BucketingSampler(
             lengths, cfg.batch_size, cfg.max_frames, seed=cfg.seed, drop_last=cfg.drop_last, rank=dist.rank,
@@ -616,7 +623,7 @@ class _Run:
         """Forward, backward, clip, optimizer step on one batch; returns (CE sum, errors) on the device."""
         try:
             with self.autocast():
-                ce_sum, errors = compute_loss(self.model, batch)
+                ce_sum, errors = compute_loss(self.model, batch, self.cfg.soft_weight)
             # Each rank divides by the global frame count; DDP averages gradients over ranks, hence × world.
             loss = ce_sum * (self.dist.world / global_frames)
             self.optimizer.zero_grad(set_to_none=True)

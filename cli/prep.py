@@ -293,3 +293,23 @@ def wsj(
         sph2pipe=None if sph2pipe is None else str(sph2pipe),
         force=force,
     )
+
+
+@app.command("post")
+def post(
+    data_dir: Annotated[Path, typer.Argument(help="Prepared dir (asr-bn prep) to give soft targets: writes "
+                                             "post.ark/.scp into it.")],
+    logposts: Annotated[list[Path], typer.Argument(help="One .scp of log-posteriors per network, each from "
+                                                   "`asr-bn forward MODEL DIR ark,scp:X.ark,X.scp --posteriors` over "
+                                                   "the same utterances.")],
+    min_post: Annotated[float, typer.Option(help="Drop posteriors below this (Kaldi prob-to-post --min-post "
+                                            "--random-prune=false: the rest is not renormalised).",
+                                            callback=in_range(Range(0, 1, low_open=True)))] = 0.01,
+) -> None:
+    """Soft targets for distillation: the mean posteriors of one or more networks (an ensemble) over DATA_DIR's
+    utterances, as a Kaldi posterior archive, for asr-bn train --soft-weight
+    (e.g. asr-bn prep post prep/train exp/blstm_s0/post_train.scp exp/blstm_s1/post_train.scp)."""
+    from asr_bn.alignments.posteriors import join_posteriors
+
+    for line in join_posteriors(data_dir, logposts, min_post).lines():
+        typer.echo(line)

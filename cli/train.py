@@ -76,6 +76,9 @@ def train(
                                     "batch; 0 = unused.", _BATCH)] = 0,
     max_train_frames: Annotated[int, _opt("max_train_frames", "Drop longer training utterances (named in "
                                           "report.json); 0 = keep all.", _BATCH)] = _D["max_train_frames"],
+    soft_weight: Annotated[float, _opt("soft_weight", "Train toward DATA's soft targets (post.scp, asr-bn prep "
+                                       "post: e.g. an ensemble's posteriors) with this weight, the alignments' "
+                                       "with 1 minus it; 0 = alignments only.", _BATCH)] = _D["soft_weight"],
     drop_last: Annotated[bool, _opt("drop_last", "Drop each epoch's last batch when it has fewer than --batch-size "
                                     "utterances.", _BATCH)] = _D["drop_last"],
     num_frame_masks: Annotated[int, _opt("num_frame_masks", "SpecAugment: runs of frames masked per training "

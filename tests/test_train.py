@@ -407,8 +407,8 @@ def test_bad_options_are_usage_errors(dirs: tuple[Path, Path], tmp_path: Path) -
 def test_divergence_is_one_line(dirs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from asr_bn import train as train_module
 
-    def nan_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        ce, errors = compute_loss(model, batch)
+    def nan_loss(model: torch.nn.Module, batch: Batch, soft_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+        ce, errors = compute_loss(model, batch, soft_weight)
         return ce * float("nan"), errors
 
     monkeypatch.setattr(train_module, "compute_loss", nan_loss)

@@ -63,19 +63,20 @@ def read_alignments(source: str | Path) -> Iterator[Labels]:
     """
     seen: dict[str, Path] = {}
     for path in alignment_files(source):
-        for utt, values in _parse_int_archive(_read_maybe_gzip(path), path):
+        for utt, values in _parse_int_archive(read_maybe_gzip(path), path):
             if utt in seen:
                 raise AsrBnError(f"utterance {utt} appears twice: in {seen[utt]} and in {path} (remove one of them)")
             seen[utt] = path
             yield Labels(utt, values, path)
 
 
-def _read_maybe_gzip(path: Path) -> bytes:
+def read_maybe_gzip(path: Path, what: str = "alignments") -> bytes:
+    """The bytes of an archive of `what`, gunzipped when it is gzipped."""
     try:
         data = path.read_bytes()
         return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
     except (OSError, EOFError, zlib.error) as e:
-        raise AsrBnError(f"cannot read alignments {path}: {e} (truncated or corrupt gzip? re-run the alignment)") from e
+        raise AsrBnError(f"cannot read {what} {path}: {e} (truncated or corrupt gzip? write it again)") from e
 
 
 def _parse_int_archive(data: bytes, path: Path) -> Iterator[tuple[str, np.ndarray]]:

@@ -17,7 +17,8 @@ from asr_bn.report import Report
 TARGETS_REPORT = "targets_report.json"
 
 
-def _read_num_frames(path: Path) -> dict[str, int]:
+def read_num_frames(path: Path) -> dict[str, int]:
+    """A prepared dir's utt2num_frames: utterance → frame count."""
     frames: dict[str, int] = {}
     for utt, row in read_table(path, "run `asr-bn prep` on this data dir first").items():
         if not row.rest.isdigit():
@@ -48,7 +49,7 @@ def join_targets(
     data_dir, source = Path(data_dir), Path(source)
     if length_tolerance < 0:
         raise UsageError(f"--length-tolerance must be 0 or more, not {length_tolerance}")
-    frames = _read_num_frames(data_dir / "utt2num_frames")
+    frames = read_num_frames(data_dir / "utt2num_frames")
     model = alignment_model(source, model, pdf_ids)
     check_num_pdfs(pdf_ids, num_pdfs)
     tm = read_transition_model(model) if model is not None else None
