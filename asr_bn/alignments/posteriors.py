@@ -176,7 +176,8 @@ def read_posteriors(path: str | Path) -> Iterator[tuple[str, Posterior]]:
         else:
             eol = data.find(b"\n", pos)
             if eol < 0:
-                raise AsrBnError(f"{path}: the file ends inside utterance {utt}: the archive is cut off; write it again")
+                raise AsrBnError(f"{path}: the file ends inside utterance {utt}: the archive is cut off; "
+                                 "write it again")
             post, pos = _text_posterior(data[pos:eol], path, utt), eol + 1
         yield utt, post
 
