@@ -76,7 +76,9 @@ def join_posteriors(data_dir: str | Path, sources: Sequence[str | Path], min_pos
     dims: dict[int, Path] = {}  # the pdf count of the first source, and where it came from
 
     def averaged() -> Iterator[tuple[str, Posterior]]:
-        for utt, n in frames.items():
+        from asr_bn.progress import track
+
+        for utt, n in track(frames.items(), "averaging posteriors"):
             mats = []
             for path, table in tables:
                 mat = read_matrix(table[utt].rest, path, utt, files)
