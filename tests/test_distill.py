@@ -82,6 +82,26 @@ def test_kaldis_posteriors_read_and_written_back_byte_for_byte(yesno_root: Path,
     np.testing.assert_array_equal(table[ours[3][0]][0], ours[3][1][0])
 
 
+def test_cut_or_corrupt_posterior_archives_are_one_line(tmp_path: Path) -> None:
+    from asr_bn.errors import AsrBnError
+
+    post = (np.array([[3, 1], [2, 0]], np.int32), np.array([[0.75, 0.25], [1.0, 0]], np.float32))
+    write_posteriors(tmp_path / "p.ark", tmp_path / "p.scp", [("u1", post), ("u2", post)])
+    data = (tmp_path / "p.ark").read_bytes()
+    (tmp_path / "cut.ark").write_bytes(data[:-7])
+    (tmp_path / "text.ark").write_bytes(b"u1 [ 3 0.75 1 0.25 ] [ 2 1 ]\nu2 [ 3 0.75 1 ] [ 2 1 ]\nu3 [ 1 1 ]")
+    with pytest.raises(AsrBnError, match="does not fit in the file"):
+        list(read_posteriors(tmp_path / "cut.ark"))
+    text = read_posteriors(tmp_path / "text.ark")
+    utt, (pdfs, weights) = next(text)
+    assert utt == "u1" and pdfs.tolist() == [[3, 1], [2, 0]] and weights.tolist() == [[0.75, 0.25], [1.0, 0.0]]
+    with pytest.raises(AsrBnError, match=r"byte \d+ \(utterance u2\): expected frames `\[ pdf weight"):
+        next(text)
+    (tmp_path / "text.ark").write_bytes(b"u1 [ 3 0.75 1 0.25 ] [ 2 1 ]\nu3 [ 1 1 ]")  # u3's line has no newline
+    with pytest.raises(AsrBnError, match="the archive is cut off; write it again"):
+        list(read_posteriors(tmp_path / "text.ark"))
+
+
 def test_prep_post_is_kaldis_mean_of_posteriors(dirs: tuple[Path, Path], kaldi_bundle: Path, tmp_path: Path) -> None:
     """Three networks' log-posteriors: asr-bn prep post keeps what Kaldi's copy-matrix --apply-exp, matrix-sum
     --average=true and prob-to-post --random-prune=false keep, with the same weights (float)."""

@@ -7,7 +7,7 @@ import gzip
 import re
 import zlib
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -24,6 +24,7 @@ class Labels(NamedTuple):
     path: Path
 
 
+T = TypeVar("T")
 _NUMBERED = re.compile(r"ali\.(\d+)(\.gz)?")
 _INT_ELEMENT = np.dtype([("size", "u1"), ("value", "<i4")])
 
@@ -80,36 +81,49 @@ def read_maybe_gzip(path: Path, what: str = "alignments") -> bytes:
 
 
 def _parse_int_archive(data: bytes, path: Path) -> Iterator[tuple[str, np.ndarray]]:
-    """(key, int32 vector) pairs of a Kaldi archive; each entry may be binary (`key \\0B…`) or a text line.
+    """(key, int32 vector) pairs of a Kaldi archive; each entry may be binary (`key \\0B…`) or a text line."""
+    return parse_archive(data, path, "an alignment archive", "re-run the alignment", _binary_int_vector, _text_ints)
+
+
+def parse_archive(
+    data: bytes,
+    path: Path,
+    what: str,
+    fix: str,
+    binary: Callable[[bytes, int, Path, str], tuple[T, int]],
+    text: Callable[[bytes, Path, int, str], T],
+) -> Iterator[tuple[str, T]]:
+    """(key, value) pairs of a Kaldi archive of `what` (e.g. "an alignment archive"), each entry binary (`key
+    \\0B…`: `binary(data, offset after \\0B, path, key)` gives the value and the next offset) or a text line
+    (`text(line, path, offset, key)`).
 
     A text line must end with a newline, as every writer ends it: without one the file was cut off (a truncated
-    copy, a full disk), and reading on would give its utterance fewer frames without a word.
+    copy, a full disk), and reading on would give its utterance fewer frames without a word; the error says `fix`.
     """
     pos, end = 0, len(data)
     last = None  # the last complete utterance, for the error of a cut-off file
     while (m := WORD.match(data, pos)) is not None:
         start, pos = m.start(1), m.end()
         if pos < end and data[pos] not in WS:
-            raise AsrBnError(f"{path}: byte {start}: utterance id longer than 4096 bytes (not an alignment archive?)")
+            raise AsrBnError(f"{path}: byte {start}: utterance id longer than 4096 bytes (not {what}?)")
         try:
             utt = m.group(1).decode("utf-8")
         except UnicodeDecodeError:
-            raise AsrBnError(f"{path}: byte {start}: utterance id is not UTF-8 (not an alignment archive?)") from None
+            raise AsrBnError(f"{path}: byte {start}: utterance id is not UTF-8 (not {what}?)") from None
         if data.startswith(b" \0B", pos):
-            values, pos = _binary_int_vector(data, pos + 3, path, utt)
+            value, pos = binary(data, pos + 3, path, utt)
         else:
             eol = data.find(b"\n", pos)
             if eol < 0:
                 after = f" (the last complete one is {last})" if last is not None else ""
                 raise AsrBnError(
                     f"{path}: byte {start}: the file ends inside the line of utterance {utt}{after}, without its "
-                    "newline: the archive is cut off; re-run the alignment (or end the file with a newline if the "
-                    "line is whole)"
+                    f"newline: the archive is cut off; {fix} (or end the file with a newline if the line is whole)"
                 )
-            values = _text_ints(data[pos:eol], path, pos, utt)
+            value = text(data[pos:eol], path, pos, utt)
             pos = eol + 1
         last = utt
-        yield utt, values
+        yield utt, value
 
 
 def _binary_int_vector(data: bytes, pos: int, path: Path, utt: str) -> tuple[np.ndarray, int]:

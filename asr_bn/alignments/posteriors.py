@@ -15,11 +15,10 @@ from typing import BinaryIO, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from asr_bn.alignments.archives import read_maybe_gzip
+from asr_bn.alignments.archives import parse_archive, read_maybe_gzip
 from asr_bn.alignments.targets import read_num_frames
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.io import OutputLock, atomic_open, read_matrix, read_table
-from asr_bn.kaldi_binary import WORD
 from asr_bn.report import Report
 
 __all__ = [
@@ -165,23 +164,8 @@ def write_posteriors(ark: Path, scp: Path, items: Iterable[tuple[str, Posterior]
 def read_posteriors(path: str | Path) -> Iterator[tuple[str, Posterior]]:
     """Every utterance of a Kaldi posterior archive (binary or text, gzipped or not), in file order."""
     path = Path(path)
-    data = read_maybe_gzip(path, "posteriors")
-    pos = 0
-    while (m := WORD.match(data, pos)) is not None:
-        start, pos = m.start(1), m.end()
-        try:
-            utt = m.group(1).decode("utf-8")
-        except UnicodeDecodeError:
-            raise AsrBnError(f"{path}: byte {start}: utterance id is not UTF-8 (not a posterior archive?)") from None
-        if data.startswith(b" \0B", pos):
-            post, pos = _binary_posterior(data, pos + 3, path, utt)
-        else:
-            eol = data.find(b"\n", pos)
-            if eol < 0:
-                raise AsrBnError(f"{path}: the file ends inside utterance {utt}: the archive is cut off; "
-                                 "write it again")
-            post, pos = _text_posterior(data[pos:eol], path, utt), eol + 1
-        yield utt, post
+    return parse_archive(read_maybe_gzip(path, "posteriors"), path, "a posterior archive", "write it again",
+                         _binary_posterior, _text_posterior)
 
 
 def _int(data: bytes, pos: int, path: Path, utt: str) -> int:
@@ -215,7 +199,7 @@ def _binary_posterior(data: bytes, pos: int, path: Path, utt: str) -> tuple[Post
     return (pdfs, weights), pos
 
 
-def _text_posterior(line: bytes, path: Path, utt: str) -> Posterior:
+def _text_posterior(line: bytes, path: Path, pos: int, utt: str) -> Posterior:
     frames = []
     words = line.split()
     i = 0
@@ -230,8 +214,8 @@ def _text_posterior(line: bytes, path: Path, utt: str) -> Posterior:
             frames.append([(int(inner[j]), float(inner[j + 1])) for j in range(0, len(inner), 2)])
             i = end + 1
     except ValueError:
-        raise AsrBnError(f"{path}: utterance {utt}: expected frames `[ pdf weight … ]` (a Kaldi posterior archive, "
-                         "e.g. from ali-to-post or prob-to-post)") from None
+        raise AsrBnError(f"{path}: byte {pos} (utterance {utt}): expected frames `[ pdf weight … ]` (a Kaldi "
+                         "posterior archive, e.g. from ali-to-post or prob-to-post)") from None
     k = max([1] + [len(f) for f in frames])
     pdfs, weights = np.zeros((len(frames), k), np.int32), np.zeros((len(frames), k), np.float32)
     for t, entries in enumerate(frames):
