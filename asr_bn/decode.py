@@ -16,7 +16,7 @@ import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DecodeConfig", "Graph", "Hypothesis", "load_graph", "decode_matrix", "lattice_hypothesis", "decode",
-    "write_decode", "read_loglikes", "model_file",
+    "write_decode", "read_loglikes", "mean_loglikes", "model_file",
 ]
 
 
@@ -416,6 +416,34 @@ def read_loglikes(source: str | Path) -> Iterator[tuple[str, np.ndarray]]:
     """(utterance, log-likelihood matrix) pairs of `asr-bn forward` output: a Kaldi rspecifier or a .ark/.scp path;
     an unreadable source is one AsrBnError."""
     return _read_matrices(_rspecifier(source))
+
+
+def mean_loglikes(sources: Sequence[str | Path]) -> dict[str, np.ndarray]:
+    """The frame-by-frame mean of several networks' `asr-bn forward` outputs (an ensemble), Kaldi's `matrix-sum
+    --average=true` to the bit (`add_scaled` by 1/n in the order given). Every source must hold the first one's
+    utterances, each matrix of the same shape (else one AsrBnError naming both)."""
+    from asr_bn.alignments.posteriors import add_scaled
+
+    if not sources:
+        raise UsageError("give at least one source of log-likelihoods")
+    if len(sources) == 1:
+        return dict(read_loglikes(sources[0]))
+    scale = 1.0 / len(sources)
+    total = {utt: add_scaled(None, mat, scale) for utt, mat in read_loglikes(sources[0])}
+    for source in sources[1:]:
+        seen = 0
+        for utt, mat in read_loglikes(source):
+            if utt not in total:
+                continue
+            if mat.shape != total[utt].shape:
+                raise AsrBnError(f"{source}: utterance {utt} has log-likelihoods of shape {mat.shape}, {sources[0]} "
+                                 f"{total[utt].shape}: average the outputs of networks of one tree on the same data")
+            total[utt] = add_scaled(total[utt], mat, scale)
+            seen += 1
+        if seen != len(total):
+            raise AsrBnError(f"{source} lacks {len(total) - seen} of the {len(total)} utterances of {sources[0]}: "
+                             "average forward outputs of the same data dir")
+    return total
 
 
 def _count_scp(rspecifier: str) -> int | None:

@@ -272,15 +272,17 @@ def align(
                                               callback=in_range(_POSITIVE))] = 40.0,
     boost_silence: Annotated[float, typer.Option("--boost-silence", help="Factor on silence likelihoods.",
                                                  callback=in_range(_POSITIVE))] = 1.0,
-    loglikes: Annotated[Optional[str], typer.Option("--loglikes", help="scp of a network's log-likelihoods "
-                                                    "(asr-bn forward) to align with instead of the GMM "
-                                                    "(steps/nnet/align.sh).")] = None,
+    loglikes: Annotated[Optional[list[str]], typer.Option("--loglikes", help="scp of a network's log-likelihoods "
+                                                          "(asr-bn forward) to align with instead of the GMM "
+                                                          "(steps/nnet/align.sh); given several times, their "
+                                                          "frame-by-frame mean (Kaldi's matrix-sum --average=true): "
+                                                          "an ensemble's alignment.")] = None,
     oov_policy: Annotated[OovPolicy, typer.Option("--oov-policy", help=_OOV)] = OovPolicy.map,
     cache: _Cache = False,
 ) -> None:
     """Force-align with a trained model as steps/align_si.sh, e.g.
     asr-bn gmm align prep/train data/lang exp/mono exp/mono_ali --nj 4"""
-    from asr_bn.decode import read_loglikes
+    from asr_bn.decode import mean_loglikes
     from asr_bn.gmm.align import AlignConfig, align as run
     from asr_bn.gmm.system import GmmSystem
     from asr_bn.lang import read_lang
@@ -293,7 +295,7 @@ def align(
     system = GmmSystem.load(src_dir / "final.mdl")
     feats, text = _features(data, cache)
     if loglikes:
-        feats = dict(read_loglikes(loglikes))
+        feats = mean_loglikes(loglikes)
     else:
         feats = _system_features(feats, src_dir)
         system.check_features(feats, src_dir / "final.mdl")

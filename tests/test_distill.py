@@ -1,5 +1,6 @@
-"""Soft targets: Kaldi posterior archives read and written as Kaldi's tools do, `asr-bn prep post` (the mean of
-several networks' posteriors) against Kaldi's matrix-sum + prob-to-post, and `asr-bn train --soft-weight`."""
+"""Ensembles and soft targets: the mean of several networks' log-likelihoods (`gmm align --loglikes` given several)
+against Kaldi's matrix-sum; Kaldi posterior archives read and written as Kaldi's tools do; `asr-bn prep post` (the
+mean of several networks' posteriors) against Kaldi's matrix-sum + prob-to-post; `asr-bn train --soft-weight`."""
 
 from __future__ import annotations
 
@@ -56,6 +57,35 @@ def _kaldi_text_posteriors(text: str) -> dict[str, list[list[tuple[int, float]]]
     return out
 
 
+# -- ensembles of log-likelihoods ---------------------------------------------------------------------------------
+
+
+def test_mean_loglikes_is_kaldis_matrix_sum_average(dirs: tuple[Path, Path], kaldi_bundle: Path,
+                                                    tmp_path: Path) -> None:
+    """Three networks' outputs averaged frame by frame are Kaldi's `matrix-sum --average=true` to the bit; a source
+    with another shape or fewer utterances is one line naming it."""
+    import kaldiio
+
+    from asr_bn.decode import mean_loglikes
+    from asr_bn.errors import AsrBnError
+
+    scps = [_log_posteriors(tmp_path / f"ll{s}.scp", dirs[0], s) for s in range(3)]
+    ours = mean_loglikes([str(s) for s in scps])
+    run_kaldi_bytes(kaldi_bundle, "matrix-sum", "--average=true", *[f"scp:{s}" for s in scps],
+                    f"ark:{tmp_path / 'k.ark'}")
+    kaldi = dict(kaldiio.load_ark(str(tmp_path / "k.ark")))
+    assert sorted(ours) == sorted(kaldi) and len(ours) == 16
+    for utt, mat in kaldi.items():
+        assert ours[utt].dtype == np.float32 and ours[utt].tobytes() == mat.tobytes(), utt
+    other = _log_posteriors(tmp_path / "other.scp", dirs[0], 3, num_pdfs=5)
+    with pytest.raises(AsrBnError, match="other.scp: utterance .* has log-likelihoods of shape"):
+        mean_loglikes([str(scps[0]), str(other)])
+    short = tmp_path / "short.scp"
+    short.write_text("".join(scps[1].read_text().splitlines(keepends=True)[2:]))
+    with pytest.raises(AsrBnError, match="short.scp lacks 2 of the 16 utterances"):
+        mean_loglikes([str(scps[0]), str(short)])
+
+
 # -- Kaldi's posterior archives ---------------------------------------------------------------------------------
 
 
@@ -104,7 +134,7 @@ def test_cut_or_corrupt_posterior_archives_are_one_line(tmp_path: Path) -> None:
 
 def test_prep_post_is_kaldis_mean_of_posteriors(dirs: tuple[Path, Path], kaldi_bundle: Path, tmp_path: Path) -> None:
     """Three networks' log-posteriors: asr-bn prep post keeps what Kaldi's copy-matrix --apply-exp, matrix-sum
-    --average=true and prob-to-post --random-prune=false keep, with the same weights (float)."""
+    --average=true and prob-to-post --random-prune=false keep, with the same weights to an ulp."""
     data = tmp_path / "train"
     shutil.copytree(dirs[0], data)
     scps = [_log_posteriors(tmp_path / f"lp{s}.scp", data, s, sharp=1.5) for s in range(3)]
@@ -113,21 +143,16 @@ def test_prep_post_is_kaldis_mean_of_posteriors(dirs: tuple[Path, Path], kaldi_b
     assert out.strip().splitlines()[-1] == "soft targets: utterances 16, networks 3, pdfs 6"
     exps = [f"ark:copy-matrix --apply-exp scp:{s} ark:- |" for s in scps]
     probs = run_kaldi_bytes(kaldi_bundle, "matrix-sum", "--average=true", *exps, "ark:-")
-    text = run_kaldi_bytes(kaldi_bundle, "prob-to-post", "--random-prune=false", "--min-post=0.05", "ark:-", "ark,t:-",
-                           stdin=probs).decode()
-    kaldi = _kaldi_text_posteriors(text)
+    binary = run_kaldi_bytes(kaldi_bundle, "prob-to-post", "--random-prune=false", "--min-post=0.05", "ark:-", "ark:-",
+                             stdin=probs)
+    (tmp_path / "kaldi.post").write_bytes(binary)
+    kaldi = dict(read_posteriors(tmp_path / "kaldi.post"))  # the reader is Kaldi's (test above)
     ours = dict(read_posteriors(data / "post.ark"))
-    assert sorted(ours) == sorted(kaldi)
-    entries = 0
-    for utt, frames in kaldi.items():
-        pdfs, weights = ours[utt]
-        assert len(pdfs) == len(frames)
-        for t, entry in enumerate(frames):
-            n = len(entry)
-            assert pdfs[t, :n].tolist() == [p for p, _ in entry] and (weights[t, n:] == 0).all()
-            np.testing.assert_allclose(weights[t, :n], [w for _, w in entry], rtol=1e-5)
-            entries += n
-    assert entries > sum(len(f) for f in kaldi.values())  # frames with several entries: soft targets
+    assert list(kaldi) == list(ours)
+    for utt, (pdfs, weights) in kaldi.items():  # the same entries; weights to an ulp (Kaldi's expf is libm's)
+        np.testing.assert_array_equal(ours[utt][0], pdfs)
+        np.testing.assert_allclose(ours[utt][1], weights, rtol=2.5e-7, atol=0)
+    assert max(w.shape[1] for _, w in kaldi.values()) > 1  # frames with several entries: soft targets
     # Kaldi's copy-post reads ours as its own
     assert run_kaldi(kaldi_bundle, "copy-post", f"scp:{data / 'post.scp'}", "ark,t:-").count("[") > 0
 
