@@ -182,7 +182,8 @@ def test_any_recipe_climbs_the_gmm_ladder(tmp_path: Path) -> None:
     for model in ("blstm_fmllr", "blstm_bn_seq_fmllr"):
         assert "%WER" in (exp / model / "decode_test_tg" / "wer").read_text()
     # --speed-perturb: train three times (0.9, 1.0, 1.1), each copy aligned by the SAT system, its fMLLR features
-    speed = subprocess.run([*cmd[:-3], "--stop-stage", "5", "--cache", "--stage", "4", "--input", "fmllr",
+    # with each frame's fbank appended (--input fmllr-fbank)
+    speed = subprocess.run([*cmd[:-3], "--stop-stage", "5", "--cache", "--stage", "4", "--input", "fmllr-fbank",
                             "--speed-perturb"], capture_output=True, text=True, env=env)
     assert speed.returncode == 0, speed.stdout[-3000:] + speed.stderr[-3000:]
     utts = set(_table(work / "data" / "train" / "utt2spk"))
@@ -192,8 +193,11 @@ def test_any_recipe_climbs_the_gmm_ladder(tmp_path: Path) -> None:
     skipped = json.loads((exp / "tri3b_ali_sp" / "report.json").read_text())["skipped"]
     assert aligned <= copies and len(aligned) >= 0.9 * len(copies)
     assert sorted(copies - aligned) == sorted(skipped.get("no alignment within the retry beam", []))
-    assert set(dict(kaldiio.load_scp(str(work / "prep" / "train_sp_fmllr" / "pdf.scp")))) == aligned
-    assert (exp / "blstm_fmllr_sp" / "final.pt").is_file()
+    assert set(dict(kaldiio.load_scp(str(work / "prep" / "train_sp_fmfb" / "pdf.scp")))) == aligned
+    for name in ("train_sp_fmfb", "train_fmfb", "dev_fmfb", "dev_fmfb_decode", "test_fmfb_decode"):
+        pipeline = json.loads((work / "prep" / name / "pipeline.json").read_text())
+        assert pipeline["input"].startswith("fmllr+fbank ") and pipeline["input_dim"] == 80, name
+    assert (exp / "blstm_fmfb_sp" / "final.pt").is_file()
     # --targets nnet with fMLLR input: the fMLLR sequence-BN network realigns; same features, its targets joined
     nnet = subprocess.run([*cmd[:-3], "--stop-stage", "6", "--cache", "--stage", "4", "--input", "fmllr", "--targets",
                            "nnet"], capture_output=True, text=True, env=env)

@@ -32,10 +32,12 @@
 #                   fmllr the fMLLR network realigns → exp/nnet_ali_fmllr*, prep/{train,dev}_fmllr_nnali*,
 #                   exp/blstm_fmllr_nnali*, exp/blstm_bn_seq_fmllr_nnali* (* = _sN for a seed N other than 0: each
 #                   seed's targets in their own dirs, so seeds can run side by side).
-#   --input I       the networks' input: fbank (default: the paper's 40 log-mel + Δ+ΔΔ) or fmllr (with --gmm sat:
+#   --input I       the networks' input: fbank (default: the paper's 40 log-mel + Δ+ΔΔ), fmllr (with --gmm sat:
 #                   the SAT system's LDA+MLLT+fMLLR features, as Kaldi's nnet1 recipes; asr-bn gmm fmllr-feats →
 #                   prep/{train,dev}_fmllr with the alignments' transforms, prep/{dev,test}_fmllr_decode with
-#                   decode-fmllr's) → exp/blstm_fmllr*, exp/blstm_bn_seq_fmllr* beside the others.
+#                   decode-fmllr's) → exp/blstm_fmllr*, exp/blstm_bn_seq_fmllr* beside the others, or fmllr-fbank
+#                   (the same with each frame's fbank after its CMVN appended, fmllr-feats --append-fbank: 80 dims
+#                   → prep/*_fmfb*, exp/blstm_fmfb*, exp/blstm_bn_seq_fmfb*; AN4's best input, docs/RESULTS.md).
 #   --speed-perturb the networks train on Kaldi's 3-way speed perturbation of train (stage 4: asr-bn data
 #                   perturb-speed → data/train_sp, 0.9/1.0/1.1; prep/train_sp aligned by the --gmm system →
 #                   exp/<gmm>_ali_sp; targets, or fMLLR features, → prep/train_sp*) → exp/blstm*_sp*,
@@ -186,12 +188,15 @@ case $targets in
 esac
 fwd=  # the networks' dev and test features for forward: prep/SET$fwd
 input_tag=  # the networks' training features: prep/SET$input_tag
+fmllr_opts=  # asr-bn gmm fmllr-feats' options for the input
 case $input in
   fbank) ;;
-  fmllr)
-    [ "$gmm" = sat ] || die "--input fmllr needs --gmm sat"
-    input_tag=_fmllr tag=_fmllr$tag fwd=_fmllr_decode ;;
-  *) die "--input $input is not fbank or fmllr" ;;
+  fmllr|fmllr-fbank)
+    [ "$gmm" = sat ] || die "--input $input needs --gmm sat"
+    input_tag=_fmllr
+    [ "$input" = fmllr-fbank ] && input_tag=_fmfb fmllr_opts=--append-fbank
+    tag=$input_tag$tag fwd=${input_tag}_decode ;;
+  *) die "--input $input is not fbank, fmllr or fmllr-fbank" ;;
 esac
 nnet_ali=exp/nnet_ali$input_tag$suffix  # --targets nnet: the network's alignments of train (and ${nnet_ali}_dev)
 data=$tag  # the networks' training data: prep/train$sp$data, prep/dev$data
@@ -365,13 +370,14 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
           --loglikes "$aligner/forward_$feats/loglikes.scp"
         echo "$opts" > "$ali/.done"
       fi
-      if [ "$input" = fmllr ]; then  # the same fMLLR features, the network's targets joined
+      if [ "$input" != fbank ]; then  # the same fMLLR features, the network's targets joined
         out=prep/$set$data src=${sys}_ali
         [ "$set" = dev ] && src=${sys}_ali_dev
         if check_done "$out/.done" "$opts"; then
           log "$out/.done exists - skipping"
         else
-          asr-bn gmm fmllr-feats "prep/$set" "$sys" "$out" --transform-dir "$src" --ali-dir "$ali"
+          # shellcheck disable=SC2086 # fmllr_opts is empty or one option
+          asr-bn gmm fmllr-feats "prep/$set" "$sys" "$out" --transform-dir "$src" --ali-dir "$ali" $fmllr_opts
           echo "$opts" > "$out/.done"
         fi
       else
@@ -379,17 +385,17 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
           --ali-dir "$ali"
       fi
     done
-  elif [ "$input" = fmllr ]; then  # steps/nnet/make_fmllr_feats.sh: alignments' transforms, decode-fmllr's for forward
-    for out in train_fmllr:${sys}_ali dev_fmllr:${sys}_ali_dev dev_fmllr_decode:$sys/decode_dev_tg \
-      test_fmllr_decode:$sys/decode_test_tg; do
+  elif [ "$input" != fbank ]; then  # steps/nnet/make_fmllr_feats.sh: alignments' transforms, decode-fmllr's for forward
+    for out in train$input_tag:${sys}_ali dev$input_tag:${sys}_ali_dev dev${input_tag}_decode:$sys/decode_dev_tg \
+      test${input_tag}_decode:$sys/decode_test_tg; do
       set=${out%%_*} src=${out#*:} out=prep/${out%%:*}
       ali_opt=
       [ "${out%_decode}" = "$out" ] && ali_opt="--ali-dir $src"
       if check_done "$out/.done" "$(cat "$sys/.done")"; then
         log "$out/.done exists - skipping"
       else
-        # shellcheck disable=SC2086 # ali_opt is empty or one option with its value
-        asr-bn gmm fmllr-feats "prep/$set" "$sys" "$out" --transform-dir "$src" $ali_opt
+        # shellcheck disable=SC2086 # ali_opt and fmllr_opts are empty or options
+        asr-bn gmm fmllr-feats "prep/$set" "$sys" "$out" --transform-dir "$src" $ali_opt $fmllr_opts
         cat "$sys/.done" > "$out/.done"
       fi
     done
@@ -408,9 +414,10 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
       asr-bn prep kaldi data/train_sp prep/train_sp --nj "$nj" --sample-frequency "$sample_frequency"
       # shellcheck disable=SC2086 # cache is empty or one option
       asr-bn gmm "$aligner" prep/train_sp data/lang "$sys" "${sys}_ali_sp" --nj "$nj" --oov-policy "$oov_policy" $cache
-      if [ "$input" = fmllr ]; then
-        asr-bn gmm fmllr-feats prep/train_sp "$sys" prep/train_sp_fmllr --transform-dir "${sys}_ali_sp" \
-          --ali-dir "${sys}_ali_sp"
+      if [ "$input" != fbank ]; then
+        # shellcheck disable=SC2086 # fmllr_opts is empty or one option
+        asr-bn gmm fmllr-feats prep/train_sp "$sys" "prep/train_sp$input_tag" --transform-dir "${sys}_ali_sp" \
+          --ali-dir "${sys}_ali_sp" $fmllr_opts
       else
         asr-bn prep kaldi data/train_sp prep/train_sp --nj "$nj" --sample-frequency "$sample_frequency" \
           --ali-dir "${sys}_ali_sp"
@@ -506,7 +513,7 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
   asr-bn plot "${exps[@]}" -o "exp/learning_curves$tag$sp$suffix.png" --labels "$(IFS=,; echo "${labels[*]}")"
   last_graph=${graphs##* } last_graph=${last_graph%%:*}
   exps=() labels=()  # the table: every seed's and target source's models that stage 7 finished
-  for t in "" _nnali _fmllr _fmllr_nnali _sp _fmllr_sp; do
+  for t in "" _nnali _fmllr _fmllr_nnali _sp _fmllr_sp _fmfb _fmfb_nnali _fmfb_sp; do
     for entry in blstm:none blstm_bn_seq:sequence; do
       for exp in "exp/${entry%%:*}$t" "exp/${entry%%:*}$t"_s[0-9]*; do
         [ -f "$exp/decode_test_$last_graph/.done" ] || continue
@@ -517,6 +524,9 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
           _fmllr_nnali) labels+=("${entry#*:} (fMLLR input, nnet ali)") ;;
           _sp) labels+=("${entry#*:} (speed x3)") ;;
           _fmllr_sp) labels+=("${entry#*:} (fMLLR input, speed x3)") ;;
+          _fmfb) labels+=("${entry#*:} (fMLLR+fbank input)") ;;
+          _fmfb_nnali) labels+=("${entry#*:} (fMLLR+fbank input, nnet ali)") ;;
+          _fmfb_sp) labels+=("${entry#*:} (fMLLR+fbank input, speed x3)") ;;
           *) labels+=("${entry#*:}") ;;
         esac
         for set in train dev; do  # frame scores against the targets the model learned
