@@ -894,6 +894,19 @@ def test_cli_gmm_ladder(synth: Setup, synth_tri1, tmp_path: Path) -> None:  # no
 
     likes = dict(kaldiio.load_scp(str(tmp_path / "likes" / "loglikes.scp")))
     assert len(likes) == 40 and next(iter(likes.values())).shape[1] == GmmSystemFor(tmp_path / "tri2").am.num_pdfs
+    # align --loglikes given several times: their mean (the same matrix twice: itself); a source short of utterances
+    scp = str(tmp_path / "likes" / "loglikes.scp")
+    for out, sources in (("net_ali", [scp]), ("ens_ali", [scp, scp])):
+        loglikes = [a for s in sources for a in ("--loglikes", s)]
+        result = runner.invoke(app, ["gmm", "align", str(prep), str(lang), str(tmp_path / "tri2"), str(tmp_path / out),
+                                     *loglikes])
+        assert result.exit_code == 0, result.output
+    one, two = ({x.utt: x.values for x in read_alignments(tmp_path / d)} for d in ("net_ali", "ens_ali"))
+    assert len(one) == 40 and one.keys() == two.keys() and all(np.array_equal(one[u], two[u]) for u in one)
+    (tmp_path / "short.scp").write_text("".join(Path(scp).read_text().splitlines(keepends=True)[:-1]))
+    result = runner.invoke(app, ["gmm", "align", str(prep), str(lang), str(tmp_path / "tri2"), str(tmp_path / "z"),
+                                 "--loglikes", scp, "--loglikes", str(tmp_path / "short.scp")])
+    assert result.exit_code == 1 and "short.scp lacks 1 of the 40 utterances" in result.output, result.output
     for cmd in (["likes", prep, tmp_path / "tri3", tmp_path / "likes3"], ["align", prep, lang, tmp_path / "tri3",
                                                                           tmp_path / "x"]):
         result = runner.invoke(app, ["gmm", *map(str, cmd)])
