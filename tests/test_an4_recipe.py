@@ -190,8 +190,9 @@ def test_run_sh_refuses_bad_targets_with_one_line(an4_root: Path, tmp_path: Path
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for opts, message in ((["--targets", "tri"], "--targets tri is not gmm or nnet"),
                           (["--gmm", "tri9"], "--gmm tri9 is not mono, deltas, lda-mllt or sat"),
-                          (["--input", "mfcc"], "--input mfcc is not fbank or fmllr"),
+                          (["--input", "mfcc"], "--input mfcc is not fbank, fmllr or fmllr-fbank"),
                           (["--input", "fmllr"], "--input fmllr needs --gmm sat"),
+                          (["--input", "fmllr-fbank"], "--input fmllr-fbank needs --gmm sat"),
                           (["--targets", "nnet", "--stage", "4", "--stop-stage", "4"],
                            "exp/blstm_bn_seq is not trained yet (run stages 5-6 with --targets gmm first)")):
         run = subprocess.run(["bash", str(RECIPE / "run.sh"), *opts, "--dir", str(tmp_path), str(an4_root)],
