@@ -158,8 +158,8 @@ def test_prep_post_is_kaldis_mean_of_posteriors(dirs: tuple[Path, Path], kaldi_b
 
 
 def test_average_posteriors_keeps_the_likely_pdfs_in_pdf_order() -> None:
-    a = np.log(np.array([[0.7, 0.2, 0.1], [0.05, 0.05, 0.9]], np.float32))
-    b = np.log(np.array([[0.5, 0.4, 0.1], [0.05, 0.15, 0.8]], np.float32))
+    a = np.array([[0.7, 0.2, 0.1], [0.05, 0.05, 0.9]], np.float32)
+    b = np.array([[0.5, 0.4, 0.1], [0.05, 0.15, 0.8]], np.float32)
     pdfs, weights = average_posteriors([a, b], min_post=0.09)
     assert pdfs.tolist() == [[0, 1, 2], [1, 2, 0]]
     np.testing.assert_allclose(weights, [[0.6, 0.3, 0.1], [0.1, 0.85, 0]], rtol=1e-6)

@@ -44,24 +44,22 @@ def add_scaled(total: np.ndarray | None, mat: np.ndarray, scale: float) -> np.nd
     return (np.float64(np.float32(scale)) * mat.astype(np.float64) + total).astype(np.float32)
 
 
-def average_posteriors(log_posteriors: Sequence[np.ndarray], min_post: float) -> Posterior:
-    """The mean of several networks' posteriors of one utterance (each (T, S) log-posteriors), entries below
-    `min_post` dropped, as Kaldi's `copy-matrix --apply-exp`, `matrix-sum --average=true` and `prob-to-post
-    --random-prune=false` compute it (exp in double rounded to float: libm's expf differs by an ulp in a few
-    elements in 10 000, numpy's float exp in a third of them; `add_scaled` by 1/n in the given order); the kept
-    weights are not renormalised (a frame's weights sum to at most 1)."""
-    if not len(log_posteriors):
-        raise AsrBnError("no log-posteriors to average")
+def average_posteriors(posteriors: Sequence[np.ndarray], min_post: float) -> Posterior:
+    """The mean of several networks' posteriors of one utterance (each (T, S) float probabilities: `join_posteriors`
+    takes them out of the log domain in double and rounds to float, where libm's expf, Kaldi's, differs by an ulp in a
+    few elements in 10 000 and numpy's float exp in a third of them), entries below `min_post` dropped, as Kaldi's
+    `copy-matrix --apply-exp`, `matrix-sum --average=true` and `prob-to-post --random-prune=false` compute it
+    (`add_scaled` by 1/n in the given order); the kept weights are not renormalised (they sum to at most 1)."""
+    if not len(posteriors):
+        raise AsrBnError("no posteriors to average")
     probs = None
-    for logp in log_posteriors:
-        p = np.exp(np.asarray(logp, np.float32).astype(np.float64)).astype(np.float32)
-        probs = add_scaled(probs, p, 1.0 / len(log_posteriors))
+    for p in posteriors:
+        probs = add_scaled(probs, p, 1.0 / len(posteriors))
     keep = probs >= np.float32(min_post)
     k = max(1, int(keep.sum(1).max(initial=0)))
     order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # each frame's kept pdfs first, in pdf order
-    pdfs = order.astype(np.int32)
     weights = np.where(np.take_along_axis(keep, order, 1), np.take_along_axis(probs, order, 1), np.float32(0))
-    return np.where(weights > 0, pdfs, 0).astype(np.int32), weights.astype(np.float32)
+    return np.where(weights > 0, order, 0).astype(np.int32), weights
 
 
 def join_posteriors(data_dir: str | Path, sources: Sequence[str | Path], min_post: float = 0.01) -> Report:
@@ -100,11 +98,12 @@ def join_posteriors(data_dir: str | Path, sources: Sequence[str | Path], min_pos
                     (dim, first), = dims.items()
                     raise AsrBnError(f"{path} has {mat.shape[1]} pdfs, {first} has {dim}: networks of different "
                                      "trees cannot be averaged")
-                total = np.exp(mat.astype(np.float64)).sum(1)
+                probs = np.exp(np.asarray(mat, np.float32).astype(np.float64))  # once: checked, then averaged
+                total = probs.sum(1)
                 if len(total) and np.abs(total - 1).max() > 1e-3:
                     raise AsrBnError(f"{path}: utterance {utt}: the rows are not log-posteriors (exp sums to "
                                      f"{total[np.abs(total - 1).argmax()]:.4g}); {fix}")
-                mats.append(mat)
+                mats.append(probs.astype(np.float32))
             yield utt, average_posteriors(mats, min_post)
 
     report = Report("soft targets")
