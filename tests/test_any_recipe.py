@@ -183,7 +183,7 @@ def test_any_recipe_climbs_the_gmm_ladder(tmp_path: Path) -> None:
         assert "%WER" in (exp / model / "decode_test_tg" / "wer").read_text()
     # --speed-perturb: train three times (0.9, 1.0, 1.1), each copy aligned by the SAT system, its fMLLR features
     # with each frame's fbank appended (--input fmllr-fbank)
-    speed = subprocess.run([*cmd[:-3], "--stop-stage", "5", "--cache", "--stage", "4", "--input", "fmllr-fbank",
+    speed = subprocess.run([*cmd[:-3], "--stop-stage", "6", "--cache", "--stage", "4", "--input", "fmllr-fbank",
                             "--speed-perturb"], capture_output=True, text=True, env=env)
     assert speed.returncode == 0, speed.stdout[-3000:] + speed.stderr[-3000:]
     utts = set(_table(work / "data" / "train" / "utt2spk"))
@@ -198,6 +198,21 @@ def test_any_recipe_climbs_the_gmm_ladder(tmp_path: Path) -> None:
         pipeline = json.loads((work / "prep" / name / "pipeline.json").read_text())
         assert pipeline["input"].startswith("fmllr+fbank ") and pipeline["input_dim"] == 80, name
     assert (exp / "blstm_fmfb_sp" / "final.pt").is_file()
+    # --speed-perturb --targets nnet: the speed-perturbed sequence-BN network realigns the copies and dev
+    sp_nnet = subprocess.run([*cmd[:-3], "--stop-stage", "5", "--cache", "--stage", "4", "--input", "fmllr-fbank",
+                              "--speed-perturb", "--targets", "nnet"], capture_output=True, text=True, env=env)
+    assert sp_nnet.returncode == 0, sp_nnet.stdout[-3000:] + sp_nnet.stderr[-3000:]
+    for prep, ali_dir, source, share in (("train_sp_fmfb_nnali", "nnet_ali_fmfb_sp", "train_sp_fmfb", 0.8),
+                                         ("dev_fmfb_nnali_sp", "nnet_ali_fmfb_sp_dev", "dev_fmfb", 0.5)):
+        labels = {lab.utt: lab.values for lab in read_alignments(exp / ali_dir)}
+        targets = dict(kaldiio.load_scp(str(work / "prep" / prep / "pdf.scp")))
+        assert labels and set(targets) == set(labels) and all((targets[u] == sat.to_pdfs(labels[u])).all()
+                                                              for u in targets)
+        assert len(labels) >= share * len(_table(work / "prep" / source / "utt2num_frames"))  # a --fast network
+    assert any(u.startswith("sp0.9-") for u in _table(work / "prep" / "train_sp_fmfb_nnali" / "utt2num_frames"))
+    assert (exp / "blstm_bn_seq_fmfb_sp" / "forward_train_sp_fmfb" / "loglikes.scp").is_file()
+    config = json.loads((exp / "blstm_fmfb_nnali_sp" / "config.json").read_text())
+    assert (config["data"], config["dev"]) == ("prep/train_sp_fmfb_nnali", "prep/dev_fmfb_nnali_sp")
     # --targets nnet with fMLLR input: the fMLLR sequence-BN network realigns; same features, its targets joined
     nnet = subprocess.run([*cmd[:-3], "--stop-stage", "6", "--cache", "--stage", "4", "--input", "fmllr", "--targets",
                            "nnet"], capture_output=True, text=True, env=env)

@@ -31,7 +31,9 @@
 #                   decode and report exp/blstm_nnali*, exp/blstm_bn_seq_nnali* beside the others; with --input
 #                   fmllr the fMLLR network realigns → exp/nnet_ali_fmllr*, prep/{train,dev}_fmllr_nnali*,
 #                   exp/blstm_fmllr_nnali*, exp/blstm_bn_seq_fmllr_nnali* (* = _sN for a seed N other than 0: each
-#                   seed's targets in their own dirs, so seeds can run side by side).
+#                   seed's targets in their own dirs, so seeds can run side by side); with --speed-perturb the
+#                   seed's speed-perturbed network realigns the speed copies and dev → exp/nnet_ali*_sp*,
+#                   prep/train_sp*_nnali*, prep/dev*_nnali*_sp, exp/blstm*_nnali_sp* (AN4's best single networks).
 #   --input I       the networks' input: fbank (default: the paper's 40 log-mel + Δ+ΔΔ), fmllr (with --gmm sat:
 #                   the SAT system's LDA+MLLT+fMLLR features, as Kaldi's nnet1 recipes; asr-bn gmm fmllr-feats →
 #                   prep/{train,dev}_fmllr with the alignments' transforms, prep/{dev,test}_fmllr_decode with
@@ -41,7 +43,8 @@
 #   --speed-perturb the networks train on Kaldi's 3-way speed perturbation of train (stage 4: asr-bn data
 #                   perturb-speed → data/train_sp, 0.9/1.0/1.1; prep/train_sp aligned by the --gmm system →
 #                   exp/<gmm>_ali_sp; targets, or fMLLR features, → prep/train_sp*) → exp/blstm*_sp*,
-#                   exp/blstm_bn_seq*_sp* beside the others (with --targets gmm).
+#                   exp/blstm_bn_seq*_sp* beside the others; with --targets nnet, after the same run with
+#                   --targets gmm: the speed-perturbed network's targets (see --targets).
 #   --nj N          parallel jobs (default 2): feature extraction, GMM training and alignment (Kaldi's split of the
 #                   data, one process per part; the ali.N.gz archives), decoding.
 #   --net-opts S    the networks' options instead of the recipe's (layers, units, optimizer, epochs …).
@@ -198,10 +201,11 @@ case $input in
     tag=$input_tag$tag fwd=${input_tag}_decode ;;
   *) die "--input $input is not fbank, fmllr or fmllr-fbank" ;;
 esac
-nnet_ali=exp/nnet_ali$input_tag$suffix  # --targets nnet: the network's alignments of train (and ${nnet_ali}_dev)
-data=$tag  # the networks' training data: prep/train$sp$data, prep/dev$data
+nnet_ali=exp/nnet_ali$input_tag$sp$suffix  # --targets nnet: the network's alignments of train$sp (and ${nnet_ali}_dev)
+data=$tag  # the networks' training data: prep/train$sp$data, prep/dev$dev_data
 [ "$targets" = nnet ] && data=$tag$suffix
-[ -z "$sp" ] || [ "$targets" = gmm ] || die "--speed-perturb goes with --targets gmm (the GMM aligns the copies)"
+dev_data=$data  # dev's targets: the GMM's, or those of the network that realigned train$sp
+[ "$targets" = nnet ] && dev_data=$data$sp
 case $gmm in  # the ladder's rungs up to --gmm: asr-bn gmm command : exp dir
   mono) rungs= sys=exp/mono ;;
   deltas) rungs="deltas:tri1" sys=exp/tri1 ;;
@@ -352,14 +356,14 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
 fi
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
-  log "Stage 4: targets (alignments joined to prep/train$data, prep/dev$data → pdf.scp)"
+  log "Stage 4: targets (alignments joined to prep/train$sp$data, prep/dev$dev_data → pdf.scp)"
   if [ "$targets" = nnet ]; then  # realign with the sequence-BN network of this seed (log-likelihoods, GMM's HMM)
-    aligner=exp/blstm_bn_seq$input_tag$suffix
+    aligner=exp/blstm_bn_seq$input_tag$sp$suffix
     [ -f "$aligner/.done" ] || die "$aligner is not trained yet (run stages 5-6 with --targets gmm first)"
     opts=$(cat "$aligner/.done")
-    for set in train dev; do
-      ali=$nnet_ali
-      [ "$set" = dev ] && ali=${nnet_ali}_dev
+    for set in train$sp dev; do  # train$sp: the speed copies, each with its own GMM alignment's transforms
+      ali=$nnet_ali out=prep/$set$data src=${sys}_ali$sp
+      [ "$set" = dev ] && ali=${nnet_ali}_dev out=prep/dev$dev_data src=${sys}_ali_dev
       if check_done "$ali/.done" "$opts"; then
         log "$ali/.done exists - skipping"
       else
@@ -371,8 +375,6 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
         echo "$opts" > "$ali/.done"
       fi
       if [ "$input" != fbank ]; then  # the same fMLLR features, the network's targets joined
-        out=prep/$set$data src=${sys}_ali
-        [ "$set" = dev ] && src=${sys}_ali_dev
         if check_done "$out/.done" "$opts"; then
           log "$out/.done exists - skipping"
         else
@@ -381,8 +383,7 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
           echo "$opts" > "$out/.done"
         fi
       else
-        asr-bn prep kaldi "data/$set" "prep/$set$data" --nj "$nj" --sample-frequency "$sample_frequency" \
-          --ali-dir "$ali"
+        asr-bn prep kaldi "data/$set" "$out" --nj "$nj" --sample-frequency "$sample_frequency" --ali-dir "$ali"
       fi
     done
   elif [ "$input" != fbank ]; then  # steps/nnet/make_fmllr_feats.sh: alignments' transforms, decode-fmllr's for forward
@@ -403,7 +404,7 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
     asr-bn prep kaldi data/train prep/train --nj "$nj" --sample-frequency "$sample_frequency" --ali-dir "${sys}_ali"
     asr-bn prep kaldi data/dev prep/dev --nj "$nj" --sample-frequency "$sample_frequency" --ali-dir "${sys}_ali_dev"
   fi
-  if [ -n "$sp" ]; then  # Kaldi's 3-way speed perturbation of train, each copy aligned by the --gmm system
+  if [ -n "$sp" ] && [ "$targets" = gmm ]; then  # Kaldi's 3-way speed perturbation, each copy aligned by the GMM
     opts="speed-perturb $(cat "$sys/.done")"
     if check_done "prep/train_sp$data/.done" "$opts"; then
       log "prep/train_sp$data/.done exists - skipping"
@@ -447,7 +448,7 @@ train_net() {  # train_net EXP_DIR BN: one network; an interrupted run with the 
     echo "$opts" > "$exp/.started"
   fi
   # shellcheck disable=SC2086 # net_opts is a list of options
-  asr-bn train "prep/train$sp$data" "prep/dev$data" "$exp" --bn "$bn" $net_opts $resume
+  asr-bn train "prep/train$sp$data" "prep/dev$dev_data" "$exp" --bn "$bn" $net_opts $resume
   echo "$opts" > "$exp/.done"
 }
 
@@ -513,7 +514,8 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
   asr-bn plot "${exps[@]}" -o "exp/learning_curves$tag$sp$suffix.png" --labels "$(IFS=,; echo "${labels[*]}")"
   last_graph=${graphs##* } last_graph=${last_graph%%:*}
   exps=() labels=()  # the table: every seed's and target source's models that stage 7 finished
-  for t in "" _nnali _fmllr _fmllr_nnali _sp _fmllr_sp _fmfb _fmfb_nnali _fmfb_sp; do
+  for t in "" _nnali _fmllr _fmllr_nnali _sp _fmllr_sp _fmfb _fmfb_nnali _fmfb_sp _nnali_sp _fmllr_nnali_sp \
+    _fmfb_nnali_sp; do
     for entry in blstm:none blstm_bn_seq:sequence; do
       for exp in "exp/${entry%%:*}$t" "exp/${entry%%:*}$t"_s[0-9]*; do
         [ -f "$exp/decode_test_$last_graph/.done" ] || continue
@@ -527,12 +529,20 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
           _fmfb) labels+=("${entry#*:} (fMLLR+fbank input)") ;;
           _fmfb_nnali) labels+=("${entry#*:} (fMLLR+fbank input, nnet ali)") ;;
           _fmfb_sp) labels+=("${entry#*:} (fMLLR+fbank input, speed x3)") ;;
+          _nnali_sp) labels+=("${entry#*:} (speed x3, nnet ali)") ;;
+          _fmllr_nnali_sp) labels+=("${entry#*:} (fMLLR input, speed x3, nnet ali)") ;;
+          _fmfb_nnali_sp) labels+=("${entry#*:} (fMLLR+fbank input, speed x3, nnet ali)") ;;
           *) labels+=("${entry#*:}") ;;
         esac
-        for set in train dev; do  # frame scores against the targets the model learned
-          learned=${t%_sp}  # the targets the model learned (train's own for speed copies): a seed's for network targets
-          [ "${t%_nnali}" = "$t" ] || learned=$t${exp##*"$t"}
-          [ "$exp/frames_$set" -nt "$exp/final.pt" ] || asr-bn score frames "$exp" "prep/$set$learned" > "$exp/frames_$set"
+        seed_tag=${exp##*"$t"}
+        for set in train dev; do  # frame scores against the targets the model learned: a seed's for network targets
+          case $t in
+            *_nnali_sp) learned=$set${t%_sp}${seed_tag}_sp  # dev's, realigned by the speed-perturbed network
+              [ "$set" = train ] && learned=train_sp${t%_sp}$seed_tag ;;  # the speed copies' own
+            *_nnali) learned=$set$t$seed_tag ;;
+            *) learned=$set${t%_sp} ;;  # the GMM's (train's own for the speed copies)
+          esac
+          [ "$exp/frames_$set" -nt "$exp/final.pt" ] || asr-bn score frames "$exp" "prep/$learned" > "$exp/frames_$set"
         done
       done
     done
