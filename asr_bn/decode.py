@@ -496,8 +496,11 @@ def decode(
     config: DecodeConfig | None = None,
     nj: int = 1,
     lang: str | Path | None = None,
+    average_with: Sequence[str | Path] = (),
 ) -> Report:
-    """Decode every utterance of `loglikes` (rspecifier or ark/scp path) into `out_dir`.
+    """Decode every utterance of `loglikes` (rspecifier or ark/scp path) into `out_dir`; with `average_with`, the
+    frame-by-frame mean of `loglikes` and those sources (an ensemble of networks, as Kaldi's `matrix-sum
+    --average=true | latgen-faster-mapped`; `mean_loglikes`: the whole set in memory).
 
     Writes `text` (one-best words per utterance, input order), `report.json`, and with `config.lattices`
     `lat.ark`/`lat.scp` (state-level lattices, transition-ids in, word ids out, unscaled acoustic costs: Kaldi's
@@ -515,9 +518,13 @@ def decode(
     report = Report("decode")
     with OutputLock(out_dir):
         graph = load_graph(graph_dir, model, pdf_labels=not (config.lattices or config.ctm))
-        items = ((utt, _check_shape(graph, utt, mat, rspecifier)) for utt, mat in _read_matrices(rspecifier))
-        write_decode(out_dir, graph, _hypotheses(graph, items, config, nj), config, report, lang,
-                     _count_scp(rspecifier))
+        if average_with:
+            mean = mean_loglikes([loglikes, *average_with])
+            source, matrices, total = f"the mean of {rspecifier} and {len(average_with)} more", mean.items(), len(mean)
+        else:
+            source, matrices, total = rspecifier, _read_matrices(rspecifier), _count_scp(rspecifier)
+        items = ((utt, _check_shape(graph, utt, mat, source)) for utt, mat in matrices)
+        write_decode(out_dir, graph, _hypotheses(graph, items, config, nj), config, report, lang, total)
     return report
 
 

@@ -56,6 +56,9 @@ def decode(
     frame_shift: Annotated[float, typer.Option(help="With --ctm: seconds per frame (the features' frame shift).",
                                                callback=field_range(DecodeConfig, "frame_shift"))] = 0.01,
     nj: Annotated[int, typer.Option(help="Parallel decoding processes.", callback=in_range(Range(1)))] = 1,
+    average_with: Annotated[Optional[list[str]], typer.Option(
+        "--average-with", help="Another network's log-likelihoods of the same utterances (repeatable): decode the "
+        "frame-by-frame mean of LOGLIKES and these, an ensemble (Kaldi's matrix-sum --average=true).")] = None,
 ) -> None:
     """Decode log-likelihoods with a Kaldi graph, without Kaldi binaries, into Kaldi `text` hypotheses.
 
@@ -69,7 +72,7 @@ def decode(
     config = DecodeConfig(
         acoustic_scale, beam, max_active, lattice_beam, lattices, lmwt_range(lmwt), ctm, frame_shift
     )
-    report = run(graph_dir, model, loglikes, out_dir, config, nj, lang)
+    report = run(graph_dir, model, loglikes, out_dir, config, nj, lang, average_with or ())
     for line in report.lines():
         typer.echo(line, err=True)
 

@@ -247,6 +247,10 @@ def test_cli_mkgraph_decode_score(yesno_root: Path, oracle: Path, tmp_path: Path
     assert "decoded 31" in dec.output
     scored = runner.invoke(app, ["score", "wer", str(yesno_root / "data/train_yesno"), str(tmp_path / "d")])
     assert scored.exit_code == 0 and "%WER 0.00 [ 0 / 248, 0 ins, 0 del, 0 sub ]" in scored.output
+    ensemble = runner.invoke(app, ["decode", str(tmp_path / "g"), str(yesno_root / "exp/mono"), "ark:-",
+                                   str(tmp_path / "m"), "--average-with", str(oracle / "ll.ark")], input=stdin)
+    assert ensemble.exit_code == 0 and "decoded 31" in ensemble.output, ensemble.output
+    assert (tmp_path / "m" / "text").read_text() == (tmp_path / "d" / "text").read_text()  # the mean of one twice
     bad = runner.invoke(app, ["decode", str(tmp_path / "g"), str(yesno_root / "exp/mono"), "ark:-", str(tmp_path / "e"),
                               "--lattices", "--lmwt", "x"])
     assert bad.exit_code == 2 and "--lmwt" in bad.output

@@ -154,3 +154,43 @@ def test_ctm_needs_a_lexicon_that_spells_the_words(yesno_root: Path, gmm_loglike
     result = CliRunner().invoke(build_app(), ["decode", str(graph), str(model), str(gmm_loglikes), str(tmp_path / "d2"),
                                       "--lang", str(yesno_root / "data/lang")])  # fmt: skip
     assert result.exit_code == 2 and "add --ctm" in result.output
+
+
+def test_ensemble_decode_is_kaldis_matrix_sum_then_decoder(
+    yesno_root: Path, kaldi_bundle: Path, gmm_loglikes: Path, tmp_path: Path
+) -> None:
+    """`decode --average-with`: two sources' frame-by-frame mean decoded as Kaldi's `matrix-sum --average=true |
+    latgen-faster-mapped` decodes it: the same words and log-likelihood per frame; a source lacking utterances is one
+    line naming it, and nothing is written."""
+    import kaldiio
+    import numpy as np
+
+    from asr_bn.errors import AsrBnError
+    from asr_bn.io import write_ark_scp
+
+    rng = np.random.default_rng(0)  # a second "network": the GMM's scores, lower and noisy: the mean is a third matrix
+    other = {u: (m - 3 + rng.normal(0, 4, m.shape)).astype(np.float32) for u, m in kaldiio.load_ark(str(gmm_loglikes))}
+    write_ark_scp(tmp_path / "other.ark", tmp_path / "other.scp", other.items())
+    graph, model = yesno_root / "exp/mono/graph", yesno_root / "exp/mono/final.mdl"
+    ours = tmp_path / "ens"
+    decode(graph, model, gmm_loglikes, ours, DecodeConfig(lattices=True), average_with=[tmp_path / "other.scp"])
+    text = tmp_path / "kaldi.txt"
+    mean = f"ark:matrix-sum --average=true ark:{gmm_loglikes} scp:{tmp_path / 'other.scp'} ark:- |"
+    latgen = _kaldi_log(kaldi_bundle, "latgen-faster-mapped", "--lattice-beam=8", "--acoustic-scale=0.1", "--beam=13",
+                        f"--word-symbol-table={graph / 'words.txt'}", model, graph / "HCLG.fst", mean, "ark:/dev/null",
+                        f"ark,t:{text}")
+    assert read_text(ours / "text") == _ints_to_words(text.read_text(), graph / "words.txt")
+    assert _avg_log_like(ours) == pytest.approx(_kaldi_log_like(latgen), abs=1e-3)
+    # the mean was decoded: 1.5 lower per frame, 0.15 at the acoustic scale of 0.1 (Kaldi reports scaled figures)
+    assert _avg_log_like(ours) < _avg_log_like_of(graph, model, gmm_loglikes, tmp_path) - 0.1
+    short = tmp_path / "short.scp"
+    short.write_text("".join((tmp_path / "other.scp").read_text().splitlines(keepends=True)[1:]))
+    with pytest.raises(AsrBnError, match="short.scp lacks 1 of the 29 utterances"):
+        decode(graph, model, gmm_loglikes, tmp_path / "bad", average_with=[short])
+    assert not (tmp_path / "bad" / "text").exists()
+
+
+def _avg_log_like_of(graph: Path, model: Path, loglikes: Path, tmp_path: Path) -> float:
+    """The log-likelihood per frame of one source decoded alone (the ensemble's must differ from it)."""
+    decode(graph, model, loglikes, tmp_path / "alone")
+    return _avg_log_like(tmp_path / "alone")
