@@ -1239,7 +1239,7 @@ def test_jobs_side_by_side_give_the_bytes_of_one_process(synth_tri1, synth_tri2,
 
 def test_a_rung_killed_midway_continues_where_it_stopped(synth_tri1, synth_tri2, tmp_path: Path,  # noqa: ANN001
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each rung keeps its state after every pass (resume.pkl); the same command run again after a crash continues
+    """Each rung keeps its state after every pass (resume.npz); the same command run again after a crash continues
     with the next pass and writes the bytes of a run never stopped (model, alignments, final.mat, trans.1), says
     so in its report, and leaves no state behind. Another option starts over."""
     from dataclasses import replace
@@ -1295,6 +1295,20 @@ def test_a_rung_killed_midway_continues_where_it_stopped(synth_tri1, synth_tri2,
     monkeypatch.setattr(resume, "save", real_save)
     _, report = train_deltas(feats, text, lang, tri1, again, DeltasConfig(**{**short, "tot_gauss": 500}))
     assert not any("continued" in note for note in report.notes)
+    # a state cut short, or one holding a pickled object (loading it would run code): the rung starts over
+    for bad in ((stopped / "final.mdl").read_bytes()[:100], None):
+        broken = tmp_path / "deltas" / f"broken{bad is None}"
+        monkeypatch.setattr(resume, "save", crash_after(3))
+        with pytest.raises(KeyboardInterrupt):
+            rungs["deltas"](broken)
+        monkeypatch.setattr(resume, "save", real_save)
+        if bad is None:
+            np.savez(broken / resume.NAME, meta=np.array([{"key": "x"}], dtype=object))
+        else:
+            (broken / resume.NAME).write_bytes(bad)
+        _, report = rungs["deltas"](broken)
+        assert not any("continued" in note for note in report.notes)
+        assert (broken / "final.mdl").read_bytes() == (tmp_path / "deltas" / "whole" / "final.mdl").read_bytes()
 
 
 def test_sigkill_midway_then_the_same_command_finishes_the_rung(synth: Setup, synth_tri1,  # noqa: ANN001

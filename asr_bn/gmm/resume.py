@@ -1,18 +1,19 @@
-"""A rung's state after its last finished pass, kept in its exp dir (`resume.pkl`), so that the same command run again
+"""A rung's state after its last finished pass, kept in its exp dir (`resume.npz`), so that the same command run again
 after a crash or a kill continues with the next pass, as Kaldi's train_*.sh --stage N continue from N.mdl.
 
 Everything before the passes (tree, initial model, graphs, first transforms) is deterministic and is computed again;
 the state restores what the passes changed: the Gaussians (their bytes), the transition probabilities (every pass's
 counts replayed through the same MLE update, so they are the very floats), the alignments, the rung's feature
 transforms and the pass records. The state counts only for the same rung, options, tree and utterances (`identity`);
-another one is ignored. The file is removed when the rung ends.
+another one is ignored. The file is removed when the rung ends. It holds arrays and one JSON record, no pickle:
+loading it runs no code from the exp dir.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -25,7 +26,7 @@ from asr_bn.io import atomic_open
 from asr_bn.kaldi_ext import kaldi_hmm_gmm as khg
 from asr_bn.report import Report
 
-NAME = "resume.pkl"
+NAME = "resume.npz"
 
 
 @dataclass
@@ -64,11 +65,21 @@ def load(out_dir: Path, key: str) -> PassState | None:
     if not path.is_file():
         return None
     try:
-        with path.open("rb") as f:
-            saved_key, state = pickle.load(f)
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError):
+        with np.load(path, allow_pickle=False) as arrays:
+            meta = json.loads(str(arrays["meta"]))
+            if meta["key"] != key:
+                return None
+            values = np.split(arrays["ali_values"], np.cumsum(arrays["ali_lengths"])[:-1])
+            low = TooLittleData()
+            low.kept, low.removed = meta["low"]["kept"], meta["low"]["removed"]
+            low.passes = {int(pdf): n for pdf, n in meta["low"]["passes"].items()}
+            return PassState(
+                meta["it"], arrays["am"].tobytes(), [arrays[f"trans_counts_{i}"] for i in range(meta["num_counts"])],
+                {utt: v.tolist() for utt, v in zip(meta["utts"], values)}, meta["failed"], meta["history"],
+                meta["num_gauss"], low, {name: arrays[f"transform_{i}"] for i, name in enumerate(meta["transforms"])},
+            )
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile):
         return None  # not ours, or cut short: the rung starts over
-    return state if saved_key == key and isinstance(state, PassState) else None
 
 
 def resumed(out_dir: Path, key: str, system: GmmSystem, report: Report) -> PassState | None:
@@ -83,8 +94,18 @@ def resumed(out_dir: Path, key: str, system: GmmSystem, report: Report) -> PassS
 
 def save(out_dir: Path, key: str, state: PassState) -> None:
     """Keep `state` (written atomically: a kill while writing leaves the previous one)."""
+    utts = list(state.alis)
+    low = {"kept": state.low.kept, "removed": state.low.removed, "passes": state.low.passes}
+    meta = {"key": key, "it": state.it, "num_counts": len(state.trans_counts), "utts": utts, "failed": state.failed,
+            "history": state.history, "num_gauss": state.num_gauss, "low": low, "transforms": list(state.transforms)}
+    lengths = [len(state.alis[u]) for u in utts]
+    arrays = {"meta": np.array(json.dumps(meta)), "am": np.frombuffer(state.am, np.uint8),
+              "ali_values": np.fromiter((t for u in utts for t in state.alis[u]), np.int32, sum(lengths)),
+              "ali_lengths": np.array(lengths, np.int64)}
+    arrays.update({f"trans_counts_{i}": c for i, c in enumerate(state.trans_counts)})
+    arrays.update({f"transform_{i}": state.transforms[name] for i, name in enumerate(state.transforms)})
     with atomic_open(out_dir / NAME, "wb", encoding=None) as f:
-        pickle.dump((key, state), f, protocol=pickle.HIGHEST_PROTOCOL)
+        np.savez(f, **arrays)
 
 
 def clear(out_dir: Path) -> None:
