@@ -367,6 +367,7 @@ class TrainConfig:
     population_batches: int = option(0, _AT_LEAST_0)
     log_every: int = option(20, _AT_LEAST_1)
     checkpoint_every: int = option(200, _AT_LEAST_1)
+    keep_models: bool = False  # also keep each evaluation's model as EXP_DIR/models/update-N.pt (asr-bn average)
     # system (may change on --resume)
     device: str = "auto"
     amp: str = option("none", choices=AMP_MODES)
@@ -465,8 +466,8 @@ _PATHS = ("data", "dev", "exp_dir")
 # optimisation (lr too: the schedule and the optimiser's state were built on it), the batches and the seed are fixed
 # by the checkpoint.
 RESUMABLE = (
-    "epochs", "patience", "min_improvement", "eval_every", "log_every", "checkpoint_every", "device", "amp",
-    "num_workers", "cache", "tensorboard",
+    "epochs", "patience", "min_improvement", "eval_every", "log_every", "checkpoint_every", "keep_models", "device",
+    "amp", "num_workers", "cache", "tensorboard",
 )  # fmt: skip
 
 

@@ -74,6 +74,8 @@ __all__ = [
     "launch",
     "load_checkpoint",
     "load_model",
+    "save_atomic",
+    "MODELS",
     "read_metrics",
     "plot_runs",
 ]
@@ -275,6 +277,7 @@ _ZIP_MAGIC = b"PK\x03\x04"  # the first bytes of every file torch.save writes
 _UNPICKLER = "WeightsUnpickler error:"
 CHECKPOINT_FORMAT = "asr-bn checkpoint"
 MODEL_FORMAT = "asr-bn model"
+MODELS = "models"  # EXP_DIR/models/update-N.pt: each evaluation's model, with --keep-models
 _MODEL_KEYS = ("version", "model", "model_config", "pipeline", "priors", "train_config")
 _KEYS = {
     MODEL_FORMAT: (*_MODEL_KEYS, "update", "epoch", "dev_ce", "dev_fer"),
@@ -368,7 +371,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _save(path: Path, obj: dict[str, Any]) -> None:
+def save_atomic(path: Path, obj: dict[str, Any]) -> None:
     """torch.save to a temporary name, fsync, rename: `path` is always a whole file."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -655,13 +658,19 @@ class _Run:
             + (" (best)" if best else f" (best {self.state.best_dev_ce:.4f})")
             + (" — early stop" if self.cfg.patience and self.state.bad_evals >= self.cfg.patience else "")
         )
-        if best and self.dist.main:
-            _save(self.exp / "final.pt", {
-                "format": MODEL_FORMAT, "version": __version__, "model": model.state_dict(),
-                "model_config": self.model_config.to_dict(), "pipeline": self.pipeline.to_dict(),
-                "priors": self.priors, "update": self.state.update, "epoch": self.state.epoch,
-                "dev_ce": scores.ce, "dev_fer": scores.fer, "train_config": self.cfg.to_dict(),
-            })  # fmt: skip
+        if not self.dist.main or not (best or self.cfg.keep_models):
+            return
+        saved = {
+            "format": MODEL_FORMAT, "version": __version__, "model": model.state_dict(),
+            "model_config": self.model_config.to_dict(), "pipeline": self.pipeline.to_dict(),
+            "priors": self.priors, "update": self.state.update, "epoch": self.state.epoch,
+            "dev_ce": scores.ce, "dev_fer": scores.fer, "train_config": self.cfg.to_dict(),
+        }  # fmt: skip
+        if best:
+            save_atomic(self.exp / "final.pt", saved)
+        if self.cfg.keep_models:  # for checkpoint averaging (asr-bn average)
+            (self.exp / MODELS).mkdir(exist_ok=True)
+            save_atomic(self.exp / MODELS / f"update-{self.state.update}.pt", saved)
 
     def inference_model(self) -> torch.nn.Module:
         """The model dev scores and final.pt use: the trained one, or (--population-batches) a copy whose BN
@@ -680,7 +689,7 @@ class _Run:
         rng = self.gather(_rng_state())
         if not self.dist.main:
             return
-        _save(self.exp / "checkpoint.pt", {
+        save_atomic(self.exp / "checkpoint.pt", {
             "format": CHECKPOINT_FORMAT, "version": __version__, "model": self.raw_model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
             "state": dataclasses.asdict(self.state), "sampler": self.sampler.state_dict(), "rng": rng,

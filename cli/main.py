@@ -77,7 +77,8 @@ def _root(
 
 # Every command: its name → (module under cli/, attribute): a command function or a Typer group of commands.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prep": ("prep", "app"), "ali": ("ali", "app"), "train": ("train", "train"), "plot": ("plot", "plot"),
+    "prep": ("prep", "app"), "ali": ("ali", "app"), "train": ("train", "train"), "average": ("train", "average"),
+    "plot": ("plot", "plot"),
     "decode": ("decode", "decode"), "mkgraph": ("decode", "mkgraph"), "forward": ("forward", "forward"),
     "score": ("score", "app"), "tree": ("tree", "app"), "data": ("data", "app"), "gmm": ("gmm", "app"),
     "lang": ("lang", "lang"), "lm": ("lang", "lm"), "demo": ("demo", "demo"),

@@ -94,6 +94,8 @@ def train(
     log_every: Annotated[int, _opt("log_every", "Updates per metrics line.", _RUN)] = _D["log_every"],
     checkpoint_every: Annotated[int, _opt("checkpoint_every", "Updates per checkpoint.pt (also at each epoch end).",
                                           _RUN)] = _D["checkpoint_every"],
+    keep_models: Annotated[bool, _opt("keep_models", "Also keep each dev evaluation's model as "
+                                      "EXP_DIR/models/update-N.pt, for asr-bn average.", _RUN)] = _D["keep_models"],
     device: Annotated[str, typer.Option(help=DEVICE_HELP, callback=check_device, rich_help_panel=_RUN)] = _D["device"],
     amp: Annotated[Literal[AMP_MODES], _opt("amp", "Mixed precision (fp16: CUDA only).", _RUN)] = _D["amp"],
     num_workers: Annotated[int, _opt("num_workers", "DataLoader processes reading features.",
@@ -133,6 +135,24 @@ def train(
         raise typer.Exit(143)  # stopped by SIGTERM/SIGINT: checkpoint saved, the run is not complete
 
 
+def average(
+    exp_dir: Annotated[str, typer.Argument(help="Model dir of an `asr-bn train --keep-models` run.")],
+    out_dir: Annotated[str, typer.Argument(help="Output model dir: final.pt (the mean), pipeline.json, priors.vec, "
+                                           "config.json, report.json.")],
+    last: Annotated[int, typer.Option(help="Average this many kept models, the last of them the best (final.pt's).",
+                                      callback=in_range(Range(1)))] = 5,
+) -> None:
+    """Checkpoint averaging: the mean of the last models a run kept up to its best, as a model dir for forward.
+
+    e.g. asr-bn average exp/blstm_bn exp/blstm_bn_avg5 --last 5 && asr-bn score frames exp/blstm_bn_avg5 prep/dev
+    """
+    from asr_bn.average import average_models
+
+    report = average_models(exp_dir, out_dir, last)
+    for line in report.lines():
+        typer.echo(line, err=True)
+
+
 def _without_nproc(argv: list[str]) -> list[str]:
     """The command line minus `--nproc N` / `--nproc=N` (the processes torchrun starts must not launch again)."""
     out, skip = [], False
@@ -146,4 +166,4 @@ def _without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
-__all__ = ["train"]
+__all__ = ["train", "average"]

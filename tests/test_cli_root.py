@@ -174,7 +174,7 @@ OUT_OF_RANGE = {
     "--sample-frequency": "0", "--frame-length": "0", "--frame-shift": "-10", "--dither": "-1",
     "--preemphasis-coefficient": "1.5", "--num-mel-bins": "2", "--low-freq": "-1", "--high-freq": "9000",
     "--vtln-warp": "0", "--nproc": "0", "--layers": "0", "--units": "0", "--dropout": "1", "--soft-weight": "1.5",
-    "--min-post": "0",
+    "--min-post": "0", "--last": "0",
     "--population-batches": "-1", "--lr": "nan", "--momentum": "1", "--weight-decay": "-1e-4", "--clip-norm": "-1",
     "--lr-decay": "1.5", "--min-improvement": "-0.1", "--epochs": "0", "--patience": "-1", "--batch-size": "0",
     "--max-train-frames": "-1", "--eval-every": "-1", "--log-every": "0", "--checkpoint-every": "0",

@@ -603,3 +603,54 @@ def test_two_gloo_processes_score_dev_with_rank_0s_bn_statistics(
     final = load_checkpoint(exp / "final.pt", "asr-bn model")
     code, out = cli("score", "frames", exp, dev, "--device", "cpu")
     assert code == 0 and f"frame CE {final['dev_ce']:.4f} nats" in out, (out, final["dev_ce"])
+
+
+def test_kept_models_average_into_a_model_dir(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    """--keep-models keeps each evaluation's model (final.pt's format) without changing the run; `asr-bn average`
+    writes the mean of the last K up to the best as a model dir that score frames reads; too few, another run's
+    models or EXP_DIR as OUT_DIR are one-line errors."""
+    from asr_bn.average import kept_models
+
+    train, dev = dirs
+    plain, kept = tmp_path / "plain", tmp_path / "kept"
+    opts = [*TINY, "--epochs", "4", "--eval-every", "3", "--optimizer", "adam", "--patience", "0"]
+    assert cli("train", train, dev, plain, *opts)[0] == 0
+    code, out = cli("train", train, dev, kept, *opts, "--keep-models")
+    assert code == 0, out
+    models = kept_models(kept)
+    assert list(models) == [r["update"] for r in rows(kept, "dev")] == [3, 4, 6, 8, 9, 12, 15, 16]
+    final = load_checkpoint(kept / "final.pt", "asr-bn model")
+    plain_final = load_checkpoint(plain / "final.pt", "asr-bn model")
+    assert final["update"] == plain_final["update"] and all(  # the same run, bit for bit
+        torch.equal(t, plain_final["model"][k]) for k, t in final["model"].items())
+    best = load_checkpoint(models[final["update"]], "asr-bn model")
+    assert all(torch.equal(t, final["model"][k]) for k, t in best["model"].items())
+    upto = [u for u in models if u <= final["update"]]
+    assert len(upto) >= 2, upto  # the tiny run learns until late: several models to average
+    code, out = cli("average", kept, tmp_path / "avg", "--last", "2")
+    assert code == 0, out
+    averaged = load_checkpoint(tmp_path / "avg" / "final.pt", "asr-bn model")
+    pair = [load_checkpoint(models[u], "asr-bn model")["model"] for u in upto[-2:]]
+    for name, tensor in averaged["model"].items():
+        if tensor.is_floating_point():
+            expected = ((pair[0][name].double() + pair[1][name].double()) / 2).to(tensor.dtype)
+            assert torch.equal(tensor, expected), name
+        else:
+            assert torch.equal(tensor, final["model"][name]), name
+    assert averaged["averaged"] == upto[-2:] and averaged["dev_ce"] is None
+    for name in ("pipeline.json", "priors.vec", "config.json", "report.json"):
+        assert (tmp_path / "avg" / name).is_file(), name
+    code, out = cli("score", "frames", tmp_path / "avg", dev)
+    assert code == 0 and "CE" in out, out
+    code, out = cli("average", kept, tmp_path / "many", "--last", str(len(upto) + 1))
+    assert code == 2 and f"holds {len(upto)} model(s) up to the best update" in error_line(out)
+    assert not (tmp_path / "many" / "final.pt").exists()
+    code, out = cli("average", plain, tmp_path / "none", "--last", "1")
+    assert code == 2 and "train with --keep-models" in error_line(out)
+    code, out = cli("average", kept, kept)
+    assert code == 2 and "is EXP_DIR itself" in error_line(out)
+    foreign = kept / "models" / f"update-{upto[-2]}.pt"  # another run's model in its place: refused
+    other = load_checkpoint(foreign, "asr-bn model")
+    torch.save({**other, "priors": other["priors"] * 2}, foreign)
+    code, out = cli("average", kept, tmp_path / "mixed", "--last", "2")
+    assert code == 1 and "has another priors than" in error_line(out)
