@@ -405,13 +405,13 @@ def test_bad_options_are_usage_errors(dirs: tuple[Path, Path], tmp_path: Path) -
 
 
 def test_divergence_is_one_line(dirs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from asr_bn import train as train_module
+    from asr_bn.train import run as run_module  # where an update computes its loss
 
     def nan_loss(model: torch.nn.Module, batch: Batch, soft_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
         ce, errors = compute_loss(model, batch, soft_weight)
         return ce * float("nan"), errors
 
-    monkeypatch.setattr(train_module, "compute_loss", nan_loss)
+    monkeypatch.setattr(run_module, "compute_loss", nan_loss)
     code, out = cli("train", *dirs, tmp_path / "exp", *TINY)
     assert code == 1 and "training diverged: the frame CE is nan at update 1; lower --lr" in error_line(out)
 

@@ -1,0 +1,26 @@
+"""The objective: masked frame cross-entropy of a padded batch, toward its alignment and, with a soft weight, its
+soft targets."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from asr_bn.batching import PAD_TARGET, Batch
+
+
+def compute_loss(
+    model: torch.nn.Module, batch: Batch, soft_weight: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked frame cross-entropy of a padded batch: (CE summed over real frames, frame errors), both on the
+    device, no host sync. Padded frames (target PAD_TARGET, soft weight 0) never count. With `soft_weight` w the
+    CE is (1 - w) x that toward the alignment + w x that toward the batch's soft targets (−Σ weight · log p)."""
+    log_probs = model(batch.feats, batch.lengths)  # (B, T, S) log-softmax
+    errors = ((log_probs.argmax(-1) != batch.targets) & (batch.targets != PAD_TARGET)).sum()
+    log_probs = log_probs.float()
+    ce_sum = F.nll_loss(log_probs.transpose(1, 2), batch.targets, ignore_index=PAD_TARGET, reduction="sum")
+    if soft_weight:
+        soft = -(batch.soft_weights * log_probs.gather(-1, batch.soft_pdfs)).sum()  # type: ignore[arg-type, operator]
+        ce_sum = (1 - soft_weight) * ce_sum + soft_weight * soft
+    return ce_sum, errors
+
