@@ -968,8 +968,11 @@ def test_decode_fmllr_is_kaldis_tools_on_its_lattices(synth: Setup, synth_tri3, 
     gmm-compute-likes on transform-feats --utt2spk trans.1."""
     import kaldiio
 
-    from asr_bn.gmm.sat import speaker_independent_features
+    from asr_bn.alignments.posteriors import read_posteriors
+    from asr_bn.fst import parse_lattice
+    from asr_bn.gmm.decode_fmllr import best_alignment_posteriors
     from asr_bn.gmm.features import prepared_gmm_features
+    from asr_bn.gmm.sat import speaker_independent_features
 
     _, tri3, _ = synth_tri3
     graph, prep = synth_sat_decoding
@@ -1003,14 +1006,32 @@ def test_decode_fmllr_is_kaldis_tools_on_its_lattices(synth: Setup, synth_tri3, 
               f"ark:{t / 'wpost2'}", f"ark:{t / 'trans_tmp'}")
     run_kaldi(k, "compose-transforms", "--b-is-affine=true", f"ark:{t / 'trans_tmp'}", f"ark:{t / 'pre_trans'}",
               f"ark:{t / 'trans'}")
+    # Pass 1's posteriors per frame and pdf: Kaldi's to 1e-2 (measured: equal on most utterances, within 0.7 % on
+    # the others; Kaldi's pruned determinization keeps a few word sequences past the beam, as it prunes with the
+    # forward cost of merged states). The estimation from given posteriors is Kaldi's to 1e-4 elsewhere
+    # (test_fmllr_is_gmm_est_fmllrs, test_align_fmllr_is_kaldis).
+    tm, lat_scp = read_transition_model(tri3 / "final.alimdl"), tmp_path / "decode_dev.si" / "lat.scp"
+    entries = [(line.split()[0], *line.split()[1].rsplit(":", 1)) for line in lat_scp.read_text().splitlines()]
+    kaldi_post = dict(read_posteriors(t / "post1"))
+    for i, (utt, ark, offset) in enumerate(entries):
+        raw = Path(ark).read_bytes()
+        end = int(entries[i + 1][2]) - len(entries[i + 1][0]) - 1 if i + 1 < len(entries) else len(raw)
+        frames, tids, weights = best_alignment_posteriors(parse_lattice(raw[int(offset):end], utt), 1 / 12, utt, 6.0)
+        ids, kaldi_weights = kaldi_post[utt]  # transition-ids here, padded with weight-0 entries
+        kept = kaldi_weights.ravel() != 0
+        kaldi_frames = np.repeat(np.arange(len(ids)), ids.shape[1])[kept]
+        size = (len(ids), tm.num_pdfs)
+        ours_pdf, kaldi_pdf = np.zeros(size), np.zeros(size)
+        np.add.at(ours_pdf, (frames, tm.to_pdfs(tids)), weights)
+        np.add.at(kaldi_pdf, (kaldi_frames, tm.to_pdfs(ids.ravel()[kept])), kaldi_weights.ravel()[kept])
+        assert np.allclose(ours_pdf.sum(axis=1), 1, atol=1e-4) and np.abs(ours_pdf - kaldi_pdf).max() <= 1e-2, utt
     kaldi, ours = dict(kaldiio.load_ark(str(t / "trans"))), dict(kaldiio.load_ark(str(out / "trans.1")))
     assert set(kaldi) == set(ours) == {"s05-f4", "s06-m8"}
     for spk in kaldi:
-        # Measured (relative Frobenius norm) 1.0e-3 and 1.8e-2: the pass-1 posteriors per frame and pdf are Kaldi's on
-        # 10 of the 12 utterances and within 0.3 % and 0.7 % on the other two (Kaldi's pruned determinization keeps
-        # a few word sequences past the beam: it prunes with the forward cost of merged states), and a full 40 x 41
-        # fMLLR estimated from a 6-utterance speaker of this synthesized corpus moves by more than that.
-        assert np.linalg.norm(ours[spk] - kaldi[spk]) <= 3e-2 * np.linalg.norm(kaldi[spk])
+        # A full 40 x 41 fMLLR estimated from a 6-utterance speaker of this synthesized corpus amplifies those
+        # differences, through pass 2's lattices too. Measured (relative Frobenius norm): 1.0e-3 and 1.8e-2 on one
+        # host, 5.5e-2 and 1.7e-3 on another (an AMD EPYC: OpenBLAS's kernels, hence the synthesized system, differ).
+        assert np.linalg.norm(ours[spk] - kaldi[spk]) <= 1e-1 * np.linalg.norm(kaldi[spk])
     final = f"ark:{t / 'final.ark'}"
     run_kaldi(k, "transform-feats", f"--utt2spk=ark:{utt2spk}", f"ark:{out / 'trans.1'}", f"ark:{si}", final)
     run_kaldi(k, "gmm-rescore-lattice", tri3 / "final.mdl", f"scp:{out / 'lat.scp'}", final, f"ark:{t / 'lat3'}")
