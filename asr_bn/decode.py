@@ -521,6 +521,8 @@ def decode(
         if average_with:
             mean = mean_loglikes([loglikes, *average_with])
             source, matrices, total = f"the mean of {rspecifier} and {len(average_with)} more", mean.items(), len(mean)
+            report.note(f"decoded the frame-by-frame mean of {len(average_with) + 1} sources: "
+                        + ", ".join(map(str, [loglikes, *average_with])))
         else:
             source, matrices, total = rspecifier, _read_matrices(rspecifier), _count_scp(rspecifier)
         items = ((utt, _check_shape(graph, utt, mat, source)) for utt, mat in matrices)

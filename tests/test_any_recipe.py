@@ -134,6 +134,24 @@ def test_any_recipe_fast_end_to_end(tmp_path: Path) -> None:
     labels = {lab.utt for lab in read_alignments(work / "exp" / "nnet_ali_s1")}
     assert labels and set(dict(kaldiio.load_scp(str(work / "prep" / "train_nnali_s1" / "pdf.scp")))) == labels
     assert (work / "prep" / "train_nnali" / "pdf.scp").read_bytes() == seed0
+    # --ensemble: seeds 0 and 1 decoded as one system (their frame-by-frame mean), a row of stage 8's table each
+    seed1 = subprocess.run([*cmd, "--seed", "1", "--stage", "5", "--stop-stage", "7"], capture_output=True, text=True,
+                           env=env)
+    assert seed1.returncode == 0, seed1.stdout[-3000:] + seed1.stderr[-3000:]
+    ens = subprocess.run([*cmd, "--ensemble", "0,1", "--stage", "7"], capture_output=True, text=True, env=env)
+    assert ens.returncode == 0, ens.stdout[-3000:] + ens.stderr[-3000:]
+    for kind in ("blstm", "blstm_bn_seq"):
+        out = work / "exp" / f"{kind}_ens0_1"
+        assert (out / "members").read_text().split() == [f"exp/{kind}", f"exp/{kind}_s1"]
+        notes = json.loads((out / "decode_test_tg" / "report.json").read_text())["notes"]
+        assert any(f"mean of 2 sources: exp/{kind}/forward_test/loglikes.scp, exp/{kind}_s1/" in n for n in notes)
+        assert (out / "decode_test_tg" / "wer").read_text().startswith("%WER")
+    rows = [r.split("|") for r in (work / "exp" / "results.md").read_text().splitlines() if r.startswith("| ")]
+    assert [(r[1].strip(), r[2].strip()) for r in rows if "ensemble" in r[1]] == [("none ensemble", "0+1"),
+                                                                                   ("sequence ensemble", "0+1")]
+    for bad, message in (("0", "give two or more seeds"), ("0,5", "exp/blstm_s5 has no forward outputs")):
+        failed = subprocess.run([*cmd, "--ensemble", bad, "--stage", "7"], capture_output=True, text=True, env=env)
+        assert failed.returncode == 1 and message in failed.stderr, failed.stderr[-2000:]
 
 
 def _spells(phones: list[str], words: list[str], prons: dict[str, list[list[str]]]) -> bool:

@@ -49,6 +49,9 @@
 #                   data, one process per part; the ali.N.gz archives), decoding.
 #   --net-opts S    the networks' options instead of the recipe's (layers, units, optimizer, epochs …).
 #   --cache         the networks and the GMM keep all features in memory (faster; default: read from disk each pass).
+#   --ensemble S    stage 7 also decodes the frame-by-frame mean of the networks of seeds S (comma-separated,
+#                   e.g. 0,1,2: each already through stage 7) with asr-bn decode --average-with → exp/<model>*_ens0_1_2,
+#                   a row of stage 8's table (AN4's best system is its three seeds' ensemble, docs/RESULTS.md).
 #   --train-opts S  extra `asr-bn train` options for both networks, after the recipe's own (so they win),
 #                   e.g. --train-opts "--epochs 30 --device cuda".
 # e.g. recipes/any/run.sh --train corpus/train --test corpus/test --dict corpus/dict --dir work
@@ -109,6 +112,7 @@ nj=2
 net_opts=
 cache=
 train_opts=
+ensemble=  # --ensemble: seeds, comma-separated
 
 log() {
   echo "$(date '+%Y-%m-%d %H:%M:%S') ($(basename "$0"):${BASH_LINENO[0]}) $*"
@@ -147,6 +151,7 @@ while [ $# -gt 0 ]; do
     --net-opts) net_opts=$2; shift 2 ;;
     --cache) cache=--cache; shift ;;
     --train-opts) train_opts=$2; shift 2 ;;
+    --ensemble) ensemble=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
@@ -166,6 +171,8 @@ if [ "$stage" -le 1 ]; then  # the inputs are read by stage 1 only
   [ -z "$dev" ] || dev=$(abspath "$dev")
 fi
 [ -z "$lm" ] || { [ -f "$lm" ] || die "--lm $lm does not exist"; lm=$(abspath "$lm"); }
+[ -z "$ensemble" ] || [[ $ensemble =~ ^[0-9]+(,[0-9]+)+$ ]] ||
+  die "--ensemble $ensemble: give two or more seeds, comma-separated (e.g. 0,1,2)"
 mkdir -p "$dir"
 cd "$dir"
 log "$0 $* (working in $(pwd), fast=$fast)"
@@ -242,6 +249,41 @@ forward_set() {  # forward_set EXP SET [FEATS]: EXP/forward_SET/loglikes.{ark,sc
     asr-bn forward "$exp" "prep/$feats" "ark,scp:$out/loglikes.ark,$out/loglikes.scp"
     cat "$exp/.done" > "$out/.done"
   fi
+}
+
+decode_sets() {  # decode_sets OUT OPTS EXP...: OUT/decode_{dev,test}_GRAPH of each graph, the LM weight chosen on dev,
+  local out=$1 opts=$2 entry2 name graph dev_dir test_dir best set  # the mean of the EXPs' forward outputs (an ensemble)
+  shift 2
+  local -a sources=("$@")
+  for entry2 in $graphs; do
+    name=${entry2%%:*} graph=${entry2#*:}
+    dev_dir=$out/decode_dev_$name test_dir=$out/decode_test_$name
+    if check_done "$test_dir/.done" "$opts"; then
+      log "$test_dir/.done exists - skipping"
+      continue
+    fi
+    for set in dev test; do
+      local -a extra=()
+      for exp in "${sources[@]:1}"; do
+        extra+=(--average-with "$exp/forward_$set/loglikes.scp")
+      done
+      if [ "$set" = dev ]; then
+        # shellcheck disable=SC2086 # decode_opts is a list of options
+        asr-bn decode "$graph" "$sys" "${sources[0]}/forward_dev/loglikes.scp" "$dev_dir" "${extra[@]}" \
+          --lattices --lmwt "$lmwts" --nj "$nj" $decode_opts
+        asr-bn score wer data/dev "$dev_dir" > "$dev_dir/wer_sweep"
+        best=$(sed -n 's/^best: .*hyp_\([0-9]*\)$/\1/p' "$dev_dir/wer_sweep")
+        [ -n "$best" ] || die "no best LM weight in $dev_dir/wer_sweep"
+        grep '^best: ' "$dev_dir/wer_sweep" | tee "$dev_dir/wer"  # the sweep's lines, then best: %WER …
+      else
+        # shellcheck disable=SC2086 # decode_opts is a list of options
+        asr-bn decode "$graph" "$sys" "${sources[0]}/forward_test/loglikes.scp" "$test_dir" "${extra[@]}" \
+          --lattices --lmwt "$best:$best" --nj "$nj" $decode_opts
+        asr-bn score wer data/test "$test_dir/hyp_$best" --details "$test_dir/details" | tee "$test_dir/wer"
+      fi
+    done
+    echo "$opts" > "$test_dir/.done"
+  done
 }
 
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
@@ -478,30 +520,27 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
   for entry in $models; do
     exp=exp/${entry%%:*}
     [ -f "$exp/.done" ] || die "$exp is not trained yet (run stages 5 and 6 first)"
-    opts=$(cat "$exp/.done")
     for set in dev test; do
       forward_set "$exp" "$set"
     done
-    for entry2 in $graphs; do
-      name=${entry2%%:*} graph=${entry2#*:}
-      dev_dir=$exp/decode_dev_$name test_dir=$exp/decode_test_$name
-      if check_done "$test_dir/.done" "$opts"; then
-        log "$test_dir/.done exists - skipping"
-        continue
-      fi
-      # shellcheck disable=SC2086 # decode_opts is a list of options
-      asr-bn decode "$graph" "$sys" "$exp/forward_dev/loglikes.scp" "$dev_dir" \
-        --lattices --lmwt "$lmwts" --nj "$nj" $decode_opts
-      asr-bn score wer data/dev "$dev_dir" > "$dev_dir/wer_sweep"
-      best=$(sed -n 's/^best: .*hyp_\([0-9]*\)$/\1/p' "$dev_dir/wer_sweep")
-      [ -n "$best" ] || die "no best LM weight in $dev_dir/wer_sweep"
-      grep '^best: ' "$dev_dir/wer_sweep" | tee "$dev_dir/wer"  # the sweep's lines, then best: %WER …
-      asr-bn decode "$graph" "$sys" "$exp/forward_test/loglikes.scp" "$test_dir" \
-        --lattices --lmwt "$best:$best" --nj "$nj" $decode_opts
-      asr-bn score wer data/test "$test_dir/hyp_$best" --details "$test_dir/details" | tee "$test_dir/wer"
-      echo "$opts" > "$test_dir/.done"
-    done
+    decode_sets "$exp" "$(cat "$exp/.done")" "$exp"
   done
+  if [ -n "$ensemble" ]; then  # the seeds' mean log-likelihoods, decoded as one system
+    for entry in $models; do
+      kind=exp/${entry%%:*} kind=${kind%"$suffix"} members=() opts="ensemble"
+      for member_seed in ${ensemble//,/ }; do
+        member=$kind
+        [ "$member_seed" = 0 ] || member=${kind}_s$member_seed
+        [ -f "$member/forward_test/.done" ] ||
+          die "$member has no forward outputs (run stages 5-7 with --seed $member_seed first, then --ensemble)"
+        members+=("$member") opts="$opts $member:$(cat "$member/.done")"
+      done
+      out=${kind}_ens${ensemble//,/_}
+      mkdir -p "$out"
+      echo "${members[*]}" > "$out/members"
+      decode_sets "$out" "$opts" "${members[@]}"
+    done
+  fi
 fi
 
 if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
@@ -517,7 +556,7 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
   for t in "" _nnali _fmllr _fmllr_nnali _sp _fmllr_sp _fmfb _fmfb_nnali _fmfb_sp _nnali_sp _fmllr_nnali_sp \
     _fmfb_nnali_sp; do
     for entry in blstm:none blstm_bn_seq:sequence; do
-      for exp in "exp/${entry%%:*}$t" "exp/${entry%%:*}$t"_s[0-9]*; do
+      for exp in "exp/${entry%%:*}$t" "exp/${entry%%:*}$t"_s[0-9]* "exp/${entry%%:*}$t"_ens[0-9]*; do
         [ -f "$exp/decode_test_$last_graph/.done" ] || continue
         exps+=("$exp")
         case $t in
@@ -534,6 +573,7 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
           _fmfb_nnali_sp) labels+=("${entry#*:} (fMLLR+fbank input, speed x3, nnet ali)") ;;
           *) labels+=("${entry#*:}") ;;
         esac
+        [ ! -f "$exp/members" ] || { labels[-1]="${labels[-1]} ensemble"; continue; }  # no model: no frame scores
         seed_tag=${exp##*"$t"}
         for set in train dev; do  # frame scores against the targets the model learned: a seed's for network targets
           case $t in

@@ -3,6 +3,9 @@
 
     python local/report.py exp/blstm exp/blstm_bn_seq [--labels none,sequence] [--graphs loop,an4lm,tg]
 
+An ensemble (stage 7's --ensemble: EXP/members names the seeds' model dirs) has no frame scores of its own: its row
+gives the members' seeds and its WERs.
+
 Reads  EXP/config.json (the seed), EXP/frames_train, EXP/frames_dev (`asr-bn score frames` lines),
        EXP/metrics.jsonl (the best update, the updates run), EXP/decode_test_<graph>/wer and
        EXP/decode_dev_<graph>/wer (`asr-bn score wer` lines), the LM weight chosen on dev (the hyp_<LMWT> file
@@ -74,6 +77,9 @@ def table(exps: list[Path], labels: list[str], graphs: list[str] | None = None) 
     numbers: dict[str, list[list[float]]] = {}  # label -> per seed: train CE, dev CE, dev FER, dev WERs, test WERs
     per_utt: dict[tuple[str, int], list[dict[str, ErrorCounts]]] = {}  # (label, seed) -> per graph: test errors
     for exp, label in zip(exps, labels):
+        if (exp / "members").is_file():
+            lines.append(_ensemble_row(exp, label, graphs))
+            continue
         train_ce, _ = frame_scores(exp / "frames_train")
         dev_ce, dev_fer = frame_scores(exp / "frames_dev")
         dev_wers = [wer(exp / f"decode_dev_{g}" / "wer")[0] for g in graphs]
@@ -92,6 +98,17 @@ def table(exps: list[Path], labels: list[str], graphs: list[str] | None = None) 
                      *(f"{w:.2f}" for w in mean[3:])]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines + comparisons(per_utt, list(dict.fromkeys(labels)), graphs))
+
+
+def _ensemble_row(exp: Path, label: str, graphs: list[str]) -> str:
+    """The table row of an ensemble: its members' seeds, no frame scores (it is no single model), its WERs."""
+    members = [Path(m) for m in _read(exp / "members", "stage 7").split()]
+    dev_wers = [wer(exp / f"decode_dev_{g}" / "wer")[0] for g in graphs]
+    tests = [wer(exp / f"decode_test_{g}" / "wer") for g in graphs]
+    spans = [bootstrap_wer([_per_utt(exp / f"decode_test_{g}")], REPLICATIONS).intervals[0].span(2) for g in graphs]
+    cells = [label, "+".join(str(seed(m)) for m in members), "–", "–", "–", "–", *(f"{w:.2f}" for w in dev_wers),
+             *(f"{w:.2f} ({hyp.rsplit('_', 1)[-1]}) {span}" for (w, hyp), span in zip(tests, spans))]
+    return "| " + " | ".join(cells) + " |"
 
 
 def comparisons(
