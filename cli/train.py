@@ -146,7 +146,7 @@ def average(
 
     e.g. asr-bn average exp/blstm_bn exp/blstm_bn_avg5 --last 5 && asr-bn score frames exp/blstm_bn_avg5 prep/dev
     """
-    from asr_bn.average import average_models
+    from asr_bn.train.average import average_models
 
     report = average_models(exp_dir, out_dir, last)
     for line in report.lines():

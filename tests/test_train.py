@@ -609,7 +609,7 @@ def test_kept_models_average_into_a_model_dir(dirs: tuple[Path, Path], tmp_path:
     """--keep-models keeps each evaluation's model (final.pt's format) without changing the run; `asr-bn average`
     writes the mean of the last K up to the best as a model dir that score frames reads; too few, another run's
     models or EXP_DIR as OUT_DIR are one-line errors."""
-    from asr_bn.average import kept_models
+    from asr_bn.train.average import kept_models
 
     train, dev = dirs
     plain, kept = tmp_path / "plain", tmp_path / "kept"

@@ -10,7 +10,8 @@ learning_curve.png, report.json} (docs/ARCHITECTURE.md).
 
 One room per idea: `schedule` (TrainState and pure functions of it), `loss` (compute_loss), `loop`
 (train_one_epoch → train, top to bottom), `run` (a process's set-up and bookkeeping), `checkpoint` (files on disk),
-`processes` (torchrun ranks, signals), `curves` (metrics.jsonl, learning-curve PNGs).
+`processes` (torchrun ranks, signals), `curves` (metrics.jsonl, learning-curve PNGs), `average` (checkpoint
+averaging of the models a run kept).
 
 Under DistributedDataParallel every global batch (`--batch-size` / `--max-frames` mean the same with 1 or N
 processes) is split between the ranks and each rank's CE sum is divided by the global frame count, so N processes

@@ -15,7 +15,7 @@ import torch
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.io import OutputLock, atomic_path, check_output_dir, file_in
 from asr_bn.report import Report
-from asr_bn.train import MODEL_FORMAT, MODELS, load_checkpoint, save_atomic
+from asr_bn.train.checkpoint import MODEL_FORMAT, MODELS, load_checkpoint, save_atomic
 
 __all__ = ["average_models", "kept_models"]
 
