@@ -16,7 +16,7 @@ import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -32,7 +32,10 @@ from asr_bn.io import (
     check_output_dir,
     error_detail,
     out_of_memory_reading,
+    TableRow,
+    read_matrix,
     read_rows,
+    read_table,
     require_dir,
     write_text,
 )
@@ -46,7 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DecodeConfig", "Graph", "Hypothesis", "load_graph", "decode_matrix", "lattice_hypothesis", "decode",
-    "write_decode", "read_loglikes", "mean_loglikes", "model_file",
+    "write_decode", "read_loglikes", "loglike_table", "MeanLoglikes", "model_file",
 ]
 
 
@@ -418,32 +421,73 @@ def read_loglikes(source: str | Path) -> Iterator[tuple[str, np.ndarray]]:
     return _read_matrices(_rspecifier(source))
 
 
-def mean_loglikes(sources: Sequence[str | Path]) -> dict[str, np.ndarray]:
-    """The frame-by-frame mean of several networks' `asr-bn forward` outputs (an ensemble), Kaldi's `matrix-sum
-    --average=true` to the bit (`add_scaled` by 1/n in the order given). Every source must hold the first one's
-    utterances, each matrix of the same shape (else one AsrBnError naming both)."""
-    from asr_bn.alignments.posteriors import add_scaled
+def loglike_table(source: str | Path) -> Mapping[str, np.ndarray]:
+    """`asr-bn forward` output as a table by utterance: an scp is read one utterance at a time when asked (any set
+    size); an archive or a pipe, which cannot be read out of order, is read whole."""
+    rspecifier = _rspecifier(source)
+    kinds, _, path = rspecifier.partition(":")
+    if "scp" not in kinds.split(","):
+        return dict(_read_matrices(rspecifier))
+    return _ScpMatrices(path, read_table(path, f"re-run `asr-bn forward` and give its output as {_LOGLIKES_FORMS}"))
 
-    if not sources:
-        raise UsageError("give at least one source of log-likelihoods")
-    if len(sources) == 1:
-        return dict(read_loglikes(sources[0]))
-    scale = 1.0 / len(sources)
-    total = {utt: add_scaled(None, mat, scale) for utt, mat in read_loglikes(sources[0])}
-    for source in sources[1:]:
-        seen = 0
-        for utt, mat in read_loglikes(source):
-            if utt not in total:
-                continue
-            if mat.shape != total[utt].shape:
-                raise AsrBnError(f"{source}: utterance {utt} has log-likelihoods of shape {mat.shape}, {sources[0]} "
-                                 f"{total[utt].shape}: average the outputs of networks of one tree on the same data")
-            total[utt] = add_scaled(total[utt], mat, scale)
-            seen += 1
-        if seen != len(total):
-            raise AsrBnError(f"{source} lacks {len(total) - seen} of the {len(total)} utterances of {sources[0]}: "
-                             "average forward outputs of the same data dir")
-    return total
+
+class _ScpMatrices(Mapping[str, np.ndarray]):
+    """The matrices of an scp by key, each read from its archive when asked (asr_bn.io.read_matrix's errors)."""
+
+    def __init__(self, path: str, rows: Mapping[str, TableRow]) -> None:
+        self.path, self.rows = path, rows
+
+    def __getitem__(self, utt: str) -> np.ndarray:
+        mat = read_matrix(self.rows[utt].rest, self.path, f"utterance {shown(utt)}")
+        if mat.ndim != 2:
+            raise AsrBnError(f"{self.path}: utterance {shown(utt)} is not a Kaldi matrix; re-run `asr-bn forward`")
+        return mat
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+class MeanLoglikes(Mapping[str, np.ndarray]):
+    """The frame-by-frame mean of several networks' `asr-bn forward` outputs (an ensemble), utterance by utterance
+    when asked (scp sources: any set size), Kaldi's `matrix-sum --average=true` to the bit (`add_scaled` by 1/n in
+    the order given); the first source's utterances in its order. A source lacking one of them is an AsrBnError at
+    once; a matrix of another shape than the first source's, when it is read."""
+
+    def __init__(self, sources: Sequence[str | Path]) -> None:
+        if not sources:
+            raise UsageError("give at least one source of log-likelihoods")
+        self.sources = [str(s) for s in sources]
+        self.tables = [loglike_table(s) for s in sources]
+        first = self.tables[0]
+        for source, table in zip(self.sources[1:], self.tables[1:]):
+            lacking = sum(utt not in table for utt in first)
+            if lacking:
+                raise AsrBnError(f"{source} lacks {lacking} of the {len(first)} utterances of {self.sources[0]}: "
+                                 "average forward outputs of the same data dir")
+
+    def __getitem__(self, utt: str) -> np.ndarray:
+        from asr_bn.alignments.posteriors import add_scaled
+
+        if len(self.tables) == 1:
+            return self.tables[0][utt]
+        total = None
+        for source, table in zip(self.sources, self.tables):
+            mat = table[utt]
+            if total is not None and mat.shape != total.shape:
+                raise AsrBnError(f"{source}: utterance {utt} has log-likelihoods of shape {mat.shape}, "
+                                 f"{self.sources[0]} {total.shape}: average the outputs of networks of one tree on "
+                                 "the same data")
+            total = add_scaled(total, mat, 1.0 / len(self.tables))
+        return total
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tables[0])
+
+    def __len__(self) -> int:
+        return len(self.tables[0])
 
 
 def _count_scp(rspecifier: str) -> int | None:
@@ -500,7 +544,7 @@ def decode(
 ) -> Report:
     """Decode every utterance of `loglikes` (rspecifier or ark/scp path) into `out_dir`; with `average_with`, the
     frame-by-frame mean of `loglikes` and those sources (an ensemble of networks, as Kaldi's `matrix-sum
-    --average=true | latgen-faster-mapped`; `mean_loglikes`: the whole set in memory).
+    --average=true | latgen-faster-mapped`; `MeanLoglikes`: scp sources are read utterance by utterance).
 
     Writes `text` (one-best words per utterance, input order), `report.json`, and with `config.lattices`
     `lat.ark`/`lat.scp` (state-level lattices, transition-ids in, word ids out, unscaled acoustic costs: Kaldi's
@@ -519,7 +563,7 @@ def decode(
     with OutputLock(out_dir):
         graph = load_graph(graph_dir, model, pdf_labels=not (config.lattices or config.ctm))
         if average_with:
-            mean = mean_loglikes([loglikes, *average_with])
+            mean = MeanLoglikes([loglikes, *average_with])
             source, matrices, total = f"the mean of {rspecifier} and {len(average_with)} more", mean.items(), len(mean)
             report.note(f"decoded the frame-by-frame mean of {len(average_with) + 1} sources: "
                         + ", ".join(map(str, [loglikes, *average_with])))

@@ -282,7 +282,7 @@ def align(
 ) -> None:
     """Force-align with a trained model as steps/align_si.sh, e.g.
     asr-bn gmm align prep/train data/lang exp/mono exp/mono_ali --nj 4"""
-    from asr_bn.decode import mean_loglikes
+    from asr_bn.decode import MeanLoglikes
     from asr_bn.gmm.align import AlignConfig, align as run
     from asr_bn.gmm.system import GmmSystem
     from asr_bn.lang import read_lang
@@ -295,7 +295,7 @@ def align(
     system = GmmSystem.load(src_dir / "final.mdl")
     feats, text = _features(data, cache)
     if loglikes:
-        feats = mean_loglikes(loglikes)
+        feats = MeanLoglikes(loglikes)  # read utterance by utterance: any set size
     else:
         feats = _system_features(feats, src_dir)
         system.check_features(feats, src_dir / "final.mdl")

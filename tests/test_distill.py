@@ -60,17 +60,17 @@ def _kaldi_text_posteriors(text: str) -> dict[str, list[list[tuple[int, float]]]
 # -- ensembles of log-likelihoods ---------------------------------------------------------------------------------
 
 
-def test_mean_loglikes_is_kaldis_matrix_sum_average(dirs: tuple[Path, Path], kaldi_bundle: Path,
+def test_mean_loglikes_are_kaldis_matrix_sum_average(dirs: tuple[Path, Path], kaldi_bundle: Path,
                                                     tmp_path: Path) -> None:
     """Three networks' outputs averaged frame by frame are Kaldi's `matrix-sum --average=true` to the bit; a source
-    with another shape or fewer utterances is one line naming it."""
+    with another shape (when read) or fewer utterances (at once) is one line naming it."""
     import kaldiio
 
-    from asr_bn.decode import mean_loglikes
+    from asr_bn.decode import MeanLoglikes
     from asr_bn.errors import AsrBnError
 
     scps = [_log_posteriors(tmp_path / f"ll{s}.scp", dirs[0], s) for s in range(3)]
-    ours = mean_loglikes([str(s) for s in scps])
+    ours = MeanLoglikes([str(s) for s in scps])
     run_kaldi_bytes(kaldi_bundle, "matrix-sum", "--average=true", *[f"scp:{s}" for s in scps],
                     f"ark:{tmp_path / 'k.ark'}")
     kaldi = dict(kaldiio.load_ark(str(tmp_path / "k.ark")))
@@ -79,11 +79,11 @@ def test_mean_loglikes_is_kaldis_matrix_sum_average(dirs: tuple[Path, Path], kal
         assert ours[utt].dtype == np.float32 and ours[utt].tobytes() == mat.tobytes(), utt
     other = _log_posteriors(tmp_path / "other.scp", dirs[0], 3, num_pdfs=5)
     with pytest.raises(AsrBnError, match="other.scp: utterance .* has log-likelihoods of shape"):
-        mean_loglikes([str(scps[0]), str(other)])
+        dict(MeanLoglikes([str(scps[0]), str(other)]))
     short = tmp_path / "short.scp"
     short.write_text("".join(scps[1].read_text().splitlines(keepends=True)[2:]))
     with pytest.raises(AsrBnError, match="short.scp lacks 2 of the 16 utterances"):
-        mean_loglikes([str(scps[0]), str(short)])
+        MeanLoglikes([str(scps[0]), str(short)])
 
 
 # -- Kaldi's posterior archives ---------------------------------------------------------------------------------

@@ -896,10 +896,10 @@ def test_cli_gmm_ladder(synth: Setup, synth_tri1, tmp_path: Path) -> None:  # no
     assert len(likes) == 40 and next(iter(likes.values())).shape[1] == GmmSystemFor(tmp_path / "tri2").am.num_pdfs
     # align --loglikes given several times: their mean (the same matrix twice: itself); a source short of utterances
     scp = str(tmp_path / "likes" / "loglikes.scp")
-    for out, sources in (("net_ali", [scp]), ("ens_ali", [scp, scp])):
+    for out, sources, nj in (("net_ali", [scp], "1"), ("ens_ali", [scp, scp], "2")):  # read by utterance in 2 jobs
         loglikes = [a for s in sources for a in ("--loglikes", s)]
         result = runner.invoke(app, ["gmm", "align", str(prep), str(lang), str(tmp_path / "tri2"), str(tmp_path / out),
-                                     *loglikes])
+                                     *loglikes, "--nj", nj])
         assert result.exit_code == 0, result.output
     one, two = ({x.utt: x.values for x in read_alignments(tmp_path / d)} for d in ("net_ali", "ens_ali"))
     assert len(one) == 40 and one.keys() == two.keys() and all(np.array_equal(one[u], two[u]) for u in one)
