@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from asr_bn.errors import AsrBnError, UsageError
-from asr_bn.io import OutputLock, atomic_path, check_output_dir, file_in
+from asr_bn.io import OutputLock, atomic_path, begin_run, check_output_dir, file_in
 from asr_bn.report import Report
 from asr_bn.train.checkpoint import MODEL_FORMAT, MODELS, load_checkpoint, save_atomic
 
@@ -71,6 +71,7 @@ def average_models(exp_dir: str | Path, out_dir: str | Path, last: int) -> Repor
     updates = [u for u, _ in chosen]
     report = Report("average")
     with OutputLock(out_dir):
+        begin_run(out_dir, "final.pt")  # an earlier average's model never stays beside this one's files
         for name in _COPIED:
             if (exp_dir / name).is_file():
                 with atomic_path(out_dir / name) as tmp:
