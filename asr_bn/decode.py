@@ -27,12 +27,12 @@ from asr_bn.fst import FstArrays, read_std_fst, relabel_input, decoder_fst
 from asr_bn.io import (
     KALDIIO_READ_ERRORS,
     OutputLock,
+    TableRow,
     archive_problem,
     atomic_open,
     check_output_dir,
     error_detail,
     out_of_memory_reading,
-    TableRow,
     read_matrix,
     read_rows,
     read_table,
