@@ -443,6 +443,9 @@ class _ScpMatrices(Mapping[str, np.ndarray]):
             raise AsrBnError(f"{self.path}: utterance {shown(utt)} is not a Kaldi matrix; re-run `asr-bn forward`")
         return mat
 
+    def __contains__(self, utt: object) -> bool:  # the scp's keys: Mapping's default would read the matrix
+        return utt in self.rows
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.rows)
 
