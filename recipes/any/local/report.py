@@ -77,19 +77,20 @@ def table(exps: list[Path], labels: list[str], graphs: list[str] | None = None) 
     numbers: dict[str, list[list[float]]] = {}  # label -> per seed: train CE, dev CE, dev FER, dev WERs, test WERs
     per_utt: dict[tuple[str, int], list[dict[str, ErrorCounts]]] = {}  # (label, seed) -> per graph: test errors
     for exp, label in zip(exps, labels):
-        if (exp / "members").is_file():
-            lines.append(_ensemble_row(exp, label, graphs))
-            continue
-        train_ce, _ = frame_scores(exp / "frames_train")
-        dev_ce, dev_fer = frame_scores(exp / "frames_dev")
-        dev_wers = [wer(exp / f"decode_dev_{g}" / "wer")[0] for g in graphs]
-        tests = [wer(exp / f"decode_test_{g}" / "wer") for g in graphs]
-        numbers.setdefault(label, []).append([train_ce, dev_ce, dev_fer, *dev_wers, *(w for w, _ in tests)])
-        errors = per_utt[label, seed(exp)] = [_per_utt(exp / f"decode_test_{g}") for g in graphs]
-        spans = [bootstrap_wer([e], REPLICATIONS).intervals[0].span(2) for e in errors]
-        cells = [label, str(seed(exp)), f"{train_ce:.3f}", f"{dev_ce:.3f}", f"{dev_fer:.1f}", training_summary(exp),
-                 *(f"{w:.2f}" for w in dev_wers),
-                 *(f"{w:.2f} ({hyp.rsplit('_', 1)[-1]}) {span}" for (w, hyp), span in zip(tests, spans))]
+        dev_wers, tests, errors = _wers(exp, graphs)
+        wer_cells = [*(f"{w:.2f}" for w in dev_wers),
+                     *(f"{w:.2f} ({hyp.rsplit('_', 1)[-1]}) {bootstrap_wer([e], REPLICATIONS).intervals[0].span(2)}"
+                       for (w, hyp), e in zip(tests, errors))]
+        if (exp / "members").is_file():  # an ensemble: its members' seeds, no frame scores (it is no single model)
+            members = [Path(m) for m in _read(exp / "members", "stage 7").split()]
+            cells = [label, "+".join(str(seed(m)) for m in members), "–", "–", "–", "–", *wer_cells]
+        else:
+            train_ce, _ = frame_scores(exp / "frames_train")
+            dev_ce, dev_fer = frame_scores(exp / "frames_dev")
+            numbers.setdefault(label, []).append([train_ce, dev_ce, dev_fer, *dev_wers, *(w for w, _ in tests)])
+            per_utt[label, seed(exp)] = errors
+            cells = [label, str(seed(exp)), f"{train_ce:.3f}", f"{dev_ce:.3f}", f"{dev_fer:.1f}",
+                     training_summary(exp), *wer_cells]
         lines.append("| " + " | ".join(cells) + " |")
     for label, runs in numbers.items():
         if len(runs) > 1:
@@ -100,15 +101,11 @@ def table(exps: list[Path], labels: list[str], graphs: list[str] | None = None) 
     return "\n".join(lines + comparisons(per_utt, list(dict.fromkeys(labels)), graphs))
 
 
-def _ensemble_row(exp: Path, label: str, graphs: list[str]) -> str:
-    """The table row of an ensemble: its members' seeds, no frame scores (it is no single model), its WERs."""
-    members = [Path(m) for m in _read(exp / "members", "stage 7").split()]
-    dev_wers = [wer(exp / f"decode_dev_{g}" / "wer")[0] for g in graphs]
-    tests = [wer(exp / f"decode_test_{g}" / "wer") for g in graphs]
-    spans = [bootstrap_wer([_per_utt(exp / f"decode_test_{g}")], REPLICATIONS).intervals[0].span(2) for g in graphs]
-    cells = [label, "+".join(str(seed(m)) for m in members), "–", "–", "–", "–", *(f"{w:.2f}" for w in dev_wers),
-             *(f"{w:.2f} ({hyp.rsplit('_', 1)[-1]}) {span}" for (w, hyp), span in zip(tests, spans))]
-    return "| " + " | ".join(cells) + " |"
+def _wers(exp: Path, graphs: list[str]) -> tuple[list[float], list[tuple[float, str]], list[dict[str, ErrorCounts]]]:
+    """Per graph: the dev WER, the test WER with the hypothesis file scored, the test errors per utterance."""
+    return ([wer(exp / f"decode_dev_{g}" / "wer")[0] for g in graphs],
+            [wer(exp / f"decode_test_{g}" / "wer") for g in graphs],
+            [_per_utt(exp / f"decode_test_{g}") for g in graphs])
 
 
 def comparisons(
