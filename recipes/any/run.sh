@@ -252,37 +252,35 @@ forward_set() {  # forward_set EXP SET [FEATS]: EXP/forward_SET/loglikes.{ark,sc
 }
 
 decode_sets() {  # decode_sets OUT OPTS EXP...: OUT/decode_{dev,test}_GRAPH of each graph, the LM weight chosen on dev,
-  local out=$1 opts=$2 entry2 name graph dev_dir test_dir best set  # the mean of the EXPs' forward outputs (an ensemble)
+  local out=$1 opts=$2 entry2 name graph dir lmwt best= set  # the mean of the EXPs' forward outputs (an ensemble)
   shift 2
   local -a sources=("$@")
   for entry2 in $graphs; do
     name=${entry2%%:*} graph=${entry2#*:}
-    dev_dir=$out/decode_dev_$name test_dir=$out/decode_test_$name
-    if check_done "$test_dir/.done" "$opts"; then
-      log "$test_dir/.done exists - skipping"
+    if check_done "$out/decode_test_$name/.done" "$opts"; then
+      log "$out/decode_test_$name/.done exists - skipping"
       continue
     fi
-    for set in dev test; do
+    for set in dev test; do  # dev sweeps the LM weights, test decodes with dev's best
+      dir=$out/decode_${set}_$name lmwt=$lmwts
+      [ "$set" = test ] && lmwt=$best:$best
       local -a extra=()
       for exp in "${sources[@]:1}"; do
         extra+=(--average-with "$exp/forward_$set/loglikes.scp")
       done
+      # shellcheck disable=SC2086 # decode_opts is a list of options
+      asr-bn decode "$graph" "$sys" "${sources[0]}/forward_$set/loglikes.scp" "$dir" "${extra[@]}" \
+        --lattices --lmwt "$lmwt" --nj "$nj" $decode_opts
       if [ "$set" = dev ]; then
-        # shellcheck disable=SC2086 # decode_opts is a list of options
-        asr-bn decode "$graph" "$sys" "${sources[0]}/forward_dev/loglikes.scp" "$dev_dir" "${extra[@]}" \
-          --lattices --lmwt "$lmwts" --nj "$nj" $decode_opts
-        asr-bn score wer data/dev "$dev_dir" > "$dev_dir/wer_sweep"
-        best=$(sed -n 's/^best: .*hyp_\([0-9]*\)$/\1/p' "$dev_dir/wer_sweep")
-        [ -n "$best" ] || die "no best LM weight in $dev_dir/wer_sweep"
-        grep '^best: ' "$dev_dir/wer_sweep" | tee "$dev_dir/wer"  # the sweep's lines, then best: %WER …
+        asr-bn score wer data/dev "$dir" > "$dir/wer_sweep"
+        best=$(sed -n 's/^best: .*hyp_\([0-9]*\)$/\1/p' "$dir/wer_sweep")
+        [ -n "$best" ] || die "no best LM weight in $dir/wer_sweep"
+        grep '^best: ' "$dir/wer_sweep" | tee "$dir/wer"  # the sweep's lines, then best: %WER …
       else
-        # shellcheck disable=SC2086 # decode_opts is a list of options
-        asr-bn decode "$graph" "$sys" "${sources[0]}/forward_test/loglikes.scp" "$test_dir" "${extra[@]}" \
-          --lattices --lmwt "$best:$best" --nj "$nj" $decode_opts
-        asr-bn score wer data/test "$test_dir/hyp_$best" --details "$test_dir/details" | tee "$test_dir/wer"
+        asr-bn score wer data/test "$dir/hyp_$best" --details "$dir/details" | tee "$dir/wer"
       fi
     done
-    echo "$opts" > "$test_dir/.done"
+    echo "$opts" > "$out/decode_test_$name/.done"
   done
 }
 
