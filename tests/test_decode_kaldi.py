@@ -194,3 +194,44 @@ def _avg_log_like_of(graph: Path, model: Path, loglikes: Path, tmp_path: Path) -
     """The log-likelihood per frame of one source decoded alone (the ensemble's must differ from it)."""
     decode(graph, model, loglikes, tmp_path / "alone")
     return _avg_log_like(tmp_path / "alone")
+
+
+def test_lattice_posteriors_are_kaldis_rescore_mapped_then_lattice_to_post(
+    yesno_root: Path, kaldi_bundle: Path, gmm_loglikes: Path, decoded: dict[str, Path], tmp_path: Path
+) -> None:
+    """asr-bn's lattices rescored with other log-likelihoods and their forward-backward posteriors (the
+    denominator of sequence training) are Kaldi's `lattice-rescore-mapped | lattice-to-post --acoustic-scale`:
+    every (frame, transition-id) posterior to 1e-4 and the total log-likelihood per frame to 1e-4."""
+    import kaldiio
+    import numpy as np
+
+    from asr_bn.alignments import read_posteriors, read_transition_model
+    from asr_bn.io import write_ark_scp
+    from asr_bn.lattice import LatticeTable, forward_backward, rescore_lattice
+
+    rng = np.random.default_rng(0)  # another "network": the GMM's scores with noise, so rescoring changes the lattice
+    other = {u: (m + rng.normal(0, 2, m.shape)).astype(np.float32) for u, m in kaldiio.load_ark(str(gmm_loglikes))}
+    write_ark_scp(tmp_path / "other.ark", tmp_path / "other.scp", other.items())
+    model = yesno_root / "exp/mono/final.mdl"
+    rescored = f"ark:lattice-rescore-mapped {model} scp:{decoded['lattices'] / 'lat.scp'} scp:{tmp_path / 'other.scp'} ark:- |"
+    log = _kaldi_log(kaldi_bundle, "lattice-to-post", "--acoustic-scale=0.1", rescored, f"ark:{tmp_path / 'post.ark'}")
+    kaldi_per_frame, frames = re.search(r"Overall average log-like/frame is (\S+) over (\d+) frames", log).groups()
+    kaldi = dict(read_posteriors(tmp_path / "post.ark"))
+    tid2pdf = read_transition_model(model).tid_pdf
+    lattices = LatticeTable(decoded["lattices"] / "lat.scp")
+    assert sorted(lattices) == sorted(kaldi) and len(lattices) == 29
+    total = 0.0
+    for utt, lat in lattices.items():
+        at, tids, posts, log_like = forward_backward(rescore_lattice(lat, other[utt], tid2pdf, utt), 0.1, utt)
+        total += log_like
+        ids, weights = kaldi[utt]  # per frame, padded with weight-0 entries
+        theirs, ours = {}, {}
+        for t, (row, w) in enumerate(zip(ids, weights)):
+            for i, p in zip(row.tolist(), w.tolist()):
+                if p:
+                    theirs[t, i] = theirs.get((t, i), 0.0) + p
+        for t, i, p in zip(at.tolist(), tids.tolist(), posts.tolist()):
+            ours[t, i] = p
+        assert ours.keys() >= {k for k, p in theirs.items() if p > 1e-6}, utt
+        assert max(abs(ours[k] - theirs.get(k, 0.0)) for k in ours) < 1e-4, utt
+    assert total / int(frames) == pytest.approx(float(kaldi_per_frame), abs=1e-4)

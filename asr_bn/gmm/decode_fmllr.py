@@ -16,61 +16,48 @@ each step with Kaldi's binaries and the whole with Kaldi's script.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
 from asr_bn.config import DecodeConfig, DecodeFmllrConfig, check_options
-from asr_bn.decode import Graph, Hypothesis, _decode_or_reason, lattice_hypothesis, load_graph, write_decode
+from asr_bn.decode import (
+    Graph,
+    Hypothesis,
+    _decode_or_reason,
+    lattice_hypothesis,
+    load_graph,
+    write_decode,
+)
 from asr_bn.errors import AsrBnError
 from asr_bn.fst import FstArrays, parse_lattice, vector_bytes
-from asr_bn.gmm.sat import (Posterior, SatConfig, _spk2utt, compose, estimate_speaker_transforms, fmllr_adapted,
-                            speaker_independent_features, weight_silence, write_transforms)
 from asr_bn.gmm.align import kaldi_split
+from asr_bn.gmm.sat import (
+    Posterior,
+    SatConfig,
+    _spk2utt,
+    compose,
+    estimate_speaker_transforms,
+    fmllr_adapted,
+    speaker_independent_features,
+    weight_silence,
+    write_transforms,
+)
 from asr_bn.gmm.system import GmmSystem
-from asr_bn.io import begin_run, check_output_dir, OutputLock, write_text
+from asr_bn.io import OutputLock, begin_run, check_output_dir, write_text
 from asr_bn.jobs import run_jobs
+from asr_bn.lattice import arc_frames, rescore_lattice, viterbi
 from asr_bn.progress import progress_bar
 from asr_bn.report import Report
 
-__all__ = ["DecodeFmllrConfig", "best_alignment_posteriors", "rescore_lattice", "decode_fmllr"]
+__all__ = ["DecodeFmllrConfig", "best_alignment_posteriors", "decode_fmllr"]
 
 T = TypeVar("T")
 
 # ---------------------------------------------------------------------------------------------------------------------
 # State-level lattices as arrays
-
-
-def _arc_frames(lat: FstArrays, utt: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(states in topological order, each arc's source state, each arc's frame): the frame of an arc is the number
-    of transition-id arcs before it on any path (Kaldi's LatticeStateTimes)."""
-    n, first = lat.num_states, lat.first
-    src = np.repeat(np.arange(n, dtype=np.int64), np.diff(first))
-    dst = lat.arcs["nextstate"].astype(np.int64)
-    if (dst > src).all():
-        order = np.arange(n)
-    else:  # Kahn's algorithm
-        indegree = np.bincount(dst, minlength=n)
-        stack, seen = [s for s in range(n) if indegree[s] == 0], []
-        while stack:
-            s = stack.pop()
-            seen.append(s)
-            for d in dst[first[s]:first[s + 1]].tolist():
-                indegree[d] -= 1
-                if indegree[d] == 0:
-                    stack.append(d)
-        if len(seen) != n:
-            raise AsrBnError(f"utterance {utt}: its lattice has a cycle (not a decoder's lattice; decode it again)")
-        order = np.asarray(seen)
-    emitting = (lat.arcs["ilabel"] != 0).astype(np.int64)
-    time = np.zeros(n, np.int64)
-    for s in order.tolist():
-        a, b = first[s], first[s + 1]
-        if a < b:
-            time[dst[a:b]] = time[s] + emitting[a:b]
-    return order, src, time[src]
 
 
 def best_alignment_posteriors(lat: FstArrays, acoustic_scale: float, utt: str,
@@ -82,11 +69,11 @@ def best_alignment_posteriors(lat: FstArrays, acoustic_scale: float, utt: str,
     back along its best path."""
     import heapq
 
-    order, _, frames = _arc_frames(lat, utt)
+    order, _, frames = arc_frames(lat, utt)
     first, dst, olabel = lat.first, lat.arcs["nextstate"].astype(np.int64), lat.arcs["olabel"]
     cost = lat.arcs["graph"].astype(np.float64) + acoustic_scale * lat.arcs["acoustic"].astype(np.float64)
     final = lat.final[:, 0].astype(np.float64) + acoustic_scale * lat.final[:, 1].astype(np.float64)
-    _, best_out = _viterbi(order, first, dst, cost, final, lat.start)
+    _, best_out = viterbi(order, first, dst, cost, final, lat.start)
     limit = best_out[lat.start] + beam
     if not np.isfinite(limit):
         raise AsrBnError(f"utterance {utt}: its lattice has no complete path (decode it again)")
@@ -138,37 +125,6 @@ def best_alignment_posteriors(lat: FstArrays, acoustic_scale: float, utt: str,
             arc_post[arcs_in[node]] += mass[node]
     emitting = (lat.arcs["ilabel"] != 0) & (arc_post > 0)
     return frames[emitting], lat.arcs["ilabel"][emitting].astype(np.int64), arc_post[emitting]
-
-
-def _viterbi(order: np.ndarray, first: np.ndarray, dst: np.ndarray, cost: np.ndarray, final: np.ndarray,
-             start: int) -> tuple[np.ndarray, np.ndarray]:
-    """The best cost from the start to each state and from each state to the end."""
-    best_in = np.full(len(final), np.inf)
-    best_in[start] = 0.0
-    for s in order.tolist():
-        a, b = first[s], first[s + 1]
-        if a < b:
-            np.minimum.at(best_in, dst[a:b], best_in[s] + cost[a:b])
-    best_out = final.copy()
-    for s in order[::-1].tolist():
-        a, b = first[s], first[s + 1]
-        if a < b:
-            best_out[s] = min(best_out[s], float((best_out[dst[a:b]] + cost[a:b]).min()))
-    return best_in, best_out
-
-
-def rescore_lattice(lat: FstArrays, loglikes: np.ndarray, tid2pdf: np.ndarray, utt: str) -> FstArrays:
-    """gmm-rescore-lattice: each transition-id arc's acoustic cost becomes minus its pdf's log-likelihood at its
-    frame under the new model (`loglikes`: (T, num_pdfs)); graph costs stay."""
-    _, src, frames = _arc_frames(lat, utt)
-    emitting = lat.arcs["ilabel"] != 0
-    if emitting.any() and frames[emitting].max() >= len(loglikes):
-        raise AsrBnError(f"utterance {utt}: its lattice is longer than its {len(loglikes)} frames of features "
-                         "(a lattice of other features: decode again)")
-    arcs = lat.arcs.copy()
-    pdfs = tid2pdf[arcs["ilabel"][emitting]]
-    arcs["acoustic"][emitting] = -loglikes[frames[emitting], pdfs]
-    return replace(lat, arcs=arcs)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

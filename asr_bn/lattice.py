@@ -1,0 +1,181 @@
+"""Kaldi state-level lattices as arrays (`asr_bn.fst.FstArrays`: transition-ids in, words out, (graph, acoustic)
+costs per arc): the frame of each arc, best costs, acoustic rescoring, and the forward-backward posteriors of
+Kaldi's `lattice-to-post` (the denominator statistics of sequence training)."""
+
+from __future__ import annotations
+
+import math
+import mmap
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+
+from asr_bn.errors import AsrBnError
+from asr_bn.fst import FstArrays, parse_lattice
+
+__all__ = ["LatticeTable", "arc_frames", "forward_backward", "rescore_lattice", "viterbi"]
+
+
+def arc_frames(lat: FstArrays, utt: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(states in topological order, each arc's source state, each arc's frame): the frame of an arc is the number
+    of transition-id arcs before it on any path (Kaldi's LatticeStateTimes)."""
+    n, first = lat.num_states, lat.first
+    src = np.repeat(np.arange(n, dtype=np.int64), np.diff(first))
+    dst = lat.arcs["nextstate"].astype(np.int64)
+    if (dst > src).all():
+        order = np.arange(n)
+    else:  # Kahn's algorithm
+        indegree = np.bincount(dst, minlength=n)
+        stack, seen = [s for s in range(n) if indegree[s] == 0], []
+        while stack:
+            s = stack.pop()
+            seen.append(s)
+            for d in dst[first[s]:first[s + 1]].tolist():
+                indegree[d] -= 1
+                if indegree[d] == 0:
+                    stack.append(d)
+        if len(seen) != n:
+            raise AsrBnError(f"utterance {utt}: its lattice has a cycle (not a decoder's lattice; decode it again)")
+        order = np.asarray(seen)
+    emitting = (lat.arcs["ilabel"] != 0).astype(np.int64)
+    time = np.zeros(n, np.int64)
+    for s in order.tolist():
+        a, b = first[s], first[s + 1]
+        if a < b:
+            time[dst[a:b]] = time[s] + emitting[a:b]
+    return order, src, time[src]
+
+
+def viterbi(order: np.ndarray, first: np.ndarray, dst: np.ndarray, cost: np.ndarray, final: np.ndarray,
+             start: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best cost from the start to each state and from each state to the end."""
+    best_in = np.full(len(final), np.inf)
+    best_in[start] = 0.0
+    for s in order.tolist():
+        a, b = first[s], first[s + 1]
+        if a < b:
+            np.minimum.at(best_in, dst[a:b], best_in[s] + cost[a:b])
+    best_out = final.copy()
+    for s in order[::-1].tolist():
+        a, b = first[s], first[s + 1]
+        if a < b:
+            best_out[s] = min(best_out[s], float((best_out[dst[a:b]] + cost[a:b]).min()))
+    return best_in, best_out
+
+
+def rescore_lattice(lat: FstArrays, loglikes: np.ndarray, tid2pdf: np.ndarray, utt: str) -> FstArrays:
+    """gmm-rescore-lattice: each transition-id arc's acoustic cost becomes minus its pdf's log-likelihood at its
+    frame under the new model (`loglikes`: (T, num_pdfs)); graph costs stay."""
+    _, _, frames = arc_frames(lat, utt)
+    emitting = lat.arcs["ilabel"] != 0
+    if emitting.any() and frames[emitting].max() >= len(loglikes):
+        raise AsrBnError(f"utterance {utt}: its lattice is longer than its {len(loglikes)} frames of features "
+                         "(a lattice of other features: decode again)")
+    arcs = lat.arcs.copy()
+    pdfs = tid2pdf[arcs["ilabel"][emitting]]
+    arcs["acoustic"][emitting] = -loglikes[frames[emitting], pdfs]
+    return replace(lat, arcs=arcs)
+
+
+def forward_backward(lat: FstArrays, acoustic_scale: float, utt: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Kaldi's `lattice-to-post --acoustic-scale`: (frames, transition-ids, posteriors) of every transition-id on
+    every frame (one entry per frame and transition-id, the arcs' posteriors summed) and the lattice's total
+    log-probability, with each arc's score −(graph + `acoustic_scale` × acoustic) cost. Pure Python over the arcs
+    in topological order: a decoder's lattice has few arcs per state, where numpy's per-call cost would dominate."""
+    order, src, frames = arc_frames(lat, utt)
+    first = lat.first.tolist()
+    dst = lat.arcs["nextstate"].tolist()
+    score = (-(lat.arcs["graph"].astype(np.float64) + acoustic_scale * lat.arcs["acoustic"].astype(np.float64))).tolist()
+    final = (-(lat.final[:, 0].astype(np.float64) + acoustic_scale * lat.final[:, 1].astype(np.float64))).tolist()
+    n, inf = lat.num_states, -math.inf
+    alpha = [inf] * n
+    alpha[lat.start] = 0.0
+    for s in order.tolist():
+        here = alpha[s]
+        if here == inf:
+            continue
+        for a in range(first[s], first[s + 1]):
+            d, v = dst[a], here + score[a]
+            alpha[d] = _log_add(alpha[d], v)
+    beta = final[:]
+    for s in order[::-1].tolist():
+        total = beta[s]
+        for a in range(first[s], first[s + 1]):
+            total = _log_add(total, score[a] + beta[dst[a]])
+        beta[s] = total
+    log_like = beta[lat.start]
+    if log_like == inf:
+        raise AsrBnError(f"utterance {utt}: its lattice has no complete path (decode it again)")
+    alpha_a, beta_a = np.asarray(alpha), np.asarray(beta)
+    emitting = np.flatnonzero(lat.arcs["ilabel"] != 0)
+    post = np.exp(alpha_a[src[emitting]] + np.asarray(score)[emitting] + beta_a[lat.arcs["nextstate"][emitting]]
+                  - log_like)
+    tids = lat.arcs["ilabel"][emitting].astype(np.int64)
+    base = int(tids.max(initial=0)) + 1
+    keys, which = np.unique(frames[emitting] * base + tids, return_inverse=True)
+    return keys // base, keys % base, np.bincount(which.ravel(), post), log_like
+
+
+def _log_add(x: float, y: float) -> float:
+    """log(exp(x) + exp(y)) of two log-probabilities (−inf: zero)."""
+    if x < y:
+        x, y = y, x
+    if y == -math.inf:
+        return x
+    return x + math.log1p(math.exp(y - x))
+
+
+class LatticeTable(Mapping[str, FstArrays]):
+    """The lattices of a Kaldi `lat.scp` (`utterance ark:offset`, as `asr-bn decode --lattices` and Kaldi write
+    binary lattice archives), read one at a time: each archive is mapped once and a lattice's bytes run from its
+    offset to the next key in the same archive (or its end)."""
+
+    def __init__(self, scp: str | Path) -> None:
+        self.scp = Path(scp)
+        entries: dict[str, tuple[Path, int]] = {}
+        try:
+            lines = self.scp.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise AsrBnError(f"cannot read {self.scp}: {e} (give the lat.scp of `asr-bn decode --lattices`)") from e
+        for n, line in enumerate(lines, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            ark, _, offset = parts[-1].rpartition(":")
+            if len(parts) != 2 or not ark or not offset.isdigit():
+                raise AsrBnError(f"{self.scp}:{n}: not `utterance archive:offset` (give the lat.scp of `asr-bn "
+                                 "decode --lattices`)")
+            entries[parts[0]] = (Path(ark), int(offset))
+        self._entries = entries
+        self._ends: dict[str, int] = {}
+        by_ark: dict[Path, list[tuple[int, str]]] = {}
+        for utt, (ark, offset) in entries.items():
+            by_ark.setdefault(ark, []).append((offset, utt))
+        for starts in by_ark.values():
+            starts.sort()
+            for (_, utt), (offset, following) in pairwise(starts):
+                self._ends[utt] = offset - len(following.encode()) - 1  # `key ` precedes each lattice
+        self._maps: dict[Path, mmap.mmap] = {}
+
+    def __getitem__(self, utt: str) -> FstArrays:
+        ark, offset = self._entries[utt]
+        if ark not in self._maps:
+            try:
+                with open(ark, "rb") as f:
+                    self._maps[ark] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError) as e:
+                raise AsrBnError(f"{self.scp}: cannot read its archive {ark} ({e}); decode again") from e
+        data = self._maps[ark]
+        return parse_lattice(data[offset : self._ends.get(utt, len(data))], utt)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, utt: object) -> bool:
+        return utt in self._entries
