@@ -268,6 +268,7 @@ def _parse_kaldi_value(where: str, name: str, value: str | None, typ: Any) -> An
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "newbob", "exponential")
+CRITERIA = ("ce", "mmi")
 AMP_MODES = ("none", "bf16", "fp16")
 BN_MODES = ("none", "frame", "sequence")
 BnMode = Literal["none", "frame", "sequence"]
@@ -352,6 +353,16 @@ class TrainConfig:
     batch_size: int | None = option(24, _AT_LEAST_1)
     max_frames: int | None = option(None, _AT_LEAST_0)  # padded frames per global batch (exclusive with batch_size)
     max_train_frames: int | None = option(1300, _AT_LEAST_0)  # drop longer training utterances (named in report.json)
+    # start from a trained model (its shape, weights and priors; the model options above are then unused)
+    init: str | None = None
+    # the objective: frame cross-entropy, or sequence training with MMI (Kaldi nnet1's nnet-train-mmi-sequential)
+    # over denominator lattices of the training data (lat.scp of `asr-bn decode --lattices`, transition-ids of
+    # lattice_model's); each evaluation's model becomes final.pt (as Kaldi's fixed sequence-training epochs)
+    criterion: str = option("ce", choices=CRITERIA)
+    denlats: str | None = None
+    lattice_model: str | None = None
+    acwt: float = option(0.1, _POSITIVE)  # acoustic scale of the lattice posteriors and the objective
+    drop_frames: bool = True  # MMI: no gradient on frames whose reference pdf is not in the lattice (Kaldi's default)
     # distillation: the loss is (1 - w) x CE toward pdf.scp + w x CE toward the soft targets of the data's post.scp
     soft_weight: float = option(0.0, Range(0, 1))
     drop_last: bool = False  # drop each epoch's last training batch when it is short (with batch_size)
@@ -383,6 +394,11 @@ class TrainConfig:
         check_options(self)
         if (self.batch_size is None) == (self.max_frames is None):
             raise UsageError("give exactly one of --batch-size and --max-frames")
+        if self.criterion == "mmi" and not (self.init and self.denlats and self.lattice_model):
+            raise UsageError("--criterion mmi needs --init (a model trained with frame CE), --denlats (the lat.scp of "
+                             "`asr-bn decode --lattices` on DATA with that model) and --lattice-model (its final.mdl)")
+        if self.criterion == "mmi" and self.soft_weight:
+            raise UsageError("--criterion mmi trains toward the alignments: drop --soft-weight")
         self.model_config(input_dim=1, num_pdfs=1)  # the model options are checked before anything is read
         if self.tensorboard:
             from importlib.util import find_spec
@@ -461,7 +477,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
-_PATHS = ("data", "dev", "exp_dir")
+_PATHS = ("data", "dev", "exp_dir", "init", "denlats", "lattice_model")
 # What --resume may change: when training stops, how it reports, and where and how it runs. The model shape, the
 # optimisation (lr too: the schedule and the optimiser's state were built on it), the batches and the seed are fixed
 # by the checkpoint.

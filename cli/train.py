@@ -8,13 +8,14 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from asr_bn.config import AMP_MODES, BN_MODES, OPTIMIZERS, PRESETS, RESUMABLE, SCHEDULES, TrainConfig
+from asr_bn.config import AMP_MODES, BN_MODES, CRITERIA, OPTIMIZERS, PRESETS, RESUMABLE, SCHEDULES, TrainConfig
 from asr_bn.ranges import Range
 from asr_bn_cli.options import DEVICE_HELP, THREADS_HELP, check_device, field_range, in_range, set_threads
 
 _MODEL = "Model"
 _OPT = "Optimisation"
 _BATCH = "Batches"
+_SEQ = "Start and objective"
 _RUN = "Run"
 
 # The options that map one to one onto TrainConfig fields (the rest: preset, resume, nproc, threads), their defaults
@@ -55,6 +56,19 @@ def train(
         "population_batches", "BN statistics for dev scores and final.pt: population statistics over N training "
         "batches, re-estimated before each evaluation (the paper's alternative); 0 = running averages.",
         _MODEL)] = _D["population_batches"],
+    init: Annotated[Optional[str], _opt("init", "Start from this trained model (dir or final.pt): its shape, weights "
+                                        "and features; the model options are unused.", _SEQ)] = None,
+    criterion: Annotated[Literal[CRITERIA], _opt("criterion", "ce: frame cross-entropy; mmi: sequence training "
+                                                 "(Kaldi nnet1's MMI) from --init over --denlats, every epoch run, "
+                                                 "the last model final.pt.", _SEQ)] = _D["criterion"],
+    denlats: Annotated[Optional[str], _opt("denlats", "MMI: lat.scp of DATA decoded with --init's model (asr-bn "
+                                           "forward, then asr-bn decode --lattices, e.g. on a unigram graph).",
+                                           _SEQ)] = None,
+    lattice_model: Annotated[Optional[str], _opt("lattice_model", "MMI: the final.mdl of DATA's alignments and "
+                                                 "the lattices' graph.", _SEQ)] = None,
+    acwt: Annotated[float, _opt("acwt", "MMI: acoustic scale of the lattice posteriors.", _SEQ)] = _D["acwt"],
+    drop_frames: Annotated[bool, _opt("drop_frames", "MMI: no gradient on frames whose reference pdf is not in "
+                                      "the lattice.", _SEQ)] = _D["drop_frames"],
     optimizer: Annotated[Literal[OPTIMIZERS], _opt("optimizer", "SGD (with --momentum) or Adam.",
                                                    _OPT)] = _D["optimizer"],
     lr: Annotated[float, _opt("lr", "Learning rate.", _OPT)] = _D["lr"],

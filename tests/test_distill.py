@@ -209,9 +209,9 @@ def test_one_hot_soft_targets_are_the_alignment_loss() -> None:
     targets[1, 4:] = PAD_TARGET
     one_hot = torch.stack([targets.clamp(min=0), torch.zeros_like(targets)], -1)
     weights = torch.stack([(targets != PAD_TARGET).float(), torch.zeros(2, 7)], -1)
-    hard, errors = compute_loss(model, Batch(["a", "b"], feats, targets, lengths))
+    hard, errors, _ = compute_loss(model, Batch(["a", "b"], feats, targets, lengths))
     batch = Batch(["a", "b"], feats, targets, lengths, soft_pdfs=one_hot, soft_weights=weights)
-    soft, soft_errors = compute_loss(model, batch, soft_weight=1.0)
+    soft, soft_errors, _ = compute_loss(model, batch, soft_weight=1.0)
     torch.testing.assert_close(soft, hard)
     assert int(soft_errors) == int(errors)
     uniform = Batch(["a", "b"], feats, targets, lengths, soft_pdfs=torch.arange(5).expand(2, 7, 5),

@@ -116,9 +116,9 @@ def test_masked_loss_ignores_padding() -> None:
     feats[0], feats[1, :4], feats[1, 4:] = a, b, 1e3  # garbage in the padding
     targets = torch.full((2, 7), PAD_TARGET)
     targets[0], targets[1, :4] = ta, tb
-    ce, errors = compute_loss(model, Batch(["a", "b"], feats, targets, torch.tensor([7, 4])))
-    ce_a, err_a = compute_loss(model, Batch(["a"], a[None], ta[None], torch.tensor([7])))
-    ce_b, err_b = compute_loss(model, Batch(["b"], b[None], tb[None], torch.tensor([4])))
+    ce, errors, _ = compute_loss(model, Batch(["a", "b"], feats, targets, torch.tensor([7, 4])))
+    ce_a, err_a, _ = compute_loss(model, Batch(["a"], a[None], ta[None], torch.tensor([7])))
+    ce_b, err_b, _ = compute_loss(model, Batch(["b"], b[None], tb[None], torch.tensor([4])))
     torch.testing.assert_close(ce, ce_a + ce_b)
     assert int(errors) == int(err_a + err_b)
 
@@ -407,9 +407,9 @@ def test_bad_options_are_usage_errors(dirs: tuple[Path, Path], tmp_path: Path) -
 def test_divergence_is_one_line(dirs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from asr_bn.train import run as run_module  # where an update computes its loss
 
-    def nan_loss(model: torch.nn.Module, batch: Batch, soft_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-        ce, errors = compute_loss(model, batch, soft_weight)
-        return ce * float("nan"), errors
+    def nan_loss(model: torch.nn.Module, batch: Batch, soft_weight: float, mmi: None) -> tuple[torch.Tensor, ...]:
+        ce, errors, _ = compute_loss(model, batch, soft_weight)
+        return ce * float("nan"), errors, None
 
     monkeypatch.setattr(run_module, "compute_loss", nan_loss)
     code, out = cli("train", *dirs, tmp_path / "exp", *TINY)

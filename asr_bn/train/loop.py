@@ -12,6 +12,7 @@ import torch
 from asr_bn.config import TrainConfig
 from asr_bn.errors import AsrBnError
 from asr_bn.io import OutputLock, check_output_dir
+from asr_bn.train.mmi import MmiObjective
 from asr_bn.train.processes import Dist, StopSignals
 from asr_bn.train.run import Run
 from asr_bn.train.schedule import TrainState, is_finished, learning_rate
@@ -36,10 +37,10 @@ def train_one_epoch(run: Run) -> None:
         lr = learning_rate(cfg, run.state, len(sampler))
         for group in run.optimizer.param_groups:
             group["lr"] = lr
-        ce_sum, errors = run.step(batch, sampler.batch_num_frames(sampler.position))
+        ce_sum, errors, mmi = run.step(batch, sampler.batch_num_frames(sampler.position))
         run.state.update += 1
         sampler.position += 1
-        meter.add(ce_sum, errors, batch.num_frames)
+        meter.add(ce_sum, errors, batch.num_frames, mmi)
         if run.state.update % cfg.log_every == 0:
             meter.log(lr)  # syncs with the GPU and the other ranks
         if cfg.eval_every and run.state.update % cfg.eval_every == 0:
@@ -108,21 +109,24 @@ class Meter:
         self.ce = torch.zeros((), dtype=torch.float64, device=self.run.device)
         self.errors = torch.zeros((), dtype=torch.int64, device=self.run.device)
         self.frames = 0
+        self.mmi: list[float] = []  # --criterion mmi: the objective and the dropped frames, summed
         self.wait = 0.0
         self.start = time.perf_counter()
 
     def waited(self, seconds: float) -> None:
         self.wait += seconds
 
-    def add(self, ce_sum: torch.Tensor, errors: torch.Tensor, frames: int) -> None:
+    def add(self, ce_sum: torch.Tensor, errors: torch.Tensor, frames: int, mmi: MmiObjective | None = None) -> None:
         self.ce += ce_sum
         self.errors += errors
         self.frames += frames
+        if mmi is not None:
+            self.mmi = [a + b for a, b in zip(self.mmi or [0.0, 0.0], [mmi.objective, mmi.dropped])]
         if self.run.progress is not None:
             self.run.progress.advance(self.run.task)
 
     def log(self, lr: float) -> None:
-        ce, errors, frames = self.run.all_reduce([self.ce.item(), self.errors.item(), self.frames])  # GPU sync
+        ce, errors, frames, *mmi = self.run.all_reduce([self.ce.item(), self.errors.item(), self.frames, *self.mmi])
         if not math.isfinite(ce):
             raise AsrBnError(
                 f"training diverged: the frame CE is {ce} at update {self.run.state.update}; "
@@ -133,8 +137,11 @@ class Meter:
             kind="train", ce=ce / frames, fer=errors / frames, lr=lr, frames_per_s=frames / seconds,
             data_wait=self.wait / seconds,
         )  # fmt: skip
+        if mmi:
+            row.update(mmi=mmi[0] / frames, dropped=mmi[1] / frames)
         self.run.log(**row)
         if self.run.progress is not None:
             info = f"CE {row['ce']:.3f} FER {row['fer']:.1%} lr {lr:.2g} {row['frames_per_s']:,.0f} fr/s"
+            info = info if not mmi else f"MMI {row['mmi']:.4f} {info}"
             self.run.progress.update(self.run.task, info=info)
         self._reset()

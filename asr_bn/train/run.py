@@ -32,6 +32,7 @@ from asr_bn.train.checkpoint import (
 )
 from asr_bn.train.curves import plot_runs, read_metrics
 from asr_bn.train.loss import compute_loss
+from asr_bn.train.mmi import Mmi, MmiObjective
 from asr_bn.train.processes import Dist, StopSignals
 from asr_bn.train.schedule import TrainState, after_eval
 
@@ -80,6 +81,7 @@ class Run:
     priors: list[int]
     exp: Path
     augment: SpecAugment
+    mmi: Mmi | None = None  # --criterion mmi: the denominator lattices and what scores them
     tb: Any = None
     progress: Any = None
     task: Any = None
@@ -106,6 +108,7 @@ class Run:
 
         report = Report("train")
         utts, lengths = filter_by_length(cfg.data, cfg.max_train_frames, report, soft=cfg.soft_weight > 0)
+        init = _init_model(cfg) if cfg.init and not ckpt else None
         dev_utts, dev_lengths = filter_by_length(cfg.dev, None, report, role="dev")
         pipeline = FeaturePipeline.load(Path(cfg.data) / "pipeline.json")
         dev_pipeline = FeaturePipeline.load(Path(cfg.dev) / "pipeline.json")
@@ -113,7 +116,20 @@ class Run:
             raise AsrBnError(
                 f"{cfg.dev}/pipeline.json differs from {cfg.data}/pipeline.json in {pipeline.mismatch(dev_pipeline)}"
             )
+        saved = ckpt or init
         priors = [int(c) for c in ckpt["priors"]] if ckpt else [int(c) for c in pdf_counts(cfg, utts)]
+        if init and len(priors) != len(init["priors"]):
+            raise AsrBnError(f"{cfg.data}'s targets have {len(priors)} pdfs but {init['path']} {len(init['priors'])} "
+                             "outputs (--init a model trained on this alignment model's targets)")
+        mmi = None
+        if cfg.criterion == "mmi":
+            mmi = Mmi(cfg.denlats, cfg.lattice_model, np.array(priors), cfg.acwt, cfg.drop_frames)  # type: ignore[arg-type]
+            kept = [i for i, u in enumerate(utts) if u in mmi.lattices]
+            for u in sorted(set(utts) - {utts[i] for i in kept}):
+                report.skip(u, f"no denominator lattice in {cfg.denlats}")
+            utts, lengths = [utts[i] for i in kept], [lengths[i] for i in kept]
+            if not utts:
+                raise AsrBnError(f"{cfg.denlats} has no lattice of {cfg.data}'s utterances (decode DATA with --lattices)")
         train_set = UtteranceDataset(cfg.data, len(priors), utts, cache=cfg.cache, soft=cfg.soft_weight > 0)
         dev_set = UtteranceDataset(cfg.dev, len(priors), dev_utts, cache=cfg.cache)
         sampler = BucketingSampler(
@@ -130,14 +146,14 @@ class Run:
             population_sampler = BucketingSampler(lengths, cfg.batch_size, cfg.max_frames, seed=cfg.seed)
             population_loader = make_loader(train_set, population_sampler, 0, pin_memory=device.type == "cuda")
 
-        if ckpt:
-            if ckpt["pipeline"] != pipeline.to_dict():
-                trained_on = FeaturePipeline.from_dict(ckpt["pipeline"]).mismatch(pipeline)
+        if saved:
+            where = exp / "checkpoint.pt" if ckpt else Path(saved["path"])
+            if saved["pipeline"] != pipeline.to_dict():
+                trained_on = FeaturePipeline.from_dict(saved["pipeline"]).mismatch(pipeline)
                 raise AsrBnError(
-                    f"{cfg.data}/pipeline.json differs from the features {exp / 'checkpoint.pt'} was trained on "
-                    f"in {trained_on}"
+                    f"{cfg.data}/pipeline.json differs from the features {where} was trained on in {trained_on}"
                 )
-            model_config = saved_model_config(ckpt, exp / "checkpoint.pt")
+            model_config = saved_model_config(saved, where)
         else:
             model_config = cfg.model_config(pipeline.output_dim, len(priors))
         augment = SpecAugment(cfg.num_frame_masks, cfg.frames_mask_size, cfg.num_feature_masks, cfg.features_mask_size)
@@ -158,6 +174,8 @@ class Run:
             rng = ckpt["rng"]
             set_rng_state(rng[dist.rank] if len(rng) == dist.world else rng[0])
         else:
+            if init:
+                load_state(raw_model, init["model"], Path(init["path"]))
             torch.manual_seed(cfg.seed + 1 + dist.rank)  # dropout masks differ between ranks
         model = raw_model
         if dist.world > 1:
@@ -166,7 +184,7 @@ class Run:
 
         run = cls(
             cfg, dist, device, stop, train_set, sampler, train_loader, dev_loader, population_loader, model,
-            raw_model, optimizer, scaler, state, model_config, pipeline, priors, exp, augment,
+            raw_model, optimizer, scaler, state, model_config, pipeline, priors, exp, augment, mmi,
         )  # fmt: skip
         if dist.main:
             run._write_run_files(report, resumed=changes if ckpt is not None else None)
@@ -213,13 +231,14 @@ class Run:
         """`batch` with this update's SpecAugment masks, drawn from (seed, rank, update): the same on resume."""
         return self.augment(batch, np.random.default_rng([self.cfg.seed, self.dist.rank, self.state.update]))
 
-    def step(self, batch: Batch, global_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward, backward, clip, optimizer step on one batch; returns (CE sum, errors) on the device."""
+    def step(self, batch: Batch, global_frames: int) -> tuple[torch.Tensor, torch.Tensor, MmiObjective | None]:
+        """Forward, backward, clip, optimizer step on one batch; returns (CE sum, errors) on the device and, with
+        --criterion mmi, the batch's MMI pass (whose loss was minimised)."""
         try:
             with self.autocast():
-                ce_sum, errors = compute_loss(self.model, batch, self.cfg.soft_weight)
+                ce_sum, errors, mmi = compute_loss(self.model, batch, self.cfg.soft_weight, self.mmi)
             # Each rank divides by the global frame count; DDP averages gradients over ranks, hence × world.
-            loss = ce_sum * (self.dist.world / global_frames)
+            loss = (ce_sum if mmi is None else mmi.loss) * (self.dist.world / global_frames)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
         except RuntimeError as e:
@@ -233,7 +252,7 @@ class Run:
             torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.cfg.clip_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return ce_sum.detach(), errors
+        return ce_sum.detach(), errors, mmi
 
     # ---- evaluation, schedule, best model
 
@@ -390,6 +409,13 @@ class Run:
         out: list[Any] = [None] * self.dist.world
         td.all_gather_object(out, obj)
         return out
+
+
+def _init_model(cfg: TrainConfig) -> dict[str, Any]:
+    """The final.pt that --init names (a model dir or the file), with its path under "path"."""
+    path = Path(cfg.init)  # type: ignore[arg-type]
+    path = path / "final.pt" if path.is_dir() else path
+    return {**load_checkpoint(path, MODEL_FORMAT), "path": str(path)}
 
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:

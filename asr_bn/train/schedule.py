@@ -37,10 +37,13 @@ def after_eval(cfg: TrainConfig, state: TrainState, dev_ce: float) -> tuple[Trai
     """The state after a dev evaluation, and whether it is the best so far (→ final.pt).
 
     No improvement (relative gain below min_improvement) counts towards early stopping and, under newbob,
-    halves the learning rate.
+    halves the learning rate. Under --criterion mmi each evaluation is the best (Kaldi's sequence training runs its
+    epochs and keeps the last model).
     """
     improved = dev_ce < state.best_dev_ce * (1.0 - cfg.min_improvement)  # the first finite CE improves on inf
     best = dev_ce < state.best_dev_ce
+    if cfg.criterion == "mmi":  # sequence training lowers WER, not frame CE: every epoch runs, the last model counts
+        improved = best = True
     new = dataclasses.replace(
         state,
         best_dev_ce=dev_ce if best else state.best_dev_ce,
