@@ -119,3 +119,26 @@ def test_bad_mmi_input(yesno_root: Path, yesno_net_loglikes: dict[str, Path], de
     code, out = _cli(*base, tmp_path / "d", *opts, "--denlats", swapped)
     assert code == 1 and "denominator lattice has" in out and "decode the training data again" in out
     assert not (tmp_path / "d" / "final.pt").exists()
+
+
+def test_lattice_table_reads_each_lattice_and_names_bad_lines(denlats: Path, tmp_path: Path) -> None:
+    """A lat.scp's lattices read one at a time from their offsets (in any order); a line that is not `utterance
+    archive:offset` or an archive that is gone is one line naming the file."""
+    from asr_bn.errors import AsrBnError
+    from asr_bn.lattice import LatticeTable
+
+    table = LatticeTable(denlats)
+    lines = denlats.read_text().splitlines()
+    shuffled = tmp_path / "shuffled.scp"
+    shuffled.write_text("\n".join(lines[::-1]) + "\n")
+    again = LatticeTable(shuffled)
+    for utt in list(table)[:5]:
+        assert again[utt].raw == table[utt].raw and table[utt].num_states > 1
+    bad = tmp_path / "bad.scp"
+    bad.write_text(lines[0] + "\n" + lines[1].split()[0] + "\n")
+    with pytest.raises(AsrBnError, match=r"bad.scp:2: not `utterance archive:offset`"):
+        LatticeTable(bad)
+    gone = tmp_path / "gone.scp"
+    gone.write_text(f"{lines[0].split()[0]} {tmp_path / 'none.ark'}:5\n")
+    with pytest.raises(AsrBnError, match=r"gone.scp: cannot read its archive .*none.ark"):
+        LatticeTable(gone)[lines[0].split()[0]]
