@@ -19,34 +19,37 @@ from asr_bn.fst import FstArrays, parse_lattice
 __all__ = ["LatticeTable", "arc_frames", "forward_backward", "rescore_lattice", "viterbi"]
 
 
-def arc_frames(lat: FstArrays, utt: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+Times = tuple[np.ndarray, np.ndarray, np.ndarray]  # arc_frames' result: order, each arc's source, each arc's frame
+
+
+def arc_frames(lat: FstArrays, utt: str) -> Times:
     """(states in topological order, each arc's source state, each arc's frame): the frame of an arc is the number
-    of transition-id arcs before it on any path (Kaldi's LatticeStateTimes)."""
-    n, first = lat.num_states, lat.first
-    src = np.repeat(np.arange(n, dtype=np.int64), np.diff(first))
-    dst = lat.arcs["nextstate"].astype(np.int64)
-    if (dst > src).all():
-        order = np.arange(n)
+    of transition-id arcs before it on any path (Kaldi's LatticeStateTimes). Python lists, not numpy slices: a
+    decoder's lattice has two arcs per state or so, where numpy's cost per call would dominate."""
+    n = lat.num_states
+    first, nextstate = lat.first.tolist(), lat.arcs["nextstate"].astype(np.int64)
+    src = np.repeat(np.arange(n, dtype=np.int64), np.diff(lat.first))
+    dst = nextstate.tolist()
+    if (nextstate > src).all():
+        order = list(range(n))
     else:  # Kahn's algorithm
-        indegree = np.bincount(dst, minlength=n)
-        stack, seen = [s for s in range(n) if indegree[s] == 0], []
+        indegree = np.bincount(nextstate, minlength=n).tolist()
+        stack, order = [s for s in range(n) if indegree[s] == 0], []
         while stack:
             s = stack.pop()
-            seen.append(s)
-            for d in dst[first[s]:first[s + 1]].tolist():
-                indegree[d] -= 1
-                if indegree[d] == 0:
-                    stack.append(d)
-        if len(seen) != n:
+            order.append(s)
+            for a in range(first[s], first[s + 1]):
+                indegree[dst[a]] -= 1
+                if indegree[dst[a]] == 0:
+                    stack.append(dst[a])
+        if len(order) != n:
             raise AsrBnError(f"utterance {utt}: its lattice has a cycle (not a decoder's lattice; decode it again)")
-        order = np.asarray(seen)
-    emitting = (lat.arcs["ilabel"] != 0).astype(np.int64)
-    time = np.zeros(n, np.int64)
-    for s in order.tolist():
-        a, b = first[s], first[s + 1]
-        if a < b:
-            time[dst[a:b]] = time[s] + emitting[a:b]
-    return order, src, time[src]
+    emitting = (lat.arcs["ilabel"] != 0).tolist()
+    time = [0] * n
+    for s in order:
+        for a in range(first[s], first[s + 1]):
+            time[dst[a]] = time[s] + emitting[a]
+    return np.asarray(order, np.int64), src, np.asarray(time, np.int64)[src]
 
 
 def viterbi(order: np.ndarray, first: np.ndarray, dst: np.ndarray, cost: np.ndarray, final: np.ndarray,
@@ -66,10 +69,11 @@ def viterbi(order: np.ndarray, first: np.ndarray, dst: np.ndarray, cost: np.ndar
     return best_in, best_out
 
 
-def rescore_lattice(lat: FstArrays, loglikes: np.ndarray, tid2pdf: np.ndarray, utt: str) -> FstArrays:
+def rescore_lattice(lat: FstArrays, loglikes: np.ndarray, tid2pdf: np.ndarray, utt: str,
+                    times: Times | None = None) -> FstArrays:
     """gmm-rescore-lattice: each transition-id arc's acoustic cost becomes minus its pdf's log-likelihood at its
-    frame under the new model (`loglikes`: (T, num_pdfs)); graph costs stay."""
-    _, _, frames = arc_frames(lat, utt)
+    frame under the new model (`loglikes`: (T, num_pdfs)); graph costs stay. `times`: arc_frames(lat), if known."""
+    _, _, frames = times or arc_frames(lat, utt)
     emitting = lat.arcs["ilabel"] != 0
     if emitting.any() and frames[emitting].max() >= len(loglikes):
         raise AsrBnError(f"utterance {utt}: its lattice is longer than its {len(loglikes)} frames of features "
@@ -80,12 +84,13 @@ def rescore_lattice(lat: FstArrays, loglikes: np.ndarray, tid2pdf: np.ndarray, u
     return replace(lat, arcs=arcs)
 
 
-def forward_backward(lat: FstArrays, acoustic_scale: float, utt: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+def forward_backward(lat: FstArrays, acoustic_scale: float, utt: str,
+                     times: Times | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Kaldi's `lattice-to-post --acoustic-scale`: (frames, transition-ids, posteriors) of every transition-id on
     every frame (one entry per frame and transition-id, the arcs' posteriors summed) and the lattice's total
-    log-probability, with each arc's score −(graph + `acoustic_scale` × acoustic) cost. Pure Python over the arcs
-    in topological order: a decoder's lattice has few arcs per state, where numpy's per-call cost would dominate."""
-    order, src, frames = arc_frames(lat, utt)
+    log-probability, with each arc's score −(graph + `acoustic_scale` × acoustic) cost; `times`: arc_frames(lat),
+    if known. Pure Python over the arcs in topological order, as arc_frames."""
+    order, src, frames = times or arc_frames(lat, utt)
     first = lat.first.tolist()
     dst = lat.arcs["nextstate"].tolist()
     score = (-(lat.arcs["graph"].astype(np.float64) + acoustic_scale * lat.arcs["acoustic"].astype(np.float64))).tolist()

@@ -14,7 +14,7 @@ import torch
 from asr_bn.alignments import log_priors, read_transition_model
 from asr_bn.batching import PAD_TARGET, Batch
 from asr_bn.errors import AsrBnError
-from asr_bn.lattice import LatticeTable, forward_backward, rescore_lattice
+from asr_bn.lattice import LatticeTable, arc_frames, forward_backward, rescore_lattice
 
 
 @dataclass
@@ -45,8 +45,10 @@ class Mmi:
 
     def denominator(self, utt: str, loglikes: np.ndarray) -> tuple[np.ndarray, float]:
         """(T, num_pdfs) posteriors of utterance `utt`'s lattice rescored with `loglikes`, and its log-probability."""
-        lattice = rescore_lattice(self.lattices[utt], loglikes, self.tid_pdf, utt)
-        frames, tids, posts, log_like = forward_backward(lattice, self.acoustic_scale, utt)
+        lattice = self.lattices[utt]
+        times = arc_frames(lattice, utt)  # the lattice's topology, once for rescoring and forward-backward
+        rescored = rescore_lattice(lattice, loglikes, self.tid_pdf, utt, times)
+        frames, tids, posts, log_like = forward_backward(rescored, self.acoustic_scale, utt, times)
         if len(frames) and frames.max() + 1 != len(loglikes):
             raise AsrBnError(f"utterance {utt}: its denominator lattice has {frames.max() + 1} frames, its features "
                              f"{len(loglikes)} (lattices of other features: decode the training data again)")
