@@ -77,7 +77,7 @@ def _string(buf: bytes, pos: int) -> tuple[str, int]:
     (n,) = _I32.unpack_from(buf, pos)
     if not 0 <= n <= 256 or pos + 4 + n > len(buf):
         raise _Corrupt("a header string is cut off or implausible")
-    return buf[pos + 4 : pos + 4 + n].decode("ascii", "replace"), pos + 4 + n
+    return bytes(buf[pos + 4 : pos + 4 + n]).decode("ascii", "replace"), pos + 4 + n
 
 
 def _skip_symbol_table(buf: bytes, pos: int) -> int:
@@ -98,7 +98,9 @@ def _skip_symbol_table(buf: bytes, pos: int) -> int:
     return pos
 
 
-def _parse(buf: bytes, want: str = "standard") -> FstArrays:
+def _parse(buf: bytes | memoryview, want: str = "standard", exact: bool = True) -> FstArrays:
+    """The FST at the start of `buf`; with `exact`, `buf` must end where it ends (a file), else what follows it is
+    left (an archive: the next key and its object)."""
     try:
         if len(buf) < 4 or _I32.unpack_from(buf, 0)[0] != _MAGIC:
             raise _Corrupt("no OpenFst magic number at its start")
@@ -119,7 +121,7 @@ def _parse(buf: bytes, want: str = "standard") -> FstArrays:
     if fst_type == "const":
         return _parse_const(buf, pos, flags & _IS_ALIGNED, start, num_states, num_arcs, props)
     if fst_type == "vector":
-        return _parse_vector(buf, pos, start, num_states, props, *_LAYOUTS[arc_type])
+        return _parse_vector(buf, pos, start, num_states, props, *_LAYOUTS[arc_type], exact=exact)
     raise _Corrupt(f"FST type {fst_type!r}, not vector or const (convert it with `fstconvert --fst_type=const`)")
 
 
@@ -155,8 +157,8 @@ def _record_words(first: np.ndarray, record: int = 3, arc: int = 4) -> np.ndarra
     return mask
 
 
-def _parse_vector(buf: bytes, pos: int, start: int, num_states: int, props: int, arc_dtype: np.dtype = _ARC,
-                  state_dtype: np.dtype = _VECTOR_STATE) -> FstArrays:
+def _parse_vector(buf: bytes | memoryview, pos: int, start: int, num_states: int, props: int,
+                  arc_dtype: np.dtype = _ARC, state_dtype: np.dtype = _VECTOR_STATE, exact: bool = True) -> FstArrays:
     # Each state's record (final weight, arc count) precedes its arcs, so finding the records takes one pass over
     # the states (not the arcs); the arcs are then gathered in one go.
     counts: list[int] = []
@@ -171,8 +173,9 @@ def _parse_vector(buf: bytes, pos: int, start: int, num_states: int, props: int,
                 raise _Corrupt(f"state {len(counts) - 1} of {num_states} claims {n} arcs, more than its bytes hold")
     except (struct.error, OverflowError):
         raise _Corrupt(f"its body is cut off at state {len(counts) - 1} of {num_states}") from None
-    if at != size:
+    if at != size and exact:
         raise _Corrupt(f"its states' records do not end at its last byte ({at} of {size})")
+    buf, size = bytes(buf[:at]), at  # its own bytes (a slice of an archive's map is copied: the lattice alone)
     first = np.zeros(num_states + 1, np.int64)
     np.cumsum(counts, out=first[1:])
     body = np.frombuffer(buf, np.int32, (size - pos) // 4, pos)
@@ -198,11 +201,12 @@ def read_std_fst(path: str | Path) -> FstArrays:
         ) from None
 
 
-def parse_lattice(buf: bytes, utt: str) -> FstArrays:
+def parse_lattice(buf: bytes | memoryview, utt: str, exact: bool = True) -> FstArrays:
     """A Kaldi state-level lattice in OpenFst's vector layout (what `asr_bn.decode` writes) as arrays; `utt` names
-    it in the one AsrBnError a malformed one gives."""
+    it in the one AsrBnError a malformed one gives. Without `exact`, `buf` may go on past it (an archive from the
+    lattice's offset on)."""
     try:
-        return _parse(buf, "lattice4")
+        return _parse(buf, "lattice4", exact)
     except (_Corrupt, struct.error) as e:
         raise AsrBnError(f"utterance {utt}: not a Kaldi state-level lattice ({e}); decode it again") from None
 

@@ -8,7 +8,6 @@ import math
 import mmap
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
-from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -135,8 +134,8 @@ def _log_add(x: float, y: float) -> float:
 
 class LatticeTable(Mapping[str, FstArrays]):
     """The lattices of a Kaldi `lat.scp` (`utterance ark:offset`, as `asr-bn decode --lattices` and Kaldi write
-    binary lattice archives), read one at a time: each archive is mapped once and a lattice's bytes run from its
-    offset to the next key in the same archive (or its end)."""
+    binary lattice archives), read one at a time: each archive is mapped once and a lattice parsed from its offset
+    to its own end (an scp may list any subset of an archive, in any order, as Kaldi's split scp files do)."""
 
     def __init__(self, scp: str | Path) -> None:
         self.scp = Path(scp)
@@ -155,26 +154,17 @@ class LatticeTable(Mapping[str, FstArrays]):
                                  "decode --lattices`)")
             entries[parts[0]] = (Path(ark), int(offset))
         self._entries = entries
-        self._ends: dict[str, int] = {}
-        by_ark: dict[Path, list[tuple[int, str]]] = {}
-        for utt, (ark, offset) in entries.items():
-            by_ark.setdefault(ark, []).append((offset, utt))
-        for starts in by_ark.values():
-            starts.sort()
-            for (_, utt), (offset, following) in pairwise(starts):
-                self._ends[utt] = offset - len(following.encode()) - 1  # `key ` precedes each lattice
-        self._maps: dict[Path, mmap.mmap] = {}
+        self._maps: dict[Path, memoryview] = {}
 
     def __getitem__(self, utt: str) -> FstArrays:
         ark, offset = self._entries[utt]
         if ark not in self._maps:
             try:
                 with open(ark, "rb") as f:
-                    self._maps[ark] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                    self._maps[ark] = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
             except (OSError, ValueError) as e:
                 raise AsrBnError(f"{self.scp}: cannot read its archive {ark} ({e}); decode again") from e
-        data = self._maps[ark]
-        return parse_lattice(data[offset : self._ends.get(utt, len(data))], utt)
+        return parse_lattice(self._maps[ark][offset:], utt, exact=False)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
