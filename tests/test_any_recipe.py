@@ -16,6 +16,7 @@ import pytest
 
 from asr_bn.alignments import read_alignments, read_transition_model
 from asr_bn.lang import read_lang
+from asr_bn.lattice import LatticeTable
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "any" / "run.sh"
 DROPPED = "SEVEN"  # a lexicon word removed from the dict: its occurrences become <UNK>
@@ -152,6 +153,18 @@ def test_any_recipe_fast_end_to_end(tmp_path: Path) -> None:
     for bad, message in (("0", "give two or more seeds"), ("0,5", "exp/blstm_s5 has no forward outputs")):
         failed = subprocess.run([*cmd, "--ensemble", bad, "--stage", "7"], capture_output=True, text=True, env=env)
         assert failed.returncode == 1 and message in failed.stderr, failed.stderr[-2000:]
+    # --mmi: the sequence-BN network's denominator lattices of train, MMI from it, decoded and reported
+    mmi = subprocess.run([*cmd, "--mmi", "--stage", "6"], capture_output=True, text=True, env=env)
+    assert mmi.returncode == 0, mmi.stdout[-3000:] + mmi.stderr[-3000:]
+    assert "exp/blstm_bn_seq/.done exists - skipping" in mmi.stdout  # the CE network is not trained again
+    config = json.loads((work / "exp" / "blstm_bn_seq_mmi" / "config.json").read_text())
+    assert (config["criterion"], config["init"], config["denlats"]) == ("mmi", "exp/blstm_bn_seq", "exp/denlats/lat.scp")
+    assert len(LatticeTable(work / "exp" / "denlats" / "lat.scp")) == len(train_text)
+    assert any("mmi" in json.loads(line) for line in (work / "exp" / "blstm_bn_seq_mmi" / "metrics.jsonl").open())
+    assert (work / "exp" / "blstm_bn_seq_mmi" / "decode_test_tg" / "wer").read_text().startswith("%WER")
+    report = (work / "exp" / "results.md").read_text()
+    assert "| sequence+MMI | 0 |" in report and "P(sequence+MMI better than sequence)" in report
+    assert "P(none better than sequence+MMI)" not in report
 
 
 def _spells(phones: list[str], words: list[str], prons: dict[str, list[list[str]]]) -> bool:

@@ -54,6 +54,12 @@
 #                   a row of stage 8's table (AN4's best system is its three seeds' ensemble, docs/RESULTS.md).
 #   --train-opts S  extra `asr-bn train` options for both networks, after the recipe's own (so they win),
 #                   e.g. --train-opts "--epochs 30 --device cuda".
+#   --mmi           stage 6 goes on with sequence training (Kaldi nnet1's MMI, steps/nnet/make_denlats.sh +
+#                   train_mpe.sh --do-smbr false): the sequence-BN network's denominator lattices of its training
+#                   data on a unigram graph of the training text (asr-bn lm --order 1 → $sys/graph_ug; asr-bn decode
+#                   --lattices → exp/denlats*), then asr-bn train --init it --criterion mmi → exp/blstm_bn_seq_mmi*,
+#                   decoded by stage 7 and reported by stage 8 ("sequence+MMI"; no gain on AN4, docs/RESULTS.md).
+#   --mmi-opts S    the MMI training's options after the recipe's (default --lr 3e-5 --schedule constant --epochs 2).
 # e.g. recipes/any/run.sh --train corpus/train --test corpus/test --dict corpus/dict --dir work
 #
 # Stages (each a CLI command; all outputs are Kaldi formats; see README "Your own corpus"):
@@ -74,7 +80,8 @@
 #                     with --input fmllr: asr-bn gmm fmllr-feats → prep/{train,dev}_fmllr (targets joined),
 #                     prep/{dev,test}_fmllr_decode (the SAT decode's transforms, for stage 7's forward)
 #   5  baseline       asr-bn train --bn none → exp/blstm (final.pt, priors.vec, metrics.jsonl, learning_curve.png)
-#   6  sequence BN    asr-bn train --bn sequence, same seed and budget → exp/blstm_bn_seq
+#   6  sequence BN    asr-bn train --bn sequence, same seed and budget → exp/blstm_bn_seq; with --mmi, its
+#                     denominator lattices (exp/denlats) and MMI training from it → exp/blstm_bn_seq_mmi
 #   7  decode         asr-bn mkgraph over data/lang and the --gmm system: word loop (graph), trigram (graph_tg), --lm
 #                     (graph_lm); per model: asr-bn forward of dev and test, lattice decoding, the LM weight
 #                     (acoustic scale 1/LMWT) chosen on dev and applied to test, asr-bn score wer
@@ -113,6 +120,8 @@ net_opts=
 cache=
 train_opts=
 ensemble=  # --ensemble: seeds, comma-separated
+mmi=false
+mmi_opts=
 
 log() {
   echo "$(date '+%Y-%m-%d %H:%M:%S') ($(basename "$0"):${BASH_LINENO[0]}) $*"
@@ -152,6 +161,8 @@ while [ $# -gt 0 ]; do
     --cache) cache=--cache; shift ;;
     --train-opts) train_opts=$2; shift 2 ;;
     --ensemble) ensemble=$2; shift 2 ;;
+    --mmi) mmi=true; shift ;;
+    --mmi-opts) mmi_opts=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
@@ -222,7 +233,12 @@ case $gmm in  # the ladder's rungs up to --gmm: asr-bn gmm command : exp dir
 esac
 [ -n "$leaves" ] || { leaves=500; $fast && leaves=100; }
 [ -n "$gauss" ] || { gauss=4000; $fast && gauss=400; }
-models="blstm$tag$sp$suffix:none blstm_bn_seq$tag$sp$suffix:sequence"  # exp dir : --bn
+models="blstm$tag$sp$suffix:none blstm_bn_seq$tag$sp$suffix:sequence"  # exp dir : --bn (or mmi)
+$mmi && models="$models blstm_bn_seq_mmi$tag$sp$suffix:mmi"
+if [ -z "$mmi_opts" ]; then  # Kaldi's sequence training: a few epochs at a small constant rate, the last model kept
+  mmi_opts="--lr 3e-5 --schedule constant --epochs 2 --patience 0"
+  $fast && mmi_opts="--lr 1e-3 --schedule constant --epochs 1 --patience 0"
+fi
 graphs="loop:$sys/graph${lm:+ lm:$sys/graph_lm} tg:$sys/graph_tg"  # name : graph dir
 decode_opts=  # asr-bn decode's defaults: beam 13, lattice beam 8 (Kaldi's steps/nnet/decode.sh)
 lmwts=1:15  # LM weights tried on dev: acoustic scale 1/LMWT (BLSTMs on AN4 like 3-4; Kaldi's nnet1 sweeps 4:15)
@@ -468,9 +484,10 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   fi
 fi
 
-train_net() {  # train_net EXP_DIR BN: one network; an interrupted run with the same options resumes
+train_net() {  # train_net EXP_DIR BN [OPTION...]: one network; an interrupted run with the same options resumes
   local exp=$1 bn=$2
-  local opts="bn=$bn $net_opts $(cat "$sys/.done")${sp:+ speed-perturb}"
+  shift 2
+  local opts="bn=$bn $net_opts $(cat "$sys/.done")${sp:+ speed-perturb}${*:+ $*}"
   [ "$targets" = nnet ] && opts="$opts targets=nnet:$(cat "$nnet_ali/.done")"
   if check_done "$exp/.done" "$opts"; then
     log "$exp/.done exists - skipping"
@@ -488,7 +505,7 @@ train_net() {  # train_net EXP_DIR BN: one network; an interrupted run with the 
     echo "$opts" > "$exp/.started"
   fi
   # shellcheck disable=SC2086 # net_opts is a list of options
-  asr-bn train "prep/train$sp$data" "prep/dev$dev_data" "$exp" --bn "$bn" $net_opts $resume
+  asr-bn train "prep/train$sp$data" "prep/dev$dev_data" "$exp" --bn "$bn" $net_opts $resume "$@"
   echo "$opts" > "$exp/.done"
 }
 
@@ -500,6 +517,27 @@ fi
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
   log "Stage 6: sequence-wise batch-normalized BLSTM (same seed and budget) → exp/blstm_bn_seq$tag$sp$suffix"
   train_net "exp/blstm_bn_seq$tag$sp$suffix" sequence
+  if $mmi; then
+    base=exp/blstm_bn_seq$tag$sp$suffix den=exp/denlats$tag$sp$suffix
+    log "Stage 6 (--mmi): denominator lattices → $den, MMI from $base → exp/blstm_bn_seq_mmi$tag$sp$suffix"
+    if ! check_done "$sys/graph_ug/.done" "$(cat "$sys/.done")"; then  # a weak LM: the lattices keep the confusions
+      asr-bn lm data/train data/lang data/local/lm/ug.arpa --order 1
+      asr-bn mkgraph data/lang "$sys" "$sys/graph_ug" --lm data/local/lm/ug.arpa
+      cat "$sys/.done" > "$sys/graph_ug/.done"
+    fi
+    forward_set "$base" "train$sp" "train$sp$data"  # the training features, as the network learned them
+    if check_done "$den/.done" "$(cat "$base/.done")"; then
+      log "$den/.done exists - skipping"
+    else
+      # shellcheck disable=SC2086 # decode_opts is a list of options
+      asr-bn decode "$sys/graph_ug" "$sys" "$base/forward_train$sp$data/loglikes.scp" "$den" --lattices --nj "$nj" \
+        $decode_opts
+      cat "$base/.done" > "$den/.done"
+    fi
+    # shellcheck disable=SC2086 # mmi_opts is a list of options
+    train_net "exp/blstm_bn_seq_mmi$tag$sp$suffix" sequence --init "$base" --criterion mmi --denlats "$den/lat.scp" \
+      --lattice-model "$sys/final.mdl" $mmi_opts
+  fi
 fi
 
 if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
@@ -553,7 +591,7 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
   exps=() labels=()  # the table: every seed's and target source's models that stage 7 finished
   for t in "" _nnali _fmllr _fmllr_nnali _sp _fmllr_sp _fmfb _fmfb_nnali _fmfb_sp _nnali_sp _fmllr_nnali_sp \
     _fmfb_nnali_sp; do
-    for entry in blstm:none blstm_bn_seq:sequence; do
+    for entry in blstm:none blstm_bn_seq:sequence blstm_bn_seq_mmi:sequence+MMI; do
       for exp in "exp/${entry%%:*}$t" "exp/${entry%%:*}$t"_s[0-9]* "exp/${entry%%:*}$t"_ens[0-9]*; do
         [ -f "$exp/decode_test_$last_graph/.done" ] || continue
         exps+=("$exp")

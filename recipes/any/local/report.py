@@ -11,9 +11,9 @@ Reads  EXP/config.json (the seed), EXP/frames_train, EXP/frames_dev (`asr-bn sco
        EXP/decode_dev_<graph>/wer (`asr-bn score wer` lines), the LM weight chosen on dev (the hyp_<LMWT> file
        scored on test), and EXP/decode_test_<graph>/details/per_utt (the per-utterance errors on test)
 Writes a Markdown table on stdout, each test WER with the 95 % interval of compute-wer-bootci's bootstrap over the
-       test utterances, then P(better) of the same-seed models of each pair of labels (labels compared two by two
-       in their order: the first of a pair is Set1, e.g. none, sequence); a missing input is an error naming the
-       file and the stage that writes it.
+       test utterances, then P(better) of the same-seed models of each label and the one before it when both name
+       the same data (e.g. none then sequence, sequence then sequence+MMI; the first is Set1); a missing input is
+       an error naming the file and the stage that writes it.
 """
 
 from __future__ import annotations
@@ -111,10 +111,14 @@ def _wers(exp: Path, graphs: list[str]) -> tuple[list[float], list[tuple[float, 
 def comparisons(
     per_utt: dict[tuple[str, int], list[dict[str, ErrorCounts]]], labels: list[str], graphs: list[str]
 ) -> list[str]:
-    """Lines of P(B better than A) on test per seed and graph, for the labels taken two by two (A, B), from
+    """Lines of P(B better than A) on test per seed and graph, for each label B and the last label A before it that
+    names the same data (the words after the model's name: none then sequence, sequence then sequence+MMI), from
     compute-wer-bootci's paired bootstrap over the test utterances: a WER gap with P below 0.95 is noise."""
     lines = []
-    for a, b in zip(labels[::2], labels[1::2]):
+    same_data: dict[str, list[str]] = {}
+    for label in labels:
+        same_data.setdefault(label.partition(" ")[2], []).append(label)
+    for a, b in (pair for group in same_data.values() for pair in zip(group, group[1:])):
         seeds = sorted(s for la, s in per_utt if la == a and (b, s) in per_utt)
         runs = []
         for s in seeds:
