@@ -486,6 +486,9 @@ class MeanLoglikes(Mapping[str, np.ndarray]):
             total = add_scaled(total, mat, 1.0 / len(self.tables))
         return total
 
+    def __contains__(self, utt: object) -> bool:  # the first source's keys: Mapping's default would read the matrices
+        return utt in self.tables[0]
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.tables[0])
 

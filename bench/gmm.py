@@ -63,7 +63,7 @@ def main() -> None:
     report = __import__("asr_bn.report", fromlist=["Report"]).Report("bench")
     graphs = compile_graphs(system, lang, text, sorted(text), 0.5, report)
     scales = AlignConfig()
-    alis, _, _, _ = align_all(system, gmm_scorer(system, system.am, feats, 0.1), graphs, feats, 10, 40, scales)
+    alis, _, _, _ = align_all(system, gmm_scorer(system, system.am, feats, 0.1), graphs, 10, 40, scales)
     from asr_bn.gmm.align import write_alignments
 
     write_alignments(work / "ali", alis, [sorted(alis)])
@@ -77,7 +77,7 @@ def main() -> None:
 
     def ours_align(jobs: list[list[str]]) -> float:
         start = time.perf_counter()
-        align_all(system, gmm_scorer(system, system.am, feats, 0.1), graphs, feats, 10, 40, scales, jobs=jobs)
+        align_all(system, gmm_scorer(system, system.am, feats, 0.1), graphs, 10, 40, scales, jobs=jobs)
         return time.perf_counter() - start
 
     def kaldi(cmd: str) -> float:

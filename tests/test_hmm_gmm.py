@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -115,8 +116,10 @@ def test_network_alignment_reproduces_kaldis(yesno_root: Path, tmp_path: Path) -
         loglikes[utt] = m
     text = dict(line.split(maxsplit=1) for line in (yesno_root / "data/train_yesno/text").read_text().splitlines())
     lang, system = read_lang(yesno_root / "data" / "lang"), GmmSystem.load(model)
-    report = align(system, loglikes, text, lang, tmp_path / "ali", network=True)
+    counted = _CountedReads(loglikes)  # as an scp table: a matrix read from disk each time it is asked for
+    report = align(system, counted, text, lang, tmp_path / "ali", network=True)
     assert report.counts["aligned"] == 31 and report.num_skipped == 0
+    assert max(counted.reads.values()) == 2  # once for the checks, once to align (Kaldi: once, from a pipe)
     ours = {lab.utt: lab.values for lab in read_alignments(tmp_path / "ali")}
     assert sorted(ours) == sorted(kaldi) and all(np.array_equal(ours[u], kaldi[u]) for u in kaldi)
     assert (tmp_path / "ali" / "final.mdl").read_bytes()[:2] == b"\0B"  # the HMM, written as Kaldi does
@@ -127,6 +130,26 @@ def test_network_alignment_reproduces_kaldis(yesno_root: Path, tmp_path: Path) -
     loglikes[bad] = np.zeros((5, 3), np.float32)
     with pytest.raises(AsrBnError, match=f"utterance {bad}: log-likelihoods have shape \\(5, 3\\) but the model has 11"):
         align(system, loglikes, text, lang, tmp_path / "ali3", network=True)
+
+
+class _CountedReads(Mapping[str, np.ndarray]):
+    """A table of matrices that counts how often each is asked for (`in` does not count: the keys are known)."""
+
+    def __init__(self, mats: dict[str, np.ndarray]) -> None:
+        self.mats, self.reads = mats, dict.fromkeys(mats, 0)
+
+    def __getitem__(self, utt: str) -> np.ndarray:
+        self.reads[utt] += 1
+        return self.mats[utt]
+
+    def __contains__(self, utt: object) -> bool:
+        return utt in self.mats
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.mats)
+
+    def __len__(self) -> int:
+        return len(self.mats)
 
 
 def test_train_mono_and_align_yesno(yesno: tuple, tmp_path: Path) -> None:

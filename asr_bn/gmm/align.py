@@ -115,7 +115,7 @@ def _network_scorer(system: GmmSystem, loglikes: Mapping[str, np.ndarray],
 
 
 def align_all(system: GmmSystem, scorer: Callable[[str], "khg.DecodableInterface"],
-               graphs: Mapping[str, "kaldifst.StdVectorFst"], feats: Mapping[str, np.ndarray], beam: float,
+               graphs: Mapping[str, "kaldifst.StdVectorFst"], beam: float,
                retry_beam: float, scales: AlignConfig, on_done: Callable[[int], None] | None = None,
                jobs: Sequence[Sequence[str]] = ()) -> tuple[dict[str, list[int]], list[str], float, int]:
     """Kaldi's (gmm-)align-compiled over all utterances, frame scores from `scorer`: (alignments, failed
@@ -132,10 +132,11 @@ def align_all(system: GmmSystem, scorer: Callable[[str], "khg.DecodableInterface
             fst = graphs[utt].copy()
             khg.add_transition_probs(system.trans_model, [], scales.transition_scale, scales.self_loop_scale, fst)
             before = num_error
+            decodable = scorer(utt)  # the utterance's features or log-likelihoods, read once
             num_done, num_error, num_retried, tot_like, frames, ali, _ = khg.align_utterance_wrapper(
-                config, utt, scales.acoustic_scale, fst, scorer(utt), num_done, num_error, num_retried, tot_like,
+                config, utt, scales.acoustic_scale, fst, decodable, num_done, num_error, num_retried, tot_like,
                 frames)
-            if num_error == before and len(ali) == feats[utt].shape[0]:
+            if num_error == before and len(ali) == decodable.num_frames_ready():
                 alis[utt] = list(ali)
             tick(1)
         return alis, tot_like, frames
@@ -146,35 +147,37 @@ def align_all(system: GmmSystem, scorer: Callable[[str], "khg.DecodableInterface
     return alis, [u for u in graphs if u not in found], sum(t for _, t, _ in done), sum(f for _, _, f in done)
 
 
-def check_inputs(feats: Mapping[str, np.ndarray], text: Mapping[str, str], report: Report) -> list[str]:
-    """Utterances with both features and a transcript (the others are skipped, named)."""
+def check_inputs(feats: Mapping[str, np.ndarray], text: Mapping[str, str], report: Report,
+                 check: Callable[[str, np.ndarray], str | None] | None = None) -> list[str]:
+    """Utterances with both features and a transcript (the others are skipped, named), each matrix read once; with
+    `check`, also those for which it gives no reason to skip (it may raise)."""
     utts = []
     for utt in sorted(set(feats) | set(text)):
         if utt not in text:
             report.skip(utt, "no transcript")
         elif utt not in feats:
             report.skip(utt, "no features")
-        elif feats[utt].shape[0] == 0:
-            report.skip(utt, "no feature frames")
         else:
-            utts.append(utt)
+            m = feats[utt]
+            reason = "no feature frames" if m.shape[0] == 0 else check(utt, m) if check else None
+            if reason:
+                report.skip(utt, reason)
+            else:
+                utts.append(utt)
     return utts
 
 
-def _check_loglikes(loglikes: Mapping[str, np.ndarray], utts: list[str], num_pdfs: int, report: Report) -> list[str]:
-    """Utterances whose log-likelihood matrix can be aligned: a matrix of another width than the model's pdfs is an
-    error (another model's network), NaN/Inf rows are a named skip."""
-    kept = []
-    for utt in utts:
-        m = loglikes[utt]
+def _loglikes_check(num_pdfs: int) -> Callable[[str, np.ndarray], str | None]:
+    """`check_inputs`' check of a network's log-likelihoods: a matrix of another width than the model's pdfs is an
+    error (another model's network), NaN/Inf values a named skip."""
+
+    def check(utt: str, m: np.ndarray) -> str | None:
         if m.ndim != 2 or m.shape[1] != num_pdfs:
             raise AsrBnError(f"utterance {utt}: log-likelihoods have shape {tuple(m.shape)} but the model has "
                              f"{num_pdfs} pdfs (use a network trained on this model's alignments)")
-        if np.isfinite(m).all():
-            kept.append(utt)
-        else:
-            report.skip(utt, "NaN or infinite log-likelihoods")
-    return kept
+        return None if np.isfinite(m).all() else "NaN or infinite log-likelihoods"
+
+    return check
 
 
 def align(system: GmmSystem, feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: Lang,
@@ -191,10 +194,9 @@ def align(system: GmmSystem, feats: Mapping[str, np.ndarray], text: Mapping[str,
         raise UsageError(f"num_jobs={cfg.num_jobs} must be at least 1")
     out_dir = Path(out_dir)
     report = Report("align")
-    utts = check_inputs(feats, text, report)
+    utts = check_inputs(feats, text, report, _loglikes_check(system.trans_model.num_pdfs) if network else None)
     sil = lang.silence_phone_ids
     if network:
-        utts = _check_loglikes(feats, utts, system.trans_model.num_pdfs, report)
         scorer = _network_scorer(system, feats, cfg.acoustic_scale)
     else:
         scorer = gmm_scorer(system, boosted(system, sil, cfg.boost_silence), feats, cfg.acoustic_scale)
@@ -205,7 +207,7 @@ def align(system: GmmSystem, feats: Mapping[str, np.ndarray], text: Mapping[str,
         with progress_bar() as bar:
             task = bar.add_task("align", total=len(graphs), info="")
             alis, failed, tot_like, frames = align_all(
-                system, scorer, graphs, feats, cfg.beam, cfg.retry_beam, cfg, lambda n: bar.advance(task, n), jobs)
+                system, scorer, graphs, cfg.beam, cfg.retry_beam, cfg, lambda n: bar.advance(task, n), jobs)
         for utt in failed:
             report.skip(utt, "no alignment within the retry beam")
         report.counts.update({"utterances": len(utts), "aligned": len(alis),

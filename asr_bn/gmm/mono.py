@@ -234,7 +234,7 @@ def _train_mono(feats: Mapping[str, np.ndarray], text: Mapping[str, str], lang: 
                 bar.update(task, info=f"iter {it}: aligning")
                 scales = AlignConfig()
                 scorer = gmm_scorer(system, boosted(system, sil, cfg.boost_silence), feats, scales.acoustic_scale)
-                alis, failed, _, _ = align_all(system, scorer, graphs, feats, beam, beam * cfg.retry_beam_factor,
+                alis, failed, _, _ = align_all(system, scorer, graphs, beam, beam * cfg.retry_beam_factor,
                                                 scales, jobs=jobs)
             stats = PassStats(system, feats, alis, jobs)
             too_little = stats.update(system, cfg.min_gaussian_occupancy_first if it == 0 else 10.0, num_gauss,

@@ -386,7 +386,7 @@ def align_fmllr(src_dir: str | Path, feats: Mapping[str, np.ndarray], text: Mapp
         with progress_bar() as bar:  # both passes: the speaker-independent one, then the adapted one
             task = bar.add_task("align-fmllr", total=2 * len(graphs), info="speaker-independent pass")
             scorer = gmm_scorer(alimdl, boosted(alimdl, sil, cfg.boost_silence), si_feats, cfg.acoustic_scale)
-            first, _, _, _ = align_all(alimdl, scorer, graphs, si_feats, cfg.beam, cfg.retry_beam, cfg,
+            first, _, _, _ = align_all(alimdl, scorer, graphs, cfg.beam, cfg.retry_beam, cfg,
                                        lambda n: bar.advance(task, n), jobs)
             bar.update(task, completed=len(graphs), info="fMLLR transforms")
             weights = frame_weights(alimdl.transition_model(), first, sil, sat.silence_weight)
@@ -397,7 +397,7 @@ def align_fmllr(src_dir: str | Path, feats: Mapping[str, np.ndarray], text: Mapp
             adapted = fmllr_adapted(si_feats, transforms, utt2spk)
             scorer = gmm_scorer(system, boosted(system, sil, cfg.boost_silence), adapted, cfg.acoustic_scale)
             bar.update(task, info="adapted pass")
-            alis, failed, tot_like, frames = align_all(system, scorer, graphs, adapted, cfg.beam, cfg.retry_beam,
+            alis, failed, tot_like, frames = align_all(system, scorer, graphs, cfg.beam, cfg.retry_beam,
                                                         cfg, lambda n: bar.advance(task, n), jobs)
             bar.update(task, completed=2 * len(graphs), info="")
         for utt in failed:  # the adapted pass aligns every utterance, as align_fmllr.sh's last gmm-align-compiled

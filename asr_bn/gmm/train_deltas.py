@@ -184,7 +184,7 @@ def _iterate(name: str, system: GmmSystem, graphs: Mapping[str, Any], feats: Map
                 bar.update(task, info=f"iter {it}: aligning")
                 scales = AlignConfig()
                 scorer = gmm_scorer(system, boosted(system, sil, cfg.boost_silence), feats, scales.acoustic_scale)
-                alis, failed, _, _ = align_all(system, scorer, graphs, feats, cfg.beam, cfg.retry_beam, scales,
+                alis, failed, _, _ = align_all(system, scorer, graphs, cfg.beam, cfg.retry_beam, scales,
                                                jobs=jobs)
             if adaptation is not None and adaptation.update(it, system, alis):
                 feats = adaptation.features()
