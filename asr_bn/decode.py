@@ -23,7 +23,7 @@ import numpy as np
 from asr_bn.alignments import read_transition_model, transition_id_scores
 from asr_bn.config import DecodeConfig
 from asr_bn.errors import AsrBnError, UsageError, shown
-from asr_bn.fst import FstArrays, read_std_fst, relabel_input, decoder_fst
+from asr_bn.fst import FstArrays, decoder_fst, read_std_fst, relabel_input
 from asr_bn.io import (
     KALDIIO_READ_ERRORS,
     OutputLock,
