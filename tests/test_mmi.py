@@ -100,6 +100,9 @@ def test_bad_mmi_input(yesno_root: Path, yesno_net_loglikes: dict[str, Path], de
     base = ["train", root / "train", root / "train"]
     code, out = _cli(*base, tmp_path / "a", *RUN, "--criterion", "mmi", "--denlats", denlats)
     assert code == 2 and "--criterion mmi needs --init" in out
+    code, out = _cli(*base, tmp_path / "a", *RUN, "--init", tmp_path / "none")
+    assert code == 2 and "--init" in out and "no such model (give the dir of an `asr-bn train` run" in out
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
     lines = denlats.read_text().splitlines()
     (tmp_path / "short.scp").write_text("\n".join(lines[1:]) + "\n")
     opts = [*RUN, "--init", root / "exp", "--criterion", "mmi", "--lattice-model", model, "--epochs", "1"]

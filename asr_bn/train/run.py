@@ -415,6 +415,8 @@ def _init_model(cfg: TrainConfig) -> dict[str, Any]:
     """The final.pt that --init names (a model dir or the file), with its path under "path"."""
     path = Path(cfg.init)  # type: ignore[arg-type]
     path = path / "final.pt" if path.is_dir() else path
+    if not path.is_file():
+        raise UsageError(f"--init {cfg.init}: no such model (give the dir of an `asr-bn train` run or its final.pt)")
     return {**load_checkpoint(path, MODEL_FORMAT), "path": str(path)}
 
 
