@@ -13,8 +13,10 @@ import torch
 
 from asr_bn.alignments import log_priors, read_transition_model
 from asr_bn.batching import PAD_TARGET, Batch
+from asr_bn.config import TrainConfig
 from asr_bn.errors import AsrBnError
 from asr_bn.lattice import LatticeTable, arc_frames, forward_backward, rescore_lattice
+from asr_bn.report import Report
 
 
 @dataclass
@@ -42,6 +44,22 @@ class Mmi:
         self.tid_pdf = tm.tid_pdf
         self.log_priors = torch.from_numpy(log_priors(priors)[0])
         self.acoustic_scale, self.drop_frames = acoustic_scale, drop_frames
+
+    @classmethod
+    def for_training(cls, cfg: TrainConfig, priors: np.ndarray) -> Mmi:
+        """The MMI pass of a run's options (--denlats, --lattice-model, --acwt, --drop-frames), with the priors of
+        its training targets."""
+        return cls(cfg.denlats, cfg.lattice_model, priors, cfg.acwt, cfg.drop_frames)  # type: ignore[arg-type]
+
+    def with_lattices(self, utts: list[str], lengths: list[int], report: Report) -> tuple[list[str], list[int]]:
+        """The training utterances (and their lengths) that have a denominator lattice; the others a named skip."""
+        kept = [i for i, u in enumerate(utts) if u in self.lattices]
+        for i in sorted(set(range(len(utts))) - set(kept), key=utts.__getitem__):
+            report.skip(utts[i], f"no denominator lattice in {self.lattices.scp}")
+        if not kept:
+            raise AsrBnError(f"{self.lattices.scp} has no lattice of the training utterances (decode DATA with "
+                             "--lattices, using the model of --init)")
+        return [utts[i] for i in kept], [lengths[i] for i in kept]
 
     def denominator(self, utt: str, loglikes: np.ndarray) -> tuple[np.ndarray, float]:
         """(T, num_pdfs) posteriors of utterance `utt`'s lattice rescored with `loglikes`, and its log-probability."""

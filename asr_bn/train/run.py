@@ -121,15 +121,9 @@ class Run:
         if init and len(priors) != len(init["priors"]):
             raise AsrBnError(f"{cfg.data}'s targets have {len(priors)} pdfs but {init['path']} {len(init['priors'])} "
                              "outputs (--init a model trained on this alignment model's targets)")
-        mmi = None
-        if cfg.criterion == "mmi":
-            mmi = Mmi(cfg.denlats, cfg.lattice_model, np.array(priors), cfg.acwt, cfg.drop_frames)  # type: ignore[arg-type]
-            kept = [i for i, u in enumerate(utts) if u in mmi.lattices]
-            for u in sorted(set(utts) - {utts[i] for i in kept}):
-                report.skip(u, f"no denominator lattice in {cfg.denlats}")
-            utts, lengths = [utts[i] for i in kept], [lengths[i] for i in kept]
-            if not utts:
-                raise AsrBnError(f"{cfg.denlats} has no lattice of {cfg.data}'s utterances (decode DATA with --lattices)")
+        mmi = Mmi.for_training(cfg, np.array(priors)) if cfg.criterion == "mmi" else None
+        if mmi is not None:
+            utts, lengths = mmi.with_lattices(utts, lengths, report)
         train_set = UtteranceDataset(cfg.data, len(priors), utts, cache=cfg.cache, soft=cfg.soft_weight > 0)
         dev_set = UtteranceDataset(cfg.dev, len(priors), dev_utts, cache=cfg.cache)
         sampler = BucketingSampler(
