@@ -175,7 +175,8 @@ def _parse_vector(buf: bytes | memoryview, pos: int, start: int, num_states: int
         raise _Corrupt(f"its body is cut off at state {len(counts) - 1} of {num_states}") from None
     if at != size and exact:
         raise _Corrupt(f"its states' records do not end at its last byte ({at} of {size})")
-    buf, size = bytes(buf[:at]), at  # its own bytes (a slice of an archive's map is copied: the lattice alone)
+    if at != size or not isinstance(buf, bytes):  # a slice of an archive's map: the FST's own bytes, copied
+        buf, size = bytes(buf[:at]), at
     first = np.zeros(num_states + 1, np.int64)
     np.cumsum(counts, out=first[1:])
     body = np.frombuffer(buf, np.int32, (size - pos) // 4, pos)
