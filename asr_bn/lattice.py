@@ -14,6 +14,7 @@ import numpy as np
 
 from asr_bn.errors import AsrBnError
 from asr_bn.fst import FstArrays, parse_lattice
+from asr_bn.io import read_table
 
 __all__ = ["LatticeTable", "arc_frames", "forward_backward", "rescore_lattice", "viterbi"]
 
@@ -140,19 +141,12 @@ class LatticeTable(Mapping[str, FstArrays]):
     def __init__(self, scp: str | Path) -> None:
         self.scp = Path(scp)
         entries: dict[str, tuple[Path, int]] = {}
-        try:
-            lines = self.scp.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise AsrBnError(f"cannot read {self.scp}: {e} (give the lat.scp of `asr-bn decode --lattices`)") from e
-        for n, line in enumerate(lines, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            ark, _, offset = parts[-1].rpartition(":")
-            if len(parts) != 2 or not ark or not offset.isdigit():
-                raise AsrBnError(f"{self.scp}:{n}: not `utterance archive:offset` (give the lat.scp of `asr-bn "
+        for utt, row in read_table(self.scp, "give the lat.scp of `asr-bn decode --lattices`", fields=(1, None)).items():
+            ark, _, offset = row.rest.rpartition(":")
+            if len(row.fields) != 1 or not ark or not offset.isdigit():
+                raise AsrBnError(f"{self.scp}:{row.line}: not `utterance archive:offset` (give the lat.scp of `asr-bn "
                                  "decode --lattices`)")
-            entries[parts[0]] = (Path(ark), int(offset))
+            entries[utt] = (Path(ark), int(offset))
         self._entries = entries
         self._maps: dict[Path, memoryview] = {}
 

@@ -22,7 +22,7 @@ from asr_bn.config import ModelConfig, TrainConfig
 from asr_bn.device import parse_device
 from asr_bn.errors import AsrBnError, UsageError
 from asr_bn.features import FeaturePipeline
-from asr_bn.io import write_text
+from asr_bn.io import file_in, write_text
 from asr_bn.model import BnBlstm, reestimate_population_stats
 from asr_bn.report import Report
 from asr_bn.score import FrameScores, frame_scores
@@ -407,10 +407,10 @@ class Run:
 
 def _init_model(cfg: TrainConfig) -> dict[str, Any]:
     """The final.pt that --init names (a model dir or the file), with its path under "path"."""
-    path = Path(cfg.init)  # type: ignore[arg-type]
-    path = path / "final.pt" if path.is_dir() else path
-    if not path.is_file():
-        raise UsageError(f"--init {cfg.init}: no such model (give the dir of an `asr-bn train` run or its final.pt)")
+    try:
+        path = file_in(cfg.init, "final.pt", "model", "give the dir of an `asr-bn train` run or its final.pt to --init")  # type: ignore[arg-type]
+    except AsrBnError as e:
+        raise UsageError(str(e)) from None  # an option's value, refused where it is parsed
     return {**load_checkpoint(path, MODEL_FORMAT), "path": str(path)}
 
 
