@@ -22,62 +22,48 @@ import tempfile
 import time
 from pathlib import Path
 
-import _proc
 import numpy as np
+from decode import ENV, KALDI_BIN, YESNO, yesno_loglikes
 
-ROOT = Path(__file__).resolve().parents[1].parent / "shared"
-KALDI_BIN = ROOT / "kaldi" / "bin"
-YESNO = ROOT / "data" / "yesno"
-ENV = {**_proc.ENV, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "LC_ALL": "C",
-       "PATH": f"{KALDI_BIN}:{_proc.ENV.get('PATH', '')}"}
+from asr_bn.alignments import read_transition_model
+from asr_bn.io import write_ark_scp
+
+import _proc
 
 
 def _yesno(work: Path) -> tuple[Path, Path, Path]:
-    """(lat.scp, loglikes.scp, final.mdl): Kaldi's GMM log-likelihoods of yesno's test set, noisier copies of them
-    as a second "network" (so the rescoring changes the lattices), and asr-bn's lattices of the first."""
-    from asr_bn.decode import DecodeConfig, decode
-    from asr_bn.io import write_ark_scp
-
-    data, model = YESNO / "data/test_yesno", YESNO / "exp/mono/final.mdl"
-    wav = "".join(f"{u} {YESNO / p}\n" for u, p in (line.split() for line in (data / "wav.scp").open()))
-    (work / "wav.scp").write_text(wav)
-    mfcc, cmvn = work / "mfcc.ark", work / "cmvn.ark"  # as yesno's run: MFCC without energy, CMVN (one speaker), deltas
-    script = (f"compute-mfcc-feats --use-energy=false --sample-frequency=8000 --dither=0 scp:{work / 'wav.scp'} "
-              f"ark:{mfcc} && compute-cmvn-stats ark:{mfcc} ark:{cmvn} && apply-cmvn ark:{cmvn} ark:{mfcc} ark:- | "
-              f"add-deltas ark:- ark:- | gmm-compute-likes {model} ark:- ark:{work / 'll.ark'}")
-    subprocess.run(["sh", "-c", script], env=ENV, check=True, capture_output=True)
+    """(lat.scp, loglikes.scp, final.mdl): asr-bn's lattices of Kaldi's GMM log-likelihoods of yesno's test set
+    (bench/decode.py's), rescored with noisier copies of them (a second "network", so the rescoring changes them)."""
     import kaldiio
 
+    from asr_bn.decode import DecodeConfig, decode
+
+    model = YESNO / "exp/mono"
+    ll = yesno_loglikes(work, 1)
     rng = np.random.default_rng(0)
-    other = {u: (m + rng.normal(0, 2, m.shape)).astype(np.float32) for u, m in kaldiio.load_ark(str(work / "ll.ark"))}
+    other = {u: (m + rng.normal(0, 2, m.shape)).astype(np.float32) for u, m in kaldiio.load_ark(str(ll))}
     write_ark_scp(work / "other.ark", work / "other.scp", other.items())
-    decode(YESNO / "exp/mono/graph", model, work / "ll.ark", work / "lat", DecodeConfig(lattices=True))
-    return work / "lat" / "lat.scp", work / "other.scp", model
+    decode(model / "graph", model / "final.mdl", ll, work / "lat", DecodeConfig(lattices=True))
+    return work / "lat" / "lat.scp", work / "other.scp", model / "final.mdl"
 
 
 def ours(lat_scp: Path, loglikes_scp: Path, model: Path, utts: list[str]) -> tuple[float, float]:
-    """(CPU seconds, total log-likelihood) of asr-bn's pass over `utts`: what Mmi.denominator does per utterance."""
+    """(CPU seconds, total log-likelihood) of `Mmi.denominator` over `utts` (the lattice and the matrix read, the
+    arcs' frames, rescoring, forward-backward, the pdf posteriors)."""
     import kaldiio
 
-    from asr_bn.alignments import read_transition_model
-    from asr_bn.lattice import LatticeTable, arc_frames, forward_backward, rescore_lattice
+    from asr_bn.train.mmi import Mmi
 
     start = time.process_time()
-    tid_pdf = read_transition_model(model).tid_pdf
-    lattices, loglikes = LatticeTable(lat_scp), kaldiio.load_scp(str(loglikes_scp))
-    total = 0.0
-    for utt in utts:
-        lat, ll = lattices[utt], loglikes[utt].astype(np.float64)
-        times = arc_frames(lat, utt)
-        frames, tids, posts, log_like = forward_backward(rescore_lattice(lat, ll, tid_pdf, utt, times), 0.1, utt, times)
-        np.add.at(np.zeros(ll.shape), (frames, tid_pdf[tids]), posts)
-        total += log_like
+    mmi = Mmi(lat_scp, model, np.ones(read_transition_model(model).num_pdfs), 0.1, True)  # priors: unused here
+    loglikes = kaldiio.load_scp(str(loglikes_scp))
+    total = sum(mmi.denominator(utt, loglikes[utt].astype(np.float64))[1] for utt in utts)
     return time.process_time() - start, total
 
 
 def kaldi_cmd(lat_scp: Path, loglikes_scp: Path, model: Path) -> list[str]:
-    return ["sh", "-c", f"lattice-rescore-mapped {model} scp:{lat_scp} scp:{loglikes_scp} ark:- | "
-            "lattice-to-post --acoustic-scale=0.1 ark:- ark:/dev/null"]
+    return ["sh", "-c", f"{KALDI_BIN}/lattice-rescore-mapped {model} scp:{lat_scp} scp:{loglikes_scp} ark:- | "
+            f"{KALDI_BIN}/lattice-to-post --acoustic-scale=0.1 ark:- ark:/dev/null"]
 
 
 def main() -> None:
